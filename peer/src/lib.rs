@@ -1,0 +1,1 @@
+//! The Shoal peer daemon and node setup.

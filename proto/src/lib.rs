@@ -1,0 +1,24 @@
+//! Shoal's wire definitions and the small vocabulary both sides share.
+//!
+//! Layout:
+//! - [`v1`]: generated prost messages and the tonic `Scheduler` service
+//!   (`proto/shoal/v1/scheduler.proto`) plus the QUIC piece headers
+//!   (`proto/shoal/v1/piece.proto`).
+//! - [`digest`]: [`Digest`], the name of a task (`sha256:` + 64 lowercase hex).
+//! - [`piece`]: piece arithmetic (piece size from blob size, counts, ranges) and
+//!   [`PieceSet`], the bitmap of pieces a peer holds.
+//!
+//! Non-goals: no I/O, no policy. What to do with a piece is the scheduler's and
+//! the peer's business.
+
+pub mod digest;
+pub mod piece;
+
+pub use digest::{Digest, DigestError};
+pub use piece::{PieceError, PieceSet, TaskShape};
+
+/// Generated code for `package shoal.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+}

@@ -1,0 +1,1 @@
+//! Helpers for Shoal's end-to-end tests.
