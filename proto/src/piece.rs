@@ -198,6 +198,21 @@ impl PieceSet {
         (from..self.len).find(|&i| !self.contains(i))
     }
 
+    /// The lowest piece in `self` that is not in `other` (`None` when `self` is
+    /// a subset of `other`, or the universes differ).
+    pub fn first_not_in(&self, other: &PieceSet) -> Option<u32> {
+        if self.len != other.len {
+            return None;
+        }
+        for (w, (a, b)) in self.words.iter().zip(other.words.iter()).enumerate() {
+            let diff = a & !b;
+            if diff != 0 {
+                return Some(w as u32 * 64 + diff.trailing_zeros());
+            }
+        }
+        None
+    }
+
     /// Members in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&i| self.contains(i))
@@ -306,6 +321,9 @@ mod tests {
             prop_assert_eq!(&back, &s);
             prop_assert_eq!(back.count() as usize, s.iter().count());
             prop_assert!(s.is_subset(&PieceSet::full(len)));
+            let full = PieceSet::full(len);
+            prop_assert_eq!(full.first_not_in(&s), s.first_missing());
+            prop_assert_eq!(s.first_not_in(&full), None);
         }
 
         #[test]

@@ -1,0 +1,198 @@
+//! Peers joining, staying (leases renewed by any message) and leaving.
+//!
+//! A peer that joins again from the same address keeps what it had and adds
+//! what it announces (this is how a restarted scheduler rebuilds its state);
+//! the same id from another address is refused while the first one's lease
+//! runs.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use shoal_proto::{PieceSet, TaskShape};
+
+use super::{CoreError, ErrorKind, HeldTask, Holding, Load, Peer, PeerId, PeerInfo, Scheduler, Task};
+
+impl Scheduler {
+    /// A peer (re)announces itself and every task it holds complete.
+    ///
+    /// Everything is validated before anything changes.
+    pub fn join(&mut self, now: Instant, info: PeerInfo, held: Vec<HeldTask>) -> Result<(), CoreError> {
+        if info.hostname.len() > 253 {
+            return Err(CoreError::invalid("hostname longer than 253 characters"));
+        }
+        if info.zone.len() > 128 || info.rack.len() > 128 {
+            return Err(CoreError::invalid("zone and rack labels may be at most 128 characters"));
+        }
+        if info.addr.port() == 0 || info.addr.ip().is_unspecified() {
+            return Err(CoreError::invalid(format!(
+                "quic address {} is not reachable by other peers (unspecified IP or port 0)",
+                info.addr
+            )));
+        }
+        if let Some(existing) = self.peers.get(&info.id) {
+            if existing.info.addr != info.addr && existing.lease_until > now {
+                return Err(CoreError::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "peer id {} is in use by a live peer at {}; ids must be unique per node",
+                        info.id, existing.info.addr
+                    ),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, t) in held.iter().enumerate() {
+            if !seen.insert(t.digest) {
+                return Err(CoreError::invalid(format!("task {} announced twice", t.digest)));
+            }
+            let shape = TaskShape::for_size(t.size)
+                .map_err(|e| CoreError::invalid(format!("held task #{i} ({}): {e}", t.digest)))?;
+            let n = shape.piece_count() as usize;
+            if !t.piece_hashes.is_empty() && t.piece_hashes.len() != n {
+                return Err(CoreError::invalid(format!(
+                    "held task {} has {} piece hashes, its size needs {n}",
+                    t.digest,
+                    t.piece_hashes.len()
+                )));
+            }
+            if let Some(task) = self.tasks.get(&t.digest) {
+                if let Some(known) = task.shape {
+                    if known.size() != t.size {
+                        return Err(CoreError::invalid(format!(
+                            "held task {} announced with size {}, the swarm knows it as {} bytes",
+                            t.digest,
+                            t.size,
+                            known.size()
+                        )));
+                    }
+                }
+                for (idx, h) in t.piece_hashes.iter().enumerate() {
+                    if let Some(Some(k)) = task.hashes.get(idx) {
+                        if k != h {
+                            return Err(CoreError::precondition(format!(
+                                "held task {} piece {idx} hash differs from the one the swarm knows",
+                                t.digest
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+
+        // A different address whose lease ran out: the old peer is gone.
+        if self.peers.get(&info.id).is_some_and(|p| p.info.addr != info.addr) {
+            self.remove_peer(now, &info.id);
+        }
+        let ttl = self.config.peer_ttl;
+        let id = info.id.clone();
+        let peer = self.peers.entry(id.clone()).or_insert_with(|| Peer {
+            info: info.clone(),
+            lease_until: now + ttl,
+            joined_at: now,
+            session_open: false,
+            load: Load::default(),
+            children: 0,
+            tasks: HashSet::new(),
+            bad_reports: HashSet::new(),
+        });
+        peer.info = info;
+        peer.lease_until = now + ttl;
+        for t in held {
+            peer.tasks.insert(t.digest);
+            let task = self.tasks.entry(t.digest).or_insert_with(|| Task::new(now));
+            if task.shape.is_none() {
+                task.set_shape(TaskShape::for_size(t.size).expect("validated above"));
+            }
+            for (idx, h) in t.piece_hashes.into_iter().enumerate() {
+                if task.hashes[idx].is_none() {
+                    task.hashes[idx] = Some(h);
+                    task.known_hashes += 1;
+                }
+            }
+            let n = task.shape.map_or(0, |s| s.piece_count());
+            task.holdings.insert(
+                id.clone(),
+                Holding {
+                    pieces: PieceSet::full(n),
+                    complete: true,
+                },
+            );
+            task.back_to_source.remove(&id);
+            task.dirty = true;
+        }
+        self.stats.joins += 1;
+        Ok(())
+    }
+
+    /// A peer's session stream opened.
+    pub fn session_opened(&mut self, now: Instant, id: &PeerId) -> Result<(), CoreError> {
+        self.touch(now, id)?;
+        if let Some(p) = self.peers.get_mut(id) {
+            p.session_open = true;
+        }
+        Ok(())
+    }
+
+    /// A heartbeat: renews the lease and records the load.
+    pub fn heartbeat(&mut self, now: Instant, id: &PeerId, load: Load) -> Result<(), CoreError> {
+        self.touch(now, id)?;
+        if let Some(p) = self.peers.get_mut(id) {
+            p.load = load;
+        }
+        Ok(())
+    }
+
+    /// A peer's session stream ended. The peer stays until its lease runs out,
+    /// so a reconnect within the grace period loses nothing.
+    pub fn session_closed(&mut self, id: &PeerId) {
+        if let Some(p) = self.peers.get_mut(id) {
+            p.session_open = false;
+        }
+    }
+
+    /// Renews a peer's lease.
+    pub(crate) fn touch(&mut self, now: Instant, id: &PeerId) -> Result<(), CoreError> {
+        let ttl = self.config.peer_ttl;
+        match self.peers.get_mut(id) {
+            Some(p) => {
+                p.lease_until = now + ttl;
+                Ok(())
+            }
+            None => Err(self.live_peer(id).unwrap_err()),
+        }
+    }
+
+    /// A peer leaves now (e.g. it said goodbye, or an operator removed it).
+    pub fn leave(&mut self, now: Instant, id: &PeerId) {
+        if self.remove_peer(now, id) {
+            self.stats.departures += 1;
+        }
+    }
+
+    /// Advances time: peers whose lease ran out leave; back-to-source peers
+    /// that stalled are replaced. Call it about once a second.
+    pub fn tick(&mut self, now: Instant) {
+        let expired: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.lease_until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.leave(now, &id);
+            self.stats.expired += 1;
+        }
+        self.replace_stalled_sources(now);
+    }
+
+    /// Removes a peer from every task; its children are re-planned.
+    fn remove_peer(&mut self, now: Instant, id: &PeerId) -> bool {
+        let Some(peer) = self.peers.remove(id) else {
+            return false;
+        };
+        for digest in peer.tasks {
+            self.drop_from_task(now, &digest, id);
+        }
+        true
+    }
+}

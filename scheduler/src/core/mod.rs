@@ -1,0 +1,260 @@
+//! The scheduler core: a pure state machine over peers, tasks and plans.
+//!
+//! No I/O, no clock, no global RNG: every input carries `now`, randomness comes
+//! from a seeded RNG the core owns, and every decision the adapter must carry
+//! out is queued as an [`Effect`] and drained with [`Scheduler::drain_effects`]
+//! (the `handle_*` / `poll_*` split of quinn-proto). That is what lets
+//! `tests/simulation.rs` drive hundreds of peers deterministically.
+//!
+//! Layout:
+//! - [`types`]: ids, inputs, plan updates, effects.
+//! - `membership.rs`: join, sessions, leases, departures.
+//! - `reports.rs`: piece reports, task started/complete, evictions, bad parents.
+//! - `planning.rs`: plan streams, back-to-source election, flushing updates.
+//! - `rank.rs`: parent ranking (a pure function of one task's state).
+//! - `views.rs`: read-only snapshots for the operator API and metrics.
+//!
+//! Non-goals: persistence (the state is soft: peers re-join and re-announce),
+//! transport, authentication.
+
+mod error;
+mod membership;
+mod planning;
+mod rank;
+mod reports;
+pub mod types;
+mod views;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use shoal_proto::{Digest, PieceSet, TaskShape};
+
+pub use error::{CoreError, ErrorKind};
+pub use types::*;
+pub use views::{CoreStats, HolderView, PeerView, TaskDetail, TaskSummary};
+
+/// Tunables of the core. Defaults suit a cluster of a few thousand nodes.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// How long a peer stays after its last message (default 30 s). Past that
+    /// it leaves the swarm: its pieces are no longer offered and its
+    /// back-to-source duty goes to another peer.
+    pub peer_ttl: Duration,
+    /// Peers fetching one task from upstream at once (default 1).
+    pub max_back_to_source: usize,
+    /// A back-to-source peer that reports no piece for this long is replaced
+    /// (default 20 s).
+    pub back_to_source_stall: Duration,
+    /// Parents offered per plan (default 4).
+    pub max_parents: usize,
+    /// Downloads one peer serves as a parent at once, across tasks
+    /// (default 8). A full parent is not offered.
+    pub max_children_per_parent: u32,
+    /// Pieces ahead of the reader that count as "needed next" (default 8).
+    pub window: u32,
+    /// Upload slots assumed for a peer that does not say (default 8).
+    pub default_upload_slots: u32,
+    /// Bad-piece reports (from distinct children) after which a peer is
+    /// offered for no task at all (default 3). One report already excludes it
+    /// from the task it was reported for.
+    pub bad_parent_limit: u32,
+    /// Seed of the RNG used for tie-breaks.
+    pub seed: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            peer_ttl: Duration::from_secs(30),
+            max_back_to_source: 1,
+            back_to_source_stall: Duration::from_secs(20),
+            max_parents: 4,
+            max_children_per_parent: 8,
+            window: 8,
+            default_upload_slots: 8,
+            bad_parent_limit: 3,
+            seed: 0x0005_40A1,
+        }
+    }
+}
+
+/// What the core knows about one peer.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) info: PeerInfo,
+    /// The peer leaves when `now` passes this.
+    pub(crate) lease_until: Instant,
+    pub(crate) joined_at: Instant,
+    pub(crate) session_open: bool,
+    pub(crate) load: Load,
+    /// Downloads this peer is currently offered to as a parent.
+    pub(crate) children: u32,
+    /// Tasks in which this peer holds pieces or downloads.
+    pub(crate) tasks: HashSet<Digest>,
+    /// Distinct children that reported a bad piece from this peer.
+    pub(crate) bad_reports: HashSet<PeerId>,
+}
+
+impl Peer {
+    pub(crate) fn upload_slots(&self, config: &CoreConfig) -> u32 {
+        if self.info.upload_slots == 0 {
+            config.default_upload_slots
+        } else {
+            self.info.upload_slots
+        }
+    }
+
+    pub(crate) fn quarantined(&self, config: &CoreConfig) -> bool {
+        self.bad_reports.len() as u32 >= config.bad_parent_limit
+    }
+}
+
+/// One peer's pieces of one task.
+#[derive(Debug)]
+pub(crate) struct Holding {
+    /// Verified pieces (an empty set of 0 pieces until the shape is known).
+    pub(crate) pieces: PieceSet,
+    /// The peer verified the whole blob against its digest.
+    pub(crate) complete: bool,
+}
+
+/// One open plan stream.
+#[derive(Debug)]
+pub(crate) struct Download {
+    pub(crate) plan: PlanId,
+    /// Parents currently offered (each counted in its `Peer::children`).
+    pub(crate) parents: Vec<PeerId>,
+    /// Piece counts of those parents when last sent, to skip unchanged updates.
+    pub(crate) sent_counts: Vec<u32>,
+    /// Hashes already carried on this stream.
+    pub(crate) hashes_sent: PieceSet,
+    pub(crate) shape_sent: bool,
+    pub(crate) back_to_source_sent: bool,
+    /// Nothing sent yet.
+    pub(crate) fresh: bool,
+    /// Re-rank at the next flush.
+    pub(crate) rerank: bool,
+    /// `Task::holder_epoch` when last ranked.
+    pub(crate) ranked_epoch: u64,
+}
+
+/// What the core knows about one task.
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub(crate) shape: Option<TaskShape>,
+    /// Known piece hashes (empty until the shape is known).
+    pub(crate) hashes: Vec<Option<[u8; 32]>>,
+    pub(crate) known_hashes: u32,
+    pub(crate) holdings: HashMap<PeerId, Holding>,
+    pub(crate) downloads: HashMap<PeerId, Download>,
+    /// Peers fetching from upstream now, with the time of their last progress.
+    pub(crate) back_to_source: HashMap<PeerId, Instant>,
+    /// Every peer ever told to fetch from upstream (they may report hashes).
+    pub(crate) sources: HashSet<PeerId>,
+    /// Peers replaced for stalling; elected again only when nobody else can be.
+    pub(crate) stalled: HashSet<PeerId>,
+    /// Peers reported as having sent a bad piece of this task.
+    pub(crate) bad: HashSet<PeerId>,
+    /// Back-to-source elections so far.
+    pub(crate) elections: u32,
+    /// Bumped when a peer becomes a possible parent (joins the task, or
+    /// reports its first piece): downloads short of parents re-rank then.
+    pub(crate) holder_epoch: u64,
+    pub(crate) created_at: Instant,
+    /// Something changed: the next flush looks at this task's downloads.
+    pub(crate) dirty: bool,
+}
+
+impl Task {
+    fn new(now: Instant) -> Self {
+        Task {
+            shape: None,
+            hashes: Vec::new(),
+            known_hashes: 0,
+            holdings: HashMap::new(),
+            downloads: HashMap::new(),
+            back_to_source: HashMap::new(),
+            sources: HashSet::new(),
+            stalled: HashSet::new(),
+            bad: HashSet::new(),
+            elections: 0,
+            holder_epoch: 0,
+            created_at: now,
+            dirty: false,
+        }
+    }
+
+    /// Sets the shape once; sizes every holding and the hash table.
+    pub(crate) fn set_shape(&mut self, shape: TaskShape) {
+        debug_assert!(self.shape.is_none());
+        let n = shape.piece_count();
+        self.shape = Some(shape);
+        self.hashes = vec![None; n as usize];
+        for h in self.holdings.values_mut() {
+            h.pieces = if h.complete { PieceSet::full(n) } else { PieceSet::new(n) };
+        }
+        for d in self.downloads.values_mut() {
+            d.hashes_sent = PieceSet::new(n);
+        }
+        self.dirty = true;
+    }
+
+    /// True when some holder has every piece.
+    pub(crate) fn has_complete_holder(&self) -> bool {
+        self.holdings.values().any(|h| h.complete || (h.pieces.len() > 0 && h.pieces.is_full()))
+    }
+
+    fn empty_set(&self) -> PieceSet {
+        PieceSet::new(self.shape.map_or(0, |s| s.piece_count()))
+    }
+}
+
+/// The scheduler's whole state. See the module docs.
+#[derive(Debug)]
+pub struct Scheduler {
+    pub(crate) config: CoreConfig,
+    pub(crate) peers: HashMap<PeerId, Peer>,
+    pub(crate) tasks: HashMap<Digest, Task>,
+    pub(crate) plans: HashMap<PlanId, (PeerId, Digest)>,
+    pub(crate) next_plan: u64,
+    pub(crate) effects: Vec<Effect>,
+    pub(crate) rng: SmallRng,
+    pub(crate) stats: CoreStats,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(config: CoreConfig) -> Self {
+        let rng = SmallRng::seed_from_u64(config.seed);
+        Scheduler {
+            config,
+            peers: HashMap::new(),
+            tasks: HashMap::new(),
+            plans: HashMap::new(),
+            next_plan: 1,
+            effects: Vec::new(),
+            rng,
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Takes the effects queued since the last call, in order.
+    pub fn drain_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Looks a peer up, or says it must join first.
+    pub(crate) fn live_peer(&self, id: &PeerId) -> Result<&Peer, CoreError> {
+        self.peers
+            .get(id)
+            .ok_or_else(|| CoreError::precondition(format!("peer {id} has not joined (or its lease expired); join first")))
+    }
+}

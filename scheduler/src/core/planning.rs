@@ -1,0 +1,363 @@
+//! Plan streams: opening and closing them, electing back-to-source peers, and
+//! flushing plan updates.
+//!
+//! Updates are coalesced: inputs mark tasks dirty, [`Scheduler::flush`] turns
+//! the changes into at most one update per plan stream. A download is
+//! re-ranked when its parents changed (departure, bad report, completion) or
+//! when it is starved (no parent holds the piece it needs next); otherwise it
+//! only gets its parents' grown bitmaps.
+
+use std::time::Instant;
+
+use rand::seq::IteratorRandom;
+use shoal_proto::{Digest, TaskShape};
+
+use super::rank::rank_parents;
+use super::{CoreError, Download, Effect, Holding, ParentOffer, PeerId, PlanId, PlanUpdate, Scheduler, Task};
+
+impl Scheduler {
+    /// A peer wants a task: opens a plan stream. The first update is queued
+    /// at once. `size` is 0 when the peer does not know it.
+    pub fn open_plan(&mut self, now: Instant, id: &PeerId, digest: Digest, size: u64) -> Result<PlanId, CoreError> {
+        self.live_peer(id)?;
+        let shape = match size {
+            0 => None,
+            s => Some(TaskShape::for_size(s).map_err(|e| CoreError::invalid(format!("task {digest}: {e}")))?),
+        };
+        if let (Some(task), Some(shape)) = (self.tasks.get(&digest), shape) {
+            if let Some(known) = task.shape {
+                if known.size() != shape.size() {
+                    return Err(CoreError::invalid(format!(
+                        "task {digest} requested with size {}, the swarm knows it as {} bytes",
+                        shape.size(),
+                        known.size()
+                    )));
+                }
+            }
+        }
+        self.touch(now, id)?;
+        let plan = PlanId(self.next_plan);
+        self.next_plan += 1;
+        let task = self.tasks.entry(digest).or_insert_with(|| Task::new(now));
+        if task.shape.is_none() {
+            if let Some(shape) = shape {
+                task.set_shape(shape);
+            }
+        }
+        let empty = task.empty_set();
+        task.holder_epoch += 1;
+        task.holdings.entry(id.clone()).or_insert(Holding {
+            pieces: empty.clone(),
+            complete: false,
+        });
+        let old = task.downloads.insert(
+            id.clone(),
+            Download {
+                plan,
+                parents: Vec::new(),
+                sent_counts: Vec::new(),
+                hashes_sent: empty,
+                shape_sent: false,
+                back_to_source_sent: false,
+                fresh: true,
+                rerank: true,
+                ranked_epoch: 0,
+            },
+        );
+        task.dirty = true;
+        if let Some(old) = old {
+            self.release_parents(&old.parents);
+            self.plans.remove(&old.plan);
+            self.effects.push(Effect::ClosePlan {
+                plan: old.plan,
+                reason: "superseded by a newer plan for the same task",
+            });
+        }
+        self.plans.insert(plan, (id.clone(), digest));
+        if let Some(p) = self.peers.get_mut(id) {
+            p.tasks.insert(digest);
+        }
+        self.ensure_back_to_source(now, &digest);
+        self.flush_task(&digest);
+        Ok(plan)
+    }
+
+    /// A plan stream ended (the download finished or was cancelled). What the
+    /// peer holds stays offered.
+    pub fn close_plan(&mut self, now: Instant, plan: PlanId) {
+        let Some((id, digest)) = self.plans.remove(&plan) else {
+            return;
+        };
+        let Some(task) = self.tasks.get_mut(&digest) else {
+            return;
+        };
+        if task.downloads.get(&id).is_some_and(|d| d.plan == plan) {
+            let d = task.downloads.remove(&id).expect("checked");
+            let was_source = task.back_to_source.remove(&id).is_some();
+            self.release_parents(&d.parents);
+            if was_source {
+                self.ensure_back_to_source(now, &digest);
+            }
+        }
+        self.forget_if_unused(&digest);
+    }
+
+    /// Queues the updates that the changes since the last flush call for.
+    pub fn flush(&mut self) {
+        let dirty: Vec<Digest> = self.tasks.iter().filter(|(_, t)| t.dirty).map(|(d, _)| *d).collect();
+        for digest in dirty {
+            self.flush_task(&digest);
+        }
+    }
+
+    /// Decrements the child count of each parent.
+    pub(crate) fn release_parents(&mut self, parents: &[PeerId]) {
+        for p in parents {
+            if let Some(peer) = self.peers.get_mut(p) {
+                peer.children = peer.children.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Removes `id` from a task (departure, eviction or bad report), re-plans
+    /// its children and re-elects its back-to-source duty.
+    pub(crate) fn drop_from_task(&mut self, now: Instant, digest: &Digest, id: &PeerId) {
+        let Some(task) = self.tasks.get_mut(digest) else {
+            return;
+        };
+        task.holdings.remove(id);
+        task.back_to_source.remove(id);
+        let own = task.downloads.remove(id);
+        for d in task.downloads.values_mut() {
+            if let Some(pos) = d.parents.iter().position(|p| p == id) {
+                d.parents.remove(pos);
+                d.sent_counts.remove(pos);
+                d.rerank = true;
+            }
+        }
+        task.dirty = true;
+        if let Some(d) = own {
+            self.plans.remove(&d.plan);
+            self.release_parents(&d.parents);
+            self.effects.push(Effect::ClosePlan {
+                plan: d.plan,
+                reason: "the peer left the task",
+            });
+        }
+        if let Some(p) = self.peers.get_mut(id) {
+            p.tasks.remove(digest);
+        }
+        self.ensure_back_to_source(now, digest);
+        self.forget_if_unused(digest);
+    }
+
+    /// A task nobody holds or wants is forgotten.
+    fn forget_if_unused(&mut self, digest: &Digest) {
+        if self
+            .tasks
+            .get(digest)
+            .is_some_and(|t| t.downloads.is_empty() && t.holdings.values().all(|h| h.pieces.is_empty() && !h.complete))
+        {
+            let task = self.tasks.remove(digest).expect("checked");
+            for id in task.holdings.keys() {
+                if let Some(p) = self.peers.get_mut(id) {
+                    p.tasks.remove(digest);
+                }
+            }
+        }
+    }
+
+    /// Elects back-to-source peers while the task has fewer than the limit,
+    /// no holder has all of it, and someone is downloading it.
+    pub(crate) fn ensure_back_to_source(&mut self, now: Instant, digest: &Digest) {
+        let limit = self.config.max_back_to_source;
+        let Some(task) = self.tasks.get_mut(digest) else {
+            return;
+        };
+        while task.back_to_source.len() < limit && !task.has_complete_holder() {
+            let candidates = task
+                .downloads
+                .keys()
+                .filter(|id| !task.back_to_source.contains_key(*id) && self.peers.contains_key(*id));
+            // Prefer peers that did not stall on this task, then those holding
+            // the most pieces (they fetch least from upstream), then random.
+            let best = candidates
+                .map(|id| {
+                    let stalled = task.stalled.contains(id);
+                    let held = task.holdings.get(id).map_or(0, |h| h.pieces.count());
+                    ((stalled, std::cmp::Reverse(held)), id)
+                })
+                .fold(None::<((bool, std::cmp::Reverse<u32>), Vec<&PeerId>)>, |acc, (key, id)| match acc {
+                    Some((k, mut ids)) if k == key => {
+                        ids.push(id);
+                        Some((k, ids))
+                    }
+                    Some((k, ids)) if k < key => Some((k, ids)),
+                    _ => Some((key, vec![id])),
+                });
+            let Some((_, ids)) = best else { break };
+            let chosen = ids.into_iter().choose(&mut self.rng).expect("non-empty").clone();
+            task.back_to_source.insert(chosen.clone(), now);
+            task.sources.insert(chosen.clone());
+            task.elections += 1;
+            task.dirty = true;
+            if let Some(d) = task.downloads.get_mut(&chosen) {
+                d.rerank = true;
+            }
+            self.stats.back_to_source_elections += 1;
+        }
+    }
+
+    /// Replaces back-to-source peers that made no progress for too long.
+    pub(crate) fn replace_stalled_sources(&mut self, now: Instant) {
+        let stall = self.config.back_to_source_stall;
+        let mut touched = Vec::new();
+        for (digest, task) in self.tasks.iter_mut() {
+            let stalled: Vec<PeerId> = task
+                .back_to_source
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= stall)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in stalled {
+                task.back_to_source.remove(&id);
+                task.stalled.insert(id.clone());
+                if let Some(d) = task.downloads.get_mut(&id) {
+                    d.rerank = true;
+                }
+                task.dirty = true;
+                touched.push(*digest);
+            }
+        }
+        for digest in touched {
+            self.stats.back_to_source_stalls += 1;
+            self.ensure_back_to_source(now, &digest);
+        }
+    }
+
+    /// Queues updates for the downloads of one task.
+    pub(crate) fn flush_task(&mut self, digest: &Digest) {
+        let Some(task) = self.tasks.get_mut(digest) else {
+            return;
+        };
+        task.dirty = false;
+        let mut children: Vec<PeerId> = task.downloads.keys().cloned().collect();
+        children.sort();
+        for child in children {
+            self.update_download(digest, &child);
+        }
+    }
+
+    /// Re-ranks (when needed) and sends one download's plan if it changed.
+    fn update_download(&mut self, digest: &Digest, child: &PeerId) {
+        let task = &self.tasks[digest];
+        let d = &task.downloads[child];
+        let is_source = task.back_to_source.contains_key(child);
+        let holding = &task.holdings[child];
+        let done = holding.complete || (holding.pieces.len() > 0 && holding.pieces.is_full());
+        let starved = !is_source && !done && task.shape.is_some() && {
+            let next = holding.pieces.first_missing();
+            !d.parents.iter().any(|p| {
+                task.holdings
+                    .get(p)
+                    .is_some_and(|h| h.complete || next.is_some_and(|n| h.pieces.contains(n)))
+            })
+        };
+        let more_wanted = d.parents.len() < self.config.max_parents && d.ranked_epoch != task.holder_epoch;
+        let rerank = d.rerank || starved || more_wanted;
+        let new_parents = if is_source || done {
+            Vec::new()
+        } else if rerank {
+            self.stats.plan_decisions += 1;
+            rank_parents(&self.config, &self.peers, task, child, &d.parents, &mut self.rng)
+        } else {
+            d.parents.clone()
+        };
+
+        // Release/acquire child slots for the new parent set.
+        let old_parents = d.parents.clone();
+        for p in old_parents.iter().filter(|p| !new_parents.contains(p)) {
+            if let Some(peer) = self.peers.get_mut(p) {
+                peer.children = peer.children.saturating_sub(1);
+            }
+        }
+        for p in new_parents.iter().filter(|p| !old_parents.contains(p)) {
+            if let Some(peer) = self.peers.get_mut(p) {
+                peer.children += 1;
+            }
+        }
+
+        let task = self.tasks.get_mut(digest).expect("present");
+        let counts: Vec<u32> = new_parents.iter().map(|p| task.holdings[p].pieces.count()).collect();
+        let d = task.downloads.get_mut(child).expect("present");
+        let mut hashes = Vec::new();
+        if let Some(shape) = task.shape {
+            if d.hashes_sent.len() != shape.piece_count() {
+                d.hashes_sent = shoal_proto::PieceSet::new(shape.piece_count());
+            }
+            if d.hashes_sent.count() < task.known_hashes {
+                for (i, h) in task.hashes.iter().enumerate() {
+                    if let Some(h) = h {
+                        if d.hashes_sent.insert(i as u32) {
+                            hashes.push((i as u32, *h));
+                        }
+                    }
+                }
+            }
+        }
+        let changed = d.fresh
+            || new_parents != d.parents
+            || counts != d.sent_counts
+            || !hashes.is_empty()
+            || d.back_to_source_sent != is_source
+            || (task.shape.is_some() && !d.shape_sent);
+        d.rerank = false;
+        d.ranked_epoch = task.holder_epoch;
+        if !changed {
+            return;
+        }
+        d.fresh = false;
+        d.parents = new_parents;
+        d.sent_counts = counts;
+        d.back_to_source_sent = is_source;
+        d.shape_sent = task.shape.is_some();
+        let reason = if is_source {
+            "fetch from upstream"
+        } else if done {
+            "task complete"
+        } else if d.parents.is_empty() {
+            "waiting for parents"
+        } else {
+            "download from parents"
+        };
+        let parents = d
+            .parents
+            .iter()
+            .map(|p| {
+                let h = &task.holdings[p];
+                let info = &self.peers[p].info;
+                ParentOffer {
+                    id: p.clone(),
+                    addr: info.addr,
+                    zone: info.zone.clone(),
+                    complete: h.complete,
+                    pieces: h.pieces.clone(),
+                }
+            })
+            .collect();
+        let update = PlanUpdate {
+            shape: task.shape,
+            piece_hashes: hashes,
+            parents,
+            back_to_source: is_source,
+            reason,
+        };
+        self.stats.plan_updates += 1;
+        self.effects.push(Effect::Plan {
+            plan: d.plan,
+            peer: child.clone(),
+            digest: *digest,
+            update,
+        });
+    }
+}

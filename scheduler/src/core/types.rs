@@ -1,0 +1,165 @@
+//! The core's vocabulary: peer ids, what a peer says about itself, plan
+//! updates and the effects the core asks its adapter to carry out.
+//!
+//! These are plain data; the gRPC adapter converts them to and from the wire.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shoal_proto::{Digest, PieceSet, TaskShape};
+
+/// A peer's stable id (1–128 characters of `[A-Za-z0-9._-]`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(Arc<str>);
+
+impl PeerId {
+    /// Longest id accepted.
+    pub const MAX_LEN: usize = 128;
+
+    /// Checks the id's grammar.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err("peer id must be 1 to 128 characters");
+        }
+        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err("peer id may only contain A-Z, a-z, 0-9, '.', '_' and '-'");
+        }
+        Ok(PeerId(s.into()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// What a peer says about itself when it joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Stable id.
+    pub id: PeerId,
+    /// Node hostname, for operators.
+    pub hostname: String,
+    /// Where other peers reach its QUIC piece server.
+    pub addr: SocketAddr,
+    /// Topology zone ("" when unknown).
+    pub zone: String,
+    /// Topology rack ("" when unknown).
+    pub rack: String,
+    /// Pieces it uploads at once (0: the scheduler's default).
+    pub upload_slots: u32,
+}
+
+/// A task a joining peer holds complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldTask {
+    /// The task.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Every piece's SHA-256, or empty when the peer does not send them.
+    pub piece_hashes: Vec<[u8; 32]>,
+}
+
+/// A piece a peer has verified and stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PieceDone {
+    /// Piece index.
+    pub index: u32,
+    /// Its SHA-256 when the peer fetched it from upstream.
+    pub hash: Option<[u8; 32]>,
+}
+
+/// Load a peer reports with each heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Piece uploads in flight.
+    pub active_uploads: u32,
+    /// Downloads in flight.
+    pub active_downloads: u32,
+}
+
+/// Names one plan stream (one download of one task by one peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlanId(pub u64);
+
+/// A parent as a plan presents it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentOffer {
+    /// The parent.
+    pub id: PeerId,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its zone.
+    pub zone: String,
+    /// True when it holds the whole task.
+    pub complete: bool,
+    /// The pieces it held when the plan was made.
+    pub pieces: PieceSet,
+}
+
+/// One message on a plan stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanUpdate {
+    /// The task's shape, once known.
+    pub shape: Option<TaskShape>,
+    /// Piece hashes this stream has not carried yet.
+    pub piece_hashes: Vec<(u32, [u8; 32])>,
+    /// Parents, best first; replaces the previous set.
+    pub parents: Vec<ParentOffer>,
+    /// Fetch from upstream (and report hashes) when true.
+    pub back_to_source: bool,
+    /// Why the plan looks as it does.
+    pub reason: &'static str,
+}
+
+/// A command for a peer's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Drop this task from the store.
+    Drop(Digest),
+}
+
+/// What the core asks its adapter to do. Drained with
+/// [`Scheduler::drain_effects`](super::Scheduler::drain_effects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Send this update on a plan stream.
+    Plan {
+        /// The stream.
+        plan: PlanId,
+        /// Its peer.
+        peer: PeerId,
+        /// Its task.
+        digest: Digest,
+        /// The update.
+        update: PlanUpdate,
+    },
+    /// End a plan stream (its peer left, or opened a newer one).
+    ClosePlan {
+        /// The stream.
+        plan: PlanId,
+        /// Why, for the peer's log.
+        reason: &'static str,
+    },
+    /// Send a command on a peer's session.
+    Command {
+        /// The peer.
+        peer: PeerId,
+        /// The command.
+        command: Command,
+    },
+}

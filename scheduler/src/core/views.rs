@@ -1,0 +1,229 @@
+//! Read-only snapshots of the core for the operator API, `shoalctl` and
+//! metrics. Plain serialisable data; nothing here changes state.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use shoal_proto::Digest;
+
+use super::{PeerId, Scheduler};
+
+/// Counters the core keeps (the adapter exports them as metrics).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Joins accepted.
+    pub joins: u64,
+    /// Peers that left (said so, or their lease expired).
+    pub departures: u64,
+    /// Of those, the ones whose lease expired.
+    pub expired: u64,
+    /// Parent rankings computed.
+    pub plan_decisions: u64,
+    /// Plan updates queued.
+    pub plan_updates: u64,
+    /// Back-to-source elections (first ones and re-elections).
+    pub back_to_source_elections: u64,
+    /// Back-to-source peers replaced for stalling.
+    pub back_to_source_stalls: u64,
+    /// Pieces reported.
+    pub pieces_reported: u64,
+    /// Tasks completed on a peer.
+    pub completions: u64,
+    /// Tasks evicted from a peer.
+    pub evictions: u64,
+    /// Bad-parent reports.
+    pub bad_parent_reports: u64,
+}
+
+/// One peer, as the operator API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    /// Stable id.
+    pub id: String,
+    /// Hostname.
+    pub hostname: String,
+    /// QUIC address.
+    pub addr: String,
+    /// Zone label.
+    pub zone: String,
+    /// Whether its session stream is open now.
+    pub session_open: bool,
+    /// Seconds since it joined.
+    pub joined_secs: u64,
+    /// Seconds until its lease runs out.
+    pub lease_secs: u64,
+    /// Uploads in flight (last heartbeat).
+    pub active_uploads: u32,
+    /// Downloads in flight (last heartbeat).
+    pub active_downloads: u32,
+    /// Downloads it is currently offered to as a parent.
+    pub children: u32,
+    /// Tasks it holds or downloads.
+    pub tasks: usize,
+    /// Distinct peers that reported bad pieces from it.
+    pub bad_reports: usize,
+}
+
+/// One task, as the operator API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskSummary {
+    /// The task's digest.
+    pub digest: Digest,
+    /// Size in bytes, once known.
+    pub size: Option<u64>,
+    /// Piece count, once known.
+    pub pieces: Option<u32>,
+    /// Peers holding the whole task.
+    pub complete_holders: usize,
+    /// Peers downloading it now.
+    pub downloading: usize,
+    /// Peers fetching it from upstream now.
+    pub back_to_source: Vec<String>,
+    /// Back-to-source elections so far.
+    pub elections: u32,
+    /// Seconds since the scheduler first saw it.
+    pub age_secs: u64,
+}
+
+/// One peer's progress in one task.
+#[derive(Debug, Clone, Serialize)]
+pub struct HolderView {
+    /// The peer.
+    pub peer: String,
+    /// Pieces it holds.
+    pub pieces: u32,
+    /// Whether it verified the whole task.
+    pub complete: bool,
+    /// Whether it is downloading now.
+    pub downloading: bool,
+    /// Whether it fetches from upstream now.
+    pub back_to_source: bool,
+    /// Parents it is offered now.
+    pub parents: Vec<String>,
+}
+
+/// A task with its holders.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskDetail {
+    /// The summary line.
+    #[serde(flatten)]
+    pub summary: TaskSummary,
+    /// Piece hashes known.
+    pub known_hashes: u32,
+    /// Every peer taking part, sorted by id.
+    pub holders: Vec<HolderView>,
+}
+
+impl Scheduler {
+    /// Every peer, sorted by id.
+    pub fn peers(&self, now: Instant) -> Vec<PeerView> {
+        let mut out: Vec<PeerView> = self
+            .peers
+            .values()
+            .map(|p| PeerView {
+                id: p.info.id.to_string(),
+                hostname: p.info.hostname.clone(),
+                addr: p.info.addr.to_string(),
+                zone: p.info.zone.clone(),
+                session_open: p.session_open,
+                joined_secs: now.saturating_duration_since(p.joined_at).as_secs(),
+                lease_secs: p.lease_until.saturating_duration_since(now).as_secs(),
+                active_uploads: p.load.active_uploads,
+                active_downloads: p.load.active_downloads,
+                children: p.children,
+                tasks: p.tasks.len(),
+                bad_reports: p.bad_reports.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Every task, sorted by digest.
+    pub fn tasks(&self, now: Instant) -> Vec<TaskSummary> {
+        let mut out: Vec<TaskSummary> = self.tasks.keys().filter_map(|d| self.summary(now, d)).collect();
+        out.sort_by_key(|t| t.digest);
+        out
+    }
+
+    /// One task with its holders, if known.
+    pub fn task(&self, now: Instant, digest: &Digest) -> Option<TaskDetail> {
+        let summary = self.summary(now, digest)?;
+        let task = &self.tasks[digest];
+        let mut holders: Vec<HolderView> = task
+            .holdings
+            .iter()
+            .map(|(id, h)| HolderView {
+                peer: id.to_string(),
+                pieces: h.pieces.count(),
+                complete: h.complete,
+                downloading: task.downloads.contains_key(id),
+                back_to_source: task.back_to_source.contains_key(id),
+                parents: task
+                    .downloads
+                    .get(id)
+                    .map(|d| d.parents.iter().map(PeerId::to_string).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        holders.sort_by(|a, b| a.peer.cmp(&b.peer));
+        Some(TaskDetail {
+            summary,
+            known_hashes: task.known_hashes,
+            holders,
+        })
+    }
+
+    fn summary(&self, now: Instant, digest: &Digest) -> Option<TaskSummary> {
+        let t = self.tasks.get(digest)?;
+        let mut b2s: Vec<String> = t.back_to_source.keys().map(PeerId::to_string).collect();
+        b2s.sort();
+        Some(TaskSummary {
+            digest: *digest,
+            size: t.shape.map(|s| s.size()),
+            pieces: t.shape.map(|s| s.piece_count()),
+            complete_holders: t.holdings.values().filter(|h| h.complete).count(),
+            downloading: t.downloads.len(),
+            back_to_source: b2s,
+            elections: t.elections,
+            age_secs: now.saturating_duration_since(t.created_at).as_secs(),
+        })
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// Number of peers, tasks and open plan streams.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.peers.len(), self.tasks.len(), self.plans.len())
+    }
+
+    /// Children currently assigned to a parent (for tests and metrics).
+    pub fn children_of(&self, id: &PeerId) -> Option<u32> {
+        self.peers.get(id).map(|p| p.children)
+    }
+
+    /// Back-to-source peers of a task right now.
+    pub fn back_to_source_of(&self, digest: &Digest) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self
+            .tasks
+            .get(digest)
+            .map(|t| t.back_to_source.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Whether `id` is a live, unquarantined peer (for invariant checks).
+    pub fn is_offerable(&self, id: &PeerId, digest: &Digest) -> bool {
+        self.peers.get(id).is_some_and(|p| !p.quarantined(&self.config))
+            && self.tasks.get(digest).is_some_and(|t| !t.bad.contains(id))
+    }
+
+    /// The pieces `id` holds of `digest`, if it takes part.
+    pub fn pieces_of(&self, id: &PeerId, digest: &Digest) -> Option<shoal_proto::PieceSet> {
+        self.tasks.get(digest)?.holdings.get(id).map(|h| h.pieces.clone())
+    }
+}
