@@ -8,3 +8,4 @@
 //! Non-goals: persistence. The state is soft and rebuilt from peers' joins.
 
 pub mod core;
+pub mod state;
