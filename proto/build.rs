@@ -2,7 +2,10 @@
 //! `protoc` is needed, and generates the prost messages and the tonic service.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/shoal/v1/scheduler.proto", "proto/shoal/v1/piece.proto"];
+    let files = [
+        "proto/shoal/v1/scheduler.proto",
+        "proto/shoal/v1/piece.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -220,7 +220,12 @@ impl PieceSet {
 
     /// True when every member of `self` is in `other`.
     pub fn is_subset(&self, other: &PieceSet) -> bool {
-        self.len == other.len && self.words.iter().zip(other.words.iter()).all(|(a, b)| a & !b == 0)
+        self.len == other.len
+            && self
+                .words
+                .iter()
+                .zip(other.words.iter())
+                .all(|(a, b)| a & !b == 0)
     }
 
     /// Bytes of memory the bitmap holds.
@@ -255,7 +260,10 @@ impl PieceSet {
                 if byte & (1 << bit) != 0 {
                     let idx = (i * 8 + bit) as u32;
                     if idx >= len {
-                        return Err(PieceError::IndexOutOfRange { index: idx, count: len });
+                        return Err(PieceError::IndexOutOfRange {
+                            index: idx,
+                            count: len,
+                        });
                     }
                     s.insert(idx);
                 }
@@ -281,7 +289,10 @@ mod tests {
         assert_eq!(s.piece_count(), 3);
         assert_eq!(s.piece_range(2).unwrap(), (8 << 20)..(10 << 20));
         assert_eq!(s.piece_len(2).unwrap(), 2 << 20);
-        assert!(matches!(s.piece_range(3), Err(PieceError::IndexOutOfRange { index: 3, count: 3 })));
+        assert!(matches!(
+            s.piece_range(3),
+            Err(PieceError::IndexOutOfRange { index: 3, count: 3 })
+        ));
         assert_eq!(s.piece_at((8 << 20) + 1), Some(2));
         assert_eq!(s.piece_at(10 << 20), None);
         assert_eq!(TaskShape::for_size(0).unwrap().piece_count(), 0);
@@ -292,7 +303,13 @@ mod tests {
     fn bitmap_rejects_bits_past_the_end() {
         assert!(PieceSet::from_bytes(&[0b1000_0000], 7).is_err());
         assert!(PieceSet::from_bytes(&[0, 0], 7).is_err());
-        assert_eq!(PieceSet::from_bytes(&[0b0100_0001], 7).unwrap().iter().collect::<Vec<_>>(), vec![0, 6]);
+        assert_eq!(
+            PieceSet::from_bytes(&[0b0100_0001], 7)
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            vec![0, 6]
+        );
     }
 
     proptest! {

@@ -62,7 +62,10 @@ impl SchedulerState {
 
     /// Registers a peer's session command channel (replacing an older one).
     pub fn attach_session(&self, peer: PeerId, tx: mpsc::Sender<Command>) {
-        self.sessions.lock().expect("sessions lock").insert(peer, tx);
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(peer, tx);
     }
 
     /// Forgets a session channel, if it is still the registered one.
@@ -124,7 +127,10 @@ impl SchedulerState {
             let now = Instant::now();
             for plan in lagging {
                 if let Some(tx) = plans.remove(&plan) {
-                    let _ = tx.try_send(Err((tonic::Code::ResourceExhausted, "plan stream lagging; re-open it".into())));
+                    let _ = tx.try_send(Err((
+                        tonic::Code::ResourceExhausted,
+                        "plan stream lagging; re-open it".into(),
+                    )));
                 }
                 core.close_plan(now, plan);
             }

@@ -74,22 +74,43 @@ fn info(p: u8, elsewhere: bool) -> PeerInfo {
     PeerInfo {
         id: id(p),
         hostname: format!("n{p}"),
-        addr: format!("127.0.{}.{}:7651", elsewhere as u8, p + 1).parse().unwrap(),
+        addr: format!("127.0.{}.{}:7651", elsewhere as u8, p + 1)
+            .parse()
+            .unwrap(),
         zone: format!("z{}", p % 2),
         rack: String::new(),
         upload_slots: 0,
     }
 }
 
-fn check(core: &Scheduler, effects: &[Effect], k: usize, left: &[PeerId]) -> Result<(), TestCaseError> {
+fn check(
+    core: &Scheduler,
+    effects: &[Effect],
+    k: usize,
+    left: &[PeerId],
+) -> Result<(), TestCaseError> {
     for e in effects {
-        if let Effect::Plan { peer, digest, update, .. } = e {
+        if let Effect::Plan {
+            peer,
+            digest,
+            update,
+            ..
+        } = e
+        {
             for o in &update.parents {
                 prop_assert_ne!(&o.id, peer, "own parent");
-                prop_assert!(core.is_offerable(&o.id, digest), "offered a bad or departed peer");
+                prop_assert!(
+                    core.is_offerable(&o.id, digest),
+                    "offered a bad or departed peer"
+                );
                 prop_assert!(!left.contains(&o.id), "offered a departed peer");
-                let truth = core.pieces_of(&o.id, digest).expect("parent takes part in the task");
-                prop_assert!(o.pieces.is_subset(&truth), "offered pieces the parent lacks");
+                let truth = core
+                    .pieces_of(&o.id, digest)
+                    .expect("parent takes part in the task");
+                prop_assert!(
+                    o.pieces.is_subset(&truth),
+                    "offered pieces the parent lacks"
+                );
             }
             prop_assert!(update.parents.len() <= core.config().max_parents);
         }
@@ -122,7 +143,9 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
         let result = match op {
             Op::Join(p) => core.join(now, info(p, false), vec![]),
             Op::JoinElsewhere(p) => core.join(now, info(p, true), vec![]),
-            Op::Open(p, t, sized) => core.open_plan(now, &id(p), digest(t), if sized { SIZE } else { 0 }).map(|_| ()),
+            Op::Open(p, t, sized) => core
+                .open_plan(now, &id(p), digest(t), if sized { SIZE } else { 0 })
+                .map(|_| ()),
             Op::Started(p, t, size) => core.task_started(now, &id(p), digest(t), size),
             Op::Report(p, t, i, with_hash) => {
                 let piece = PieceDone {
@@ -134,13 +157,14 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
             Op::SourceReport(t, i) => match core.back_to_source_of(&digest(t)).first() {
                 Some(source) => {
                     let source = source.clone();
-                    core.task_started(now, &source, digest(t), SIZE).and_then(|()| {
-                        let piece = PieceDone {
-                            index: i,
-                            hash: Some(hash(t, i)),
-                        };
-                        core.report_pieces(now, &source, digest(t), &[piece])
-                    })
+                    core.task_started(now, &source, digest(t), SIZE)
+                        .and_then(|()| {
+                            let piece = PieceDone {
+                                index: i,
+                                hash: Some(hash(t, i)),
+                            };
+                            core.report_pieces(now, &source, digest(t), &[piece])
+                        })
                 }
                 None => Ok(()),
             },
@@ -164,7 +188,12 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
             }
         };
         if let Err(e) = &result {
-            prop_assert_eq!(&before, &format!("{core:?}"), "refused input changed state: {}", e);
+            prop_assert_eq!(
+                &before,
+                &format!("{core:?}"),
+                "refused input changed state: {}",
+                e
+            );
         }
         if let Op::Join(p) | Op::JoinElsewhere(p) = op {
             if result.is_ok() {

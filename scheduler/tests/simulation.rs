@@ -21,7 +21,9 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use shoal_proto::{Digest, PieceSet, TaskShape};
-use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PeerInfo, PieceDone, PlanId, PlanUpdate, Scheduler};
+use shoal_scheduler::core::{
+    CoreConfig, Effect, PeerId, PeerInfo, PieceDone, PlanId, PlanUpdate, Scheduler,
+};
 
 const PEERS: usize = 200;
 const PIECES: u32 = 256;
@@ -115,7 +117,9 @@ impl Sim {
         PeerInfo {
             id: id.clone(),
             hostname: format!("node-{n}"),
-            addr: format!("10.0.{}.{}:7651", n / 250, n % 250 + 1).parse().unwrap(),
+            addr: format!("10.0.{}.{}:7651", n / 250, n % 250 + 1)
+                .parse()
+                .unwrap(),
             zone: format!("zone-{}", n % 3),
             rack: String::new(),
             upload_slots: 0,
@@ -125,7 +129,12 @@ impl Sim {
     fn deliver(&mut self) {
         for effect in self.core.drain_effects() {
             match effect {
-                Effect::Plan { plan, peer, digest, update } => {
+                Effect::Plan {
+                    plan,
+                    peer,
+                    digest,
+                    update,
+                } => {
                     assert_eq!(digest, self.digest);
                     self.check_update(&peer, &update);
                     let p = self.peers.get_mut(&peer).unwrap();
@@ -146,7 +155,11 @@ impl Sim {
                         assert_eq!(h, piece_hash(i), "scheduler handed out a wrong hash");
                         p.hashes.insert(i, h);
                     }
-                    p.parents = update.parents.into_iter().map(|o| (o.id, o.pieces)).collect();
+                    p.parents = update
+                        .parents
+                        .into_iter()
+                        .map(|o| (o.id, o.pieces))
+                        .collect();
                 }
                 Effect::ClosePlan { plan, .. } => {
                     for p in self.peers.values_mut() {
@@ -165,10 +178,19 @@ impl Sim {
         assert!(update.parents.len() <= self.core.config().max_parents);
         for offer in &update.parents {
             assert_ne!(&offer.id, child, "a peer was offered as its own parent");
-            assert!(!self.departed.contains(&offer.id), "a departed peer was offered");
+            assert!(
+                !self.departed.contains(&offer.id),
+                "a departed peer was offered"
+            );
             assert!(self.core.is_offerable(&offer.id, &self.digest));
-            let truth = self.core.pieces_of(&offer.id, &self.digest).expect("parent takes part");
-            assert!(offer.pieces.is_subset(&truth), "plan claims pieces the parent lacks");
+            let truth = self
+                .core
+                .pieces_of(&offer.id, &self.digest)
+                .expect("parent takes part");
+            assert!(
+                offer.pieces.is_subset(&truth),
+                "plan claims pieces the parent lacks"
+            );
             let sim_truth = &self.peers[&offer.id].pieces;
             assert!(offer.pieces.iter().all(|i| sim_truth.contains(i)));
         }
@@ -232,9 +254,15 @@ impl Sim {
                             && budget.get(parent).copied().unwrap_or(0) < UPLOADS_PER_STEP
                     });
                     if let Some((parent, _)) = source {
-                        assert!(self.peers[parent].pieces.contains(i), "parent lacked an offered piece");
+                        assert!(
+                            self.peers[parent].pieces.contains(i),
+                            "parent lacked an offered piece"
+                        );
                         *budget.entry(parent.clone()).or_default() += 1;
-                        got.push(PieceDone { index: i, hash: None });
+                        got.push(PieceDone {
+                            index: i,
+                            hash: None,
+                        });
                     }
                 }
             }
@@ -250,7 +278,9 @@ impl Sim {
                 assert_eq!(expected, piece_hash(g.index));
                 p.pieces.insert(g.index);
             }
-            self.core.report_pieces(now, &id, self.digest, &got).unwrap();
+            self.core
+                .report_pieces(now, &id, self.digest, &got)
+                .unwrap();
             let p = self.peers.get_mut(&id).unwrap();
             if p.pieces.is_full() {
                 p.done = true;
@@ -274,7 +304,12 @@ impl Sim {
 
         for p in self.peers.values() {
             if let Some(c) = self.core.children_of(&p.id) {
-                assert!(c <= self.cap, "parent {} has {c} children, cap {}", p.id, self.cap);
+                assert!(
+                    c <= self.cap,
+                    "parent {} has {c} children, cap {}",
+                    p.id,
+                    self.cap
+                );
             }
         }
         // Children counted from what the peers were last told.
@@ -320,7 +355,10 @@ trait MissingLimit {
 
 impl MissingLimit for PieceSet {
     fn iter_missing_limit(&self, n: usize) -> Vec<u32> {
-        (0..self.len()).filter(|&i| !self.contains(i)).take(n).collect()
+        (0..self.len())
+            .filter(|&i| !self.contains(i))
+            .take(n)
+            .collect()
     }
 }
 
@@ -347,18 +385,38 @@ fn run(seed: u64) {
             sim.peers.get_mut(&id).unwrap().alive = false;
             sim.departed.insert(id);
         }
-        let remaining_done = sim.peers.values().filter(|p| p.alive && !p.silent).all(|p| p.done);
+        let remaining_done = sim
+            .peers
+            .values()
+            .filter(|p| p.alive && !p.silent)
+            .all(|p| p.done);
         if departed && remaining_done {
             break;
         }
     }
-    assert!(departed, "the swarm finished before the departures were injected");
-    let remaining: Vec<&SimPeer> = sim.peers.values().filter(|p| p.alive && !p.silent).collect();
+    assert!(
+        departed,
+        "the swarm finished before the departures were injected"
+    );
+    let remaining: Vec<&SimPeer> = sim
+        .peers
+        .values()
+        .filter(|p| p.alive && !p.silent)
+        .collect();
     assert_eq!(remaining.len(), PEERS - PEERS / 10);
     for p in &remaining {
-        assert!(p.done, "{} did not complete ({} pieces)", p.id, p.pieces.count());
+        assert!(
+            p.done,
+            "{} did not complete ({} pieces)",
+            p.id,
+            p.pieces.count()
+        );
         assert!(p.pieces.is_full());
-        assert!(p.pieces.iter().all(|i| p.hashes.get(&i) == Some(&piece_hash(i)) || p.back_to_source));
+        assert!(
+            p.pieces
+                .iter()
+                .all(|i| p.hashes.get(&i) == Some(&piece_hash(i)) || p.back_to_source)
+        );
     }
     let elections = sim.core.stats().back_to_source_elections;
     // Every upstream order the peers saw was an election by the core, and a

@@ -10,18 +10,27 @@ use std::time::Instant;
 
 use shoal_proto::{PieceSet, TaskShape};
 
-use super::{CoreError, ErrorKind, HeldTask, Holding, Load, Peer, PeerId, PeerInfo, Scheduler, Task};
+use super::{
+    CoreError, ErrorKind, HeldTask, Holding, Load, Peer, PeerId, PeerInfo, Scheduler, Task,
+};
 
 impl Scheduler {
     /// A peer (re)announces itself and every task it holds complete.
     ///
     /// Everything is validated before anything changes.
-    pub fn join(&mut self, now: Instant, info: PeerInfo, held: Vec<HeldTask>) -> Result<(), CoreError> {
+    pub fn join(
+        &mut self,
+        now: Instant,
+        info: PeerInfo,
+        held: Vec<HeldTask>,
+    ) -> Result<(), CoreError> {
         if info.hostname.len() > 253 {
             return Err(CoreError::invalid("hostname longer than 253 characters"));
         }
         if info.zone.len() > 128 || info.rack.len() > 128 {
-            return Err(CoreError::invalid("zone and rack labels may be at most 128 characters"));
+            return Err(CoreError::invalid(
+                "zone and rack labels may be at most 128 characters",
+            ));
         }
         if info.addr.port() == 0 || info.addr.ip().is_unspecified() {
             return Err(CoreError::invalid(format!(
@@ -43,7 +52,10 @@ impl Scheduler {
         let mut seen = HashSet::new();
         for (i, t) in held.iter().enumerate() {
             if !seen.insert(t.digest) {
-                return Err(CoreError::invalid(format!("task {} announced twice", t.digest)));
+                return Err(CoreError::invalid(format!(
+                    "task {} announced twice",
+                    t.digest
+                )));
             }
             let shape = TaskShape::for_size(t.size)
                 .map_err(|e| CoreError::invalid(format!("held task #{i} ({}): {e}", t.digest)))?;
@@ -80,7 +92,11 @@ impl Scheduler {
         }
 
         // A different address whose lease ran out: the old peer is gone.
-        if self.peers.get(&info.id).is_some_and(|p| p.info.addr != info.addr) {
+        if self
+            .peers
+            .get(&info.id)
+            .is_some_and(|p| p.info.addr != info.addr)
+        {
             self.remove_peer(now, &info.id);
         }
         let ttl = self.config.peer_ttl;

@@ -194,7 +194,11 @@ impl Task {
         self.shape = Some(shape);
         self.hashes = vec![None; n as usize];
         for h in self.holdings.values_mut() {
-            h.pieces = if h.complete { PieceSet::full(n) } else { PieceSet::new(n) };
+            h.pieces = if h.complete {
+                PieceSet::full(n)
+            } else {
+                PieceSet::new(n)
+            };
         }
         for d in self.downloads.values_mut() {
             d.hashes_sent = PieceSet::new(n);
@@ -204,7 +208,9 @@ impl Task {
 
     /// True when some holder has every piece.
     pub(crate) fn has_complete_holder(&self) -> bool {
-        self.holdings.values().any(|h| h.complete || (h.pieces.len() > 0 && h.pieces.is_full()))
+        self.holdings
+            .values()
+            .any(|h| h.complete || (h.pieces.len() > 0 && h.pieces.is_full()))
     }
 
     fn empty_set(&self) -> PieceSet {
@@ -253,8 +259,10 @@ impl Scheduler {
 
     /// Looks a peer up, or says it must join first.
     pub(crate) fn live_peer(&self, id: &PeerId) -> Result<&Peer, CoreError> {
-        self.peers
-            .get(id)
-            .ok_or_else(|| CoreError::precondition(format!("peer {id} has not joined (or its lease expired); join first")))
+        self.peers.get(id).ok_or_else(|| {
+            CoreError::precondition(format!(
+                "peer {id} has not joined (or its lease expired); join first"
+            ))
+        })
     }
 }

@@ -13,16 +13,27 @@ use rand::seq::IteratorRandom;
 use shoal_proto::{Digest, TaskShape};
 
 use super::rank::rank_parents;
-use super::{CoreError, Download, Effect, Holding, ParentOffer, PeerId, PlanId, PlanUpdate, Scheduler, Task};
+use super::{
+    CoreError, Download, Effect, Holding, ParentOffer, PeerId, PlanId, PlanUpdate, Scheduler, Task,
+};
 
 impl Scheduler {
     /// A peer wants a task: opens a plan stream. The first update is queued
     /// at once. `size` is 0 when the peer does not know it.
-    pub fn open_plan(&mut self, now: Instant, id: &PeerId, digest: Digest, size: u64) -> Result<PlanId, CoreError> {
+    pub fn open_plan(
+        &mut self,
+        now: Instant,
+        id: &PeerId,
+        digest: Digest,
+        size: u64,
+    ) -> Result<PlanId, CoreError> {
         self.live_peer(id)?;
         let shape = match size {
             0 => None,
-            s => Some(TaskShape::for_size(s).map_err(|e| CoreError::invalid(format!("task {digest}: {e}")))?),
+            s => Some(
+                TaskShape::for_size(s)
+                    .map_err(|e| CoreError::invalid(format!("task {digest}: {e}")))?,
+            ),
         };
         if let (Some(task), Some(shape)) = (self.tasks.get(&digest), shape) {
             if let Some(known) = task.shape {
@@ -104,7 +115,12 @@ impl Scheduler {
 
     /// Queues the updates that the changes since the last flush call for.
     pub fn flush(&mut self) {
-        let dirty: Vec<Digest> = self.tasks.iter().filter(|(_, t)| t.dirty).map(|(d, _)| *d).collect();
+        let dirty: Vec<Digest> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.dirty)
+            .map(|(d, _)| *d)
+            .collect();
         for digest in dirty {
             self.flush_task(&digest);
         }
@@ -153,11 +169,12 @@ impl Scheduler {
 
     /// A task nobody holds or wants is forgotten.
     fn forget_if_unused(&mut self, digest: &Digest) {
-        if self
-            .tasks
-            .get(digest)
-            .is_some_and(|t| t.downloads.is_empty() && t.holdings.values().all(|h| h.pieces.is_empty() && !h.complete))
-        {
+        if self.tasks.get(digest).is_some_and(|t| {
+            t.downloads.is_empty()
+                && t.holdings
+                    .values()
+                    .all(|h| h.pieces.is_empty() && !h.complete)
+        }) {
             let task = self.tasks.remove(digest).expect("checked");
             for id in task.holdings.keys() {
                 if let Some(p) = self.peers.get_mut(id) {
@@ -175,10 +192,9 @@ impl Scheduler {
             return;
         };
         while task.back_to_source.len() < limit && !task.has_complete_holder() {
-            let candidates = task
-                .downloads
-                .keys()
-                .filter(|id| !task.back_to_source.contains_key(*id) && self.peers.contains_key(*id));
+            let candidates = task.downloads.keys().filter(|id| {
+                !task.back_to_source.contains_key(*id) && self.peers.contains_key(*id)
+            });
             // Prefer peers that did not stall on this task, then those holding
             // the most pieces (they fetch least from upstream), then random.
             let best = candidates
@@ -187,16 +203,23 @@ impl Scheduler {
                     let held = task.holdings.get(id).map_or(0, |h| h.pieces.count());
                     ((stalled, std::cmp::Reverse(held)), id)
                 })
-                .fold(None::<((bool, std::cmp::Reverse<u32>), Vec<&PeerId>)>, |acc, (key, id)| match acc {
-                    Some((k, mut ids)) if k == key => {
-                        ids.push(id);
-                        Some((k, ids))
-                    }
-                    Some((k, ids)) if k < key => Some((k, ids)),
-                    _ => Some((key, vec![id])),
-                });
+                .fold(
+                    None::<((bool, std::cmp::Reverse<u32>), Vec<&PeerId>)>,
+                    |acc, (key, id)| match acc {
+                        Some((k, mut ids)) if k == key => {
+                            ids.push(id);
+                            Some((k, ids))
+                        }
+                        Some((k, ids)) if k < key => Some((k, ids)),
+                        _ => Some((key, vec![id])),
+                    },
+                );
             let Some((_, ids)) = best else { break };
-            let chosen = ids.into_iter().choose(&mut self.rng).expect("non-empty").clone();
+            let chosen = ids
+                .into_iter()
+                .choose(&mut self.rng)
+                .expect("non-empty")
+                .clone();
             task.back_to_source.insert(chosen.clone(), now);
             task.sources.insert(chosen.clone());
             task.elections += 1;
@@ -263,13 +286,21 @@ impl Scheduler {
                     .is_some_and(|h| h.complete || next.is_some_and(|n| h.pieces.contains(n)))
             })
         };
-        let more_wanted = d.parents.len() < self.config.max_parents && d.ranked_epoch != task.holder_epoch;
+        let more_wanted =
+            d.parents.len() < self.config.max_parents && d.ranked_epoch != task.holder_epoch;
         let rerank = d.rerank || starved || more_wanted;
         let new_parents = if is_source || done {
             Vec::new()
         } else if rerank {
             self.stats.plan_decisions += 1;
-            rank_parents(&self.config, &self.peers, task, child, &d.parents, &mut self.rng)
+            rank_parents(
+                &self.config,
+                &self.peers,
+                task,
+                child,
+                &d.parents,
+                &mut self.rng,
+            )
         } else {
             d.parents.clone()
         };
@@ -288,7 +319,10 @@ impl Scheduler {
         }
 
         let task = self.tasks.get_mut(digest).expect("present");
-        let counts: Vec<u32> = new_parents.iter().map(|p| task.holdings[p].pieces.count()).collect();
+        let counts: Vec<u32> = new_parents
+            .iter()
+            .map(|p| task.holdings[p].pieces.count())
+            .collect();
         let d = task.downloads.get_mut(child).expect("present");
         let mut hashes = Vec::new();
         if let Some(shape) = task.shape {

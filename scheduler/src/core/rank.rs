@@ -64,7 +64,9 @@ pub(crate) fn rank_parents(
                 Some(_) => 2,
                 // Holds nothing the child lacks: useful only while it is still
                 // downloading (it will gain pieces the child lacks).
-                None if task.downloads.contains_key(id) || task.back_to_source.contains_key(id) => 3,
+                None if task.downloads.contains_key(id) || task.back_to_source.contains_key(id) => {
+                    3
+                }
                 None => continue,
             }
         };
@@ -73,5 +75,9 @@ pub(crate) fn rank_parents(
         scored.push(((tier, other_zone, !complete, load, rng.random()), id));
     }
     scored.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    scored.into_iter().take(config.max_parents).map(|(_, id)| id.clone()).collect()
+    scored
+        .into_iter()
+        .take(config.max_parents)
+        .map(|(_, id)| id.clone())
+        .collect()
 }

@@ -12,9 +12,16 @@ use super::{CoreError, ErrorKind, PeerId, PieceDone, Scheduler, Task};
 
 impl Scheduler {
     /// The back-to-source peer learnt the task's size from upstream.
-    pub fn task_started(&mut self, now: Instant, id: &PeerId, digest: Digest, size: u64) -> Result<(), CoreError> {
+    pub fn task_started(
+        &mut self,
+        now: Instant,
+        id: &PeerId,
+        digest: Digest,
+        size: u64,
+    ) -> Result<(), CoreError> {
         self.live_peer(id)?;
-        let shape = TaskShape::for_size(size).map_err(|e| CoreError::invalid(format!("task {digest}: {e}")))?;
+        let shape = TaskShape::for_size(size)
+            .map_err(|e| CoreError::invalid(format!("task {digest}: {e}")))?;
         let task = self.task_of(id, &digest)?;
         if !task.sources.contains(id) {
             return Err(CoreError::new(
@@ -42,7 +49,13 @@ impl Scheduler {
     /// Pieces a peer verified and stored. A piece carries its hash when the
     /// peer fetched it from upstream; otherwise the scheduler must already
     /// know the hash (the peer verified against it).
-    pub fn report_pieces(&mut self, now: Instant, id: &PeerId, digest: Digest, pieces: &[PieceDone]) -> Result<(), CoreError> {
+    pub fn report_pieces(
+        &mut self,
+        now: Instant,
+        id: &PeerId,
+        digest: Digest,
+        pieces: &[PieceDone],
+    ) -> Result<(), CoreError> {
         self.live_peer(id)?;
         let task = self.task_of(id, &digest)?;
         let Some(shape) = task.shape else {
@@ -60,7 +73,10 @@ impl Scheduler {
                 (Some(_), _) if !is_source => {
                     return Err(CoreError::new(
                         ErrorKind::PermissionDenied,
-                        format!("peer {id} reported a hash for piece {} of {digest} but never fetched it from upstream", p.index),
+                        format!(
+                            "peer {id} reported a hash for piece {} of {digest} but never fetched it from upstream",
+                            p.index
+                        ),
                     ));
                 }
                 (Some(h), Some(k)) if h != k => {
@@ -106,11 +122,18 @@ impl Scheduler {
 
     /// The peer holds the whole task, verified against its digest. Its
     /// back-to-source duty (if any) ends and its parents are released.
-    pub fn task_complete(&mut self, now: Instant, id: &PeerId, digest: Digest) -> Result<(), CoreError> {
+    pub fn task_complete(
+        &mut self,
+        now: Instant,
+        id: &PeerId,
+        digest: Digest,
+    ) -> Result<(), CoreError> {
         self.live_peer(id)?;
         let task = self.task_of(id, &digest)?;
         let Some(shape) = task.shape else {
-            return Err(CoreError::precondition(format!("task {digest} has no known size; it cannot be complete")));
+            return Err(CoreError::precondition(format!(
+                "task {digest} has no known size; it cannot be complete"
+            )));
         };
         if task.known_hashes < shape.piece_count() && !task.sources.contains(id) {
             return Err(CoreError::precondition(format!(
@@ -127,7 +150,10 @@ impl Scheduler {
         }
         task.back_to_source.remove(id);
         task.dirty = true;
-        let parents = task.downloads.get_mut(id).map(|d| std::mem::take(&mut d.parents));
+        let parents = task
+            .downloads
+            .get_mut(id)
+            .map(|d| std::mem::take(&mut d.parents));
         if let Some(d) = task.downloads.get_mut(id) {
             d.sent_counts.clear();
         }
@@ -138,7 +164,12 @@ impl Scheduler {
     }
 
     /// The peer dropped the task from its store.
-    pub fn task_evicted(&mut self, now: Instant, id: &PeerId, digest: Digest) -> Result<(), CoreError> {
+    pub fn task_evicted(
+        &mut self,
+        now: Instant,
+        id: &PeerId,
+        digest: Digest,
+    ) -> Result<(), CoreError> {
         self.live_peer(id)?;
         self.task_of(id, &digest)?;
         self.drop_from_task(now, &digest, id);
@@ -149,14 +180,24 @@ impl Scheduler {
     /// `child` received a bad piece of `digest` from `parent`. The parent is
     /// never offered for this task again, and after reports from
     /// `bad_parent_limit` distinct children, for no task at all.
-    pub fn bad_parent(&mut self, now: Instant, child: &PeerId, digest: Digest, parent: &PeerId) -> Result<(), CoreError> {
+    pub fn bad_parent(
+        &mut self,
+        now: Instant,
+        child: &PeerId,
+        digest: Digest,
+        parent: &PeerId,
+    ) -> Result<(), CoreError> {
         self.live_peer(child)?;
         self.task_of(child, &digest)?;
         if child == parent {
-            return Err(CoreError::invalid("a peer cannot report itself as a bad parent"));
+            return Err(CoreError::invalid(
+                "a peer cannot report itself as a bad parent",
+            ));
         }
         if !self.peers.contains_key(parent) {
-            return Err(CoreError::not_found(format!("parent {parent} is not a known peer")));
+            return Err(CoreError::not_found(format!(
+                "parent {parent} is not a known peer"
+            )));
         }
         self.touch(now, child)?;
         let peer = self.peers.get_mut(parent).expect("checked");
@@ -170,10 +211,9 @@ impl Scheduler {
 
     /// The task, if it exists and `id` takes part in it.
     fn task_of(&self, id: &PeerId, digest: &Digest) -> Result<&Task, CoreError> {
-        let task = self
-            .tasks
-            .get(digest)
-            .ok_or_else(|| CoreError::not_found(format!("task {digest} is unknown to the scheduler")))?;
+        let task = self.tasks.get(digest).ok_or_else(|| {
+            CoreError::not_found(format!("task {digest} is unknown to the scheduler"))
+        })?;
         if task.bad.contains(id) {
             return Err(CoreError::precondition(format!(
                 "peer {id} was reported bad for task {digest}; its reports are ignored"

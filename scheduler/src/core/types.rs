@@ -22,7 +22,10 @@ impl PeerId {
         if s.is_empty() || s.len() > Self::MAX_LEN {
             return Err("peer id must be 1 to 128 characters");
         }
-        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
             return Err("peer id may only contain A-Z, a-z, 0-9, '.', '_' and '-'");
         }
         Ok(PeerId(s.into()))

@@ -141,7 +141,11 @@ impl Scheduler {
 
     /// Every task, sorted by digest.
     pub fn tasks(&self, now: Instant) -> Vec<TaskSummary> {
-        let mut out: Vec<TaskSummary> = self.tasks.keys().filter_map(|d| self.summary(now, d)).collect();
+        let mut out: Vec<TaskSummary> = self
+            .tasks
+            .keys()
+            .filter_map(|d| self.summary(now, d))
+            .collect();
         out.sort_by_key(|t| t.digest);
         out
     }
@@ -218,12 +222,18 @@ impl Scheduler {
 
     /// Whether `id` is a live, unquarantined peer (for invariant checks).
     pub fn is_offerable(&self, id: &PeerId, digest: &Digest) -> bool {
-        self.peers.get(id).is_some_and(|p| !p.quarantined(&self.config))
+        self.peers
+            .get(id)
+            .is_some_and(|p| !p.quarantined(&self.config))
             && self.tasks.get(digest).is_some_and(|t| !t.bad.contains(id))
     }
 
     /// The pieces `id` holds of `digest`, if it takes part.
     pub fn pieces_of(&self, id: &PeerId, digest: &Digest) -> Option<shoal_proto::PieceSet> {
-        self.tasks.get(digest)?.holdings.get(id).map(|h| h.pieces.clone())
+        self.tasks
+            .get(digest)?
+            .holdings
+            .get(id)
+            .map(|h| h.pieces.clone())
     }
 }

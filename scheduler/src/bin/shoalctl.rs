@@ -1,0 +1,23 @@
+//! `shoalctl`: the operator CLI for a Shoal scheduler. Thin: parse the
+//! command line, call [`shoal_scheduler::ctl::run`], print the error.
+//!
+//! Exit codes: 0 success, 1 the command failed (scheduler unreachable, API
+//! error), 2 usage (bad flag, malformed digest; clap prints the message).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use shoal_scheduler::ctl::{Cli, run};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    match run(&cli, &mut stdout).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

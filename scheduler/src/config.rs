@@ -1,0 +1,321 @@
+//! `shoal-scheduler`'s configuration: flags, their `SHOAL_*` environment
+//! variables, and an optional TOML file (`--config`), in that order of
+//! precedence. Load → normalise → validate: every problem is reported at
+//! once, and unknown keys in the file are rejected.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::core::CoreConfig;
+
+/// Command-line flags. Every value is taken as text and checked in
+/// [`Settings::resolve`], so that all errors are reported together.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal-scheduler",
+    version,
+    about = "Shoal's scheduler: tracks which peer holds which piece and hands out download plans."
+)]
+pub struct Args {
+    /// Optional TOML file with the same keys as the flags (snake_case).
+    #[arg(long, env = "SHOAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC address for peers [default: 0.0.0.0:7600].
+    #[arg(long, env = "SHOAL_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
+    /// Operator HTTP API address [default: 0.0.0.0:7680].
+    #[arg(long, env = "SHOAL_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// How long a peer stays after its last message, e.g. 30s [default: 30s].
+    #[arg(long, env = "SHOAL_PEER_TTL")]
+    pub peer_ttl: Option<String>,
+    /// Peers fetching one task from upstream at once [default: 1].
+    #[arg(long, env = "SHOAL_MAX_BACK_TO_SOURCE")]
+    pub max_back_to_source: Option<String>,
+    /// Replace a back-to-source peer silent for this long [default: 20s].
+    #[arg(long, env = "SHOAL_BACK_TO_SOURCE_STALL")]
+    pub back_to_source_stall: Option<String>,
+    /// Parents per plan [default: 4].
+    #[arg(long, env = "SHOAL_MAX_PARENTS")]
+    pub max_parents: Option<String>,
+    /// Downloads one peer serves as a parent at once [default: 8].
+    #[arg(long, env = "SHOAL_MAX_CHILDREN_PER_PARENT")]
+    pub max_children_per_parent: Option<String>,
+    /// How often plan updates are flushed to peers [default: 100ms].
+    #[arg(long, env = "SHOAL_PLAN_INTERVAL")]
+    pub plan_interval: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "SHOAL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The config file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    grpc_listen: Option<String>,
+    http_listen: Option<String>,
+    peer_ttl: Option<String>,
+    max_back_to_source: Option<String>,
+    back_to_source_stall: Option<String>,
+    max_parents: Option<String>,
+    max_children_per_parent: Option<String>,
+    plan_interval: Option<String>,
+    log_format: Option<String>,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// Operator API listen address.
+    pub http_listen: SocketAddr,
+    /// Flush interval of plan updates.
+    pub plan_interval: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The core's tunables.
+    pub core: CoreConfig,
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!(
+            "{s:?} is not a duration like 30s, 500ms or 2m (units: ms, s, m, h)"
+        )),
+    }
+}
+
+impl Settings {
+    /// Merges flags over the file over defaults and validates everything,
+    /// returning every problem found.
+    pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
+        let mut errors = Vec::new();
+        let file = match &args.config {
+            None => File::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => {
+                    errors.push(format!("config file {}: {e}", path.display()));
+                    File::default()
+                }
+                Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
+                    errors.push(format!("config file {}: {e}", path.display()));
+                    File::default()
+                }),
+            },
+        };
+        let get = |name: &str,
+                   flag: Option<String>,
+                   file: Option<String>,
+                   default: &str|
+         -> (String, String) {
+            (
+                name.to_string(),
+                flag.or(file).unwrap_or_else(|| default.to_string()),
+            )
+        };
+        let grpc = get(
+            "grpc-listen",
+            args.grpc_listen,
+            file.grpc_listen,
+            "0.0.0.0:7600",
+        );
+        let http = get(
+            "http-listen",
+            args.http_listen,
+            file.http_listen,
+            "0.0.0.0:7680",
+        );
+        let ttl = get("peer-ttl", args.peer_ttl, file.peer_ttl, "30s");
+        let b2s = get(
+            "max-back-to-source",
+            args.max_back_to_source,
+            file.max_back_to_source,
+            "1",
+        );
+        let stall = get(
+            "back-to-source-stall",
+            args.back_to_source_stall,
+            file.back_to_source_stall,
+            "20s",
+        );
+        let parents = get("max-parents", args.max_parents, file.max_parents, "4");
+        let children = get(
+            "max-children-per-parent",
+            args.max_children_per_parent,
+            file.max_children_per_parent,
+            "8",
+        );
+        let interval = get(
+            "plan-interval",
+            args.plan_interval,
+            file.plan_interval,
+            "100ms",
+        );
+        let log = get("log-format", args.log_format, file.log_format, "text");
+
+        let mut addr = |(name, v): (String, String)| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| errors.push(format!("--{name}: {v:?} is not an ip:port address")))
+                .ok()
+        };
+        let grpc_listen = addr(grpc);
+        let http_listen = addr(http);
+        let mut duration = |(name, v): (String, String), min: Duration| match parse_duration(&v) {
+            Ok(d) if d >= min => Some(d),
+            Ok(_) => {
+                errors.push(format!("--{name}: {v} is below the minimum of {min:?}"));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("--{name}: {e}"));
+                None
+            }
+        };
+        let peer_ttl = duration(ttl, Duration::from_secs(1));
+        let stall = duration(stall, Duration::from_secs(1));
+        let plan_interval = duration(interval, Duration::from_millis(10));
+        let mut count = |(name, v): (String, String), max: u32| match v.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Some(n),
+            _ => {
+                errors.push(format!(
+                    "--{name}: {v:?} must be a whole number from 1 to {max}"
+                ));
+                None
+            }
+        };
+        let b2s = count(b2s, 16);
+        let parents = count(parents, 64);
+        let children = count(children, 1024);
+        let log_format = match log.1.as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            other => {
+                errors.push(format!("--log-format: {other:?} must be text or json"));
+                None
+            }
+        };
+        if let (Some(g), Some(h)) = (grpc_listen, http_listen) {
+            if g == h && g.port() != 0 {
+                errors.push(format!("--grpc-listen and --http-listen are both {g}"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let core = CoreConfig {
+            peer_ttl: peer_ttl.expect("checked"),
+            max_back_to_source: b2s.expect("checked") as usize,
+            back_to_source_stall: stall.expect("checked"),
+            max_parents: parents.expect("checked") as usize,
+            max_children_per_parent: children.expect("checked"),
+            seed: rand::random(),
+            ..CoreConfig::default()
+        };
+        Ok(Settings {
+            grpc_listen: grpc_listen.expect("checked"),
+            http_listen: http_listen.expect("checked"),
+            plan_interval: plan_interval.expect("checked"),
+            log_format: log_format.expect("checked"),
+            core,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["shoal-scheduler"];
+        v.extend_from_slice(extra);
+        Args::parse_from(v)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::resolve(args(&[])).unwrap();
+        assert_eq!(s.grpc_listen, "0.0.0.0:7600".parse().unwrap());
+        assert_eq!(s.http_listen, "0.0.0.0:7680".parse().unwrap());
+        assert_eq!(s.core.peer_ttl, Duration::from_secs(30));
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn every_error_at_once() {
+        let errs = Settings::resolve(args(&[
+            "--grpc-listen",
+            "nope",
+            "--peer-ttl",
+            "5 parsecs",
+            "--log-format",
+            "xml",
+            "--max-parents",
+            "0",
+        ]))
+        .unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs[0].contains("--grpc-listen"));
+        assert!(errs.iter().any(|e| e.contains("--peer-ttl")));
+        assert!(errs.iter().any(|e| e.contains("--log-format")));
+        assert!(errs.iter().any(|e| e.contains("--max-parents")));
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("shoal-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "peer_ttl = \"45s\"\nmax_parents = \"6\"\n").unwrap();
+        let s = Settings::resolve(args(&[
+            "--config",
+            good.to_str().unwrap(),
+            "--max-parents",
+            "3",
+        ]))
+        .unwrap();
+        assert_eq!(s.core.peer_ttl, Duration::from_secs(45));
+        assert_eq!(s.core.max_parents, 3);
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "peer_tll = \"45s\"\n").unwrap();
+        let errs = Settings::resolve(args(&["--config", bad.to_str().unwrap()])).unwrap_err();
+        assert!(
+            errs[0].contains("bad.toml") && errs[0].contains("peer_tll"),
+            "{errs:?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! Conversions between the wire (`shoal_proto::v1`) and the core's types, and
+//! from [`CoreError`] to [`tonic::Status`]. Every wire value is checked here;
+//! the core sees only well-formed data.
+
+use shoal_proto::{Digest, v1};
+use tonic::Status;
+
+use crate::core::{self, CoreError, ErrorKind, PeerId, PieceDone, PlanUpdate};
+
+/// Maps a core refusal to the gRPC status the caller sees.
+pub(crate) fn status(e: CoreError) -> Status {
+    let code = match e.kind {
+        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+    };
+    Status::new(code, e.message)
+}
+
+pub(crate) fn peer_id(s: &str) -> Result<PeerId, Status> {
+    PeerId::parse(s).map_err(|e| Status::invalid_argument(format!("invalid peer id {s:?}: {e}")))
+}
+
+pub(crate) fn digest(s: &str) -> Result<Digest, Status> {
+    s.parse()
+        .map_err(|e| Status::invalid_argument(format!("invalid digest {s:?}: {e}")))
+}
+
+fn hash(bytes: &[u8], what: impl std::fmt::Display) -> Result<[u8; 32], Status> {
+    bytes.try_into().map_err(|_| {
+        Status::invalid_argument(format!(
+            "{what}: a piece hash is 32 bytes, got {}",
+            bytes.len()
+        ))
+    })
+}
+
+pub(crate) fn peer_info(p: Option<v1::PeerInfo>) -> Result<core::PeerInfo, Status> {
+    let p = p.ok_or_else(|| Status::invalid_argument("join request without peer info"))?;
+    let addr = p.quic_addr.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "quic_addr {:?} is not an ip:port address",
+            p.quic_addr
+        ))
+    })?;
+    Ok(core::PeerInfo {
+        id: peer_id(&p.peer_id)?,
+        hostname: p.hostname,
+        addr,
+        zone: p.zone,
+        rack: p.rack,
+        upload_slots: p.upload_slots,
+    })
+}
+
+pub(crate) fn held_tasks(tasks: Vec<v1::HeldTask>) -> Result<Vec<core::HeldTask>, Status> {
+    tasks
+        .into_iter()
+        .map(|t| {
+            let digest = digest(&t.digest)?;
+            let piece_hashes = t
+                .piece_hashes
+                .iter()
+                .enumerate()
+                .map(|(i, h)| hash(h, format_args!("held task {digest} piece {i}")))
+                .collect::<Result<_, _>>()?;
+            Ok(core::HeldTask {
+                digest,
+                size: t.size,
+                piece_hashes,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn pieces(digest: &Digest, pieces: &[v1::PieceDone]) -> Result<Vec<PieceDone>, Status> {
+    pieces
+        .iter()
+        .map(|p| {
+            let hash = match p.hash.len() {
+                0 => None,
+                _ => Some(hash(
+                    &p.hash,
+                    format_args!("task {digest} piece {}", p.index),
+                )?),
+            };
+            Ok(PieceDone {
+                index: p.index,
+                hash,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn plan_update(u: PlanUpdate) -> v1::PlanUpdate {
+    v1::PlanUpdate {
+        task: u.shape.map(|s| v1::TaskShape {
+            size: s.size(),
+            piece_size: s.piece_size(),
+            piece_count: s.piece_count(),
+        }),
+        piece_hashes: u
+            .piece_hashes
+            .into_iter()
+            .map(|(index, h)| v1::PieceHash {
+                index,
+                hash: h.to_vec(),
+            })
+            .collect(),
+        parents: u
+            .parents
+            .into_iter()
+            .map(|p| v1::Parent {
+                peer_id: p.id.to_string(),
+                quic_addr: p.addr.to_string(),
+                zone: p.zone,
+                complete: p.complete,
+                pieces: if p.complete {
+                    Vec::new()
+                } else {
+                    p.pieces.to_bytes()
+                },
+            })
+            .collect(),
+        back_to_source: u.back_to_source,
+        reason: u.reason.to_string(),
+    }
+}
+
+pub(crate) fn command(c: core::Command) -> v1::SchedulerCommand {
+    match c {
+        core::Command::Drop(d) => v1::SchedulerCommand {
+            command: Some(v1::scheduler_command::Command::Drop(v1::DropTask {
+                digest: d.to_string(),
+            })),
+        },
+    }
+}

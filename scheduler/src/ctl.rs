@@ -1,0 +1,264 @@
+//! `shoalctl`, the operator CLI: asks the scheduler's operator API (see
+//! [`crate::http`]) about peers and tasks and prints a table or the API's
+//! JSON. The binary (`src/bin/shoalctl.rs`) only parses and calls [`run`].
+//!
+//! Layout:
+//! - this file: arguments, the HTTP client, errors;
+//! - `ctl/render.rs`: what the API returns, as the CLI reads it, and how
+//!   each answer is printed as a table;
+//! - `ctl/table.rs`: a small aligned-column formatter and human units.
+//!
+//! Not here (yet): `preheat` (needs the write endpoint and a token), watch
+//! mode, TLS client certificates (the API is cluster-internal plain HTTP).
+
+mod render;
+mod table;
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use reqwest::Url;
+use serde::Deserialize;
+use shoal_proto::Digest;
+
+/// Where the scheduler's operator API is when nobody says.
+pub const DEFAULT_SCHEDULER: &str = "http://127.0.0.1:7680";
+
+/// `shoalctl`'s command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoalctl",
+    version,
+    about = "Inspect a Shoal scheduler: its peers and tasks"
+)]
+pub struct Cli {
+    /// Base URL of the scheduler's operator API.
+    #[arg(long, env = "SHOAL_SCHEDULER", default_value = DEFAULT_SCHEDULER, global = true, value_parser = parse_base_url)]
+    pub scheduler: Url,
+    /// Output format: aligned table for people, or the API's JSON.
+    #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// Give up on a request after this many seconds.
+    #[arg(long, default_value_t = 10, global = true, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+    /// What to show.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `-o` formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns with headers; sizes in KiB/MiB/GiB, digests shortened in lists.
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+/// `shoalctl`'s subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// List the peers in the swarm.
+    Peers,
+    /// List the tasks (blobs) the scheduler knows.
+    Tasks,
+    /// Show one task and every peer taking part, with its progress.
+    Task {
+        /// The blob's digest, sha256:<64 lowercase hex>.
+        #[arg(value_parser = parse_digest)]
+        digest: Digest,
+    },
+}
+
+fn parse_digest(s: &str) -> Result<Digest, String> {
+    s.parse::<Digest>().map_err(|e| e.to_string())
+}
+
+fn parse_base_url(s: &str) -> Result<Url, String> {
+    let url =
+        Url::parse(s).map_err(|e| format!("not a URL ({e}); expected e.g. {DEFAULT_SCHEDULER}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme must be http or https, got {:?}",
+            url.scheme()
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the scheduler URL may not carry a query or fragment".into());
+    }
+    Ok(url)
+}
+
+/// Why a `shoalctl` command failed. Printed as `error: <this>`.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// No HTTP answer: connection refused, DNS, timeout, TLS.
+    #[error("could not reach the scheduler at {url}: {reason}")]
+    Unreachable {
+        /// The URL asked.
+        url: String,
+        /// The innermost cause.
+        reason: String,
+    },
+    /// The API answered with an error; `message` is its own.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The API's error code (`TASK_UNKNOWN`, …) when it sent one.
+        code: Option<String>,
+        /// The API's message, or a description of the answer.
+        message: String,
+    },
+    /// The answer was not what this version of `shoalctl` understands.
+    #[error("unexpected answer from {url}: {reason}")]
+    Decode {
+        /// The URL asked.
+        url: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// Writing the output failed.
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// The API's error body.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorInner,
+}
+
+#[derive(Deserialize)]
+struct ErrorInner {
+    code: String,
+    message: String,
+}
+
+/// Runs one command, writing its output to `out`.
+pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(cli.timeout.min(5)))
+        .timeout(Duration::from_secs(cli.timeout))
+        .user_agent(concat!("shoalctl/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| CtlError::Unreachable {
+            url: cli.scheduler.to_string(),
+            reason: innermost(&e),
+        })?;
+    let path = match &cli.command {
+        CtlCommand::Peers => "api/v1/peers".to_owned(),
+        CtlCommand::Tasks => "api/v1/tasks".to_owned(),
+        CtlCommand::Task { digest } => format!("api/v1/tasks/{digest}"),
+    };
+    let url = format!("{}/{path}", cli.scheduler.as_str().trim_end_matches('/'));
+    let value = get_json(&client, &url, cli.timeout).await?;
+    let text = match cli.output {
+        Output::Json => {
+            let mut s = serde_json::to_string_pretty(&value).expect("a JSON value serialises");
+            s.push('\n');
+            s
+        }
+        Output::Table => {
+            let decode = |e: serde_json::Error| CtlError::Decode {
+                url: url.clone(),
+                reason: e.to_string(),
+            };
+            match &cli.command {
+                CtlCommand::Peers => render::peers(&serde_json::from_value(value).map_err(decode)?),
+                CtlCommand::Tasks => render::tasks(&serde_json::from_value(value).map_err(decode)?),
+                CtlCommand::Task { .. } => {
+                    render::task(&serde_json::from_value(value).map_err(decode)?)
+                }
+            }
+        }
+    };
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// GETs `url` and parses its JSON, turning every failure into a [`CtlError`].
+async fn get_json(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: u64,
+) -> Result<serde_json::Value, CtlError> {
+    let unreachable = |e: reqwest::Error| CtlError::Unreachable {
+        url: url.to_owned(),
+        reason: if e.is_timeout() {
+            format!("no answer within {timeout}s")
+        } else {
+            innermost(&e)
+        },
+    };
+    let response = client.get(url).send().await.map_err(unreachable)?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => CtlError::Api {
+                status: status.as_u16(),
+                code: Some(b.error.code),
+                message: b.error.message,
+            },
+            Err(_) => CtlError::Api {
+                status: status.as_u16(),
+                code: None,
+                message: format!("{url} answered {status} (is this a Shoal scheduler?)"),
+            },
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| CtlError::Decode {
+        url: url.to_owned(),
+        reason: format!("not JSON ({e}); is this a Shoal scheduler?"),
+    })
+}
+
+/// The deepest cause of an error: "Connection refused (os error 111)" rather
+/// than reqwest's "error sending request for url (…)".
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_and_global_flags_anywhere() {
+        let cli = Cli::try_parse_from([
+            "shoalctl",
+            "peers",
+            "-o",
+            "json",
+            "--scheduler",
+            "http://s:1/",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, CtlCommand::Peers));
+        assert_eq!(cli.output, Output::Json);
+        assert_eq!(cli.scheduler.as_str(), "http://s:1/");
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let cli = Cli::try_parse_from(["shoalctl", "task", &d]).unwrap();
+        assert!(matches!(cli.command, CtlCommand::Task { digest } if digest.to_string() == d));
+        assert_eq!(cli.output, Output::Table);
+    }
+
+    #[test]
+    fn rejects_bad_digests_and_urls_as_usage_errors() {
+        let e = Cli::try_parse_from(["shoalctl", "task", "sha256:bad"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("64 hex characters"), "{e}");
+        for url in ["ftp://x", "not a url", "http://x/?a=b"] {
+            let e = Cli::try_parse_from(["shoalctl", "--scheduler", url, "peers"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{url}");
+        }
+        assert!(Cli::try_parse_from(["shoalctl"]).is_err());
+    }
+}

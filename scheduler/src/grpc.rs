@@ -1,0 +1,312 @@
+//! The tonic adapter for `shoal.v1.Scheduler`: converts, locks, calls the
+//! core, and streams what the core decides. No scheduling logic lives here.
+//!
+//! - `Join`: unary.
+//! - `Session`: the first message must be `SessionOpen`; each later event is
+//!   applied in order. A refused event ends the session with the status that
+//!   says why (the peer reconnects and re-joins; the core keeps it until its
+//!   lease runs out, so nothing is lost).
+//! - `Plan`: the stream carries the core's plan updates; when the client goes
+//!   away the core is told (a guard's `Drop`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use shoal_proto::v1::{self, peer_event::Event};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::convert;
+use crate::core::{Load, PeerId, PlanId};
+use crate::state::{PLAN_CHANNEL, PlanMessage, SESSION_CHANNEL, SchedulerState};
+
+/// Receives one call per finished gRPC request (for metrics).
+pub trait RequestObserver: Send + Sync + 'static {
+    /// `method` finished with `code`.
+    fn grpc_request(&self, method: &'static str, code: tonic::Code);
+}
+
+impl RequestObserver for () {
+    fn grpc_request(&self, _: &'static str, _: tonic::Code) {}
+}
+
+/// The gRPC service.
+pub struct SchedulerService {
+    state: Arc<SchedulerState>,
+    observer: Arc<dyn RequestObserver>,
+}
+
+impl SchedulerService {
+    /// A service over `state`, reporting requests to `observer`.
+    pub fn new(state: Arc<SchedulerState>, observer: Arc<dyn RequestObserver>) -> Self {
+        SchedulerService { state, observer }
+    }
+
+    fn observe<T>(&self, method: &'static str, r: Result<T, Status>) -> Result<T, Status> {
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.observer.grpc_request(method, code);
+        if let Err(s) = &r {
+            debug!(grpc.method = method, grpc.code = ?s.code(), error = s.message(), "request refused");
+        }
+        r
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::scheduler_server::Scheduler for SchedulerService {
+    async fn join(
+        &self,
+        request: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinResponse>, Status> {
+        let r = (|| {
+            let req = request.into_inner();
+            let info = convert::peer_info(req.peer)?;
+            let held = convert::held_tasks(req.tasks)?;
+            let (id, addr, n) = (info.id.clone(), info.addr, held.len());
+            let ttl = self
+                .state
+                .with_core(|core, now| core.join(now, info, held).map(|()| core.config().peer_ttl))
+                .map_err(convert::status)?;
+            info!(peer.id = %id, peer.addr = %addr, tasks = n, "peer joined");
+            Ok(Response::new(v1::JoinResponse {
+                heartbeat_interval_ms: (ttl / 3).as_millis() as u64,
+                peer_ttl_ms: ttl.as_millis() as u64,
+            }))
+        })();
+        self.observe("Join", r)
+    }
+
+    type SessionStream = BoxStream<v1::SchedulerCommand>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::PeerEvent>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let r = async {
+            let first = inbound
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("session closed before SessionOpen"))?;
+            let Some(Event::Open(open)) = first.event else {
+                return Err(Status::invalid_argument(
+                    "the first session message must be SessionOpen",
+                ));
+            };
+            let peer = convert::peer_id(&open.peer_id)?;
+            self.state
+                .with_core(|core, now| core.session_opened(now, &peer))
+                .map_err(convert::status)?;
+            Ok(peer)
+        }
+        .await;
+        let peer = self.observe("Session", r)?;
+        debug!(peer.id = %peer, "session opened");
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(SESSION_CHANNEL);
+        self.state.attach_session(peer.clone(), cmd_tx.clone());
+        // Outbound: commands, then the status that ended the session.
+        let (out_tx, out_rx) =
+            mpsc::channel::<Result<v1::SchedulerCommand, Status>>(SESSION_CHANNEL);
+        let state = self.state.clone();
+        let observer = self.observer.clone();
+        tokio::spawn(async move {
+            let mut commands = ReceiverStream::new(cmd_rx);
+            let end = loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(ev)) => {
+                            if let Err(s) = apply_event(&state, &peer, ev) {
+                                observer.grpc_request("Session", s.code());
+                                warn!(peer.id = %peer, error = s.message(), "session event refused; closing session");
+                                break Some(s);
+                            }
+                        }
+                        Ok(None) => break None,
+                        Err(s) => break (s.code() != tonic::Code::Cancelled).then_some(s),
+                    },
+                    Some(cmd) = commands.next() => {
+                        if out_tx.send(Ok(convert::command(cmd))).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+            };
+            state.detach_session(&peer, &cmd_tx);
+            state.with_core(|core, _| core.session_closed(&peer));
+            debug!(peer.id = %peer, "session closed");
+            if let Some(s) = end {
+                let _ = out_tx.send(Err(s)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+
+    type PlanStream = BoxStream<v1::PlanUpdate>;
+
+    async fn plan(
+        &self,
+        request: Request<v1::PlanRequest>,
+    ) -> Result<Response<Self::PlanStream>, Status> {
+        let r = (|| {
+            let req = request.into_inner();
+            let peer = convert::peer_id(&req.peer_id)?;
+            let digest = convert::digest(&req.digest)?;
+            let (tx, rx) = mpsc::channel(PLAN_CHANNEL);
+            let state = self.state.clone();
+            let plan = self
+                .state
+                .with_core(|core, now| {
+                    let plan = core.open_plan(now, &peer, digest, req.size)?;
+                    // Attached before the first update is routed.
+                    state.attach_plan(plan, tx);
+                    Ok(plan)
+                })
+                .map_err(convert::status)?;
+            debug!(peer.id = %peer, task.digest = %digest, plan = plan.0, "plan opened");
+            let stream = PlanStream {
+                rx: ReceiverStream::new(rx),
+                guard: PlanGuard {
+                    state: self.state.clone(),
+                    plan,
+                },
+            };
+            Ok(Response::new(Box::pin(stream) as Self::PlanStream))
+        })();
+        self.observe("Plan", r)
+    }
+}
+
+/// Applies one session event to the core.
+fn apply_event(state: &SchedulerState, peer: &PeerId, ev: v1::PeerEvent) -> Result<(), Status> {
+    let Some(event) = ev.event else {
+        return Err(Status::invalid_argument("empty session event"));
+    };
+    let r = match event {
+        Event::Open(_) => return Err(Status::invalid_argument("SessionOpen sent twice")),
+        Event::Heartbeat(h) => {
+            let load = Load {
+                active_uploads: h.active_uploads,
+                active_downloads: h.active_downloads,
+            };
+            state.with_core(|core, now| core.heartbeat(now, peer, load))
+        }
+        Event::Started(s) => {
+            let digest = convert::digest(&s.digest)?;
+            state.with_core(|core, now| core.task_started(now, peer, digest, s.size))
+        }
+        Event::Pieces(p) => {
+            let digest = convert::digest(&p.digest)?;
+            let pieces = convert::pieces(&digest, &p.pieces)?;
+            state.with_core(|core, now| core.report_pieces(now, peer, digest, &pieces))
+        }
+        Event::Complete(c) => {
+            let digest = convert::digest(&c.digest)?;
+            state.with_core(|core, now| core.task_complete(now, peer, digest))
+        }
+        Event::Evicted(e) => {
+            let digest = convert::digest(&e.digest)?;
+            state.with_core(|core, now| core.task_evicted(now, peer, digest))
+        }
+        Event::BadParent(b) => {
+            let digest = convert::digest(&b.digest)?;
+            let parent = convert::peer_id(&b.parent_id)?;
+            warn!(peer.id = %peer, parent.id = %parent, task.digest = %digest, piece = b.piece_index, reason = %b.reason, "bad parent reported");
+            state.with_core(|core, now| core.bad_parent(now, peer, digest, &parent))
+        }
+    };
+    r.map_err(convert::status)
+}
+
+/// Tells the core when a plan stream is dropped (client gone or finished).
+struct PlanGuard {
+    state: Arc<SchedulerState>,
+    plan: PlanId,
+}
+
+impl Drop for PlanGuard {
+    fn drop(&mut self) {
+        self.state.plan_closed(self.plan);
+    }
+}
+
+struct PlanStream {
+    rx: ReceiverStream<PlanMessage>,
+    guard: PlanGuard,
+}
+
+impl Stream for PlanStream {
+    type Item = Result<v1::PlanUpdate, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let _ = &self.guard;
+        Pin::new(&mut self.rx).poll_next(cx).map(|item| {
+            item.map(|m| match m {
+                Ok(update) => Ok(convert::plan_update(update)),
+                Err((code, msg)) => Err(Status::new(code, msg)),
+            })
+        })
+    }
+}
+
+/// Serves the scheduler and the standard gRPC health service on `listener`
+/// until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<SchedulerState>,
+    observer: Arc<dyn RequestObserver>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<v1::scheduler_server::SchedulerServer<SchedulerService>>()
+        .await;
+    let service =
+        v1::scheduler_server::SchedulerServer::new(SchedulerService::new(state.clone(), observer));
+    state.set_ready(true);
+    let r = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    state.set_ready(false);
+    r
+}
+
+/// Advances the core's clock every `interval` (lease expiry, stalled
+/// back-to-source peers) and flushes coalesced plan updates, until
+/// `shutdown` resolves.
+pub async fn run_ticker(
+    state: Arc<SchedulerState>,
+    interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => state.with_core(|core, now| {
+                core.tick(now);
+                core.flush();
+            }),
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+impl RequestObserver for crate::metrics::Metrics {
+    fn grpc_request(&self, method: &'static str, code: tonic::Code) {
+        crate::metrics::Metrics::grpc_request(self, method, code);
+    }
+}

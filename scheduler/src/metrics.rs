@@ -1,0 +1,306 @@
+//! The scheduler's Prometheus metrics, served by the operator API at
+//! `/metrics` in the OpenMetrics text format. Every name starts with
+//! `shoal_scheduler_`.
+//!
+//! Two kinds of metric live here:
+//! - the core's own counters ([`CoreStats`]) and sizes (peers, tasks, open
+//!   plans). The core stays free of metric types (it returns plain stats);
+//!   [`Metrics::encode`] takes one snapshot of them under the core's lock and a
+//!   [`Collector`] writes that snapshot out, so all of them are read at the
+//!   same instant and the counters are exactly the core's (monotonic for the
+//!   life of the process).
+//! - counters the adapters bump as things happen: gRPC requests by method and
+//!   status code ([`Metrics::grpc_request`]).
+//!
+//! Not here: histograms of plan latency (future work), the peer's metrics
+//! (the peer crate has its own registry), any global/static registry.
+
+use std::sync::Mutex;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::core::CoreStats;
+use crate::state::SchedulerState;
+
+/// Labels of `shoal_scheduler_grpc_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GrpcLabels {
+    /// The RPC, e.g. `Join`.
+    method: &'static str,
+    /// The status code it ended with, gRPC's canonical name (`OK`, `NOT_FOUND`, …).
+    code: &'static str,
+}
+
+/// The scheduler's metric registry and the families the adapters update.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    grpc_requests: Family<GrpcLabels, Counter>,
+    /// Where [`Metrics::encode`] puts the core's snapshot for [`CoreCollector`].
+    snapshot: std::sync::Arc<Mutex<Snapshot>>,
+    /// Serialises scrapes, so that each one prints the snapshot it took.
+    scrape: Mutex<()>,
+}
+
+/// The core's numbers at one instant.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    stats: CoreStats,
+    peers: usize,
+    tasks: usize,
+    open_plans: usize,
+    ready: bool,
+    uptime_secs: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry (prefix `shoal_scheduler`) with every scheduler metric in it.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("shoal_scheduler");
+        let grpc_requests = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_requests",
+            "gRPC requests the scheduler finished, by method and status code (streams count once, when they end)",
+            grpc_requests.clone(),
+        );
+        let snapshot = std::sync::Arc::new(Mutex::new(Snapshot::default()));
+        registry.register_collector(Box::new(CoreCollector(snapshot.clone())));
+        Metrics {
+            registry,
+            grpc_requests,
+            snapshot,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Counts one finished gRPC request (`method` as in the proto, e.g. `"Join"`).
+    pub fn grpc_request(&self, method: &'static str, code: tonic::Code) {
+        self.grpc_requests
+            .get_or_create(&GrpcLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    /// Renders every metric in the OpenMetrics text format, reading the core
+    /// (under its lock, briefly) for its counters and sizes.
+    pub fn encode(&self, state: &SchedulerState) -> String {
+        let _scrape = self.scrape.lock().expect("metrics scrape lock");
+        let (stats, (peers, tasks, open_plans)) =
+            state.with_core(|core, _| (core.stats().clone(), core.sizes()));
+        *self.snapshot.lock().expect("metrics snapshot lock") = Snapshot {
+            stats,
+            peers,
+            tasks,
+            open_plans,
+            ready: state.is_ready(),
+            uptime_secs: state.uptime().as_secs(),
+        };
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing metrics to a String cannot fail");
+        out
+    }
+}
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Writes the last [`Snapshot`] at each scrape.
+#[derive(Debug)]
+struct CoreCollector(std::sync::Arc<Mutex<Snapshot>>);
+
+/// `(name without prefix and _total, help, value)` of each core counter.
+fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 11] {
+    [
+        (
+            "peer_joins",
+            "Peer joins accepted (first joins and re-joins)",
+            s.joins,
+        ),
+        (
+            "peer_departures",
+            "Peers that left the swarm (said so, or their lease expired)",
+            s.departures,
+        ),
+        (
+            "peer_lease_expirations",
+            "Peers that left because their lease expired",
+            s.expired,
+        ),
+        (
+            "plan_decisions",
+            "Parent rankings computed for plan streams",
+            s.plan_decisions,
+        ),
+        (
+            "plan_updates",
+            "Plan updates queued for plan streams",
+            s.plan_updates,
+        ),
+        (
+            "back_to_source_elections",
+            "Back-to-source elections (a peer told to fetch a task from upstream), first ones and re-elections",
+            s.back_to_source_elections,
+        ),
+        (
+            "back_to_source_stalls",
+            "Back-to-source peers replaced because they reported no piece in time",
+            s.back_to_source_stalls,
+        ),
+        (
+            "pieces_reported",
+            "Pieces peers reported as verified and stored",
+            s.pieces_reported,
+        ),
+        (
+            "task_completions",
+            "Tasks a peer reported complete (whole blob verified)",
+            s.completions,
+        ),
+        (
+            "task_evictions",
+            "Tasks a peer reported evicted from its store",
+            s.evictions,
+        ),
+        (
+            "bad_parent_reports",
+            "Reports of a parent that sent a piece failing its hash",
+            s.bad_parent_reports,
+        ),
+    ]
+}
+
+impl Collector for CoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.lock().expect("metrics snapshot lock").clone();
+        for (name, help, value) in counters(&s.stats) {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let gauges: [(&str, &str, i64); 5] = [
+            (
+                "peers",
+                "Peers in the swarm now (joined, lease not expired)",
+                s.peers as i64,
+            ),
+            (
+                "tasks",
+                "Tasks (blobs) the scheduler knows now",
+                s.tasks as i64,
+            ),
+            (
+                "open_plans",
+                "Plan streams open now (downloads in progress)",
+                s.open_plans as i64,
+            ),
+            (
+                "ready",
+                "1 when the gRPC server is serving, else 0",
+                i64::from(s.ready),
+            ),
+            (
+                "uptime_seconds",
+                "Seconds since the scheduler process started",
+                s.uptime_secs as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// gRPC's canonical name of a status code (as in `grpc/doc/statuscodes.md`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{CoreConfig, Scheduler};
+
+    #[test]
+    fn encodes_core_counters_gauges_and_grpc_requests() {
+        let state = SchedulerState::new(Scheduler::new(CoreConfig::default()));
+        let metrics = Metrics::new();
+        metrics.grpc_request("Join", tonic::Code::Ok);
+        metrics.grpc_request("Join", tonic::Code::Ok);
+        metrics.grpc_request("Plan", tonic::Code::NotFound);
+        let text = metrics.encode(&state);
+        assert!(
+            text.contains("# TYPE shoal_scheduler_peer_joins counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nshoal_scheduler_peer_joins_total 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nshoal_scheduler_peers 0\n"), "{text}");
+        assert!(text.contains("\nshoal_scheduler_ready 0\n"), "{text}");
+        assert!(
+            text.contains(r#"shoal_scheduler_grpc_requests_total{method="Join",code="OK"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"shoal_scheduler_grpc_requests_total{method="Plan",code="NOT_FOUND"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.starts_with("shoal_scheduler_"),
+                "unprefixed metric: {line}"
+            );
+        }
+        for (_, help, _) in counters(&CoreStats::default()) {
+            assert!(text.contains(help), "missing HELP {help}");
+        }
+    }
+
+    #[test]
+    fn every_code_has_a_distinct_name() {
+        let names: std::collections::HashSet<_> = (0..17)
+            .map(|i| code_name(tonic::Code::from_i32(i)))
+            .collect();
+        assert_eq!(names.len(), 17);
+    }
+}
