@@ -1,1 +1,7 @@
 //! The Shoal peer daemon and node setup.
+//!
+//! Layout:
+//! - [`containerd`]: `shoal-peer containerd configure | check | restore`, which points
+//!   containerd's `hosts.toml` at the mirror on this node and undoes it.
+
+pub mod containerd;

@@ -34,7 +34,7 @@ pub const DEFAULT_SCHEDULER: &str = "http://127.0.0.1:7680";
 )]
 pub struct Cli {
     /// Base URL of the scheduler's operator API.
-    #[arg(long, env = "SHOAL_SCHEDULER", default_value = DEFAULT_SCHEDULER, global = true, value_parser = parse_base_url)]
+    #[arg(long, env = "SHOAL_SCHEDULER", default_value = DEFAULT_SCHEDULER, global = true, value_parser = parse_base_url, hide_env_values = true)]
     pub scheduler: Url,
     /// Output format: aligned table for people, or the API's JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
@@ -144,7 +144,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         .user_agent(concat!("shoalctl/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| CtlError::Unreachable {
-            url: cli.scheduler.to_string(),
+            url: redact(cli.scheduler.as_str()),
             reason: innermost(&e),
         })?;
     let path = match &cli.command {
@@ -154,6 +154,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     };
     let url = format!("{}/{path}", cli.scheduler.as_str().trim_end_matches('/'));
     let value = get_json(&client, &url, cli.timeout).await?;
+    let url = redact(&url);
     let text = match cli.output {
         Output::Json => {
             let mut s = serde_json::to_string_pretty(&value).expect("a JSON value serialises");
@@ -179,14 +180,28 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     Ok(())
 }
 
-/// GETs `url` and parses its JSON, turning every failure into a [`CtlError`].
+/// `url` with any password replaced by `***`, for messages.
+fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<invalid URL>".to_owned(),
+    }
+}
+
+/// GETs `url` and parses its JSON, turning every failure into a [`CtlError`]
+/// (whose messages never show the URL's password).
 async fn get_json(
     client: &reqwest::Client,
     url: &str,
     timeout: u64,
 ) -> Result<serde_json::Value, CtlError> {
+    let shown = redact(url);
     let unreachable = |e: reqwest::Error| CtlError::Unreachable {
-        url: url.to_owned(),
+        url: shown.clone(),
         reason: if e.is_timeout() {
             format!("no answer within {timeout}s")
         } else {
@@ -206,12 +221,12 @@ async fn get_json(
             Err(_) => CtlError::Api {
                 status: status.as_u16(),
                 code: None,
-                message: format!("{url} answered {status} (is this a Shoal scheduler?)"),
+                message: format!("{shown} answered {status} (is this a Shoal scheduler?)"),
             },
         });
     }
     serde_json::from_slice(&body).map_err(|e| CtlError::Decode {
-        url: url.to_owned(),
+        url: shown.clone(),
         reason: format!("not JSON ({e}); is this a Shoal scheduler?"),
     })
 }
@@ -260,5 +275,17 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{url}");
         }
         assert!(Cli::try_parse_from(["shoalctl"]).is_err());
+    }
+
+    #[test]
+    fn messages_never_show_a_password() {
+        assert_eq!(
+            redact("http://ops:s3cret@s:7680/api/v1/peers"),
+            "http://ops:***@s:7680/api/v1/peers"
+        );
+        assert_eq!(
+            redact("http://s:7680/api/v1/peers"),
+            "http://s:7680/api/v1/peers"
+        );
     }
 }

@@ -12,7 +12,10 @@ use shoal_scheduler::metrics::Metrics;
 use shoal_scheduler::state::SchedulerState;
 use shoal_scheduler::{grpc, http, logging};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+/// How long open connections get to finish after SIGTERM.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let settings = match Settings::resolve(Args::parse()) {
@@ -82,9 +85,21 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     info!("shutting down");
     state.set_ready(false);
     let _ = stop_tx.send(true);
-    grpc.await?.context("gRPC server")?;
-    http.await?.context("operator API")?;
-    ticker.await?;
+    // Open streams get a GOAWAY and DRAIN to finish; a peer that keeps its
+    // connection open past that does not hold the process.
+    let drained = tokio::time::timeout(DRAIN, async {
+        grpc.await?.context("gRPC server")?;
+        http.await?.context("operator API")?;
+        ticker.await?;
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(r) => r?,
+        Err(_) => {
+            warn!(drain = ?DRAIN, "connections still open after the drain period; exiting anyway")
+        }
+    }
     info!("stopped");
     Ok(())
 }

@@ -1,1 +1,171 @@
-//! Helpers for Shoal's end-to-end tests.
+//! Helpers for Shoal's end-to-end tests: real third-party components started as child
+//! processes on 127.0.0.1, each stopped when its handle is dropped.
+//!
+//! Layout:
+//! - [`registry`]: a CNCF distribution registry (`docker-registry`), plain HTTP.
+//! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
+//! - [`containerd`]: a private containerd (own root, state and socket; CRI disabled) and
+//!   `ctr` pulls through it.
+//! - [`Recorder`] (here): an HTTP listener that records request lines and answers every
+//!   request with one fixed status, to stand in for a mirror that has nothing.
+//! - [`require_tools`] (here): skip a test when a tool is missing, fail under `CI=true`.
+//!
+//! Not here: Shoal's own processes (tests run the built binaries), assertions.
+
+pub mod containerd;
+pub mod image;
+pub mod registry;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether every tool in `tools` is on `PATH`. When one is missing: under `CI=true` this
+/// panics (CI must install them), elsewhere it prints why the test is skipped and returns
+/// false.
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "{test}: missing {} (Debian packages: containerd, docker-registry, skopeo)",
+        missing.join(", ")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}; CI=true, so this is a failure, not a skip");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+/// Whether this process runs as root (containerd needs it).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// A free TCP port on 127.0.0.1 (free when this returns; the caller binds it next).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `ready` until it returns true; fails after `limit` (a bound on a hang, not a
+/// timing assertion).
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !ready() {
+        if start.elapsed() > limit {
+            anyhow::bail!("{what} not ready after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Whether something accepts TCP connections on `addr`.
+pub fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// An HTTP/1.1 listener on 127.0.0.1 that records each request line (`HEAD /v2/… HTTP/1.1`)
+/// and answers every request with `status` and an OCI error body. Runs until dropped
+/// with the test process.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    /// Starts listening; `status` is e.g. 404 or 500.
+    pub fn start(status: u16) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let recorded = lines.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let recorded = recorded.clone();
+                std::thread::spawn(move || serve(stream, status, &recorded));
+            }
+        });
+        Ok(Recorder { addr, lines })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The request lines received so far, in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.lines.lock().expect("recorder lock").clone()
+    }
+}
+
+fn serve(stream: TcpStream, status: u16, recorded: &Mutex<Vec<String>>) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut content_length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = header.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = h.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+            return;
+        }
+        let head = request_line.starts_with("HEAD ");
+        recorded
+            .lock()
+            .expect("recorder lock")
+            .push(request_line.trim_end().to_string());
+        let body = br#"{"errors":[{"code":"UNKNOWN","message":"recorder has nothing"}]}"#;
+        let response = format!(
+            "HTTP/1.1 {status} Recorded\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err()
+            || (!head && writer.write_all(body).is_err())
+        {
+            return;
+        }
+    }
+}
+
+/// Reads a file that a child process writes, empty when it does not exist yet.
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

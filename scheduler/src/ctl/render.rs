@@ -6,7 +6,9 @@
 
 use serde::Deserialize;
 
-use super::table::{Align, Table, human_duration, human_size, list_or_dash, short_digest, yes_no};
+use super::table::{
+    Align, Table, human_duration, human_size, list_or_dash, sanitize, short_digest, yes_no,
+};
 
 /// `GET /api/v1/peers`.
 #[derive(Debug, Deserialize)]
@@ -70,6 +72,14 @@ struct Holder {
     downloading: bool,
     back_to_source: bool,
     parents: Vec<String>,
+}
+
+fn peer_count(n: u64) -> String {
+    if n == 1 {
+        "1 peer".to_owned()
+    } else {
+        format!("{n} peers")
+    }
 }
 
 fn size_or_unknown(size: Option<u64>) -> String {
@@ -159,27 +169,28 @@ pub(crate) fn task(detail: &TaskDetail) -> String {
         Some(bytes) => format!("{} ({bytes} bytes)", human_size(bytes)),
         None => "? (no peer has started it yet)".to_owned(),
     };
-    let mut summary = Table::new(&[("", Align::Left), ("", Align::Left)]);
-    for (k, v) in [
+    let fields = [
         ("Digest:", s.digest.clone()),
         ("Size:", size),
         (
             "Pieces:",
             format!(
-                "{} ({} hashes known)",
+                "{} (piece hashes known: {})",
                 count_or_unknown(s.pieces),
                 detail.known_hashes
             ),
         ),
-        ("Complete on:", format!("{} peers", s.complete_holders)),
-        ("Downloading:", format!("{} peers", s.downloading)),
+        ("Complete on:", peer_count(s.complete_holders)),
+        ("Downloading:", peer_count(s.downloading)),
         ("Back-to-source:", list_or_dash(&s.back_to_source)),
         ("Elections:", s.elections.to_string()),
         ("Age:", human_duration(s.age_secs)),
-    ] {
-        summary.row(vec![k.to_owned(), v]);
+    ];
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for (k, v) in fields {
+        out.push_str(&format!("{k:<width$}{}\n", sanitize(&v)));
     }
-    let mut out = summary.render_rows();
     out.push('\n');
     if detail.holders.is_empty() {
         out.push_str("No peer takes part.\n");

@@ -43,15 +43,6 @@ impl Table {
 
     /// The table as lines of text, each ending in `\n`.
     pub(crate) fn render(&self) -> String {
-        self.lines(true)
-    }
-
-    /// The rows only, aligned as if the headers were there (for key/value blocks).
-    pub(crate) fn render_rows(&self) -> String {
-        self.lines(false)
-    }
-
-    fn lines(&self, with_header: bool) -> String {
         let mut widths: Vec<usize> = self
             .headers
             .iter()
@@ -64,8 +55,7 @@ impl Table {
         }
         let mut out = String::new();
         let header: Vec<String> = self.headers.iter().map(|(h, _)| (*h).to_owned()).collect();
-        let header = with_header.then_some(&header);
-        for cells in header.into_iter().chain(&self.rows) {
+        for cells in std::iter::once(&header).chain(&self.rows) {
             let mut line = String::new();
             for (i, cell) in cells.iter().enumerate() {
                 if i > 0 {
@@ -176,7 +166,7 @@ mod tests {
         t.row(vec!["ab…".into(), "1".into()]);
         t.row(vec!["abcd".into(), "2".into()]);
         t.row(vec!["\x1b[31m".into()]);
-        assert_eq!(t.render(), "D      E\nab…    1\nabcd   2\n?[31m\n");
+        assert_eq!(t.render(), "D       E\nab…     1\nabcd    2\n?[31m\n");
     }
 
     #[test]

@@ -1,0 +1,175 @@
+//! The real `shoal-scheduler` binary: started as a process with flags and
+//! `SHOAL_*` variables, reached over real sockets by a gRPC client and by the
+//! real `shoalctl`, stopped with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shoal_proto::v1::{self, scheduler_client::SchedulerClient};
+
+struct Proc {
+    child: Child,
+    grpc: String,
+    http: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the scheduler on ephemeral loopback ports and reads the addresses
+/// it bound from its JSON start-up log line.
+fn start() -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal-scheduler"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("SHOAL_LOG_FORMAT", "json")
+        .env("SHOAL_PEER_TTL", "10s")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shoal-scheduler");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let line = lines.next().expect("a start-up line").unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["message"], "shoal-scheduler starting", "{line}");
+    let grpc = v["grpc.addr"].as_str().unwrap().to_string();
+    let http = v["http.addr"].as_str().unwrap().to_string();
+    // Keep draining stderr so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Proc { child, grpc, http }
+}
+
+fn shoalctl(http: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shoalctl"))
+        .arg("--scheduler")
+        .arg(format!("http://{http}"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn serves_grpc_and_the_operator_api_and_stops_on_sigterm() {
+    let mut proc = start();
+    let mut client = SchedulerClient::connect(format!("http://{}", proc.grpc))
+        .await
+        .unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    for (id, n) in [("node-a", 1), ("node-b", 2)] {
+        client
+            .join(v1::JoinRequest {
+                peer: Some(v1::PeerInfo {
+                    peer_id: id.into(),
+                    hostname: id.into(),
+                    quic_addr: format!("127.0.0.{n}:7651"),
+                    zone: "z".into(),
+                    rack: String::new(),
+                    upload_slots: 4,
+                }),
+                tasks: vec![v1::HeldTask {
+                    digest: digest.clone(),
+                    size: 5 << 20,
+                    piece_hashes: vec![vec![1; 32], vec![2; 32]],
+                }],
+            })
+            .await
+            .unwrap();
+    }
+
+    // The gRPC health service says the scheduler serves.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", proc.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "shoal.v1.Scheduler".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    let (ok, out, err) = shoalctl(&proc.http, &["peers"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("node-a") && out.contains("node-b"), "{out}");
+    let (ok, out, err) = shoalctl(&proc.http, &["-o", "json", "task", &digest]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["digest"], digest.as_str());
+    assert_eq!(v["complete_holders"], 2);
+    assert_eq!(v["holders"].as_array().unwrap().len(), 2);
+    let (ok, _, err) = shoalctl(
+        &proc.http,
+        &["task", &format!("sha256:{}", "cd".repeat(32))],
+    );
+    assert!(!ok);
+    assert!(err.contains("error:"), "{err}");
+
+    // SIGTERM: a graceful stop with exit code 0.
+    let pid = proc.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(s) = proc.child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+    }
+    let status = status.expect("scheduler did not stop within 10 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn reports_every_configuration_error_at_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-scheduler"))
+        .args(["--grpc-listen", "localhost", "--peer-ttl", "soon"])
+        .env("SHOAL_LOG_FORMAT", "yaml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for words in ["--grpc-listen", "--peer-ttl", "--log-format"] {
+        assert!(err.contains(words), "missing {words}: {err}");
+    }
+}
+
+#[test]
+fn names_the_address_it_cannot_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal-scheduler"))
+        .args(["--grpc-listen", &addr, "--http-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains(&addr), "{err}");
+}
