@@ -213,6 +213,19 @@ impl PieceSet {
         None
     }
 
+    /// Adds every member of `other` (same universe; otherwise nothing).
+    pub fn union_with(&mut self, other: &PieceSet) {
+        if self.len != other.len {
+            return;
+        }
+        let mut count = 0;
+        for (a, b) in self.words.iter_mut().zip(other.words.iter()) {
+            *a |= b;
+            count += a.count_ones();
+        }
+        self.count = count;
+    }
+
     /// Members in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&i| self.contains(i))
@@ -338,7 +351,12 @@ mod tests {
             prop_assert_eq!(&back, &s);
             prop_assert_eq!(back.count() as usize, s.iter().count());
             prop_assert!(s.is_subset(&PieceSet::full(len)));
+            let mut u = PieceSet::new(len);
+            u.union_with(&s);
+            prop_assert_eq!(&u, &s);
             let full = PieceSet::full(len);
+            u.union_with(&full);
+            prop_assert_eq!(&u, &full);
             prop_assert_eq!(full.first_not_in(&s), s.first_missing());
             prop_assert_eq!(s.first_not_in(&full), None);
         }

@@ -194,6 +194,7 @@ impl Swarm {
         for t in 0..scale.tasks {
             for _ in 0..scale.downloads {
                 swarm.open_download(t);
+                swarm.core.drain_effects();
             }
         }
         for i in 0..swarm.active.len() {
@@ -201,6 +202,8 @@ impl Swarm {
             for _ in 0..k {
                 swarm.report_next(i);
             }
+            swarm.core.flush();
+            swarm.core.drain_effects();
         }
         swarm.core.flush();
         swarm.core.drain_effects();
@@ -336,8 +339,12 @@ impl Latencies {
     }
 
     fn print(&self) {
+        self.print_with("");
+    }
+
+    fn print_with(&self, extra: &str) {
         println!(
-            "{}: ops={} decisions={} decisions_per_op={:.3} ops_per_sec={:.0} decisions_per_sec={:.0} \
+            "{}: {extra} ops={} decisions={} decisions_per_op={:.3} ops_per_sec={:.0} decisions_per_sec={:.0} \
              p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
             self.name,
             self.ops(),
@@ -404,18 +411,78 @@ fn idle_flush_us(swarm: &mut Swarm) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
+/// Child slots the core counts (`children_of`, summed over peers) against
+/// parents actually offered (summed over every download's parent set), and
+/// peers at the child cap. The first two should be equal.
+fn child_slots(swarm: &Swarm) -> (u64, u64, usize) {
+    let counted: Vec<u32> = swarm
+        .ids
+        .iter()
+        .map(|id| swarm.core.children_of(id).unwrap_or(0))
+        .collect();
+    let offered: usize = swarm
+        .core
+        .tasks(swarm.now)
+        .iter()
+        .filter_map(|t| swarm.core.task(swarm.now, &t.digest))
+        .map(|d| d.holders.iter().map(|h| h.parents.len()).sum::<usize>())
+        .sum();
+    let cap = swarm.core.config().max_children_per_parent;
+    (
+        counted.iter().map(|&c| u64::from(c)).sum(),
+        offered as u64,
+        counted.iter().filter(|&&c| c >= cap).count(),
+    )
+}
+
+fn print_child_slots(swarm: &Swarm, when: &str) {
+    let (counted, offered, at_cap) = child_slots(swarm);
+    println!("child slots {when}: counted={counted} offered={offered} peers_at_cap={at_cap}");
+}
+
+/// What the operator view shows of a task's downloads: how many there are,
+/// how many have a full parent set, and how many are starved (no parent is
+/// complete or holds the piece the child needs next; in this bench every
+/// peer holds a prefix of the pieces, so "next" is its piece count).
+fn starvation(swarm: &Swarm, task: u32) -> (usize, usize, usize) {
+    let detail = swarm
+        .core
+        .task(swarm.now, &swarm.digests[task as usize])
+        .expect("task");
+    let by_peer: std::collections::HashMap<&str, (u32, bool)> = detail
+        .holders
+        .iter()
+        .map(|h| (h.peer.as_str(), (h.pieces, h.complete)))
+        .collect();
+    let downloads: Vec<_> = detail.holders.iter().filter(|h| h.downloading).collect();
+    let full = downloads.iter().filter(|h| h.parents.len() == 4).count();
+    let starved = downloads
+        .iter()
+        .filter(|h| {
+            !h.parents.iter().any(|p| {
+                by_peer
+                    .get(p.as_str())
+                    .is_some_and(|&(pieces, complete)| complete || pieces > h.pieces)
+            })
+        })
+        .count();
+    (downloads.len(), full, starved)
+}
+
 /// One popular task on top of the state: `holders` complete holders and
-/// `downloads` downloads at once (an image being rolled out to a tenth of the
-/// cluster). Returns (`open_plan` latency on it while it fills up, piece
-/// report + flush latency once it is full).
-fn hot_task(swarm: &mut Swarm, downloads: u32) -> (Latencies, Latencies) {
+/// `downloads` downloads at once (an image rolled out to part of the
+/// cluster). Prints the `open_plan` latency while it fills up and the piece
+/// report + flush latency once it is full, then removes the task again.
+fn hot_task(swarm: &mut Swarm, downloads: u32, reports: usize) {
     let task = swarm.digests.len() as u32;
     swarm.digests.push(digest_of(task));
+    let digest = swarm.digests[task as usize];
     let pieces = swarm.pieces;
+    let mut holders = Vec::new();
     for _ in 0..swarm.scale.holders {
         let p = swarm.free_peer(task);
         let held = HeldTask {
-            digest: digest_of(task),
+            digest,
             size: TASK_SIZE,
             piece_hashes: (0..pieces).map(|i| piece_hash(task, i)).collect(),
         };
@@ -425,6 +492,7 @@ fn hot_task(swarm: &mut Swarm, downloads: u32) -> (Latencies, Latencies) {
             .join(swarm.now, peer_info(p), vec![held])
             .expect("re-join");
         swarm.members.insert((p, task));
+        holders.push(p);
     }
     let before = swarm.decisions();
     let start = Instant::now();
@@ -436,14 +504,15 @@ fn hot_task(swarm: &mut Swarm, downloads: u32) -> (Latencies, Latencies) {
         black_box(swarm.core.drain_effects());
         ns.push(t.elapsed().as_nanos() as u64);
     }
-    let open = Latencies {
-        name: "hot task open_plan",
+    Latencies {
+        name: "hot task open_plan (filling up)",
         ns,
         total: start.elapsed(),
         decisions: swarm.decisions() - before,
-    };
+    }
+    .print_with(&format!("downloads={downloads}"));
 
-    let n = swarm.scale.ops.min(hot.len() * (pieces as usize - 1) / 2);
+    let n = reports.min(hot.len() * (pieces as usize - 1) / 2);
     let mut ns = Vec::with_capacity(n);
     let before = swarm.decisions();
     let start = Instant::now();
@@ -458,13 +527,35 @@ fn hot_task(swarm: &mut Swarm, downloads: u32) -> (Latencies, Latencies) {
         black_box(swarm.core.drain_effects());
         ns.push(t.elapsed().as_nanos() as u64);
     }
-    let report = Latencies {
+    let (open, full, starved) = starvation(swarm, task);
+    Latencies {
         name: "hot task report_pieces+flush",
         ns,
         total: start.elapsed(),
         decisions: swarm.decisions() - before,
-    };
-    (open, report)
+    }
+    .print_with(&format!(
+        "downloads={open} with_4_parents={full} starved={starved}"
+    ));
+
+    // Remove the task again so the next one starts from the same state.
+    for i in hot.into_iter().rev() {
+        let a = swarm.active.swap_remove(i);
+        swarm.core.close_plan(swarm.now, a.plan);
+        swarm
+            .core
+            .task_evicted(swarm.now, &swarm.ids[a.peer as usize], digest)
+            .expect("evict");
+        swarm.members.remove(&(a.peer, task));
+    }
+    for p in holders {
+        swarm
+            .core
+            .task_evicted(swarm.now, &swarm.ids[p as usize], digest)
+            .expect("evict");
+        swarm.members.remove(&(p, task));
+    }
+    swarm.core.drain_effects();
 }
 
 fn criterion_benches(c: &mut Criterion, swarm: &mut Swarm) {
@@ -577,24 +668,29 @@ fn main() {
         start.elapsed().as_secs_f64()
     );
 
+    print_child_slots(&swarm, "after build");
     let mut c = Criterion::default().configure_from_args();
     criterion_benches(&mut c, &mut swarm);
     c.final_summary();
-    let (peers_after, tasks_after, plans_after) = swarm.core.sizes();
-    assert_eq!(
-        (peers_after, tasks_after, plans_after),
-        (peers, tasks, plans),
-        "state drifted"
-    );
+    print_child_slots(&swarm, "after criterion");
+    assert_eq!(swarm.core.sizes(), (peers, tasks, plans), "state drifted");
 
+    // Each plain loop and the popular tasks start from a fresh state, so that
+    // none inherits the child slots the previous one leaked (see the docs).
+    let mut swarm = Swarm::build(scale);
     let open = plain_open_close(&mut swarm);
     open.print();
+    print_child_slots(&swarm, "after open_plan+close_plan");
+    let mut swarm = Swarm::build(scale);
     let report = plain_report_flush(&mut swarm);
     report.print();
+    print_child_slots(&swarm, "after report_pieces+flush");
     println!("flush (nothing dirty): {:.1} us", idle_flush_us(&mut swarm));
-    let (hot_open, hot_report) = hot_task(&mut swarm, scale.peers / 10);
-    hot_open.print();
-    hot_report.print();
+    let mut swarm = Swarm::build(scale);
+    for downloads in [scale.peers / 100, scale.peers / 30, scale.peers / 10] {
+        hot_task(&mut swarm, downloads, if smoke { 50 } else { 300 });
+    }
+    print_child_slots(&swarm, "after the popular tasks");
     print_sizes();
     let memory = measure_memory(scale);
     match &memory {

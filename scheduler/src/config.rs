@@ -220,10 +220,11 @@ impl Settings {
                 None
             }
         };
-        if let (Some(g), Some(h)) = (grpc_listen, http_listen) {
-            if g == h && g.port() != 0 {
-                errors.push(format!("--grpc-listen and --http-listen are both {g}"));
-            }
+        if let (Some(g), Some(h)) = (grpc_listen, http_listen)
+            && g == h
+            && g.port() != 0
+        {
+            errors.push(format!("--grpc-listen and --http-listen are both {g}"));
         }
         if !errors.is_empty() {
             return Err(errors);

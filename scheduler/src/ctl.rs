@@ -216,7 +216,8 @@ async fn get_json(
             Ok(b) => CtlError::Api {
                 status: status.as_u16(),
                 code: Some(b.error.code),
-                message: b.error.message,
+                // From the network, to a terminal: no escape sequences.
+                message: table::sanitize(&b.error.message),
             },
             Err(_) => CtlError::Api {
                 status: status.as_u16(),

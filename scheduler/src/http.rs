@@ -18,15 +18,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use shoal_proto::{Digest, DigestError};
+use tracing::Instrument;
 
 use crate::core::{PeerView, TaskDetail, TaskSummary};
 use crate::metrics::{self, Metrics};
@@ -57,7 +60,28 @@ pub fn router(state: Arc<SchedulerState>, metrics: Arc<Metrics>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(trace_request))
         .with_state(Api { state, metrics })
+}
+
+/// One span per request; its status and duration logged at debug when it
+/// is answered. The query string is left out of the span.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let span = tracing::debug_span!(
+        "http.request",
+        http.method = %request.method(),
+        http.path = %request.uri().path(),
+    );
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            http.status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request answered"
+        );
+    });
+    response
 }
 
 /// Serves `router` on an already bound `listener` until `shutdown` resolves,

@@ -15,7 +15,7 @@
 //! Not here: histograms of plan latency (future work), the peer's metrics
 //! (the peer crate has its own registry), any global/static registry.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -42,7 +42,7 @@ pub struct Metrics {
     registry: Registry,
     grpc_requests: Family<GrpcLabels, Counter>,
     /// Where [`Metrics::encode`] puts the core's snapshot for [`CoreCollector`].
-    snapshot: std::sync::Arc<Mutex<Snapshot>>,
+    snapshot: Arc<Mutex<Snapshot>>,
     /// Serialises scrapes, so that each one prints the snapshot it took.
     scrape: Mutex<()>,
 }
@@ -74,7 +74,7 @@ impl Metrics {
             "gRPC requests the scheduler finished, by method and status code (streams count once, when they end)",
             grpc_requests.clone(),
         );
-        let snapshot = std::sync::Arc::new(Mutex::new(Snapshot::default()));
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(CoreCollector(snapshot.clone())));
         Metrics {
             registry,
@@ -120,7 +120,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Writes the last [`Snapshot`] at each scrape.
 #[derive(Debug)]
-struct CoreCollector(std::sync::Arc<Mutex<Snapshot>>);
+struct CoreCollector(Arc<Mutex<Snapshot>>);
 
 /// `(name without prefix and _total, help, value)` of each core counter.
 fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 11] {

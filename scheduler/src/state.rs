@@ -102,10 +102,10 @@ impl SchedulerState {
             for effect in effects {
                 match effect {
                     Effect::Plan { plan, update, .. } => {
-                        if let Some(tx) = plans.get(&plan) {
-                            if tx.try_send(Ok(update)).is_err() {
-                                lagging.push(plan);
-                            }
+                        if let Some(tx) = plans.get(&plan)
+                            && tx.try_send(Ok(update)).is_err()
+                        {
+                            lagging.push(plan);
                         }
                     }
                     Effect::ClosePlan { plan, reason } => {

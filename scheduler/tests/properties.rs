@@ -195,10 +195,10 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
                 e
             );
         }
-        if let Op::Join(p) | Op::JoinElsewhere(p) = op {
-            if result.is_ok() {
-                left.retain(|x| x != &id(p));
-            }
+        if let Op::Join(p) | Op::JoinElsewhere(p) = op
+            && result.is_ok()
+        {
+            left.retain(|x| x != &id(p));
         }
         let effects = core.drain_effects();
         check(&core, &effects, k, &left)?;

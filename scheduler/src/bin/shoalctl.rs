@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use shoal_scheduler::ctl::{Cli, run};
+use shoal_scheduler::ctl::{Cli, CtlError, run};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -15,6 +15,8 @@ async fn main() -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     match run(&cli, &mut stdout).await {
         Ok(()) => ExitCode::SUCCESS,
+        // `shoalctl peers | head`: the reader had enough.
+        Err(CtlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

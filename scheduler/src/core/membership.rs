@@ -38,16 +38,17 @@ impl Scheduler {
                 info.addr
             )));
         }
-        if let Some(existing) = self.peers.get(&info.id) {
-            if existing.info.addr != info.addr && existing.lease_until > now {
-                return Err(CoreError::new(
-                    ErrorKind::AlreadyExists,
-                    format!(
-                        "peer id {} is in use by a live peer at {}; ids must be unique per node",
-                        info.id, existing.info.addr
-                    ),
-                ));
-            }
+        if let Some(existing) = self.peers.get(&info.id)
+            && existing.info.addr != info.addr
+            && existing.lease_until > now
+        {
+            return Err(CoreError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "peer id {} is in use by a live peer at {}; ids must be unique per node",
+                    info.id, existing.info.addr
+                ),
+            ));
         }
         let mut seen = HashSet::new();
         for (i, t) in held.iter().enumerate() {
@@ -68,24 +69,24 @@ impl Scheduler {
                 )));
             }
             if let Some(task) = self.tasks.get(&t.digest) {
-                if let Some(known) = task.shape {
-                    if known.size() != t.size {
-                        return Err(CoreError::invalid(format!(
-                            "held task {} announced with size {}, the swarm knows it as {} bytes",
-                            t.digest,
-                            t.size,
-                            known.size()
-                        )));
-                    }
+                if let Some(known) = task.shape
+                    && known.size() != t.size
+                {
+                    return Err(CoreError::invalid(format!(
+                        "held task {} announced with size {}, the swarm knows it as {} bytes",
+                        t.digest,
+                        t.size,
+                        known.size()
+                    )));
                 }
                 for (idx, h) in t.piece_hashes.iter().enumerate() {
-                    if let Some(Some(k)) = task.hashes.get(idx) {
-                        if k != h {
-                            return Err(CoreError::precondition(format!(
-                                "held task {} piece {idx} hash differs from the one the swarm knows",
-                                t.digest
-                            )));
-                        }
+                    if let Some(Some(k)) = task.hashes.get(idx)
+                        && k != h
+                    {
+                        return Err(CoreError::precondition(format!(
+                            "held task {} piece {idx} hash differs from the one the swarm knows",
+                            t.digest
+                        )));
                     }
                 }
             }
@@ -188,12 +189,13 @@ impl Scheduler {
     /// Advances time: peers whose lease ran out leave; back-to-source peers
     /// that stalled are replaced. Call it about once a second.
     pub fn tick(&mut self, now: Instant) {
-        let expired: Vec<PeerId> = self
+        let mut expired: Vec<PeerId> = self
             .peers
             .iter()
             .filter(|(_, p)| p.lease_until <= now)
             .map(|(id, _)| id.clone())
             .collect();
+        expired.sort();
         for id in expired {
             self.leave(now, &id);
             self.stats.expired += 1;
@@ -206,7 +208,9 @@ impl Scheduler {
         let Some(peer) = self.peers.remove(id) else {
             return false;
         };
-        for digest in peer.tasks {
+        let mut tasks: Vec<_> = peer.tasks.into_iter().collect();
+        tasks.sort();
+        for digest in tasks {
             self.drop_from_task(now, &digest, id);
         }
         true

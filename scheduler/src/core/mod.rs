@@ -210,7 +210,23 @@ impl Task {
     pub(crate) fn has_complete_holder(&self) -> bool {
         self.holdings
             .values()
-            .any(|h| h.complete || (h.pieces.len() > 0 && h.pieces.is_full()))
+            .any(|h| h.complete || (!h.pieces.is_empty() && h.pieces.is_full()))
+    }
+
+    /// True when the peers taking part hold every piece between them, so no
+    /// one needs to go to upstream.
+    pub(crate) fn swarm_holds_everything(&self) -> bool {
+        if self.has_complete_holder() {
+            return true;
+        }
+        let Some(shape) = self.shape else {
+            return false;
+        };
+        let mut union = PieceSet::new(shape.piece_count());
+        for h in self.holdings.values() {
+            union.union_with(&h.pieces);
+        }
+        union.is_full() && !union.is_empty()
     }
 
     fn empty_set(&self) -> PieceSet {

@@ -35,25 +35,24 @@ impl Scheduler {
                     .map_err(|e| CoreError::invalid(format!("task {digest}: {e}")))?,
             ),
         };
-        if let (Some(task), Some(shape)) = (self.tasks.get(&digest), shape) {
-            if let Some(known) = task.shape {
-                if known.size() != shape.size() {
-                    return Err(CoreError::invalid(format!(
-                        "task {digest} requested with size {}, the swarm knows it as {} bytes",
-                        shape.size(),
-                        known.size()
-                    )));
-                }
-            }
+        if let (Some(task), Some(shape)) = (self.tasks.get(&digest), shape)
+            && let Some(known) = task.shape
+            && known.size() != shape.size()
+        {
+            return Err(CoreError::invalid(format!(
+                "task {digest} requested with size {}, the swarm knows it as {} bytes",
+                shape.size(),
+                known.size()
+            )));
         }
         self.touch(now, id)?;
         let plan = PlanId(self.next_plan);
         self.next_plan += 1;
         let task = self.tasks.entry(digest).or_insert_with(|| Task::new(now));
-        if task.shape.is_none() {
-            if let Some(shape) = shape {
-                task.set_shape(shape);
-            }
+        if task.shape.is_none()
+            && let Some(shape) = shape
+        {
+            task.set_shape(shape);
         }
         let empty = task.empty_set();
         task.holder_epoch += 1;
@@ -115,12 +114,13 @@ impl Scheduler {
 
     /// Queues the updates that the changes since the last flush call for.
     pub fn flush(&mut self) {
-        let dirty: Vec<Digest> = self
+        let mut dirty: Vec<Digest> = self
             .tasks
             .iter()
             .filter(|(_, t)| t.dirty)
             .map(|(d, _)| *d)
             .collect();
+        dirty.sort();
         for digest in dirty {
             self.flush_task(&digest);
         }
@@ -185,16 +185,21 @@ impl Scheduler {
     }
 
     /// Elects back-to-source peers while the task has fewer than the limit,
-    /// no holder has all of it, and someone is downloading it.
+    /// some piece is held by no peer, and someone is downloading it.
     pub(crate) fn ensure_back_to_source(&mut self, now: Instant, digest: &Digest) {
         let limit = self.config.max_back_to_source;
         let Some(task) = self.tasks.get_mut(digest) else {
             return;
         };
-        while task.back_to_source.len() < limit && !task.has_complete_holder() {
-            let candidates = task.downloads.keys().filter(|id| {
-                !task.back_to_source.contains_key(*id) && self.peers.contains_key(*id)
-            });
+        while task.back_to_source.len() < limit && !task.swarm_holds_everything() {
+            // Sorted, so that a seed gives the same choice on every run.
+            let mut candidates: Vec<&PeerId> = task
+                .downloads
+                .keys()
+                .filter(|id| !task.back_to_source.contains_key(*id) && self.peers.contains_key(*id))
+                .collect();
+            candidates.sort();
+            let candidates = candidates.into_iter();
             // Prefer peers that did not stall on this task, then those holding
             // the most pieces (they fetch least from upstream), then random.
             let best = candidates
@@ -252,6 +257,7 @@ impl Scheduler {
                 touched.push(*digest);
             }
         }
+        touched.sort();
         for digest in touched {
             self.stats.back_to_source_stalls += 1;
             self.ensure_back_to_source(now, &digest);
@@ -277,7 +283,7 @@ impl Scheduler {
         let d = &task.downloads[child];
         let is_source = task.back_to_source.contains_key(child);
         let holding = &task.holdings[child];
-        let done = holding.complete || (holding.pieces.len() > 0 && holding.pieces.is_full());
+        let done = holding.complete || (!holding.pieces.is_empty() && holding.pieces.is_full());
         let starved = !is_source && !done && task.shape.is_some() && {
             let next = holding.pieces.first_missing();
             !d.parents.iter().any(|p| {
@@ -331,10 +337,10 @@ impl Scheduler {
             }
             if d.hashes_sent.count() < task.known_hashes {
                 for (i, h) in task.hashes.iter().enumerate() {
-                    if let Some(h) = h {
-                        if d.hashes_sent.insert(i as u32) {
-                            hashes.push((i as u32, *h));
-                        }
+                    if let Some(h) = h
+                        && d.hashes_sent.insert(i as u32)
+                    {
+                        hashes.push((i as u32, *h));
                     }
                 }
             }

@@ -15,10 +15,25 @@
 //! parent of this child), and anyone when the task's size is unknown.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use rand::Rng;
 
 use super::{CoreConfig, Peer, PeerId, Task};
+
+/// Sort key of a candidate, smallest first: (tier, other zone, in progress,
+/// load percent, random tie-break).
+type RankKey = (u8, bool, bool, u32, u64);
+
+/// A tie-break that is random per decision (`salt`) but does not depend on
+/// the order candidates are visited in, so a seed gives the same plan on
+/// every run.
+fn tie_break(salt: u64, id: &PeerId) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    salt.hash(&mut h);
+    id.as_str().hash(&mut h);
+    h.finish()
+}
 
 /// Ranks candidate parents for `child` and returns the best
 /// `config.max_parents`.
@@ -39,9 +54,10 @@ pub(crate) fn rank_parents(
     let Some(child_peer) = peers.get(child) else {
         return Vec::new();
     };
+    let salt: u64 = rng.random();
     let next = mine.pieces.first_missing();
     let window_end = next.map_or(0, |n| n.saturating_add(config.window));
-    let mut scored: Vec<((u8, bool, bool, u32, u32), &PeerId)> = Vec::new();
+    let mut scored: Vec<(RankKey, &PeerId)> = Vec::new();
     for (id, h) in &task.holdings {
         if id == child || task.bad.contains(id) {
             continue;
@@ -72,9 +88,9 @@ pub(crate) fn rank_parents(
         };
         let other_zone = peer.info.zone != child_peer.info.zone;
         let load = peer.load.active_uploads.saturating_mul(100) / peer.upload_slots(config).max(1);
-        scored.push(((tier, other_zone, !complete, load, rng.random()), id));
+        scored.push(((tier, other_zone, !complete, load, tie_break(salt, id)), id));
     }
-    scored.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    scored.sort_unstable();
     scored
         .into_iter()
         .take(config.max_parents)

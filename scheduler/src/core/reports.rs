@@ -100,11 +100,11 @@ impl Scheduler {
         let mut grew = false;
         for p in pieces {
             grew |= holding.pieces.insert(p.index);
-            if let Some(h) = p.hash {
-                if task.hashes[p.index as usize].is_none() {
-                    task.hashes[p.index as usize] = Some(h);
-                    task.known_hashes += 1;
-                }
+            if let Some(h) = p.hash
+                && task.hashes[p.index as usize].is_none()
+            {
+                task.hashes[p.index as usize] = Some(h);
+                task.known_hashes += 1;
             }
         }
         if was_empty && grew {
