@@ -2,8 +2,8 @@
 //! scale: 10,000 peers and 1,000 tasks held in one [`Scheduler`].
 //!
 //! The state: every peer joins; every task is a 64 MiB blob (16 pieces) held
-//! complete by `HOLDERS` random peers (announced on `join` with piece hashes)
-//! and downloaded by `DOWNLOADS` other random peers, each part way through.
+//! complete by 10 random peers (announced on `join` with piece hashes) and
+//! downloaded by 5 other random peers, each part way through (see `FULL`).
 //!
 //! Measured, in this order:
 //! 1. criterion, `open_plan+close_plan`: a new (peer, task) download opens a
@@ -21,6 +21,9 @@
 //!    (and D and 3D downloads), and the resident-set differences are divided
 //!    by the extra holdings. (A counting allocator would need `unsafe`, which
 //!    the workspace forbids.)
+//! 5. Diagnostics of problems found in the core (docs/benchmarks.md): child
+//!    slots counted against parents offered, cancelled downloads left
+//!    without eviction, and one popular task with 100 to 1,000 downloads.
 //!
 //! The last line is a summary to quote, e.g.
 //! `scheduler-core: peers=10000 tasks=1000 decisions_per_sec=… p50_us=… p99_us=… bytes_per_holding=…`.
@@ -33,8 +36,8 @@
 //! (see docs/benchmarks.md).
 //!
 //! Run with `cargo bench -p shoal-scheduler --bench core` (about two
-//! minutes). Under `cargo test --benches` everything runs once at a small
-//! scale, as a smoke test.
+//! minutes). Under `cargo test --benches` everything runs briefly at a small
+//! scale (`SMOKE`), as a smoke test.
 
 use std::collections::HashSet;
 use std::hint::black_box;
@@ -398,6 +401,44 @@ fn plain_report_flush(swarm: &mut Swarm) -> Latencies {
     }
 }
 
+/// Workload 1 without the eviction: every cancelled download leaves an empty
+/// holding behind. Prints how the latency and the RSS move as they pile up.
+fn stale_holdings(swarm: &mut Swarm) {
+    let n = swarm.scale.ops;
+    let mut ns = Vec::with_capacity(n);
+    let rss_before = rss_bytes().unwrap_or(0);
+    for _ in 0..n {
+        let task = swarm.rng.random_range(0..swarm.scale.tasks);
+        let peer = swarm.free_peer(task);
+        let (id, digest) = (&swarm.ids[peer as usize], swarm.digests[task as usize]);
+        let start = Instant::now();
+        let plan = swarm
+            .core
+            .open_plan(swarm.now, id, digest, TASK_SIZE)
+            .expect("open_plan");
+        black_box(swarm.core.drain_effects());
+        ns.push(start.elapsed().as_nanos() as u64);
+        swarm.core.close_plan(swarm.now, plan);
+        black_box(swarm.core.drain_effects());
+    }
+    let rss_growth = rss_bytes().unwrap_or(0).saturating_sub(rss_before);
+    let tenth = (n / 10).max(1);
+    let p50 = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2] as f64 / 1_000.0
+    };
+    println!(
+        "open_plan+close_plan without eviction: ops={n} empty_holdings_left~{n} (~{} per task) \
+         open_plan_p50_us first_tenth={:.1} last_tenth={:.1} rss_growth={} B ({:.0} B per op)",
+        n / swarm.scale.tasks as usize,
+        p50(&ns[..tenth]),
+        p50(&ns[n - tenth..]),
+        rss_growth,
+        rss_growth as f64 / n as f64,
+    );
+}
+
 /// `flush` with nothing dirty: the floor every flush pays.
 fn idle_flush_us(swarm: &mut Swarm) -> f64 {
     swarm.core.flush();
@@ -686,6 +727,8 @@ fn main() {
     report.print();
     print_child_slots(&swarm, "after report_pieces+flush");
     println!("flush (nothing dirty): {:.1} us", idle_flush_us(&mut swarm));
+    let mut swarm = Swarm::build(scale);
+    stale_holdings(&mut swarm);
     let mut swarm = Swarm::build(scale);
     for downloads in [scale.peers / 100, scale.peers / 30, scale.peers / 10] {
         hot_task(&mut swarm, downloads, if smoke { 50 } else { 300 });

@@ -121,6 +121,13 @@ fn check(
     for p in 0..PEERS {
         if let Some(c) = core.children_of(&id(p)) {
             prop_assert!(c <= core.config().max_children_per_parent);
+            // No slot leaks: the count is exactly what the plans offer.
+            prop_assert_eq!(
+                c,
+                core.offered_as_parent(&id(p)),
+                "child slots of p{} leaked",
+                p
+            );
         }
     }
     Ok(())

@@ -429,19 +429,24 @@ fn run(seed: u64) -> (u64, shoal_scheduler::core::CoreStats) {
     }
     let elections = sim.core.stats().back_to_source_elections;
     let stalls = sim.core.stats().back_to_source_stalls;
-    // Every upstream order the peers saw was an election by the core, and a
-    // re-election happened only when the departures left a piece that no
-    // talking peer held, or when an elected peer stalled (a silent one is
-    // still in the swarm until its lease runs out).
-    assert_eq!(sim.upstream_orders, elections);
+    let orders = sim.upstream_orders;
+    // Every upstream order a peer received was an election by the core (an
+    // elected peer may also leave before it hears of it), and upstream was
+    // sent to again only when the departures left a piece that no talking
+    // peer held, or when an elected peer stalled (a silent one stays in the
+    // swarm until its lease runs out).
+    assert!(
+        orders <= elections,
+        "orders {orders}, elections {elections}"
+    );
     assert!(stalls <= (PEERS / 20) as u64, "{stalls} stalls");
     assert!(
-        elections <= 1 + sim.source_departures + stalls,
-        "elections {elections}, departures needing a source {}, stalls {stalls}",
+        orders <= 1 + sim.source_departures + stalls,
+        "upstream orders {orders}, departures needing a source {}, stalls {stalls}",
         sim.source_departures
     );
-    // Upstream served at most one copy of the blob per election.
-    assert!(sim.upstream_pieces <= elections * PIECES as u64);
+    // Upstream served at most one copy of the blob per order.
+    assert!(sim.upstream_pieces <= orders * PIECES as u64);
     assert!(sim.upstream_pieces >= PIECES as u64);
     let summary = sim.core.task(sim.now, &sim.digest).unwrap();
     assert_eq!(summary.summary.complete_holders, remaining.len());

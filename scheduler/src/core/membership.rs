@@ -111,6 +111,12 @@ impl Scheduler {
             children: 0,
             tasks: HashSet::new(),
             bad_reports: HashSet::new(),
+            id_hash: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                id.as_str().hash(&mut h);
+                h.finish()
+            },
         });
         peer.info = info;
         peer.lease_until = now + ttl;
@@ -135,6 +141,8 @@ impl Scheduler {
                 },
             );
             task.back_to_source.remove(&id);
+            task.complete_epoch += 1;
+            task.holder_epoch += 1;
             task.dirty = true;
         }
         self.stats.joins += 1;

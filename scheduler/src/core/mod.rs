@@ -96,7 +96,12 @@ pub(crate) struct Peer {
     pub(crate) tasks: HashSet<Digest>,
     /// Distinct children that reported a bad piece from this peer.
     pub(crate) bad_reports: HashSet<PeerId>,
+    /// A hash of the id, for order-independent tie-breaks.
+    pub(crate) id_hash: u64,
 }
+
+/// (next missing piece, its gains, task complete epoch, scheduler slot epoch).
+pub(crate) type StarvationMark = (u32, u32, u64, u64);
 
 impl Peer {
     pub(crate) fn upload_slots(&self, config: &CoreConfig) -> u32 {
@@ -139,6 +144,10 @@ pub(crate) struct Download {
     pub(crate) rerank: bool,
     /// `Task::holder_epoch` when last ranked.
     pub(crate) ranked_epoch: u64,
+    /// What the download waited for when last ranked (see
+    /// [`Scheduler::starvation_mark`]): a starved download is re-ranked only
+    /// when this changes.
+    pub(crate) rank_mark: Option<StarvationMark>,
 }
 
 /// What the core knows about one task.
@@ -160,6 +169,10 @@ pub(crate) struct Task {
     pub(crate) bad: HashSet<PeerId>,
     /// Back-to-source elections so far.
     pub(crate) elections: u32,
+    /// Per piece: how many times a holder gained it.
+    pub(crate) piece_gains: Vec<u32>,
+    /// Bumped when a holder becomes complete.
+    pub(crate) complete_epoch: u64,
     /// Bumped when a peer becomes a possible parent (joins the task, or
     /// reports its first piece): downloads short of parents re-rank then.
     pub(crate) holder_epoch: u64,
@@ -182,6 +195,8 @@ impl Task {
             bad: HashSet::new(),
             elections: 0,
             holder_epoch: 0,
+            piece_gains: Vec::new(),
+            complete_epoch: 0,
             created_at: now,
             dirty: false,
         }
@@ -193,6 +208,7 @@ impl Task {
         let n = shape.piece_count();
         self.shape = Some(shape);
         self.hashes = vec![None; n as usize];
+        self.piece_gains = vec![0; n as usize];
         for h in self.holdings.values_mut() {
             h.pieces = if h.complete {
                 PieceSet::full(n)
@@ -245,6 +261,8 @@ pub struct Scheduler {
     pub(crate) effects: Vec<Effect>,
     pub(crate) rng: SmallRng,
     pub(crate) stats: CoreStats,
+    /// Bumped when a parent at its child cap frees a slot.
+    pub(crate) slot_epoch: u64,
 }
 
 impl Scheduler {
@@ -260,6 +278,7 @@ impl Scheduler {
             effects: Vec::new(),
             rng,
             stats: CoreStats::default(),
+            slot_epoch: 0,
         }
     }
 

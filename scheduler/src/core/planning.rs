@@ -55,7 +55,6 @@ impl Scheduler {
             task.set_shape(shape);
         }
         let empty = task.empty_set();
-        task.holder_epoch += 1;
         task.holdings.entry(id.clone()).or_insert(Holding {
             pieces: empty.clone(),
             complete: false,
@@ -72,6 +71,7 @@ impl Scheduler {
                 fresh: true,
                 rerank: true,
                 ranked_epoch: 0,
+                rank_mark: None,
             },
         );
         task.dirty = true;
@@ -104,6 +104,17 @@ impl Scheduler {
         if task.downloads.get(&id).is_some_and(|d| d.plan == plan) {
             let d = task.downloads.remove(&id).expect("checked");
             let was_source = task.back_to_source.remove(&id).is_some();
+            // A cancelled download that got nothing leaves nothing behind.
+            if task
+                .holdings
+                .get(&id)
+                .is_some_and(|h| h.pieces.is_empty() && !h.complete)
+            {
+                task.holdings.remove(&id);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.tasks.remove(&digest);
+                }
+            }
             self.release_parents(&d.parents);
             if was_source {
                 self.ensure_back_to_source(now, &digest);
@@ -129,10 +140,28 @@ impl Scheduler {
     /// Decrements the child count of each parent.
     pub(crate) fn release_parents(&mut self, parents: &[PeerId]) {
         for p in parents {
-            if let Some(peer) = self.peers.get_mut(p) {
-                peer.children = peer.children.saturating_sub(1);
-            }
+            self.release_slot(p, 1);
         }
+    }
+
+    /// Frees `n` child slots of parent `p`; a parent leaving its cap bumps
+    /// the slot epoch so that starved downloads look again.
+    pub(crate) fn release_slot(&mut self, p: &PeerId, n: u32) {
+        let cap = self.config.max_children_per_parent;
+        if let Some(peer) = self.peers.get_mut(p) {
+            if n > 0 && peer.children >= cap {
+                self.slot_epoch += 1;
+            }
+            peer.children = peer.children.saturating_sub(n);
+        }
+    }
+
+    /// What a download waits for now; a starved download is re-ranked only
+    /// when this differs from the mark of its last ranking.
+    fn starvation_mark(&self, task: &Task, child: &PeerId) -> Option<super::StarvationMark> {
+        let next = task.holdings.get(child)?.pieces.first_missing()?;
+        let gains = task.piece_gains.get(next as usize).copied().unwrap_or(0);
+        Some((next, gains, task.complete_epoch, self.slot_epoch))
     }
 
     /// Removes `id` from a task (departure, eviction or bad report), re-plans
@@ -144,14 +173,19 @@ impl Scheduler {
         task.holdings.remove(id);
         task.back_to_source.remove(id);
         let own = task.downloads.remove(id);
+        let mut released = 0;
         for d in task.downloads.values_mut() {
             if let Some(pos) = d.parents.iter().position(|p| p == id) {
                 d.parents.remove(pos);
                 d.sent_counts.remove(pos);
                 d.rerank = true;
+                released += 1;
             }
         }
         task.dirty = true;
+        // The peer may stay in the swarm (eviction, bad report): its slots
+        // for this task's children are free again.
+        self.release_slot(id, released);
         if let Some(d) = own {
             self.plans.remove(&d.plan);
             self.release_parents(&d.parents);
@@ -292,6 +326,10 @@ impl Scheduler {
                     .is_some_and(|h| h.complete || next.is_some_and(|n| h.pieces.contains(n)))
             })
         };
+        // Starved and nothing it waits for changed since its last ranking:
+        // ranking again would give the same answer.
+        let mark = self.starvation_mark(task, child);
+        let starved = starved && d.rank_mark != mark;
         let more_wanted =
             d.parents.len() < self.config.max_parents && d.ranked_epoch != task.holder_epoch;
         let rerank = d.rerank || starved || more_wanted;
@@ -314,9 +352,7 @@ impl Scheduler {
         // Release/acquire child slots for the new parent set.
         let old_parents = d.parents.clone();
         for p in old_parents.iter().filter(|p| !new_parents.contains(p)) {
-            if let Some(peer) = self.peers.get_mut(p) {
-                peer.children = peer.children.saturating_sub(1);
-            }
+            self.release_slot(p, 1);
         }
         for p in new_parents.iter().filter(|p| !old_parents.contains(p)) {
             if let Some(peer) = self.peers.get_mut(p) {
@@ -351,6 +387,9 @@ impl Scheduler {
             || !hashes.is_empty()
             || d.back_to_source_sent != is_source
             || (task.shape.is_some() && !d.shape_sent);
+        if rerank {
+            d.rank_mark = mark;
+        }
         d.rerank = false;
         d.ranked_epoch = task.holder_epoch;
         if !changed {

@@ -15,7 +15,6 @@
 //! parent of this child), and anyone when the task's size is unknown.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use rand::Rng;
 
@@ -27,12 +26,13 @@ type RankKey = (u8, bool, bool, u32, u64);
 
 /// A tie-break that is random per decision (`salt`) but does not depend on
 /// the order candidates are visited in, so a seed gives the same plan on
-/// every run.
-fn tie_break(salt: u64, id: &PeerId) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    salt.hash(&mut h);
-    id.as_str().hash(&mut h);
-    h.finish()
+/// every run (splitmix64 of the salt and the peer's id hash).
+fn tie_break(salt: u64, id_hash: u64) -> u64 {
+    let mut z = salt ^ id_hash;
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Ranks candidate parents for `child` and returns the best
@@ -88,7 +88,22 @@ pub(crate) fn rank_parents(
         };
         let other_zone = peer.info.zone != child_peer.info.zone;
         let load = peer.load.active_uploads.saturating_mul(100) / peer.upload_slots(config).max(1);
-        scored.push(((tier, other_zone, !complete, load, tie_break(salt, id)), id));
+        scored.push((
+            (
+                tier,
+                other_zone,
+                !complete,
+                load,
+                tie_break(salt, peer.id_hash),
+            ),
+            id,
+        ));
+    }
+    // Only the best few are kept: select them, then order just those.
+    let k = config.max_parents;
+    if scored.len() > k && k > 0 {
+        scored.select_nth_unstable(k - 1);
+        scored.truncate(k);
     }
     scored.sort_unstable();
     scored

@@ -99,7 +99,10 @@ impl Scheduler {
         let was_empty = holding.pieces.is_empty();
         let mut grew = false;
         for p in pieces {
-            grew |= holding.pieces.insert(p.index);
+            if holding.pieces.insert(p.index) {
+                grew = true;
+                task.piece_gains[p.index as usize] += 1;
+            }
             if let Some(h) = p.hash
                 && task.hashes[p.index as usize].is_none()
             {
@@ -146,6 +149,7 @@ impl Scheduler {
             holding.complete = true;
             holding.pieces = PieceSet::full(shape.piece_count());
             task.holder_epoch += 1;
+            task.complete_epoch += 1;
             self.stats.completions += 1;
         }
         task.back_to_source.remove(id);

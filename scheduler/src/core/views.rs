@@ -209,6 +209,16 @@ impl Scheduler {
         self.peers.get(id).map(|p| p.children)
     }
 
+    /// Downloads that currently list `id` as a parent, counted from the
+    /// plans themselves (for checking the `children_of` accounting).
+    pub fn offered_as_parent(&self, id: &PeerId) -> u32 {
+        self.tasks
+            .values()
+            .flat_map(|t| t.downloads.values())
+            .filter(|d| d.parents.contains(id))
+            .count() as u32
+    }
+
     /// Back-to-source peers of a task right now.
     pub fn back_to_source_of(&self, digest: &Digest) -> Vec<PeerId> {
         let mut v: Vec<PeerId> = self
