@@ -5,3 +5,7 @@
 //!   containerd's `hosts.toml` at the mirror on this node and undoes it.
 
 pub mod containerd;
+pub mod scheduler_link;
+pub mod store;
+pub mod tls;
+pub mod transfer;

@@ -121,8 +121,12 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
         let observer = self.observer.clone();
         tokio::spawn(async move {
             let mut commands = ReceiverStream::new(cmd_rx);
+            let closed = state.clone();
+            let closed = closed.closed();
+            tokio::pin!(closed);
             let end = loop {
                 tokio::select! {
+                    _ = &mut closed => break Some(Status::unavailable("the scheduler is shutting down; reconnect")),
                     msg = inbound.message() => match msg {
                         Ok(Some(ev)) => {
                             if let Err(s) = apply_event(&state, &peer, ev) {
@@ -273,6 +277,14 @@ pub async fn serve(
     let service =
         v1::scheduler_server::SchedulerServer::new(SchedulerService::new(state.clone(), observer));
     state.set_ready(true);
+    // On shutdown, end the long-lived streams first so that the server's
+    // graceful drain does not wait for them (peers reconnect).
+    let closing = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.set_ready(false);
+        closing.close_streams();
+    };
     let r = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health_service)

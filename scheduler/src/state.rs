@@ -31,6 +31,7 @@ pub struct SchedulerState {
     sessions: Mutex<HashMap<PeerId, mpsc::Sender<Command>>>,
     started: Instant,
     ready: AtomicBool,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl SchedulerState {
@@ -42,6 +43,7 @@ impl SchedulerState {
             sessions: Mutex::new(HashMap::new()),
             started: Instant::now(),
             ready: AtomicBool::new(false),
+            closing: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -84,6 +86,20 @@ impl SchedulerState {
     /// Whether the gRPC server is serving.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Ends every session and plan stream (the scheduler is shutting down):
+    /// sessions end with `UNAVAILABLE` so peers reconnect, to another replica
+    /// or to this one after its restart.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+        self.plans.lock().expect("plans lock").clear();
+    }
+
+    /// Resolves once [`close_streams`](Self::close_streams) was called.
+    pub async fn closed(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// Time since the process started.

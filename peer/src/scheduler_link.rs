@@ -1,0 +1,425 @@
+//! The peer's link to the scheduler: join with inventory, one session stream
+//! (heartbeats, batched reports), plan streams on demand, and reconnection
+//! with exponential backoff and jitter.
+//!
+//! The peer has no hard dependency on the scheduler: while the link is down,
+//! [`SchedulerLink::plan`] fails at once with [`LinkError::Unavailable`] and the
+//! caller fetches from upstream; reports made while disconnected are dropped
+//! (the download engine re-reports what it holds when it re-opens a plan, and
+//! complete tasks are re-announced in the next join).
+//!
+//! Not here: what to do with a plan (the download engine), the data plane.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use shoal_proto::Digest;
+use shoal_proto::v1::{self, peer_event::Event, scheduler_client::SchedulerClient};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+/// Reports queued at most; past that new reports are dropped (and re-sent by
+/// the engine on its next plan).
+const QUEUE: usize = 4096;
+/// Reports merged into one session message at most.
+const BATCH: usize = 256;
+
+/// What the link needs to know about this peer.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Scheduler gRPC URLs, e.g. `http://10.0.0.5:7600`; tried in turn.
+    pub schedulers: Vec<String>,
+    /// This peer as it introduces itself.
+    pub peer: v1::PeerInfo,
+    /// First reconnect delay (default 200 ms); doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay (default 30 s).
+    pub backoff_max: Duration,
+    /// Give up connecting to one scheduler after this long (default 3 s).
+    pub connect_timeout: Duration,
+}
+
+impl LinkConfig {
+    /// Defaults for everything but the schedulers and the peer.
+    pub fn new(schedulers: Vec<String>, peer: v1::PeerInfo) -> Self {
+        LinkConfig {
+            schedulers,
+            peer,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Tasks this peer holds complete, announced at every join.
+pub trait Inventory: Send + Sync + 'static {
+    /// The complete tasks, with their piece hashes.
+    fn held(&self) -> Vec<v1::HeldTask>;
+}
+
+/// What the engine tells the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// This peer (back-to-source) learnt the task's size from upstream.
+    Started {
+        /// The task.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// Pieces verified and stored: (index, hash when fetched from upstream).
+    Pieces {
+        /// The task.
+        digest: Digest,
+        /// The pieces.
+        pieces: Vec<(u32, Option<[u8; 32]>)>,
+    },
+    /// The whole task is verified against its digest.
+    Complete(Digest),
+    /// The task was dropped from the store.
+    Evicted(Digest),
+    /// A parent sent a bad piece.
+    BadParent {
+        /// The task.
+        digest: Digest,
+        /// The parent's peer id.
+        parent: String,
+        /// The piece.
+        index: u32,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Why a plan could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No scheduler is reachable right now; fetch from upstream.
+    #[error("no scheduler is reachable")]
+    Unavailable,
+    /// The scheduler refused the request.
+    #[error("scheduler refused: {0}")]
+    Refused(#[from] tonic::Status),
+}
+
+/// Load counters the heartbeat carries.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Piece uploads in flight.
+    pub active_uploads: AtomicU32,
+    /// Downloads in flight.
+    pub active_downloads: AtomicU32,
+}
+
+/// A handle on the background link. Cheap to clone.
+#[derive(Clone)]
+pub struct SchedulerLink {
+    reports: mpsc::Sender<Report>,
+    client: watch::Receiver<Option<SchedulerClient<Channel>>>,
+    peer_id: String,
+    /// Load reported in heartbeats.
+    pub load: Arc<Load>,
+}
+
+impl SchedulerLink {
+    /// Starts the link in the background; it runs until `shutdown` resolves.
+    pub fn spawn(
+        config: LinkConfig,
+        inventory: Arc<dyn Inventory>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> SchedulerLink {
+        let (reports, rx) = mpsc::channel(QUEUE);
+        let (client_tx, client) = watch::channel(None);
+        let load = Arc::new(Load::default());
+        let peer_id = config.peer.peer_id.clone();
+        let task = run(config, inventory, rx, client_tx, load.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = shutdown => {}
+            }
+        });
+        SchedulerLink {
+            reports,
+            client,
+            peer_id,
+            load,
+        }
+    }
+
+    /// True while a session with a scheduler is open.
+    pub fn is_connected(&self) -> bool {
+        self.client.borrow().is_some()
+    }
+
+    /// Waits until connected, at most `timeout`; returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.client.clone();
+        tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Queues a report for the session. Never blocks; dropped when the queue
+    /// is full or no scheduler is connected.
+    pub fn report(&self, report: Report) {
+        if self.is_connected() && self.reports.try_send(report).is_err() {
+            debug!("report queue full; report dropped");
+        }
+    }
+
+    /// Opens a plan stream for `digest` (`size` 0 when unknown).
+    pub async fn plan(
+        &self,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Streaming<v1::PlanUpdate>, LinkError> {
+        let Some(mut client) = self.client.borrow().clone() else {
+            return Err(LinkError::Unavailable);
+        };
+        let request = v1::PlanRequest {
+            peer_id: self.peer_id.clone(),
+            digest: digest.to_string(),
+            size,
+        };
+        match client.plan(request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                Err(LinkError::Unavailable)
+            }
+            Err(s) => Err(LinkError::Refused(s)),
+        }
+    }
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): exponential, with
+/// "equal jitter" (half fixed, half random) so a fleet does not reconnect in
+/// lockstep after a scheduler restart.
+pub fn backoff(attempt: u32, min: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
+    let exp = min
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(max);
+    let half = exp / 2;
+    half + half.mul_f64(rng.random::<f64>())
+}
+
+async fn run(
+    config: LinkConfig,
+    inventory: Arc<dyn Inventory>,
+    mut reports: mpsc::Receiver<Report>,
+    client_tx: watch::Sender<Option<SchedulerClient<Channel>>>,
+    load: Arc<Load>,
+) {
+    let mut attempt: u32 = 0;
+    let mut next = 0usize;
+    loop {
+        let url = &config.schedulers[next % config.schedulers.len().max(1)];
+        next += 1;
+        match session(&config, url, &*inventory, &mut reports, &client_tx, &load).await {
+            Ok(()) => attempt = 0,
+            Err(e) => warn!(scheduler.url = %url, error = %e, attempt, "scheduler link down"),
+        }
+        client_tx.send_replace(None);
+        let delay = backoff(
+            attempt,
+            config.backoff_min,
+            config.backoff_max,
+            &mut rand::rng(),
+        );
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One connection: join, open the session, pump reports and heartbeats until
+/// the session ends.
+async fn session(
+    config: &LinkConfig,
+    url: &str,
+    inventory: &dyn Inventory,
+    reports: &mut mpsc::Receiver<Report>,
+    client_tx: &watch::Sender<Option<SchedulerClient<Channel>>>,
+    load: &Load,
+) -> Result<(), tonic::Status> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|e| tonic::Status::invalid_argument(format!("bad scheduler URL {url}: {e}")))?
+        .connect_timeout(config.connect_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+    let mut client = SchedulerClient::new(channel);
+    let tasks = inventory.held();
+    let n = tasks.len();
+    let joined = client
+        .join(v1::JoinRequest {
+            peer: Some(config.peer.clone()),
+            tasks,
+        })
+        .await?
+        .into_inner();
+    let heartbeat = Duration::from_millis(joined.heartbeat_interval_ms.clamp(100, 60_000));
+
+    let (out, out_rx) = mpsc::channel::<v1::PeerEvent>(64);
+    let open = Event::Open(v1::SessionOpen {
+        peer_id: config.peer.peer_id.clone(),
+    });
+    out.send(ev(open)).await.expect("receiver alive");
+    let mut inbound = client
+        .session(ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    // Reports queued before this session belong to the old one.
+    while reports.try_recv().is_ok() {}
+    client_tx.send_replace(Some(client));
+    info!(scheduler.url = %url, tasks = n, "joined scheduler");
+
+    let mut ticker = tokio::time::interval(heartbeat);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let hb = v1::Heartbeat {
+                    active_uploads: load.active_uploads.load(Ordering::Relaxed),
+                    active_downloads: load.active_downloads.load(Ordering::Relaxed),
+                };
+                if out.send(ev(Event::Heartbeat(hb))).await.is_err() {
+                    return Err(tonic::Status::unavailable("session closed"));
+                }
+            }
+            Some(first) = reports.recv() => {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match reports.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                for e in merge(batch) {
+                    if out.send(e).await.is_err() {
+                        return Err(tonic::Status::unavailable("session closed"));
+                    }
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(cmd)) => debug!(command = ?cmd.command, "scheduler command (not acted on yet)"),
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(s),
+            },
+        }
+    }
+}
+
+fn ev(e: Event) -> v1::PeerEvent {
+    v1::PeerEvent { event: Some(e) }
+}
+
+/// Turns a batch of reports into session messages, merging consecutive piece
+/// reports of one task into one message (order between tasks is kept).
+pub fn merge(batch: Vec<Report>) -> Vec<v1::PeerEvent> {
+    let mut out: Vec<v1::PeerEvent> = Vec::new();
+    for r in batch {
+        let e = match r {
+            Report::Pieces { digest, pieces } => {
+                let d = digest.to_string();
+                let done = pieces.into_iter().map(|(index, hash)| v1::PieceDone {
+                    index,
+                    hash: hash.map(|h| h.to_vec()).unwrap_or_default(),
+                });
+                if let Some(v1::PeerEvent {
+                    event: Some(Event::Pieces(last)),
+                }) = out.last_mut()
+                    && last.digest == d
+                {
+                    last.pieces.extend(done);
+                    continue;
+                }
+                Event::Pieces(v1::PieceReport {
+                    digest: d,
+                    pieces: done.collect(),
+                })
+            }
+            Report::Started { digest, size } => Event::Started(v1::TaskStarted {
+                digest: digest.to_string(),
+                size,
+            }),
+            Report::Complete(d) => Event::Complete(v1::TaskComplete {
+                digest: d.to_string(),
+            }),
+            Report::Evicted(d) => Event::Evicted(v1::TaskEvicted {
+                digest: d.to_string(),
+            }),
+            Report::BadParent {
+                digest,
+                parent,
+                index,
+                reason,
+            } => Event::BadParent(v1::BadParent {
+                digest: digest.to_string(),
+                parent_id: parent,
+                piece_index: index,
+                reason,
+            }),
+        };
+        out.push(ev(e));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let (min, max) = (Duration::from_millis(200), Duration::from_secs(30));
+        for attempt in 0..40 {
+            let d = backoff(attempt, min, max, &mut rng);
+            let ceiling = min.saturating_mul(1 << attempt.min(20)).min(max);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(40, min, max, &mut rng) >= max / 2);
+    }
+
+    #[test]
+    fn merges_consecutive_piece_reports_of_one_task() {
+        let a = Digest::from_sha256([1; 32]);
+        let b = Digest::from_sha256([2; 32]);
+        let batch = vec![
+            Report::Pieces {
+                digest: a,
+                pieces: vec![(0, Some([9; 32]))],
+            },
+            Report::Pieces {
+                digest: a,
+                pieces: vec![(1, None)],
+            },
+            Report::Pieces {
+                digest: b,
+                pieces: vec![(0, None)],
+            },
+            Report::Complete(b),
+            Report::Pieces {
+                digest: a,
+                pieces: vec![(2, None)],
+            },
+        ];
+        let out = merge(batch);
+        assert_eq!(out.len(), 4);
+        let Some(Event::Pieces(p)) = &out[0].event else {
+            panic!()
+        };
+        assert_eq!(p.pieces.len(), 2);
+        assert_eq!(p.pieces[0].hash, vec![9; 32]);
+        assert!(p.pieces[1].hash.is_empty());
+        assert!(matches!(&out[3].event, Some(Event::Pieces(p)) if p.pieces[0].index == 2));
+    }
+}

@@ -1,0 +1,623 @@
+//! [`DiskStore`]: blob files on disk, metadata in sled.
+//!
+//! Layout under the data dir: `meta/` (sled), `blobs/sha256/<hex>` (one file
+//! per task, preallocated sparse to the task's size, pieces written at their
+//! offsets), `peer-id` (see [`super::load_or_create_peer_id`]). File names are
+//! built only from a validated [`Digest`]'s hex.
+//!
+//! Crash safety: a piece's bytes are written before its bit is set; a task is
+//! marked complete only after its file is synced, and the metadata is flushed
+//! then. On open, [`recover`](DiskStore::open) re-hashes every piece an
+//! in-progress task records as present and clears those that do not match
+//! (or whose hash is unknown), so nothing unverified is ever read back.
+//!
+//! Concurrency: one small entry per task in a map (its file handle and a lock
+//! that serialises that task's metadata updates); piece I/O runs with no lock
+//! held, and no lock is ever held across I/O of two tasks.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use shoal_proto::digest::Digest;
+use shoal_proto::piece::{PieceSet, TaskShape};
+
+use super::record::{self, Header};
+use super::{
+    Candidate, PieceStore, PinGuard, Pins, StoreConfig, StoreError, TaskMeta, lock, merge_hashes,
+    now_secs, valid_media_type,
+};
+
+mod recover;
+
+pub use recover::Recovery;
+
+/// Task entries kept in memory (each may hold an open file) before idle ones
+/// are dropped.
+const MAX_ENTRIES: usize = 256;
+
+/// The on-disk piece store. See the module docs.
+pub struct DiskStore {
+    dir: PathBuf,
+    blob_dir: PathBuf,
+    meta_path: PathBuf,
+    config: StoreConfig,
+    db: sled::Db,
+    tasks: sled::Tree,
+    pieces: sled::Tree,
+    hashes: sled::Tree,
+    access: sled::Tree,
+    entries: Mutex<HashMap<Digest, Arc<Entry>>>,
+    pins: Arc<Pins>,
+    usage: AtomicU64,
+    seq: AtomicU64,
+    /// Paths whose failure was already logged.
+    logged: Mutex<HashSet<PathBuf>>,
+    recovery: Recovery,
+}
+
+/// One task's in-memory handle.
+#[derive(Default)]
+struct Entry {
+    /// Set (under `file`'s lock) when the task is removed; an operation that
+    /// finds it set works on a stale entry and starts again or gives up.
+    removed: AtomicBool,
+    /// The open blob file; the lock also serialises metadata updates.
+    file: Mutex<Option<Arc<File>>>,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("usage", &self.usage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiskStore {
+    /// Opens (or creates) the store in `dir`, recovering from whatever state a
+    /// previous run left: complete tasks are kept, in-progress tasks keep only
+    /// the pieces that still match their hashes, orphans are deleted.
+    ///
+    /// Blocking, and it re-hashes every piece of every in-progress task: call
+    /// it before serving, or from `spawn_blocking`.
+    pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<DiskStore, StoreError> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let blob_dir = dir.join("blobs").join("sha256");
+        std::fs::create_dir_all(&blob_dir).map_err(|source| StoreError::Io {
+            op: "create",
+            path: blob_dir.clone(),
+            source,
+        })?;
+        let meta_path = dir.join("meta");
+        let db_err = |e: sled::Error| StoreError::Database {
+            path: meta_path.clone(),
+            source: Box::new(e),
+        };
+        let db = sled::Config::new()
+            .path(&meta_path)
+            .open()
+            .map_err(db_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(db_err);
+        let (tasks, pieces, hashes, access) = (
+            tree("tasks")?,
+            tree("pieces")?,
+            tree("hashes")?,
+            tree("access")?,
+        );
+        let mut store = DiskStore {
+            dir,
+            blob_dir,
+            meta_path,
+            config,
+            db,
+            tasks,
+            pieces,
+            hashes,
+            access,
+            entries: Mutex::default(),
+            pins: Arc::default(),
+            usage: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            logged: Mutex::default(),
+            recovery: Recovery::default(),
+        };
+        store.recovery = store.recover()?;
+        Ok(store)
+    }
+
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The quota and watermarks.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// What opening the store found and repaired.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The blob file of a task: `dir/blobs/sha256/<hex>`.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir.join(digest.hex())
+    }
+
+    /// Flushes the metadata to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(drop).map_err(|e| self.db_err(e))
+    }
+
+    /// An I/O error, logged the first time this path fails.
+    fn io_err(&self, op: &'static str, path: PathBuf, source: std::io::Error) -> StoreError {
+        if lock(&self.logged).insert(path.clone()) {
+            tracing::warn!(store.path = %path.display(), error = %source, store.op = op, "store I/O failed");
+        }
+        StoreError::Io { op, path, source }
+    }
+
+    /// A database error, logged the first time.
+    fn db_err(&self, e: sled::Error) -> StoreError {
+        if lock(&self.logged).insert(self.meta_path.clone()) {
+            tracing::warn!(store.path = %self.meta_path.display(), error = %e, "store database failed");
+        }
+        StoreError::Database {
+            path: self.meta_path.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.meta_path.clone(),
+            detail,
+        }
+    }
+
+    /// The task's entry, created if needed.
+    fn entry(&self, digest: &Digest) -> Arc<Entry> {
+        let mut map = lock(&self.entries);
+        if let Some(e) = map.get(digest) {
+            return Arc::clone(e);
+        }
+        if map.len() >= MAX_ENTRIES {
+            // Only the map holds these, and nobody can clone them while we
+            // hold its lock: dropping them loses nothing but an open file.
+            map.retain(|_, e| Arc::strong_count(e) > 1);
+        }
+        Arc::clone(map.entry(*digest).or_default())
+    }
+
+    /// Runs `f` with the task's live entry locked (retrying past an entry a
+    /// concurrent `remove` retired).
+    fn with_entry<R>(
+        &self,
+        digest: &Digest,
+        f: impl FnOnce(&Entry, &mut Option<Arc<File>>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        loop {
+            let entry = self.entry(digest);
+            let mut file = lock(&entry.file);
+            if entry.removed.load(Ordering::SeqCst) {
+                continue;
+            }
+            return f(&entry, &mut file);
+        }
+    }
+
+    /// The entry's open file, opened on first use.
+    fn file(&self, digest: &Digest, entry: &Entry) -> Result<Arc<File>, StoreError> {
+        let mut slot = lock(&entry.file);
+        if let Some(f) = &*slot {
+            return Ok(Arc::clone(f));
+        }
+        let path = self.blob_path(digest);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.io_err("open", path, e))?;
+        let f = Arc::new(f);
+        *slot = Some(Arc::clone(&f));
+        Ok(f)
+    }
+
+    fn header(&self, digest: &Digest) -> Result<Option<Header>, StoreError> {
+        match self
+            .tasks
+            .get(digest.as_bytes())
+            .map_err(|e| self.db_err(e))?
+        {
+            None => Ok(None),
+            Some(v) => Header::decode(&v)
+                .map(Some)
+                .map_err(|d| self.corrupt(format!("task {digest}: {d}"))),
+        }
+    }
+
+    fn shape(&self, digest: &Digest, header: &Header) -> Result<TaskShape, StoreError> {
+        TaskShape::for_size(header.size).map_err(|e| self.corrupt(format!("task {digest}: {e}")))
+    }
+
+    fn bitmap(&self, digest: &Digest, shape: &TaskShape) -> Result<PieceSet, StoreError> {
+        match self
+            .pieces
+            .get(digest.as_bytes())
+            .map_err(|e| self.db_err(e))?
+        {
+            None => Ok(PieceSet::new(shape.piece_count())),
+            Some(v) => PieceSet::from_bytes(&v, shape.piece_count())
+                .map_err(|e| self.corrupt(format!("task {digest}: {e}"))),
+        }
+    }
+
+    fn known_hashes(
+        &self,
+        digest: &Digest,
+        shape: &TaskShape,
+    ) -> Result<Vec<Option<[u8; 32]>>, StoreError> {
+        let mut out = vec![None; shape.piece_count() as usize];
+        for kv in self.hashes.scan_prefix(digest.as_bytes()) {
+            let (k, v) = kv.map_err(|e| self.db_err(e))?;
+            if let (Some((_, i)), Ok(h)) = (record::split_hash_key(&k), <[u8; 32]>::try_from(&*v))
+                && let Some(slot) = out.get_mut(i as usize)
+            {
+                *slot = Some(h);
+            }
+        }
+        Ok(out)
+    }
+
+    fn touch(&self, digest: &Digest) -> Result<(), StoreError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.access
+            .insert(digest.as_bytes(), &record::encode_access(now_secs(), seq))
+            .map(drop)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Deletes every metadata record of a task but its header.
+    fn delete_records(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.pieces
+            .remove(digest.as_bytes())
+            .map_err(|e| self.db_err(e))?;
+        self.access
+            .remove(digest.as_bytes())
+            .map_err(|e| self.db_err(e))?;
+        let mut batch = sled::Batch::default();
+        for k in self.hashes.scan_prefix(digest.as_bytes()).keys() {
+            batch.remove(k.map_err(|e| self.db_err(e))?);
+        }
+        self.hashes.apply_batch(batch).map_err(|e| self.db_err(e))
+    }
+
+    /// Removes a task; false when it was not stored.
+    fn remove_task(&self, digest: &Digest) -> Result<bool, StoreError> {
+        self.with_entry(digest, |entry, file| {
+            let Some(header) = self.header(digest)? else {
+                return Ok(false);
+            };
+            // Retire the entry first, so that whatever fails below, later
+            // operations start from a fresh one.
+            entry.removed.store(true, Ordering::SeqCst);
+            *file = None;
+            lock(&self.entries).remove(digest);
+            self.tasks
+                .remove(digest.as_bytes())
+                .map_err(|e| self.db_err(e))?;
+            self.usage.fetch_sub(header.size, Ordering::SeqCst);
+            // Leftovers from here on are orphans the next open deletes.
+            if let Err(e) = self.delete_records(digest) {
+                tracing::debug!(task.digest = %digest, error = %e, "task records left behind");
+            }
+            let path = self.blob_path(digest);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => drop(self.io_err("delete", path, e)),
+            }
+            Ok(true)
+        })
+    }
+
+    fn build_meta(&self, digest: &Digest, header: Header) -> Result<TaskMeta, StoreError> {
+        let shape = self.shape(digest, &header)?;
+        let last_access = match self
+            .access
+            .get(digest.as_bytes())
+            .map_err(|e| self.db_err(e))?
+        {
+            Some(v) => record::decode_access(&v).0,
+            None => 0,
+        };
+        Ok(TaskMeta {
+            digest: *digest,
+            shape,
+            hashes: self.known_hashes(digest, &shape)?,
+            pieces: self.bitmap(digest, &shape)?,
+            complete: header.complete,
+            media_type: header.media_type,
+            last_access,
+        })
+    }
+}
+
+impl PieceStore for DiskStore {
+    fn open(&self, digest: Digest, shape: TaskShape) -> Result<TaskMeta, StoreError> {
+        let header = self.with_entry(&digest, |_, file| {
+            if let Some(h) = self.header(&digest)? {
+                if h.size != shape.size() {
+                    return Err(StoreError::SizeMismatch {
+                        digest,
+                        stored: h.size,
+                        requested: shape.size(),
+                    });
+                }
+                return Ok(h);
+            }
+            let path = self.blob_path(&digest);
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| self.io_err("create", path.clone(), e))?;
+            if let Err(e) = f.set_len(shape.size()) {
+                let _ = std::fs::remove_file(&path);
+                return Err(self.io_err("allocate", path, e));
+            }
+            // Records a crash left between a removal's steps.
+            self.delete_records(&digest)?;
+            let header = Header {
+                size: shape.size(),
+                piece_size: shape.piece_size(),
+                complete: false,
+                media_type: None,
+            };
+            self.tasks
+                .insert(digest.as_bytes(), header.encode())
+                .map_err(|e| self.db_err(e))?;
+            self.usage.fetch_add(shape.size(), Ordering::SeqCst);
+            *file = Some(Arc::new(f));
+            Ok(header)
+        })?;
+        self.touch(&digest)?;
+        self.build_meta(&digest, header)
+    }
+
+    fn meta(&self, digest: &Digest) -> Result<Option<TaskMeta>, StoreError> {
+        match self.header(digest)? {
+            Some(h) => self.build_meta(digest, h).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn set_hashes(&self, digest: &Digest, hashes: &[(u32, [u8; 32])]) -> Result<(), StoreError> {
+        self.with_entry(digest, |_, _| {
+            let header = self
+                .header(digest)?
+                .ok_or(StoreError::UnknownTask(*digest))?;
+            let shape = self.shape(digest, &header)?;
+            let mut known = self.known_hashes(digest, &shape)?;
+            merge_hashes(digest, &shape, &mut known, hashes)?;
+            let mut batch = sled::Batch::default();
+            for (index, hash) in hashes {
+                batch.insert(&record::hash_key(digest, *index)[..], &hash[..]);
+            }
+            self.hashes.apply_batch(batch).map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn set_media_type(&self, digest: &Digest, media_type: &str) -> Result<(), StoreError> {
+        if !valid_media_type(media_type) {
+            return Err(StoreError::InvalidMediaType(*digest));
+        }
+        self.with_entry(digest, |_, _| {
+            let mut header = self
+                .header(digest)?
+                .ok_or(StoreError::UnknownTask(*digest))?;
+            header.media_type = Some(media_type.to_owned());
+            self.tasks
+                .insert(digest.as_bytes(), header.encode())
+                .map(drop)
+                .map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn write_piece(&self, digest: &Digest, index: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        let header = self
+            .header(digest)?
+            .ok_or(StoreError::UnknownTask(*digest))?;
+        let shape = self.shape(digest, &header)?;
+        let range = shape.piece_range(index)?;
+        let want = (range.end - range.start) as u32;
+        if bytes.len() != want as usize {
+            return Err(StoreError::PieceLength {
+                digest: *digest,
+                index,
+                got: bytes.len(),
+                want,
+            });
+        }
+        if header.complete || self.bitmap(digest, &shape)?.contains(index) {
+            return Ok(());
+        }
+        let entry = self.entry(digest);
+        let file = self.file(digest, &entry)?;
+        // The bytes go to disk first, with no lock held ...
+        file.write_all_at(bytes, range.start)
+            .map_err(|e| self.io_err("write piece to", self.blob_path(digest), e))?;
+        // ... and only then is the piece recorded, if the task is still there.
+        let _guard = lock(&entry.file);
+        if entry.removed.load(Ordering::SeqCst) || self.header(digest)?.is_none() {
+            return Err(StoreError::UnknownTask(*digest));
+        }
+        let mut pieces = self.bitmap(digest, &shape)?;
+        pieces.insert(index);
+        self.pieces
+            .insert(digest.as_bytes(), pieces.to_bytes())
+            .map(drop)
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn read_piece(&self, digest: &Digest, index: u32) -> Result<Option<Bytes>, StoreError> {
+        let Some(header) = self.header(digest)? else {
+            return Ok(None);
+        };
+        let shape = self.shape(digest, &header)?;
+        let range = shape.piece_range(index)?;
+        let entry = self.entry(digest);
+        if !self.bitmap(digest, &shape)?.contains(index) {
+            return Ok(None);
+        }
+        let file = self.file(digest, &entry)?;
+        let mut buf = vec![0; (range.end - range.start) as usize];
+        file.read_exact_at(&mut buf, range.start)
+            .map_err(|e| self.io_err("read piece from", self.blob_path(digest), e))?;
+        // Removed (and perhaps recreated) while we read: the bitmap we saw may
+        // not describe the file we read.
+        if entry.removed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        self.touch(digest)?;
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    fn mark_complete(&self, digest: &Digest) -> Result<(), StoreError> {
+        let header = self
+            .header(digest)?
+            .ok_or(StoreError::UnknownTask(*digest))?;
+        if !header.complete {
+            let shape = self.shape(digest, &header)?;
+            let pieces = self.bitmap(digest, &shape)?;
+            if !pieces.is_full() {
+                return Err(StoreError::Incomplete {
+                    digest: *digest,
+                    present: pieces.count(),
+                    count: pieces.len(),
+                });
+            }
+            let entry = self.entry(digest);
+            let file = self.file(digest, &entry)?;
+            file.sync_data()
+                .map_err(|e| self.io_err("sync", self.blob_path(digest), e))?;
+            let _guard = lock(&entry.file);
+            let mut header = match self.header(digest)? {
+                Some(h) if !entry.removed.load(Ordering::SeqCst) => h,
+                _ => return Err(StoreError::UnknownTask(*digest)),
+            };
+            header.complete = true;
+            self.tasks
+                .insert(digest.as_bytes(), header.encode())
+                .map_err(|e| self.db_err(e))?;
+        }
+        self.touch(digest)?;
+        self.flush()
+    }
+
+    fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.remove_task(digest).map(drop)
+    }
+
+    fn list(&self) -> Result<Vec<TaskMeta>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.tasks.iter().keys() {
+            let k = k.map_err(|e| self.db_err(e))?;
+            if let Some(digest) = record::digest_key(&k)
+                && let Some(meta) = self.meta(&digest)?
+            {
+                out.push(meta);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pin(&self, digest: &Digest) -> PinGuard {
+        self.pins.pin(digest)
+    }
+
+    fn collect_garbage(&self) -> Result<Vec<Digest>, StoreError> {
+        if self.usage_bytes() <= self.config.high_bytes() {
+            return Ok(Vec::new());
+        }
+        let mut candidates = Vec::new();
+        for kv in self.tasks.iter() {
+            let (k, v) = kv.map_err(|e| self.db_err(e))?;
+            let (Some(digest), Ok(header)) = (record::digest_key(&k), Header::decode(&v)) else {
+                continue;
+            };
+            if header.complete {
+                let access = match self.access.get(&k).map_err(|e| self.db_err(e))? {
+                    Some(v) => record::decode_access(&v),
+                    None => (0, 0),
+                };
+                candidates.push(Candidate { digest, access });
+            }
+        }
+        super::collect(
+            &self.config,
+            &self.pins,
+            || self.usage_bytes(),
+            candidates,
+            |d| self.remove_task(d),
+        )
+    }
+
+    fn usage_bytes(&self) -> u64 {
+        self.usage.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(store.path = %self.meta_path.display(), error = %e, "could not flush the store's metadata");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failing_path_is_logged_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let path = store.blob_path(&Digest::from_sha256([1; 32]));
+        for _ in 0..3 {
+            let e = store.io_err(
+                "write piece to",
+                path.clone(),
+                std::io::Error::other("full"),
+            );
+            assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
+        }
+        assert_eq!(lock(&store.logged).len(), 1);
+    }
+
+    #[test]
+    fn idle_entries_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
+        for n in 0..=MAX_ENTRIES {
+            let mut bytes = [0; 32];
+            bytes[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            let d = Digest::from_sha256(bytes);
+            store.open(d, TaskShape::for_size(1).unwrap()).unwrap();
+        }
+        assert!(lock(&store.entries).len() <= MAX_ENTRIES);
+        assert_eq!(store.list().unwrap().len(), MAX_ENTRIES + 1);
+    }
+}

@@ -1,0 +1,282 @@
+//! The download side: fetches one piece from one parent.
+//!
+//! [`PieceClient`] keeps one QUIC connection per parent address and opens one
+//! bidirectional stream per piece; concurrent fetches to the same parent share the
+//! connection (and wait for the same handshake). A connection that has closed is
+//! replaced on the next fetch, and a fetch that finds its pooled connection just died
+//! retries once on a fresh one.
+//!
+//! Non-goals: no hash verification (the download engine does it; here only the length
+//! is checked), no retries on other parents (the caller asks
+//! [`FetchError::retry_elsewhere`]), no parent choice.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{Connection, ConnectionError, Endpoint, RecvStream, VarInt};
+use shoal_proto::Digest;
+use tokio::sync::OnceCell;
+use tracing::{Instrument, debug, debug_span};
+
+use super::codec::{self, CodecError, LEN_PREFIX, MAX_HEADER_LEN, Request, Response};
+use crate::tls::SERVER_NAME;
+
+/// Stream error code sent when the client abandons a response it does not want.
+const REJECT: VarInt = VarInt::from_u32(1);
+
+/// Why a piece could not be fetched from a parent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The parent does not hold the piece.
+    #[error("parent does not hold the piece")]
+    NotFound,
+    /// All upload slots of the parent are taken.
+    #[error("parent is busy")]
+    Busy,
+    /// The fetch did not complete within its timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The TLS handshake failed: one side's certificate is not from the cluster CA.
+    #[error("refused by TLS: {0}")]
+    Refused(String),
+    /// The parent broke the protocol (bad header, wrong length, extra bytes).
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// The parent answered that our request is malformed.
+    #[error("parent rejected the request: {0}")]
+    BadRequest(String),
+    /// The connection or stream failed.
+    #[error("connection failed: {0}")]
+    Io(String),
+    /// This side cannot connect at all (endpoint closed, unusable address).
+    #[error("cannot connect: {0}")]
+    Local(String),
+}
+
+impl FetchError {
+    /// Whether asking another parent for the same piece makes sense.
+    ///
+    /// `false` only when every parent would fail the same way: our request is rejected
+    /// as malformed, or this side cannot connect anywhere.
+    pub fn retry_elsewhere(&self) -> bool {
+        !matches!(self, FetchError::BadRequest(_) | FetchError::Local(_))
+    }
+
+    fn from_connection(e: ConnectionError) -> Self {
+        let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+        match &e {
+            ConnectionError::TransportError(t) if crypto(t.code) => {
+                FetchError::Refused(e.to_string())
+            }
+            ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
+                FetchError::Refused(e.to_string())
+            }
+            ConnectionError::TimedOut => FetchError::Timeout,
+            ConnectionError::LocallyClosed => FetchError::Local(e.to_string()),
+            _ => FetchError::Io(e.to_string()),
+        }
+    }
+}
+
+type Slot = Arc<OnceCell<Connection>>;
+
+/// Fetches pieces from parents, one pooled connection per parent.
+#[derive(Debug)]
+pub struct PieceClient {
+    endpoint: Endpoint,
+    pool: Mutex<HashMap<SocketAddr, Slot>>,
+}
+
+impl PieceClient {
+    /// A client connecting from `endpoint`, which must have a default client
+    /// configuration (see [`crate::tls::endpoint`]).
+    pub fn new(endpoint: Endpoint) -> Self {
+        PieceClient {
+            endpoint,
+            pool: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Number of parents with a live pooled connection.
+    pub fn pooled(&self) -> usize {
+        let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.values()
+            .filter(|slot| slot.get().is_some_and(|c| c.close_reason().is_none()))
+            .count()
+    }
+
+    /// Fetches piece `index` of `digest` from `parent`; the body must be exactly
+    /// `expected_len` bytes. The whole fetch, handshake included, is bounded by `timeout`.
+    pub async fn fetch(
+        &self,
+        parent: SocketAddr,
+        digest: &Digest,
+        index: u32,
+        expected_len: u32,
+        timeout: Duration,
+    ) -> Result<Bytes, FetchError> {
+        let request = Request {
+            digest: *digest,
+            index,
+        };
+        let span = debug_span!("fetch", peer.addr = %parent, task = %digest, piece = index);
+        let fetch = async {
+            let (conn, reused) = self.connection(parent).await?;
+            match exchange(&conn, &request, expected_len).await {
+                Err(Retry::Stale(e)) if reused => {
+                    debug!(error = %e, "pooled connection was stale, reconnecting");
+                    let (conn, _) = self.connection(parent).await?;
+                    exchange(&conn, &request, expected_len)
+                        .await
+                        .map_err(Retry::into_inner)
+                }
+                other => other.map_err(Retry::into_inner),
+            }
+        };
+        let result = tokio::time::timeout(timeout, fetch)
+            .instrument(span)
+            .await
+            .unwrap_or(Err(FetchError::Timeout));
+        if let Err(e) = &result {
+            debug!(peer.addr = %parent, piece = index, error = %e, "fetch failed");
+        }
+        result
+    }
+
+    /// The pooled connection to `parent` (connecting if there is none or it closed),
+    /// and whether it was already open before this call.
+    async fn connection(&self, parent: SocketAddr) -> Result<(Connection, bool), FetchError> {
+        let slot = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = pool.entry(parent).or_default();
+            if slot.get().is_some_and(|c| c.close_reason().is_some()) {
+                *slot = Slot::default();
+            }
+            slot.clone()
+        };
+        if let Some(conn) = slot.get() {
+            return Ok((conn.clone(), true));
+        }
+        let conn = slot
+            .get_or_try_init(|| async {
+                debug!(peer.addr = %parent, "connecting");
+                let connecting = self
+                    .endpoint
+                    .connect(parent, SERVER_NAME)
+                    .map_err(|e| FetchError::Local(e.to_string()))?;
+                connecting.await.map_err(FetchError::from_connection)
+            })
+            .await?;
+        Ok((conn.clone(), false))
+    }
+}
+
+/// A fetch failure, or a sign that the pooled connection was dead before we used it.
+enum Retry {
+    Stale(FetchError),
+    Fail(FetchError),
+}
+
+impl Retry {
+    fn into_inner(self) -> FetchError {
+        match self {
+            Retry::Stale(e) | Retry::Fail(e) => e,
+        }
+    }
+}
+
+/// One request/response over a new stream of `conn`.
+async fn exchange(conn: &Connection, request: &Request, expected_len: u32) -> Result<Bytes, Retry> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Retry::Stale(FetchError::from_connection(e)))?;
+    let fail = |e: FetchError| Retry::Fail(e);
+    send.write_chunk(codec::encode_request(request))
+        .await
+        .map_err(|e| fail(write_error(e)))?;
+    send.finish()
+        .map_err(|e| fail(FetchError::Io(e.to_string())))?;
+    let (response, mut body) = read_header(&mut recv).await.map_err(fail)?;
+    let length = match response {
+        Response::Ok { length } => length,
+        Response::NotFound => return Err(fail(FetchError::NotFound)),
+        Response::Busy => return Err(fail(FetchError::Busy)),
+        Response::BadRequest(m) => return Err(fail(FetchError::BadRequest(m))),
+    };
+    if length != expected_len {
+        let _ = recv.stop(REJECT);
+        return Err(fail(FetchError::Malformed(format!(
+            "piece is {length} bytes, expected {expected_len}"
+        ))));
+    }
+    let length = length as usize;
+    if body.len() > length {
+        return Err(fail(FetchError::Malformed("bytes after the piece".into())));
+    }
+    body.reserve(length - body.len());
+    while body.len() < length {
+        match recv.read_chunk(length - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(fail(FetchError::Malformed(format!(
+                    "stream ended after {} of {length} bytes",
+                    body.len()
+                ))));
+            }
+            Err(e) => return Err(fail(read_error(e))),
+        }
+    }
+    match recv.read_chunk(1, true).await {
+        Ok(None) => Ok(body.freeze()),
+        Ok(Some(_)) => {
+            let _ = recv.stop(REJECT);
+            Err(fail(FetchError::Malformed("bytes after the piece".into())))
+        }
+        Err(e) => Err(fail(read_error(e))),
+    }
+}
+
+/// Reads up to the end of the response header; returns it and the body bytes that
+/// arrived with it.
+async fn read_header(recv: &mut RecvStream) -> Result<(Response, BytesMut), FetchError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match codec::decode_response_header(&buf) {
+            Ok((response, used)) => {
+                let body = buf.split_off(used);
+                return Ok((response, body));
+            }
+            Err(CodecError::Malformed(reason)) => return Err(FetchError::Malformed(reason)),
+            Err(CodecError::Incomplete) => {}
+        }
+        // Never read past the largest possible header (the body may be large).
+        let want = LEN_PREFIX + MAX_HEADER_LEN - buf.len();
+        match recv.read_chunk(want, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(FetchError::Malformed(
+                    "stream ended inside the header".into(),
+                ));
+            }
+            Err(e) => return Err(read_error(e)),
+        }
+    }
+}
+
+fn read_error(e: quinn::ReadError) -> FetchError {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => FetchError::from_connection(c),
+        other => FetchError::Io(other.to_string()),
+    }
+}
+
+fn write_error(e: quinn::WriteError) -> FetchError {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => FetchError::from_connection(c),
+        other => FetchError::Io(other.to_string()),
+    }
+}

@@ -1,0 +1,279 @@
+//! The upload side: answers piece requests on an already bound QUIC endpoint.
+//!
+//! One task per connection, one task per bidirectional stream. A stream carries one
+//! request frame (the client finishes its send side after it) and one response:
+//! `OK` + the piece bytes, `NOT_FOUND`, `BUSY` when every upload slot is taken (slots
+//! are a semaphore taken with `try_acquire`, so nothing queues) or `BAD_REQUEST`. A slot
+//! is held until the client has acknowledged the whole piece, so slots count real
+//! uploads. On shutdown the server stops accepting (it removes the endpoint's server
+//! configuration, so new handshakes are refused), lets in-flight uploads finish (at most
+//! [`DRAIN_TIMEOUT`]) and closes the connections it accepted; it leaves the endpoint open
+//! because the same endpoint carries this peer's downloads.
+//!
+//! Non-goals: no metrics registry (plain atomics in [`TransferStats`]), no TLS setup
+//! ([`crate::tls`]), no piece storage ([`PieceSource`]).
+
+use std::future::Future;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use super::PieceSource;
+use super::codec::{self, CodecError, LEN_PREFIX, MAX_HEADER_LEN, Request, Response};
+use super::rate::RateLimiter;
+
+/// How long shutdown waits for in-flight uploads before closing their connections.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send its request frame after opening a stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size of the writes when a rate limit applies (each waits for its tokens).
+const RATE_CHUNK: usize = 64 * 1024;
+
+/// What protects this node's own workload from its uploads.
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    /// Concurrent uploads; a request beyond them is answered `BUSY`. Default 8.
+    pub upload_slots: usize,
+    /// Upload rate of all uploads together, in bytes/s; `None` (the default) is unlimited.
+    pub rate_limit: Option<NonZeroU64>,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            upload_slots: 8,
+            rate_limit: None,
+        }
+    }
+}
+
+/// Counters of the upload side; read them with `load(Ordering::Relaxed)`.
+#[derive(Debug, Default)]
+pub struct TransferStats {
+    /// Piece bytes acknowledged by clients.
+    pub uploaded_bytes: AtomicU64,
+    /// Pieces uploaded completely.
+    pub pieces_served: AtomicU64,
+    /// Requests answered `BUSY`.
+    pub busy: AtomicU64,
+    /// Requests answered `NOT_FOUND` (including piece store errors).
+    pub not_found: AtomicU64,
+    /// Requests answered `BAD_REQUEST`.
+    pub bad_requests: AtomicU64,
+    /// Connections whose handshake succeeded.
+    pub connections: AtomicU64,
+    /// Connections whose handshake failed (e.g. a certificate from another CA).
+    pub handshakes_failed: AtomicU64,
+}
+
+/// Why one stream failed; logged, never sent.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("reading request: {0}")]
+    Read(#[from] quinn::ReadToEndError),
+    #[error("request not sent within {REQUEST_TIMEOUT:?}")]
+    RequestTimeout,
+    #[error("writing response: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    #[error("piece of {0} bytes does not fit the u32 length field")]
+    TooLarge(usize),
+}
+
+struct Shared {
+    source: Arc<dyn PieceSource>,
+    slots: Arc<Semaphore>,
+    rate: Option<RateLimiter>,
+    stats: Arc<TransferStats>,
+}
+
+/// Serves piece requests on `endpoint` until `shutdown` completes, then drains.
+///
+/// `endpoint` must have a server configuration (see [`crate::tls::endpoint`]); `stats`
+/// is updated as requests are answered.
+pub async fn serve(
+    endpoint: Endpoint,
+    source: Arc<dyn PieceSource>,
+    limits: UploadLimits,
+    stats: Arc<TransferStats>,
+    shutdown: impl Future,
+) {
+    let shared = Arc::new(Shared {
+        source,
+        slots: Arc::new(Semaphore::new(limits.upload_slots)),
+        rate: limits
+            .rate_limit
+            .map(|r| RateLimiter::new(r.get(), RATE_CHUNK as u64)),
+        stats,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    connections.spawn(connection(incoming, shared.clone(), stop_rx.clone()));
+                }
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    debug!(connections = connections.len(), "upload server draining");
+    endpoint.set_server_config(None);
+    let _ = stop_tx.send(true);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        warn!(
+            connections = connections.len(),
+            "uploads still running after drain timeout"
+        );
+        connections.abort_all();
+    }
+}
+
+async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let addr = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            shared
+                .stats
+                .handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(peer.addr = %addr, error = %e, "handshake failed");
+            return;
+        }
+    };
+    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    debug!(peer.addr = %addr, "peer connected");
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let span = debug_span!("upload", peer.addr = %addr, stream.id = %send.id());
+                    streams.spawn(answer(send, recv, shared.clone()).instrument(span));
+                }
+                Err(e) => {
+                    debug!(peer.addr = %addr, error = %e, "peer disconnected");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    close(&conn);
+}
+
+fn close(conn: &Connection) {
+    conn.close(VarInt::from_u32(0), b"shutdown");
+}
+
+async fn answer(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
+    if let Err(e) = try_answer(&mut send, &mut recv, &shared).await {
+        debug!(error = %e, "upload failed");
+    }
+}
+
+async fn try_answer(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    shared: &Shared,
+) -> Result<(), StreamError> {
+    let read = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        recv.read_to_end(LEN_PREFIX + MAX_HEADER_LEN),
+    );
+    let request = match read.await {
+        Err(_) => return Err(StreamError::RequestTimeout),
+        Ok(Err(quinn::ReadToEndError::TooLong)) => Err("request longer than a header".into()),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(buf)) => match codec::decode_request(&buf) {
+            Ok((request, used)) if used == buf.len() => Ok(request),
+            Ok(_) => Err("bytes after the request frame".into()),
+            Err(CodecError::Incomplete) => Err("truncated request frame".into()),
+            Err(CodecError::Malformed(reason)) => Err(reason),
+        },
+    };
+    let Request { digest, index } = match request {
+        Ok(request) => request,
+        Err(reason) => {
+            debug!(reason = %reason, "bad request");
+            shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return reply(send, &Response::BadRequest(reason)).await;
+        }
+    };
+    let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
+        debug!(task = %digest, piece = index, "busy");
+        shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+        return reply(send, &Response::Busy).await;
+    };
+    let bytes = match shared.source.piece(&digest, index).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            debug!(task = %digest, piece = index, "piece not found");
+            shared.stats.not_found.fetch_add(1, Ordering::Relaxed);
+            return reply(send, &Response::NotFound).await;
+        }
+        Err(e) => {
+            warn!(task = %digest, piece = index, error = %e, "reading piece failed");
+            shared.stats.not_found.fetch_add(1, Ordering::Relaxed);
+            return reply(send, &Response::NotFound).await;
+        }
+    };
+    let length = u32::try_from(bytes.len()).map_err(|_| StreamError::TooLarge(bytes.len()))?;
+    debug!(task = %digest, piece = index, bytes = length, "serving");
+    send.write_chunk(codec::encode_response_header(&Response::Ok { length }))
+        .await?;
+    write_body(send, bytes, shared.rate.as_ref()).await?;
+    send.finish()?;
+    // Hold the slot until the client has everything (or gave up).
+    if let Ok(None) = send.stopped().await {
+        shared
+            .stats
+            .uploaded_bytes
+            .fetch_add(u64::from(length), Ordering::Relaxed);
+        shared.stats.pieces_served.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+async fn write_body(
+    send: &mut SendStream,
+    mut bytes: Bytes,
+    rate: Option<&RateLimiter>,
+) -> Result<(), StreamError> {
+    let Some(rate) = rate else {
+        send.write_chunk(bytes).await?;
+        return Ok(());
+    };
+    while !bytes.is_empty() {
+        let chunk = bytes.split_to(bytes.len().min(RATE_CHUNK));
+        rate.acquire(chunk.len() as u64).await;
+        send.write_chunk(chunk).await?;
+    }
+    Ok(())
+}
+
+async fn reply(send: &mut SendStream, response: &Response) -> Result<(), StreamError> {
+    send.write_chunk(codec::encode_response_header(response))
+        .await?;
+    send.finish()?;
+    let _ = send.stopped().await;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The peer's scheduler link against the real scheduler service on a real
+//! socket: it joins with its inventory, reports over its session, survives a
+//! scheduler that is not there yet, and re-joins a restarted scheduler, which
+//! then knows every holder again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_peer::scheduler_link::{Inventory, LinkConfig, LinkError, Report, SchedulerLink};
+use shoal_proto::{Digest, v1};
+use shoal_scheduler::core::{CoreConfig, Scheduler};
+use shoal_scheduler::grpc;
+use shoal_scheduler::state::SchedulerState;
+use tokio::sync::oneshot;
+
+struct Held(Vec<v1::HeldTask>);
+
+impl Inventory for Held {
+    fn held(&self) -> Vec<v1::HeldTask> {
+        self.0.clone()
+    }
+}
+
+const SIZE: u64 = 5 << 20; // 2 pieces
+
+fn digest(n: u8) -> Digest {
+    Digest::from_sha256([n; 32])
+}
+
+fn held(n: u8) -> v1::HeldTask {
+    v1::HeldTask {
+        digest: digest(n).to_string(),
+        size: SIZE,
+        piece_hashes: vec![vec![1; 32], vec![2; 32]],
+    }
+}
+
+fn peer(id: &str, n: u8) -> v1::PeerInfo {
+    v1::PeerInfo {
+        peer_id: id.into(),
+        hostname: id.into(),
+        quic_addr: format!("127.0.0.{n}:7651"),
+        zone: String::new(),
+        rack: String::new(),
+        upload_slots: 0,
+    }
+}
+
+/// A scheduler serving on `listener` until the returned sender is dropped.
+fn serve(listener: tokio::net::TcpListener) -> (Arc<SchedulerState>, oneshot::Sender<()>) {
+    let state = SchedulerState::new(Scheduler::new(CoreConfig::default()));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(grpc::serve(
+        listener,
+        state.clone(),
+        Arc::new(()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (state, stop)
+}
+
+fn link(url: String, id: &str, n: u8, inventory: Vec<v1::HeldTask>) -> SchedulerLink {
+    let mut config = LinkConfig::new(vec![url], peer(id, n));
+    config.backoff_min = Duration::from_millis(50);
+    config.backoff_max = Duration::from_millis(400);
+    SchedulerLink::spawn(config, Arc::new(Held(inventory)), std::future::pending())
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+#[tokio::test]
+async fn joins_with_inventory_and_reports_over_the_session() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (state, _stop) = serve(listener);
+    let a = link(url.clone(), "a", 1, vec![held(1)]);
+    let b = link(url, "b", 2, vec![]);
+    assert!(a.wait_connected(Duration::from_secs(5)).await);
+    assert!(b.wait_connected(Duration::from_secs(5)).await);
+    let t = state
+        .with_core(|c, now| c.task(now, &digest(1)))
+        .expect("task announced");
+    assert_eq!(t.summary.complete_holders, 1);
+
+    // b downloads task 1 from a: its plan offers a; its reports reach the core.
+    let mut plan = b.plan(&digest(1), SIZE).await.unwrap();
+    let u = plan.message().await.unwrap().unwrap();
+    assert_eq!(u.parents.len(), 1);
+    assert_eq!(u.parents[0].peer_id, "a");
+    b.report(Report::Pieces {
+        digest: digest(1),
+        pieces: vec![(0, None), (1, None)],
+    });
+    b.report(Report::Complete(digest(1)));
+    eventually("b is a complete holder", || {
+        state
+            .with_core(|c, now| c.task(now, &digest(1)))
+            .is_some_and(|t| t.summary.complete_holders == 2)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_scheduler_means_upstream_at_once_then_connects_when_it_appears() {
+    // Reserve a port with nobody serving on it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let a = link(format!("http://{addr}"), "a", 1, vec![held(3)]);
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        a.plan(&digest(3), 0).await,
+        Err(LinkError::Unavailable)
+    ));
+    assert!(!a.is_connected());
+    // Reports while disconnected are dropped, not queued for a later session.
+    a.report(Report::Complete(digest(9)));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "plan() must not wait for a scheduler"
+    );
+
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (state, _stop) = serve(listener);
+    assert!(
+        a.wait_connected(Duration::from_secs(10)).await,
+        "link did not reconnect"
+    );
+    let t = state
+        .with_core(|c, now| c.task(now, &digest(3)))
+        .expect("inventory re-announced");
+    assert_eq!(t.holders[0].peer, "a");
+}
+
+#[tokio::test]
+async fn a_restarted_scheduler_knows_every_holder_after_the_peers_rejoin() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_, stop) = serve(listener);
+    let url = format!("http://{addr}");
+    let peers: Vec<SchedulerLink> = (1..=3)
+        .map(|n| link(url.clone(), &format!("p{n}"), n, vec![held(5)]))
+        .collect();
+    for p in &peers {
+        assert!(p.wait_connected(Duration::from_secs(5)).await);
+    }
+    drop(stop);
+    eventually("the links notice", || {
+        peers.iter().all(|p| !p.is_connected())
+    })
+    .await;
+
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (state, _stop) = serve(listener);
+    eventually("all peers re-joined", || {
+        state
+            .with_core(|c, now| c.task(now, &digest(5)))
+            .is_some_and(|t| t.summary.complete_holders == 3)
+    })
+    .await;
+}

@@ -1,0 +1,452 @@
+//! Piece transfer over real quinn endpoints on 127.0.0.1: fetches, every status, upload
+//! slots, malformed requests, mutual TLS refusals, the connection pool, and the TLS
+//! directory helpers. No test asserts a duration (the rate limit is tested as a pure
+//! token bucket in `transfer::rate`).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use shoal_peer::tls::{self, PeerTls, Pki};
+use shoal_peer::transfer::codec::{self, Response};
+use shoal_peer::transfer::{
+    FetchError, MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
+};
+use shoal_proto::Digest;
+use tokio::sync::{Notify, oneshot};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+const LOCALHOST: &str = "127.0.0.1:0";
+
+fn digest(n: u8) -> Digest {
+    Digest::from_sha256([n; 32])
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// A running upload server.
+struct Server {
+    addr: SocketAddr,
+    stats: Arc<TransferStats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    endpoint: quinn::Endpoint,
+}
+
+impl Server {
+    fn start(tls: &PeerTls, source: Arc<dyn PieceSource>, limits: UploadLimits) -> Server {
+        let endpoint = tls::endpoint(LOCALHOST.parse().unwrap(), tls).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let stats = Arc::new(TransferStats::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            endpoint.clone(),
+            source,
+            limits,
+            stats.clone(),
+            stopped,
+        ));
+        Server {
+            addr,
+            stats,
+            stop: Some(stop),
+            task,
+            endpoint,
+        }
+    }
+
+    async fn shutdown(mut self) -> quinn::Endpoint {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+        self.endpoint
+    }
+}
+
+fn client(tls: &PeerTls) -> PieceClient {
+    PieceClient::new(tls::endpoint(LOCALHOST.parse().unwrap(), tls).unwrap())
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn fetches_pieces_byte_for_byte() {
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    let big = pattern(16 << 20, 1);
+    let short = pattern(1000, 2);
+    source.insert(digest(1), 0, big.clone());
+    source.insert(digest(1), 7, short.clone());
+    source.insert(digest(2), 0, Bytes::new());
+    let server = Server::start(&tls, source, UploadLimits::default());
+    let client = client(&tls);
+
+    let got = client
+        .fetch(server.addr, &digest(1), 0, 16 << 20, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(got == big, "16 MiB piece differs");
+    let got = client
+        .fetch(server.addr, &digest(1), 7, 1000, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(got, short);
+    let got = client
+        .fetch(server.addr, &digest(2), 0, 0, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+
+    eventually("three pieces counted", || {
+        load(&server.stats.pieces_served) == 3
+    })
+    .await;
+    assert_eq!(load(&server.stats.uploaded_bytes), (16 << 20) + 1000);
+    assert_eq!(load(&server.stats.connections), 1);
+}
+
+#[tokio::test]
+async fn missing_piece_is_not_found_and_wrong_length_is_malformed() {
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    source.insert(digest(1), 0, pattern(4096, 0));
+    let server = Server::start(&tls, source, UploadLimits::default());
+    let client = client(&tls);
+
+    let err = client
+        .fetch(server.addr, &digest(1), 1, 4096, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::NotFound);
+    assert!(err.retry_elsewhere());
+    assert_eq!(load(&server.stats.not_found), 1);
+
+    let err = client
+        .fetch(server.addr, &digest(1), 0, 4095, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Malformed(_)), "{err:?}");
+    assert!(err.retry_elsewhere());
+    // The connection survives both.
+    let got = client
+        .fetch(server.addr, &digest(1), 0, 4096, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 4096);
+}
+
+/// Holds every request until released; counts the requests waiting.
+struct Gate {
+    waiting: AtomicUsize,
+    open: Notify,
+}
+
+#[async_trait::async_trait]
+impl PieceSource for Gate {
+    async fn piece(&self, _: &Digest, index: u32) -> Result<Option<Bytes>, std::io::Error> {
+        let opened = self.open.notified();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        opened.await;
+        Ok(Some(pattern(100, index as u8)))
+    }
+}
+
+#[tokio::test]
+async fn busy_when_every_upload_slot_is_taken() {
+    let tls = tls::ephemeral().unwrap();
+    let gate = Arc::new(Gate {
+        waiting: AtomicUsize::new(0),
+        open: Notify::new(),
+    });
+    let limits = UploadLimits {
+        upload_slots: 2,
+        rate_limit: None,
+    };
+    let server = Server::start(&tls, gate.clone(), limits);
+    let client = Arc::new(client(&tls));
+
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let (client, addr) = (client.clone(), server.addr);
+            tokio::spawn(async move { client.fetch(addr, &digest(1), i, 100, TIMEOUT).await })
+        })
+        .collect();
+    eventually("both slots taken", || {
+        gate.waiting.load(Ordering::SeqCst) == 2
+    })
+    .await;
+
+    let err = client
+        .fetch(server.addr, &digest(1), 9, 100, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Busy);
+    assert!(err.retry_elsewhere());
+    assert_eq!(load(&server.stats.busy), 1);
+
+    gate.open.notify_waiters();
+    for (i, task) in held.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap().unwrap(), pattern(100, i as u8));
+    }
+}
+
+#[tokio::test]
+async fn malformed_request_gets_bad_request_and_others_are_still_served() {
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    source.insert(digest(3), 0, pattern(10, 3));
+    let server = Server::start(&tls, source, UploadLimits::default());
+    let raw = tls::endpoint(LOCALHOST.parse().unwrap(), &tls).unwrap();
+    let conn = raw
+        .connect(server.addr, tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+
+    let bad_digest = {
+        let mut frame = codec::encode_request(&codec::Request {
+            digest: digest(3),
+            index: 0,
+        })
+        .to_vec();
+        let at = frame.len() - 10;
+        frame[at] = b'Z';
+        frame
+    };
+    let garbage = b"\x00\x00\x00\x05hello".to_vec();
+    let oversized = vec![0xff; 10_000];
+    for request in [bad_digest, garbage, oversized, Vec::new()] {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&request).await.unwrap();
+        send.finish().unwrap();
+        let reply = recv.read_to_end(64 * 1024).await.unwrap();
+        let (response, _) = codec::decode_response_header(&reply).unwrap();
+        assert!(matches!(response, Response::BadRequest(_)), "{response:?}");
+    }
+    assert_eq!(load(&server.stats.bad_requests), 4);
+
+    let client = client(&tls);
+    let got = client
+        .fetch(server.addr, &digest(3), 0, 10, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(got, pattern(10, 3));
+}
+
+#[tokio::test]
+async fn peers_of_another_ca_are_refused_both_ways() {
+    let ours = Pki::issue(None).unwrap();
+    let theirs = Pki::issue(None).unwrap();
+    let tls_of = |ca: &Pki, id: &Pki| {
+        PeerTls::from_pem(
+            ca.ca_cert_pem.as_bytes(),
+            id.cert_pem.as_bytes(),
+            id.key_pem.as_bytes(),
+        )
+        .unwrap()
+    };
+    let our_tls = tls_of(&ours, &ours);
+    let source = Arc::new(MemorySource::new());
+    source.insert(digest(1), 0, pattern(10, 1));
+    let server = Server::start(&our_tls, source.clone(), UploadLimits::default());
+
+    // A foreign peer connecting to us: it already refuses our server certificate.
+    let foreign = client(&tls_of(&theirs, &theirs));
+    let err = foreign
+        .fetch(server.addr, &digest(1), 0, 10, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Refused(_)), "{err:?}");
+
+    // One that trusts our CA but presents a foreign certificate: our server refuses it.
+    let impostor = client(&tls_of(&ours, &theirs));
+    let err = impostor
+        .fetch(server.addr, &digest(1), 0, 10, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Refused(_)), "{err:?}");
+    eventually("handshake refused", || {
+        load(&server.stats.handshakes_failed) >= 1
+    })
+    .await;
+
+    // Our client connecting to a foreign server.
+    let foreign_server = Server::start(&tls_of(&theirs, &theirs), source, UploadLimits::default());
+    let err = client(&our_tls)
+        .fetch(foreign_server.addr, &digest(1), 0, 10, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Refused(_)), "{err:?}");
+    assert_eq!(load(&server.stats.pieces_served), 0);
+    assert_eq!(load(&foreign_server.stats.pieces_served), 0);
+}
+
+#[tokio::test]
+async fn a_client_without_certificate_is_refused() {
+    let pki = Pki::issue(None).unwrap();
+    let tls = PeerTls::from_pem(
+        pki.ca_cert_pem.as_bytes(),
+        pki.cert_pem.as_bytes(),
+        pki.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let source = Arc::new(MemorySource::new());
+    source.insert(digest(1), 0, pattern(10, 1));
+    let server = Server::start(&tls, source, UploadLimits::default());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).unwrap()));
+    let mut endpoint = quinn::Endpoint::client(LOCALHOST.parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+
+    let err = PieceClient::new(endpoint)
+        .fetch(server.addr, &digest(1), 0, 10, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Refused(_)), "{err:?}");
+    eventually("handshake refused", || {
+        load(&server.stats.handshakes_failed) == 1
+    })
+    .await;
+    assert_eq!(load(&server.stats.pieces_served), 0);
+}
+
+#[tokio::test]
+async fn concurrent_fetches_share_one_pooled_connection() {
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    for i in 0..64 {
+        source.insert(digest(5), i, pattern(256 * 1024, i as u8));
+    }
+    let limits = UploadLimits {
+        upload_slots: 64,
+        rate_limit: NonZeroU64::new(1 << 40),
+    };
+    let server = Server::start(&tls, source, limits);
+    let client = Arc::new(client(&tls));
+
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (client, addr) = (client.clone(), server.addr);
+            tokio::spawn(
+                async move { client.fetch(addr, &digest(5), i, 256 * 1024, TIMEOUT).await },
+            )
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap().unwrap(), pattern(256 * 1024, i as u8));
+    }
+    assert_eq!(client.pooled(), 1);
+    assert_eq!(load(&server.stats.connections), 1);
+}
+
+#[tokio::test]
+async fn reconnects_after_the_parent_closed_the_connection() {
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    source.insert(digest(1), 0, pattern(10, 1));
+    let server = Server::start(&tls, source.clone(), UploadLimits::default());
+    let addr = server.addr;
+    let client = client(&tls);
+    client
+        .fetch(addr, &digest(1), 0, 10, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(client.pooled(), 1);
+
+    // Shutdown closes the connections it accepted; serve again on the same endpoint.
+    let endpoint = server.shutdown().await;
+    eventually("pooled connection closed", || client.pooled() == 0).await;
+    endpoint.set_server_config(Some(tls.server_config()));
+    let stats = Arc::new(TransferStats::default());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve(
+        endpoint,
+        source,
+        UploadLimits::default(),
+        stats.clone(),
+        stopped,
+    ));
+
+    client
+        .fetch(addr, &digest(1), 0, 10, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(load(&stats.connections), 1);
+}
+
+#[tokio::test]
+async fn init_dir_keeps_the_ca_and_issues_peers_that_trust_each_other() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let first = tls::init_dir(dir.path()).unwrap();
+    let tls_a = tls::load_dir(dir.path()).unwrap();
+    let mode = std::fs::metadata(dir.path().join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let second = tls::init_dir(dir.path()).unwrap();
+    assert_eq!(second.ca_cert_pem, first.ca_cert_pem);
+    assert_ne!(second.cert_pem, first.cert_pem);
+    let tls_b = tls::load_dir(dir.path()).unwrap();
+
+    let source = Arc::new(MemorySource::new());
+    source.insert(digest(1), 0, pattern(10, 1));
+    let server = Server::start(&tls_a, source, UploadLimits::default());
+    let got = client(&tls_b)
+        .fetch(server.addr, &digest(1), 0, 10, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(got, pattern(10, 1));
+}
+
+#[test]
+fn load_dir_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    tls::init_dir(dir.path()).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), "not a certificate").unwrap();
+    let err = tls::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("tls.crt"), "{err}");
+    std::fs::remove_file(dir.path().join("tls.key")).unwrap();
+    let err = tls::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("tls.crt") || err.contains("tls.key"), "{err}");
+
+    let partial = tempfile::tempdir().unwrap();
+    std::fs::write(partial.path().join("ca.crt"), "x").unwrap();
+    let err = tls::init_dir(partial.path()).unwrap_err().to_string();
+    assert!(err.contains("ca.crt"), "{err}");
+}
