@@ -1,10 +1,16 @@
 //! The Shoal peer daemon and node setup.
 //!
 //! Layout:
+//! - [`daemon`]: `shoal-peer run`: wiring, configuration, health and metrics.
+//! - [`store`]: the piece store (blob files + sled metadata, GC, peer id).
+//! - [`transfer`]: the QUIC piece protocol (pure codec, server, pooled client).
+//! - [`tls`]: the cluster CA and peer certificates for mutual TLS.
+//! - [`scheduler_link`]: join, session and plan streams, with reconnection.
 //! - [`containerd`]: `shoal-peer containerd configure | check | restore`, which points
 //!   containerd's `hosts.toml` at the mirror on this node and undoes it.
 
 pub mod containerd;
+pub mod daemon;
 pub mod scheduler_link;
 pub mod store;
 pub mod tls;

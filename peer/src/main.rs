@@ -1,9 +1,11 @@
 //! `shoal-peer`: parses the command line, sets up logging, and calls the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shoal_peer::containerd::cli::ContainerdCommand;
+use shoal_peer::daemon::{self, RunArgs, Settings};
 use tracing_subscriber::EnvFilter;
 
 /// Shoal's node daemon and node setup.
@@ -16,19 +18,83 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node daemon: serve pieces to other peers over QUIC, keep the scheduler link.
+    Run(RunArgs),
     /// Configure containerd to use the Shoal mirror (configure | check | restore).
     Containerd(ContainerdCommand),
+    /// Peer certificates for mutual TLS.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Write a cluster CA (unless DIR has one) and a peer certificate into DIR:
+    /// ca.crt, ca.key, tls.crt, tls.key.
+    Init {
+        /// Target directory (created if missing).
+        dir: PathBuf,
+    },
+}
+
+fn logging(json: bool) {
+    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
-        Command::Containerd(cmd) => cmd.run(),
+        Command::Containerd(cmd) => {
+            logging(false);
+            cmd.run()
+        }
+        Command::Tls(TlsCommand::Init { dir }) => match shoal_peer::tls::init_dir(&dir) {
+            Ok(_) => {
+                println!("wrote ca.crt, tls.crt and tls.key to {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shoal-peer tls init: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            let settings = match Settings::resolve(args) {
+                Ok(s) => s,
+                Err(errors) => {
+                    eprintln!("shoal-peer run: invalid configuration:");
+                    for e in errors {
+                        eprintln!("  - {e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            logging(settings.json_logs);
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(daemon::run(settings, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "shoal-peer failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

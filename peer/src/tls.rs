@@ -197,6 +197,12 @@ pub fn init_dir(dir: &Path) -> Result<Pki, TlsError> {
         (true, true) => {
             let cert = read_string(&ca_crt)?;
             let key = read_string(&ca_key)?;
+            // Check each file first so that an error names the one that is wrong.
+            parse_certs(cert.as_bytes(), &ca_crt.display().to_string())?;
+            KeyPair::from_pem(&key).map_err(|e| TlsError::Parse {
+                what: ca_key.display().to_string(),
+                reason: e.to_string(),
+            })?;
             Pki::issue(Some((&cert, &key)))?
         }
         (false, false) => {
@@ -252,9 +258,9 @@ pub fn endpoint(listen: SocketAddr, tls: &PeerTls) -> io::Result<Endpoint> {
 /// piece, and several at once, flow without waiting for window updates.
 fn transport() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    //X t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
-    //X t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
-    //X t.send_window(u64::from(CONNECTION_WINDOW));
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    t.send_window(u64::from(CONNECTION_WINDOW));
     t.max_concurrent_bidi_streams(VarInt::from_u32(256));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.max_idle_timeout(Some(VarInt::from_u32(30_000).into()));

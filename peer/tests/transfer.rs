@@ -445,6 +445,10 @@ fn load_dir_errors_name_the_file() {
     let err = tls::load_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("tls.crt") || err.contains("tls.key"), "{err}");
 
+    std::fs::write(dir.path().join("ca.key"), "not a key").unwrap();
+    let err = tls::init_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("ca.key"), "{err}");
+
     let partial = tempfile::tempdir().unwrap();
     std::fs::write(partial.path().join("ca.crt"), "x").unwrap();
     let err = tls::init_dir(partial.path()).unwrap_err().to_string();

@@ -1,0 +1,234 @@
+//! The real `shoal-peer` binary: `tls init`, then `run` as a process with a
+//! data dir seeded with one complete blob. It joins a scheduler (served
+//! in-process on a real socket) announcing that blob, serves its pieces over
+//! QUIC to a client holding the cluster certificate and refuses one from
+//! another CA, answers health and metrics, reports every configuration error
+//! at once, and stops on SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use shoal_peer::store::{DiskStore, PieceStore, StoreConfig};
+use shoal_peer::tls;
+use shoal_peer::transfer::{FetchError, PieceClient};
+use shoal_proto::{Digest, TaskShape};
+use shoal_scheduler::core::{CoreConfig, Scheduler};
+use shoal_scheduler::state::SchedulerState;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal-peer");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+fn free_tcp() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Writes a complete 6 MiB blob (2 pieces) into a fresh store in `dir`.
+fn seed(dir: &Path) -> (Digest, Vec<u8>) {
+    let blob: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::from_sha256(Sha256::digest(&blob).into());
+    let shape = TaskShape::for_size(blob.len() as u64).unwrap();
+    let store = DiskStore::open(dir, StoreConfig::with_cache_size(1 << 30)).unwrap();
+    store.open(digest, shape).unwrap();
+    let mut hashes = Vec::new();
+    for i in 0..shape.piece_count() {
+        let r = shape.piece_range(i).unwrap();
+        let piece = &blob[r.start as usize..r.end as usize];
+        hashes.push((i, Sha256::digest(piece).into()));
+        store.write_piece(&digest, i, piece).unwrap();
+    }
+    store.set_hashes(&digest, &hashes).unwrap();
+    store.mark_complete(&digest).unwrap();
+    (digest, blob)
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out[9..12].parse().unwrap();
+    (code, out)
+}
+
+#[tokio::test]
+async fn runs_joins_serves_pieces_over_mtls_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (tls_dir, data_dir) = (tmp.path().join("tls"), tmp.path().join("data"));
+    let out = Command::new(BIN)
+        .args(["tls", "init"])
+        .arg(&tls_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        assert!(tls_dir.join(f).exists(), "{f} missing");
+    }
+    let (digest, blob) = seed(&data_dir);
+
+    // A scheduler on a real socket.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sched = format!("http://{}", listener.local_addr().unwrap());
+    let state = SchedulerState::new(Scheduler::new(CoreConfig::default()));
+    tokio::spawn(shoal_scheduler::grpc::serve(
+        listener,
+        state.clone(),
+        Arc::new(()),
+        std::future::pending(),
+    ));
+
+    let quic = format!("127.0.0.1:{}", free_port());
+    let http = free_tcp();
+    let mut child = Proc(
+        Command::new(BIN)
+            .arg("run")
+            .args([
+                "--scheduler",
+                &sched,
+                "--quic-listen",
+                &quic,
+                "--http-listen",
+                &http.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--peer-tls-dir")
+            .arg(&tls_dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // It joins and announces the blob it holds.
+    let mut known = None;
+    for _ in 0..200 {
+        known = state.with_core(|c, now| c.task(now, &digest));
+        if known.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let task = known.expect("the peer never announced its blob");
+    assert_eq!(task.summary.complete_holders, 1);
+    assert_eq!(task.known_hashes, 2);
+    let peers = state.with_core(|c, now| c.peers(now));
+    assert_eq!(peers[0].addr, quic);
+
+    // Health and metrics.
+    let (code, _) = http_get(http, "/readyz").await;
+    assert_eq!(code, 200);
+    let (code, body) = http_get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("shoal_peer_scheduler_connected 1"), "{body}");
+
+    // A peer with the cluster certificate gets the pieces, byte for byte.
+    let shape = TaskShape::for_size(blob.len() as u64).unwrap();
+    let ours = tls::load_dir(&tls_dir).unwrap();
+    let client = PieceClient::new(tls::endpoint("127.0.0.1:0".parse().unwrap(), &ours).unwrap());
+    for i in 0..shape.piece_count() {
+        let r = shape.piece_range(i).unwrap();
+        let got = client
+            .fetch(
+                quic.parse().unwrap(),
+                &digest,
+                i,
+                shape.piece_len(i).unwrap(),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &blob[r.start as usize..r.end as usize]);
+    }
+    let (code, body) = http_get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(&format!("shoal_peer_served_bytes_total {}", blob.len())),
+        "{body}"
+    );
+
+    // One from another CA is refused.
+    let foreign = PieceClient::new(
+        tls::endpoint("127.0.0.1:0".parse().unwrap(), &tls::ephemeral().unwrap()).unwrap(),
+    );
+    let refused = foreign
+        .fetch(
+            quic.parse().unwrap(),
+            &digest,
+            0,
+            shape.piece_len(0).unwrap(),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(refused.is_err(), "a peer from another CA got a piece");
+    assert!(!matches!(refused, Err(FetchError::NotFound)));
+
+    // SIGTERM: a clean stop.
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(s) = child.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+    }
+    assert!(status.expect("did not stop within 10 s").success());
+}
+
+#[test]
+fn reports_every_configuration_error_at_once() {
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--scheduler",
+            "sched:7600",
+            "--cache-size",
+            "lots",
+            "--log-format",
+            "xml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for words in [
+        "--scheduler",
+        "--cache-size",
+        "--log-format",
+        "--peer-tls-dir is required",
+    ] {
+        assert!(err.contains(words), "missing {words}: {err}");
+    }
+}
