@@ -6,11 +6,13 @@
 //! - [`transfer`]: the QUIC piece protocol (pure codec, server, pooled client).
 //! - [`tls`]: the cluster CA and peer certificates for mutual TLS.
 //! - [`scheduler_link`]: join, session and plan streams, with reconnection.
+//! - [`engine`]: the download engine (planner, driver, reader).
 //! - [`containerd`]: `shoal-peer containerd configure | check | restore`, which points
 //!   containerd's `hosts.toml` at the mirror on this node and undoes it.
 
 pub mod containerd;
 pub mod daemon;
+pub mod engine;
 pub mod scheduler_link;
 pub mod store;
 pub mod tls;

@@ -1,0 +1,708 @@
+//! [`Download`]: one task being fetched, and the driver loop behind it.
+//!
+//! The driver is the thin async shell around the [`Planner`]: it opens the plan
+//! stream, spawns piece fetches the planner asks for, streams from upstream when
+//! told to (back-to-source) or when parents cannot serve, verifies every piece
+//! (SHA-256 against its hash) and the whole blob (against its digest), stores,
+//! reports, and publishes progress for the readers.
+//!
+//! Reporting rules (the scheduler closes a session on a report it refuses): nothing
+//! is reported without a plan stream; hashes only while back-to-source; a piece
+//! without a hash only when the scheduler handed out its hash; `Complete` only when
+//! every hash came from the scheduler or this peer is back-to-source.
+//!
+//! Not here: decisions ([`super::planner`]), the byte stream for readers
+//! ([`super::reader`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use sha2::{Digest as _, Sha256};
+use shoal_proto::piece::{PieceSet, TaskShape};
+use shoal_proto::{Digest, v1};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::planner::Planner;
+use super::upstream::Upstream;
+use super::{EngineError, Inner};
+use crate::scheduler_link::Report;
+use crate::store::PieceStore;
+use crate::transfer::FetchError;
+
+/// How often the driver looks at timeouts and starvation without other input.
+const TICK: Duration = Duration::from_millis(200);
+/// How long the plan stream stays open after completion, so the `Complete` report
+/// reaches the scheduler before the plan is closed.
+const LINGER: Duration = Duration::from_secs(5);
+/// Upstream failures after which the download fails.
+const MAX_UPSTREAM_FAILURES: u32 = 3;
+
+/// Where a download stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadState {
+    /// Still fetching.
+    Running,
+    /// Every piece is verified and the blob matches its digest.
+    Complete,
+    /// Failed for good (the reason).
+    Failed(String),
+}
+
+/// What readers watch.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The task's shape once known.
+    pub shape: Option<TaskShape>,
+    /// Verified pieces readable now.
+    pub have: PieceSet,
+    /// Where the download stands.
+    pub state: DownloadState,
+}
+
+/// Counters of one download.
+#[derive(Debug, Default)]
+pub struct DownloadStats {
+    /// Pieces received from parents and verified.
+    pub pieces_from_parents: AtomicU64,
+    /// Pieces received from upstream.
+    pub pieces_from_upstream: AtomicU64,
+    /// Pieces from parents that did not match their hash.
+    pub bad_pieces: AtomicU64,
+    /// Piece fetches from parents that failed.
+    pub fetch_failures: AtomicU64,
+}
+
+/// One task being fetched (or already held), shared by every request for it.
+pub struct Download {
+    digest: Digest,
+    store: Arc<dyn PieceStore>,
+    progress: watch::Sender<Progress>,
+    /// Pieces the store could not take (disk full), kept for the readers.
+    memory: Mutex<HashMap<u32, Bytes>>,
+    /// Where the latest reader is, for the planner's window.
+    pub(crate) reader_offset: AtomicU64,
+    stats: DownloadStats,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("digest", &self.digest)
+            .field("progress", &*self.progress.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Download {
+    pub(crate) fn new(digest: Digest, store: Arc<dyn PieceStore>) -> Self {
+        let (progress, _) = watch::channel(Progress {
+            shape: None,
+            have: PieceSet::new(0),
+            state: DownloadState::Running,
+        });
+        Download {
+            digest,
+            store,
+            progress,
+            memory: Mutex::new(HashMap::new()),
+            reader_offset: AtomicU64::new(0),
+            stats: DownloadStats::default(),
+        }
+    }
+
+    /// The task.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// A receiver of progress updates.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &DownloadStats {
+        &self.stats
+    }
+
+    /// Waits until the download is complete (`Ok`) or failed.
+    pub async fn wait(&self) -> Result<(), EngineError> {
+        let mut rx = self.progress.subscribe();
+        let p = rx
+            .wait_for(|p| p.state != DownloadState::Running)
+            .await
+            .map_err(|_| EngineError::Failed("download dropped".into()))?;
+        match &p.state {
+            DownloadState::Failed(m) => Err(EngineError::Failed(m.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// A verified piece: from memory when the store could not take it, else the store.
+    pub fn read_piece(&self, index: u32) -> Result<Option<Bytes>, EngineError> {
+        if let Some(b) = self
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&index)
+        {
+            return Ok(Some(b.clone()));
+        }
+        Ok(self.store.read_piece(&self.digest, index)?)
+    }
+
+    fn set_shape(&self, shape: TaskShape) {
+        self.progress.send_modify(|p| {
+            if p.shape.is_none() {
+                p.shape = Some(shape);
+                p.have = PieceSet::new(shape.piece_count());
+            }
+        });
+    }
+
+    fn mark_have(&self, index: u32) {
+        self.progress.send_modify(|p| {
+            if index < p.have.len() {
+                p.have.insert(index);
+            }
+        });
+    }
+
+    fn finish(&self, state: DownloadState) {
+        self.progress.send_modify(|p| p.state = state);
+    }
+}
+
+/// Runs one download to its end and removes it from the engine's map.
+pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
+    let span = info_span!("download", task.digest = %dl.digest);
+    inner
+        .link
+        .load
+        .active_downloads
+        .fetch_add(1, Ordering::Relaxed);
+    let result = drive(&inner, dl.clone(), size_hint)
+        .instrument(span.clone())
+        .await;
+    inner
+        .link
+        .load
+        .active_downloads
+        .fetch_sub(1, Ordering::Relaxed);
+    {
+        let mut map = inner.downloads.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&dl.digest).is_some_and(|d| Arc::ptr_eq(d, &dl)) {
+            map.remove(&dl.digest);
+        }
+    }
+    let _e = span.enter();
+    match result {
+        Ok(()) => {
+            info!("download complete");
+            dl.finish(DownloadState::Complete);
+        }
+        Err(e) => {
+            warn!(error = %e, "download failed");
+            dl.finish(DownloadState::Failed(e.to_string()));
+        }
+    }
+}
+
+/// What the spawned fetches and the upstream stream tell the driver.
+enum Event {
+    Fetched {
+        index: u32,
+        parent: String,
+        result: Result<Bytes, FetchError>,
+    },
+    UpstreamSize(u64),
+    UpstreamPiece(u32, Bytes),
+    UpstreamDone(Result<(), EngineError>),
+}
+
+/// Where a piece came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin<'a> {
+    Parent(&'a str),
+    Upstream,
+}
+
+struct Driver<'a> {
+    inner: &'a Inner,
+    dl: Arc<Download>,
+    planner: Planner,
+    rng: SmallRng,
+    tx: mpsc::Sender<Event>,
+    /// A plan stream was opened: reports may be sent.
+    reporting: bool,
+    /// This peer was told to fetch from upstream (sticky: the scheduler keeps it a source).
+    source: bool,
+    started_reported: bool,
+    upstream_running: bool,
+    upstream_failures: u32,
+    /// The store takes pieces; false after a local fault (logged once).
+    store_ok: bool,
+    opened: bool,
+}
+
+async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), EngineError> {
+    let digest = dl.digest;
+    let _pin = inner.store.pin(&digest);
+    let meta = match inner.store.meta(&digest) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "store metadata unreadable; downloading anyway");
+            None
+        }
+    };
+    if let Some(m) = &meta
+        && m.complete
+    {
+        dl.set_shape(m.shape);
+        dl.progress.send_modify(|p| p.have = m.pieces.clone());
+        debug!("task already complete in the store");
+        return Ok(());
+    }
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let mut d = Driver {
+        inner,
+        dl: dl.clone(),
+        planner: Planner::new(inner.config.planner.clone()),
+        rng: SmallRng::from_rng(&mut rand::rng()),
+        tx,
+        reporting: false,
+        source: false,
+        started_reported: false,
+        upstream_running: false,
+        upstream_failures: 0,
+        store_ok: true,
+        opened: false,
+    };
+    if let Some(m) = meta {
+        d.shape_known(m.shape)?;
+        for (i, h) in m.hashes.iter().enumerate() {
+            if let Some(h) = h {
+                d.planner.set_hash(i as u32, *h);
+            }
+        }
+        for i in m.pieces.iter() {
+            d.planner.on_piece_stored(i);
+            dl.mark_have(i);
+        }
+    }
+    let mut plan = match inner.link.plan(&digest, size_hint).await {
+        Ok(s) => {
+            d.reporting = true;
+            Some(s)
+        }
+        Err(e) => {
+            info!(error = %e, "no plan; fetching from upstream");
+            d.start_upstream();
+            None
+        }
+    };
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !d.planner.is_complete() {
+        let now = Instant::now();
+        d.planner
+            .on_reader(dl.reader_offset.load(Ordering::Relaxed));
+        for (index, parent) in d.planner.timed_out(now) {
+            debug!(piece = index, parent.id = %parent, "piece request stalled");
+        }
+        if !d.upstream_running && d.planner.wants_upstream(now) {
+            info!("parents cannot serve; fetching the missing pieces from upstream");
+            d.start_upstream();
+        }
+        d.request_pieces(now);
+        let next_plan = async {
+            match plan.as_mut() {
+                Some(s) => s.message().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = next_plan => match msg {
+                Ok(Some(update)) => d.on_plan(&update)?,
+                Ok(None) | Err(_) => {
+                    info!("plan stream ended; fetching the rest from upstream");
+                    plan = None;
+                    if !d.upstream_running {
+                        d.start_upstream();
+                    }
+                }
+            },
+            Some(ev) = rx.recv() => d.on_event(ev).await?,
+            _ = ticker.tick() => {}
+        }
+    }
+    d.complete().await?;
+    if let Some(plan) = plan {
+        tokio::spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            drop(plan);
+        });
+    }
+    Ok(())
+}
+
+impl Driver<'_> {
+    fn report(&self, r: Report) {
+        if self.reporting {
+            self.inner.link.report(r);
+        }
+    }
+
+    /// The task's shape is known: tell the planner, the readers and the store.
+    fn shape_known(&mut self, shape: TaskShape) -> Result<(), EngineError> {
+        self.planner.set_shape(shape)?;
+        self.dl.set_shape(shape);
+        if !self.opened {
+            self.opened = true;
+            if let Err(e) = self.inner.store.open(self.dl.digest, shape) {
+                if !e.is_local_fault() {
+                    return Err(e.into());
+                }
+                warn!(error = %e, store.path = ?e.path(), "store unusable; keeping pieces in memory");
+                self.store_ok = false;
+            }
+        }
+        if self.source && !self.started_reported {
+            self.started_reported = true;
+            self.report(Report::Started {
+                digest: self.dl.digest,
+                size: shape.size(),
+            });
+        }
+        Ok(())
+    }
+
+    fn on_plan(&mut self, update: &v1::PlanUpdate) -> Result<(), EngineError> {
+        self.planner.on_plan(update)?;
+        if update.back_to_source {
+            self.source = true;
+        }
+        if let Some(shape) = self.planner.shape() {
+            self.shape_known(shape)?;
+        }
+        if update.back_to_source && !self.upstream_running {
+            info!("told to fetch from upstream");
+            self.start_upstream();
+        }
+        Ok(())
+    }
+
+    fn request_pieces(&mut self, now: Instant) {
+        let Some(shape) = self.planner.shape() else {
+            return;
+        };
+        let timeout = self.inner.config.planner.request_timeout;
+        for (index, parent) in self.planner.next_requests(now, &mut self.rng) {
+            let Ok(len) = shape.piece_len(index) else {
+                continue;
+            };
+            let client = self.inner.client.clone();
+            let tx = self.tx.clone();
+            let digest = self.dl.digest;
+            tokio::spawn(async move {
+                let result = client
+                    .fetch(parent.addr, &digest, index, len, timeout)
+                    .await;
+                let _ = tx
+                    .send(Event::Fetched {
+                        index,
+                        parent: parent.id,
+                        result,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// Streams the missing pieces from upstream, from the first missing one on.
+    fn start_upstream(&mut self) {
+        let from = match self.planner.shape() {
+            Some(shape) => match self.planner.have().first_missing() {
+                Some(i) => shape.piece_range(i).map_or(0, |r| r.start),
+                None => return,
+            },
+            None => 0,
+        };
+        self.upstream_running = true;
+        let upstream = self.inner.upstream.clone();
+        let tx = self.tx.clone();
+        let digest = self.dl.digest;
+        tokio::spawn(
+            async move {
+                let r = stream_upstream(&*upstream, digest, from, &tx).await;
+                let _ = tx.send(Event::UpstreamDone(r)).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Result<(), EngineError> {
+        match ev {
+            Event::Fetched {
+                index,
+                parent,
+                result,
+            } => match result {
+                Ok(bytes) => self.accept(index, bytes, Origin::Parent(&parent)).await?,
+                Err(e) => {
+                    self.dl.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(piece = index, parent.id = %parent, error = %e, "piece fetch failed");
+                    self.planner.on_fetch_failed(
+                        index,
+                        &parent,
+                        e.retry_elsewhere(),
+                        Instant::now(),
+                    );
+                }
+            },
+            Event::UpstreamSize(total) => self.shape_known(
+                TaskShape::for_size(total)
+                    .map_err(|e| EngineError::Upstream(format!("blob size {total}: {e}")))?,
+            )?,
+            Event::UpstreamPiece(index, bytes) => {
+                self.accept(index, bytes, Origin::Upstream).await?;
+            }
+            Event::UpstreamDone(r) => {
+                self.upstream_running = false;
+                if let Err(e) = r {
+                    self.upstream_failures += 1;
+                    warn!(error = %e, failures = self.upstream_failures, "upstream failed");
+                    if self.upstream_failures >= MAX_UPSTREAM_FAILURES
+                        || (!self.reporting && self.planner.shape().is_none())
+                    {
+                        return Err(e);
+                    }
+                    if !self.reporting || self.source {
+                        self.start_upstream();
+                    }
+                } else if !self.planner.is_complete() {
+                    return Err(EngineError::Upstream(
+                        "upstream body ended before the last piece".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies, stores and reports one piece.
+    async fn accept(
+        &mut self,
+        index: u32,
+        bytes: Bytes,
+        origin: Origin<'_>,
+    ) -> Result<(), EngineError> {
+        if self.planner.have().contains(index) {
+            if let Origin::Parent(p) = origin {
+                self.planner.on_piece_stored(index);
+                debug!(piece = index, parent.id = %p, "duplicate piece dropped");
+            }
+            return Ok(());
+        }
+        let known = self.planner.hash(index);
+        let hash = {
+            let b = bytes.clone();
+            tokio::task::spawn_blocking(move || -> [u8; 32] { Sha256::digest(&b).into() })
+                .await
+                .map_err(|e| EngineError::Failed(format!("hash task: {e}")))?
+        };
+        match origin {
+            Origin::Parent(parent) if known != Some(hash) => {
+                self.dl.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
+                warn!(piece = index, parent.id = %parent, "bad piece from parent");
+                let parent = self.planner.on_bad_piece(index, parent);
+                self.report(Report::BadParent {
+                    digest: self.dl.digest,
+                    parent,
+                    index,
+                    reason: "piece does not match its hash".into(),
+                });
+                return Ok(());
+            }
+            Origin::Upstream if known.is_some_and(|k| k != hash) => {
+                return Err(EngineError::UpstreamPieceMismatch(index));
+            }
+            Origin::Parent(_) => {
+                self.dl
+                    .stats
+                    .pieces_from_parents
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Origin::Upstream => {
+                self.dl
+                    .stats
+                    .pieces_from_upstream
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let stored = self
+            .store(index, &bytes, origin == Origin::Upstream, hash)
+            .await?;
+        if !stored {
+            self.dl
+                .memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(index, bytes);
+        }
+        self.planner.on_piece_stored(index);
+        self.dl.mark_have(index);
+        if stored {
+            if self.source && origin == Origin::Upstream {
+                self.report(Report::Pieces {
+                    digest: self.dl.digest,
+                    pieces: vec![(index, Some(hash))],
+                });
+            } else if known.is_some() {
+                self.report(Report::Pieces {
+                    digest: self.dl.digest,
+                    pieces: vec![(index, None)],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a verified piece; false when it stays in memory only.
+    async fn store(
+        &mut self,
+        index: u32,
+        bytes: &Bytes,
+        set_hash: bool,
+        hash: [u8; 32],
+    ) -> Result<bool, EngineError> {
+        if !self.store_ok {
+            return Ok(false);
+        }
+        let store = self.inner.store.clone();
+        let digest = self.dl.digest;
+        let b = bytes.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            if set_hash {
+                store.set_hashes(&digest, &[(index, hash)])?;
+            }
+            store.write_piece(&digest, index, &b)
+        })
+        .await
+        .map_err(|e| EngineError::Failed(format!("store task: {e}")))?;
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_local_fault() => {
+                warn!(error = %e, store.path = ?e.path(), "store failed; keeping pieces in memory");
+                self.store_ok = false;
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every piece is here: verify the blob, mark it complete, report.
+    async fn complete(&mut self) -> Result<(), EngineError> {
+        let shape = self.planner.shape().expect("complete implies a shape");
+        let digest = self.dl.digest;
+        let dl = self.dl.clone();
+        let got = tokio::task::spawn_blocking(move || -> Result<[u8; 32], EngineError> {
+            let mut hasher = Sha256::new();
+            for i in 0..shape.piece_count() {
+                let piece = dl
+                    .read_piece(i)?
+                    .ok_or_else(|| EngineError::Store(format!("piece {i} vanished")))?;
+                hasher.update(&piece);
+            }
+            Ok(hasher.finalize().into())
+        })
+        .await
+        .map_err(|e| EngineError::Failed(format!("digest task: {e}")))??;
+        if got != *digest.as_bytes() {
+            return Err(EngineError::DigestMismatch(digest));
+        }
+        if self.store_ok {
+            if let Err(e) = self.inner.store.mark_complete(&digest) {
+                warn!(error = %e, "could not mark the task complete in the store");
+                return Ok(());
+            }
+            let all_hashes = (0..shape.piece_count()).all(|i| self.planner.hash(i).is_some());
+            if self.source || all_hashes {
+                self.report(Report::Complete(digest));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams `digest` from `from` (a piece boundary) to the end, cut into pieces.
+async fn stream_upstream(
+    upstream: &dyn Upstream,
+    digest: Digest,
+    from: u64,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), EngineError> {
+    let mut body = upstream.fetch(&digest, from).await?;
+    let shape = TaskShape::for_size(body.total)
+        .map_err(|e| EngineError::Upstream(format!("blob size {}: {e}", body.total)))?;
+    if tx.send(Event::UpstreamSize(body.total)).await.is_err() {
+        return Ok(());
+    }
+    if body.start > from || from > body.total {
+        return Err(EngineError::Upstream(format!(
+            "asked for bytes from {from}, got from {}",
+            body.start
+        )));
+    }
+    let mut skip = (from - body.start) as usize;
+    let Some(mut index) = shape.piece_at(from) else {
+        return Ok(());
+    };
+    let mut want = shape
+        .piece_len(index)
+        .map_err(|e| EngineError::Upstream(e.to_string()))? as usize;
+    let mut buf = BytesMut::with_capacity(want);
+    while let Some(chunk) = body.body.next().await {
+        let mut chunk = chunk?;
+        if skip > 0 {
+            let n = skip.min(chunk.len());
+            let _ = chunk.split_to(n);
+            skip -= n;
+        }
+        while !chunk.is_empty() {
+            if index >= shape.piece_count() {
+                return Err(EngineError::Upstream("bytes past the blob's end".into()));
+            }
+            let n = (want - buf.len()).min(chunk.len());
+            buf.extend_from_slice(&chunk.split_to(n));
+            if buf.len() == want {
+                let piece = std::mem::replace(&mut buf, BytesMut::new()).freeze();
+                if tx.send(Event::UpstreamPiece(index, piece)).await.is_err() {
+                    return Ok(());
+                }
+                index += 1;
+                if index < shape.piece_count() {
+                    want = shape
+                        .piece_len(index)
+                        .map_err(|e| EngineError::Upstream(e.to_string()))?
+                        as usize;
+                    buf.reserve(want);
+                }
+            }
+        }
+    }
+    if index < shape.piece_count() {
+        return Err(EngineError::Upstream(format!(
+            "body ended in piece {index} of {}",
+            shape.piece_count()
+        )));
+    }
+    Ok(())
+}

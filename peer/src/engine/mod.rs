@@ -1,0 +1,170 @@
+//! The download engine: gets a task (blob) onto this node from parents and upstream,
+//! verifies it, stores it, reports it, and streams it to readers while it arrives.
+//!
+//! Layout:
+//! - [`planner`]: the pure decision core (which piece from which parent, timeouts,
+//!   bad parents, when to fall back to upstream); no I/O, `now` and an RNG passed in.
+//! - [`download`]: [`Download`], one task being fetched, and the driver loop that
+//!   feeds the planner from the plan stream, the QUIC piece client and upstream.
+//! - [`upstream`]: the [`Upstream`] boundary and [`HttpUpstream`] (plain HTTP).
+//! - [`reader`]: [`Download::reader`], the verified bytes from an offset, in order.
+//!
+//! [`Engine::fetch`] shares one download among all concurrent requests for a digest.
+//! The scheduler is optional: without a plan the whole task comes from upstream and the
+//! caller sees no error. A store that fails (disk full) does not fail the download: the
+//! pieces are kept in memory for the readers.
+//!
+//! Not here: the registry mirror's HTTP surface, tag resolution, TLS and auth towards
+//! upstream, garbage collection, serving pieces to other peers (`crate::transfer`).
+
+pub mod download;
+pub mod planner;
+pub mod reader;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use shoal_proto::Digest;
+
+use crate::scheduler_link::SchedulerLink;
+use crate::store::{PieceStore, StoreError};
+use crate::transfer::PieceClient;
+
+pub use download::{Download, DownloadState, DownloadStats, Progress};
+pub use planner::{Planner, PlannerConfig, PlannerError};
+pub use upstream::{HttpUpstream, Upstream, UpstreamBody, UpstreamError};
+
+/// Why a download failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// Upstream could not serve the blob.
+    #[error("upstream: {0}")]
+    Upstream(String),
+    /// The piece store failed in a way that is not a local fault (or reading back failed).
+    #[error("store: {0}")]
+    Store(String),
+    /// The plan from the scheduler is unusable.
+    #[error("plan: {0}")]
+    Plan(#[from] PlannerError),
+    /// The assembled blob does not match its digest.
+    #[error("blob does not match digest {0}")]
+    DigestMismatch(Digest),
+    /// A piece from upstream does not match the hash the swarm knows for it.
+    #[error("upstream piece {0} does not match its known hash")]
+    UpstreamPieceMismatch(u32),
+    /// A reader asked for an offset past the end of the blob.
+    #[error("offset {offset} is past the end of the {size}-byte blob")]
+    OutOfRange {
+        /// Offset asked for.
+        offset: u64,
+        /// Blob size.
+        size: u64,
+    },
+    /// The download failed (what readers of a failed download see).
+    #[error("download failed: {0}")]
+    Failed(String),
+}
+
+impl From<UpstreamError> for EngineError {
+    fn from(e: UpstreamError) -> Self {
+        EngineError::Upstream(e.to_string())
+    }
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e.to_string())
+    }
+}
+
+/// The engine's knobs.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Piece scheduling (window, in-flight caps, timeouts).
+    pub planner: PlannerConfig,
+}
+
+/// Shared by the engine handle and its download tasks.
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn PieceStore>,
+    pub(crate) link: SchedulerLink,
+    pub(crate) client: Arc<PieceClient>,
+    pub(crate) upstream: Arc<dyn Upstream>,
+    pub(crate) config: EngineConfig,
+    pub(crate) downloads: Mutex<HashMap<Digest, Arc<Download>>>,
+}
+
+/// The download engine of one peer. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// An engine with the default configuration.
+    pub fn new(
+        store: Arc<dyn PieceStore>,
+        link: SchedulerLink,
+        client: PieceClient,
+        upstream: Arc<dyn Upstream>,
+    ) -> Self {
+        Engine::with_config(store, link, client, upstream, EngineConfig::default())
+    }
+
+    /// An engine with this configuration.
+    pub fn with_config(
+        store: Arc<dyn PieceStore>,
+        link: SchedulerLink,
+        client: PieceClient,
+        upstream: Arc<dyn Upstream>,
+        config: EngineConfig,
+    ) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                link,
+                client: Arc::new(client),
+                upstream,
+                config,
+                downloads: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The download of `digest`: the one in flight if there is one, else a new one
+    /// started in the background. `size_hint` is the blob's size when known, else 0.
+    /// Must be called within a tokio runtime.
+    pub fn fetch(&self, digest: Digest, size_hint: u64) -> Arc<Download> {
+        let mut map = self
+            .inner
+            .downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = map.get(&digest) {
+            return d.clone();
+        }
+        let d = Arc::new(Download::new(digest, self.inner.store.clone()));
+        map.insert(digest, d.clone());
+        drop(map);
+        tokio::spawn(download::run(self.inner.clone(), d.clone(), size_hint));
+        d
+    }
+
+    /// Downloads in flight.
+    pub fn active(&self) -> usize {
+        self.inner
+            .downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("active", &self.active())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,442 @@
+//! The download planner: which piece to ask which parent for, and when to give up.
+//!
+//! Pure: no I/O, no clock, no global RNG. The driver ([`super::download`]) feeds it
+//! inputs (`on_*`: plan updates, pieces stored, fetch failures, bad pieces, the
+//! reader's position) and polls it for decisions ([`Planner::next_requests`],
+//! [`Planner::timed_out`], [`Planner::wants_upstream`]), passing `now` and an RNG.
+//!
+//! Policy: pieces in an in-order window ahead of the reader first, then the rest (in
+//! order from the reader, then the ones behind it); at most `max_in_flight` requests at
+//! once and `max_per_parent` per parent; each piece to the holder with the fewest
+//! requests in flight (random tie-break), preferring parents it has not failed at; a
+//! piece is only requested when its hash is known (so it can be verified) and the
+//! parent holds it per the latest plan. A parent that sent a bad piece is never asked
+//! again for this task; one that keeps failing or stalls is avoided for a while.
+//!
+//! Not here: fetching, verifying or storing pieces, talking to the scheduler.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use shoal_proto::v1;
+use shoal_proto::{PieceError, PieceSet, TaskShape};
+
+/// The planner's knobs.
+#[derive(Debug, Clone)]
+pub struct PlannerConfig {
+    /// Pieces ahead of the reader fetched first, in order. Default 16.
+    pub window: u32,
+    /// Requests in flight at once for one download. Default 8.
+    pub max_in_flight: usize,
+    /// Requests in flight to one parent at once. Default 2.
+    pub max_per_parent: usize,
+    /// A request not answered within this long is given up and its parent avoided.
+    /// Default 10 s.
+    pub request_timeout: Duration,
+    /// How long a stalled or repeatedly failing parent is avoided. Default 30 s.
+    pub avoid_for: Duration,
+    /// Consecutive failures after which a parent is avoided. Default 3.
+    pub max_failures: u32,
+    /// Missing pieces that no parent could serve for this long (with nothing in
+    /// flight) make [`Planner::wants_upstream`] true. Default 30 s.
+    pub starve_timeout: Duration,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            window: 16,
+            max_in_flight: 8,
+            max_per_parent: 2,
+            request_timeout: Duration::from_secs(10),
+            avoid_for: Duration::from_secs(30),
+            max_failures: 3,
+            starve_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a plan update could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlannerError {
+    /// The plan's task shape is invalid or differs from the one already known.
+    #[error("plan has a bad task shape: {0}")]
+    Shape(String),
+    /// A piece index in the plan is out of range.
+    #[error(transparent)]
+    Piece(#[from] PieceError),
+    /// A piece hash is not 32 bytes.
+    #[error("piece {0} hash is not 32 bytes")]
+    HashLength(u32),
+}
+
+/// A parent as the planner knows it from the latest plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentRef {
+    /// The parent's peer id.
+    pub id: String,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+struct Parent {
+    r: ParentRef,
+    /// `None`: holds every piece.
+    pieces: Option<PieceSet>,
+}
+
+impl Parent {
+    fn holds(&self, index: u32) -> bool {
+        self.pieces.as_ref().is_none_or(|p| p.contains(index))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    parent: String,
+    started: Instant,
+}
+
+/// The planner of one download.
+#[derive(Debug)]
+pub struct Planner {
+    config: PlannerConfig,
+    shape: Option<TaskShape>,
+    hashes: Vec<Option<[u8; 32]>>,
+    have: PieceSet,
+    parents: Vec<Parent>,
+    back_to_source: bool,
+    in_flight: HashMap<u32, InFlight>,
+    /// Parents that sent a bad piece: never asked again.
+    excluded: HashSet<String>,
+    /// Parents avoided until the instant.
+    avoided: HashMap<String, Instant>,
+    /// Consecutive failures per parent.
+    failures: HashMap<String, u32>,
+    /// Parents each piece failed at.
+    failed_at: HashMap<u32, HashSet<String>>,
+    reader: u32,
+    starved_since: Option<Instant>,
+    /// A fetch failed in a way no parent can fix (`retry_elsewhere` false).
+    broken: bool,
+}
+
+impl Planner {
+    /// A planner that knows nothing yet.
+    pub fn new(config: PlannerConfig) -> Self {
+        Planner {
+            config,
+            shape: None,
+            hashes: Vec::new(),
+            have: PieceSet::new(0),
+            parents: Vec::new(),
+            back_to_source: false,
+            in_flight: HashMap::new(),
+            excluded: HashSet::new(),
+            avoided: HashMap::new(),
+            failures: HashMap::new(),
+            failed_at: HashMap::new(),
+            reader: 0,
+            starved_since: None,
+            broken: false,
+        }
+    }
+
+    /// Sets the task's shape (from the plan, upstream or the store). A second call with
+    /// the same shape is a no-op; a different one is an error.
+    pub fn set_shape(&mut self, shape: TaskShape) -> Result<(), PlannerError> {
+        match self.shape {
+            Some(s) if s == shape => Ok(()),
+            Some(s) => Err(PlannerError::Shape(format!(
+                "task is {} bytes, plan says {}",
+                s.size(),
+                shape.size()
+            ))),
+            None => {
+                self.shape = Some(shape);
+                let n = shape.piece_count();
+                self.hashes = vec![None; n as usize];
+                self.have = PieceSet::new(n);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a plan update: shape, new piece hashes, the parent set (replaced), and
+    /// the back-to-source order. Parents with an unusable address or bitmap are skipped.
+    pub fn on_plan(&mut self, update: &v1::PlanUpdate) -> Result<(), PlannerError> {
+        if let Some(t) = &update.task {
+            let shape = TaskShape::for_size(t.size)?;
+            if shape.piece_size() != t.piece_size || shape.piece_count() != t.piece_count {
+                return Err(PlannerError::Shape(format!(
+                    "size {} does not give piece size {} and count {}",
+                    t.size, t.piece_size, t.piece_count
+                )));
+            }
+            self.set_shape(shape)?;
+        }
+        self.back_to_source = update.back_to_source;
+        self.starved_since = None;
+        let Some(shape) = self.shape else {
+            self.parents.clear();
+            return Ok(());
+        };
+        for h in &update.piece_hashes {
+            shape.check_index(h.index)?;
+            let hash: [u8; 32] = h
+                .hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| PlannerError::HashLength(h.index))?;
+            self.hashes[h.index as usize] = Some(hash);
+        }
+        let n = shape.piece_count();
+        self.parents = update
+            .parents
+            .iter()
+            .filter_map(|p| {
+                let addr = p.quic_addr.parse().ok()?;
+                let pieces = if p.complete {
+                    None
+                } else {
+                    Some(PieceSet::from_bytes(&p.pieces, n).ok()?)
+                };
+                Some(Parent {
+                    r: ParentRef {
+                        id: p.peer_id.clone(),
+                        addr,
+                    },
+                    pieces,
+                })
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Records a hash learnt elsewhere (the store). Ignored when out of range.
+    pub fn set_hash(&mut self, index: u32, hash: [u8; 32]) {
+        if let Some(slot) = self.hashes.get_mut(index as usize) {
+            *slot = Some(hash);
+        }
+    }
+
+    /// The reader is at byte `offset`: the window starts at its piece.
+    pub fn on_reader(&mut self, offset: u64) {
+        if let Some(i) = self.shape.and_then(|s| s.piece_at(offset)) {
+            self.reader = i;
+        }
+    }
+
+    /// Piece `index` is verified and held (from a parent, upstream or the store).
+    pub fn on_piece_stored(&mut self, index: u32) {
+        if let Some(f) = self.in_flight.remove(&index) {
+            self.failures.remove(&f.parent);
+        }
+        self.failed_at.remove(&index);
+        if index < self.have.len() {
+            self.have.insert(index);
+        }
+    }
+
+    /// A fetch of `index` from `parent` failed. The piece is retried elsewhere; the
+    /// parent is avoided after repeated failures. `retry_elsewhere` false means no
+    /// parent can help ([`Planner::wants_upstream`] turns true).
+    pub fn on_fetch_failed(
+        &mut self,
+        index: u32,
+        parent: &str,
+        retry_elsewhere: bool,
+        now: Instant,
+    ) {
+        self.finish(index, parent);
+        self.failed_at
+            .entry(index)
+            .or_default()
+            .insert(parent.to_owned());
+        let n = self.failures.entry(parent.to_owned()).or_insert(0);
+        *n += 1;
+        if *n >= self.config.max_failures {
+            self.failures.remove(parent);
+            self.avoided
+                .insert(parent.to_owned(), now + self.config.avoid_for);
+        }
+        if !retry_elsewhere {
+            self.broken = true;
+        }
+    }
+
+    /// `parent` sent a piece that does not match its hash: it is excluded from this
+    /// download. Returns the parent's id for the bad-parent report.
+    pub fn on_bad_piece(&mut self, index: u32, parent: &str) -> String {
+        self.finish(index, parent);
+        self.excluded.insert(parent.to_owned());
+        parent.to_owned()
+    }
+
+    fn finish(&mut self, index: u32, parent: &str) {
+        if self
+            .in_flight
+            .get(&index)
+            .is_some_and(|f| f.parent == parent)
+        {
+            self.in_flight.remove(&index);
+        }
+    }
+
+    /// Requests that have waited past the timeout: given up (so the piece can be asked
+    /// elsewhere) and their parents avoided for a while.
+    pub fn timed_out(&mut self, now: Instant) -> Vec<(u32, String)> {
+        let limit = self.config.request_timeout;
+        let mut out: Vec<(u32, String)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| now.saturating_duration_since(f.started) >= limit)
+            .map(|(i, f)| (*i, f.parent.clone()))
+            .collect();
+        out.sort();
+        for (i, p) in &out {
+            self.in_flight.remove(i);
+            self.failed_at.entry(*i).or_default().insert(p.clone());
+            self.avoided.insert(p.clone(), now + self.config.avoid_for);
+        }
+        out
+    }
+
+    /// The next requests to send, recorded as in flight from `now`.
+    pub fn next_requests(&mut self, now: Instant, rng: &mut impl Rng) -> Vec<(u32, ParentRef)> {
+        self.avoided.retain(|_, until| *until > now);
+        let Some(shape) = self.shape else {
+            return Vec::new();
+        };
+        let n = shape.piece_count();
+        let mut out = Vec::new();
+        let mut load: HashMap<&str, usize> = HashMap::new();
+        for f in self.in_flight.values() {
+            *load.entry(f.parent.as_str()).or_default() += 1;
+        }
+        let mut in_flight = self.in_flight.len();
+        let reader = self.reader.min(n);
+        let order = (reader..n).chain(0..reader);
+        for index in order {
+            if in_flight >= self.config.max_in_flight {
+                break;
+            }
+            if self.have.contains(index)
+                || self.in_flight.contains_key(&index)
+                || self.hashes[index as usize].is_none()
+            {
+                continue;
+            }
+            let failed = self.failed_at.get(&index);
+            let usable: Vec<&Parent> = self
+                .parents
+                .iter()
+                .filter(|p| {
+                    p.holds(index)
+                        && !self.excluded.contains(&p.r.id)
+                        && !self.avoided.contains_key(&p.r.id)
+                        && load.get(p.r.id.as_str()).copied().unwrap_or(0)
+                            < self.config.max_per_parent
+                })
+                .collect();
+            // Prefer parents this piece has not failed at; fall back to them.
+            let fresh: Vec<&Parent> = usable
+                .iter()
+                .copied()
+                .filter(|p| failed.is_none_or(|f| !f.contains(&p.r.id)))
+                .collect();
+            let pool = if fresh.is_empty() { usable } else { fresh };
+            let Some(min) = pool
+                .iter()
+                .map(|p| load.get(p.r.id.as_str()).copied().unwrap_or(0))
+                .min()
+            else {
+                continue;
+            };
+            let best: Vec<&Parent> = pool
+                .into_iter()
+                .filter(|p| load.get(p.r.id.as_str()).copied().unwrap_or(0) == min)
+                .collect();
+            let chosen = best[rng.random_range(0..best.len())];
+            *load.entry(chosen.r.id.as_str()).or_default() += 1;
+            in_flight += 1;
+            out.push((index, chosen.r.clone()));
+        }
+        for (index, parent) in &out {
+            self.in_flight.insert(
+                *index,
+                InFlight {
+                    parent: parent.id.clone(),
+                    started: now,
+                },
+            );
+        }
+        if self.in_flight.is_empty() && !self.is_complete() {
+            self.starved_since.get_or_insert(now);
+        } else {
+            self.starved_since = None;
+        }
+        out
+    }
+
+    /// True when the missing pieces should come from upstream: no parent could serve
+    /// for `starve_timeout` while the plan did not change, or a fetch failed in a way
+    /// no parent can fix. Never true while this peer is the back-to-source peer (it is
+    /// already fetching from upstream).
+    pub fn wants_upstream(&self, now: Instant) -> bool {
+        if self.back_to_source || self.is_complete() {
+            return false;
+        }
+        self.broken
+            || self
+                .starved_since
+                .is_some_and(|s| now.saturating_duration_since(s) >= self.config.starve_timeout)
+    }
+
+    /// The task's shape, once known.
+    pub fn shape(&self) -> Option<TaskShape> {
+        self.shape
+    }
+
+    /// The hash of piece `index`, when known.
+    pub fn hash(&self, index: u32) -> Option<[u8; 32]> {
+        self.hashes.get(index as usize).copied().flatten()
+    }
+
+    /// True when the latest plan tells this peer to fetch from upstream.
+    pub fn back_to_source(&self) -> bool {
+        self.back_to_source
+    }
+
+    /// Pieces held.
+    pub fn have(&self) -> &PieceSet {
+        &self.have
+    }
+
+    /// True once the shape is known and every piece is held.
+    pub fn is_complete(&self) -> bool {
+        self.shape.is_some() && self.have.is_full()
+    }
+
+    /// Requests in flight: (piece, parent id).
+    pub fn in_flight(&self) -> Vec<(u32, String)> {
+        let mut v: Vec<_> = self
+            .in_flight
+            .iter()
+            .map(|(i, f)| (*i, f.parent.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// True when `parent` sent a bad piece and is no longer asked.
+    pub fn is_excluded(&self, parent: &str) -> bool {
+        self.excluded.contains(parent)
+    }
+}
+
+#[cfg(test)]
+mod tests;

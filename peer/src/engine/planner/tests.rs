@@ -1,0 +1,291 @@
+//! Unit and property tests of the planner.
+
+use super::*;
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+const MIB: u64 = 1 << 20;
+
+fn shape_msg(size: u64) -> v1::TaskShape {
+    let s = TaskShape::for_size(size).unwrap();
+    v1::TaskShape {
+        size,
+        piece_size: s.piece_size(),
+        piece_count: s.piece_count(),
+    }
+}
+
+fn parent(id: &str, port: u16, pieces: Option<&[u32]>, count: u32) -> v1::Parent {
+    let (complete, bitmap) = match pieces {
+        None => (true, Vec::new()),
+        Some(ps) => {
+            let mut s = PieceSet::new(count);
+            for p in ps {
+                s.insert(*p);
+            }
+            (false, s.to_bytes())
+        }
+    };
+    v1::Parent {
+        peer_id: id.into(),
+        quic_addr: format!("127.0.0.1:{port}"),
+        zone: String::new(),
+        complete,
+        pieces: bitmap,
+    }
+}
+
+fn hashes(count: u32) -> Vec<v1::PieceHash> {
+    (0..count)
+        .map(|i| v1::PieceHash {
+            index: i,
+            hash: vec![i as u8; 32],
+        })
+        .collect()
+}
+
+fn plan(size: u64, parents: Vec<v1::Parent>) -> v1::PlanUpdate {
+    let count = TaskShape::for_size(size).unwrap().piece_count();
+    v1::PlanUpdate {
+        task: Some(shape_msg(size)),
+        piece_hashes: hashes(count),
+        parents,
+        back_to_source: false,
+        reason: String::new(),
+    }
+}
+
+fn rng() -> SmallRng {
+    SmallRng::seed_from_u64(7)
+}
+
+#[test]
+fn window_first_caps_and_spread() {
+    let size = 100 * 4 * MIB; // 100 pieces
+    let mut p = Planner::new(PlannerConfig::default());
+    let parents = (0..3).map(|i| parent(&format!("p{i}"), 7000 + i, None, 100));
+    p.on_plan(&plan(size, parents.collect())).unwrap();
+    p.on_reader(40 * 4 * MIB + 5);
+    let now = Instant::now();
+    let reqs = p.next_requests(now, &mut rng());
+    // 3 parents x 2 per parent = 6 < 8 in flight.
+    assert_eq!(reqs.len(), 6);
+    let idx: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
+    assert_eq!(idx, vec![40, 41, 42, 43, 44, 45]);
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for (_, r) in &reqs {
+        *per.entry(r.id.clone()).or_default() += 1;
+    }
+    assert!(per.values().all(|&n| n == 2));
+    // Nothing more until something finishes.
+    assert!(p.next_requests(now, &mut rng()).is_empty());
+    p.on_piece_stored(40);
+    let more = p.next_requests(now, &mut rng());
+    assert_eq!(more.len(), 1);
+    assert_eq!(more[0].0, 46);
+}
+
+#[test]
+fn only_pieces_with_hash_and_holder() {
+    let size = 10 * 4 * MIB;
+    let mut p = Planner::new(PlannerConfig::default());
+    let mut u = plan(size, vec![parent("a", 1, Some(&[0, 1, 2, 5]), 10)]);
+    u.piece_hashes.retain(|h| h.index != 1);
+    p.on_plan(&u).unwrap();
+    let reqs = p.next_requests(Instant::now(), &mut rng());
+    let idx: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
+    assert_eq!(idx, vec![0, 2]);
+}
+
+#[test]
+fn failed_piece_goes_elsewhere_and_bad_parent_is_excluded() {
+    let size = 4 * 4 * MIB;
+    let mut p = Planner::new(PlannerConfig {
+        max_per_parent: 1,
+        ..PlannerConfig::default()
+    });
+    p.on_plan(&plan(
+        size,
+        vec![parent("a", 1, None, 4), parent("b", 2, None, 4)],
+    ))
+    .unwrap();
+    let now = Instant::now();
+    let reqs = p.next_requests(now, &mut rng());
+    assert_eq!(reqs.len(), 2);
+    let (i, first) = reqs.iter().find(|(i, _)| *i == 0).unwrap().clone();
+    let other = reqs.iter().find(|(i, _)| *i == 1).unwrap().1.clone();
+    // Free the other parent too, then fail piece 0 at its parent: it goes to the other.
+    p.on_piece_stored(1);
+    p.on_fetch_failed(i, &first.id, true, now);
+    let again = p.next_requests(now, &mut rng());
+    let retry = again.iter().find(|(j, _)| *j == 0).unwrap();
+    assert_eq!(retry.1.id, other.id);
+    // A bad piece from `other` excludes it for good.
+    assert_eq!(p.on_bad_piece(0, &other.id), other.id);
+    assert!(p.is_excluded(&other.id));
+    for (_, r) in p.next_requests(now, &mut rng()) {
+        assert_ne!(r.id, other.id);
+    }
+}
+
+#[test]
+fn stalled_requests_time_out_and_parent_is_avoided() {
+    let size = 4 * 4 * MIB;
+    let config = PlannerConfig::default();
+    let timeout = config.request_timeout;
+    let avoid = config.avoid_for;
+    let mut p = Planner::new(config);
+    p.on_plan(&plan(size, vec![parent("a", 1, None, 4)]))
+        .unwrap();
+    let t0 = Instant::now();
+    assert_eq!(p.next_requests(t0, &mut rng()).len(), 2);
+    assert!(p.timed_out(t0 + timeout / 2).is_empty());
+    let gone = p.timed_out(t0 + timeout);
+    assert_eq!(gone, vec![(0, "a".into()), (1, "a".into())]);
+    assert!(p.next_requests(t0 + timeout, &mut rng()).is_empty());
+    // Avoided parent only and nothing in flight: starving, then upstream.
+    let starve = PlannerConfig::default().starve_timeout;
+    assert!(!p.wants_upstream(t0 + timeout));
+    assert!(p.wants_upstream(t0 + timeout + starve));
+    // After the avoidance the parent is asked again.
+    assert!(!p.next_requests(t0 + timeout + avoid, &mut rng()).is_empty());
+}
+
+#[test]
+fn back_to_source_never_wants_upstream_fallback() {
+    let mut p = Planner::new(PlannerConfig::default());
+    let mut u = plan(8 * MIB, vec![]);
+    u.back_to_source = true;
+    p.on_plan(&u).unwrap();
+    let t0 = Instant::now();
+    assert!(p.next_requests(t0, &mut rng()).is_empty());
+    assert!(!p.wants_upstream(t0 + Duration::from_secs(3600)));
+}
+
+#[test]
+fn not_retryable_failure_wants_upstream() {
+    let mut p = Planner::new(PlannerConfig::default());
+    p.on_plan(&plan(8 * MIB, vec![parent("a", 1, None, 2)]))
+        .unwrap();
+    let t0 = Instant::now();
+    let reqs = p.next_requests(t0, &mut rng());
+    p.on_fetch_failed(reqs[0].0, "a", false, t0);
+    assert!(p.wants_upstream(t0));
+}
+
+#[test]
+fn rejects_a_changed_shape_and_bad_hashes() {
+    let mut p = Planner::new(PlannerConfig::default());
+    p.on_plan(&plan(8 * MIB, vec![])).unwrap();
+    assert!(matches!(
+        p.on_plan(&plan(9 * MIB, vec![])),
+        Err(PlannerError::Shape(_))
+    ));
+    let mut u = plan(8 * MIB, vec![]);
+    u.piece_hashes[0].hash = vec![1; 3];
+    assert_eq!(p.on_plan(&u), Err(PlannerError::HashLength(0)));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Plan(Vec<(u8, Option<Vec<bool>>)>, Vec<bool>),
+    Next,
+    Stored(u8),
+    Failed(u8, bool),
+    Bad(u8),
+    Reader(u8),
+    Tick(u16),
+}
+
+const PIECES: u32 = 12;
+
+fn op() -> impl Strategy<Value = Op> {
+    let bitmap = proptest::option::of(proptest::collection::vec(any::<bool>(), PIECES as usize));
+    prop_oneof![
+        (
+            proptest::collection::vec((0u8..6, bitmap), 0..6),
+            proptest::collection::vec(any::<bool>(), PIECES as usize)
+        )
+            .prop_map(|(p, h)| Op::Plan(p, h)),
+        Just(Op::Next),
+        Just(Op::Next),
+        (0u8..PIECES as u8).prop_map(Op::Stored),
+        ((0u8..PIECES as u8), any::<bool>()).prop_map(|(i, r)| Op::Failed(i, r)),
+        (0u8..PIECES as u8).prop_map(Op::Bad),
+        (0u8..PIECES as u8).prop_map(Op::Reader),
+        (0u16..20_000).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn planner_invariants(ops in proptest::collection::vec(op(), 1..80), seed in any::<u64>()) {
+        let size = PIECES as u64 * 4 * MIB;
+        let config = PlannerConfig { max_in_flight: 5, ..PlannerConfig::default() };
+        let mut p = Planner::new(config.clone());
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut now = Instant::now();
+        // Latest plan: parent id -> held pieces (None = complete); excluded parents.
+        let mut latest: HashMap<String, Option<Vec<bool>>> = HashMap::new();
+        let mut excluded: HashSet<String> = HashSet::new();
+        for op in ops {
+            match op {
+                Op::Plan(parents, known) => {
+                    let mut u = plan(size, Vec::new());
+                    u.piece_hashes.retain(|h| known[h.index as usize]);
+                    latest.clear();
+                    for (id, bits) in parents {
+                        let id = format!("p{id}");
+                        if latest.contains_key(&id) { continue; }
+                        let held: Option<Vec<u32>> = bits.as_ref().map(|b| {
+                            (0..PIECES).filter(|i| b[*i as usize]).collect()
+                        });
+                        u.parents.push(parent(&id, 1000, held.as_deref(), PIECES));
+                        latest.insert(id, bits);
+                    }
+                    p.on_plan(&u).unwrap();
+                }
+                Op::Next => {
+                    let before: HashSet<u32> = p.in_flight().iter().map(|(i, _)| *i).collect();
+                    let reqs = p.next_requests(now, &mut rng);
+                    let mut seen = HashSet::new();
+                    for (i, r) in &reqs {
+                        let held = latest.get(&r.id);
+                        prop_assert!(held.is_some(), "parent {} not in the latest plan", r.id);
+                        if let Some(Some(bits)) = held {
+                            prop_assert!(bits[*i as usize], "{} does not hold {}", r.id, i);
+                        }
+                        prop_assert!(!excluded.contains(&r.id));
+                        prop_assert!(!before.contains(i) && seen.insert(*i), "piece {} twice", i);
+                        prop_assert!(!p.have().contains(*i));
+                        prop_assert!(p.hash(*i).is_some());
+                    }
+                    let inf = p.in_flight();
+                    prop_assert!(inf.len() <= config.max_in_flight);
+                    let mut per: HashMap<&str, usize> = HashMap::new();
+                    for (_, parent) in &inf {
+                        *per.entry(parent.as_str()).or_default() += 1;
+                    }
+                    prop_assert!(per.values().all(|&n| n <= config.max_per_parent));
+                }
+                Op::Stored(i) => p.on_piece_stored(i as u32),
+                Op::Failed(i, retry) => {
+                    if let Some((_, parent)) = p.in_flight().into_iter().find(|(j, _)| *j == i as u32) {
+                        p.on_fetch_failed(i as u32, &parent, retry, now);
+                    }
+                }
+                Op::Bad(i) => {
+                    if let Some((_, parent)) = p.in_flight().into_iter().find(|(j, _)| *j == i as u32) {
+                        excluded.insert(p.on_bad_piece(i as u32, &parent));
+                    }
+                }
+                Op::Reader(i) => p.on_reader(i as u64 * 4 * MIB),
+                Op::Tick(ms) => {
+                    now += Duration::from_millis(ms as u64);
+                    p.timed_out(now);
+                }
+            }
+        }
+    }
+}

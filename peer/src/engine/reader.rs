@@ -1,0 +1,124 @@
+//! [`Download::reader`]: the blob's bytes from an offset, in order, each piece as soon
+//! as it is verified. This is what the registry mirror streams to containerd.
+//!
+//! The reader waits on the download's progress (a `watch` channel) and tells the
+//! driver where it is, so the planner's window follows it. Not here: HTTP ranges and
+//! headers (the mirror), verification (the driver only publishes verified pieces).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::watch;
+
+use super::EngineError;
+use super::download::{Download, DownloadState, Progress};
+
+/// What the reader needs next.
+enum Next {
+    /// Piece `index` is readable.
+    Piece(u32),
+    /// Past the end: the stream is over.
+    End,
+    /// Not yet: wait for progress.
+    Wait,
+    /// The download failed, or the offset is out of range.
+    Fail(EngineError),
+}
+
+fn next(p: &Progress, offset: u64) -> Next {
+    if let DownloadState::Failed(m) = &p.state {
+        return Next::Fail(EngineError::Failed(m.clone()));
+    }
+    let Some(shape) = p.shape else {
+        return Next::Wait;
+    };
+    if offset > shape.size() {
+        return Next::Fail(EngineError::OutOfRange {
+            offset,
+            size: shape.size(),
+        });
+    }
+    match shape.piece_at(offset) {
+        None => Next::End,
+        Some(i) if p.have.contains(i) => Next::Piece(i),
+        Some(_) => Next::Wait,
+    }
+}
+
+struct ReadState {
+    dl: Arc<Download>,
+    offset: u64,
+    rx: watch::Receiver<Progress>,
+    done: bool,
+}
+
+impl Download {
+    /// The blob's bytes from `offset` to the end, in order, yielded as soon as the
+    /// pieces covering them are verified. Ends with an error if the download fails
+    /// (or `offset` is past the end).
+    pub fn reader(
+        self: &Arc<Self>,
+        offset: u64,
+    ) -> impl Stream<Item = Result<Bytes, EngineError>> + Send + 'static {
+        self.reader_offset.store(offset, Ordering::Relaxed);
+        let state = ReadState {
+            dl: self.clone(),
+            offset,
+            rx: self.progress(),
+            done: false,
+        };
+        futures::stream::unfold(state, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            loop {
+                let step = next(&s.rx.borrow_and_update(), s.offset);
+                match step {
+                    Next::End => return None,
+                    Next::Fail(e) => {
+                        s.done = true;
+                        return Some((Err(e), s));
+                    }
+                    Next::Wait => {
+                        if s.rx.changed().await.is_err() {
+                            s.done = true;
+                            let e = EngineError::Failed("download dropped".into());
+                            return Some((Err(e), s));
+                        }
+                    }
+                    Next::Piece(i) => {
+                        let dl = s.dl.clone();
+                        let read = tokio::task::spawn_blocking(move || dl.read_piece(i)).await;
+                        let piece = match read {
+                            Ok(Ok(Some(b))) => b,
+                            Ok(Ok(None)) => {
+                                s.done = true;
+                                let e = EngineError::Store(format!(
+                                    "verified piece {i} is gone from the store"
+                                ));
+                                return Some((Err(e), s));
+                            }
+                            Ok(Err(e)) => {
+                                s.done = true;
+                                return Some((Err(e), s));
+                            }
+                            Err(e) => {
+                                s.done = true;
+                                return Some((Err(EngineError::Failed(e.to_string())), s));
+                            }
+                        };
+                        let shape = s.rx.borrow().shape.expect("a piece implies a shape");
+                        let start = shape.piece_range(i).map_or(0, |r| r.start);
+                        let skip = (s.offset - start) as usize;
+                        let bytes = piece.slice(skip.min(piece.len())..);
+                        s.offset = start + piece.len() as u64;
+                        s.dl.reader_offset.store(s.offset, Ordering::Relaxed);
+                        return Some((Ok(bytes), s));
+                    }
+                }
+            }
+        })
+    }
+}

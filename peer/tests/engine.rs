@@ -1,0 +1,454 @@
+//! The download engine end to end on 127.0.0.1: a real scheduler (gRPC), real QUIC
+//! piece transfer between peers, `MemStore`s, and a tiny HTTP upstream that counts what
+//! it serves. Two peers fetch one blob with upstream serving it once; no scheduler
+//! means upstream directly; a corrupt parent is detected and worked around; concurrent
+//! fetches share one download; readers get exact bytes from any offset; a full disk
+//! does not fail the download. No test asserts a duration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+use shoal_peer::engine::{Download, Engine, EngineConfig, HttpUpstream};
+use shoal_peer::scheduler_link::{Inventory, LinkConfig, SchedulerLink};
+use shoal_peer::store::{MemStore, PieceStore};
+use shoal_peer::tls::{self, PeerTls};
+use shoal_peer::transfer::{
+    MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
+};
+use shoal_proto::{Digest, TaskShape, v1};
+use shoal_scheduler::core::{CoreConfig, Scheduler};
+use shoal_scheduler::grpc;
+use shoal_scheduler::state::SchedulerState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const MIB: usize = 1 << 20;
+const REPO: &str = "test/blob";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn blob(len: usize, seed: u64) -> (Bytes, Digest) {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let d = Digest::from_sha256(Sha256::digest(&data).into());
+    (data.into(), d)
+}
+
+/// A one-blob HTTP registry on 127.0.0.1 that counts requests and body bytes.
+struct Registry {
+    base: String,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Registry {
+    async fn start(data: Bytes, digest: Digest) -> Registry {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (r, b) = (requests.clone(), bytes.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (data, r, b) = (data.clone(), r.clone(), b.clone());
+                tokio::spawn(answer(sock, data, digest, r, b));
+            }
+        });
+        Registry {
+            base,
+            requests,
+            bytes,
+        }
+    }
+
+    fn upstream(&self) -> Arc<HttpUpstream> {
+        Arc::new(HttpUpstream::new(self.base.clone(), REPO).unwrap())
+    }
+}
+
+async fn answer(
+    mut sock: tokio::net::TcpStream,
+    data: Bytes,
+    digest: Digest,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let path = format!("get /v2/{REPO}/blobs/{digest} ");
+    if !head.starts_with(&path) {
+        let _ = sock
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+        return;
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let start: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("range: bytes="))
+        .and_then(|r| r.trim().trim_end_matches('-').parse().ok())
+        .unwrap_or(0);
+    let len = data.len();
+    let header = if start > 0 {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{}/{len}\r\nconnection: close\r\n\r\n",
+            len - start,
+            len - 1
+        )
+    } else {
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
+    };
+    if sock.write_all(header.as_bytes()).await.is_err() {
+        return;
+    }
+    for chunk in data[start..].chunks(256 * 1024) {
+        if sock.write_all(chunk).await.is_err() {
+            return;
+        }
+        bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+    }
+}
+
+/// A scheduler on 127.0.0.1, with its ticker; returns its URL.
+async fn scheduler() -> (String, Arc<SchedulerState>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = SchedulerState::new(Scheduler::new(CoreConfig::default()));
+    tokio::spawn(grpc::serve(
+        listener,
+        state.clone(),
+        Arc::new(()),
+        std::future::pending(),
+    ));
+    tokio::spawn(grpc::run_ticker(
+        state.clone(),
+        Duration::from_millis(20),
+        std::future::pending::<()>(),
+    ));
+    (url, state)
+}
+
+/// A URL nobody answers on.
+async fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    url
+}
+
+struct Held(Vec<v1::HeldTask>);
+
+impl Inventory for Held {
+    fn held(&self) -> Vec<v1::HeldTask> {
+        self.0.clone()
+    }
+}
+
+/// Serves pieces from a piece store.
+struct StoreSource(Arc<MemStore>);
+
+#[async_trait::async_trait]
+impl PieceSource for StoreSource {
+    async fn piece(&self, digest: &Digest, index: u32) -> Result<Option<Bytes>, std::io::Error> {
+        self.0
+            .read_piece(digest, index)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+/// A QUIC endpoint serving `source`; returns the endpoint and its address.
+fn quic(tls: &PeerTls, source: Arc<dyn PieceSource>) -> (quinn::Endpoint, SocketAddr) {
+    let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), tls).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(serve(
+        endpoint.clone(),
+        source,
+        UploadLimits::default(),
+        Arc::new(TransferStats::default()),
+        std::future::pending::<()>(),
+    ));
+    (endpoint, addr)
+}
+
+fn link(url: String, id: &str, addr: SocketAddr, held: Vec<v1::HeldTask>) -> SchedulerLink {
+    let info = v1::PeerInfo {
+        peer_id: id.into(),
+        hostname: id.into(),
+        quic_addr: addr.to_string(),
+        zone: String::new(),
+        rack: String::new(),
+        upload_slots: 0,
+    };
+    let mut config = LinkConfig::new(vec![url], info);
+    config.backoff_min = Duration::from_millis(50);
+    config.backoff_max = Duration::from_millis(400);
+    SchedulerLink::spawn(config, Arc::new(Held(held)), std::future::pending())
+}
+
+/// A peer with a download engine.
+struct Node {
+    engine: Engine,
+    store: Arc<MemStore>,
+    link: SchedulerLink,
+}
+
+fn node(tls: &PeerTls, url: String, id: &str, registry: &Registry) -> Node {
+    let store = Arc::new(MemStore::default());
+    let (endpoint, addr) = quic(tls, Arc::new(StoreSource(store.clone())));
+    let link = link(url, id, addr, Vec::new());
+    let engine = Engine::new(
+        store.clone(),
+        link.clone(),
+        PieceClient::new(endpoint),
+        registry.upstream(),
+    );
+    Node {
+        engine,
+        store,
+        link,
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+async fn read_all(dl: &Arc<Download>, offset: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut s = std::pin::pin!(dl.reader(offset));
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+async fn done(dl: &Arc<Download>) {
+    tokio::time::timeout(WAIT, dl.wait())
+        .await
+        .expect("download did not finish")
+        .expect("download failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_fetch_one_blob_and_upstream_serves_it_once() {
+    let (data, digest) = blob(16 * MIB, 1);
+    let registry = Registry::start(data.clone(), digest).await;
+    let (url, state) = scheduler().await;
+    let tls = tls::ephemeral().unwrap();
+    let a = node(&tls, url.clone(), "peer-a", &registry);
+    let b = node(&tls, url, "peer-b", &registry);
+    assert!(a.link.wait_connected(WAIT).await);
+    assert!(b.link.wait_connected(WAIT).await);
+
+    let da = a.engine.fetch(digest, 0);
+    // The second peer asks once the first one is elected back-to-source.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let db = b.engine.fetch(digest, 0);
+    done(&da).await;
+    done(&db).await;
+
+    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(registry.bytes.load(Ordering::SeqCst), data.len() as u64);
+    for dl in [&da, &db] {
+        let got = read_all(dl, 0).await;
+        assert_eq!(Sha256::digest(&got).as_slice(), digest.as_bytes());
+    }
+    let from_parents = da.stats().pieces_from_parents.load(Ordering::Relaxed)
+        + db.stats().pieces_from_parents.load(Ordering::Relaxed);
+    assert_eq!(
+        from_parents, 4,
+        "one peer fetched every piece from the other"
+    );
+    for n in [&a, &b] {
+        assert!(n.store.meta(&digest).unwrap().unwrap().complete);
+    }
+    // Every report was accepted: the scheduler knows both peers hold it complete.
+    eventually("both peers are complete holders", || {
+        state
+            .with_core(|c, now| c.task(now, &digest))
+            .is_some_and(|t| t.summary.complete_holders == 2)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_scheduler_the_blob_comes_from_upstream() {
+    let (data, digest) = blob(9 * MIB + 7, 2);
+    let registry = Registry::start(data.clone(), digest).await;
+    let tls = tls::ephemeral().unwrap();
+    let n = node(&tls, dead_url().await, "lonely", &registry);
+    let dl = n.engine.fetch(digest, 0);
+    done(&dl).await;
+    assert_eq!(read_all(&dl, 0).await, data);
+    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+    assert!(n.store.meta(&digest).unwrap().unwrap().complete);
+    // A later fetch is served from the store.
+    let again = n.engine.fetch(digest, 0);
+    done(&again).await;
+    assert_eq!(read_all(&again, 0).await, data);
+    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fetches_share_one_download() {
+    let (data, digest) = blob(6 * MIB, 3);
+    let registry = Registry::start(data.clone(), digest).await;
+    let tls = tls::ephemeral().unwrap();
+    let n = node(&tls, dead_url().await, "shared", &registry);
+    let one = n.engine.fetch(digest, 0);
+    let two = n.engine.fetch(digest, 0);
+    assert!(Arc::ptr_eq(&one, &two));
+    let (x, y) = tokio::join!(read_all(&one, 0), read_all(&two, 0));
+    assert_eq!(x, data);
+    assert_eq!(y, data);
+    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_yields_the_blob_from_an_offset() {
+    let (data, digest) = blob(13 * MIB + 5, 4);
+    let registry = Registry::start(data.clone(), digest).await;
+    let tls = tls::ephemeral().unwrap();
+    let n = node(&tls, dead_url().await, "reader", &registry);
+    let dl = n.engine.fetch(digest, 0);
+    for offset in [5 * MIB + 123, 0, 4 * MIB, data.len() - 1, data.len()] {
+        let got = read_all(&dl, offset as u64).await;
+        assert!(got == data[offset..], "bytes from {offset} differ");
+    }
+    let mut past = std::pin::pin!(dl.reader(data.len() as u64 + 1));
+    assert!(past.next().await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_does_not_fail_the_download() {
+    let (data, digest) = blob(5 * MIB, 5);
+    let registry = Registry::start(data.clone(), digest).await;
+    let tls = tls::ephemeral().unwrap();
+    let n = node(&tls, dead_url().await, "full", &registry);
+    n.store.fail_writes(true);
+    let dl = n.engine.fetch(digest, 0);
+    done(&dl).await;
+    assert_eq!(read_all(&dl, 0).await, data);
+    assert!(!n.store.meta(&digest).unwrap().is_some_and(|m| m.complete));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
+    let (data, digest) = blob(16 * MIB, 6);
+    let registry = Registry::start(data.clone(), digest).await;
+    let (url, _state) = scheduler().await;
+    let tls = tls::ephemeral().unwrap();
+    let shape = TaskShape::for_size(data.len() as u64).unwrap();
+    let good = Arc::new(MemorySource::new());
+    let bad = Arc::new(MemorySource::new());
+    let mut hashes = Vec::new();
+    for i in 0..shape.piece_count() {
+        let r = shape.piece_range(i).unwrap();
+        let piece = data.slice(r.start as usize..r.end as usize);
+        hashes.push(Sha256::digest(&piece).to_vec());
+        good.insert(digest, i, piece.clone());
+        let mut evil = piece.to_vec();
+        evil[0] ^= 0xff;
+        bad.insert(digest, i, evil.into());
+    }
+    let held = vec![v1::HeldTask {
+        digest: digest.to_string(),
+        size: data.len() as u64,
+        piece_hashes: hashes,
+    }];
+    let (_ge, gaddr) = quic(&tls, good);
+    let (_be, baddr) = quic(&tls, bad);
+    let g = link(url.clone(), "good", gaddr, held.clone());
+    let b = link(url.clone(), "bad", baddr, held);
+    assert!(g.wait_connected(WAIT).await);
+    assert!(b.wait_connected(WAIT).await);
+
+    let c = node(&tls, url, "child", &registry);
+    assert!(c.link.wait_connected(WAIT).await);
+    let dl = c.engine.fetch(digest, 0);
+    done(&dl).await;
+    assert_eq!(read_all(&dl, 0).await, data);
+    assert!(dl.stats().bad_pieces.load(Ordering::Relaxed) >= 1);
+    assert_eq!(registry.requests.load(Ordering::SeqCst), 0);
+    // The scheduler heard about it: "bad" is no longer offered for this task.
+    let mut plan = c.link.plan(&digest, data.len() as u64).await.unwrap();
+    let update = plan.message().await.unwrap().unwrap();
+    assert!(update.parents.iter().all(|p| p.peer_id != "bad"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
+    let (data, digest) = blob(10 * MIB, 7);
+    let registry = Registry::start(data.clone(), digest).await;
+    let (url, state) = scheduler().await;
+    let tls = tls::ephemeral().unwrap();
+    let shape = TaskShape::for_size(data.len() as u64).unwrap();
+    let hashes = (0..shape.piece_count())
+        .map(|i| {
+            let r = shape.piece_range(i).unwrap();
+            Sha256::digest(&data[r.start as usize..r.end as usize]).to_vec()
+        })
+        .collect();
+    // A parent that claims the task but serves nothing (NOT_FOUND for every piece).
+    let held = vec![v1::HeldTask {
+        digest: digest.to_string(),
+        size: data.len() as u64,
+        piece_hashes: hashes,
+    }];
+    let (_ee, eaddr) = quic(&tls, Arc::new(MemorySource::new()));
+    let ghost = link(url.clone(), "ghost", eaddr, held);
+    assert!(ghost.wait_connected(WAIT).await);
+
+    let store = Arc::new(MemStore::default());
+    let (endpoint, addr) = quic(&tls, Arc::new(StoreSource(store.clone())));
+    let child = link(url, "child", addr, Vec::new());
+    assert!(child.wait_connected(WAIT).await);
+    let mut config = EngineConfig::default();
+    config.planner.starve_timeout = Duration::from_millis(300);
+    let engine = Engine::with_config(
+        store.clone(),
+        child,
+        PieceClient::new(endpoint),
+        registry.upstream(),
+        config,
+    );
+    let dl = engine.fetch(digest, 0);
+    done(&dl).await;
+    assert_eq!(read_all(&dl, 0).await, data);
+    assert!(dl.stats().fetch_failures.load(Ordering::Relaxed) >= 1);
+    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+    assert!(store.meta(&digest).unwrap().unwrap().complete);
+    eventually("the child is a complete holder", || {
+        state
+            .with_core(|c, now| c.task(now, &digest))
+            .is_some_and(|t| t.summary.complete_holders == 2)
+    })
+    .await;
+}
