@@ -188,23 +188,9 @@ async fn runs_joins_serves_pieces_over_mtls_and_stops_on_sigterm() {
     assert!(!matches!(refused, Err(FetchError::NotFound)));
 
     // SIGTERM: a clean stop.
-    let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut status = None;
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Some(s) = child.0.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-    }
-    assert!(status.expect("did not stop within 10 s").success());
+    let status = shoal_tests::terminate(&mut child.0, Duration::from_secs(10)).await;
+    let status = status.expect("did not stop within 10 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

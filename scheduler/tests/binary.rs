@@ -126,24 +126,9 @@ async fn serves_grpc_and_the_operator_api_and_stops_on_sigterm() {
     assert!(!ok);
     assert!(err.contains("error:"), "{err}");
 
-    // SIGTERM: a graceful stop with exit code 0.
-    let pid = proc.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let mut status = None;
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Some(s) = proc.child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-    }
-    let status = status.expect("scheduler did not stop within 10 s of SIGTERM");
+    // SIGTERM: a clean stop.
+    let status = shoal_tests::terminate(&mut proc.child, Duration::from_secs(10)).await;
+    let status = status.expect("did not stop within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 

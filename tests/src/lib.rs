@@ -169,3 +169,25 @@ fn serve(stream: TcpStream, status: u16, recorded: &Mutex<Vec<String>>) {
 pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// Sends SIGTERM to `child` and waits (without blocking the async runtime)
+/// up to `timeout` for it to exit; `None` if it is still running then.
+pub async fn terminate(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(sent, "could not send SIGTERM to {pid}");
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
