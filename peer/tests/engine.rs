@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
+use shoal_peer::daemon::StoreSource;
 use shoal_peer::engine::{Download, Engine, EngineConfig, HttpUpstream};
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore};
@@ -165,18 +166,6 @@ impl Inventory for Held {
     }
 }
 
-/// Serves pieces from a piece store.
-struct StoreSource(Arc<MemStore>);
-
-#[async_trait::async_trait]
-impl PieceSource for StoreSource {
-    async fn piece(&self, digest: &Digest, index: u32) -> Result<Option<Bytes>, std::io::Error> {
-        self.0
-            .read_piece(digest, index)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    }
-}
-
 /// A QUIC endpoint serving `source`; returns the endpoint and its address.
 fn quic(tls: &PeerTls, source: Arc<dyn PieceSource>) -> (quinn::Endpoint, SocketAddr) {
     let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), tls).unwrap();
@@ -215,7 +204,10 @@ struct Node {
 
 fn node(tls: &PeerTls, url: String, id: &str, registry: &Registry) -> Node {
     let store = Arc::new(MemStore::default());
-    let (endpoint, addr) = quic(tls, Arc::new(StoreSource(store.clone())));
+    let (endpoint, addr) = quic(
+        tls,
+        Arc::new(StoreSource(store.clone() as Arc<dyn PieceStore>)),
+    );
     let link = link(url, id, addr, Vec::new());
     let engine = Engine::new(
         store.clone(),
@@ -427,7 +419,10 @@ async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
     assert!(ghost.wait_connected(WAIT).await);
 
     let store = Arc::new(MemStore::default());
-    let (endpoint, addr) = quic(&tls, Arc::new(StoreSource(store.clone())));
+    let (endpoint, addr) = quic(
+        &tls,
+        Arc::new(StoreSource(store.clone() as Arc<dyn PieceStore>)),
+    );
     let child = link(url, "child", addr, Vec::new());
     assert!(child.wait_connected(WAIT).await);
     let mut config = EngineConfig::default();

@@ -12,8 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
+use shoal_peer::daemon::{StoreInventory, StoreSource};
 use shoal_peer::engine::{Download, Engine, HttpUpstream};
-use shoal_peer::scheduler_link::{Inventory, LinkConfig, SchedulerLink};
+use shoal_peer::scheduler_link::{LinkConfig, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore};
 use shoal_peer::tls::{self, PeerTls};
 use shoal_peer::transfer::{PieceClient, PieceSource, TransferStats, UploadLimits, serve};
@@ -203,49 +204,15 @@ impl Sched {
     }
 }
 
-/// What the peer holds complete, as the daemon announces it on (re-)join.
-struct StoreInventory(Arc<MemStore>);
-
-impl Inventory for StoreInventory {
-    fn held(&self) -> Vec<v1::HeldTask> {
-        self.0
-            .list()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| t.complete)
-            .map(|t| v1::HeldTask {
-                digest: t.digest.to_string(),
-                size: t.shape.size(),
-                piece_hashes: t
-                    .hashes
-                    .iter()
-                    .map(|h| h.map(|h| h.to_vec()).unwrap_or_default())
-                    .collect(),
-            })
-            .filter(|t| t.piece_hashes.iter().all(|h| h.len() == 32))
-            .collect()
-    }
-}
-
-/// Serves pieces from a piece store.
-struct StoreSource(Arc<MemStore>);
-
-#[async_trait::async_trait]
-impl PieceSource for StoreSource {
-    async fn piece(&self, digest: &Digest, index: u32) -> Result<Option<Bytes>, std::io::Error> {
-        self.0
-            .read_piece(digest, index)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    }
-}
-
 /// Serves pieces from a piece store with their first byte flipped.
 struct CorruptSource(Arc<MemStore>);
 
 #[async_trait::async_trait]
 impl PieceSource for CorruptSource {
     async fn piece(&self, digest: &Digest, index: u32) -> Result<Option<Bytes>, std::io::Error> {
-        let piece = StoreSource(self.0.clone()).piece(digest, index).await?;
+        let piece = StoreSource(self.0.clone() as Arc<dyn PieceStore>)
+            .piece(digest, index)
+            .await?;
         Ok(piece.map(|p| {
             let mut evil = p.to_vec();
             if let Some(b) = evil.first_mut() {
@@ -278,7 +245,7 @@ impl Node {
         let source: Arc<dyn PieceSource> = if corrupt {
             Arc::new(CorruptSource(store.clone()))
         } else {
-            Arc::new(StoreSource(store.clone()))
+            Arc::new(StoreSource(store.clone() as Arc<dyn PieceStore>))
         };
         let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), tls).unwrap();
         let addr = endpoint.local_addr().unwrap();
@@ -302,7 +269,7 @@ impl Node {
         config.backoff_max = Duration::from_millis(400);
         let link = SchedulerLink::spawn(
             config,
-            Arc::new(StoreInventory(store.clone())),
+            Arc::new(StoreInventory(store.clone() as Arc<dyn PieceStore>)),
             std::future::pending(),
         );
         let engine = Engine::new(

@@ -26,8 +26,9 @@ use crate::tls;
 use crate::transfer::{PieceSource, TransferStats, UploadLimits};
 pub use config::{RunArgs, Settings, TlsSource};
 
-/// Serves the store's verified pieces to other peers.
-struct StoreSource(Arc<dyn PieceStore>);
+/// Serves the store's verified pieces to other peers (the QUIC server's
+/// [`PieceSource`]).
+pub struct StoreSource(pub Arc<dyn PieceStore>);
 
 #[async_trait::async_trait]
 impl PieceSource for StoreSource {
@@ -40,8 +41,9 @@ impl PieceSource for StoreSource {
     }
 }
 
-/// Announces the store's complete tasks at every join.
-struct StoreInventory(Arc<dyn PieceStore>);
+/// Announces the store's complete tasks, with their piece hashes, at every
+/// join (the scheduler link's [`Inventory`]).
+pub struct StoreInventory(pub Arc<dyn PieceStore>);
 
 impl Inventory for StoreInventory {
     fn held(&self) -> Vec<v1::HeldTask> {
