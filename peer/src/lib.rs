@@ -7,12 +7,16 @@
 //! - [`tls`]: the cluster CA and peer certificates for mutual TLS.
 //! - [`scheduler_link`]: join, session and plan streams, with reconnection.
 //! - [`engine`]: the download engine (planner, driver, reader).
+//! - [`mirror`]: the registry mirror containerd pulls through (axum, OCI pull API).
+//! - [`registry`]: upstream registries as containerd's `hosts.toml` configures them.
 //! - [`containerd`]: `shoal-peer containerd configure | check | restore`, which points
 //!   containerd's `hosts.toml` at the mirror on this node and undoes it.
 
 pub mod containerd;
 pub mod daemon;
 pub mod engine;
+pub mod mirror;
+pub mod registry;
 pub mod scheduler_link;
 pub mod store;
 pub mod tls;

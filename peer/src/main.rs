@@ -18,8 +18,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node daemon: serve pieces to other peers over QUIC, keep the scheduler link.
-    Run(RunArgs),
+    /// Run the node daemon: the registry mirror for containerd, P2P piece transfer over
+    /// QUIC, the scheduler link, metrics and health.
+    Run(Box<RunArgs>),
     /// Configure containerd to use the Shoal mirror (configure | check | restore).
     Containerd(ContainerdCommand),
     /// Peer certificates for mutual TLS.
@@ -67,7 +68,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => {
-            let settings = match Settings::resolve(args) {
+            let settings = match Settings::resolve(*args) {
                 Ok(s) => s,
                 Err(errors) => {
                     eprintln!("shoal-peer run: invalid configuration:");

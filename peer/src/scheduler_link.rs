@@ -123,6 +123,7 @@ pub struct SchedulerLink {
     reports: mpsc::Sender<Report>,
     client: watch::Receiver<Option<SchedulerClient<Channel>>>,
     peer_id: String,
+    peer: v1::PeerInfo,
     /// Load reported in heartbeats.
     pub load: Arc<Load>,
 }
@@ -138,6 +139,7 @@ impl SchedulerLink {
         let (client_tx, client) = watch::channel(None);
         let load = Arc::new(Load::default());
         let peer_id = config.peer.peer_id.clone();
+        let peer = config.peer.clone();
         let task = run(config, inventory, rx, client_tx, load.clone());
         tokio::spawn(async move {
             tokio::select! {
@@ -149,6 +151,7 @@ impl SchedulerLink {
             reports,
             client,
             peer_id,
+            peer,
             load,
         }
     }
@@ -172,6 +175,36 @@ impl SchedulerLink {
         if self.is_connected() && self.reports.try_send(report).is_err() {
             debug!("report queue full; report dropped");
         }
+    }
+
+    /// Announces one complete task the way a join does (a join adds to what the
+    /// scheduler knows of this peer; it removes nothing). For a task completed
+    /// without a plan, e.g. while the scheduler was restarting. Needs every piece
+    /// hash; does nothing when one is missing or no scheduler is connected.
+    pub fn announce(&self, digest: Digest, size: u64, hashes: Vec<Option<[u8; 32]>>) {
+        let Some(hashes) = hashes.into_iter().collect::<Option<Vec<_>>>() else {
+            debug!(task.digest = %digest, "not announced: piece hashes missing");
+            return;
+        };
+        let Some(mut client) = self.client.borrow().clone() else {
+            return;
+        };
+        let request = v1::JoinRequest {
+            peer: Some(self.peer.clone()),
+            tasks: vec![v1::HeldTask {
+                digest: digest.to_string(),
+                size,
+                piece_hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+            }],
+        };
+        tokio::spawn(async move {
+            match client.join(request).await {
+                Ok(_) => debug!(task.digest = %digest, "task announced"),
+                Err(s) => {
+                    warn!(task.digest = %digest, error = %s.message(), "task announcement refused")
+                }
+            }
+        });
     }
 
     /// Opens a plan stream for `digest` (`size` 0 when unknown).

@@ -119,6 +119,7 @@ async fn runs_joins_serves_pieces_over_mtls_and_stops_on_sigterm() {
             .arg(&data_dir)
             .arg("--peer-tls-dir")
             .arg(&tls_dir)
+            .args(["--mirror-listen", &free_tcp().to_string()])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -164,12 +165,20 @@ async fn runs_joins_serves_pieces_over_mtls_and_stops_on_sigterm() {
             .unwrap();
         assert_eq!(&got[..], &blob[r.start as usize..r.end as usize]);
     }
-    let (code, body) = http_get(http, "/metrics").await;
-    assert_eq!(code, 200);
-    assert!(
-        body.contains(&format!("shoal_peer_served_bytes_total {}", blob.len())),
-        "{body}"
-    );
+    // The server counts a piece once its stream is finished, which may be just after
+    // the client has read it.
+    let want = format!("shoal_peer_served_bytes_total {}", blob.len());
+    let mut body = String::new();
+    for _ in 0..100 {
+        let (code, b) = http_get(http, "/metrics").await;
+        assert_eq!(code, 200);
+        body = b;
+        if body.contains(&want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(body.contains(&want), "{body}");
 
     // One from another CA is refused.
     let foreign = PieceClient::new(

@@ -200,6 +200,13 @@ struct Node {
     engine: Engine,
     store: Arc<MemStore>,
     link: SchedulerLink,
+    upstream: Arc<HttpUpstream>,
+}
+
+impl Node {
+    fn fetch(&self, digest: Digest) -> Arc<Download> {
+        self.engine.fetch(digest, 0, self.upstream.clone())
+    }
 }
 
 fn node(tls: &PeerTls, url: String, id: &str, registry: &Registry) -> Node {
@@ -209,16 +216,12 @@ fn node(tls: &PeerTls, url: String, id: &str, registry: &Registry) -> Node {
         Arc::new(StoreSource(store.clone() as Arc<dyn PieceStore>)),
     );
     let link = link(url, id, addr, Vec::new());
-    let engine = Engine::new(
-        store.clone(),
-        link.clone(),
-        PieceClient::new(endpoint),
-        registry.upstream(),
-    );
+    let engine = Engine::new(store.clone(), link.clone(), PieceClient::new(endpoint));
     Node {
         engine,
         store,
         link,
+        upstream: registry.upstream(),
     }
 }
 
@@ -259,10 +262,10 @@ async fn two_peers_fetch_one_blob_and_upstream_serves_it_once() {
     assert!(a.link.wait_connected(WAIT).await);
     assert!(b.link.wait_connected(WAIT).await);
 
-    let da = a.engine.fetch(digest, 0);
+    let da = a.fetch(digest);
     // The second peer asks once the first one is elected back-to-source.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let db = b.engine.fetch(digest, 0);
+    let db = b.fetch(digest);
     done(&da).await;
     done(&db).await;
 
@@ -296,13 +299,13 @@ async fn without_a_scheduler_the_blob_comes_from_upstream() {
     let registry = Registry::start(data.clone(), digest).await;
     let tls = tls::ephemeral().unwrap();
     let n = node(&tls, dead_url().await, "lonely", &registry);
-    let dl = n.engine.fetch(digest, 0);
+    let dl = n.fetch(digest);
     done(&dl).await;
     assert_eq!(read_all(&dl, 0).await, data);
     assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
     assert!(n.store.meta(&digest).unwrap().unwrap().complete);
     // A later fetch is served from the store.
-    let again = n.engine.fetch(digest, 0);
+    let again = n.fetch(digest);
     done(&again).await;
     assert_eq!(read_all(&again, 0).await, data);
     assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
@@ -314,8 +317,8 @@ async fn concurrent_fetches_share_one_download() {
     let registry = Registry::start(data.clone(), digest).await;
     let tls = tls::ephemeral().unwrap();
     let n = node(&tls, dead_url().await, "shared", &registry);
-    let one = n.engine.fetch(digest, 0);
-    let two = n.engine.fetch(digest, 0);
+    let one = n.fetch(digest);
+    let two = n.fetch(digest);
     assert!(Arc::ptr_eq(&one, &two));
     let (x, y) = tokio::join!(read_all(&one, 0), read_all(&two, 0));
     assert_eq!(x, data);
@@ -329,7 +332,7 @@ async fn reader_yields_the_blob_from_an_offset() {
     let registry = Registry::start(data.clone(), digest).await;
     let tls = tls::ephemeral().unwrap();
     let n = node(&tls, dead_url().await, "reader", &registry);
-    let dl = n.engine.fetch(digest, 0);
+    let dl = n.fetch(digest);
     for offset in [5 * MIB + 123, 0, 4 * MIB, data.len() - 1, data.len()] {
         let got = read_all(&dl, offset as u64).await;
         assert!(got == data[offset..], "bytes from {offset} differ");
@@ -345,7 +348,7 @@ async fn a_full_disk_does_not_fail_the_download() {
     let tls = tls::ephemeral().unwrap();
     let n = node(&tls, dead_url().await, "full", &registry);
     n.store.fail_writes(true);
-    let dl = n.engine.fetch(digest, 0);
+    let dl = n.fetch(digest);
     done(&dl).await;
     assert_eq!(read_all(&dl, 0).await, data);
     assert!(!n.store.meta(&digest).unwrap().is_some_and(|m| m.complete));
@@ -384,7 +387,7 @@ async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
 
     let c = node(&tls, url, "child", &registry);
     assert!(c.link.wait_connected(WAIT).await);
-    let dl = c.engine.fetch(digest, 0);
+    let dl = c.fetch(digest);
     done(&dl).await;
     assert_eq!(read_all(&dl, 0).await, data);
     assert!(dl.stats().bad_pieces.load(Ordering::Relaxed) >= 1);
@@ -427,14 +430,8 @@ async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
     assert!(child.wait_connected(WAIT).await);
     let mut config = EngineConfig::default();
     config.planner.starve_timeout = Duration::from_millis(300);
-    let engine = Engine::with_config(
-        store.clone(),
-        child,
-        PieceClient::new(endpoint),
-        registry.upstream(),
-        config,
-    );
-    let dl = engine.fetch(digest, 0);
+    let engine = Engine::with_config(store.clone(), child, PieceClient::new(endpoint), config);
+    let dl = engine.fetch(digest, 0, registry.upstream());
     done(&dl).await;
     assert_eq!(read_all(&dl, 0).await, data);
     assert!(dl.stats().fetch_failures.load(Ordering::Relaxed) >= 1);

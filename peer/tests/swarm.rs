@@ -231,6 +231,7 @@ struct Node {
     store: Arc<MemStore>,
     link: SchedulerLink,
     endpoint: quinn::Endpoint,
+    upstream: Arc<HttpUpstream>,
 }
 
 impl Node {
@@ -276,7 +277,6 @@ impl Node {
             store.clone(),
             link.clone(),
             PieceClient::new(endpoint.clone()),
-            registry.upstream(),
         );
         drop(guard);
         Node {
@@ -286,12 +286,13 @@ impl Node {
             store,
             link,
             endpoint,
+            upstream: registry.upstream(),
         }
     }
 
     fn fetch(&self, digest: Digest) -> Arc<Download> {
         let _guard = self.rt.as_ref().expect("node is dead").enter();
-        self.engine.fetch(digest, 0)
+        self.engine.fetch(digest, 0, self.upstream.clone())
     }
 
     /// Vanishes like a crashed node: QUIC connections closed, then every task of the
@@ -534,20 +535,11 @@ async fn a_peer_serving_corrupt_pieces_is_detected_and_dropped() {
     .await;
 }
 
+/// The scheduler restarts mid-download: every download completes (the peers go on
+/// with the parents they know, re-open their plans on the new scheduler and re-report
+/// what they hold), and the new scheduler ends up knowing every holder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scheduler_restart_mid_download() {
-    restart_mid_download(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reason: engine bug: after the plan stream ends (scheduler restart) download::run \
-            never re-opens a plan, so the new scheduler never hears TaskStarted and rejects \
-            the peer's piece/Complete reports; peers that re-joined mid-download stay unknown"]
-async fn scheduler_restart_mid_download_new_scheduler_knows_every_holder() {
-    restart_mid_download(true).await;
-}
-
-async fn restart_mid_download(check_holders: bool) {
+async fn scheduler_restart_mid_download_completes_and_new_scheduler_knows_every_holder() {
     let (data, digest) = blob(SIZE, 14);
     let registry = Registry::start(data, digest, Duration::from_millis(10)).await;
     let sched = Sched::start(CoreConfig::default()).await;
@@ -574,9 +566,6 @@ async fn restart_mid_download(check_holders: bool) {
         "scheduler_restart: new scheduler knows {} complete holders",
         sched.complete_holders(&digest)
     );
-    if !check_holders {
-        return;
-    }
     eventually("the new scheduler knows all four holders", || {
         sched.complete_holders(&digest) == 4
     })

@@ -3,6 +3,8 @@
 //!
 //! Layout:
 //! - [`registry`]: a CNCF distribution registry (`docker-registry`), plain HTTP.
+//! - [`upstream`]: a one-blob HTTP upstream that counts what it serves.
+//! - [`swarm`]: Shoal's own processes (`shoal-scheduler`, `shoal-peer run`).
 //! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
 //! - [`containerd`]: a private containerd (own root, state and socket; CRI disabled) and
 //!   `ctr` pulls through it.
@@ -10,11 +12,14 @@
 //!   request with one fixed status, to stand in for a mirror that has nothing.
 //! - [`require_tools`] (here): skip a test when a tool is missing, fail under `CI=true`.
 //!
-//! Not here: Shoal's own processes (tests run the built binaries), assertions.
+//! Not here: assertions.
 
 pub mod containerd;
 pub mod image;
 pub mod registry;
+pub mod swarm;
+pub mod tls;
+pub mod upstream;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::store::StoreConfig;
+
 /// Flags of `shoal-peer run`. Values are taken as text and checked in
 /// [`Settings::resolve`].
 #[derive(Debug, Args)]
@@ -48,6 +50,26 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, env = "SHOAL_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Registry mirror address containerd pulls through (HTTP). Keep it on loopback:
+    /// the mirror trusts its callers.
+    #[arg(long, env = "SHOAL_MIRROR_LISTEN", default_value = "127.0.0.1:7650")]
+    pub mirror_listen: String,
+    /// containerd's hosts dir: upstream TLS (ca, client certs), headers and servers per registry.
+    #[arg(
+        long,
+        env = "SHOAL_CONTAINERD_HOSTS_DIR",
+        default_value = "/etc/containerd/certs.d"
+    )]
+    pub containerd_hosts_dir: PathBuf,
+    /// Upstream registry for requests without containerd's ns parameter, e.g. ghcr.io or http://10.0.0.9:5000.
+    #[arg(long, env = "SHOAL_DEFAULT_UPSTREAM")]
+    pub default_upstream: Option<String>,
+    /// Garbage collection starts when the cache is above this fraction of --cache-size.
+    #[arg(long, env = "SHOAL_CACHE_HIGH_WATERMARK", default_value = "0.9")]
+    pub cache_high_watermark: String,
+    /// Garbage collection evicts least recently used blobs down to this fraction of --cache-size.
+    #[arg(long, env = "SHOAL_CACHE_LOW_WATERMARK", default_value = "0.75")]
+    pub cache_low_watermark: String,
 }
 
 /// How `tls` is obtained.
@@ -70,8 +92,8 @@ pub struct Settings {
     pub advertise: SocketAddr,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Cache quota in bytes.
-    pub cache_size: u64,
+    /// Cache quota and watermarks.
+    pub cache: StoreConfig,
     /// Metrics/health listen address.
     pub http_listen: SocketAddr,
     /// Where the peer certificate comes from.
@@ -84,6 +106,12 @@ pub struct Settings {
     pub zone: String,
     /// JSON logs.
     pub json_logs: bool,
+    /// Registry mirror listen address.
+    pub mirror_listen: SocketAddr,
+    /// containerd's hosts dir.
+    pub containerd_hosts_dir: PathBuf,
+    /// Upstream for requests without `ns`.
+    pub default_upstream: Option<String>,
 }
 
 /// Parses `10GiB`, `500MiB`, `64KiB`, `1024` (bytes).
@@ -136,9 +164,38 @@ impl Settings {
         };
         let quic_listen = addr("quic-listen", &a.quic_listen);
         let http_listen = addr("http-listen", &a.http_listen);
+        let mirror_listen = addr("mirror-listen", &a.mirror_listen);
+        let mut fraction = |name: &str, v: &str| match v.parse::<f64>() {
+            Ok(f) if f > 0.0 && f <= 1.0 => Some(f),
+            _ => {
+                errors.push(format!(
+                    "--{name}: {v:?} must be a fraction above 0 and at most 1"
+                ));
+                None
+            }
+        };
+        let high = fraction("cache-high-watermark", &a.cache_high_watermark);
+        let low = fraction("cache-low-watermark", &a.cache_low_watermark);
         let cache_size = parse_size(&a.cache_size)
             .map_err(|e| errors.push(format!("--cache-size: {e}")))
             .ok();
+        if let (Some(cache_size), Some(high), Some(low)) = (cache_size, high, low) {
+            let c = StoreConfig {
+                cache_size,
+                high_watermark: high,
+                low_watermark: low,
+            };
+            if let Err(e) = c.validate() {
+                errors.push(format!("--cache-low-watermark/--cache-high-watermark: {e}"));
+            }
+        }
+        if let Some(d) = &a.default_upstream
+            && (d.is_empty() || d.contains(char::is_whitespace))
+        {
+            errors.push(format!(
+                "--default-upstream: {d:?} is not a registry host or URL"
+            ));
+        }
         let upload_slots = match a.upload_slots.parse::<usize>() {
             Ok(n) if (1..=1024).contains(&n) => Some(n),
             _ => {
@@ -211,13 +268,20 @@ impl Settings {
             quic_listen,
             advertise: SocketAddr::new(advertise_ip.expect("checked"), quic_listen.port()),
             data_dir: a.data_dir,
-            cache_size: cache_size.expect("checked"),
+            cache: StoreConfig {
+                cache_size: cache_size.expect("checked"),
+                high_watermark: high.expect("checked"),
+                low_watermark: low.expect("checked"),
+            },
             http_listen: http_listen.expect("checked"),
             tls: tls.expect("checked"),
             upload_slots: upload_slots.expect("checked"),
             upload_rate_limit,
             zone: a.zone,
             json_logs,
+            mirror_listen: mirror_listen.expect("checked"),
+            containerd_hosts_dir: a.containerd_hosts_dir,
+            default_upstream: a.default_upstream,
         })
     }
 }
@@ -271,5 +335,20 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(errs.len(), 6, "{errs:?}");
+        let errs = resolve(&[
+            "--dev-ephemeral-tls",
+            "--quic-listen",
+            "127.0.0.1:1",
+            "--mirror-listen",
+            "localhost",
+            "--cache-high-watermark",
+            "0.5",
+            "--cache-low-watermark",
+            "0.8",
+        ])
+        .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains("--mirror-listen"), "{errs:?}");
+        assert!(errs[1].contains("watermark"), "{errs:?}");
     }
 }

@@ -13,6 +13,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::engine::Engine;
+use crate::mirror::MirrorStats;
 use crate::scheduler_link::SchedulerLink;
 use crate::store::PieceStore;
 use crate::transfer::TransferStats;
@@ -28,6 +30,10 @@ pub struct Health {
     pub link: SchedulerLink,
     /// Set once the piece server runs.
     pub ready: Arc<AtomicBool>,
+    /// The download engine (download and piece counters).
+    pub engine: Engine,
+    /// Mirror counters.
+    pub mirror: Arc<MirrorStats>,
 }
 
 /// The routes.
@@ -100,6 +106,88 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
         "Bytes of blobs held in the piece store.",
         h.store.usage_bytes(),
     );
+    let e = h.engine.stats();
+    for (name, help, v) in [
+        (
+            "shoal_peer_bytes_from_upstream_total",
+            "Blob bytes fetched from upstream registries.",
+            &e.bytes_from_upstream,
+        ),
+        (
+            "shoal_peer_bytes_from_peers_total",
+            "Verified blob bytes fetched from other peers.",
+            &e.bytes_from_peers,
+        ),
+        (
+            "shoal_peer_pieces_verified_total",
+            "Pieces that matched their hash.",
+            &e.pieces_verified,
+        ),
+        (
+            "shoal_peer_pieces_rejected_total",
+            "Pieces from peers that did not match their hash (discarded; the parent was reported).",
+            &e.pieces_rejected,
+        ),
+        (
+            "shoal_peer_downloads_started_total",
+            "Downloads started (one per blob, shared by concurrent requests).",
+            &e.downloads_started,
+        ),
+        (
+            "shoal_peer_downloads_completed_total",
+            "Downloads verified against their digest.",
+            &e.downloads_completed,
+        ),
+        (
+            "shoal_peer_downloads_failed_total",
+            "Downloads that failed.",
+            &e.downloads_failed,
+        ),
+    ] {
+        metric(&mut out, name, "counter", help, load(v));
+    }
+    metric(
+        &mut out,
+        "shoal_peer_active_downloads",
+        "gauge",
+        "Downloads in flight.",
+        h.engine.active() as u64,
+    );
+    let m = &h.mirror;
+    for (name, help, v) in [
+        (
+            "shoal_mirror_blob_requests_total",
+            "Blob requests to the mirror (GET and HEAD).",
+            &m.blob_requests,
+        ),
+        (
+            "shoal_mirror_manifest_requests_total",
+            "Manifest requests to the mirror (GET and HEAD).",
+            &m.manifest_requests,
+        ),
+        (
+            "shoal_mirror_blob_bytes_served_total",
+            "Blob bytes sent to containerd.",
+            &m.blob_bytes_served,
+        ),
+        (
+            "shoal_mirror_blob_bytes_from_cache_total",
+            "Blob bytes sent to containerd from blobs already complete on this node.",
+            &m.blob_bytes_from_cache,
+        ),
+        (
+            "shoal_mirror_refused_total",
+            "Mirror requests refused as bad input (4xx other than 401).",
+            &m.refused,
+        ),
+        (
+            "shoal_mirror_failed_total",
+            "Mirror requests nothing could serve (5xx).",
+            &m.failed,
+        ),
+    ] {
+        metric(&mut out, name, "counter", help, load(v));
+    }
     let connected = u64::from(h.link.is_connected());
     metric(
         &mut out,

@@ -1,18 +1,20 @@
 //! `shoal-peer run`: the node daemon. Opens the piece store, serves pieces to
-//! other peers over QUIC with mutual TLS, keeps the scheduler link, and serves
-//! health and metrics; stops cleanly on SIGTERM or SIGINT.
+//! other peers over QUIC with mutual TLS, keeps the scheduler link, runs the
+//! download engine behind the registry mirror containerd pulls through, collects
+//! garbage by the cache watermarks, and serves health and metrics; stops cleanly
+//! on SIGTERM or SIGINT.
 //!
 //! Layout: `config.rs` (flags → validated [`Settings`]), `health.rs`
-//! (`/metrics`, `/healthz`, `/readyz`), this file (wiring).
-//!
-//! Not wired yet: the download engine and the registry mirror (the peer
-//! serves what it holds; it does not fetch yet).
+//! (`/metrics`, `/healthz`, `/readyz`), `gc.rs` (the eviction loop), this file
+//! (wiring).
 
 pub mod config;
+mod gc;
 pub mod health;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -20,10 +22,13 @@ use shoal_proto::{Digest, v1};
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::engine::Engine;
+use crate::mirror::Mirror;
+use crate::registry::{Registries, RegistriesConfig};
 use crate::scheduler_link::{Inventory, LinkConfig, SchedulerLink};
-use crate::store::{DiskStore, PieceStore, StoreConfig, load_or_create_peer_id};
+use crate::store::{DiskStore, PieceStore, load_or_create_peer_id};
 use crate::tls;
-use crate::transfer::{PieceSource, TransferStats, UploadLimits};
+use crate::transfer::{PieceClient, PieceSource, TransferStats, UploadLimits};
 pub use config::{RunArgs, Settings, TlsSource};
 
 /// Serves the store's verified pieces to other peers (the QUIC server's
@@ -77,18 +82,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dir = settings.data_dir.clone();
-    let cache = settings.cache_size;
+    let cache = settings.cache;
     let store: Arc<dyn PieceStore> = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            DiskStore::open(&dir, StoreConfig::with_cache_size(cache))
-        })
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot open the piece store in {}",
-                settings.data_dir.display()
-            )
-        })?,
+        tokio::task::spawn_blocking(move || DiskStore::open(&dir, cache))
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open the piece store in {}",
+                    settings.data_dir.display()
+                )
+            })?,
     );
     let peer_id = load_or_create_peer_id(&settings.data_dir)?;
     let tls = match &settings.tls {
@@ -97,6 +100,15 @@ pub async fn run(
     };
     let endpoint = tls::endpoint(settings.quic_listen, &tls)
         .with_context(|| format!("cannot listen for QUIC on {}", settings.quic_listen))?;
+    let mirror_listener = tokio::net::TcpListener::bind(settings.mirror_listen)
+        .await
+        .with_context(|| format!("cannot listen for the mirror on {}", settings.mirror_listen))?;
+    if !settings.mirror_listen.ip().is_loopback() {
+        tracing::warn!(
+            mirror.addr = %settings.mirror_listen,
+            "the mirror listens beyond loopback: anyone who reaches it can pull through this node's upstream credentials"
+        );
+    }
     let http = tokio::net::TcpListener::bind(settings.http_listen)
         .await
         .with_context(|| {
@@ -110,6 +122,7 @@ pub async fn run(
         quic.addr = %endpoint.local_addr()?,
         advertise.addr = %settings.advertise,
         http.addr = %http.local_addr()?,
+        mirror.addr = %mirror_listener.local_addr()?,
         schedulers = settings.schedulers.len(),
         "shoal-peer starting"
     );
@@ -137,6 +150,25 @@ pub async fn run(
         Arc::new(StoreInventory(store.clone())),
         stopped(),
     );
+    let client = PieceClient::new(endpoint.clone());
+    let engine = Engine::new(store.clone(), link.clone(), client);
+    let mirror_port = mirror_listener.local_addr()?.port();
+    let mut registries = RegistriesConfig::new(settings.containerd_hosts_dir.clone());
+    registries.default_upstream = settings.default_upstream.clone();
+    registries.own_mirrors = [
+        format!("http://{}", settings.mirror_listen),
+        format!("http://127.0.0.1:{mirror_port}"),
+        format!("http://localhost:{mirror_port}"),
+        format!("http://[::1]:{mirror_port}"),
+    ]
+    .into();
+    let mirror = Mirror::new(engine.clone(), Registries::new(registries));
+    let mirror_server = tokio::spawn(crate::mirror::serve(
+        mirror_listener,
+        mirror.clone(),
+        stopped(),
+    ));
+    let gc = tokio::spawn(gc::run(store.clone(), link.clone(), stopped()));
     let stats = Arc::new(TransferStats::default());
     let limits = UploadLimits {
         upload_slots: settings.upload_slots,
@@ -155,6 +187,8 @@ pub async fn run(
         transfer: stats,
         link,
         ready,
+        engine,
+        mirror: mirror.stats.clone(),
     };
     let http_server = tokio::spawn({
         let stop = stopped();
@@ -169,6 +203,14 @@ pub async fn run(
     info!("shutting down");
     let _ = stop_tx.send(true);
     server.await?;
+    gc.await?;
+    // Blob streams still open get a few seconds; containerd resumes them elsewhere.
+    if tokio::time::timeout(Duration::from_secs(5), mirror_server)
+        .await
+        .is_err()
+    {
+        info!("mirror streams still open after 5 s; closing them");
+    }
     http_server.await??;
     info!("stopped");
     Ok(())

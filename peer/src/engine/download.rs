@@ -43,6 +43,12 @@ const TICK: Duration = Duration::from_millis(200);
 const LINGER: Duration = Duration::from_secs(5);
 /// Upstream failures after which the download fails.
 const MAX_UPSTREAM_FAILURES: u32 = 3;
+/// After the plan stream is lost (scheduler restart), how long the download goes on
+/// with the parents it knows before it also streams from upstream.
+const REPLAN_GRACE: Duration = Duration::from_secs(3);
+/// First delay between attempts to re-open a lost plan; doubles up to [`REPLAN_MAX`].
+const REPLAN_MIN: Duration = Duration::from_millis(250);
+const REPLAN_MAX: Duration = Duration::from_secs(8);
 
 /// Where a download stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +89,8 @@ pub struct DownloadStats {
 pub struct Download {
     digest: Digest,
     store: Arc<dyn PieceStore>,
+    /// Where missing pieces come from when no parent serves them.
+    upstream: Arc<dyn Upstream>,
     progress: watch::Sender<Progress>,
     /// Pieces the store could not take (disk full), kept for the readers.
     memory: Mutex<HashMap<u32, Bytes>>,
@@ -101,7 +109,11 @@ impl std::fmt::Debug for Download {
 }
 
 impl Download {
-    pub(crate) fn new(digest: Digest, store: Arc<dyn PieceStore>) -> Self {
+    pub(crate) fn new(
+        digest: Digest,
+        store: Arc<dyn PieceStore>,
+        upstream: Arc<dyn Upstream>,
+    ) -> Self {
         let (progress, _) = watch::channel(Progress {
             shape: None,
             have: PieceSet::new(0),
@@ -110,6 +122,7 @@ impl Download {
         Download {
             digest,
             store,
+            upstream,
             progress,
             memory: Mutex::new(HashMap::new()),
             reader_offset: AtomicU64::new(0),
@@ -158,6 +171,14 @@ impl Download {
         Ok(self.store.read_piece(&self.digest, index)?)
     }
 
+    /// True when piece `index` is held only in memory (the store could not take it).
+    fn in_memory_only(&self, index: u32) -> bool {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&index)
+    }
+
     fn set_shape(&self, shape: TaskShape) {
         self.progress.send_modify(|p| {
             if p.shape.is_none() {
@@ -184,6 +205,10 @@ impl Download {
 pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
     let span = info_span!("download", task.digest = %dl.digest);
     inner
+        .stats
+        .downloads_started
+        .fetch_add(1, Ordering::Relaxed);
+    inner
         .link
         .load
         .active_downloads
@@ -203,6 +228,11 @@ pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
         }
     }
     let _e = span.enter();
+    let counter = match &result {
+        Ok(()) => &inner.stats.downloads_completed,
+        Err(_) => &inner.stats.downloads_failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     match result {
         Ok(()) => {
             info!("download complete");
@@ -250,6 +280,16 @@ struct Driver<'a> {
     /// The store takes pieces; false after a local fault (logged once).
     store_ok: bool,
     opened: bool,
+    /// Pieces whose hash the current scheduler knows (handed out in the plan, or
+    /// reported by this peer as back-to-source).
+    sched_knows: PieceSet,
+    /// Pieces reported to the current scheduler.
+    reported: PieceSet,
+    /// The plan stream was lost at this instant and not re-opened yet.
+    plan_lost: Option<Instant>,
+    /// When to try re-opening the plan next, and the delay after that.
+    replan_at: Instant,
+    replan_delay: Duration,
 }
 
 async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), EngineError> {
@@ -284,6 +324,11 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
         upstream_failures: 0,
         store_ok: true,
         opened: false,
+        sched_knows: PieceSet::new(0),
+        reported: PieceSet::new(0),
+        plan_lost: None,
+        replan_at: Instant::now(),
+        replan_delay: REPLAN_MIN,
     };
     if let Some(m) = meta {
         d.shape_known(m.shape)?;
@@ -321,6 +366,9 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
             info!("parents cannot serve; fetching the missing pieces from upstream");
             d.start_upstream();
         }
+        if plan.is_none() && d.plan_lost.is_some() {
+            plan = d.replan(now, size_hint).await;
+        }
         d.request_pieces(now);
         let next_plan = async {
             match plan.as_mut() {
@@ -332,11 +380,9 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
             msg = next_plan => match msg {
                 Ok(Some(update)) => d.on_plan(&update)?,
                 Ok(None) | Err(_) => {
-                    info!("plan stream ended; fetching the rest from upstream");
+                    info!("plan stream ended; going on with the known parents and re-opening it");
                     plan = None;
-                    if !d.upstream_running {
-                        d.start_upstream();
-                    }
+                    d.plan_lost(Instant::now());
                 }
             },
             Some(ev) = rx.recv() => d.on_event(ev).await?,
@@ -360,10 +406,106 @@ impl Driver<'_> {
         }
     }
 
+    /// The plan stream ended (the scheduler restarted or dropped it). Reports stop:
+    /// a new scheduler refuses reports for a task it has not planned. The known
+    /// parents stay in use; the plan is re-opened by [`Driver::replan`].
+    fn plan_lost(&mut self, now: Instant) {
+        self.reporting = false;
+        self.source = false;
+        self.started_reported = false;
+        self.sched_knows = PieceSet::new(self.sched_knows.len());
+        self.reported = PieceSet::new(self.reported.len());
+        self.plan_lost = Some(now);
+        self.replan_at = now;
+        self.replan_delay = REPLAN_MIN;
+    }
+
+    /// Tries to re-open a lost plan (with backoff while it fails), and streams from
+    /// upstream when no plan came back within [`REPLAN_GRACE`].
+    async fn replan(
+        &mut self,
+        now: Instant,
+        size_hint: u64,
+    ) -> Option<tonic::Streaming<v1::PlanUpdate>> {
+        let lost = self.plan_lost?;
+        if !self.upstream_running
+            && now.saturating_duration_since(lost) >= REPLAN_GRACE
+            && !self.planner.is_complete()
+        {
+            info!(
+                "no plan since the scheduler went away; fetching the missing pieces from upstream"
+            );
+            self.start_upstream();
+        }
+        if now < self.replan_at || !self.inner.link.is_connected() {
+            return None;
+        }
+        let size = self.planner.shape().map_or(size_hint, |s| s.size());
+        match self.inner.link.plan(&self.dl.digest, size).await {
+            Ok(stream) => {
+                info!("plan re-opened");
+                self.plan_lost = None;
+                self.reporting = true;
+                Some(stream)
+            }
+            Err(e) => {
+                debug!(error = %e, "plan not re-opened yet");
+                self.replan_at = now + self.replan_delay;
+                self.replan_delay = (self.replan_delay * 2).min(REPLAN_MAX);
+                None
+            }
+        }
+    }
+
+    /// Reports piece `index` to the current scheduler if it may be reported and was
+    /// not yet: with its hash when this peer is back-to-source and the scheduler does
+    /// not know the hash, without one when the scheduler handed the hash out; never
+    /// otherwise (the scheduler refuses such reports). Pieces kept only in memory are
+    /// not reported: other peers could not read them from the store.
+    fn report_piece(&mut self, index: u32) {
+        if !self.reporting || self.reported.contains(index) || self.dl.in_memory_only(index) {
+            return;
+        }
+        let hash = if self.sched_knows.contains(index) {
+            None
+        } else if self.source
+            && let Some(h) = self.planner.hash(index)
+        {
+            self.sched_knows.insert(index);
+            Some(h)
+        } else {
+            return;
+        };
+        self.reported.insert(index);
+        self.report(Report::Pieces {
+            digest: self.dl.digest,
+            pieces: vec![(index, hash)],
+        });
+    }
+
+    /// Reports every held piece that may be reported now (after a plan update: pieces
+    /// resumed from the store, fetched before a scheduler restart, or whose hash just
+    /// became known).
+    fn report_pending(&mut self) {
+        let pending: Vec<u32> = self
+            .planner
+            .have()
+            .iter()
+            .filter(|i| !self.reported.contains(*i))
+            .collect();
+        for i in pending {
+            self.report_piece(i);
+        }
+    }
+
     /// The task's shape is known: tell the planner, the readers and the store.
     fn shape_known(&mut self, shape: TaskShape) -> Result<(), EngineError> {
         self.planner.set_shape(shape)?;
         self.dl.set_shape(shape);
+        if self.sched_knows.len() != shape.piece_count() {
+            self.sched_knows = PieceSet::new(shape.piece_count());
+            self.reported = PieceSet::new(shape.piece_count());
+        }
         if !self.opened {
             self.opened = true;
             if let Err(e) = self.inner.store.open(self.dl.digest, shape) {
@@ -392,6 +534,12 @@ impl Driver<'_> {
         if let Some(shape) = self.planner.shape() {
             self.shape_known(shape)?;
         }
+        for h in &update.piece_hashes {
+            if h.index < self.sched_knows.len() {
+                self.sched_knows.insert(h.index);
+            }
+        }
+        self.report_pending();
         if update.back_to_source && !self.upstream_running {
             info!("told to fetch from upstream");
             self.start_upstream();
@@ -436,7 +584,7 @@ impl Driver<'_> {
             None => 0,
         };
         self.upstream_running = true;
-        let upstream = self.inner.upstream.clone();
+        let upstream = self.dl.upstream.clone();
         let tx = self.tx.clone();
         let digest = self.dl.digest;
         tokio::spawn(
@@ -521,6 +669,10 @@ impl Driver<'_> {
         match origin {
             Origin::Parent(parent) if known != Some(hash) => {
                 self.dl.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .pieces_rejected
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(piece = index, parent.id = %parent, "bad piece from parent");
                 let parent = self.planner.on_bad_piece(index, parent);
                 self.report(Report::BadParent {
@@ -539,12 +691,22 @@ impl Driver<'_> {
                     .stats
                     .pieces_from_parents
                     .fetch_add(1, Ordering::Relaxed);
+                let s = &self.inner.stats;
+                s.bytes_from_peers
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                s.pieces_verified.fetch_add(1, Ordering::Relaxed);
             }
             Origin::Upstream => {
                 self.dl
                     .stats
                     .pieces_from_upstream
                     .fetch_add(1, Ordering::Relaxed);
+                let s = &self.inner.stats;
+                s.bytes_from_upstream
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if known.is_some() {
+                    s.pieces_verified.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         let stored = self
@@ -557,20 +719,13 @@ impl Driver<'_> {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(index, bytes);
         }
+        if known.is_none() {
+            self.planner.set_hash(index, hash);
+        }
         self.planner.on_piece_stored(index);
         self.dl.mark_have(index);
         if stored {
-            if self.source && origin == Origin::Upstream {
-                self.report(Report::Pieces {
-                    digest: self.dl.digest,
-                    pieces: vec![(index, Some(hash))],
-                });
-            } else if known.is_some() {
-                self.report(Report::Pieces {
-                    digest: self.dl.digest,
-                    pieces: vec![(index, None)],
-                });
-            }
+            self.report_piece(index);
         }
         Ok(())
     }
@@ -633,9 +788,16 @@ impl Driver<'_> {
                 warn!(error = %e, "could not mark the task complete in the store");
                 return Ok(());
             }
-            let all_hashes = (0..shape.piece_count()).all(|i| self.planner.hash(i).is_some());
-            if self.source || all_hashes {
+            if self.reporting && self.sched_knows.is_full() {
+                self.report_pending();
                 self.report(Report::Complete(digest));
+            } else {
+                // No plan (or the scheduler lacks some hashes): announce the task the
+                // way a re-join does, with every piece hash.
+                let hashes = (0..shape.piece_count())
+                    .map(|i| self.planner.hash(i))
+                    .collect();
+                self.inner.link.announce(digest, shape.size(), hashes);
             }
         }
         Ok(())

@@ -23,6 +23,7 @@ pub mod reader;
 pub mod upstream;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use shoal_proto::Digest;
@@ -78,6 +79,25 @@ impl From<StoreError> for EngineError {
     }
 }
 
+/// Node-wide download counters (the daemon exports them on `/metrics`).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Verified bytes received from other peers.
+    pub bytes_from_peers: AtomicU64,
+    /// Bytes received from upstream (kept in a verified piece).
+    pub bytes_from_upstream: AtomicU64,
+    /// Pieces that matched their hash (from peers or upstream).
+    pub pieces_verified: AtomicU64,
+    /// Pieces from peers that did not match their hash (discarded, parent reported).
+    pub pieces_rejected: AtomicU64,
+    /// Downloads started (a shared download counts once).
+    pub downloads_started: AtomicU64,
+    /// Downloads that ended verified against their digest.
+    pub downloads_completed: AtomicU64,
+    /// Downloads that failed.
+    pub downloads_failed: AtomicU64,
+}
+
 /// The engine's knobs.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
@@ -90,8 +110,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn PieceStore>,
     pub(crate) link: SchedulerLink,
     pub(crate) client: Arc<PieceClient>,
-    pub(crate) upstream: Arc<dyn Upstream>,
     pub(crate) config: EngineConfig,
+    pub(crate) stats: EngineStats,
     pub(crate) downloads: Mutex<HashMap<Digest, Arc<Download>>>,
 }
 
@@ -103,13 +123,8 @@ pub struct Engine {
 
 impl Engine {
     /// An engine with the default configuration.
-    pub fn new(
-        store: Arc<dyn PieceStore>,
-        link: SchedulerLink,
-        client: PieceClient,
-        upstream: Arc<dyn Upstream>,
-    ) -> Self {
-        Engine::with_config(store, link, client, upstream, EngineConfig::default())
+    pub fn new(store: Arc<dyn PieceStore>, link: SchedulerLink, client: PieceClient) -> Self {
+        Engine::with_config(store, link, client, EngineConfig::default())
     }
 
     /// An engine with this configuration.
@@ -117,7 +132,6 @@ impl Engine {
         store: Arc<dyn PieceStore>,
         link: SchedulerLink,
         client: PieceClient,
-        upstream: Arc<dyn Upstream>,
         config: EngineConfig,
     ) -> Self {
         Engine {
@@ -125,17 +139,23 @@ impl Engine {
                 store,
                 link,
                 client: Arc::new(client),
-                upstream,
                 config,
+                stats: EngineStats::default(),
                 downloads: Mutex::new(HashMap::new()),
             }),
         }
     }
 
     /// The download of `digest`: the one in flight if there is one, else a new one
-    /// started in the background. `size_hint` is the blob's size when known, else 0.
-    /// Must be called within a tokio runtime.
-    pub fn fetch(&self, digest: Digest, size_hint: u64) -> Arc<Download> {
+    /// started in the background that falls back to `upstream` (the first request's
+    /// upstream serves a shared download). `size_hint` is the blob's size when known,
+    /// else 0. Must be called within a tokio runtime.
+    pub fn fetch(
+        &self,
+        digest: Digest,
+        size_hint: u64,
+        upstream: Arc<dyn Upstream>,
+    ) -> Arc<Download> {
         let mut map = self
             .inner
             .downloads
@@ -144,11 +164,21 @@ impl Engine {
         if let Some(d) = map.get(&digest) {
             return d.clone();
         }
-        let d = Arc::new(Download::new(digest, self.inner.store.clone()));
+        let d = Arc::new(Download::new(digest, self.inner.store.clone(), upstream));
         map.insert(digest, d.clone());
         drop(map);
         tokio::spawn(download::run(self.inner.clone(), d.clone(), size_hint));
         d
+    }
+
+    /// Node-wide counters of every download so far.
+    pub fn stats(&self) -> &EngineStats {
+        &self.inner.stats
+    }
+
+    /// The store downloads write to.
+    pub fn store(&self) -> &Arc<dyn PieceStore> {
+        &self.inner.store
     }
 
     /// Downloads in flight.

@@ -1,6 +1,7 @@
 //! [`Download::reader`]: the blob's bytes from an offset, in order, each piece as soon
 //! as it is verified. This is what the registry mirror streams to containerd.
 //!
+//! The last piece is held back until the whole blob matched its digest.
 //! The reader waits on the download's progress (a `watch` channel) and tells the
 //! driver where it is, so the planner's window follows it. Not here: HTTP ranges and
 //! headers (the mirror), verification (the driver only publishes verified pieces).
@@ -42,6 +43,9 @@ fn next(p: &Progress, offset: u64) -> Next {
     }
     match shape.piece_at(offset) {
         None => Next::End,
+        // The last piece waits for the whole blob to match its digest: a reader never
+        // gets every byte of a blob that turns out wrong.
+        Some(i) if i + 1 == shape.piece_count() && p.state != DownloadState::Complete => Next::Wait,
         Some(i) if p.have.contains(i) => Next::Piece(i),
         Some(_) => Next::Wait,
     }
@@ -61,7 +65,7 @@ impl Download {
     pub fn reader(
         self: &Arc<Self>,
         offset: u64,
-    ) -> impl Stream<Item = Result<Bytes, EngineError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Bytes, EngineError>> + Send + use<> {
         self.reader_offset.store(offset, Ordering::Relaxed);
         let state = ReadState {
             dl: self.clone(),

@@ -1,0 +1,216 @@
+//! `GET|HEAD /v2/<name>/blobs/<digest>`: a blob through the download engine.
+//!
+//! A blob complete on this node streams straight from the store. Otherwise upstream
+//! is asked first with a `HEAD` carrying containerd's `Authorization`: that checks
+//! the client may read the blob (a 401/403/404 is relayed as is) and gives its size;
+//! the bytes then come from peers or upstream as the scheduler plans. When upstream
+//! cannot be reached the download still tries the peers. Bytes leave only once their
+//! piece is verified, and the last piece only once the whole blob matched its digest.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use reqwest::Method;
+use shoal_proto::Digest;
+use tracing::{debug, warn};
+
+use super::error::OciError;
+use super::range::{self, Span};
+use super::{FIRST_BYTE_TIMEOUT, Mirror, relay};
+use crate::engine::{Download, DownloadState};
+use crate::registry::{Object, UpstreamRequest};
+
+pub(super) async fn serve(
+    m: &Mirror,
+    head: bool,
+    ns: Option<&str>,
+    name: &str,
+    digest: Digest,
+    headers: &HeaderMap,
+) -> Result<Response, OciError> {
+    m.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
+    let client = m.upstream(ns)?;
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| OciError::range_invalid("Range header is not ASCII"))?,
+        ),
+    };
+    let store = m.engine.store().clone();
+    let pin = store.pin(&digest);
+    let cached = {
+        let (s, d) = (store.clone(), digest);
+        tokio::task::spawn_blocking(move || s.meta(&d))
+            .await
+            .map_err(|e| OciError::internal(e.to_string()))?
+            .ok()
+            .flatten()
+            .filter(|t| t.complete)
+            .map(|t| t.shape.size())
+    };
+    let authorization = headers.get(header::AUTHORIZATION).cloned();
+    let size_hint = match cached {
+        Some(size) => size,
+        None => {
+            let req = UpstreamRequest {
+                method: Method::HEAD,
+                repo: name.to_owned(),
+                object: Object::Blob(digest),
+                accept: Vec::new(),
+                authorization: authorization.clone(),
+                range_from: None,
+            };
+            match client.send(&req).await {
+                Ok(resp) if resp.status().is_success() => {
+                    let size = resp.content_length().unwrap_or(0);
+                    if head {
+                        return Ok(blob_headers(StatusCode::OK, &digest, size, None)
+                            .body(Body::empty())
+                            .expect("valid response"));
+                    }
+                    size
+                }
+                // 401 (containerd fetches a token and retries), 403, 404, …
+                Ok(resp) => return Ok(relay::refusal(&resp, &digest.to_string(), head)),
+                Err(e) => {
+                    warn!(registry = client.registry(), error = %e, "upstream unreachable; trying peers");
+                    0
+                }
+            }
+        }
+    };
+    let upstream = Arc::new(client.blob_upstream(name.to_owned(), authorization));
+    let dl = m.engine.fetch(digest, size_hint, upstream);
+    let size = wait_for_size(&dl).await?;
+    let span = range::decide(range, size).map_err(|e| OciError::range_invalid(e.to_string()))?;
+    let (status, start, len, content_range) = match span {
+        Span::Full => (StatusCode::OK, 0, size, None),
+        Span::Partial { start, end } => (
+            StatusCode::PARTIAL_CONTENT,
+            start,
+            end - start + 1,
+            Some(format!("bytes {start}-{end}/{size}")),
+        ),
+        Span::Unsatisfiable => {
+            let mut r = OciError {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                code: "RANGE_INVALID",
+                message: format!(
+                    "range {:?} is outside the {size}-byte blob",
+                    range.unwrap_or("")
+                ),
+            }
+            .into_response();
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+            );
+            return Ok(r);
+        }
+    };
+    let builder = blob_headers(status, &digest, len, content_range);
+    if head {
+        return Ok(builder.body(Body::empty()).expect("valid response"));
+    }
+    let served = m.stats.clone();
+    let from_cache = cached.is_some();
+    let body = limited(dl.clone(), start, len).map(move |chunk| {
+        if let Ok(b) = &chunk {
+            let n = b.len() as u64;
+            served.blob_bytes_served.fetch_add(n, Ordering::Relaxed);
+            if from_cache {
+                served.blob_bytes_from_cache.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        // Keeps the blob from being evicted while it streams.
+        let _ = &pin;
+        chunk
+    });
+    Ok(builder
+        .body(Body::from_stream(body))
+        .expect("valid response"))
+}
+
+fn blob_headers(
+    status: StatusCode,
+    digest: &Digest,
+    len: u64,
+    content_range: Option<String>,
+) -> axum::http::response::Builder {
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("Docker-Content-Digest", digest.to_string());
+    if let Some(cr) = content_range {
+        b = b.header(header::CONTENT_RANGE, cr);
+    }
+    b
+}
+
+/// Waits until the download knows the blob's size, or fails.
+async fn wait_for_size(dl: &Arc<Download>) -> Result<u64, OciError> {
+    let mut rx = dl.progress();
+    let waited = tokio::time::timeout(
+        FIRST_BYTE_TIMEOUT,
+        rx.wait_for(|p| p.shape.is_some() || p.state != DownloadState::Running),
+    )
+    .await;
+    let p = match waited {
+        Err(_) => {
+            return Err(OciError::unavailable(format!(
+                "no peer or upstream could start {} within {}s",
+                dl.digest(),
+                FIRST_BYTE_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(Err(_)) => return Err(OciError::internal("download dropped")),
+        Ok(Ok(p)) => p.clone(),
+    };
+    match (p.shape, p.state) {
+        (Some(shape), DownloadState::Running | DownloadState::Complete) => Ok(shape.size()),
+        (_, DownloadState::Failed(why)) => {
+            debug!(task.digest = %dl.digest(), error = %why, "blob download failed before the first byte");
+            Err(OciError::unavailable(format!(
+                "cannot fetch {}: {why}",
+                dl.digest()
+            )))
+        }
+        (None, _) => Err(OciError::internal("download ended without a size")),
+    }
+}
+
+/// `len` bytes from `start`, cut from the download's verified stream. An error ends
+/// the body early: the client sees a short read and resumes with a `Range`.
+fn limited(
+    dl: Arc<Download>,
+    start: u64,
+    len: u64,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    let left = Arc::new(AtomicU64::new(len));
+    dl.reader(start)
+        .map(|r| r.map_err(std::io::Error::other))
+        .take_while({
+            let left = left.clone();
+            move |_| {
+                let more = left.load(Ordering::Relaxed) > 0;
+                async move { more }
+            }
+        })
+        .map(move |r| {
+            r.map(|mut b| {
+                let l = left.load(Ordering::Relaxed);
+                if (b.len() as u64) > l {
+                    b.truncate(l as usize);
+                }
+                left.fetch_sub(b.len() as u64, Ordering::Relaxed);
+                b
+            })
+        })
+}

@@ -1,0 +1,193 @@
+//! The registry mirror containerd talks to on `127.0.0.1`: the pull side of the OCI
+//! distribution API (`GET /v2/`, `GET|HEAD` blobs and manifests).
+//!
+//! Blobs come through the download engine (peers first, upstream when the scheduler
+//! says so or nobody can serve) and stream to containerd in order as their pieces are
+//! verified. Manifests are relayed from upstream with their headers unchanged.
+//! containerd's `Authorization` goes upstream and upstream's 401 comes back, so
+//! containerd does its own token dance; credentials are never logged.
+//!
+//! Layout: [`route`] (pure: path, name, reference and `ns` grammar), [`range`] (pure:
+//! the `Range` header), [`error`] (OCI error bodies), `blobs.rs`, `manifests.rs`,
+//! `relay.rs` (an upstream response as a mirror response), this file (router, state,
+//! counters). Not here: the upstream client and `hosts.toml` ([`crate::registry`]).
+
+mod blobs;
+pub mod error;
+mod manifests;
+pub mod range;
+mod relay;
+pub mod route;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tracing::{debug, info};
+
+use crate::engine::Engine;
+use crate::registry::{Registries, RegistryClient, RegistryError};
+pub use error::OciError;
+use route::Object;
+
+/// How long a blob request waits for the blob's size (from a plan, upstream or the
+/// store) before it answers 503 so containerd tries its next host.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Mirror counters (exported on the peer's `/metrics`).
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    /// Blob requests (GET and HEAD).
+    pub blob_requests: AtomicU64,
+    /// Manifest requests (GET and HEAD).
+    pub manifest_requests: AtomicU64,
+    /// Blob bytes sent to clients.
+    pub blob_bytes_served: AtomicU64,
+    /// Of those, bytes of blobs that were complete on this node before the request.
+    pub blob_bytes_from_cache: AtomicU64,
+    /// Requests answered 4xx by the mirror itself (bad input).
+    pub refused: AtomicU64,
+    /// Requests answered 5xx (nothing could serve).
+    pub failed: AtomicU64,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Mirror {
+    /// The download engine.
+    pub engine: Engine,
+    /// Upstream registries from `hosts.toml`.
+    pub registries: Registries,
+    /// Counters.
+    pub stats: Arc<MirrorStats>,
+}
+
+impl Mirror {
+    /// A mirror over this engine and these registries.
+    pub fn new(engine: Engine, registries: Registries) -> Self {
+        Mirror {
+            engine,
+            registries,
+            stats: Arc::new(MirrorStats::default()),
+        }
+    }
+
+    /// The upstream for containerd's `ns`.
+    fn upstream(&self, ns: Option<&str>) -> Result<Arc<RegistryClient>, OciError> {
+        let ns = ns.map(route::check_ns).transpose()?;
+        self.registries.resolve(ns).map_err(|e| match e {
+            RegistryError::UnknownRegistry(r) => OciError::bad_ns(format!(
+                "this mirror does not serve registry {:?} (no hosts.toml for it under the containerd hosts dir)",
+                route::truncate(&r)
+            )),
+            RegistryError::NoDefault => OciError::bad_ns(
+                "no ns parameter and no --default-upstream: which registry is meant?",
+            ),
+            RegistryError::Config { .. } => OciError::internal(e.to_string()),
+            RegistryError::Unreachable { .. } => OciError::unavailable(e.to_string()),
+        })
+    }
+}
+
+/// The mirror's routes.
+pub fn router(mirror: Mirror) -> Router {
+    Router::new()
+        .route("/v2", get(version_check))
+        .route("/v2/", get(version_check))
+        .route("/v2/{*rest}", get(dispatch).head(dispatch))
+        .fallback(not_found)
+        .method_not_allowed_fallback(read_only)
+        .layer(middleware::from_fn_with_state(mirror.clone(), access_log))
+        .with_state(mirror)
+}
+
+async fn version_check() -> impl IntoResponse {
+    (
+        [(
+            "Docker-Distribution-API-Version",
+            HeaderValue::from_static("registry/2.0"),
+        )],
+        "{}",
+    )
+}
+
+async fn not_found() -> OciError {
+    OciError::unsupported("not a registry API path; the mirror serves /v2/ pulls only")
+}
+
+async fn read_only() -> OciError {
+    OciError::method_not_allowed("the mirror is read-only: GET and HEAD only")
+}
+
+async fn dispatch(
+    State(m): State<Mirror>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    axum::extract::Path(rest): axum::extract::Path<String>,
+) -> Response {
+    let r = match route::parse(&rest) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let ns = query.get("ns").map(String::as_str);
+    let head = method == Method::HEAD;
+    match r.object {
+        Object::Blob(digest) => blobs::serve(&m, head, ns, &r.name, digest, &headers)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Object::ManifestTag(tag) => manifests::serve(&m, head, ns, &r.name, &tag, &headers)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Object::ManifestDigest(d) => {
+            manifests::serve(&m, head, ns, &r.name, &d.to_string(), &headers)
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
+    }
+}
+
+/// One line per request: method, path (no query: it may carry tokens), status,
+/// time to headers. Never headers.
+async fn access_log(State(m): State<Mirror>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let counter = if status.is_client_error() && status != StatusCode::UNAUTHORIZED {
+        Some(&m.stats.refused)
+    } else if status.is_server_error() {
+        Some(&m.stats.failed)
+    } else {
+        None
+    };
+    if let Some(c) = counter {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if status.is_server_error() || (status.is_client_error() && status != StatusCode::NOT_FOUND) {
+        info!(http.method = %method, http.path = %route::truncate(&path), http.status = status.as_u16(), ms, "mirror request");
+    } else {
+        debug!(http.method = %method, http.path = %route::truncate(&path), http.status = status.as_u16(), ms, "mirror request");
+    }
+    resp
+}
+
+/// Serves the mirror on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    mirror: Mirror,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(mirror))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,70 @@
+//! An upstream registry's response as the mirror's response: status, the headers
+//! containerd needs (`Content-Type`, `Docker-Content-Digest`, `Content-Length`,
+//! `WWW-Authenticate` for the token dance, `ETag`, `Location` is not relayed: the
+//! mirror follows redirects itself), and the body streamed through.
+
+use axum::body::Body;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::response::Response;
+use futures::TryStreamExt;
+
+/// Headers copied from upstream.
+const RELAYED: [&str; 6] = [
+    "content-type",
+    "content-length",
+    "docker-content-digest",
+    "www-authenticate",
+    "etag",
+    "docker-distribution-api-version",
+];
+
+/// Relays `resp`; its body too unless `head`.
+pub(super) fn response(resp: reqwest::Response, head: bool) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut b = Response::builder().status(status);
+    for name in RELAYED {
+        for v in resp.headers().get_all(name) {
+            b = b.header(HeaderName::from_static(name), v.as_bytes());
+        }
+    }
+    if head {
+        return b.body(Body::empty()).expect("valid response");
+    }
+    let body = resp.bytes_stream().map_err(std::io::Error::other);
+    b.body(Body::from_stream(body)).unwrap_or_else(|_| {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+        r
+    })
+}
+
+/// An upstream refusal of a `HEAD` (no body) as an answer to the client's request:
+/// the status and `WWW-Authenticate`, with an OCI error body unless the client sent
+/// `HEAD` too.
+pub(super) fn refusal(resp: &reqwest::Response, digest: &str, head: bool) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
+        StatusCode::FORBIDDEN => "DENIED",
+        StatusCode::NOT_FOUND => "BLOB_UNKNOWN",
+        StatusCode::TOO_MANY_REQUESTS => "TOOMANYREQUESTS",
+        _ => "UNKNOWN",
+    };
+    let err = super::OciError {
+        status,
+        code,
+        message: format!("upstream answered {} for {digest}", status.as_u16()),
+    };
+    let mut r = if head {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = status;
+        r
+    } else {
+        axum::response::IntoResponse::into_response(err)
+    };
+    for v in resp.headers().get_all(header::WWW_AUTHENTICATE) {
+        r.headers_mut().append(header::WWW_AUTHENTICATE, v.clone());
+    }
+    r
+}

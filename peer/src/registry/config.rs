@@ -1,0 +1,115 @@
+//! [`RegistriesConfig`]: where the registries are configured and how hard to try them,
+//! with its defaults and validation; and the default upstream, parsed.
+//!
+//! Not here: reading `hosts.toml` (`hosts_toml.rs`), the cache (`mod.rs`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::names::{self, Authority};
+
+/// Where the upstream registries are configured, and how hard to try them.
+#[derive(Debug, Clone)]
+pub struct RegistriesConfig {
+    /// containerd's hosts directory (`config_path`), e.g. `/etc/containerd/certs.d`.
+    /// A missing directory is not an error: every registry is then unknown except the
+    /// default upstream.
+    pub hosts_dir: PathBuf,
+    /// The registry used when containerd sends no `ns`: a host (`ghcr.io`,
+    /// `127.0.0.1:5000`) or a URL (`http://127.0.0.1:5000`, whose scheme is kept).
+    /// Default: none (requests without `ns` get [`RegistryError::NoDefault`](super::RegistryError::NoDefault)).
+    pub default_upstream: Option<String>,
+    /// URLs of this peer's own mirror (e.g. `http://127.0.0.1:7650`): `hosts.toml`
+    /// entries with the same host and port (loopback names count as one) are skipped, so
+    /// the mirror never asks itself. Default: none.
+    pub own_mirrors: Vec<String>,
+    /// Time to establish a connection (TCP and TLS) to one endpoint; a host's
+    /// `dial_timeout` replaces it. Default 5 s. Tripping it counts as a connect error
+    /// (retried).
+    pub connect_timeout: Duration,
+    /// Time from sending a request to its response headers. Default 30 s. Bodies are
+    /// streamed and not bounded by it. Tripping it moves on to the next endpoint without
+    /// retrying this one.
+    pub request_timeout: Duration,
+    /// Tries per endpoint, at least 1. Default 3. Only connect errors and 5xx answers are
+    /// retried, after an exponential backoff from 100 ms with jitter; never a 4xx.
+    pub attempts: u32,
+}
+
+impl RegistriesConfig {
+    /// The defaults, reading `hosts.toml` files under `hosts_dir`.
+    pub fn new(hosts_dir: PathBuf) -> Self {
+        RegistriesConfig {
+            hosts_dir,
+            default_upstream: None,
+            own_mirrors: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            attempts: 3,
+        }
+    }
+
+    /// Every problem with the settings at once (a default upstream or own mirror that
+    /// does not parse, zero timeouts or attempts). [`Registries::new`](super::Registries::new) does not refuse
+    /// them; call this when loading the daemon's configuration.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Some(d) = &self.default_upstream
+            && DefaultUpstream::parse(d).is_none()
+        {
+            problems.push(format!(
+                "default upstream {d:?} is neither a registry host nor an http(s) URL"
+            ));
+        }
+        for m in &self.own_mirrors {
+            if Authority::parse(m).is_none() {
+                problems.push(format!("own mirror {m:?} is not a URL"));
+            }
+        }
+        if self.connect_timeout.is_zero() {
+            problems.push("connect timeout must be above zero".into());
+        }
+        if self.request_timeout.is_zero() {
+            problems.push("request timeout must be above zero".into());
+        }
+        if self.attempts == 0 {
+            problems.push("attempts must be at least 1".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The default upstream, parsed.
+#[derive(Debug, Clone)]
+pub(super) struct DefaultUpstream {
+    /// Its registry name (`127.0.0.1:5000`).
+    pub(super) registry: String,
+    /// Its server URL when given as a URL (scheme kept), else the implicit server.
+    pub(super) server: String,
+}
+
+impl DefaultUpstream {
+    pub(super) fn parse(s: &str) -> Option<DefaultUpstream> {
+        if s.contains("://") {
+            let url = Url::parse(s)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))?;
+            let registry = names::registry_of(&url)?;
+            Some(DefaultUpstream {
+                registry,
+                server: s.trim_end_matches('/').to_owned(),
+            })
+        } else {
+            names::is_registry_host(s).then(|| DefaultUpstream {
+                registry: s.to_owned(),
+                server: names::implicit_server(s),
+            })
+        }
+    }
+}

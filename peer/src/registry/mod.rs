@@ -1,0 +1,415 @@
+//! The upstream registry client: how the peer reaches the real registry when no peer can
+//! serve, with that registry's own TLS settings and mirrors read from containerd's
+//! `hosts.toml` files.
+//!
+//! [`Registries::resolve`] turns containerd's `ns` into a [`RegistryClient`]: it finds
+//! `<hosts_dir>/<ns>/hosts.toml` the way containerd does (`host_port_`, `host:port`,
+//! then `_default`), parses it, drops the entries that point at this peer's own mirror,
+//! builds one `reqwest::Client` per endpoint (rustls; `ca`, `client`, `skip_verify`,
+//! `proxy`, `dial_timeout`) and caches the result until the file (or a certificate it
+//! names) changes. [`RegistryClient::send`] tries the endpoints in order with retries;
+//! [`RegistryClient::blob_upstream`] is the download engine's view of one blob.
+//!
+//! Layout:
+//! - `config.rs`: [`RegistriesConfig`] (defaults, validation) and the default upstream.
+//! - [`hosts_toml`]: the pure parser (text and directory in, endpoints out).
+//! - [`names`]: the `ns` grammar, directory candidates, implicit servers, loop detection.
+//! - `endpoint.rs`: one configured endpoint and its HTTP client (reads certificates).
+//! - `client.rs`: [`RegistryClient`], the try-in-order-with-retries loop.
+//! - `blob.rs`: [`BlobUpstream`] and the blob response parsing shared with the engine.
+//!
+//! Not here: the mirror's HTTP surface and its OCI error bodies, the token dance (a 401
+//! and its `WWW-Authenticate` are returned to the caller, who relays them to containerd),
+//! credentials of any kind beyond forwarding containerd's `Authorization`, pushing,
+//! containerd's HTTP fallback for `http://` hosts that also have TLS settings.
+
+mod blob;
+mod client;
+mod config;
+mod endpoint;
+pub mod hosts_toml;
+pub mod names;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use reqwest::Url;
+use reqwest::header::HeaderValue;
+use shoal_proto::Digest;
+use tracing::{debug, info};
+
+pub use blob::BlobUpstream;
+pub use client::RegistryClient;
+pub use config::RegistriesConfig;
+
+use config::DefaultUpstream;
+use hosts_toml::EndpointSpec;
+use names::Authority;
+
+/// Why a registry could not be resolved or reached.
+///
+/// For the mirror: [`UnknownRegistry`](Self::UnknownRegistry) and
+/// [`NoDefault`](Self::NoDefault) are the request's fault (400);
+/// [`Config`](Self::Config) is this node's (log it; answer 5xx so containerd moves on);
+/// [`Unreachable`](Self::Unreachable) is upstream's (answer 5xx quickly for the same
+/// reason). None of them is worth retrying at once against the same registry: the retries
+/// were already made.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    /// `ns` is not a registry host (`host[:port]`), or no directory under the hosts dir
+    /// configures it (neither its own nor `_default`) and it is not the default upstream.
+    #[error("unknown registry {0:?}: not a registry host, or no hosts.toml configures it")]
+    UnknownRegistry(String),
+    /// The request names no registry and there is no default upstream.
+    #[error("the request names no registry (no ns) and no default upstream is configured")]
+    NoDefault,
+    /// A `hosts.toml` (or a certificate it names) is broken.
+    #[error("{}{}: {message}", .path.display(), line_suffix(*.line))]
+    Config {
+        /// The `hosts.toml`, or the certificate file when no `hosts.toml` names it.
+        path: PathBuf,
+        /// 1-based line in `path`, when known.
+        line: Option<usize>,
+        /// What is wrong (never a header value or key material).
+        message: String,
+    },
+    /// Every endpoint failed: connect errors or 5xx answers after the retries, or no
+    /// endpoint may serve the request (capabilities).
+    #[error("registry {registry} unreachable: {last_error}")]
+    Unreachable {
+        /// The registry (`docker.io`).
+        registry: String,
+        /// What the last endpoint tried said.
+        last_error: String,
+    },
+}
+
+fn line_suffix(line: Option<usize>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
+}
+
+/// What to fetch from a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    /// `/v2/<repo>/blobs/<digest>`.
+    Blob(Digest),
+    /// `/v2/<repo>/manifests/<reference>`; a reference with `:` is a digest (needs the
+    /// `pull` capability), anything else a tag (needs `resolve`).
+    Manifest(String),
+}
+
+impl Object {
+    /// Whether this is a manifest by tag (only hosts with `resolve` may answer).
+    pub fn is_tag(&self) -> bool {
+        matches!(self, Object::Manifest(r) if !r.contains(':'))
+    }
+}
+
+impl std::fmt::Display for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Object::Blob(d) => write!(f, "blobs/{d}"),
+            Object::Manifest(r) => write!(f, "manifests/{r}"),
+        }
+    }
+}
+
+/// One request to upstream.
+#[derive(Clone)]
+pub struct UpstreamRequest {
+    /// GET or HEAD.
+    pub method: reqwest::Method,
+    /// The repository (`library/nginx`), already validated by the mirror.
+    pub repo: String,
+    /// The blob or manifest.
+    pub object: Object,
+    /// Every `Accept` value, forwarded as one comma-joined header (values that are not
+    /// valid header text are dropped).
+    pub accept: Vec<String>,
+    /// containerd's `Authorization`, forwarded verbatim, marked sensitive, never logged.
+    /// It replaces any `Authorization` a `hosts.toml` `[header]` sets. reqwest drops it
+    /// on redirects to another host or port.
+    pub authorization: Option<HeaderValue>,
+    /// Adds `Range: bytes=N-`.
+    pub range_from: Option<u64>,
+}
+
+impl std::fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamRequest")
+            .field("method", &self.method)
+            .field("repo", &self.repo)
+            .field("object", &self.object)
+            .field("accept", &self.accept)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("range_from", &self.range_from)
+            .finish()
+    }
+}
+
+/// Every upstream registry this peer may fetch from, each resolved on first use and
+/// cached until its `hosts.toml` changes. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Registries {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RegistriesConfig,
+    own: Vec<Authority>,
+    default: Option<DefaultUpstream>,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+/// Certificate files and their stamps (`None`: missing).
+type Stamps = Vec<(PathBuf, Option<FileStamp>)>;
+
+struct Cached {
+    source: Source,
+    files: Stamps,
+    client: Arc<RegistryClient>,
+}
+
+/// Where a registry's configuration comes from, with the stamp of the file or directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// `<dir>/hosts.toml`, non-empty.
+    HostsToml(PathBuf, FileStamp),
+    /// A registry directory without `hosts.toml`: Docker's certificate layout.
+    CertDir(PathBuf, FileStamp),
+    /// No directory: the default upstream's implicit configuration.
+    Implicit,
+}
+
+/// What changes when a file is rewritten (in place or by rename).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    mtime: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileStamp {
+    fn of(m: &fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            mtime: m.modified().ok(),
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+
+    fn read(path: &Path) -> Option<FileStamp> {
+        fs::metadata(path).ok().map(|m| FileStamp::of(&m))
+    }
+}
+
+impl std::fmt::Debug for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registries")
+            .field("hosts_dir", &self.inner.config.hosts_dir)
+            .field("default_upstream", &self.inner.config.default_upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registries {
+    /// Registries configured by `config`; nothing is read until [`Self::resolve`].
+    pub fn new(config: RegistriesConfig) -> Self {
+        let own = config
+            .own_mirrors
+            .iter()
+            .filter_map(|m| Authority::parse(m))
+            .collect();
+        let default = config
+            .default_upstream
+            .as_deref()
+            .and_then(DefaultUpstream::parse);
+        Registries {
+            inner: Arc::new(Inner {
+                config,
+                own,
+                default,
+                cache: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The client for containerd's `ns` (`None`: the default upstream).
+    ///
+    /// Reads `<hosts_dir>/<ns>/hosts.toml` (or `<host>_<port>_/`, or `_default/` when the
+    /// registry has no directory, as containerd does); a directory without `hosts.toml`
+    /// means Docker's layout (`*.crt` CAs, `*.cert`/`*.key` client pairs). The client is
+    /// cached per registry and rebuilt when the file, the directory (certificate layout)
+    /// or a certificate file changes. Errors are not cached: the next call reads again.
+    pub fn resolve(&self, ns: Option<&str>) -> Result<Arc<RegistryClient>, RegistryError> {
+        let registry = match ns {
+            Some(ns) if names::is_registry_host(ns) => ns.to_owned(),
+            Some(ns) => return Err(RegistryError::UnknownRegistry(ns.to_owned())),
+            None => match (&self.inner.default, &self.inner.config.default_upstream) {
+                (Some(d), _) => d.registry.clone(),
+                (None, Some(raw)) => return Err(RegistryError::UnknownRegistry(raw.clone())),
+                (None, None) => return Err(RegistryError::NoDefault),
+            },
+        };
+        let source = self.source(&registry)?;
+        {
+            let cache = self.inner.cache.lock().expect("registry cache lock");
+            if let Some(c) = cache.get(&registry)
+                && c.source == source
+                && c.files.iter().all(|(p, s)| FileStamp::read(p) == *s)
+            {
+                return Ok(c.client.clone());
+            }
+        }
+        let (client, files) = self.load(&registry, &source)?;
+        let client = Arc::new(client);
+        self.inner
+            .cache
+            .lock()
+            .expect("registry cache lock")
+            .insert(
+                registry,
+                Cached {
+                    source,
+                    files,
+                    client: client.clone(),
+                },
+            );
+        Ok(client)
+    }
+
+    /// Finds the registry's directory, as containerd does.
+    fn source(&self, registry: &str) -> Result<Source, RegistryError> {
+        let config_error = |path: PathBuf, e: std::io::Error| RegistryError::Config {
+            path,
+            line: None,
+            message: e.to_string(),
+        };
+        for candidate in names::dir_candidates(registry) {
+            let dir = self.inner.config.hosts_dir.join(candidate);
+            match fs::metadata(&dir) {
+                Ok(m) if m.is_dir() => {
+                    let file = dir.join("hosts.toml");
+                    return match fs::metadata(&file) {
+                        Ok(f) if f.len() > 0 => Ok(Source::HostsToml(file, FileStamp::of(&f))),
+                        Ok(_) => Ok(Source::CertDir(dir, FileStamp::of(&m))),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            Ok(Source::CertDir(dir, FileStamp::of(&m)))
+                        }
+                        Err(e) => Err(config_error(file, e)),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(config_error(dir, e)),
+            }
+        }
+        match &self.inner.default {
+            Some(d) if d.registry == registry => Ok(Source::Implicit),
+            _ => Err(RegistryError::UnknownRegistry(registry.to_owned())),
+        }
+    }
+
+    /// The server used when the configuration names none.
+    fn implicit_server(&self, registry: &str) -> String {
+        match &self.inner.default {
+            Some(d) if d.registry == registry => d.server.clone(),
+            _ => names::implicit_server(registry),
+        }
+    }
+
+    /// Reads and builds a registry's client; also returns the certificate files read,
+    /// with their stamps taken before reading them.
+    fn load(
+        &self,
+        registry: &str,
+        source: &Source,
+    ) -> Result<(RegistryClient, Stamps), RegistryError> {
+        let config = &self.inner.config;
+        let implicit = self.implicit_server(registry);
+        let (specs, origin): (Vec<EndpointSpec>, PathBuf) = match source {
+            Source::HostsToml(path, _) => {
+                let text = fs::read_to_string(path).map_err(|e| RegistryError::Config {
+                    path: path.clone(),
+                    line: None,
+                    message: e.to_string(),
+                })?;
+                let parsed = hosts_toml::parse(&text, path, &implicit)?;
+                if !parsed.ignored.is_empty() {
+                    info!(
+                        upstream.registry = %registry,
+                        config.path = %path.display(),
+                        config.ignored = ?parsed.ignored,
+                        "hosts.toml keys ignored"
+                    );
+                }
+                (parsed.endpoints, path.clone())
+            }
+            Source::CertDir(dir, _) => {
+                let names = fs::read_dir(dir)
+                    .and_then(|entries| {
+                        entries
+                            .map(|e| {
+                                let e = e?;
+                                Ok((e.file_type()?.is_dir(), e.file_name()))
+                            })
+                            .collect::<Result<Vec<_>, std::io::Error>>()
+                    })
+                    .map_err(|e| RegistryError::Config {
+                        path: dir.clone(),
+                        line: None,
+                        message: e.to_string(),
+                    })?
+                    .into_iter()
+                    .filter(|(is_dir, _)| !is_dir)
+                    .filter_map(|(_, n)| n.into_string().ok())
+                    .collect::<Vec<_>>();
+                let spec = hosts_toml::from_cert_files(dir, &names, &implicit)?;
+                (vec![spec], dir.clone())
+            }
+            Source::Implicit => (
+                vec![hosts_toml::implicit(&implicit, &config.hosts_dir)?],
+                config.hosts_dir.clone(),
+            ),
+        };
+        let (specs, skipped) = hosts_toml::without_own_mirrors(specs, &self.inner.own);
+        if !skipped.is_empty() {
+            debug!(
+                upstream.registry = %registry,
+                upstream.skipped = ?skipped.iter().map(Url::as_str).collect::<Vec<_>>(),
+                "own mirror entries skipped"
+            );
+        }
+        let files = specs
+            .iter()
+            .flat_map(|s| {
+                s.ca.iter().chain(
+                    s.client
+                        .iter()
+                        .flat_map(|c| std::iter::once(&c.cert).chain(&c.key)),
+                )
+            })
+            .map(|f| (f.path.clone(), FileStamp::read(&f.path)))
+            .collect();
+        let client = RegistryClient::build(registry, &origin, specs, config)?;
+        info!(
+            upstream.registry = %registry,
+            config.path = %origin.display(),
+            upstream.endpoints = ?client.endpoints(),
+            "upstream registry configured"
+        );
+        Ok((client, files))
+    }
+}
+
+#[cfg(test)]
+mod tests;

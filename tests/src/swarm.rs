@@ -1,0 +1,321 @@
+//! Shoal's own processes for end-to-end tests, benchmarks and the demo: a
+//! `shoal-scheduler` and `shoal-peer run` daemons on 127.0.0.1, each on its own free
+//! ports and data dir, stopped (SIGKILL) when dropped.
+//!
+//! The binaries are the ones cargo built next to the running test (`cargo test
+//! --workspace` builds every binary of the workspace before running any test).
+//! Not here: assertions, third-party components (`registry`, `containerd`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// `target/<profile>/<name>`, next to the running test binary.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
+    }
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is not built; run the suite with `cargo test --workspace` (scripts/test) or \
+         `cargo build --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+async fn http_ok(url: &str) -> bool {
+    reqwest::get(url)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+async fn wait_http(what: &str, url: &str, log: &Path) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if http_ok(url).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{what} not ready at {url}; log:\n{}", crate::read_log(log))
+}
+
+/// A `shoal-scheduler` process.
+#[derive(Debug)]
+pub struct SchedulerProcess {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    log: PathBuf,
+    dir: PathBuf,
+    restarts: u32,
+}
+
+impl SchedulerProcess {
+    /// Starts one with its log in `dir`, and waits until it is ready.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let grpc: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
+        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
+        let log = dir.join("scheduler-0.log");
+        let child = Self::spawn(grpc, http, &log)?;
+        let s = SchedulerProcess {
+            child,
+            grpc,
+            http,
+            log,
+            dir: dir.to_path_buf(),
+            restarts: 0,
+        };
+        wait_http(
+            "shoal-scheduler",
+            &format!("{}/readyz", s.http_url()),
+            &s.log,
+        )
+        .await?;
+        Ok(s)
+    }
+
+    fn spawn(grpc: SocketAddr, http: SocketAddr, log: &Path) -> anyhow::Result<Child> {
+        spawn(
+            &workspace_bin("shoal-scheduler"),
+            &[
+                "--grpc-listen".into(),
+                grpc.to_string(),
+                "--http-listen".into(),
+                http.to_string(),
+                "--plan-interval".into(),
+                "50ms".into(),
+            ],
+            log,
+        )
+    }
+
+    /// Kills it and starts a fresh one (empty state) on the same ports.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.restarts += 1;
+        self.log = self.dir.join(format!("scheduler-{}.log", self.restarts));
+        self.child = Self::spawn(self.grpc, self.http, &self.log)?;
+        wait_http(
+            "shoal-scheduler",
+            &format!("{}/readyz", self.http_url()),
+            &self.log,
+        )
+        .await
+    }
+
+    /// `http://127.0.0.1:PORT` of the gRPC service.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// `http://127.0.0.1:PORT` of the operator API.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// `GET /api/v1/tasks/<digest>`, or None when the scheduler does not know it.
+    pub async fn task(&self, digest: &str) -> Option<serde_json::Value> {
+        let r = reqwest::get(format!("{}/api/v1/tasks/{digest}", self.http_url()))
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        crate::read_log(&self.log)
+    }
+}
+
+impl Drop for SchedulerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a peer's upstream and scheduler are.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// Scheduler gRPC URL (none: the peer runs alone).
+    pub scheduler: Option<String>,
+    /// `--default-upstream`.
+    pub default_upstream: Option<String>,
+    /// `--containerd-hosts-dir` (default: an empty dir of the peer's own).
+    pub hosts_dir: Option<PathBuf>,
+    /// The directory `shoal-peer tls init` wrote (shared by the swarm).
+    pub tls_dir: PathBuf,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+/// A `shoal-peer run` process.
+#[derive(Debug)]
+pub struct PeerProcess {
+    child: Option<Child>,
+    /// Its name in logs and reports.
+    pub name: String,
+    mirror: SocketAddr,
+    http: SocketAddr,
+    log: PathBuf,
+    data: PathBuf,
+}
+
+impl PeerProcess {
+    /// Writes a cluster CA and a peer certificate into `dir` (`shoal-peer tls init`).
+    pub fn tls_init(dir: &Path) -> anyhow::Result<()> {
+        let out = Command::new(workspace_bin("shoal-peer"))
+            .arg("tls")
+            .arg("init")
+            .arg(dir)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "shoal-peer tls init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Starts `name` with its data dir and log under `dir`, and waits until ready.
+    pub async fn start(dir: &Path, name: &str, o: &PeerOptions) -> anyhow::Result<Self> {
+        let data = dir.join(name);
+        std::fs::create_dir_all(&data)?;
+        let mirror: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
+        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
+        let quic = format!("127.0.0.1:{}", free_udp_port()?);
+        let hosts = match &o.hosts_dir {
+            Some(h) => h.clone(),
+            None => {
+                let h = data.join("certs.d");
+                std::fs::create_dir_all(&h)?;
+                h
+            }
+        };
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--quic-listen".into(),
+            quic,
+            "--http-listen".into(),
+            http.to_string(),
+            "--mirror-listen".into(),
+            mirror.to_string(),
+            "--data-dir".into(),
+            data.join("data").display().to_string(),
+            "--peer-tls-dir".into(),
+            o.tls_dir.display().to_string(),
+            "--containerd-hosts-dir".into(),
+            hosts.display().to_string(),
+        ];
+        if let Some(s) = &o.scheduler {
+            args.extend(["--scheduler".into(), s.clone()]);
+        }
+        if let Some(u) = &o.default_upstream {
+            args.extend(["--default-upstream".into(), u.clone()]);
+        }
+        args.extend(o.extra.iter().cloned());
+        let log = dir.join(format!("{name}.log"));
+        let child = spawn(&workspace_bin("shoal-peer"), &args, &log)?;
+        let p = PeerProcess {
+            child: Some(child),
+            name: name.into(),
+            mirror,
+            http,
+            log,
+            data,
+        };
+        wait_http(name, &format!("http://{}/readyz", p.http), &p.log).await?;
+        Ok(p)
+    }
+
+    /// `http://127.0.0.1:PORT`: the registry mirror.
+    pub fn mirror_url(&self) -> String {
+        format!("http://{}", self.mirror)
+    }
+
+    /// The mirror's address.
+    pub fn mirror_addr(&self) -> SocketAddr {
+        self.mirror
+    }
+
+    /// The peer's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.join("data")
+    }
+
+    /// `/metrics` as name → value (unlabelled samples only).
+    pub async fn metrics(&self) -> anyhow::Result<HashMap<String, f64>> {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One counter from `/metrics` (0 when absent or unreachable).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .ok()
+            .and_then(|m| m.get(name).copied())
+            .unwrap_or(0.0)
+    }
+
+    /// Kills it like a crashed node (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        crate::read_log(&self.log)
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,138 @@
+//! A one-blob upstream registry over plain HTTP on 127.0.0.1 that counts what it
+//! serves: `HEAD` and `GET /v2/<repo>/blobs/<digest>` (with `Range: bytes=N-`), every
+//! other path 404. It can pause after every 256 KiB so a transfer takes long enough
+//! to disturb it mid-way (kill a peer, restart the scheduler).
+//!
+//! Used where the assertion is about bytes served ("upstream served one copy"); tests
+//! about registry behaviour use the real `docker-registry` ([`crate::registry`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Counters of a [`CountingUpstream`].
+#[derive(Debug, Default)]
+pub struct Served {
+    /// `GET`s of the blob.
+    pub gets: AtomicU64,
+    /// `HEAD`s of the blob.
+    pub heads: AtomicU64,
+    /// Body bytes sent.
+    pub bytes: AtomicU64,
+}
+
+/// A running counting upstream; stops with the runtime that started it.
+#[derive(Debug, Clone)]
+pub struct CountingUpstream {
+    addr: SocketAddr,
+    served: Arc<Served>,
+}
+
+impl CountingUpstream {
+    /// Serves `data` as `/v2/<repo>/blobs/<digest>`, pausing `pause` after every
+    /// 256 KiB of a body (zero: full speed). Must be called within a tokio runtime.
+    pub async fn start(
+        repo: &str,
+        digest: &str,
+        data: Arc<Vec<u8>>,
+        pause: Duration,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let served = Arc::new(Served::default());
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let (s, d) = (served.clone(), digest.to_owned());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (data, s, path, d) = (data.clone(), s.clone(), path.clone(), d.clone());
+                tokio::spawn(async move {
+                    let _ = answer(sock, &path, &d, &data, &s, pause).await;
+                });
+            }
+        });
+        Ok(CountingUpstream { addr, served })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The counters.
+    pub fn served(&self) -> &Served {
+        &self.served
+    }
+
+    /// Body bytes sent so far.
+    pub fn bytes(&self) -> u64 {
+        self.served.bytes.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    mut sock: TcpStream,
+    path: &str,
+    digest: &str,
+    data: &[u8],
+    served: &Served,
+    pause: Duration,
+) -> std::io::Result<()> {
+    loop {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut buf).await? {
+                0 => return Ok(()),
+                n => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        let mut first = text.lines().next().unwrap_or("").split(' ');
+        let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+        if target.split('?').next() != Some(path) || !(method == "GET" || method == "HEAD") {
+            sock.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .await?;
+            continue;
+        }
+        let start: usize = text
+            .lines()
+            .find_map(|l| {
+                let l = l.to_ascii_lowercase();
+                l.strip_prefix("range: bytes=")
+                    .and_then(|r| r.trim().trim_end_matches('-').parse().ok())
+            })
+            .unwrap_or(0)
+            .min(data.len());
+        let total = data.len();
+        let status = if start > 0 {
+            format!(
+                "206 Partial Content\r\ncontent-range: bytes {start}-{}/{total}",
+                total.saturating_sub(1)
+            )
+        } else {
+            "200 OK".into()
+        };
+        let header = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ndocker-content-digest: {digest}\r\n\
+             content-type: application/octet-stream\r\n\r\n",
+            total - start
+        );
+        sock.write_all(header.as_bytes()).await?;
+        if method == "HEAD" {
+            served.heads.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        served.gets.fetch_add(1, Ordering::SeqCst);
+        for chunk in data[start..].chunks(256 << 10) {
+            sock.write_all(chunk).await?;
+            served.bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
