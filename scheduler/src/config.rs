@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::auth::OperatorToken;
 use crate::core::CoreConfig;
 
 /// Command-line flags. Every value is taken as text and checked in
@@ -51,6 +52,10 @@ pub struct Args {
     /// Log format: text or json [default: text].
     #[arg(long, env = "SHOAL_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// File holding the bearer token that the operator API's write endpoints
+    /// (quarantine, drop) require; without it they answer 403 [default: none].
+    #[arg(long, env = "SHOAL_OPERATOR_TOKEN_FILE")]
+    pub operator_token_file: Option<PathBuf>,
 }
 
 /// The config file: the same keys as the flags.
@@ -66,6 +71,7 @@ struct File {
     max_children_per_parent: Option<String>,
     plan_interval: Option<String>,
     log_format: Option<String>,
+    operator_token_file: Option<PathBuf>,
 }
 
 /// How logs are written.
@@ -88,6 +94,10 @@ pub struct Settings {
     pub plan_interval: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// The token write endpoints require; `None`: they are disabled (403).
+    /// Read once at start, from `--operator-token-file`: one line of at
+    /// least 16 visible ASCII characters. Never logged.
+    pub operator_token: Option<OperatorToken>,
     /// The core's tunables.
     pub core: CoreConfig,
 }
@@ -220,6 +230,17 @@ impl Settings {
                 None
             }
         };
+        let operator_token = match args.operator_token_file.or(file.operator_token_file) {
+            None => None,
+            Some(path) => match OperatorToken::from_file(&path) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    // Names the file, never its content.
+                    errors.push(format!("--operator-token-file {}: {e}", path.display()));
+                    None
+                }
+            },
+        };
         if let (Some(g), Some(h)) = (grpc_listen, http_listen)
             && g == h
             && g.port() != 0
@@ -243,6 +264,7 @@ impl Settings {
             http_listen: http_listen.expect("checked"),
             plan_interval: plan_interval.expect("checked"),
             log_format: log_format.expect("checked"),
+            operator_token,
             core,
         })
     }
@@ -307,6 +329,64 @@ mod tests {
         let errs = Settings::resolve(args(&["--config", bad.to_str().unwrap()])).unwrap_err();
         assert!(
             errs[0].contains("bad.toml") && errs[0].contains("peer_tll"),
+            "{errs:?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn operator_token_from_flag_or_file_and_its_errors_never_show_it() {
+        let dir = std::env::temp_dir().join(format!("shoal-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "0123456789abcdef-secret\n").unwrap();
+        let s =
+            Settings::resolve(args(&["--operator-token-file", token.to_str().unwrap()])).unwrap();
+        assert!(
+            s.operator_token
+                .unwrap()
+                .matches(b"0123456789abcdef-secret")
+        );
+        assert!(
+            Settings::resolve(args(&[]))
+                .unwrap()
+                .operator_token
+                .is_none()
+        );
+
+        let cfg = dir.join("cfg.toml");
+        std::fs::write(
+            &cfg,
+            format!("operator_token_file = {:?}\n", token.to_str().unwrap()),
+        )
+        .unwrap();
+        let s = Settings::resolve(args(&["--config", cfg.to_str().unwrap()])).unwrap();
+        assert!(s.operator_token.is_some());
+        assert!(
+            !format!("{s:?}").contains("secret"),
+            "Settings' Debug shows the token"
+        );
+
+        let short = dir.join("short");
+        std::fs::write(&short, "tiny-secret").unwrap();
+        let errs = Settings::resolve(args(&[
+            "--operator-token-file",
+            short.to_str().unwrap(),
+            "--max-parents",
+            "0",
+        ]))
+        .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("--operator-token-file") && e.contains("fewer than 16"))
+        );
+        assert!(errs.iter().all(|e| !e.contains("tiny-secret")), "{errs:?}");
+        let missing = dir.join("missing");
+        let errs = Settings::resolve(args(&["--operator-token-file", missing.to_str().unwrap()]))
+            .unwrap_err();
+        assert!(
+            errs[0].contains("missing") && errs[0].contains("cannot read"),
             "{errs:?}"
         );
         std::fs::remove_dir_all(dir).unwrap();

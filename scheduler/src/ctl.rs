@@ -1,6 +1,8 @@
 //! `shoalctl`, the operator CLI: asks the scheduler's operator API (see
 //! [`crate::http`]) about peers and tasks and prints a table or the API's
-//! JSON. The binary (`src/bin/shoalctl.rs`) only parses and calls [`run`].
+//! JSON, and steers the swarm through its write endpoints (`quarantine`,
+//! `unquarantine`, `drop`, with the operator token of `--token-file`). The
+//! binary (`src/bin/shoalctl.rs`) only parses and calls [`run`].
 //!
 //! Layout:
 //! - this file: arguments, the HTTP client, errors;
@@ -8,19 +10,23 @@
 //!   each answer is printed as a table;
 //! - `ctl/table.rs`: a small aligned-column formatter and human units.
 //!
-//! Not here (yet): `preheat` (needs the write endpoint and a token), watch
-//! mode, TLS client certificates (the API is cluster-internal plain HTTP).
+//! Not here (yet): `preheat` (needs its write endpoint), watch mode, TLS
+//! client certificates (the API is cluster-internal plain HTTP).
 
 mod render;
 mod table;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use reqwest::Url;
 use serde::Deserialize;
 use shoal_proto::Digest;
+
+use crate::auth::OperatorToken;
+use crate::core::PeerId;
 
 /// Where the scheduler's operator API is when nobody says.
 pub const DEFAULT_SCHEDULER: &str = "http://127.0.0.1:7680";
@@ -42,6 +48,10 @@ pub struct Cli {
     /// Give up on a request after this many seconds.
     #[arg(long, default_value_t = 10, global = true, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
+    /// File holding the operator token (the scheduler's --operator-token-file);
+    /// needed by quarantine, unquarantine and drop.
+    #[arg(long, env = "SHOAL_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
     /// What to show.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -69,6 +79,67 @@ pub enum CtlCommand {
         #[arg(value_parser = parse_digest)]
         digest: Digest,
     },
+    /// Stop offering a peer as a parent, for every task (needs --token-file).
+    Quarantine {
+        /// The peer's id.
+        #[arg(value_parser = parse_peer)]
+        peer: PeerId,
+    },
+    /// Offer a peer as a parent again (needs --token-file).
+    Unquarantine {
+        /// The peer's id.
+        #[arg(value_parser = parse_peer)]
+        peer: PeerId,
+    },
+    /// Tell every peer holding a task to drop it from its store (needs --token-file).
+    Drop {
+        /// The blob's digest, sha256:<64 lowercase hex>.
+        #[arg(value_parser = parse_digest)]
+        digest: Digest,
+    },
+}
+
+impl CtlCommand {
+    /// The HTTP method and path (under the base URL) of this command.
+    fn request(&self) -> (reqwest::Method, String) {
+        use reqwest::Method;
+        match self {
+            CtlCommand::Peers => (Method::GET, "api/v1/peers".to_owned()),
+            CtlCommand::Tasks => (Method::GET, "api/v1/tasks".to_owned()),
+            CtlCommand::Task { digest } => (Method::GET, format!("api/v1/tasks/{digest}")),
+            CtlCommand::Quarantine { peer } => {
+                (Method::POST, format!("api/v1/peers/{peer}/quarantine"))
+            }
+            CtlCommand::Unquarantine { peer } => {
+                (Method::DELETE, format!("api/v1/peers/{peer}/quarantine"))
+            }
+            CtlCommand::Drop { digest } => (Method::POST, format!("api/v1/tasks/{digest}/drop")),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            CtlCommand::Peers => "peers",
+            CtlCommand::Tasks => "tasks",
+            CtlCommand::Task { .. } => "task",
+            CtlCommand::Quarantine { .. } => "quarantine",
+            CtlCommand::Unquarantine { .. } => "unquarantine",
+            CtlCommand::Drop { .. } => "drop",
+        }
+    }
+
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            CtlCommand::Quarantine { .. }
+                | CtlCommand::Unquarantine { .. }
+                | CtlCommand::Drop { .. }
+        )
+    }
+}
+
+fn parse_peer(s: &str) -> Result<PeerId, String> {
+    PeerId::parse(s).map_err(str::to_owned)
 }
 
 fn parse_digest(s: &str) -> Result<Digest, String> {
@@ -122,6 +193,20 @@ pub enum CtlError {
     /// Writing the output failed.
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// A write command without `--token-file` (exit code 2, like clap's).
+    #[error(
+        "{0} changes the swarm and needs the operator token: pass --token-file FILE (or set SHOAL_TOKEN_FILE)"
+    )]
+    TokenMissing(&'static str),
+    /// The token file cannot be used; the message names the file, never
+    /// its content.
+    #[error("token file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The API's error body.
@@ -147,13 +232,26 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
             url: redact(cli.scheduler.as_str()),
             reason: innermost(&e),
         })?;
-    let path = match &cli.command {
-        CtlCommand::Peers => "api/v1/peers".to_owned(),
-        CtlCommand::Tasks => "api/v1/tasks".to_owned(),
-        CtlCommand::Task { digest } => format!("api/v1/tasks/{digest}"),
+    let token = if cli.command.writes() {
+        let path = cli
+            .token_file
+            .as_ref()
+            .ok_or(CtlError::TokenMissing(cli.command.name()))?;
+        let token = OperatorToken::from_file(path).map_err(|e| CtlError::Token {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Some(token)
+    } else {
+        None
     };
+    let (method, path) = cli.command.request();
     let url = format!("{}/{path}", cli.scheduler.as_str().trim_end_matches('/'));
-    let value = get_json(&client, &url, cli.timeout).await?;
+    let mut request = client.request(method, &url);
+    if let Some(token) = &token {
+        request = request.bearer_auth(token.expose());
+    }
+    let value = send_json(request, &url, cli.timeout).await?;
     let url = redact(&url);
     let text = match cli.output {
         Output::Json => {
@@ -171,6 +269,12 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 CtlCommand::Tasks => render::tasks(&serde_json::from_value(value).map_err(decode)?),
                 CtlCommand::Task { .. } => {
                     render::task(&serde_json::from_value(value).map_err(decode)?)
+                }
+                CtlCommand::Quarantine { .. } | CtlCommand::Unquarantine { .. } => {
+                    render::quarantine(&serde_json::from_value(value).map_err(decode)?)
+                }
+                CtlCommand::Drop { .. } => {
+                    render::dropped(&serde_json::from_value(value).map_err(decode)?)
                 }
             }
         }
@@ -192,10 +296,11 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// GETs `url` and parses its JSON, turning every failure into a [`CtlError`]
-/// (whose messages never show the URL's password).
-async fn get_json(
-    client: &reqwest::Client,
+/// Sends `request` (to `url`) and parses its JSON, turning every failure
+/// into a [`CtlError`] (whose messages never show the URL's password nor
+/// the token).
+async fn send_json(
+    request: reqwest::RequestBuilder,
     url: &str,
     timeout: u64,
 ) -> Result<serde_json::Value, CtlError> {
@@ -208,7 +313,7 @@ async fn get_json(
             innermost(&e)
         },
     };
-    let response = client.get(url).send().await.map_err(unreachable)?;
+    let response = request.send().await.map_err(unreachable)?;
     let status = response.status();
     let body = response.bytes().await.map_err(unreachable)?;
     if !status.is_success() {

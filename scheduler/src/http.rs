@@ -1,20 +1,29 @@
-//! The scheduler's operator API: read-only HTTP/JSON over the core's views,
-//! Prometheus metrics, health and readiness. `shoalctl` is its client.
+//! The scheduler's operator API: HTTP/JSON over the core's views, a few
+//! write endpoints for operators steering the swarm, Prometheus metrics,
+//! health and readiness. `shoalctl` is its client.
 //!
 //! Routes (also described by `GET /api/v1/openapi.json`):
 //! - `GET /api/v1/peers` → `{"peers": [PeerView…]}`
 //! - `GET /api/v1/tasks` → `{"tasks": [TaskSummary…]}`
 //! - `GET /api/v1/tasks/{digest}` → `TaskDetail` (holders, per-peer progress)
+//! - `POST`/`DELETE /api/v1/peers/{id}/quarantine` → quarantine a peer (offer
+//!   it as a parent for no task) or lift that
+//! - `POST /api/v1/tasks/{digest}/drop` → tell every holder to drop the task
 //! - `GET /metrics` → OpenMetrics text, every name prefixed `shoal_`
 //! - `GET /healthz` → 200 while the process runs
 //! - `GET /readyz` → 200 once the gRPC server serves, 503 before
 //!
+//! Write endpoints need `Authorization: Bearer <token>`, the token of
+//! `--operator-token-file` ([`OperatorToken`]): 401 without it or with
+//! another one, 403 when the scheduler has no token (writes disabled). The
+//! token is checked before anything else about the request. Reads are open.
+//!
 //! Errors are JSON, `{"error": {"code": "…", "message": "…"}}`, with a stable
 //! upper-case code per kind ([`ApiError`]).
 //!
-//! Handlers only lock, call a view and serialise: every decision is the
-//! core's. Not here: writes (preheat is future work and will need a bearer
-//! token), authentication, TLS (the Service is cluster-internal), CORS.
+//! Handlers only check, lock, call the core and serialise: every decision is
+//! the core's. Not here: preheat (future work), TLS (the Service is
+//! cluster-internal), CORS.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,16 +31,17 @@ use std::time::Instant;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use shoal_proto::{Digest, DigestError};
-use tracing::Instrument;
+use tracing::{Instrument, info};
 
-use crate::core::{PeerView, TaskDetail, TaskSummary};
+use crate::auth::OperatorToken;
+use crate::core::{PeerId, PeerView, TaskDetail, TaskSummary};
 use crate::metrics::{self, Metrics};
 use crate::state::SchedulerState;
 
@@ -43,17 +53,28 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 struct Api {
     state: Arc<SchedulerState>,
     metrics: Arc<Metrics>,
+    /// `None`: write endpoints are disabled.
+    token: Option<Arc<OperatorToken>>,
 }
 
-/// The operator API's routes over `state`, with `metrics` served at `/metrics`.
-pub fn router(state: Arc<SchedulerState>, metrics: Arc<Metrics>) -> Router {
+/// The operator API's routes over `state`, with `metrics` served at
+/// `/metrics`. Write endpoints require `token`; without one they answer 403.
+pub fn router(
+    state: Arc<SchedulerState>,
+    metrics: Arc<Metrics>,
+    token: Option<OperatorToken>,
+) -> Router {
     Router::new()
         .route("/api/v1/peers", get(peers))
+        .route(
+            "/api/v1/peers/{id}/quarantine",
+            post(quarantine).delete(unquarantine),
+        )
         .route("/api/v1/tasks", get(tasks))
         // A wildcard, so that anything after `tasks/` (`../etc`, a digest
         // with a stray `/`) is reported as a bad digest rather than a
-        // missing route.
-        .route("/api/v1/tasks/{*digest}", get(task))
+        // missing route. `POST …/{digest}/drop` shares it.
+        .route("/api/v1/tasks/{*digest}", get(task).post(task_action))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
@@ -61,7 +82,11 @@ pub fn router(state: Arc<SchedulerState>, metrics: Arc<Metrics>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(trace_request))
-        .with_state(Api { state, metrics })
+        .with_state(Api {
+            state,
+            metrics,
+            token: token.map(Arc::new),
+        })
 }
 
 /// One span per request; its status and duration logged at debug when it
@@ -113,12 +138,30 @@ pub enum ApiError {
     /// No peer holds, downloads or asked for this task (404).
     #[error("no peer holds or downloads {0}")]
     TaskUnknown(Digest),
+    /// The path's peer id is not 1–128 characters of `[A-Za-z0-9._-]` (400).
+    #[error("invalid peer id {input:?}: {reason}")]
+    PeerIdInvalid {
+        /// What the client sent (truncated).
+        input: String,
+        /// Why it is not a peer id.
+        reason: &'static str,
+    },
+    /// No such peer in the swarm (404).
+    #[error("peer {0} is not in the swarm")]
+    PeerUnknown(String),
     /// No such route (404).
     #[error("no route for {0}; see /api/v1/openapi.json")]
     NotFound(String),
-    /// The route exists but not with this method; the API is read-only (405).
-    #[error("method {0} not allowed here; this API is read-only (GET)")]
+    /// The route exists but not with this method (405).
+    #[error("method {0} not allowed here; see /api/v1/openapi.json")]
     MethodNotAllowed(String),
+    /// A write endpoint without the right bearer token (401). The message
+    /// says what was wrong, never what was sent.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A write endpoint while the scheduler has no token (403).
+    #[error("write endpoints disabled: no --operator-token-file")]
+    WritesDisabled,
 }
 
 impl ApiError {
@@ -127,17 +170,27 @@ impl ApiError {
         match self {
             ApiError::DigestInvalid { .. } | ApiError::PathInvalid(_) => "DIGEST_INVALID",
             ApiError::TaskUnknown(_) => "TASK_UNKNOWN",
+            ApiError::PeerIdInvalid { .. } => "PEER_ID_INVALID",
+            ApiError::PeerUnknown(_) => "PEER_UNKNOWN",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
+            ApiError::Unauthorized(_) => "UNAUTHORIZED",
+            ApiError::WritesDisabled => "WRITES_DISABLED",
         }
     }
 
     /// The HTTP status it is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::DigestInvalid { .. } | ApiError::PathInvalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::TaskUnknown(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::DigestInvalid { .. }
+            | ApiError::PathInvalid(_)
+            | ApiError::PeerIdInvalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TaskUnknown(_) | ApiError::PeerUnknown(_) | ApiError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::WritesDisabled => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -163,7 +216,14 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(r#"Bearer realm="shoal-scheduler""#),
+            );
+        }
+        response
     }
 }
 
@@ -209,6 +269,148 @@ async fn task(
         .with_core(|core, now| core.task(now, &digest))
         .map(Json)
         .ok_or(ApiError::TaskUnknown(digest))
+}
+
+/// Lets a write request through when it carries the configured token.
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &api.token else {
+        return Err(ApiError::WritesDisabled);
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthorized(
+            "this endpoint needs an Authorization: Bearer <token> header",
+        ));
+    };
+    let value = value.as_bytes();
+    // The scheme is case-insensitive (RFC 9110, 11.1).
+    let presented = match value.split_at_checked(7) {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest,
+        _ => {
+            return Err(ApiError::Unauthorized(
+                "the Authorization header must be Bearer <token>",
+            ));
+        }
+    };
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "the bearer token is not the operator token",
+        ))
+    }
+}
+
+/// Answers a write request and counts it by action and status.
+fn answered<T: Serialize>(api: &Api, action: &'static str, r: Result<T, ApiError>) -> Response {
+    let response = match r {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    };
+    api.metrics
+        .operator_request(action, response.status().as_u16());
+    response
+}
+
+fn peer_id(raw: &str) -> Result<PeerId, ApiError> {
+    PeerId::parse(raw).map_err(|reason| ApiError::PeerIdInvalid {
+        input: echo(raw),
+        reason,
+    })
+}
+
+/// The answer of the quarantine endpoints.
+#[derive(Serialize)]
+struct QuarantineState {
+    peer: String,
+    quarantined: bool,
+    quarantine_reasons: Vec<&'static str>,
+}
+
+async fn set_quarantine(
+    api: &Api,
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    on: bool,
+) -> Result<QuarantineState, ApiError> {
+    authorize(api, headers)?;
+    let Path(raw) = path.map_err(|e| ApiError::PathInvalid(e.body_text()))?;
+    let id = peer_id(&raw)?;
+    let reasons = api
+        .state
+        .with_core(|core, now| core.set_operator_quarantine(now, &id, on))
+        .map_err(|_| ApiError::PeerUnknown(id.to_string()))?;
+    info!(peer.id = %id, quarantined = on, reasons = ?reasons, "operator changed a peer's quarantine");
+    Ok(QuarantineState {
+        peer: id.to_string(),
+        quarantined: !reasons.is_empty(),
+        quarantine_reasons: reasons,
+    })
+}
+
+async fn quarantine(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let r = set_quarantine(&api, path, &headers, true).await;
+    answered(&api, "quarantine", r)
+}
+
+async fn unquarantine(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let r = set_quarantine(&api, path, &headers, false).await;
+    answered(&api, "unquarantine", r)
+}
+
+/// The answer of `POST /api/v1/tasks/{digest}/drop`.
+#[derive(Serialize)]
+struct DropAnswer {
+    digest: Digest,
+    /// Holders with an open session, sent the command.
+    commanded: Vec<String>,
+    /// Holders without an open session now (they keep the task).
+    not_connected: Vec<String>,
+}
+
+/// `POST /api/v1/tasks/{digest}/drop`; any other POST under `tasks/` is 405.
+async fn task_action(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let raw = match &path {
+        Ok(Path(raw)) => raw,
+        Err(e) => return ApiError::PathInvalid(e.body_text()).into_response(),
+    };
+    let Some(raw) = raw.strip_suffix("/drop") else {
+        return ApiError::MethodNotAllowed("POST".into()).into_response();
+    };
+    let r = (|| {
+        authorize(&api, &headers)?;
+        let digest: Digest = raw.parse().map_err(|source| ApiError::DigestInvalid {
+            input: echo(raw),
+            source,
+        })?;
+        let order = api
+            .state
+            .with_core(|core, _| core.drop_task(&digest))
+            .map_err(|_| ApiError::TaskUnknown(digest))?;
+        info!(
+            task.digest = %digest,
+            commanded = order.commanded.len(),
+            not_connected = order.not_connected.len(),
+            "operator told every holder to drop a task"
+        );
+        Ok(DropAnswer {
+            digest,
+            commanded: order.commanded.iter().map(PeerId::to_string).collect(),
+            not_connected: order.not_connected.iter().map(PeerId::to_string).collect(),
+        })
+    })();
+    answered(&api, "drop", r)
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -268,6 +470,8 @@ mod tests {
             "/api/v1/peers",
             "/api/v1/tasks",
             "/api/v1/tasks/{digest}",
+            "/api/v1/tasks/{digest}/drop",
+            "/api/v1/peers/{id}/quarantine",
             "/api/v1/openapi.json",
             "/metrics",
             "/healthz",

@@ -4,12 +4,14 @@
 //! Layout:
 //! - [`core`]: the pure state machine (peers, tasks, leases, back-to-source
 //!   election, parent ranking). No I/O; `now` is passed in.
-//! - [`http`]: the operator API (axum, JSON, read-only), `/metrics`, health.
+//! - [`http`]: the operator API (axum, JSON), `/metrics`, health; its write
+//!   endpoints need the bearer token of [`auth`].
 //! - [`metrics`]: the Prometheus registry and metric families.
 //! - [`ctl`]: `shoalctl`, the operator CLI over the operator API.
 //!
 //! Non-goals: persistence. The state is soft and rebuilt from peers' joins.
 
+pub mod auth;
 pub mod config;
 mod convert;
 pub mod core;

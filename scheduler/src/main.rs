@@ -55,6 +55,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         grpc.addr = %grpc_listener.local_addr()?,
         http.addr = %http_listener.local_addr()?,
         peer_ttl = ?settings.core.peer_ttl,
+        // Whether write endpoints are on; the token itself is never logged.
+        http.writes = settings.operator_token.is_some(),
         "shoal-scheduler starting"
     );
     let state = SchedulerState::new(Scheduler::new(settings.core.clone()));
@@ -73,7 +75,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics.clone(),
         stopped(),
     ));
-    let router = http::router(state.clone(), metrics.clone());
+    let router = http::router(
+        state.clone(),
+        metrics.clone(),
+        settings.operator_token.clone(),
+    );
     let http = tokio::spawn(http::serve(http_listener, router, stopped()));
     let ticker = tokio::spawn(grpc::run_ticker(
         state.clone(),

@@ -10,7 +10,8 @@
 //!   same instant and the counters are exactly the core's (monotonic for the
 //!   life of the process).
 //! - counters the adapters bump as things happen: gRPC requests by method and
-//!   status code ([`Metrics::grpc_request`]).
+//!   status code ([`Metrics::grpc_request`]), operator write requests by
+//!   action and HTTP status ([`Metrics::operator_request`]).
 //!
 //! Not here: histograms of plan latency (future work), the peer's metrics
 //! (the peer crate has its own registry), any global/static registry.
@@ -36,11 +37,21 @@ struct GrpcLabels {
     code: &'static str,
 }
 
+/// Labels of `shoal_scheduler_operator_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OperatorLabels {
+    /// `quarantine`, `unquarantine` or `drop`.
+    action: &'static str,
+    /// The HTTP status answered, e.g. `200`, `401`.
+    code: u16,
+}
+
 /// The scheduler's metric registry and the families the adapters update.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     grpc_requests: Family<GrpcLabels, Counter>,
+    operator_requests: Family<OperatorLabels, Counter>,
     /// Where [`Metrics::encode`] puts the core's snapshot for [`CoreCollector`].
     snapshot: Arc<Mutex<Snapshot>>,
     /// Serialises scrapes, so that each one prints the snapshot it took.
@@ -54,6 +65,7 @@ struct Snapshot {
     peers: usize,
     tasks: usize,
     open_plans: usize,
+    quarantined: usize,
     ready: bool,
     uptime_secs: u64,
 }
@@ -74,11 +86,18 @@ impl Metrics {
             "gRPC requests the scheduler finished, by method and status code (streams count once, when they end)",
             grpc_requests.clone(),
         );
+        let operator_requests = Family::<OperatorLabels, Counter>::default();
+        registry.register(
+            "operator_requests",
+            "Operator write requests (quarantine, unquarantine, drop), by action and HTTP status (401: no or wrong token, 403: writes disabled)",
+            operator_requests.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(CoreCollector(snapshot.clone())));
         Metrics {
             registry,
             grpc_requests,
+            operator_requests,
             snapshot,
             scrape: Mutex::new(()),
         }
@@ -94,17 +113,29 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one operator write request (`action`: `quarantine`,
+    /// `unquarantine`, `drop`) answered with `status`.
+    pub fn operator_request(&self, action: &'static str, status: u16) {
+        self.operator_requests
+            .get_or_create(&OperatorLabels {
+                action,
+                code: status,
+            })
+            .inc();
+    }
+
     /// Renders every metric in the OpenMetrics text format, reading the core
     /// (under its lock, briefly) for its counters and sizes.
     pub fn encode(&self, state: &SchedulerState) -> String {
         let _scrape = self.scrape.lock().expect("metrics scrape lock");
-        let (stats, (peers, tasks, open_plans)) =
-            state.with_core(|core, _| (core.stats().clone(), core.sizes()));
+        let (stats, (peers, tasks, open_plans), quarantined) = state
+            .with_core(|core, _| (core.stats().clone(), core.sizes(), core.quarantined_peers()));
         *self.snapshot.lock().expect("metrics snapshot lock") = Snapshot {
             stats,
             peers,
             tasks,
             open_plans,
+            quarantined,
             ready: state.is_ready(),
             uptime_secs: state.uptime().as_secs(),
         };
@@ -123,7 +154,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct CoreCollector(Arc<Mutex<Snapshot>>);
 
 /// `(name without prefix and _total, help, value)` of each core counter.
-fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 11] {
+fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 13] {
     [
         (
             "peer_joins",
@@ -180,6 +211,16 @@ fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 11] {
             "Reports of a parent that sent a piece failing its hash",
             s.bad_parent_reports,
         ),
+        (
+            "operator_quarantines",
+            "Peers an operator quarantined (taken out as parents)",
+            s.operator_quarantines,
+        ),
+        (
+            "drop_orders",
+            "Tasks an operator told every holder to drop",
+            s.drop_orders,
+        ),
     ]
 }
 
@@ -191,7 +232,7 @@ impl Collector for CoreCollector {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
             (
                 "peers",
                 "Peers in the swarm now (joined, lease not expired)",
@@ -206,6 +247,11 @@ impl Collector for CoreCollector {
                 "open_plans",
                 "Plan streams open now (downloads in progress)",
                 s.open_plans as i64,
+            ),
+            (
+                "quarantined_peers",
+                "Peers offered as a parent for no task now (operator or bad-parent reports)",
+                s.quarantined as i64,
             ),
             (
                 "ready",

@@ -12,7 +12,13 @@ struct Proc {
     child: Child,
     grpc: String,
     http: String,
+    /// Every log line after the first.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The operator token file it was started with.
+    token_file: std::path::PathBuf,
 }
+
+const TOKEN: &str = "binary-test-token-0123456789";
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -21,9 +27,13 @@ impl Drop for Proc {
     }
 }
 
-/// Starts the scheduler on ephemeral loopback ports and reads the addresses
-/// it bound from its JSON start-up log line.
+/// Starts the scheduler on ephemeral loopback ports, with an operator token
+/// (`SHOAL_OPERATOR_TOKEN_FILE`), and reads the addresses it bound from its
+/// JSON start-up log line.
 fn start() -> Proc {
+    let token_file =
+        std::env::temp_dir().join(format!("shoal-binary-token-{}", std::process::id()));
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal-scheduler"))
         .args([
             "--grpc-listen",
@@ -33,6 +43,7 @@ fn start() -> Proc {
         ])
         .env("SHOAL_LOG_FORMAT", "json")
         .env("SHOAL_PEER_TTL", "10s")
+        .env("SHOAL_OPERATOR_TOKEN_FILE", &token_file)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start shoal-scheduler");
@@ -42,11 +53,25 @@ fn start() -> Proc {
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     assert_eq!(v["message"], "shoal-scheduler starting", "{line}");
+    assert_eq!(v["http.writes"], true, "{line}");
+    assert!(!line.contains(TOKEN), "the token was logged: {line}");
     let grpc = v["grpc.addr"].as_str().unwrap().to_string();
     let http = v["http.addr"].as_str().unwrap().to_string();
     // Keep draining stderr so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Proc { child, grpc, http }
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    Proc {
+        child,
+        grpc,
+        http,
+        log,
+        token_file,
+    }
 }
 
 fn shoalctl(http: &str, args: &[&str]) -> (bool, String, String) {
@@ -126,10 +151,44 @@ async fn serves_grpc_and_the_operator_api_and_stops_on_sigterm() {
     assert!(!ok);
     assert!(err.contains("error:"), "{err}");
 
+    // The write endpoints take the token from the file it was started with.
+    let token_file = proc.token_file.to_str().unwrap().to_owned();
+    let (ok, out, err) = shoalctl(
+        &proc.http,
+        &["quarantine", "node-a", "--token-file", &token_file],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("quarantined (operator)"), "{out}");
+    let (ok, out, _) = shoalctl(&proc.http, &["-o", "json", "peers"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["peers"][0]["quarantine_reasons"],
+        serde_json::json!(["operator"])
+    );
+    let status = reqwest::Client::new()
+        .post(format!(
+            "http://{}/api/v1/peers/node-b/quarantine",
+            proc.http
+        ))
+        .bearer_auth("not-the-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 401);
+
     // SIGTERM: a clean stop.
     let status = shoal_tests::terminate(&mut proc.child, Duration::from_secs(10)).await;
     let status = status.expect("did not stop within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
+    let log = proc.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("operator changed a peer's quarantine"),
+        "{log}"
+    );
+    assert!(!log.contains(TOKEN), "the token was logged");
+    let _ = std::fs::remove_file(&proc.token_file);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The real `shoalctl` binary against the operator API served on
-//! `127.0.0.1:0`: tables, JSON, the env var, and its error messages and
-//! exit codes.
+//! `127.0.0.1:0`: tables, JSON, the env vars, the write commands with their
+//! token file, and its error messages and exit codes.
 
 mod common;
 
@@ -9,11 +9,13 @@ use std::process::Output;
 use common::{fresh, held, swarm};
 use serde_json::Value;
 use shoal_proto::Digest;
+use shoal_scheduler::auth::OperatorToken;
 use shoal_scheduler::http::{router, serve};
 
 async fn shoalctl(url: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_shoalctl"))
         .env_remove("SHOAL_SCHEDULER")
+        .env_remove("SHOAL_TOKEN_FILE")
         .arg("--scheduler")
         .arg(url)
         .args(args)
@@ -37,7 +39,7 @@ async fn prints_tables_and_json_and_clear_errors() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, router(state, metrics), async {
+    let server = tokio::spawn(serve(listener, router(state, metrics, None), async {
         let _ = stopped.await;
     }));
 
@@ -143,4 +145,137 @@ async fn prints_tables_and_json_and_clear_errors() {
         )),
         "{err}"
     );
+}
+
+const TOKEN: &str = "cli-token-0123456789abcdef";
+
+/// Serves the test swarm's operator API with `token`; returns its URL and
+/// a stop handle.
+async fn serve_swarm(
+    token: Option<&str>,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (state, metrics) = swarm();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let token = token.map(|t| OperatorToken::parse(t).unwrap());
+    let server = tokio::spawn(serve(listener, router(state, metrics, token), async {
+        let _ = stopped.await;
+    }));
+    (url, stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_commands_use_the_token_file_and_say_what_changed() {
+    let dir = std::env::temp_dir().join(format!("shoalctl-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let wrong_file = dir.join("wrong");
+    std::fs::write(&wrong_file, "not-the-operator-token-at-all").unwrap();
+    let token_path = token_file.to_str().unwrap();
+    let (url, stop, server) = serve_swarm(Some(TOKEN)).await;
+
+    let out = shoalctl(&url, &["quarantine", "peer-1", "--token-file", token_path]).await;
+    assert_eq!(
+        stdout(&out),
+        "peer peer-1 is quarantined (operator): offered as a parent for no task\n"
+    );
+    let peers = stdout(&shoalctl(&url, &["peers"]).await);
+    assert!(
+        peers.lines().next().unwrap().ends_with("QUARANTINE"),
+        "{peers}"
+    );
+    let row = peers.lines().find(|l| l.starts_with("peer-1")).unwrap();
+    assert!(row.ends_with("operator"), "{peers}");
+    assert!(
+        peers
+            .lines()
+            .find(|l| l.starts_with("peer-0"))
+            .unwrap()
+            .ends_with('-')
+    );
+
+    // SHOAL_TOKEN_FILE stands in for --token-file; -o json prints the API's answer.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoalctl"))
+        .env("SHOAL_SCHEDULER", &url)
+        .env("SHOAL_TOKEN_FILE", &token_file)
+        .args(["unquarantine", "peer-1", "-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["quarantined"], false);
+
+    let digest = held().to_string();
+    let out = shoalctl(&url, &["drop", &digest, "--token-file", token_path]).await;
+    assert_eq!(
+        stdout(&out),
+        format!("drop of {digest} sent to 0 peers: -\nnot connected (they keep it): peer-0\n")
+    );
+
+    // No token file: a usage error, before any request.
+    let out = shoalctl(&url, &["quarantine", "peer-1"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--token-file") && err.contains("SHOAL_TOKEN_FILE"),
+        "{err}"
+    );
+    // A peer id that cannot be one: usage error too.
+    let out = shoalctl(&url, &["quarantine", "bad id", "--token-file", token_path]).await;
+    assert_eq!(out.status.code(), Some(2));
+
+    // The wrong token: the API's 401, and neither token is printed.
+    let out = shoalctl(
+        &url,
+        &[
+            "drop",
+            &digest,
+            "--token-file",
+            wrong_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err, "error: the bearer token is not the operator token\n");
+    // A token file that is not there names the file.
+    let missing = dir.join("missing");
+    let out = shoalctl(
+        &url,
+        &["drop", &digest, "--token-file", missing.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "error: token file {}: cannot read it",
+            missing.display()
+        )),
+        "{err}"
+    );
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    // A scheduler without a token: writes are disabled, reads work.
+    let (url, stop, server) = serve_swarm(None).await;
+    let out = shoalctl(&url, &["quarantine", "peer-1", "--token-file", token_path]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err,
+        "error: write endpoints disabled: no --operator-token-file\n"
+    );
+    assert!(!err.contains(TOKEN));
+    stdout(&shoalctl(&url, &["peers"]).await);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
 }

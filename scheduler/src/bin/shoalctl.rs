@@ -2,7 +2,9 @@
 //! command line, call [`shoal_scheduler::ctl::run`], print the error.
 //!
 //! Exit codes: 0 success, 1 the command failed (scheduler unreachable, API
-//! error), 2 usage (bad flag, malformed digest; clap prints the message).
+//! error, unreadable token file), 2 usage (bad flag, malformed digest or
+//! peer id, a write command without `--token-file`; clap prints the
+//! message).
 
 use std::process::ExitCode;
 
@@ -17,6 +19,10 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // `shoalctl peers | head`: the reader had enough.
         Err(CtlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e @ CtlError::TokenMissing(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -111,6 +111,7 @@ impl Scheduler {
             children: 0,
             tasks: HashSet::new(),
             bad_reports: HashSet::new(),
+            operator_quarantine: false,
             id_hash: {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::hash::DefaultHasher::new();

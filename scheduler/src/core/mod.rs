@@ -10,6 +10,7 @@
 //! - [`types`]: ids, inputs, plan updates, effects.
 //! - `membership.rs`: join, sessions, leases, departures.
 //! - `reports.rs`: piece reports, task started/complete, evictions, bad parents.
+//! - `operator.rs`: what operators ask for: quarantine a peer, drop a task.
 //! - `planning.rs`: plan streams, back-to-source election, flushing updates.
 //! - `rank.rs`: parent ranking (a pure function of one task's state).
 //! - `views.rs`: read-only snapshots for the operator API and metrics.
@@ -19,6 +20,7 @@
 
 mod error;
 mod membership;
+mod operator;
 mod planning;
 mod rank;
 mod reports;
@@ -33,6 +35,7 @@ use rand::rngs::SmallRng;
 use shoal_proto::{Digest, PieceSet, TaskShape};
 
 pub use error::{CoreError, ErrorKind};
+pub use operator::DropOrder;
 pub use types::*;
 pub use views::{CoreStats, HolderView, PeerView, TaskDetail, TaskSummary};
 
@@ -96,9 +99,17 @@ pub(crate) struct Peer {
     pub(crate) tasks: HashSet<Digest>,
     /// Distinct children that reported a bad piece from this peer.
     pub(crate) bad_reports: HashSet<PeerId>,
+    /// An operator took it out of the swarm as a parent
+    /// ([`Scheduler::quarantine`]).
+    pub(crate) operator_quarantine: bool,
     /// A hash of the id, for order-independent tie-breaks.
     pub(crate) id_hash: u64,
 }
+
+/// Quarantine reason: an operator quarantined the peer.
+pub const QUARANTINE_OPERATOR: &str = "operator";
+/// Quarantine reason: `bad_parent_limit` distinct children reported bad pieces.
+pub const QUARANTINE_BAD_REPORTS: &str = "bad_parent_reports";
 
 /// (next missing piece, its gains, task complete epoch, scheduler slot epoch).
 pub(crate) type StarvationMark = (u32, u32, u64, u64);
@@ -112,8 +123,22 @@ impl Peer {
         }
     }
 
+    /// Offered as a parent for no task (an operator said so, or too many
+    /// children reported bad pieces from it).
     pub(crate) fn quarantined(&self, config: &CoreConfig) -> bool {
-        self.bad_reports.len() as u32 >= config.bad_parent_limit
+        self.operator_quarantine || self.bad_reports.len() as u32 >= config.bad_parent_limit
+    }
+
+    /// Why it is quarantined (empty when it is not).
+    pub(crate) fn quarantine_reasons(&self, config: &CoreConfig) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if self.operator_quarantine {
+            reasons.push(QUARANTINE_OPERATOR);
+        }
+        if self.bad_reports.len() as u32 >= config.bad_parent_limit {
+            reasons.push(QUARANTINE_BAD_REPORTS);
+        }
+        reasons
     }
 }
 
@@ -222,25 +247,29 @@ impl Task {
         self.dirty = true;
     }
 
-    /// True when some holder has every piece.
-    pub(crate) fn has_complete_holder(&self) -> bool {
-        self.holdings
-            .values()
-            .any(|h| h.complete || (!h.pieces.is_empty() && h.pieces.is_full()))
+    /// True when some holder that may be offered (`offerable`) has every
+    /// piece.
+    pub(crate) fn has_complete_holder(&self, offerable: impl Fn(&PeerId) -> bool) -> bool {
+        self.holdings.iter().any(|(id, h)| {
+            (h.complete || (!h.pieces.is_empty() && h.pieces.is_full())) && offerable(id)
+        })
     }
 
-    /// True when the peers taking part hold every piece between them, so no
+    /// True when the peers taking part that may be offered as parents
+    /// (`offerable`: not quarantined) hold every piece between them, so no
     /// one needs to go to upstream.
-    pub(crate) fn swarm_holds_everything(&self) -> bool {
-        if self.has_complete_holder() {
+    pub(crate) fn swarm_holds_everything(&self, offerable: impl Fn(&PeerId) -> bool) -> bool {
+        if self.has_complete_holder(&offerable) {
             return true;
         }
         let Some(shape) = self.shape else {
             return false;
         };
         let mut union = PieceSet::new(shape.piece_count());
-        for h in self.holdings.values() {
-            union.union_with(&h.pieces);
+        for (id, h) in &self.holdings {
+            if !h.pieces.is_empty() && offerable(id) {
+                union.union_with(&h.pieces);
+            }
         }
         union.is_full() && !union.is_empty()
     }
@@ -261,7 +290,9 @@ pub struct Scheduler {
     pub(crate) effects: Vec<Effect>,
     pub(crate) rng: SmallRng,
     pub(crate) stats: CoreStats,
-    /// Bumped when a parent at its child cap frees a slot.
+    /// Bumped when a parent becomes available again: one at its child cap
+    /// frees a slot, or an operator lifts its quarantine. Part of every
+    /// starved download's mark, so they look again.
     pub(crate) slot_epoch: u64,
 }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use rand::seq::IteratorRandom;
 use shoal_proto::{Digest, TaskShape};
 
-use super::rank::rank_parents;
+use super::rank::RankCache;
 use super::{
     CoreError, Download, Effect, Holding, ParentOffer, PeerId, PlanId, PlanUpdate, Scheduler, Task,
 };
@@ -146,11 +146,20 @@ impl Scheduler {
 
     /// Frees `n` child slots of parent `p`; a parent leaving its cap bumps
     /// the slot epoch so that starved downloads look again.
+    ///
+    /// The tasks the parent takes part in are marked dirty then: a download
+    /// starved because this parent was full may be in any of them, and only
+    /// dirty tasks are flushed.
     pub(crate) fn release_slot(&mut self, p: &PeerId, n: u32) {
         let cap = self.config.max_children_per_parent;
         if let Some(peer) = self.peers.get_mut(p) {
             if n > 0 && peer.children >= cap {
                 self.slot_epoch += 1;
+                for digest in &peer.tasks {
+                    if let Some(task) = self.tasks.get_mut(digest) {
+                        task.dirty = true;
+                    }
+                }
             }
             peer.children = peer.children.saturating_sub(n);
         }
@@ -225,7 +234,9 @@ impl Scheduler {
         let Some(task) = self.tasks.get_mut(digest) else {
             return;
         };
-        while task.back_to_source.len() < limit && !task.swarm_holds_everything() {
+        let (peers, config) = (&self.peers, &self.config);
+        let offerable = |id: &PeerId| peers.get(id).is_some_and(|p| !p.quarantined(config));
+        while task.back_to_source.len() < limit && !task.swarm_holds_everything(offerable) {
             // Sorted, so that a seed gives the same choice on every run.
             let mut candidates: Vec<&PeerId> = task
                 .downloads
@@ -234,11 +245,13 @@ impl Scheduler {
                 .collect();
             candidates.sort();
             let candidates = candidates.into_iter();
-            // Prefer peers that did not stall on this task, then those holding
-            // the most pieces (they fetch least from upstream), then random.
+            // Prefer peers that did not stall on this task (and are not
+            // quarantined), then those holding the most pieces (they fetch
+            // least from upstream), then random.
             let best = candidates
                 .map(|id| {
-                    let stalled = task.stalled.contains(id);
+                    // A quarantined peer serves nobody: last resort too.
+                    let stalled = task.stalled.contains(id) || !offerable(id);
                     let held = task.holdings.get(id).map_or(0, |h| h.pieces.count());
                     ((stalled, std::cmp::Reverse(held)), id)
                 })
@@ -306,13 +319,15 @@ impl Scheduler {
         task.dirty = false;
         let mut children: Vec<PeerId> = task.downloads.keys().cloned().collect();
         children.sort();
+        // Built at the first re-ranking, shared by the others of this flush.
+        let mut cache = None;
         for child in children {
-            self.update_download(digest, &child);
+            self.update_download(digest, &child, &mut cache);
         }
     }
 
     /// Re-ranks (when needed) and sends one download's plan if it changed.
-    fn update_download(&mut self, digest: &Digest, child: &PeerId) {
+    fn update_download(&mut self, digest: &Digest, child: &PeerId, cache: &mut Option<RankCache>) {
         let task = &self.tasks[digest];
         let d = &task.downloads[child];
         let is_source = task.back_to_source.contains_key(child);
@@ -337,14 +352,16 @@ impl Scheduler {
             Vec::new()
         } else if rerank {
             self.stats.plan_decisions += 1;
-            rank_parents(
-                &self.config,
-                &self.peers,
-                task,
-                child,
-                &d.parents,
-                &mut self.rng,
-            )
+            cache
+                .get_or_insert_with(|| RankCache::new(&self.config, &self.peers, task))
+                .rank(
+                    &self.config,
+                    &self.peers,
+                    task,
+                    child,
+                    &d.parents,
+                    &mut self.rng,
+                )
         } else {
             d.parents.clone()
         };
@@ -438,5 +455,78 @@ impl Scheduler {
             digest: *digest,
             update,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use shoal_proto::Digest;
+
+    use crate::core::{CoreConfig, Effect, HeldTask, PeerId, PeerInfo, Scheduler};
+
+    const SIZE: u64 = 8 << 20;
+
+    fn id(p: u8) -> PeerId {
+        PeerId::parse(&format!("p{p}")).unwrap()
+    }
+
+    fn info(p: u8) -> PeerInfo {
+        PeerInfo {
+            id: id(p),
+            hostname: format!("n{p}"),
+            addr: format!("10.0.0.{}:7651", p + 1).parse().unwrap(),
+            zone: String::new(),
+            rack: String::new(),
+            upload_slots: 0,
+        }
+    }
+
+    fn parents_sent_to(effects: &[Effect], peer: &PeerId) -> Option<Vec<PeerId>> {
+        effects.iter().rev().find_map(|e| match e {
+            Effect::Plan {
+                peer: p, update, ..
+            } if p == peer => Some(update.parents.iter().map(|o| o.id.clone()).collect()),
+            _ => None,
+        })
+    }
+
+    /// Found by `scripts/bench-scheduler`: a download starved because its
+    /// only holder was at its child cap was never looked at again when the
+    /// holder freed a slot in *another* task, since only dirty tasks are
+    /// flushed; it waited forever.
+    #[test]
+    fn a_slot_freed_in_another_task_reaches_a_starved_download() {
+        let (a, b) = (Digest::from_sha256([1; 32]), Digest::from_sha256([2; 32]));
+        let config = CoreConfig {
+            max_children_per_parent: 1,
+            max_parents: 1,
+            ..CoreConfig::default()
+        };
+        let mut core = Scheduler::new(config);
+        let now = Instant::now();
+        let held = |digest| HeldTask {
+            digest,
+            size: SIZE,
+            piece_hashes: vec![[9; 32]; 2],
+        };
+        core.join(now, info(0), vec![held(a), held(b)]).unwrap();
+        core.join(now, info(1), vec![]).unwrap();
+        core.join(now, info(2), vec![]).unwrap();
+        let plan_b = core.open_plan(now, &id(1), b, SIZE).unwrap();
+        core.open_plan(now, &id(2), a, SIZE).unwrap();
+        let effects = core.drain_effects();
+        assert_eq!(parents_sent_to(&effects, &id(1)), Some(vec![id(0)]));
+        assert_eq!(
+            parents_sent_to(&effects, &id(2)),
+            Some(vec![]),
+            "p0 is full"
+        );
+
+        core.close_plan(now, plan_b);
+        core.flush();
+        let effects = core.drain_effects();
+        assert_eq!(parents_sent_to(&effects, &id(2)), Some(vec![id(0)]));
     }
 }

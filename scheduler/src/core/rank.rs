@@ -8,107 +8,471 @@
 //! 2. same zone as the child;
 //! 3. complete before in-progress;
 //! 4. lower upload load (reported uploads ÷ upload slots);
-//! 5. random, to spread load.
+//! 5. random among candidates equal in all of the above, to spread load.
 //!
 //! Never offered: the child itself, departed or quarantined peers, peers
 //! reported bad for this task, parents at their child cap (unless already a
 //! parent of this child), and anyone when the task's size is unknown.
+//!
+//! # Cost
+//!
+//! One flush of a popular task may re-rank hundreds of downloads (every
+//! starved download waiting for the piece that just gained a holder, every
+//! download short of parents when a new holder appears). Ranking each from
+//! scratch visits every holding: O(D · H) for D downloads and H holders.
+//! Instead a [`RankCache`] lives for one flush of one task:
+//! - built once: the task's candidates with everything about them that does
+//!   not depend on the child, sorted (O(H log H));
+//! - per (next piece, zone) that a re-ranked download has: the candidates in
+//!   rank order, as runs of equal rank (O(H), once per flush);
+//! - per download: walk that list from the top and take the first
+//!   `max_parents` that are eligible: O(k) plus what it skips. A candidate
+//!   found at its child cap is dropped from the list for the rest of the
+//!   flush, so every skip of a full parent is paid once per list, not once per
+//!   download. Ties (a run) are broken by starting the walk of each run at a
+//!   random offset.
+//!
+//! So a flush costs O(H log H + G · H + D · k) where G is the number of
+//! distinct (next piece, zone) among the downloads it re-ranks (at most the
+//! task's piece count times the zones).
+//!
+//! The list of a group is ordered by the first piece at or after `next` a
+//! candidate holds, which is exact for a child holding the prefix
+//! `0..next` (the common case: readers stream in order). A child that also
+//! holds later pieces may find a candidate less useful than its place says
+//! (it holds only pieces the child has): such a candidate's rank can only
+//! get worse, so it is set aside with its true rank and taken when the walk
+//! reaches that rank. The result is the same as sorting every candidate by
+//! its true rank.
 
 use std::collections::HashMap;
 
 use rand::Rng;
+use shoal_proto::PieceSet;
 
 use super::{CoreConfig, Peer, PeerId, Task};
 
-/// Sort key of a candidate, smallest first: (tier, other zone, in progress,
-/// load percent, random tie-break).
-type RankKey = (u8, bool, bool, u32, u64);
+/// Rank of a candidate for one child, smallest first: (tier, other zone,
+/// in progress, load percent). Candidates with equal keys are ties.
+type RankKey = (u8, bool, bool, u32);
 
-/// A tie-break that is random per decision (`salt`) but does not depend on
-/// the order candidates are visited in, so a seed gives the same plan on
-/// every run (splitmix64 of the salt and the peer's id hash).
-fn tie_break(salt: u64, id_hash: u64) -> u64 {
-    let mut z = salt ^ id_hash;
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// What a flush knows about one candidate parent.
+#[derive(Debug)]
+struct Candidate {
+    id: PeerId,
+    complete: bool,
+    /// Downloading or fetching from upstream: it will have pieces soon.
+    active: bool,
+    /// Interned zone.
+    zone: u32,
+    /// Reported uploads per hundred upload slots.
+    load: u32,
+    pieces: PieceSet,
 }
 
-/// Ranks candidate parents for `child` and returns the best
-/// `config.max_parents`.
-pub(crate) fn rank_parents(
-    config: &CoreConfig,
-    peers: &HashMap<PeerId, Peer>,
-    task: &Task,
-    child: &PeerId,
-    current: &[PeerId],
-    rng: &mut impl Rng,
-) -> Vec<PeerId> {
-    let Some(shape) = task.shape else {
-        return Vec::new();
-    };
-    let Some(mine) = task.holdings.get(child) else {
-        return Vec::new();
-    };
-    let Some(child_peer) = peers.get(child) else {
-        return Vec::new();
-    };
-    let salt: u64 = rng.random();
-    let next = mine.pieces.first_missing();
-    let window_end = next.map_or(0, |n| n.saturating_add(config.window));
-    let mut scored: Vec<(RankKey, &PeerId)> = Vec::new();
-    for (id, h) in &task.holdings {
-        if id == child || task.bad.contains(id) {
-            continue;
-        }
-        let Some(peer) = peers.get(id) else { continue };
-        if peer.quarantined(config) {
-            continue;
-        }
-        let already = current.contains(id);
-        if !already && peer.children >= config.max_children_per_parent {
-            continue;
-        }
-        let complete = h.complete || (shape.piece_count() > 0 && h.pieces.is_full());
-        let tier = if complete {
-            0
-        } else {
-            match h.pieces.first_not_in(&mine.pieces) {
-                Some(i) if Some(i) == next => 0,
-                Some(i) if i < window_end => 1,
-                Some(_) => 2,
-                // Holds nothing the child lacks: useful only while it is still
-                // downloading (it will gain pieces the child lacks).
-                None if task.downloads.contains_key(id) || task.back_to_source.contains_key(id) => {
-                    3
-                }
-                None => continue,
+/// A run of candidates of equal rank, indices into `RankCache::candidates`.
+#[derive(Debug)]
+struct Run {
+    key: RankKey,
+    members: Vec<u32>,
+}
+
+/// The ranking state of one task for the duration of one flush. See the
+/// module docs. Valid only while the task's holdings, the peers' loads and
+/// the bad/quarantine marks stay as they were when it was built (a flush
+/// changes none of them; child counts are read live).
+#[derive(Debug)]
+pub(crate) struct RankCache {
+    candidates: Vec<Candidate>,
+    index: HashMap<PeerId, u32>,
+    zones: HashMap<String, u32>,
+    piece_count: u32,
+    /// Rank-ordered runs per (next piece, child's zone).
+    groups: HashMap<(u32, u32), Vec<Run>>,
+}
+
+fn load_percent(config: &CoreConfig, peer: &Peer) -> u32 {
+    peer.load.active_uploads.saturating_mul(100) / peer.upload_slots(config).max(1)
+}
+
+/// The tier of `c` for a child whose pieces are `mine` and whose next missing
+/// piece is `next` (`None`: `c` holds nothing the child lacks and is not
+/// downloading, so it cannot help).
+fn true_tier(c: &Candidate, mine: &PieceSet, next: Option<u32>, window_end: u32) -> Option<u8> {
+    if c.complete {
+        return Some(0);
+    }
+    match c.pieces.first_not_in(mine) {
+        Some(i) if Some(i) == next => Some(0),
+        Some(i) if i < window_end => Some(1),
+        Some(_) => Some(2),
+        None if c.active => Some(3),
+        None => None,
+    }
+}
+
+impl RankCache {
+    /// Collects the candidates of `task`.
+    pub(crate) fn new(config: &CoreConfig, peers: &HashMap<PeerId, Peer>, task: &Task) -> Self {
+        let piece_count = task.shape.map_or(0, |s| s.piece_count());
+        let mut zones: HashMap<String, u32> = HashMap::new();
+        let mut keyed: Vec<((bool, u32, u64), Candidate)> = Vec::with_capacity(task.holdings.len());
+        for (id, h) in &task.holdings {
+            if task.bad.contains(id) {
+                continue;
             }
+            let Some(peer) = peers.get(id) else { continue };
+            if peer.quarantined(config) {
+                continue;
+            }
+            let complete = h.complete || (piece_count > 0 && h.pieces.is_full());
+            let active = task.downloads.contains_key(id) || task.back_to_source.contains_key(id);
+            if !complete && !active && h.pieces.is_empty() {
+                continue;
+            }
+            let zone = match zones.get(peer.info.zone.as_str()) {
+                Some(&z) => z,
+                None => {
+                    let z = zones.len() as u32;
+                    zones.insert(peer.info.zone.clone(), z);
+                    z
+                }
+            };
+            let load = load_percent(config, peer);
+            keyed.push((
+                (!complete, load, peer.id_hash),
+                Candidate {
+                    id: id.clone(),
+                    complete,
+                    active,
+                    zone,
+                    load,
+                    pieces: h.pieces.clone(),
+                },
+            ));
+        }
+        // The order within a run must not depend on the hash maps' iteration
+        // order, so that a seed gives the same plans on every run.
+        keyed.sort_unstable_by(|(a, ca), (b, cb)| a.cmp(b).then_with(|| ca.id.cmp(&cb.id)));
+        let candidates: Vec<Candidate> = keyed.into_iter().map(|(_, c)| c).collect();
+        let index = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), i as u32))
+            .collect();
+        RankCache {
+            candidates,
+            index,
+            zones,
+            piece_count,
+            groups: HashMap::new(),
+        }
+    }
+
+    /// The rank-ordered runs for children whose next missing piece is `from`
+    /// (the piece count when they miss none) in zone `zone`, assuming they
+    /// hold exactly `0..from`.
+    fn group(&self, from: u32, zone: u32, window: u32) -> Vec<Run> {
+        let mut prefix = PieceSet::new(self.piece_count);
+        for i in 0..from.min(self.piece_count) {
+            prefix.insert(i);
+        }
+        let next = (from < self.piece_count).then_some(from);
+        let window_end = next.map_or(0, |n| n.saturating_add(window));
+        // Eight buckets, (tier, other zone) in rank order; the candidates are
+        // already sorted by (in progress, load) within each.
+        let mut buckets: [Vec<u32>; 8] = Default::default();
+        for (i, c) in self.candidates.iter().enumerate() {
+            if let Some(tier) = true_tier(c, &prefix, next, window_end) {
+                buckets[usize::from(tier) * 2 + usize::from(c.zone != zone)].push(i as u32);
+            }
+        }
+        let mut runs: Vec<Run> = Vec::new();
+        for (b, members) in buckets.into_iter().enumerate() {
+            let (tier, other_zone) = ((b / 2) as u8, b % 2 == 1);
+            for &i in &members {
+                let c = &self.candidates[i as usize];
+                let key = (tier, other_zone, !c.complete, c.load);
+                match runs.last_mut() {
+                    Some(run) if run.key == key => run.members.push(i),
+                    _ => runs.push(Run {
+                        key,
+                        members: vec![i],
+                    }),
+                }
+            }
+        }
+        runs
+    }
+
+    /// Ranks candidate parents for `child` (whose parents now are `current`)
+    /// and returns the best `config.max_parents`.
+    pub(crate) fn rank(
+        &mut self,
+        config: &CoreConfig,
+        peers: &HashMap<PeerId, Peer>,
+        task: &Task,
+        child: &PeerId,
+        current: &[PeerId],
+        rng: &mut impl Rng,
+    ) -> Vec<PeerId> {
+        let k = config.max_parents;
+        if task.shape.is_none() || k == 0 {
+            return Vec::new();
+        }
+        let Some(mine) = task.holdings.get(child) else {
+            return Vec::new();
         };
-        let other_zone = peer.info.zone != child_peer.info.zone;
-        let load = peer.load.active_uploads.saturating_mul(100) / peer.upload_slots(config).max(1);
-        scored.push((
-            (
-                tier,
-                other_zone,
-                !complete,
-                load,
-                tie_break(salt, peer.id_hash),
-            ),
-            id,
-        ));
+        let Some(child_peer) = peers.get(child) else {
+            return Vec::new();
+        };
+        let mine = &mine.pieces;
+        let next = mine.first_missing();
+        let from = next.unwrap_or(self.piece_count);
+        let window_end = next.map_or(0, |n| n.saturating_add(config.window));
+        let zone = self
+            .zones
+            .get(child_peer.info.zone.as_str())
+            .copied()
+            .unwrap_or(u32::MAX);
+        let key_of = |c: &Candidate, tier: u8| (tier, c.zone != zone, !c.complete, c.load);
+
+        // Set aside, by true rank: current parents (they stay eligible at the
+        // cap, so the walk skips them) and candidates whose true rank turned
+        // out worse than their place in the list.
+        let mut aside: Vec<(RankKey, u32)> = Vec::new();
+        let put_aside = |aside: &mut Vec<(RankKey, u32)>, key: RankKey, i: u32| {
+            let at = aside.partition_point(|(k2, _)| *k2 <= key);
+            aside.insert(at, (key, i));
+        };
+        for p in current {
+            if p == child {
+                continue;
+            }
+            if let Some(&i) = self.index.get(p) {
+                let c = &self.candidates[i as usize];
+                if let Some(tier) = true_tier(c, mine, next, window_end) {
+                    put_aside(&mut aside, key_of(c, tier), i);
+                }
+            }
+        }
+
+        if !self.groups.contains_key(&(from, zone)) {
+            let runs = self.group(from, zone, config.window);
+            self.groups.insert((from, zone), runs);
+        }
+        let runs = self.groups.get_mut(&(from, zone)).expect("just built");
+        let cap = config.max_children_per_parent;
+        let mut picked: Vec<u32> = Vec::with_capacity(k);
+        let take_aside_below =
+            |picked: &mut Vec<u32>, aside: &mut Vec<(RankKey, u32)>, below: Option<RankKey>| {
+                let n = aside
+                    .iter()
+                    .take_while(|(key, _)| below.is_none_or(|b| *key < b))
+                    .count()
+                    .min(k - picked.len());
+                picked.extend(aside.drain(..n).map(|(_, i)| i));
+            };
+        for run in runs.iter_mut() {
+            take_aside_below(&mut picked, &mut aside, Some(run.key));
+            if picked.len() >= k {
+                break;
+            }
+            let r = run.members.len();
+            if r == 0 {
+                continue;
+            }
+            let offset = if r > 1 { rng.random_range(0..r) } else { 0 };
+            let mut full = Vec::new();
+            for j in 0..r {
+                let pos = (offset + j) % r;
+                let i = run.members[pos];
+                let c = &self.candidates[i as usize];
+                if &c.id == child || current.contains(&c.id) {
+                    continue;
+                }
+                if peers.get(&c.id).is_none_or(|p| p.children >= cap) {
+                    full.push(pos);
+                    continue;
+                }
+                match true_tier(c, mine, next, window_end) {
+                    None => {}
+                    Some(tier) if tier == run.key.0 => {
+                        picked.push(i);
+                        if picked.len() >= k {
+                            break;
+                        }
+                    }
+                    Some(tier) => put_aside(&mut aside, key_of(c, tier), i),
+                }
+            }
+            // Full now, and no later download of this flush can use them
+            // (unless a slot frees during the flush; the slot epoch then
+            // re-ranks starved downloads at the next flush).
+            full.sort_unstable_by(|a, b| b.cmp(a));
+            for pos in full {
+                run.members.swap_remove(pos);
+            }
+            if picked.len() >= k {
+                break;
+            }
+        }
+        if picked.len() < k {
+            take_aside_below(&mut picked, &mut aside, None);
+        }
+        picked
+            .into_iter()
+            .map(|i| self.candidates[i as usize].id.clone())
+            .collect()
     }
-    // Only the best few are kept: select them, then order just those.
-    let k = config.max_parents;
-    if scored.len() > k && k > 0 {
-        scored.select_nth_unstable(k - 1);
-        scored.truncate(k);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+    use shoal_proto::Digest;
+
+    use super::*;
+    use crate::core::{HeldTask, PeerInfo, PieceDone, Scheduler};
+
+    /// 40 pieces of 4 MiB.
+    const SIZE: u64 = 40 * (4 << 20);
+
+    fn id(p: u32) -> PeerId {
+        PeerId::parse(&format!("p{p:03}")).unwrap()
     }
-    scored.sort_unstable();
-    scored
-        .into_iter()
-        .take(config.max_parents)
-        .map(|(_, id)| id.clone())
-        .collect()
+
+    fn info(p: u32) -> PeerInfo {
+        PeerInfo {
+            id: id(p),
+            hostname: format!("n{p}"),
+            addr: format!("10.0.{}.{}:7651", p / 200, p % 200 + 1)
+                .parse()
+                .unwrap(),
+            zone: format!("z{}", p % 3),
+            rack: String::new(),
+            upload_slots: 4,
+        }
+    }
+
+    /// The rank key of every eligible candidate for `child`, computed the
+    /// slow way (visiting every holding), sorted.
+    fn reference_keys(
+        core: &Scheduler,
+        task: &Task,
+        child: &PeerId,
+        current: &[PeerId],
+    ) -> Vec<RankKey> {
+        let config = &core.config;
+        let mine = &task.holdings[child].pieces;
+        let next = mine.first_missing();
+        let window_end = next.map_or(0, |n| n.saturating_add(config.window));
+        let zone = &core.peers[child].info.zone;
+        let mut keys = Vec::new();
+        for (pid, h) in &task.holdings {
+            let peer = &core.peers[pid];
+            if pid == child || task.bad.contains(pid) || peer.quarantined(config) {
+                continue;
+            }
+            if !current.contains(pid) && peer.children >= config.max_children_per_parent {
+                continue;
+            }
+            let c = Candidate {
+                id: pid.clone(),
+                complete: h.complete || h.pieces.is_full(),
+                active: task.downloads.contains_key(pid) || task.back_to_source.contains_key(pid),
+                zone: 0,
+                load: load_percent(config, peer),
+                pieces: h.pieces.clone(),
+            };
+            if let Some(tier) = true_tier(&c, mine, next, window_end) {
+                keys.push((tier, &peer.info.zone != zone, !c.complete, c.load));
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    /// Random swarms where children hold pieces out of order: whatever the
+    /// cache picks has exactly the ranks of the best eligible candidates.
+    #[test]
+    fn the_cache_picks_the_best_ranks_the_slow_way_would() {
+        let digest = Digest::from_sha256([9; 32]);
+        for seed in 0..40u64 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let config = CoreConfig {
+                max_children_per_parent: rng.random_range(1..4),
+                seed,
+                ..CoreConfig::default()
+            };
+            let mut core = Scheduler::new(config);
+            let now = Instant::now();
+            let n = 60;
+            for p in 0..n {
+                let held = if p < 3 {
+                    vec![HeldTask {
+                        digest,
+                        size: SIZE,
+                        piece_hashes: vec![[7; 32]; 40],
+                    }]
+                } else {
+                    vec![]
+                };
+                core.join(now, info(p), held).unwrap();
+                let load = crate::core::Load {
+                    active_uploads: rng.random_range(0..3),
+                    active_downloads: 0,
+                };
+                core.heartbeat(now, &id(p), load).unwrap();
+            }
+            for p in 3..n {
+                core.open_plan(now, &id(p), digest, SIZE).unwrap();
+                let pieces: Vec<PieceDone> = (0..40)
+                    .filter(|_| rng.random_bool(0.3))
+                    .map(|index| PieceDone { index, hash: None })
+                    .collect();
+                core.report_pieces(now, &id(p), digest, &pieces).unwrap();
+            }
+            core.flush();
+            core.drain_effects();
+            let task = &core.tasks[&digest];
+            let mut cache = RankCache::new(&core.config, &core.peers, task);
+            let mut rank_rng = SmallRng::seed_from_u64(seed);
+            for p in 3..n {
+                let child = id(p);
+                let current = task.downloads[&child].parents.clone();
+                let picked = cache.rank(
+                    &core.config,
+                    &core.peers,
+                    task,
+                    &child,
+                    &current,
+                    &mut rank_rng,
+                );
+                let mut want = reference_keys(&core, task, &child, &current);
+                want.truncate(core.config.max_parents);
+                let mine = &task.holdings[&child].pieces;
+                let next = mine.first_missing();
+                let window_end = next.map_or(0, |n| n.saturating_add(core.config.window));
+                let got: Vec<RankKey> = picked
+                    .iter()
+                    .map(|q| {
+                        let c = &cache.candidates[cache.index[q] as usize];
+                        let tier = true_tier(c, mine, next, window_end).expect("useful");
+                        (
+                            tier,
+                            core.peers[q].info.zone != core.peers[&child].info.zone,
+                            !c.complete,
+                            c.load,
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, want, "seed {seed}, child {child}");
+                assert!(!picked.contains(&child));
+            }
+        }
+    }
 }

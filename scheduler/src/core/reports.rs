@@ -205,11 +205,17 @@ impl Scheduler {
         }
         self.touch(now, child)?;
         let peer = self.peers.get_mut(parent).expect("checked");
+        let was_quarantined = peer.quarantined(&self.config);
         peer.bad_reports.insert(child.clone());
+        let quarantined = peer.quarantined(&self.config);
         let task = self.tasks.get_mut(&digest).expect("checked");
         task.bad.insert(parent.clone());
         self.stats.bad_parent_reports += 1;
         self.drop_from_task(now, &digest, parent);
+        if quarantined && !was_quarantined {
+            // Offered for no task from now on: plans of other tasks lose it.
+            self.withdraw_parent(now, parent);
+        }
         Ok(())
     }
 

@@ -33,6 +33,10 @@ pub struct CoreStats {
     pub evictions: u64,
     /// Bad-parent reports.
     pub bad_parent_reports: u64,
+    /// Peers an operator quarantined.
+    pub operator_quarantines: u64,
+    /// Drop orders an operator sent (one per task, whatever its holders).
+    pub drop_orders: u64,
 }
 
 /// One peer, as the operator API lists it.
@@ -62,6 +66,10 @@ pub struct PeerView {
     pub tasks: usize,
     /// Distinct peers that reported bad pieces from it.
     pub bad_reports: usize,
+    /// Whether it is offered as a parent for no task.
+    pub quarantined: bool,
+    /// Why: `"operator"`, `"bad_parent_reports"` (empty when not quarantined).
+    pub quarantine_reasons: Vec<&'static str>,
 }
 
 /// One task, as the operator API lists it.
@@ -133,6 +141,8 @@ impl Scheduler {
                 children: p.children,
                 tasks: p.tasks.len(),
                 bad_reports: p.bad_reports.len(),
+                quarantined: p.quarantined(&self.config),
+                quarantine_reasons: p.quarantine_reasons(&self.config),
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -202,6 +212,14 @@ impl Scheduler {
     /// Number of peers, tasks and open plan streams.
     pub fn sizes(&self) -> (usize, usize, usize) {
         (self.peers.len(), self.tasks.len(), self.plans.len())
+    }
+
+    /// Peers quarantined now (for any reason).
+    pub fn quarantined_peers(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.quarantined(&self.config))
+            .count()
     }
 
     /// Children currently assigned to a parent (for tests and metrics).

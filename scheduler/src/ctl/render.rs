@@ -31,6 +31,7 @@ struct Peer {
     children: u32,
     tasks: u64,
     bad_reports: u64,
+    quarantine_reasons: Vec<String>,
 }
 
 /// `GET /api/v1/tasks`.
@@ -108,6 +109,7 @@ pub(crate) fn peers(list: &PeerList) -> String {
         ("BAD", Align::Right),
         ("AGE", Align::Right),
         ("LEASE", Align::Right),
+        ("QUARANTINE", Align::Left),
     ]);
     for p in &list.peers {
         t.row(vec![
@@ -127,6 +129,7 @@ pub(crate) fn peers(list: &PeerList) -> String {
             p.bad_reports.to_string(),
             human_duration(p.joined_secs),
             human_duration(p.lease_secs),
+            list_or_dash(&p.quarantine_reasons),
         ]);
     }
     t.render()
@@ -216,6 +219,54 @@ pub(crate) fn task(detail: &TaskDetail) -> String {
         ]);
     }
     out.push_str(&holders.render());
+    out
+}
+
+/// `POST`/`DELETE /api/v1/peers/{id}/quarantine`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct QuarantineState {
+    peer: String,
+    quarantined: bool,
+    quarantine_reasons: Vec<String>,
+}
+
+/// What a quarantine change left behind, in one line.
+pub(crate) fn quarantine(q: &QuarantineState) -> String {
+    let peer = sanitize(&q.peer);
+    if q.quarantined {
+        format!(
+            "peer {peer} is quarantined ({}): offered as a parent for no task\n",
+            sanitize(&q.quarantine_reasons.join(", "))
+        )
+    } else {
+        format!("peer {peer} is not quarantined: offered as a parent again\n")
+    }
+}
+
+/// `POST /api/v1/tasks/{digest}/drop`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct DropAnswer {
+    digest: String,
+    commanded: Vec<String>,
+    not_connected: Vec<String>,
+}
+
+/// Who was told to drop a task.
+pub(crate) fn dropped(d: &DropAnswer) -> String {
+    let mut out = format!(
+        "drop of {} sent to {}: {}\n",
+        sanitize(&d.digest),
+        peer_count(d.commanded.len() as u64),
+        sanitize(&list_or_dash(&d.commanded))
+    );
+    if !d.not_connected.is_empty() {
+        out.push_str(&format!(
+            "not connected (they keep it): {}\n",
+            sanitize(&list_or_dash(&d.not_connected))
+        ));
+    }
     out
 }
 
