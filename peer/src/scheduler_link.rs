@@ -249,6 +249,10 @@ async fn run(
     client_tx: watch::Sender<Option<SchedulerClient<Channel>>>,
     load: Arc<Load>,
 ) {
+    if config.schedulers.is_empty() {
+        info!("no scheduler configured: every download goes to upstream");
+        return std::future::pending().await;
+    }
     let mut attempt: u32 = 0;
     let mut next = 0usize;
     loop {

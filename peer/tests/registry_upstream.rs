@@ -322,6 +322,7 @@ fn tls_registry(p: &Pushed) -> (Registry, TestPki) {
                 client_cas: vec![pki.ca_cert.clone()],
             }),
             storage: Some(p.registry.data_dir().to_owned()),
+            ..RegistryOptions::default()
         },
     )
     .unwrap();

@@ -3,6 +3,11 @@
 //! Needs root. `ctr` pulls through it (in containerd 1.6 the `ctr` process itself does the
 //! fetching and reads `--hosts-dir`). Stopped when dropped.
 //!
+//! Also here: what a test asks containerd after a pull ([`Containerd::image_check`],
+//! [`Containerd::content_digests`]), forgetting an image ([`Containerd::remove_image`]),
+//! and writing a registry's `hosts.toml` the way an operator would
+//! ([`upstream_hosts_toml`], [`write_hosts_toml`]).
+//!
 //! Not here: the CRI plugin, running containers.
 
 use std::fs::File;
@@ -18,12 +23,70 @@ pub struct Containerd {
     child: Child,
     socket: PathBuf,
     log: PathBuf,
+    dir: PathBuf,
+    /// The network namespace it and its `ctr` commands run in (a lab node's).
+    netns: Option<String>,
+}
+
+/// What `ctr image check` says about one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageCheck {
+    /// Every blob the image needs is in the content store (`complete (n/n)`).
+    pub complete: bool,
+    /// Its layers are unpacked into the default snapshotter.
+    pub unpacked: bool,
+    /// The line `ctr` printed, for messages.
+    pub line: String,
+}
+
+/// TLS settings of an upstream registry in `hosts.toml` (absolute paths).
+#[derive(Debug, Clone)]
+pub struct HostsTls {
+    /// `ca`: the CA that issued the registry's certificate.
+    pub ca: PathBuf,
+    /// `client = [[cert, key]]`: the client certificate and its key, when the registry
+    /// requires one.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// The `hosts.toml` an operator writes for the registry at `server`
+/// (`http://127.0.0.1:5000` or `https://…`): the server, and with `tls` its `ca` and
+/// `client` pair as top-level keys (containerd applies those to `server`).
+pub fn upstream_hosts_toml(server: &str, tls: Option<&HostsTls>) -> String {
+    let mut text = format!("# the upstream registry\nserver = \"{server}\"\n");
+    if let Some(tls) = tls {
+        text.push_str(&format!("ca = \"{}\"\n", tls.ca.display()));
+        if let Some((cert, key)) = &tls.client {
+            text.push_str(&format!(
+                "client = [[\"{}\", \"{}\"]]\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+    }
+    text
+}
+
+/// Writes `<hosts_dir>/<registry>/hosts.toml` (directories created); returns its path.
+pub fn write_hosts_toml(hosts_dir: &Path, registry: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let dir = hosts_dir.join(registry);
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("hosts.toml");
+    std::fs::write(&file, text)?;
+    Ok(file)
 }
 
 impl Containerd {
     /// Starts containerd with everything under `dir` and waits until `ctr version`
     /// answers. `dir` must be short: a Unix socket path has at most 107 bytes.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_in(dir, None)
+    }
+
+    /// [`Containerd::start`] inside network namespace `netns` (a
+    /// [`crate::netns::Host`]'s), where its `ctr` commands run too: in containerd 1.6
+    /// `ctr` does the fetching, so the node's own `127.0.0.1` mirror is what it reaches.
+    pub fn start_in(dir: &Path, netns: Option<&str>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("c.sock");
         let config = dir.join("config.toml");
@@ -46,7 +109,7 @@ impl Containerd {
         )?;
         let log = dir.join("containerd.log");
         let out = File::create(&log)?;
-        let child = Command::new("containerd")
+        let child = crate::netns::command_in(netns, "containerd")
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
@@ -54,7 +117,13 @@ impl Containerd {
             .stderr(out)
             .spawn()
             .context("starting containerd")?;
-        let containerd = Containerd { child, socket, log };
+        let containerd = Containerd {
+            child,
+            socket,
+            log,
+            dir: dir.to_path_buf(),
+            netns: netns.map(str::to_owned),
+        };
         crate::wait_until("containerd", Duration::from_secs(30), || {
             containerd
                 .ctr(&["version"])
@@ -71,13 +140,71 @@ impl Containerd {
 
     /// Runs `ctr -a SOCKET ARGS…`.
     pub fn ctr(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new("ctr")
-            .arg("-a")
+        self.ctr_command(args).output().context("running ctr")
+    }
+
+    /// `ctr -a SOCKET ARGS…`, not started (e.g. to run it with `tokio::process`).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = crate::netns::command_in(self.netns.as_deref(), "ctr");
+        cmd.arg("-a")
             .arg(&self.socket)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running ctr")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `ctr image pull --hosts-dir DIR REFERENCE`, not started.
+    pub fn pull_command(&self, hosts_dir: &Path, reference: &str) -> Command {
+        let dir = hosts_dir.to_string_lossy();
+        self.ctr_command(&["image", "pull", "--hosts-dir", &dir, reference])
+    }
+
+    /// `ctr image check` for `reference`: whether all its content is there and unpacked.
+    pub fn image_check(&self, reference: &str) -> anyhow::Result<ImageCheck> {
+        let out = self.ctr(&["image", "check"])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr image check: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(reference))
+            .with_context(|| format!("ctr image check does not list {reference}:\n{text}"))?;
+        Ok(ImageCheck {
+            complete: line.contains(" complete ("),
+            unpacked: line.split_whitespace().last() == Some("true"),
+            line: line.to_owned(),
+        })
+    }
+
+    /// The digests in the content store (`ctr content ls -q`). containerd checks each
+    /// blob against its digest before it commits it.
+    pub fn content_digests(&self) -> anyhow::Result<Vec<String>> {
+        let out = self.ctr(&["content", "ls", "-q"])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr content ls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
+    /// Forgets `reference` and, once garbage collection ran, its content and snapshots
+    /// (`ctr image rm --sync`), so that the next pull fetches every blob again.
+    pub fn remove_image(&self, reference: &str) -> anyhow::Result<()> {
+        let out = self.ctr(&["image", "rm", "--sync", reference])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr image rm: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     /// `ctr image pull --hosts-dir DIR REFERENCE`.
@@ -96,5 +223,30 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        unmount_under(&self.dir);
+    }
+}
+
+/// Lazily unmounts whatever a killed containerd left mounted under `dir` (a snapshot
+/// mounted while a layer was being unpacked), so that the directory can be removed.
+/// Only mount points inside `dir` are touched.
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    // Innermost first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(p)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }

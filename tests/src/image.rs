@@ -1,6 +1,10 @@
-//! A tiny OCI image built by hand — one gzip'd tar layer, a config, a manifest,
-//! `index.json` and `oci-layout`, every blob named by its sha256 — and pushed to a
-//! registry with `skopeo copy`.
+//! An OCI image built by hand — gzip'd tar layers, a config, a manifest, `index.json`
+//! and `oci-layout`, every blob named by its sha256 — and pushed to a registry with
+//! `skopeo copy` (plain HTTP, or TLS with a client certificate).
+//!
+//! [`OciImage::build`] makes a tiny one-layer image; [`OciImage::build_layers`] any
+//! number of layers, e.g. a big layer of [`random_bytes`] (incompressible, so every
+//! byte of it crosses the network) and a small one.
 //!
 //! Not here: multi-platform indexes, Docker media types, compression other than gzip.
 
@@ -24,8 +28,37 @@ pub struct OciImage {
     pub manifest_digest: String,
     /// `sha256:…` of the config blob.
     pub config_digest: String,
-    /// `sha256:…` of the (compressed) layer.
+    /// `sha256:…` of the (compressed) layer; the first layer of a multi-layer image.
     pub layer_digest: String,
+    /// Every blob a pull fetches by digest through `/blobs/`: the config, then the layers.
+    pub blobs: Vec<Blob>,
+    /// Size of the manifest in bytes.
+    pub manifest_size: u64,
+}
+
+/// A blob of an image: what `/v2/<name>/blobs/<digest>` serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// `sha256:…`.
+    pub digest: String,
+    /// Size in bytes (compressed, as stored and served).
+    pub size: u64,
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*): reproducible and incompressible,
+/// so a layer made of them is as big on the wire as on disk, and two seeds never share
+/// a blob.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -65,22 +98,49 @@ pub fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
 impl OciImage {
     /// Writes an image with one layer holding `files` to the layout `dir`, tagged `tag`.
     pub fn build(dir: &Path, tag: &str, files: &[(&str, &[u8])]) -> anyhow::Result<Self> {
-        let blobs = dir.join("blobs").join("sha256");
-        std::fs::create_dir_all(&blobs)?;
+        Self::build_layers(dir, tag, &[files])
+    }
+
+    /// Writes an image with one layer per entry of `layers` (each the files it holds,
+    /// bottom layer first) to the layout `dir`, tagged `tag`.
+    ///
+    /// Layers of more than 1 MiB are gzip'd at level 0 (stored blocks, still valid
+    /// gzip): test data is random, deflate would only burn CPU without shrinking it.
+    pub fn build_layers(
+        dir: &Path,
+        tag: &str,
+        layers: &[&[(&str, &[u8])]],
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!layers.is_empty(), "an image needs at least one layer");
+        let blob_dir = dir.join("blobs").join("sha256");
+        std::fs::create_dir_all(&blob_dir)?;
         let put = |bytes: &[u8]| -> anyhow::Result<String> {
             let digest = sha256(bytes);
-            std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes)?;
+            std::fs::write(blob_dir.join(&digest["sha256:".len()..]), bytes)?;
             Ok(digest)
         };
-        let layer_tar = tar(files);
-        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-        gz.write_all(&layer_tar)?;
-        let layer = gz.finish()?;
-        let layer_digest = put(&layer)?;
+        let mut diff_ids = Vec::new();
+        let mut layer_blobs = Vec::new();
+        for files in layers {
+            let layer_tar = tar(files);
+            let level = if layer_tar.len() > 1 << 20 {
+                Compression::none()
+            } else {
+                Compression::default()
+            };
+            let mut gz = GzEncoder::new(Vec::new(), level);
+            gz.write_all(&layer_tar)?;
+            let layer = gz.finish()?;
+            diff_ids.push(sha256(&layer_tar));
+            layer_blobs.push(Blob {
+                digest: put(&layer)?,
+                size: layer.len() as u64,
+            });
+        }
         let config = serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [sha256(&layer_tar)]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
             "config": {},
         })
         .to_string();
@@ -93,11 +153,11 @@ impl OciImage {
                 "digest": config_digest,
                 "size": config.len(),
             },
-            "layers": [{
+            "layers": layer_blobs.iter().map(|l| serde_json::json!({
                 "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": layer_digest,
-                "size": layer.len(),
-            }],
+                "digest": l.digest,
+                "size": l.size,
+            })).collect::<Vec<_>>(),
         })
         .to_string();
         let manifest_digest = put(manifest.as_bytes())?;
@@ -113,19 +173,54 @@ impl OciImage {
         .to_string();
         std::fs::write(dir.join("index.json"), index)?;
         std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        let mut blobs = vec![Blob {
+            digest: config_digest.clone(),
+            size: config.len() as u64,
+        }];
+        blobs.extend(layer_blobs.iter().cloned());
         Ok(OciImage {
             dir: dir.to_path_buf(),
             tag: tag.to_string(),
             manifest_digest,
             config_digest,
-            layer_digest,
+            layer_digest: layer_blobs[0].digest.clone(),
+            blobs,
+            manifest_size: manifest.len() as u64,
         })
+    }
+
+    /// Bytes a client downloads to pull the image: the manifest and every blob.
+    pub fn size(&self) -> u64 {
+        self.manifest_size + self.blobs.iter().map(|b| b.size).sum::<u64>()
     }
 
     /// Pushes the image to `registry` (plain HTTP) as `repo:tag` with skopeo.
     pub fn push(&self, registry: &str, repo: &str, tag: &str) -> anyhow::Result<()> {
-        let out = Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false", "--insecure-policy"])
+        self.push_with(registry, repo, tag, None)
+    }
+
+    /// Pushes the image to `registry` as `repo:tag` with skopeo; with `cert_dir`, over
+    /// TLS, verified with the `*.crt` CAs in it and presenting its `client.cert` /
+    /// `client.key` (skopeo's `--dest-cert-dir`; [`crate::tls::TestPki`] writes such a
+    /// directory), else over plain HTTP.
+    pub fn push_with(
+        &self,
+        registry: &str,
+        repo: &str,
+        tag: &str,
+        cert_dir: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--insecure-policy"]);
+        match cert_dir {
+            Some(dir) => {
+                cmd.arg("--dest-cert-dir").arg(dir);
+            }
+            None => {
+                cmd.arg("--dest-tls-verify=false");
+            }
+        }
+        let out = cmd
             .arg(format!("oci:{}:{}", self.dir.display(), self.tag))
             .arg(format!("docker://{registry}/{repo}:{tag}"))
             .output()

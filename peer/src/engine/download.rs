@@ -43,6 +43,8 @@ const TICK: Duration = Duration::from_millis(200);
 const LINGER: Duration = Duration::from_secs(5);
 /// Upstream failures after which the download fails.
 const MAX_UPSTREAM_FAILURES: u32 = 3;
+/// Events (each may carry a piece) queued from fetches and upstream to the driver.
+const EVENT_QUEUE: usize = 4;
 /// After the plan stream is lost (scheduler restart), how long the download goes on
 /// with the parents it knows before it also streams from upstream.
 const REPLAN_GRACE: Duration = Duration::from_secs(3);
@@ -310,7 +312,10 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
         debug!("task already complete in the store");
         return Ok(());
     }
-    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    // Small on purpose: every queued event may hold a piece (up to 16 MiB), and an
+    // upstream faster than the disk would otherwise fill the queue. Fetches from
+    // parents are bounded by the planner's in-flight cap anyway.
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut d = Driver {
         inner,
         dl: dl.clone(),

@@ -40,6 +40,11 @@ pub use recover::Recovery;
 /// are dropped.
 const MAX_ENTRIES: usize = 256;
 
+/// Bytes of sled's page cache.
+const SLED_CACHE: u64 = 8 << 20;
+/// How long opening waits for another handle to release the metadata's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The on-disk piece store. See the module docs.
 pub struct DiskStore {
     dir: PathBuf,
@@ -101,10 +106,27 @@ impl DiskStore {
             path: meta_path.clone(),
             source: Box::new(e),
         };
-        let db = sled::Config::new()
+        // sled's page cache defaults to 1 GiB; the metadata is tiny (a record and a
+        // bitmap per task), so a small cache keeps the daemon's footprint small.
+        let config_db = sled::Config::new()
             .path(&meta_path)
-            .open()
-            .map_err(db_err)?;
+            .cache_capacity(SLED_CACHE);
+        // sled releases its file lock only when its background flusher has let go of
+        // the database, a moment after the last handle is dropped: a store reopened
+        // at once (a restart within one process) or a process that is still exiting
+        // can hold it briefly. Wait for it rather than fail, up to LOCK_WAIT.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match config_db.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other.map_err(db_err)?,
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(db_err);
         let (tasks, pieces, hashes, access) = (
             tree("tasks")?,
