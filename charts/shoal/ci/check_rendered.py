@@ -1,0 +1,183 @@
+"""scripts/check-chart's driver: renders the Shoal chart in several scenarios
+and checks what must hold for a node to work, beyond what a schema can see.
+
+For every scenario (default values, each containerd preset, the ci/*-values.yaml
+files): `helm template`, `kubernetes-validate --strict` against each Kubernetes
+version, then the checks of checks.py:
+
+- the init container's --mirror-url is http://<the peer's --mirror-listen>;
+- the hosts directories mounted for configure, restore and the peer are the
+  preset's (three presets tied to the constants in
+  peer/src/containerd/config.rs), from the right host paths, under --root,
+  read-only where they should be; the peer's --containerd-hosts-dir is the first;
+- --peer-tls-dir is a mount of the TLS Secret with ca.crt, tls.crt, tls.key; the
+  generated certificate carries peer/src/tls.rs' SERVER_NAME, chains to the CA,
+  and is good for client and server use;
+- the scheduler's token file, ports, probes and Services agree with its flags;
+- every selector selects the pods it is for; commonLabels reach every object;
+- every --flag the chart passes exists in the built binaries (when given).
+
+Then: values that must be refused are; metric names in the dashboard and docs
+exist in the code; with the binaries, smoke_run.py runs the rendered commands;
+and self_test.py breaks the default rendering on purpose, requiring every break
+to be reported.
+
+Not here: whether the pods run on a real cluster (none on the build machines).
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+import checks
+from checks import check_all, check_metric_names
+from self_test import everything_on_mutations, self_test
+from smoke_run import smoke
+
+# What each preset must mount, from docs/platforms/*.md. Three of them are also
+# constants of the node setup code; main() checks they still agree.
+PRESETS = {
+    "containerd": ("/etc/containerd/config.toml", ["/etc/containerd/certs.d"], True),
+    "eks": ("/etc/containerd/config.toml", ["/etc/containerd/certs.d", "/etc/docker/certs.d"], True),
+    "k3s": ("/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
+            ["/var/lib/rancher/k3s/agent/etc/containerd/certs.d"], True),
+    "rke2": ("/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
+             ["/var/lib/rancher/rke2/agent/etc/containerd/certs.d"], True),
+    "talos": ("/etc/cri/containerd.toml", ["/etc/cri/conf.d/hosts"], False),
+}
+RUST_CONSTANTS = {
+    ("containerd", 0): "DEFAULT_CONFIG", ("containerd", 1): "DEFAULT_HOSTS_DIR",
+    ("k3s", 0): "K3S_CONFIG", ("k3s", 1): "K3S_HOSTS_DIR",
+    ("talos", 0): "TALOS_CONFIG", ("talos", 1): "TALOS_HOSTS_DIR",
+}
+NAMESPACE = "shoal-system"
+# Scenarios the smoke run starts the binaries for (every name they dial is on
+# loopback once translated; rke2 differs from k3s only in paths).
+SMOKE = ("default", "preset-eks", "preset-k3s", "preset-talos", "everything-on", "bring-your-own")
+
+
+class Scenario:
+    """One rendering: helm arguments and what the output must contain."""
+
+    def __init__(self, name, args, preset="containerd", config=None, hosts=None, configure=None,
+                 cleanup=True, tls_secret=None, token_secret=None, tolerate_all=True, labels=None):
+        p_config, p_hosts, p_configure = PRESETS[preset]
+        self.name, self.args = name, args
+        self.config = config or p_config
+        self.hosts = hosts or p_hosts
+        self.configure = p_configure if configure is None else configure
+        self.cleanup = cleanup and self.configure
+        self.tls_secret, self.token_secret = tls_secret, token_secret
+        self.tolerate_all, self.labels = tolerate_all, labels or {}
+
+
+SCENARIOS = [
+    Scenario("default", []),
+    *[Scenario(f"preset-{p}", ["--set", f"containerd.preset={p}"], preset=p) for p in PRESETS if p != "containerd"],
+    Scenario("everything-on", ["-f", "ci/everything-on-values.yaml"], preset="eks", labels={"team": "platform"}),
+    Scenario("bring-your-own", ["-f", "ci/bring-your-own-values.yaml"],
+             config="/opt/containerd/etc/config.toml", hosts=["/opt/containerd/etc/certs.d"], cleanup=False,
+             tls_secret="cluster-peer-tls", token_secret="shoal-operator", tolerate_all=False),
+]
+
+# Values that must be refused (schema or template), with a word of the error.
+BAD_VALUES = [
+    (["--set", "containerd.preset=docker"], "containerd.preset"),
+    (["--set", "peer.mirrorListen=0.0.0.0:7650"], "mirrorListen"),
+    (["--set", "peer.mirrorListen=localhost"], "mirrorListen"),
+    (["--set", "peer.mirrorListen=10.0.0.5:7650"], "mirrorListen"),  # a node IP: reachable from other hosts
+    (["--set", "peer.mirrorListen=[::]:7650"], "mirrorListen"),
+    (["--set", "peer.cacheLowWatermark=0.95"], "cacheLowWatermark"),
+    (["--set", "containerd.hostsDirs[0]=relative/dir"], "hostsDirs"),
+    (["--set", "peer.cacheSize=10GB"], "cacheSize"),
+    (["--set", "logFormat=xml"], "logFormat"),
+    (["--set", "scheduler.colour=blue"], "colour"),
+    (["--set", "scheduler.operatorToken.value=too-short"], "operatorToken"),  # the scheduler wants >= 16
+]
+
+def rust_const(path, name):
+    m = re.search(rf'pub const {name}: &str = "([^"]*)";', open(path).read())
+    if not m:
+        sys.exit(f"check-chart: cannot find const {name} in {path}")
+    return m.group(1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--helm", required=True)
+    ap.add_argument("--kubernetes-validate", required=True)
+    ap.add_argument("--chart", required=True)
+    ap.add_argument("--repo", required=True, help="the workspace root (for the Rust constants)")
+    ap.add_argument("--kube-versions", default="1.28.0,1.34.0")
+    ap.add_argument("--bin-dir", help="directory with built shoal-peer and shoal-scheduler")
+    a = ap.parse_args()
+
+    checks.SERVER_NAME = rust_const(os.path.join(a.repo, "peer/src/tls.rs"), "SERVER_NAME")
+    failures = []
+    cfg_rs = os.path.join(a.repo, "peer/src/containerd/config.rs")
+    for (preset, i), const in RUST_CONSTANTS.items():
+        want = PRESETS[preset][i] if i == 0 else PRESETS[preset][i][0]
+        if rust_const(cfg_rs, const) != want:
+            failures.append(f"preset {preset}: {want} differs from {const} in {cfg_rs}")
+
+    def render(args):
+        return subprocess.run([a.helm, "template", "shoal", a.chart, "--namespace", NAMESPACE, *args],
+                              capture_output=True, text=True, cwd=a.chart)
+
+    rendered = {}
+    for sc in SCENARIOS:
+        r = render(sc.args)
+        if r.returncode != 0:
+            failures.append(f"{sc.name}: helm template failed: {r.stderr.strip()}")
+            continue
+        docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(r.stdout)
+        try:
+            for v in a.kube_versions.split(","):
+                kv = subprocess.run([a.kubernetes_validate, "--strict", "--quiet", "--no-warn", "-k", v, f.name],
+                                    capture_output=True, text=True)
+                if kv.returncode != 0:
+                    failures.append(f"{sc.name}: kubernetes-validate --strict -k {v}:\n{kv.stdout}{kv.stderr}")
+        finally:
+            os.unlink(f.name)
+        problems = check_all(docs, sc, a.bin_dir)
+        failures += [f"{sc.name}: {p}" for p in problems]
+        print(f"check-chart: {sc.name}: {len(docs)} objects, {len(problems)} problems")
+        rendered[sc.name] = (docs, sc)
+
+    refused = 0
+    for args, word in BAD_VALUES:
+        r = render(args)
+        if r.returncode == 0 or word not in r.stderr:
+            failures.append(f"values {' '.join(args)} were not refused with a message naming {word}")
+        else:
+            refused += 1
+    print(f"check-chart: {refused} of {len(BAD_VALUES)} bad values refused")
+
+    failures += check_metric_names(a.repo, a.chart)
+    if a.bin_dir:
+        failures += smoke(render, [sc for sc in SCENARIOS if sc.name in SMOKE], a.bin_dir)
+
+    print("check-chart: self-test, each break must be detected:")
+    for name, cases in (("default", None), ("everything-on", everything_on_mutations())):
+        if name not in rendered:
+            failures.append(f"self-test: the {name} rendering failed, so its breaks were not tried")
+            continue
+        failures += self_test(*rendered[name], cases)
+
+    if failures:
+        print("\ncheck-chart: FAILED", file=sys.stderr)
+        for f in failures:
+            print(f"  - {f}", file=sys.stderr)
+        sys.exit(1)
+    print("check-chart: rendered chart OK")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""The checks scripts/check-chart runs on a rendered chart: each takes the
+rendered objects and a Scenario (what the rendering must contain) and appends
+the problems it finds to a list. Pure functions over the parsed YAML, except
+the certificate check (openssl) and the flag check (the binaries' --help).
+
+Not here: rendering, the scenarios themselves (check_rendered.py), running the
+binaries (smoke_run.py).
+"""
+
+import base64
+import os
+import re
+import subprocess
+import tempfile
+
+# The DNS name every peer certificate carries; main() reads it from
+# peer/src/tls.rs (SERVER_NAME) before any check runs.
+SERVER_NAME = "shoal-peer"
+
+
+# --- helpers -------------------------------------------------------------------------
+
+def flags(args):
+    """{'--flag': [values]} of `--flag=value` arguments (bare `--flag` -> [None])."""
+    out = {}
+    for a in args or []:
+        if a.startswith("--"):
+            k, _, v = a.partition("=")
+            out.setdefault(k, []).append(v if "=" in a else None)
+    return out
+
+
+def one(fl, name, problems, where):
+    vals = fl.get(name) or []
+    if len(vals) != 1:
+        problems.append(f"{where}: expected exactly one {name}, found {vals}")
+        return None
+    return vals[0]
+
+
+def port_of(addr):
+    return int(addr.rsplit(":", 1)[1])
+
+
+def find(docs, kind, component=None, hook=None):
+    out = []
+    for d in docs:
+        if d.get("kind") != kind:
+            continue
+        md = d["metadata"]
+        if component and md.get("labels", {}).get("app.kubernetes.io/component") != component:
+            continue
+        is_hook = "helm.sh/hook" in (md.get("annotations") or {})
+        if hook is not None and is_hook != hook:
+            continue
+        out.append(d)
+    return out
+
+
+def selects(selector, labels):
+    """Whether a LabelSelector (matchLabels and matchExpressions) selects these labels."""
+    labels = labels or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": key not in labels or labels[key] not in values,
+              "Exists": key in labels,
+              "DoesNotExist": key not in labels}.get(op)
+        if not ok:  # None: an operator Kubernetes does not have
+            return False
+    return True
+
+
+def container(pod, name, init=False):
+    for c in pod.get("initContainers" if init else "containers") or []:
+        if c["name"] == name:
+            return c
+    return None
+
+
+def volume(pod, name):
+    return next((v for v in pod.get("volumes") or [] if v["name"] == name), None)
+
+
+def mount_at(c, path):
+    return next((m for m in c.get("volumeMounts") or [] if m["mountPath"].rstrip("/") == path.rstrip("/")), None)
+
+
+def host_mount(pod, c, path, host_path, read_only, problems, where):
+    """The container mounts host_path at path, read-only or not."""
+    m = mount_at(c, path)
+    if not m:
+        problems.append(f"{where}: nothing mounted at {path} (wanted host path {host_path})")
+        return
+    v = volume(pod, m["name"])
+    src = (v or {}).get("hostPath", {}).get("path")
+    if src != host_path:
+        problems.append(f"{where}: {path} is mounted from {src or v}, not host path {host_path}")
+    if bool(m.get("readOnly")) != read_only:
+        problems.append(f"{where}: {path} should be {'read-only' if read_only else 'writable'}")
+
+
+# --- checks --------------------------------------------------------------------------
+
+def check_node_setup(pod, c, sc, action, problems):
+    """configure / restore: --root, --containerd-config, and the host mounts under root."""
+    where = f"{action} container"
+    fl = flags(c.get("args"))
+    if c.get("args", [])[:2] != ["containerd", action]:
+        problems.append(f"{where}: args start {c.get('args', [])[:2]}, not containerd {action}")
+    root = one(fl, "--root", problems, where) or "/"
+    cfg = one(fl, "--containerd-config", problems, where)
+    if cfg != sc.config:
+        problems.append(f"{where}: --containerd-config={cfg}, the preset's is {sc.config}")
+    if "--hosts-dir" in fl:
+        problems.append(f"{where}: --hosts-dir skips the check that containerd's config_path is set")
+    host_mount(pod, c, root.rstrip("/") + os.path.dirname(sc.config), os.path.dirname(sc.config), True,
+               problems, where)
+    for d in sc.hosts:
+        host_mount(pod, c, root.rstrip("/") + d, d, False, problems, where)
+    # Writes outside the mounts must fail, not vanish into the container.
+    if not (c.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+        problems.append(f"{where}: root file system is writable, so a config_path outside the mounts "
+                        "would be written into the container and lost")
+    return fl
+
+
+def check_peer(docs, sc, problems):
+    dss = find(docs, "DaemonSet", "peer", hook=False)
+    if len(dss) != 1:
+        return problems.append(f"expected one peer DaemonSet, found {len(dss)}")
+    pod = dss[0]["spec"]["template"]["spec"]
+    where = "peer DaemonSet"
+    if pod.get("hostNetwork") is not True or pod.get("dnsPolicy") != "ClusterFirstWithHostNet":
+        problems.append(f"{where}: needs hostNetwork with dnsPolicy ClusterFirstWithHostNet")
+    if pod.get("priorityClassName") != "system-node-critical":
+        problems.append(f"{where}: priorityClassName is {pod.get('priorityClassName')}")
+    if sc.tolerate_all and {"operator": "Exists"} not in (pod.get("tolerations") or []):
+        problems.append(f"{where}: does not tolerate every taint")
+    peer = container(pod, "peer")
+    if not peer:
+        return problems.append(f"{where}: no container named peer")
+    fl = flags(peer.get("args"))
+    mirror = one(fl, "--mirror-listen", problems, where) or ""
+    if not re.match(r"^(127\.[0-9.]+|\[::1\]):[0-9]+$", mirror):
+        problems.append(f"{where}: --mirror-listen={mirror} is not on the node's loopback")
+    init = container(pod, "configure", init=True)
+    if sc.configure:
+        if not init:
+            problems.append(f"{where}: no configure init container")
+        else:
+            ifl = check_node_setup(pod, init, sc, "configure", problems)
+            url = one(ifl, "--mirror-url", problems, "configure container")
+            if url != f"http://{mirror}":
+                problems.append(f"configure writes --mirror-url={url} into hosts.toml but the mirror "
+                                f"listens on {mirror}")
+    elif init:
+        problems.append(f"{where}: configure runs although this preset/values turn it off")
+    # hosts.toml and its certificates, read-only at their host paths.
+    hd = one(fl, "--containerd-hosts-dir", problems, where)
+    if hd != sc.hosts[0]:
+        problems.append(f"{where}: --containerd-hosts-dir={hd}, expected {sc.hosts[0]}")
+    for d in sc.hosts:
+        host_mount(pod, peer, d, d, True, problems, where)
+    data = one(fl, "--data-dir", problems, where)
+    if data:
+        host_mount(pod, peer, data, data, False, problems, where)
+    # TLS: the Secret's three files where --peer-tls-dir looks, never the
+    # development-only throw-away CA (peers started so cannot talk to each other).
+    env = {e["name"]: e for e in peer.get("env") or []}
+    if "--dev-ephemeral-tls" in fl or "SHOAL_DEV_EPHEMERAL_TLS" in env:
+        problems.append(f"{where}: runs with --dev-ephemeral-tls (development only)")
+    tls_dir = one(fl, "--peer-tls-dir", problems, where) or ""
+    m = mount_at(peer, tls_dir)
+    v = volume(pod, m["name"]) if m else None
+    secret = (v or {}).get("secret")
+    if not secret:
+        problems.append(f"{where}: --peer-tls-dir={tls_dir} is not a mounted Secret")
+    else:
+        files = {i["path"]: i["key"] for i in secret.get("items") or []}
+        for f in ("ca.crt", "tls.crt", "tls.key"):
+            if secret.get("items") is not None and files.get(f) != f:
+                problems.append(f"{where}: {tls_dir}/{f} is not the Secret's key {f} (items: {files})")
+        check_tls_secret(docs, secret["secretName"], sc, problems)
+    # Ports and probes follow the flags.
+    http = port_of(one(fl, "--http-listen", problems, where) or ":0")
+    quic = port_of(one(fl, "--quic-listen", problems, where) or ":0")
+    ports = {(p["containerPort"], p.get("protocol", "TCP")) for p in peer.get("ports") or []}
+    if (quic, "UDP") not in ports or (http, "TCP") not in ports:
+        problems.append(f"{where}: container ports {sorted(ports)} do not match QUIC {quic}/UDP, HTTP {http}/TCP")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        got = (peer.get(probe) or {}).get("httpGet") or {}
+        if got.get("port") not in (http, "http") or got.get("path") != path:
+            problems.append(f"{where}: {probe} is {got}, expected {path} on port {http}")
+    if one(fl, "--advertise-addr", problems, where) != "$(NODE_IP)":
+        problems.append(f"{where}: --advertise-addr is not the node IP")
+    if env.get("NODE_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "status.hostIP":
+        problems.append(f"{where}: NODE_IP does not come from status.hostIP")
+    check_scheduler_url(docs, fl, problems)
+    if sc.cleanup:
+        check_restore(docs, sc, pod, problems)
+    elif find(docs, "DaemonSet", "restore"):
+        problems.append("a restore hook is rendered although configure or cleanup is off")
+
+
+def check_restore(docs, sc, peer_pod, problems):
+    dss = find(docs, "DaemonSet", "restore", hook=True)
+    jobs = find(docs, "Job", "cleanup", hook=True)
+    if len(dss) != 1 or len(jobs) != 1:
+        return problems.append(f"post-delete hook: {len(dss)} restore DaemonSets, {len(jobs)} Jobs (want 1 and 1)")
+    ds, job = dss[0], jobs[0]
+    for obj in (ds, job):
+        if obj["metadata"]["annotations"].get("helm.sh/hook") != "post-delete":
+            problems.append(f"{obj['kind']} {obj['metadata']['name']} is not a post-delete hook")
+    weight = lambda o: int(o["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+    if not weight(ds) < weight(job):
+        problems.append("post-delete hook: the waiting Job must come after the restore DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    restore = container(pod, "restore", init=True)
+    if not restore:
+        return problems.append("restore DaemonSet: no restore init container")
+    check_node_setup(pod, restore, sc, "restore", problems)
+    if pod.get("tolerations") != peer_pod.get("tolerations") or pod.get("nodeSelector") != peer_pod.get("nodeSelector"):
+        problems.append("restore DaemonSet does not run on the same nodes as the peers")
+    if f"daemonset/{ds['metadata']['name']}" not in job["spec"]["template"]["spec"]["containers"][0].get("args", []):
+        problems.append("the cleanup Job does not wait for the restore DaemonSet")
+
+
+def check_tls_secret(docs, name, sc, problems):
+    rendered = [d for d in find(docs, "Secret") if d["metadata"]["name"] == name]
+    if sc.tls_secret:
+        if name != sc.tls_secret or rendered:
+            problems.append(f"peer TLS: expected the existing Secret {sc.tls_secret} only, got {name}")
+        return
+    if len(rendered) != 1:
+        return problems.append(f"peer TLS: Secret {name} is not rendered")
+    data = rendered[0].get("data") or {}
+    missing = [k for k in ("ca.crt", "tls.crt", "tls.key") if k not in data]
+    if missing:
+        return problems.append(f"peer TLS: Secret {name} lacks {missing}")
+    problems.extend(check_certificate({k: base64.b64decode(data[k]) for k in ("ca.crt", "tls.crt", "tls.key")}))
+
+
+def openssl(*args, stdin=None):
+    r = subprocess.run(["openssl", *args], input=stdin, capture_output=True)
+    return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+
+def check_certificate(files):
+    """The peer certificate works for peer/src/tls.rs: SAN, chain, key usage, key pair."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, v in files.items():
+            with open(os.path.join(tmp, k), "wb") as f:
+                f.write(v)
+        crt, ca, key = (os.path.join(tmp, k) for k in ("tls.crt", "ca.crt", "tls.key"))
+        rc, text = openssl("x509", "-in", crt, "-noout", "-ext", "subjectAltName")
+        if rc != 0 or not re.search(rf"DNS:{re.escape(SERVER_NAME)}(,|\s|$)", text):
+            out.append(f"peer TLS: tls.crt lacks the DNS name {SERVER_NAME} ({text.strip()})")
+        for purpose in ("sslserver", "sslclient"):
+            rc, text = openssl("verify", "-purpose", purpose, "-CAfile", ca, crt)
+            if rc != 0:
+                out.append(f"peer TLS: tls.crt does not verify against ca.crt for {purpose}: {text.strip()}")
+        rc1, cert_pub = openssl("x509", "-in", crt, "-noout", "-pubkey")
+        rc2, key_pub = openssl("pkey", "-in", key, "-pubout")
+        if rc1 or rc2 or cert_pub != key_pub:
+            out.append("peer TLS: tls.key is not the key of tls.crt")
+    return out
+
+
+def check_scheduler_url(docs, peer_flags, problems):
+    svc = find(docs, "Service", "scheduler")
+    deps = find(docs, "Deployment", "scheduler")
+    url = (peer_flags.get("--scheduler") or [""])[0]
+    m = re.match(r"^http://([^.]+)\.([^.]+)\.svc\.[a-z.]+:(\d+)$", url)
+    plain = [s for s in svc if s["spec"].get("clusterIP") != "None"]
+    if not m or not plain or not deps:
+        return problems.append(f"peer --scheduler={url}: no matching scheduler Service/Deployment")
+    name, ns, port = m.group(1), m.group(2), int(m.group(3))
+    s = plain[0]
+    if (name, ns) != (s["metadata"]["name"], s["metadata"]["namespace"]):
+        problems.append(f"peer --scheduler={url} names {name}.{ns}, the Service is "
+                        f"{s['metadata']['name']}.{s['metadata']['namespace']}")
+    sp = next((p for p in s["spec"]["ports"] if p["port"] == port), None)
+    sched = container(deps[0]["spec"]["template"]["spec"], "scheduler")
+    grpc = port_of(one(flags(sched.get("args")), "--grpc-listen", problems, "scheduler") or ":0")
+    cports = {p["name"]: p["containerPort"] for p in sched.get("ports") or []}
+    target = sp and (cports.get(sp["targetPort"]) if isinstance(sp["targetPort"], str) else sp["targetPort"])
+    if target != grpc:
+        problems.append(f"peer --scheduler port {port} reaches container port {target}, the scheduler "
+                        f"listens for gRPC on {grpc}")
+
+
+def check_scheduler(docs, sc, problems):
+    deps = find(docs, "Deployment", "scheduler")
+    if len(deps) != 1:
+        return problems.append(f"expected one scheduler Deployment, found {len(deps)}")
+    pod = deps[0]["spec"]["template"]["spec"]
+    c = container(pod, "scheduler")
+    fl = flags(c.get("args"))
+    where = "scheduler"
+    http = port_of(one(fl, "--http-listen", problems, where) or ":0")
+    cports = {p["name"]: p["containerPort"] for p in c.get("ports") or []}
+    if cports.get("http") != http or cports.get("grpc") != port_of((fl.get("--grpc-listen") or [":0"])[0]):
+        problems.append(f"{where}: container ports {cports} do not match the listen flags")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        got = (c.get(probe) or {}).get("httpGet") or {}
+        if cports.get(got.get("port"), got.get("port")) != http or got.get("path") != path:
+            problems.append(f"{where}: {probe} is {got}, expected {path} on {http}")
+    token = one(fl, "--operator-token-file", problems, where) or "/"
+    m = mount_at(c, os.path.dirname(token))
+    secret = (volume(pod, m["name"]) or {}).get("secret") if m else None
+    if not secret:
+        return problems.append(f"{where}: --operator-token-file={token} is not in a mounted Secret")
+    items = {i["path"]: i["key"] for i in secret.get("items") or []}
+    key = items.get(os.path.basename(token), os.path.basename(token))
+    if sc.token_secret:
+        if secret["secretName"] != sc.token_secret:
+            problems.append(f"{where}: token Secret {secret['secretName']}, expected {sc.token_secret}")
+    else:
+        s = [d for d in find(docs, "Secret") if d["metadata"]["name"] == secret["secretName"]]
+        if not s or key not in (s[0].get("data") or {}) or not base64.b64decode(s[0]["data"][key]):
+            problems.append(f"{where}: the token Secret {secret['secretName']} has no non-empty key {key}")
+    heads = [s for s in find(docs, "Service", "scheduler") if s["spec"].get("clusterIP") == "None"]
+    if len(heads) != 1:
+        problems.append(f"{where}: expected one headless Service for replica discovery, found {len(heads)}")
+
+
+def check_selectors_and_labels(docs, sc, problems):
+    pods = [(d["kind"], d["metadata"]["name"], d["spec"]["template"]["metadata"]["labels"])
+            for d in docs if d.get("kind") in ("Deployment", "DaemonSet", "Job")]
+    for d in docs:
+        sel = None
+        if d["kind"] == "Service":
+            sel = d["spec"].get("selector")
+        elif d["kind"] in ("PodDisruptionBudget", "Deployment", "DaemonSet"):
+            sel = d["spec"]["selector"]["matchLabels"]
+        if sel is not None:
+            hits = [n for k, n, labels in pods if all(labels.get(a) == b for a, b in sel.items())]
+            if len(hits) != 1:
+                problems.append(f"{d['kind']} {d['metadata']['name']}: selector {sel} matches {hits}")
+        if d["kind"] == "ServiceMonitor":
+            # Exactly one Service: two selecting the same pods (the scheduler's
+            # headless one) would scrape every pod twice.
+            svcs = [s for s in find(docs, "Service") if selects(d["spec"]["selector"], s["metadata"].get("labels"))]
+            names = {p.get("name") for s in svcs for p in s["spec"]["ports"]}
+            if len(svcs) != 1 or any(e["port"] not in names for e in d["spec"]["endpoints"]):
+                want = sorted({e["port"] for e in d["spec"]["endpoints"]})
+                problems.append(f"ServiceMonitor {d['metadata']['name']}: selects {len(svcs)} Services "
+                                f"({', '.join(s['metadata']['name'] for s in svcs)}) with ports {sorted(names)}, "
+                                f"wanted exactly one Service with ports {want}")
+        for k, v in sc.labels.items():
+            if d["metadata"].get("labels", {}).get(k) != v:
+                problems.append(f"{d['kind']} {d['metadata']['name']}: lacks commonLabel {k}={v}")
+
+
+def check_flags_exist(docs, bin_dir, problems, cache={}):
+    """Every --flag passed to a Shoal binary appears in that binary's --help."""
+    for d in docs:
+        spec = (d.get("spec") or {}).get("template", {}).get("spec") or {}
+        for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            cmd = (c.get("command") or [""])[0]
+            if cmd not in ("shoal-peer", "shoal-scheduler"):
+                continue
+            args = c.get("args") or []
+            sub = [a for a in args if not a.startswith("-")][: {"shoal-peer": 2, "shoal-scheduler": 0}[cmd]]
+            if cmd == "shoal-peer" and sub[:1] == ["run"]:
+                sub = ["run"]
+            key = (cmd, *sub)
+            if key not in cache:
+                r = subprocess.run([os.path.join(bin_dir, cmd), *sub, "--help"], capture_output=True, text=True)
+                cache[key] = set(re.findall(r"--[a-z0-9][a-z0-9-]*", r.stdout)) if r.returncode == 0 else None
+            known = cache[key]
+            if known is None:
+                problems.append(f"`{cmd} {' '.join(sub)} --help` failed")
+                continue
+            for f in flags(args):
+                if f not in known:
+                    problems.append(f"{d['kind']} {d['metadata']['name']}/{c['name']}: `{' '.join(key)}` "
+                                    f"has no flag {f}")
+
+
+def check_all(docs, sc, bin_dir=None):
+    problems = []
+    for fn in (check_peer, check_scheduler, check_selectors_and_labels):
+        try:
+            fn(docs, sc, problems)
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+            problems.append(f"{fn.__name__}: unexpected shape ({type(e).__name__}: {e})")
+    if bin_dir:
+        check_flags_exist(docs, bin_dir, problems)
+    return problems
+
+
+def check_metric_names(repo, chart):
+    """Every shoal_* metric the dashboard, NOTES.txt and docs/install.md name is one
+    the code exports (scheduler: registry prefix shoal_scheduler_ + name, counters
+    get _total; peer: the full name as a string)."""
+    sched = open(os.path.join(repo, "scheduler/src/metrics.rs")).read()
+    peer = ""
+    for d, _, files in os.walk(os.path.join(repo, "peer/src")):
+        peer += "".join(open(os.path.join(d, f)).read() for f in files if f.endswith(".rs"))
+    problems = []
+    for path in (os.path.join(chart, "files/dashboard.json"), os.path.join(chart, "templates/NOTES.txt"),
+                 os.path.join(repo, "docs/install.md")):
+        text = open(path).read()
+        for name in sorted(set(re.findall(r"\bshoal_[a-z_]+[a-z]", text))):
+            if name.startswith("shoal_scheduler_"):
+                base = re.sub(r"_total$", "", name[len("shoal_scheduler_"):])
+                ok = f'"{base}"' in sched
+            else:
+                ok = f'"{name}"' in peer
+            if not ok:
+                problems.append(f"{os.path.relpath(path, repo)} names metric {name}, which the code does not export")
+    print("check-chart: metric names in the dashboard, NOTES.txt and docs/install.md checked against the code")
+    return problems
