@@ -6,6 +6,9 @@
 //! - [`upstream`]: a one-blob HTTP upstream that counts what it serves.
 //! - [`swarm`]: Shoal's own processes (`shoal-scheduler`, `shoal-peer run`).
 //! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
+//! - [`netns`], [`netswarm`]: network namespaces as hosts, and Shoal's processes on them.
+//! - [`bench`]: the swarm benchmark (direct, pull-through cache, shoal).
+//! - [`demo`]: the main job: a swarm of nodes pulling an image with containerd.
 //! - [`containerd`]: a private containerd (own root, state and socket; CRI disabled) and
 //!   `ctr` pulls through it.
 //! - [`Recorder`] (here): an HTTP listener that records request lines and answers every
@@ -14,8 +17,12 @@
 //!
 //! Not here: assertions.
 
+pub mod bench;
 pub mod containerd;
+pub mod demo;
 pub mod image;
+pub mod netns;
+pub mod netswarm;
 pub mod registry;
 pub mod swarm;
 pub mod tls;

@@ -7,13 +7,16 @@
 //! (`http.tls.clientcas`), and can share another registry's storage so that what was
 //! pushed over plain HTTP is served over TLS too.
 //!
+//! [`Registry::access_log`] parses its access log (method, path, status, bytes, user
+//! agent), which is how tests count what upstream served and to whom.
+//!
 //! Not here: generating certificates (see [`crate::tls`]), pushing images (see
 //! [`crate::image`]).
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,6 +29,63 @@ pub struct Registry {
     log: PathBuf,
     data: PathBuf,
     tls: bool,
+}
+
+/// One request in the registry's access log (Apache's combined format:
+/// `127.0.0.1 - - [date] "GET /v2/… HTTP/1.1" 200 1234 "" "containerd/1.6.20"`). The
+/// registry writes the line when it has finished answering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// `GET`, `HEAD`, `PUT`, …
+    pub method: String,
+    /// The request target, e.g. `/v2/demo/app/blobs/sha256:…` (with its query, if any).
+    pub path: String,
+    /// The response status.
+    pub status: u16,
+    /// Body bytes written to the client (for a cut download: what got out).
+    pub bytes: u64,
+    /// The client's `User-Agent` (`shoal-peer/…`, `containerd/…`, `skopeo/…`).
+    pub user_agent: String,
+}
+
+impl Access {
+    /// Parses one line of the combined format; `None` for other lines (the registry's
+    /// own logrus lines share the file).
+    pub fn parse(line: &str) -> Option<Access> {
+        // host ident user [date] "request" status bytes "referer" "agent"
+        let (_, rest) = line.split_once("] \"")?;
+        let (request, rest) = rest.split_once('"')?;
+        let mut request = request.split(' ');
+        let method = request.next()?.to_owned();
+        let path = request.next()?.to_owned();
+        let mut fields = rest.trim_start().splitn(3, ' ');
+        let status = fields.next()?.parse().ok()?;
+        let bytes = fields.next()?.parse().unwrap_or(0);
+        let quoted: Vec<&str> = fields.next()?.split('"').collect();
+        let user_agent = quoted.get(3).copied().unwrap_or_default().to_owned();
+        Some(Access {
+            method,
+            path,
+            status,
+            bytes,
+            user_agent,
+        })
+    }
+
+    /// Whether this is a `GET` of the blob `digest` (`sha256:…`), in any repository.
+    pub fn is_blob_get(&self, digest: &str) -> bool {
+        self.method == "GET"
+            && self
+                .path
+                .split('?')
+                .next()
+                .is_some_and(|p| p.ends_with(&format!("/blobs/{digest}")))
+    }
+
+    /// Whether the client was a Shoal peer (its upstream client's `User-Agent`).
+    pub fn from_shoal(&self) -> bool {
+        self.user_agent.starts_with("shoal-peer/")
+    }
 }
 
 /// TLS settings of a registry (PEM files).
@@ -48,6 +108,19 @@ pub struct RegistryOptions {
     /// Store under this directory instead of `<dir>/data` (e.g. another registry's
     /// [`Registry::data_dir`], to serve what was pushed there).
     pub storage: Option<PathBuf>,
+    /// A pull-through cache of this upstream URL (`proxy.remoteurl`).
+    pub proxy_remote: Option<String>,
+    /// Run inside this network namespace (`ip netns exec`), listening on `listen`.
+    pub netns: Option<NetnsListen>,
+}
+
+/// Where a registry in a network namespace listens.
+#[derive(Debug, Clone)]
+pub struct NetnsListen {
+    /// The namespace (a [`crate::netns::Host`]'s `ns`).
+    pub ns: String,
+    /// The address inside it.
+    pub listen: SocketAddr,
 }
 
 impl Registry {
@@ -61,8 +134,10 @@ impl Registry {
     /// it accepts connections.
     pub fn start_with(dir: &Path, options: &RegistryOptions) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let port = crate::free_port()?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let addr: SocketAddr = match &options.netns {
+            Some(n) => n.listen,
+            None => format!("127.0.0.1:{}", crate::free_port()?).parse()?,
+        };
         let config = dir.join("config.yml");
         let data = options.storage.clone().unwrap_or_else(|| dir.join("data"));
         let mut http = format!("http:\n  addr: {addr}\n");
@@ -79,6 +154,9 @@ impl Registry {
                 }
             }
         }
+        if let Some(remote) = &options.proxy_remote {
+            http.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
+        }
         std::fs::write(
             &config,
             format!(
@@ -91,7 +169,8 @@ impl Registry {
         )?;
         let log = dir.join("registry.log");
         let out = File::create(&log)?;
-        let child = Command::new("docker-registry")
+        let netns = options.netns.as_ref().map(|n| n.ns.as_str());
+        let child = crate::netns::command_in(netns, "docker-registry")
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
@@ -106,8 +185,15 @@ impl Registry {
             data,
             tls: options.tls.is_some(),
         };
+        // A registry in a namespace cannot be reached from here: its log says when
+        // it listens.
+        let in_netns = options.netns.is_some();
         crate::wait_until("docker-registry", Duration::from_secs(30), || {
-            crate::accepts(addr)
+            if in_netns {
+                crate::read_log(&registry.log).contains("listening on")
+            } else {
+                crate::accepts(addr)
+            }
         })
         .with_context(|| format!("registry log:\n{}", crate::read_log(&registry.log)))?;
         Ok(registry)
@@ -147,9 +233,43 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The access log so far, in order (see [`Access`]).
+    pub fn access_log(&self) -> Vec<Access> {
+        crate::read_log(&self.log)
+            .lines()
+            .filter_map(Access::parse)
+            .collect()
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Access;
+
+    #[test]
+    fn parses_combined_log_lines_and_skips_others() {
+        let line = r#"127.0.0.1 - - [22/Nov/2026:07:22:43 +0000] "GET /v2/a/b/blobs/sha256:ab?ns=x HTTP/1.1" 206 1048576 "" "containerd/1.6.20~ds1""#;
+        let a = Access::parse(line).unwrap();
+        assert_eq!(a.method, "GET");
+        assert_eq!(a.path, "/v2/a/b/blobs/sha256:ab?ns=x");
+        assert_eq!((a.status, a.bytes), (206, 1_048_576));
+        assert_eq!(a.user_agent, "containerd/1.6.20~ds1");
+        assert!(a.is_blob_get("sha256:ab"));
+        assert!(!a.is_blob_get("sha256:a"));
+        assert!(!a.from_shoal());
+        let head = r#"127.0.0.1 - - [22/Nov/2026:07:22:43 +0000] "HEAD /v2/x/blobs/sha256:ab HTTP/1.1" 200 0 "" "shoal-peer/0.1.0""#;
+        let h = Access::parse(head).unwrap();
+        assert!(!h.is_blob_get("sha256:ab"));
+        assert!(h.from_shoal());
+        let logrus = r#"time="2026-11-22T07:22:43Z" level=info msg="response completed" http.request.method=GET"#;
+        assert_eq!(Access::parse(logrus), None);
     }
 }

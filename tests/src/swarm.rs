@@ -66,6 +66,17 @@ async fn wait_http(what: &str, url: &str, log: &Path) -> anyhow::Result<()> {
     anyhow::bail!("{what} not ready at {url}; log:\n{}", crate::read_log(log))
 }
 
+/// Prometheus text as sample → value (`name` or `name{labels}`, as written).
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A `shoal-scheduler` process.
 #[derive(Debug)]
 pub struct SchedulerProcess {
@@ -156,6 +167,30 @@ impl SchedulerProcess {
     /// The log so far.
     pub fn log(&self) -> String {
         crate::read_log(&self.log)
+    }
+
+    /// How many peers `GET /api/v1/peers` lists (None when it does not answer).
+    pub async fn peer_count(&self) -> Option<usize> {
+        let r = reqwest::get(format!("{}/api/v1/peers", self.http_url()))
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        v["peers"].as_array().map(Vec::len)
+    }
+
+    /// Waits until `n` peers have joined; fails after 60 s (a hang, not a timing).
+    pub async fn wait_for_peers(&self, n: usize) -> anyhow::Result<()> {
+        for _ in 0..600 {
+            if self.peer_count().await == Some(n) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!(
+            "{n} peers did not join within 60 s (the scheduler lists {:?}); log:\n{}",
+            self.peer_count().await,
+            self.log()
+        )
     }
 }
 
@@ -281,14 +316,7 @@ impl PeerProcess {
             .await?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect())
+        Ok(parse_metrics(&text))
     }
 
     /// One counter from `/metrics` (0 when absent or unreachable).
@@ -298,6 +326,46 @@ impl PeerProcess {
             .ok()
             .and_then(|m| m.get(name).copied())
             .unwrap_or(0.0)
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `http://127.0.0.1:PORT`: `/metrics`, `/healthz`, `/readyz`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Node setup the way the chart's init container does it: `shoal-peer containerd
+    /// configure` merges this peer's mirror into `<hosts_dir>/<registry>/hosts.toml`
+    /// (mirror first, the file's `server` and TLS settings kept; no `_default` entry).
+    pub fn configure_containerd(&self, hosts_dir: &Path, registry: &str) -> anyhow::Result<()> {
+        let out = Command::new(workspace_bin("shoal-peer"))
+            .args(["containerd", "configure", "--no-default-host"])
+            .arg("--hosts-dir")
+            .arg(hosts_dir)
+            .arg("--mirror-url")
+            .arg(self.mirror_url())
+            .arg("--registry")
+            .arg(registry)
+            .env("SHOAL_LOG", "warn")
+            .output()
+            .context("running shoal-peer containerd configure")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "shoal-peer containerd configure: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Whether the process is still running (false once killed or exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Kills it like a crashed node (SIGKILL).

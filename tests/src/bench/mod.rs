@@ -1,0 +1,331 @@
+//! The swarm benchmark (`shoal-bench-swarm`, run by `scripts/bench-swarm`): N nodes
+//! pull the same blob at the same moment over shaped links, three ways in one run —
+//! **direct** from the registry, through a **cache** (`docker-registry` in pull-through
+//! mode on its own host, what many clusters run today), and through **shoal** (a
+//! scheduler on its own host, a peer on every node) — and it reports, per mode, p50
+//! and max completion time as ratios to the line-rate limit and upstream egress as a
+//! ratio to the blob.
+//!
+//! The network is a [`Lab`]: one namespace per host, joined by a bridge in its own
+//! namespace, every link (the registry's uplink too) shaped with `tc … tbf` in both
+//! directions. Each node's pull is this binary again (`fetch`, see [`fetch`]) run in
+//! the node's namespace, hashing what it receives. Traffic stays inside the lab; the
+//! lab and its processes are removed at the end, on error, and on Ctrl-C.
+//!
+//! Layout: [`report`] (pure: figures, table, machine-readable lines), [`chart`] (PNG),
+//! [`fetch`] (one node's pull), this file (the lab, the modes, the run).
+
+pub mod chart;
+pub mod fetch;
+pub mod report;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::image::{OciImage, random_bytes};
+use crate::netns::{Cleaner, Host, Lab, LinkRate};
+use crate::netswarm::{LabPeer, LabPeerOptions, LabScheduler};
+use crate::registry::{NetnsListen, Registry, RegistryOptions};
+use crate::swarm::PeerProcess;
+use report::{Mode, ModeRun, NodePull, Setup};
+
+/// The registry's port on its host (origin and cache alike).
+const REGISTRY_PORT: u16 = 5000;
+/// The repository the blob is pushed to.
+const REPO: &str = "bench/blob";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Nodes pulling.
+    pub nodes: usize,
+    /// Bytes of random data in the blob (the blob is a gzip'd tar of it, a little
+    /// bigger).
+    pub size: u64,
+    /// Every link's rate.
+    pub rate: LinkRate,
+    /// The modes, in order.
+    pub modes: Vec<Mode>,
+    /// Namespace-name prefix (unique per concurrent run).
+    pub prefix: String,
+    /// Where the blob, logs and data dirs go (removed afterwards unless `keep`).
+    pub work_dir: PathBuf,
+    /// Keep `work_dir` (logs) afterwards.
+    pub keep: bool,
+    /// Upper bound on one mode's pulls (a hang, not a timing).
+    pub pull_limit: Duration,
+}
+
+/// A lab with the origin registry and the blob in it.
+struct Bench<'a> {
+    opts: &'a Options,
+    lab: Lab,
+    origin: Registry,
+    registry_host: Host,
+    nodes: Vec<Host>,
+    digest: String,
+    setup: Setup,
+}
+
+/// Runs the benchmark; `on_lab` gets a handle that removes the lab (for a signal
+/// handler). Fails when a node's bytes do not match the digest.
+pub fn run(opts: &Options, on_lab: impl FnOnce(Cleaner)) -> anyhow::Result<(Setup, Vec<ModeRun>)> {
+    anyhow::ensure!(opts.nodes >= 1, "--nodes must be at least 1");
+    anyhow::ensure!(opts.nodes <= 200, "--nodes must be at most 200");
+    anyhow::ensure!(!opts.modes.is_empty(), "no mode to run");
+    std::fs::create_dir_all(&opts.work_dir)?;
+    let bench = Bench::prepare(opts, on_lab)?;
+    let mut runs = Vec::new();
+    for &mode in &opts.modes {
+        eprintln!("bench: {} mode, {} nodes", mode.name(), opts.nodes);
+        let run = bench
+            .run_mode(mode)
+            .with_context(|| format!("{} mode", mode.name()))?;
+        let f = run.figures(&bench.setup);
+        eprintln!(
+            "bench: {}: p50 {:.1} s, max {:.1} s, upstream egress {:.2} x",
+            mode.name(),
+            f.p50_secs,
+            f.max_secs,
+            f.egress_ratio
+        );
+        runs.push(run);
+    }
+    bench.lab.cleanup();
+    Ok((bench.setup, runs))
+}
+
+impl<'a> Bench<'a> {
+    /// Builds the blob, pushes it to a loopback registry, and serves that storage
+    /// from the lab's registry host.
+    fn prepare(opts: &'a Options, on_lab: impl FnOnce(Cleaner)) -> anyhow::Result<Self> {
+        let work = &opts.work_dir;
+        eprintln!(
+            "bench: building a {} MiB blob",
+            opts.size as f64 / f64::from(1 << 20)
+        );
+        let data = random_bytes(usize::try_from(opts.size)?, 0x5EED);
+        let image = OciImage::build(&work.join("image"), "v1", &[("blob.bin", &data)])?;
+        drop(data);
+        let blob = image
+            .blobs
+            .iter()
+            .find(|b| b.digest == image.layer_digest)
+            .context("the image has no layer")?
+            .clone();
+        let storage = work.join("origin-storage");
+        {
+            let staging = Registry::start_with(
+                &work.join("staging"),
+                &RegistryOptions {
+                    storage: Some(storage.clone()),
+                    ..RegistryOptions::default()
+                },
+            )?;
+            image.push(&staging.addr().to_string(), REPO, "v1")?;
+        }
+        std::fs::remove_dir_all(work.join("image")).ok();
+
+        let mut lab = Lab::new(&opts.prefix, opts.rate.clone())?;
+        on_lab(lab.cleaner());
+        let registry_host = lab.add_host("registry")?;
+        let origin = Registry::start_with(
+            &work.join("origin"),
+            &RegistryOptions {
+                storage: Some(storage),
+                netns: Some(NetnsListen {
+                    ns: registry_host.ns.clone(),
+                    listen: SocketAddr::new(registry_host.ip.into(), REGISTRY_PORT),
+                }),
+                ..RegistryOptions::default()
+            },
+        )?;
+        for role in extra_roles(&opts.modes) {
+            lab.add_host(role)?;
+        }
+        let mut nodes = Vec::new();
+        for i in 1..=opts.nodes {
+            nodes.push(lab.add_host(&format!("n{i}"))?);
+        }
+        let setup = Setup {
+            nodes: opts.nodes,
+            size: blob.size,
+            rate_bits: opts.rate.bits_per_sec,
+            rate_text: opts.rate.tc.clone(),
+        };
+        Ok(Bench {
+            opts,
+            lab,
+            origin,
+            registry_host,
+            nodes,
+            digest: blob.digest,
+            setup,
+        })
+    }
+
+    fn origin_url(&self) -> String {
+        format!("http://{}:{REGISTRY_PORT}", self.registry_host.ip)
+    }
+
+    fn blob_path(&self) -> String {
+        format!("/v2/{REPO}/blobs/{}", self.digest)
+    }
+
+    /// Blob bytes the origin has served so far (its access log).
+    fn origin_bytes(&self) -> u64 {
+        self.origin
+            .access_log()
+            .iter()
+            .filter(|a| a.is_blob_get(&self.digest))
+            .map(|a| a.bytes)
+            .sum()
+    }
+
+    /// Starts what `mode` needs, pulls on every node at once, stops it again.
+    fn run_mode(&self, mode: Mode) -> anyhow::Result<ModeRun> {
+        let dir = self.opts.work_dir.join(mode.name());
+        std::fs::create_dir_all(&dir)?;
+        let before = self.origin_bytes();
+        // What serves the nodes in this mode; dropped (stopped) at the end.
+        let mut _servers: Vec<Box<dyn std::any::Any>> = Vec::new();
+        let urls: Vec<String> = match mode {
+            Mode::Direct => {
+                vec![format!("{}{}", self.origin_url(), self.blob_path()); self.nodes.len()]
+            }
+            Mode::Cache => {
+                let host = self.host_for("cache")?;
+                let cache = Registry::start_with(
+                    &dir.join("cache"),
+                    &RegistryOptions {
+                        proxy_remote: Some(self.origin_url()),
+                        netns: Some(NetnsListen {
+                            ns: host.ns.clone(),
+                            listen: SocketAddr::new(host.ip.into(), REGISTRY_PORT),
+                        }),
+                        ..RegistryOptions::default()
+                    },
+                )?;
+                _servers.push(Box::new(cache));
+                let url = format!("http://{}:{REGISTRY_PORT}{}", host.ip, self.blob_path());
+                vec![url; self.nodes.len()]
+            }
+            Mode::Shoal => {
+                let host = self.host_for("scheduler")?;
+                let scheduler = LabScheduler::start(&self.lab, &host, &dir.join("scheduler"))?;
+                let tls_dir = dir.join("peer-tls");
+                PeerProcess::tls_init(&tls_dir)?;
+                let options = LabPeerOptions {
+                    scheduler: Some(scheduler.grpc_url()),
+                    default_upstream: Some(self.origin_url()),
+                    hosts_dir: None,
+                    tls_dir,
+                    extra: Vec::new(),
+                };
+                let mut urls = Vec::new();
+                for node in &self.nodes {
+                    let peer = LabPeer::start(&self.lab, node, &dir.join(&node.role), &options)?;
+                    urls.push(format!("{}{}", peer.mirror_url(), self.blob_path()));
+                    _servers.push(Box::new(peer));
+                }
+                scheduler.wait_for_peers(&self.lab, self.nodes.len())?;
+                _servers.push(Box::new(scheduler));
+                urls
+            }
+        };
+        let pulls = self.pull_all(&urls)?;
+        let upstream_bytes = self.origin_bytes() - before;
+        drop(_servers);
+        Ok(ModeRun {
+            mode,
+            pulls,
+            upstream_bytes,
+        })
+    }
+
+    /// The host `role`, added to the lab the first time it is asked for.
+    fn host_for(&self, role: &str) -> anyhow::Result<Host> {
+        self.lab
+            .hosts()
+            .iter()
+            .find(|h| h.role == role)
+            .cloned()
+            .with_context(|| format!("the lab has no {role} host (added in prepare)"))
+    }
+
+    /// Every node fetches its URL, all starting at the same instant.
+    fn pull_all(&self, urls: &[String]) -> anyhow::Result<Vec<NodePull>> {
+        let me = std::env::current_exe()?;
+        let start_at = fetch::unix_ms() + 1500;
+        let limit = self.opts.pull_limit.as_secs().to_string();
+        let mut children: Vec<(Host, Child)> = Vec::new();
+        for (node, url) in self.nodes.iter().zip(urls) {
+            let child = self
+                .lab
+                .command(node, &me)
+                .args(["fetch", url, &start_at.to_string(), &limit])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting the fetch on {}", node.role))?;
+            children.push((node.clone(), child));
+        }
+        let mut pulls = Vec::new();
+        for (node, child) in children {
+            let out = child.wait_with_output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let f = fetch::Fetched::from_json(&text).with_context(|| {
+                format!("the fetch on {} printed no result: {text:?}", node.role)
+            })?;
+            if let Some(e) = &f.error {
+                anyhow::bail!("the pull on {} failed: {e}", node.role);
+            }
+            pulls.push(NodePull {
+                node: node.role.clone(),
+                secs: f.secs,
+                bytes: f.bytes,
+                digest_ok: f.digest == self.digest,
+            });
+        }
+        Ok(pulls)
+    }
+}
+
+/// The hosts `modes` need besides the registry and the nodes.
+fn extra_roles(modes: &[Mode]) -> Vec<&'static str> {
+    let mut roles = Vec::new();
+    if modes.contains(&Mode::Cache) {
+        roles.push("cache");
+    }
+    if modes.contains(&Mode::Shoal) {
+        roles.push("scheduler");
+    }
+    roles
+}
+
+/// The tools the benchmark runs, and the Debian package of each.
+pub const TOOLS: [(&str, &str); 5] = [
+    ("docker-registry", "docker-registry"),
+    ("skopeo", "skopeo"),
+    ("curl", "curl"),
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+];
+
+/// Fails unless `shoal-peer` and `shoal-scheduler` are built next to this executable.
+pub fn check_binaries() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for b in ["shoal-peer", "shoal-scheduler"] {
+        anyhow::ensure!(
+            dir.join(b).is_file(),
+            "{b} is not built next to this benchmark ({}); run `cargo build --release --bins`",
+            dir.display()
+        );
+    }
+    Ok(())
+}

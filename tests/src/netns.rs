@@ -1,0 +1,445 @@
+//! A small shaped network for the swarm benchmark: one network namespace per host, all
+//! joined by a bridge that lives in a namespace of its own, every link shaped with
+//! `tc … tbf` in both directions, and processes started inside a host's namespace with
+//! `ip netns exec`.
+//!
+//! Layout of a [`Lab`] with prefix `P`:
+//! - `P-br`: the bridge `br0` and one veth end per host (`v-<role>`);
+//! - `P-<role>`: a host, its veth end named `eth0` with `10.200.0.<n>/24`, and `lo` up
+//!   (so a host's own 127.0.0.1 works, e.g. a peer's registry mirror).
+//!
+//! Nothing is created in the caller's namespace (each veth pair is made in the bridge
+//! namespace with its other end placed straight into the host's), and the addresses are
+//! reachable only from the lab's own namespaces, so parallel labs with different
+//! prefixes cannot clash and no traffic leaves them.
+//!
+//! Shaping: `tbf` only shapes what a device sends. The host's `eth0` is shaped (its
+//! uplink), and so is the bridge's end of the same link (what the bridge sends to the
+//! host: its downlink), so every host has a full-duplex link of the given rate, as a
+//! switch port would.
+//!
+//! Clean-up: [`Lab::cleanup`] (also on drop, and from a [`Cleaner`] that a signal
+//! handler holds) kills every process still running in the lab's namespaces — only
+//! the lab's own processes can be there — and deletes the namespaces.
+//!
+//! Not here: what runs on the hosts (the benchmark decides), latency (no netem).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+
+/// A link rate as `tc` takes it (`100mbit`, `1gbit`, `500kbit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRate {
+    /// Bits per second (`mbit` is 10^6 bits, as in `tc`).
+    pub bits_per_sec: u64,
+    /// The text passed to `tc`.
+    pub tc: String,
+}
+
+impl FromStr for LinkRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a rate like 100mbit"))?;
+        let mult = match unit {
+            "bit" => 1,
+            "kbit" => 1_000,
+            "mbit" => 1_000_000,
+            "gbit" => 1_000_000_000,
+            _ => return Err(format!("{s:?}: unit must be bit, kbit, mbit or gbit")),
+        };
+        let bits_per_sec = n.checked_mul(mult).filter(|b| *b >= 8_000).ok_or_else(|| {
+            format!("{s:?}: must be at least 8kbit and fit in 64 bits of bits per second")
+        })?;
+        Ok(LinkRate {
+            bits_per_sec,
+            tc: format!("{n}{unit}"),
+        })
+    }
+}
+
+impl LinkRate {
+    /// The `tbf` burst in bytes: 10 ms at this rate, at least 32 KiB (a burst below
+    /// rate ÷ HZ cannot reach the rate).
+    pub fn burst_bytes(&self) -> u64 {
+        (self.bits_per_sec / 8 / 100).max(32 << 10)
+    }
+}
+
+/// `program`, or `ip netns exec NS program` when `netns` is set (for helpers that
+/// run either on loopback or on a lab host).
+pub fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// One host of the lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Its role, e.g. `registry`, `node-3`.
+    pub role: String,
+    /// Its namespace's name.
+    pub ns: String,
+    /// Its address on the bridge.
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Namespaces to delete, the bridge's first.
+    namespaces: Vec<String>,
+    cleaned: bool,
+}
+
+/// Deletes a lab's namespaces from another thread (a signal handler); see
+/// [`Lab::cleaner`].
+#[derive(Debug, Clone)]
+pub struct Cleaner(Arc<Mutex<State>>);
+
+impl Cleaner {
+    /// Kills every process in the lab's namespaces and deletes them. Idempotent.
+    pub fn cleanup(&self) {
+        let mut state = match self.0.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if state.cleaned {
+            return;
+        }
+        // Hosts first: deleting a host namespace removes its veth pair, then the bridge.
+        for ns in state.namespaces.iter().rev() {
+            kill_all_in(ns);
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        state.cleaned = true;
+    }
+}
+
+/// Kills the processes in namespace `ns` (`ip netns pids`), i.e. what the lab started.
+fn kill_all_in(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if pid.parse::<u32>().is_ok() {
+            let _ = Command::new("kill")
+                .args(["-KILL", pid])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A bridge namespace and its hosts; deleted (with every process in them) when dropped.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    bridge_ns: String,
+    rate: LinkRate,
+    hosts: Vec<Host>,
+    state: Arc<Mutex<State>>,
+}
+
+/// Runs `ip ARGS…`, failing with its stderr.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} (Debian package iproute2)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`{program} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+impl Lab {
+    /// Creates the bridge namespace `<prefix>-br`. Fails with a clear message when
+    /// network namespaces cannot be made here (not root, or no `CAP_SYS_ADMIN`).
+    pub fn new(prefix: &str, rate: LinkRate) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !prefix.is_empty()
+                && prefix.len() <= 40
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "lab prefix {prefix:?}: use up to 40 letters, digits, - or _"
+        );
+        let bridge_ns = format!("{prefix}-br");
+        let state = Arc::new(Mutex::new(State::default()));
+        ip(&["netns", "add", &bridge_ns]).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create network namespaces here ({e}); the swarm benchmark needs \
+                 root with CAP_SYS_ADMIN and CAP_NET_ADMIN (a privileged container at least)"
+            )
+        })?;
+        state
+            .lock()
+            .expect("fresh lock")
+            .namespaces
+            .push(bridge_ns.clone());
+        let lab = Lab {
+            prefix: prefix.to_string(),
+            bridge_ns,
+            rate,
+            hosts: Vec::new(),
+            state,
+        };
+        let br = lab.bridge_ns.as_str();
+        ip(&["-n", br, "link", "add", "br0", "type", "bridge"])
+            .context("creating a bridge (kernel module `bridge`)")?;
+        ip(&["-n", br, "link", "set", "br0", "up"])?;
+        ip(&["-n", br, "link", "set", "lo", "up"])?;
+        Ok(lab)
+    }
+
+    /// A handle that can clean the lab up from another thread.
+    pub fn cleaner(&self) -> Cleaner {
+        Cleaner(self.state.clone())
+    }
+
+    /// The namespace-name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The link rate of every host.
+    pub fn rate(&self) -> &LinkRate {
+        &self.rate
+    }
+
+    /// The hosts added so far.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Adds a host `<prefix>-<role>` with the next address (10.200.0.2, .3, …) and a
+    /// link to the bridge shaped in both directions.
+    pub fn add_host(&mut self, role: &str) -> anyhow::Result<Host> {
+        anyhow::ensure!(self.hosts.len() < 250, "at most 250 hosts per lab");
+        anyhow::ensure!(
+            role.len() <= 12 && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "host role {role:?}: up to 12 letters, digits or -"
+        );
+        let ns = format!("{}-{role}", self.prefix);
+        let ip_addr = Ipv4Addr::new(10, 200, 0, 2 + self.hosts.len() as u8);
+        ip(&["netns", "add", &ns])?;
+        self.state
+            .lock()
+            .expect("lab lock")
+            .namespaces
+            .push(ns.clone());
+        let br = self.bridge_ns.clone();
+        let port = format!("v-{role}");
+        // Both ends are created where they live: nothing touches the caller's namespace.
+        ip(&[
+            "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])
+        .context("creating a veth pair (kernel module `veth`)")?;
+        ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip_addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        self.shape(&ns, "eth0")?;
+        self.shape(&br, &port)?;
+        let host = Host {
+            role: role.to_string(),
+            ns,
+            ip: ip_addr,
+        };
+        self.hosts.push(host.clone());
+        Ok(host)
+    }
+
+    /// `tc qdisc replace dev DEV root tbf …` in namespace `ns`.
+    fn shape(&self, ns: &str, dev: &str) -> anyhow::Result<()> {
+        let burst = self.rate.burst_bytes().to_string();
+        run(
+            "tc",
+            &[
+                "-n",
+                ns,
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                &self.rate.tc,
+                "burst",
+                &burst,
+                "latency",
+                "50ms",
+            ],
+        )
+        .context("shaping a link with tc tbf (kernel module `sch_tbf`)")
+    }
+
+    /// `ip netns exec <host ns> program`, with the proxy variables removed (traffic must
+    /// stay inside the lab).
+    pub fn command(&self, host: &Host, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &host.ns]).arg(program);
+        for v in [
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+        ] {
+            c.env_remove(v);
+        }
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Starts `program args…` on `host` with stdout and stderr in `log`; killed when the
+    /// returned handle is dropped.
+    pub fn spawn(
+        &self,
+        host: &Host,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> anyhow::Result<NsProcess> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = self
+            .command(host, program)
+            .args(args)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {} on {}", program.display(), host.role))?;
+        Ok(NsProcess {
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Bytes sent by `host`'s `eth0` so far (link-layer frames: payload plus Ethernet,
+    /// IP and TCP/UDP headers).
+    pub fn tx_bytes(&self, host: &Host) -> anyhow::Result<u64> {
+        let out = Command::new("ip")
+            .args(["-n", &host.ns, "-s", "-j", "link", "show", "dev", "eth0"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "ip -s link show on {}", host.role);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let stats = &v[0];
+        stats["stats64"]["tx"]["bytes"]
+            .as_u64()
+            .or_else(|| stats["stats"]["tx"]["bytes"].as_u64())
+            .with_context(|| format!("no tx bytes in `ip -s -j link` of {}", host.role))
+    }
+
+    /// Kills every process in the lab's namespaces and deletes them. Idempotent.
+    pub fn cleanup(&self) {
+        self.cleaner().cleanup();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// A process started in a host's namespace; SIGKILLed and reaped when dropped.
+#[derive(Debug)]
+pub struct NsProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NsProcess {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        crate::read_log(&self.log)
+    }
+
+    /// Where its log is.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Kills it now.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NsProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_like_tc() {
+        let r: LinkRate = "100mbit".parse().unwrap();
+        assert_eq!(r.bits_per_sec, 100_000_000);
+        assert_eq!(r.tc, "100mbit");
+        assert_eq!(r.burst_bytes(), 125_000);
+        assert_eq!(
+            "1Gbit".parse::<LinkRate>().unwrap().bits_per_sec,
+            1_000_000_000
+        );
+        assert_eq!(
+            "64kbit".parse::<LinkRate>().unwrap().burst_bytes(),
+            32 << 10
+        );
+        assert!("100".parse::<LinkRate>().is_err());
+        assert!("100mb".parse::<LinkRate>().is_err());
+        assert!("mbit".parse::<LinkRate>().is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! Shoal's processes on the hosts of a [`Lab`]: a `shoal-scheduler` on one host, a
+//! `shoal-peer run` on each node host, the way the chart runs them on a cluster (the
+//! scheduler on its own address, each peer's QUIC server on its node's address, its
+//! registry mirror on the node's own `127.0.0.1`).
+//!
+//! The lab's addresses are reachable only from inside its namespaces, so readiness is
+//! probed from there too ([`probe`], `curl` run with `ip netns exec`).
+//!
+//! Used by the swarm benchmark (`shoal-bench-swarm`) and the demo (`shoal-demo`). Not
+//! here: what is pulled, or how it is measured.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::netns::{Host, Lab, NsProcess};
+use crate::swarm::workspace_bin;
+
+/// The scheduler's gRPC port on its host.
+pub const SCHEDULER_GRPC_PORT: u16 = 7600;
+/// The scheduler's operator API port on its host.
+pub const SCHEDULER_HTTP_PORT: u16 = 7680;
+/// A peer's mirror port, on its node's 127.0.0.1.
+pub const MIRROR_PORT: u16 = 7650;
+/// A peer's metrics and health port, on its node's address.
+pub const PEER_HTTP_PORT: u16 = 7652;
+/// A peer's QUIC port, on its node's address.
+pub const QUIC_PORT: u16 = 7651;
+
+/// `curl` inside `host`'s namespace: the body of `url` when it answers 2xx within
+/// 2 s, else `None`.
+pub fn probe(lab: &Lab, host: &Host, url: &str) -> Option<String> {
+    let out = lab
+        .command(host, Path::new("curl"))
+        .args(["-sf", "--max-time", "2", url])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Probes `url` from `host` until it answers; fails after `limit` with `process`'s log
+/// (a bound on a hang, not a timing).
+pub fn wait_ready(
+    lab: &Lab,
+    host: &Host,
+    url: &str,
+    process: &NsProcess,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while probe(lab, host, url).is_none() {
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "{url} did not answer from {} within {limit:?}; log:\n{}",
+            host.role,
+            process.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A scheduler running on a lab host.
+#[derive(Debug)]
+pub struct LabScheduler {
+    /// The process (killed when dropped).
+    pub process: NsProcess,
+    /// Its host.
+    pub host: Host,
+}
+
+impl LabScheduler {
+    /// Starts `shoal-scheduler` on `host`, logging into `dir`, and waits until ready.
+    pub fn start(lab: &Lab, host: &Host, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let args = [
+            "--grpc-listen".to_string(),
+            format!("{}:{SCHEDULER_GRPC_PORT}", host.ip),
+            "--http-listen".into(),
+            format!("{}:{SCHEDULER_HTTP_PORT}", host.ip),
+            "--plan-interval".into(),
+            "50ms".into(),
+        ];
+        let process = lab.spawn(
+            host,
+            &workspace_bin("shoal-scheduler"),
+            &args,
+            &dir.join("scheduler.log"),
+        )?;
+        let s = LabScheduler {
+            process,
+            host: host.clone(),
+        };
+        wait_ready(
+            lab,
+            host,
+            &format!("{}/readyz", s.http_url()),
+            &s.process,
+            Duration::from_secs(30),
+        )?;
+        Ok(s)
+    }
+
+    /// Its gRPC URL, for peers.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}:{SCHEDULER_GRPC_PORT}", self.host.ip)
+    }
+
+    /// Its operator API URL (reachable from the lab's hosts only).
+    pub fn http_url(&self) -> String {
+        format!("http://{}:{SCHEDULER_HTTP_PORT}", self.host.ip)
+    }
+
+    /// How many peers it lists, asked from `from` (None when it does not answer).
+    pub fn peer_count(&self, lab: &Lab, from: &Host) -> Option<usize> {
+        let body = probe(lab, from, &format!("{}/api/v1/peers", self.http_url()))?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["peers"].as_array().map(Vec::len)
+    }
+
+    /// Waits until `n` peers have joined; fails after 60 s.
+    pub fn wait_for_peers(&self, lab: &Lab, n: usize) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let got = self.peer_count(lab, &self.host);
+            if got == Some(n) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(60),
+                "{n} peers did not join within 60 s (the scheduler lists {got:?}); log:\n{}",
+                self.process.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// How to start a peer on a lab host.
+#[derive(Debug, Clone)]
+pub struct LabPeerOptions {
+    /// The scheduler's gRPC URL (none: the peer runs alone, straight to upstream).
+    pub scheduler: Option<String>,
+    /// `--default-upstream` (e.g. `http://10.200.0.2:5000`).
+    pub default_upstream: Option<String>,
+    /// `--containerd-hosts-dir` (none: an empty dir of the peer's own).
+    pub hosts_dir: Option<PathBuf>,
+    /// The directory `shoal-peer tls init` wrote, shared by the swarm.
+    pub tls_dir: PathBuf,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+/// A peer running on a lab host.
+#[derive(Debug)]
+pub struct LabPeer {
+    /// The process (killed when dropped).
+    pub process: NsProcess,
+    /// Its node.
+    pub host: Host,
+    /// Its data dir (blobs and metadata).
+    pub data_dir: PathBuf,
+}
+
+impl LabPeer {
+    /// Starts `shoal-peer run` on `host` with its data dir and log under `dir`, and
+    /// waits until its mirror is ready.
+    pub fn start(lab: &Lab, host: &Host, dir: &Path, o: &LabPeerOptions) -> anyhow::Result<Self> {
+        let data_dir = dir.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let hosts = match &o.hosts_dir {
+            Some(h) => h.clone(),
+            None => {
+                let h = dir.join("certs.d");
+                std::fs::create_dir_all(&h)?;
+                h
+            }
+        };
+        let ip: Ipv4Addr = host.ip;
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--quic-listen".into(),
+            format!("{ip}:{QUIC_PORT}"),
+            "--http-listen".into(),
+            format!("{ip}:{PEER_HTTP_PORT}"),
+            "--mirror-listen".into(),
+            format!("127.0.0.1:{MIRROR_PORT}"),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--peer-tls-dir".into(),
+            o.tls_dir.display().to_string(),
+            "--containerd-hosts-dir".into(),
+            hosts.display().to_string(),
+        ];
+        if let Some(s) = &o.scheduler {
+            args.extend(["--scheduler".into(), s.clone()]);
+        }
+        if let Some(u) = &o.default_upstream {
+            args.extend(["--default-upstream".into(), u.clone()]);
+        }
+        args.extend(o.extra.iter().cloned());
+        let process = lab
+            .spawn(
+                host,
+                &workspace_bin("shoal-peer"),
+                &args,
+                &dir.join("peer.log"),
+            )
+            .with_context(|| format!("starting shoal-peer on {}", host.role))?;
+        let p = LabPeer {
+            process,
+            host: host.clone(),
+            data_dir,
+        };
+        wait_ready(
+            lab,
+            host,
+            &format!("http://{ip}:{PEER_HTTP_PORT}/readyz"),
+            &p.process,
+            Duration::from_secs(30),
+        )?;
+        Ok(p)
+    }
+
+    /// The mirror's URL on the node's own loopback (as containerd there uses it).
+    pub fn mirror_url(&self) -> String {
+        format!("http://127.0.0.1:{MIRROR_PORT}")
+    }
+
+    /// Its `/metrics` as sample → value (see [`crate::swarm::parse_metrics`]).
+    pub fn metrics(&self, lab: &Lab) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+        let url = format!("http://{}:{PEER_HTTP_PORT}/metrics", self.host.ip);
+        let body = probe(lab, &self.host, &url)
+            .with_context(|| format!("{url} did not answer from {}", self.host.role))?;
+        Ok(crate::swarm::parse_metrics(&body))
+    }
+}
