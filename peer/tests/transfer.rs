@@ -15,6 +15,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use shoal_peer::tls::{self, PeerTls, Pki};
 use shoal_peer::transfer::codec::{self, Response};
+use shoal_peer::transfer::server::REUPLOAD_HOLD;
 use shoal_peer::transfer::{
     FetchError, MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
 };
@@ -453,4 +454,81 @@ fn load_dir_errors_name_the_file() {
     std::fs::write(partial.path().join("ca.crt"), "x").unwrap();
     let err = tls::init_dir(partial.path()).unwrap_err().to_string();
     assert!(err.contains("ca.crt"), "{err}");
+}
+
+/// A piece goes to one child at a time, and not to another child within the hold
+/// after that; the same child asking again is served; another piece is not held up.
+#[tokio::test]
+async fn a_piece_goes_to_one_child_at_a_time_and_is_held_back_briefly_after() {
+    let tls = tls::ephemeral().unwrap();
+    let gate = Arc::new(Gate {
+        waiting: AtomicUsize::new(0),
+        open: Notify::new(),
+    });
+    let server = Server::start(&tls, gate.clone(), UploadLimits::default());
+    let (a, b) = (Arc::new(client(&tls)), client(&tls));
+
+    // A's upload of piece 3 is under way (held at the gate).
+    let held = {
+        let (a, addr) = (a.clone(), server.addr);
+        tokio::spawn(async move { a.fetch(addr, &digest(1), 3, 100, TIMEOUT).await })
+    };
+    eventually("A's upload started", || {
+        gate.waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // B asking for the same piece now is told BUSY; another piece is not refused.
+    let err = b
+        .fetch(server.addr, &digest(1), 3, 100, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Busy);
+    assert_eq!(load(&server.stats.busy), 1);
+    let other = {
+        let (b, addr) = (Arc::new(b), server.addr);
+        let b2 = b.clone();
+        (
+            tokio::spawn(async move { b2.fetch(addr, &digest(1), 4, 100, TIMEOUT).await }),
+            b,
+        )
+    };
+    eventually("B's upload of piece 4 started", || {
+        gate.waiting.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    gate.open.notify_waiters();
+    assert_eq!(held.await.unwrap().unwrap(), pattern(100, 3));
+    assert_eq!(other.0.await.unwrap().unwrap(), pattern(100, 4));
+    let b = other.1;
+
+    // Just uploaded to A: B is refused it for the hold, A itself is served again.
+    let err = b
+        .fetch(server.addr, &digest(1), 3, 100, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Busy);
+    let again = {
+        let (a, addr) = (a.clone(), server.addr);
+        tokio::spawn(async move { a.fetch(addr, &digest(1), 3, 100, TIMEOUT).await })
+    };
+    eventually("A's second upload started", || {
+        gate.waiting.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    gate.open.notify_waiters();
+    assert_eq!(again.await.unwrap().unwrap(), pattern(100, 3));
+    // After the hold B gets it.
+    tokio::time::sleep(REUPLOAD_HOLD + Duration::from_millis(50)).await;
+    let got = {
+        let addr = server.addr;
+        let t = tokio::spawn(async move { b.fetch(addr, &digest(1), 3, 100, TIMEOUT).await });
+        eventually("B's upload started", || {
+            gate.waiting.load(Ordering::SeqCst) == 4
+        })
+        .await;
+        gate.open.notify_waiters();
+        t.await.unwrap().unwrap()
+    };
+    assert_eq!(got, pattern(100, 3));
+    assert_eq!(load(&server.stats.busy), 2);
 }

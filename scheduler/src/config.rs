@@ -40,7 +40,7 @@ pub struct Args {
     /// Replace a back-to-source peer silent for this long [default: 20s].
     #[arg(long, env = "SHOAL_BACK_TO_SOURCE_STALL")]
     pub back_to_source_stall: Option<String>,
-    /// Parents per plan [default: 4].
+    /// Parents per plan [default: 8].
     #[arg(long, env = "SHOAL_MAX_PARENTS")]
     pub max_parents: Option<String>,
     /// Downloads one peer serves as a parent at once [default: 8].
@@ -174,7 +174,7 @@ impl Settings {
             file.back_to_source_stall,
             "20s",
         );
-        let parents = get("max-parents", args.max_parents, file.max_parents, "4");
+        let parents = get("max-parents", args.max_parents, file.max_parents, "8");
         let children = get(
             "max-children-per-parent",
             args.max_children_per_parent,

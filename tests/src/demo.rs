@@ -182,7 +182,7 @@ pub fn run(opts: &DemoOptions, on_lab: impl FnOnce(Cleaner)) -> anyhow::Result<D
             ..RegistryOptions::default()
         },
     )?;
-    let scheduler = LabScheduler::start(&lab, &scheduler_host, &work.join("scheduler"))?;
+    let scheduler = LabScheduler::start(&lab, &scheduler_host, &work.join("scheduler"), &[])?;
     let tls_dir = work.join("peer-tls");
     PeerProcess::tls_init(&tls_dir)?;
 

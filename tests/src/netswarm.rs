@@ -76,10 +76,11 @@ pub struct LabScheduler {
 }
 
 impl LabScheduler {
-    /// Starts `shoal-scheduler` on `host`, logging into `dir`, and waits until ready.
-    pub fn start(lab: &Lab, host: &Host, dir: &Path) -> anyhow::Result<Self> {
+    /// Starts `shoal-scheduler` on `host` with `extra` flags, logging into `dir`, and
+    /// waits until ready.
+    pub fn start(lab: &Lab, host: &Host, dir: &Path, extra: &[String]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let args = [
+        let mut args = vec![
             "--grpc-listen".to_string(),
             format!("{}:{SCHEDULER_GRPC_PORT}", host.ip),
             "--http-listen".into(),
@@ -87,6 +88,7 @@ impl LabScheduler {
             "--plan-interval".into(),
             "50ms".into(),
         ];
+        args.extend(extra.iter().cloned());
         let process = lab.spawn(
             host,
             &workspace_bin("shoal-scheduler"),

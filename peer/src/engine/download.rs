@@ -392,6 +392,8 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
             },
             Some(ev) = rx.recv() => d.on_event(ev).await?,
             _ = ticker.tick() => {}
+            // A parent that answered BUSY may be asked again.
+            _ = sleep_until(d.planner.busy_until()) => {}
         }
     }
     d.complete().await?;
@@ -402,6 +404,14 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
         });
     }
     Ok(())
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Driver<'_> {
@@ -561,6 +571,7 @@ impl Driver<'_> {
             let Ok(len) = shape.piece_len(index) else {
                 continue;
             };
+            debug!(piece = index, parent.id = %parent.id, "piece requested");
             let client = self.inner.client.clone();
             let tx = self.tx.clone();
             let digest = self.dl.digest;
@@ -609,6 +620,10 @@ impl Driver<'_> {
                 result,
             } => match result {
                 Ok(bytes) => self.accept(index, bytes, Origin::Parent(&parent)).await?,
+                Err(FetchError::Busy) => {
+                    debug!(piece = index, parent.id = %parent, "parent busy");
+                    self.planner.on_busy(index, &parent, Instant::now());
+                }
                 Err(e) => {
                     self.dl.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
                     debug!(piece = index, parent.id = %parent, error = %e, "piece fetch failed");

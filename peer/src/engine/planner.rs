@@ -7,8 +7,11 @@
 //!
 //! Policy: pieces in an in-order window ahead of the reader first, then the rest (in
 //! order from the reader, then the ones behind it); at most `max_in_flight` requests at
-//! once and `max_per_parent` per parent; each piece to the holder with the fewest
-//! requests in flight (random tie-break), preferring parents it has not failed at; a
+//! once and `max_per_parent` per parent; each piece to the least advanced holder (the
+//! fewest pieces held, so the peers furthest ahead keep their uplink for the pieces
+//! only they have), then the fewest requests in flight (random tie-break), preferring
+//! parents it has not failed at; a parent that answered `BUSY` for a piece is asked for
+//! it again only after a short backoff, and is not counted as failing; a
 //! piece is only requested when its hash is known (so it can be verified) and the
 //! parent holds it per the latest plan. A parent that sent a bad piece is never asked
 //! again for this task; one that keeps failing or stalls is avoided for a while.
@@ -42,6 +45,11 @@ pub struct PlannerConfig {
     /// Missing pieces that no parent could serve for this long (with nothing in
     /// flight) make [`Planner::wants_upstream`] true. Default 30 s.
     pub starve_timeout: Duration,
+    /// After a parent answered `BUSY` for a piece (every upload slot taken, or the
+    /// piece already on its way to another child), how long before that parent is
+    /// asked for that piece again. Not a failure: the parent is not avoided.
+    /// Default 100 ms.
+    pub busy_backoff: Duration,
 }
 
 impl Default for PlannerConfig {
@@ -54,6 +62,7 @@ impl Default for PlannerConfig {
             avoid_for: Duration::from_secs(30),
             max_failures: 3,
             starve_timeout: Duration::from_secs(30),
+            busy_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -92,6 +101,11 @@ impl Parent {
     fn holds(&self, index: u32) -> bool {
         self.pieces.as_ref().is_none_or(|p| p.contains(index))
     }
+
+    /// How many of the task's `n` pieces it holds.
+    fn held(&self, n: u32) -> u32 {
+        self.pieces.as_ref().map_or(n, |p| p.count() as u32)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +132,8 @@ pub struct Planner {
     failures: HashMap<String, u32>,
     /// Parents each piece failed at.
     failed_at: HashMap<u32, HashSet<String>>,
+    /// (piece, parent) pairs that answered `BUSY`, not asked again until the instant.
+    busy: HashMap<(u32, String), Instant>,
     reader: u32,
     starved_since: Option<Instant>,
     /// A fetch failed in a way no parent can fix (`retry_elsewhere` false).
@@ -139,6 +155,7 @@ impl Planner {
             avoided: HashMap::new(),
             failures: HashMap::new(),
             failed_at: HashMap::new(),
+            busy: HashMap::new(),
             reader: 0,
             starved_since: None,
             broken: false,
@@ -268,6 +285,21 @@ impl Planner {
         }
     }
 
+    /// `parent` answered `BUSY` for `index`: the piece is asked elsewhere (or of this
+    /// parent again after [`PlannerConfig::busy_backoff`]); the parent is not counted
+    /// as failing.
+    pub fn on_busy(&mut self, index: u32, parent: &str, now: Instant) {
+        self.finish(index, parent);
+        self.busy
+            .insert((index, parent.to_owned()), now + self.config.busy_backoff);
+    }
+
+    /// The earliest instant a `BUSY` pair may be asked again, if any is waiting (the
+    /// driver wakes then rather than at its next tick).
+    pub fn busy_until(&self) -> Option<Instant> {
+        self.busy.values().min().copied()
+    }
+
     /// `parent` sent a piece that does not match its hash: it is excluded from this
     /// download. Returns the parent's id for the bad-parent report.
     pub fn on_bad_piece(&mut self, index: u32, parent: &str) -> String {
@@ -308,6 +340,7 @@ impl Planner {
     /// The next requests to send, recorded as in flight from `now`.
     pub fn next_requests(&mut self, now: Instant, rng: &mut impl Rng) -> Vec<(u32, ParentRef)> {
         self.avoided.retain(|_, until| *until > now);
+        self.busy.retain(|_, until| *until > now);
         let Some(shape) = self.shape else {
             return Vec::new();
         };
@@ -331,13 +364,26 @@ impl Planner {
                 continue;
             }
             let failed = self.failed_at.get(&index);
-            let usable: Vec<&Parent> = self
+            let holders: Vec<&Parent> = self
                 .parents
                 .iter()
                 .filter(|p| {
                     p.holds(index)
                         && !self.excluded.contains(&p.r.id)
                         && !self.avoided.contains_key(&p.r.id)
+                })
+                .collect();
+            // The most advanced holders still downloading (the back-to-source peer
+            // above all) are kept for the pieces only they have: asked for this one
+            // only when no less advanced holder has it, even if those are busy for
+            // now. A complete holder has nothing left to fetch and is used freely.
+            let most = holders.iter().map(|p| p.held(n)).max().unwrap_or(0);
+            let reserve = most < n && holders.iter().any(|p| p.held(n) < most);
+            let usable: Vec<&Parent> = holders
+                .into_iter()
+                .filter(|p| {
+                    !(reserve && p.held(n) == most)
+                        && !self.busy.contains_key(&(index, p.r.id.clone()))
                         && load.get(p.r.id.as_str()).copied().unwrap_or(0)
                             < self.config.max_per_parent
                 })
@@ -349,17 +395,14 @@ impl Planner {
                 .filter(|p| failed.is_none_or(|f| !f.contains(&p.r.id)))
                 .collect();
             let pool = if fresh.is_empty() { usable } else { fresh };
-            let Some(min) = pool
-                .iter()
-                .map(|p| load.get(p.r.id.as_str()).copied().unwrap_or(0))
-                .min()
-            else {
+            // The least advanced holder first: the peers furthest ahead (the
+            // back-to-source peer above all) are the only ones that can serve the
+            // newest pieces, so their uplink is kept for those.
+            let key = |p: &Parent| (p.held(n), load.get(p.r.id.as_str()).copied().unwrap_or(0));
+            let Some(min) = pool.iter().map(|p| key(p)).min() else {
                 continue;
             };
-            let best: Vec<&Parent> = pool
-                .into_iter()
-                .filter(|p| load.get(p.r.id.as_str()).copied().unwrap_or(0) == min)
-                .collect();
+            let best: Vec<&Parent> = pool.into_iter().filter(|p| key(p) == min).collect();
             let chosen = best[rng.random_range(0..best.len())];
             *load.entry(chosen.r.id.as_str()).or_default() += 1;
             in_flight += 1;

@@ -5,7 +5,15 @@
 //! `OK` + the piece bytes, `NOT_FOUND`, `BUSY` when every upload slot is taken (slots
 //! are a semaphore taken with `try_acquire`, so nothing queues) or `BAD_REQUEST`. A slot
 //! is held until the client has acknowledged the whole piece, so slots count real
-//! uploads. On shutdown the server stops accepting (it removes the endpoint's server
+//! uploads. One piece is uploaded to one child at a time, and not again for
+//! [`REUPLOAD_HOLD`] after that: a request for a piece that is on its way to another
+//! child, or just got there, is answered `BUSY` too. So this peer's uplink carries each
+//! new piece about once while the children spread it among themselves (the child asks
+//! for another piece, or for this one from the child that has it now, which the
+//! scheduler tells it within a plan interval). Without this every child streaming in
+//! order asks the back-to-source peer for the newest piece, that peer's uplink carries
+//! it many times, and a saturated uplink slows its own download from upstream, which
+//! sets the pace of the whole swarm (measured: `docs/benchmarks.md`). On shutdown the server stops accepting (it removes the endpoint's server
 //! configuration, so new handshakes are refused), lets in-flight uploads finish (at most
 //! [`DRAIN_TIMEOUT`]) and closes the connections it accepted; it leaves the endpoint open
 //! because the same endpoint carries this peer's downloads.
@@ -13,14 +21,17 @@
 //! Non-goals: no metrics registry (plain atomics in [`TransferStats`]), no TLS setup
 //! ([`crate::tls`]), no piece storage ([`PieceSource`]).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::num::NonZeroU64;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use shoal_proto::Digest;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, debug_span, warn};
@@ -31,6 +42,12 @@ use super::rate::RateLimiter;
 
 /// How long shutdown waits for in-flight uploads before closing their connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a piece was uploaded to one child, how long requests for it from others are
+/// answered `BUSY`: long enough for that child's piece report to reach the others'
+/// plans (a scheduler plan interval, 100 ms by default, and the round trips), short
+/// enough that a child with no other holder waits little.
+pub const REUPLOAD_HOLD: Duration = Duration::from_millis(300);
 
 /// How long a client may take to send its request frame after opening a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +112,65 @@ struct Shared {
     slots: Arc<Semaphore>,
     rate: Option<RateLimiter>,
     stats: Arc<TransferStats>,
+    /// Pieces being uploaded now (`until` `None`) or held back until the instant
+    /// after an upload (see [`REUPLOAD_HOLD`]), with the child it went to.
+    uploading: Mutex<HashMap<(Digest, u32), Hold>>,
+}
+
+/// Who a piece went to, and until when others are refused it (`None`: still going).
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    child: SocketAddr,
+    until: Option<Instant>,
+}
+
+/// A piece marked as being uploaded; held back for [`REUPLOAD_HOLD`] when dropped.
+struct Uploading<'a> {
+    shared: &'a Shared,
+    piece: (Digest, u32),
+    child: SocketAddr,
+}
+
+impl<'a> Uploading<'a> {
+    /// Marks `piece` as going to `child`, or `None` when it is on its way to another
+    /// child, or went to another child less than [`REUPLOAD_HOLD`] ago. The same
+    /// child asking again (its copy was lost or bad) is served.
+    fn start(
+        shared: &'a Shared,
+        piece: (Digest, u32),
+        child: SocketAddr,
+        now: Instant,
+    ) -> Option<Self> {
+        let mut map = shared.uploading.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, h| h.until.is_none_or(|t| t > now));
+        if let Some(h) = map.get(&piece)
+            && (h.until.is_none() || h.child != child)
+        {
+            return None;
+        }
+        map.insert(piece, Hold { child, until: None });
+        drop(map);
+        Some(Uploading {
+            shared,
+            piece,
+            child,
+        })
+    }
+}
+
+impl Drop for Uploading<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .uploading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let hold = Hold {
+            child: self.child,
+            until: Some(Instant::now() + REUPLOAD_HOLD),
+        };
+        map.insert(self.piece, hold);
+    }
 }
 
 /// Serves piece requests on `endpoint` until `shutdown` completes, then drains.
@@ -115,6 +191,7 @@ pub async fn serve(
             .rate_limit
             .map(|r| RateLimiter::new(r.get(), RATE_CHUNK as u64)),
         stats,
+        uploading: Mutex::new(HashMap::new()),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -166,7 +243,7 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
                     let span = debug_span!("upload", peer.addr = %addr, stream.id = %send.id());
-                    streams.spawn(answer(send, recv, shared.clone()).instrument(span));
+                    streams.spawn(answer(send, recv, shared.clone(), addr).instrument(span));
                 }
                 Err(e) => {
                     debug!(peer.addr = %addr, error = %e, "peer disconnected");
@@ -184,8 +261,13 @@ fn close(conn: &Connection) {
     conn.close(VarInt::from_u32(0), b"shutdown");
 }
 
-async fn answer(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
-    if let Err(e) = try_answer(&mut send, &mut recv, &shared).await {
+async fn answer(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    shared: Arc<Shared>,
+    child: SocketAddr,
+) {
+    if let Err(e) = try_answer(&mut send, &mut recv, &shared, child).await {
         debug!(error = %e, "upload failed");
     }
 }
@@ -194,6 +276,7 @@ async fn try_answer(
     send: &mut SendStream,
     recv: &mut RecvStream,
     shared: &Shared,
+    child: SocketAddr,
 ) -> Result<(), StreamError> {
     let read = tokio::time::timeout(
         REQUEST_TIMEOUT,
@@ -220,6 +303,11 @@ async fn try_answer(
     };
     let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
         debug!(task = %digest, piece = index, "busy");
+        shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+        return reply(send, &Response::Busy).await;
+    };
+    let Some(_uploading) = Uploading::start(shared, (digest, index), child, Instant::now()) else {
+        debug!(task = %digest, piece = index, "piece uploading or just uploaded; busy");
         shared.stats.busy.fetch_add(1, Ordering::Relaxed);
         return reply(send, &Response::Busy).await;
     };

@@ -51,7 +51,9 @@ pub struct CoreConfig {
     /// A back-to-source peer that reports no piece for this long is replaced
     /// (default 20 s).
     pub back_to_source_stall: Duration,
-    /// Parents offered per plan (default 4).
+    /// Parents offered per plan (default 8: with fewer, children often do not see
+    /// the peer that just got a piece and ask the back-to-source peer again; see
+    /// docs/benchmarks.md, "Swarm").
     pub max_parents: usize,
     /// Downloads one peer serves as a parent at once, across tasks
     /// (default 8). A full parent is not offered.
@@ -74,7 +76,7 @@ impl Default for CoreConfig {
             peer_ttl: Duration::from_secs(30),
             max_back_to_source: 1,
             back_to_source_stall: Duration::from_secs(20),
-            max_parents: 4,
+            max_parents: 8,
             max_children_per_parent: 8,
             window: 8,
             default_upload_slots: 8,

@@ -58,6 +58,18 @@ pub struct Options {
     pub keep: bool,
     /// Upper bound on one mode's pulls (a hang, not a timing).
     pub pull_limit: Duration,
+    /// Extra flags for every `shoal-peer run` (to try tunables).
+    pub peer_flags: Vec<String>,
+    /// Extra flags for `shoal-scheduler`.
+    pub scheduler_flags: Vec<String>,
+}
+
+/// What serves the nodes in one mode.
+#[derive(Default)]
+struct Servers {
+    cache: Option<Registry>,
+    scheduler: Option<LabScheduler>,
+    peers: Vec<LabPeer>,
 }
 
 /// A lab with the origin registry and the blob in it.
@@ -191,15 +203,15 @@ impl<'a> Bench<'a> {
         let dir = self.opts.work_dir.join(mode.name());
         std::fs::create_dir_all(&dir)?;
         let before = self.origin_bytes();
-        // What serves the nodes in this mode; dropped (stopped) at the end.
-        let mut _servers: Vec<Box<dyn std::any::Any>> = Vec::new();
+        // What serves the nodes in this mode; stopped (dropped) at the end.
+        let mut servers = Servers::default();
         let urls: Vec<String> = match mode {
             Mode::Direct => {
                 vec![format!("{}{}", self.origin_url(), self.blob_path()); self.nodes.len()]
             }
             Mode::Cache => {
                 let host = self.host_for("cache")?;
-                let cache = Registry::start_with(
+                servers.cache = Some(Registry::start_with(
                     &dir.join("cache"),
                     &RegistryOptions {
                         proxy_remote: Some(self.origin_url()),
@@ -209,14 +221,18 @@ impl<'a> Bench<'a> {
                         }),
                         ..RegistryOptions::default()
                     },
-                )?;
-                _servers.push(Box::new(cache));
+                )?);
                 let url = format!("http://{}:{REGISTRY_PORT}{}", host.ip, self.blob_path());
                 vec![url; self.nodes.len()]
             }
             Mode::Shoal => {
                 let host = self.host_for("scheduler")?;
-                let scheduler = LabScheduler::start(&self.lab, &host, &dir.join("scheduler"))?;
+                let scheduler = LabScheduler::start(
+                    &self.lab,
+                    &host,
+                    &dir.join("scheduler"),
+                    &self.opts.scheduler_flags,
+                )?;
                 let tls_dir = dir.join("peer-tls");
                 PeerProcess::tls_init(&tls_dir)?;
                 let options = LabPeerOptions {
@@ -224,27 +240,48 @@ impl<'a> Bench<'a> {
                     default_upstream: Some(self.origin_url()),
                     hosts_dir: None,
                     tls_dir,
-                    extra: Vec::new(),
+                    extra: self.opts.peer_flags.clone(),
                 };
                 let mut urls = Vec::new();
                 for node in &self.nodes {
                     let peer = LabPeer::start(&self.lab, node, &dir.join(&node.role), &options)?;
                     urls.push(format!("{}{}", peer.mirror_url(), self.blob_path()));
-                    _servers.push(Box::new(peer));
+                    servers.peers.push(peer);
                 }
                 scheduler.wait_for_peers(&self.lab, self.nodes.len())?;
-                _servers.push(Box::new(scheduler));
+                servers.scheduler = Some(scheduler);
                 urls
             }
         };
         let pulls = self.pull_all(&urls)?;
         let upstream_bytes = self.origin_bytes() - before;
-        drop(_servers);
+        for (peer, pull) in servers.peers.iter().zip(&pulls) {
+            self.print_peer_counters(peer, pull.secs);
+        }
+        drop(servers);
         Ok(ModeRun {
             mode,
             pulls,
             upstream_bytes,
         })
+    }
+
+    /// One line per peer on stderr: where its bytes came from and what it served.
+    fn print_peer_counters(&self, peer: &LabPeer, secs: f64) {
+        let Ok(m) = peer.metrics(&self.lab) else {
+            return;
+        };
+        let mib = |k: &str| m.get(k).copied().unwrap_or(0.0) / f64::from(1 << 20);
+        let n = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        eprintln!(
+            "bench:   {:<4} {secs:>6.1} s, from upstream {:>6.1} MiB, from peers {:>6.1} MiB, served to peers {:>6.1} MiB, busy answers {:>4}, pieces rejected {}",
+            peer.host.role,
+            mib("shoal_peer_bytes_from_upstream_total"),
+            mib("shoal_peer_bytes_from_peers_total"),
+            mib("shoal_peer_served_bytes_total"),
+            n("shoal_peer_upload_busy_total"),
+            n("shoal_peer_pieces_rejected_total"),
+        );
     }
 
     /// The host `role`, added to the lab the first time it is asked for.

@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! shoal-bench-swarm [--nodes 8] [--size 256MiB] [--rate 100mbit] [--modes direct,cache,shoal]
-//!                   [--out DIR] [--font TTF] [--keep]
+//!                   [--out DIR] [--font TTF] [--keep] [--peer-flag ARG]... [--scheduler-flag ARG]...
 //! ```
+//!
+//! `--peer-flag` / `--scheduler-flag` pass one more argument to every `shoal-peer run`
+//! / to `shoal-scheduler` (repeat it for a flag and its value), to measure a tunable.
 //!
 //! Prints the markdown table, writes it and the PNG chart to `--out` (default
 //! `target/bench-swarm`), and ends with one `mode=… nodes=… size=… p50_ratio=…
@@ -23,7 +26,7 @@ use shoal_tests::bench::{self, Options, chart, fetch};
 use shoal_tests::netns::LinkRate;
 
 const USAGE: &str = "usage: shoal-bench-swarm [--nodes N] [--size SIZE] [--rate RATE] \
-[--modes direct,cache,shoal] [--out DIR] [--font TTF] [--keep]";
+[--modes direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--peer-flag ARG]... [--scheduler-flag ARG]...";
 
 struct Args {
     opts: Options,
@@ -58,6 +61,8 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut out = PathBuf::from("target/bench-swarm");
     let mut font = PathBuf::from(chart::DEFAULT_FONT);
     let mut keep = false;
+    let mut peer_flags = Vec::new();
+    let mut scheduler_flags = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -77,6 +82,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--out" => out = value()?.into(),
             "--font" => font = value()?.into(),
             "--keep" => keep = true,
+            "--peer-flag" => peer_flags.push(value()?),
+            "--scheduler-flag" => scheduler_flags.push(value()?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -97,6 +104,8 @@ fn parse_args() -> anyhow::Result<Args> {
             keep,
             // Direct mode needs about nodes × the line rate; twice that, and a minute.
             pull_limit: Duration::from_secs_f64(60.0 + 2.0 * line_secs * nodes as f64),
+            peer_flags,
+            scheduler_flags,
         },
         out,
         font,

@@ -289,3 +289,84 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn busy_is_not_a_failure_and_the_pair_waits_out_the_backoff() {
+    let size = 4 * 4 * MIB; // 4 pieces
+    let mut p = Planner::new(PlannerConfig {
+        max_in_flight: 1,
+        ..PlannerConfig::default()
+    });
+    p.on_plan(&plan(size, vec![parent("a", 7000, None, 4)]))
+        .unwrap();
+    let t0 = Instant::now();
+    let r = p.next_requests(t0, &mut rng());
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, 0);
+    // Far more BUSY answers than max_failures: the parent is never avoided.
+    let mut now = t0;
+    for _ in 0..5 {
+        p.on_busy(0, "a", now);
+        assert_eq!(p.busy_until(), Some(now + p.config.busy_backoff));
+        // Within the backoff piece 0 is not asked of "a"; the next piece is.
+        let r = p.next_requests(now, &mut rng());
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, 1, "piece 0 asked again within the backoff");
+        p.on_busy(1, "a", now);
+        assert!(p.next_requests(now, &mut rng()).iter().all(|(i, _)| *i > 1));
+        p.in_flight.clear();
+        now += p.config.busy_backoff;
+        // After the backoff piece 0 (first in order) is asked again.
+        let r = p.next_requests(now, &mut rng());
+        assert_eq!(r[0].0, 0);
+    }
+    assert!(p.avoided.is_empty(), "BUSY made the parent avoided");
+    assert!(p.failures.is_empty(), "BUSY counted as a failure");
+}
+
+#[test]
+fn the_most_advanced_downloading_holder_is_kept_for_what_only_it_has() {
+    let size = 8 * 4 * MIB; // 8 pieces
+    let mut p = Planner::new(PlannerConfig::default());
+    // "src" is downloading and ahead (pieces 0..6); "a" is behind (0..3).
+    p.on_plan(&plan(
+        size,
+        vec![
+            parent("src", 7000, Some(&[0, 1, 2, 3, 4, 5]), 8),
+            parent("a", 7001, Some(&[0, 1, 2]), 8),
+        ],
+    ))
+    .unwrap();
+    let reqs = p.next_requests(Instant::now(), &mut rng());
+    for (i, r) in &reqs {
+        if *i <= 2 {
+            assert_eq!(r.id, "a", "piece {i} taken from the source though a has it");
+        } else {
+            assert_eq!(r.id, "src", "piece {i} only src has");
+        }
+    }
+    // 2 per parent: pieces 0 and 1 from a (2 waits for a), 3 and 4 from src.
+    let got: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
+    assert_eq!(got, vec![0, 1, 3, 4]);
+
+    // Once "src" is complete it has nothing left to fetch: used for anything.
+    let mut p = Planner::new(PlannerConfig::default());
+    p.on_plan(&plan(
+        size,
+        vec![
+            parent("src", 7000, None, 8),
+            parent("a", 7001, Some(&[0, 1, 2]), 8),
+        ],
+    ))
+    .unwrap();
+    let reqs = p.next_requests(Instant::now(), &mut rng());
+    assert!(
+        reqs.iter().any(|(i, r)| *i <= 2 && r.id == "src"),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter()
+            .filter(|(_, r)| r.id == "a")
+            .all(|(i, _)| *i <= 2)
+    );
+}
