@@ -104,7 +104,7 @@ impl Parent {
 
     /// How many of the task's `n` pieces it holds.
     fn held(&self, n: u32) -> u32 {
-        self.pieces.as_ref().map_or(n, |p| p.count() as u32)
+        self.pieces.as_ref().map_or(n, PieceSet::count)
     }
 }
 
@@ -382,7 +382,8 @@ impl Planner {
             let usable: Vec<&Parent> = holders
                 .into_iter()
                 .filter(|p| {
-                    !(reserve && p.held(n) == most)
+                    let reserved = reserve && p.held(n) == most;
+                    !reserved
                         && !self.busy.contains_key(&(index, p.r.id.clone()))
                         && load.get(p.r.id.as_str()).copied().unwrap_or(0)
                             < self.config.max_per_parent
