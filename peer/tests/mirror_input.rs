@@ -152,6 +152,31 @@ async fn bad_requests_get_a_clear_4xx_and_nothing_is_written() {
         let (got, _, body) = raw(m, "GET", path, headers).await;
         assert_oci(got, &body, *want, code, path);
     }
+    // None of them fetched the blob: a bad or unsatisfiable range is refused before
+    // any download starts.
+    assert_eq!(
+        s.upstream
+            .served()
+            .gets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a refused request fetched the blob from upstream"
+    );
+    // HEAD of a blob not on the node yet: the size upstream gave, and nothing fetched.
+    let (got, head, _) = raw(m, "HEAD", &format!("/v2/{REPO}/blobs/{d}"), "").await;
+    assert_eq!(got, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-length: 3000000"),
+        "HEAD of an uncached blob: {head}"
+    );
+    assert_eq!(
+        s.upstream
+            .served()
+            .gets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     // Writes are refused: the mirror is read-only.
     let (got, _, body) = raw(
         m,

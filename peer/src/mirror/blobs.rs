@@ -41,6 +41,8 @@ pub(super) async fn serve(
                 .map_err(|_| OciError::range_invalid("Range header is not ASCII"))?,
         ),
     };
+    // A malformed or multiple range is refused before anything is fetched.
+    range::decide(range, u64::MAX).map_err(|e| OciError::range_invalid(e.to_string()))?;
     let store = m.engine.store().clone();
     let pin = store.pin(&digest);
     let cached = {
@@ -67,7 +69,14 @@ pub(super) async fn serve(
             };
             match client.send(&req).await {
                 Ok(resp) if resp.status().is_success() => {
-                    let size = resp.content_length().unwrap_or(0);
+                    // The header itself: reqwest's `content_length()` is 0 for the
+                    // (empty) body of a HEAD answer.
+                    let size = resp
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
                     if head {
                         return Ok(blob_headers(StatusCode::OK, &digest, size, None)
                             .body(Body::empty())
@@ -84,6 +93,10 @@ pub(super) async fn serve(
             }
         }
     };
+    // A range past the end of a blob of known size is refused before it is fetched.
+    if size_hint > 0 && range::decide(range, size_hint) == Ok(Span::Unsatisfiable) {
+        return Ok(unsatisfiable(range, size_hint));
+    }
     let upstream = Arc::new(client.blob_upstream(name.to_owned(), authorization));
     let dl = m.engine.fetch(digest, size_hint, upstream);
     let size = wait_for_size(&dl).await?;
@@ -96,22 +109,7 @@ pub(super) async fn serve(
             end - start + 1,
             Some(format!("bytes {start}-{end}/{size}")),
         ),
-        Span::Unsatisfiable => {
-            let mut r = OciError {
-                status: StatusCode::RANGE_NOT_SATISFIABLE,
-                code: "RANGE_INVALID",
-                message: format!(
-                    "range {:?} is outside the {size}-byte blob",
-                    range.unwrap_or("")
-                ),
-            }
-            .into_response();
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
-            );
-            return Ok(r);
-        }
+        Span::Unsatisfiable => return Ok(unsatisfiable(range, size)),
     };
     let builder = blob_headers(status, &digest, len, content_range);
     if head {
@@ -134,6 +132,24 @@ pub(super) async fn serve(
     Ok(builder
         .body(Body::from_stream(body))
         .expect("valid response"))
+}
+
+/// 416 with `Content-Range: bytes */SIZE`.
+fn unsatisfiable(range: Option<&str>, size: u64) -> Response {
+    let mut r = OciError {
+        status: StatusCode::RANGE_NOT_SATISFIABLE,
+        code: "RANGE_INVALID",
+        message: format!(
+            "range {:?} is outside the {size}-byte blob",
+            range.unwrap_or("")
+        ),
+    }
+    .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+    );
+    r
 }
 
 fn blob_headers(

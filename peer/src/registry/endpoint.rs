@@ -4,8 +4,10 @@
 //! `HeaderMap` marked sensitive.
 //!
 //! Without `proxy`, the usual environment variables (`HTTPS_PROXY`, `NO_PROXY`, …) apply,
-//! as they do for containerd. With `ca`, the extra roots are trusted besides the built-in
-//! webpki roots (containerd adds them to the system pool). Only the first `client` pair
+//! as they do for containerd. Trusted roots: the system's store (`/etc/ssl/certs`, as containerd
+//! uses it: a corporate CA installed on the node works here too), the built-in webpki
+//! roots, and with `ca` the extra roots `hosts.toml` names (containerd adds them to the
+//! system pool). Only the first `client` pair
 //! is presented (containerd offers them all and Go picks one).
 //!
 //! This is where certificate files are read; an error names the `hosts.toml` line that
