@@ -2,8 +2,8 @@
 //! `shoal-peer run` process (release build; `scripts/bench-peer` builds it first):
 //!
 //! 1. RSS idle, then the peak during N concurrent blob downloads through the mirror
-//!    (default 8 × 1 GiB; `SHOAL_BENCH_BLOBS`, `SHOAL_BENCH_MIB`), sampled from
-//!    `/proc/<pid>/status` every 50 ms, and `VmHWM` at the end.
+//!    (default 8 × 1 GiB; `SHOAL_BENCH_BLOBS`, `SHOAL_BENCH_MIB`): the kernel's
+//!    high-water mark (`VmHWM` in `/proc/<pid>/status`) after them.
 //! 2. A blob already on the node streamed through the mirror, beside
 //!    `cat FILE > /dev/null` of its blob file in the same run (the ratio is what to
 //!    compare across machines).
