@@ -13,7 +13,7 @@ use std::time::Duration;
 use shoal_tests::containerd::Containerd;
 use shoal_tests::image::OciImage;
 use shoal_tests::registry::Registry;
-use shoal_tests::{Recorder, is_root, require_tools, wait_until};
+use shoal_tests::{Recorder, require_root, require_tools, wait_until};
 
 fn shoal_peer(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_shoal-peer"))
@@ -28,16 +28,7 @@ fn available() -> bool {
     if !require_tools(NAME, &["containerd", "ctr", "docker-registry", "skopeo"]) {
         return false;
     }
-    if !is_root() {
-        let msg = format!("{NAME}: containerd needs root");
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{msg}; CI=true"
-        );
-        eprintln!("SKIPPED {msg}");
-        return false;
-    }
-    true
+    require_root(NAME, "containerd")
 }
 
 #[test]

@@ -33,7 +33,7 @@ use shoal_tests::image::{OciImage, random_bytes};
 use shoal_tests::registry::{Access, Registry, RegistryOptions, RegistryTls};
 use shoal_tests::swarm::{PeerOptions, PeerProcess, SchedulerProcess};
 use shoal_tests::tls::TestPki;
-use shoal_tests::{is_root, require_tools, wait_until};
+use shoal_tests::{require_root, require_tools, wait_until};
 
 const MIB: usize = 1 << 20;
 /// The big layer: random, so incompressible; ≥ 50 MiB as the issue asks.
@@ -45,16 +45,7 @@ fn available(test: &str) -> bool {
     if !require_tools(test, &["containerd", "ctr", "docker-registry", "skopeo"]) {
         return false;
     }
-    if !is_root() {
-        let msg = format!("{test}: containerd needs root");
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{msg}; CI=true, so this is a failure, not a skip"
-        );
-        eprintln!("SKIPPED {msg}");
-        return false;
-    }
-    true
+    require_root(test, "containerd")
 }
 
 /// A temp dir with a short path: containerd's socket path must fit in 107 bytes.

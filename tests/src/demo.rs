@@ -28,9 +28,9 @@ use anyhow::Context;
 use crate::containerd::{Containerd, upstream_hosts_toml, write_hosts_toml};
 use crate::image::{OciImage, random_bytes};
 use crate::netns::{Cleaner, Host, Lab, LinkRate};
-use crate::netswarm::{LabPeer, LabPeerOptions, LabScheduler, MIRROR_PORT};
+use crate::netswarm::{LabPeer, LabScheduler, MIRROR_PORT};
 use crate::registry::{NetnsListen, Registry, RegistryOptions};
-use crate::swarm::{PeerProcess, workspace_bin};
+use crate::swarm::{PeerOptions, PeerProcess, workspace_bin};
 
 const REGISTRY_PORT: u16 = 5000;
 const REPO: &str = "demo/app";
@@ -145,16 +145,7 @@ pub fn run(opts: &DemoOptions, on_lab: impl FnOnce(Cleaner)) -> anyhow::Result<D
     ));
     let image = build_image(&work.join("image"), opts.big_layer_mib)?;
     let storage = work.join("registry-storage");
-    {
-        let staging = Registry::start_with(
-            &work.join("staging"),
-            &RegistryOptions {
-                storage: Some(storage.clone()),
-                ..RegistryOptions::default()
-            },
-        )?;
-        image.push(&staging.addr().to_string(), REPO, "v1")?;
-    }
+    Registry::stage(&image, REPO, "v1", &work.join("staging"), &storage)?;
 
     let mut lab = Lab::new(&opts.prefix, opts.rate.clone())?;
     on_lab(lab.cleaner());
@@ -269,7 +260,7 @@ fn start_node(
         lab,
         host,
         dir,
-        &LabPeerOptions {
+        &PeerOptions {
             scheduler: Some(scheduler.grpc_url()),
             default_upstream: None,
             hosts_dir: Some(hosts_dir.clone()),

@@ -58,6 +58,21 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
+/// Whether this process runs as root; when not: under `CI=true` this panics (CI runs
+/// as root), elsewhere it prints why the test is skipped (`why`: what needs root).
+pub fn require_root(test: &str, why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let msg = format!("{test}: {why} needs root");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg}; CI=true, so this is a failure, not a skip"
+    );
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
 /// Whether this process runs as root (containerd needs it).
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::netns::{Host, Lab, NsProcess};
-use crate::swarm::workspace_bin;
+use crate::swarm::{PeerOptions, workspace_bin};
 
 /// The scheduler's gRPC port on its host.
 pub const SCHEDULER_GRPC_PORT: u16 = 7600;
@@ -144,21 +144,6 @@ impl LabScheduler {
     }
 }
 
-/// How to start a peer on a lab host.
-#[derive(Debug, Clone)]
-pub struct LabPeerOptions {
-    /// The scheduler's gRPC URL (none: the peer runs alone, straight to upstream).
-    pub scheduler: Option<String>,
-    /// `--default-upstream` (e.g. `http://10.200.0.2:5000`).
-    pub default_upstream: Option<String>,
-    /// `--containerd-hosts-dir` (none: an empty dir of the peer's own).
-    pub hosts_dir: Option<PathBuf>,
-    /// The directory `shoal-peer tls init` wrote, shared by the swarm.
-    pub tls_dir: PathBuf,
-    /// Extra flags.
-    pub extra: Vec<String>,
-}
-
 /// A peer running on a lab host.
 #[derive(Debug)]
 pub struct LabPeer {
@@ -173,7 +158,7 @@ pub struct LabPeer {
 impl LabPeer {
     /// Starts `shoal-peer run` on `host` with its data dir and log under `dir`, and
     /// waits until its mirror is ready.
-    pub fn start(lab: &Lab, host: &Host, dir: &Path, o: &LabPeerOptions) -> anyhow::Result<Self> {
+    pub fn start(lab: &Lab, host: &Host, dir: &Path, o: &PeerOptions) -> anyhow::Result<Self> {
         let data_dir = dir.join("data");
         std::fs::create_dir_all(&data_dir)?;
         let hosts = match &o.hosts_dir {

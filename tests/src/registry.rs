@@ -234,6 +234,26 @@ impl Registry {
 }
 
 impl Registry {
+    /// Pushes `image` as `repo:tag` into registry storage at `storage` through a
+    /// throw-away registry on loopback (its config and log in `work`), so that a
+    /// registry started later with that storage (in a lab host, say) serves it.
+    pub fn stage(
+        image: &crate::image::OciImage,
+        repo: &str,
+        tag: &str,
+        work: &Path,
+        storage: &Path,
+    ) -> anyhow::Result<()> {
+        let staging = Registry::start_with(
+            work,
+            &RegistryOptions {
+                storage: Some(storage.to_path_buf()),
+                ..RegistryOptions::default()
+            },
+        )?;
+        image.push(&staging.addr().to_string(), repo, tag)
+    }
+
     /// The access log so far, in order (see [`Access`]).
     pub fn access_log(&self) -> Vec<Access> {
         crate::read_log(&self.log)

@@ -158,7 +158,11 @@ impl Scheduler {
         let count = warnings.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                if (line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#))
+                // Not a JSON log line: a panic's message and location; always shown.
+                if !line.starts_with('{') {
+                    eprintln!("scheduler: {line}");
+                } else if (line.contains(r#""level":"WARN""#)
+                    || line.contains(r#""level":"ERROR""#))
                     && count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5
                 {
                     eprintln!("scheduler: {line}");

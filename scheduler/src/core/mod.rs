@@ -165,7 +165,9 @@ pub(crate) struct Download {
     pub(crate) hashes_sent: PieceSet,
     pub(crate) shape_sent: bool,
     pub(crate) back_to_source_sent: bool,
-    /// Nothing sent yet.
+    /// Send at the next flush even if the ranking gives what `parents` says:
+    /// nothing sent yet, or a parent was withdrawn from `parents` (the child
+    /// must hear that it is gone).
     pub(crate) fresh: bool,
     /// Re-rank at the next flush.
     pub(crate) rerank: bool,
@@ -247,6 +249,24 @@ impl Task {
             d.hashes_sent = PieceSet::new(n);
         }
         self.dirty = true;
+    }
+
+    /// Removes `id` from every download's parents (each re-ranked at the next
+    /// flush) and marks the task dirty; returns how many child slots of `id`
+    /// that frees.
+    pub(crate) fn unparent(&mut self, id: &PeerId) -> u32 {
+        let mut released = 0;
+        for d in self.downloads.values_mut() {
+            if let Some(pos) = d.parents.iter().position(|p| p == id) {
+                d.parents.remove(pos);
+                d.sent_counts.remove(pos);
+                d.rerank = true;
+                d.fresh = true;
+                released += 1;
+            }
+        }
+        self.dirty = true;
+        released
     }
 
     /// True when some holder that may be offered (`offerable`) has every

@@ -67,15 +67,7 @@ impl Scheduler {
             let Some(task) = self.tasks.get_mut(digest) else {
                 continue;
             };
-            let mut released = 0;
-            for d in task.downloads.values_mut() {
-                if let Some(pos) = d.parents.iter().position(|p| p == id) {
-                    d.parents.remove(pos);
-                    d.sent_counts.remove(pos);
-                    d.rerank = true;
-                    released += 1;
-                }
-            }
+            let released = task.unparent(id);
             if task.back_to_source.remove(id).is_some() {
                 task.stalled.insert(id.clone());
                 if let Some(d) = task.downloads.get_mut(id) {

@@ -104,16 +104,20 @@ impl Scheduler {
         if task.downloads.get(&id).is_some_and(|d| d.plan == plan) {
             let d = task.downloads.remove(&id).expect("checked");
             let was_source = task.back_to_source.remove(&id).is_some();
-            // A cancelled download that got nothing leaves nothing behind.
+            // A cancelled download that got nothing leaves nothing behind: not
+            // its holding, and not its place among other downloads' parents
+            // (it was offered as one that would have pieces soon).
             if task
                 .holdings
                 .get(&id)
                 .is_some_and(|h| h.pieces.is_empty() && !h.complete)
             {
                 task.holdings.remove(&id);
+                let released = task.unparent(&id);
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.tasks.remove(&digest);
                 }
+                self.release_slot(&id, released);
             }
             self.release_parents(&d.parents);
             if was_source {
@@ -182,16 +186,7 @@ impl Scheduler {
         task.holdings.remove(id);
         task.back_to_source.remove(id);
         let own = task.downloads.remove(id);
-        let mut released = 0;
-        for d in task.downloads.values_mut() {
-            if let Some(pos) = d.parents.iter().position(|p| p == id) {
-                d.parents.remove(pos);
-                d.sent_counts.remove(pos);
-                d.rerank = true;
-                released += 1;
-            }
-        }
-        task.dirty = true;
+        let released = task.unparent(id);
         // The peer may stay in the swarm (eviction, bad report): its slots
         // for this task's children are free again.
         self.release_slot(id, released);
@@ -490,6 +485,41 @@ mod tests {
             } if p == peer => Some(update.parents.iter().map(|o| o.id.clone()).collect()),
             _ => None,
         })
+    }
+
+    /// Found by `scripts/bench-scheduler` (the scheduler panicked, "scheduler
+    /// core lock poisoned", at 10,000 peers): a download that is cancelled
+    /// before it got any piece loses its holding, but stayed a parent of the
+    /// downloads it had been offered to (as one that would have pieces soon),
+    /// and the next flush looked its holding up.
+    #[test]
+    fn a_cancelled_empty_download_stops_being_a_parent() {
+        let digest = Digest::from_sha256([3; 32]);
+        let mut core = Scheduler::new(CoreConfig::default());
+        let now = Instant::now();
+        for p in 0..3 {
+            core.join(now, info(p), vec![]).unwrap();
+        }
+        // p0 is elected to fetch from upstream; p1 and p2 are offered each other
+        // (and p0) as parents that will have pieces soon.
+        core.open_plan(now, &id(0), digest, SIZE).unwrap();
+        let plan_1 = core.open_plan(now, &id(1), digest, SIZE).unwrap();
+        core.open_plan(now, &id(2), digest, SIZE).unwrap();
+        core.flush();
+        let effects = core.drain_effects();
+        let before = parents_sent_to(&effects, &id(2)).expect("a plan for p2");
+        assert!(before.contains(&id(1)), "p1 offered to p2: {before:?}");
+        let children = core.children_of(&id(1)).unwrap();
+        assert!(children >= 1);
+
+        core.close_plan(now, plan_1);
+        core.flush();
+        let effects = core.drain_effects();
+        let after = parents_sent_to(&effects, &id(2)).expect("p2's plan updated");
+        assert!(!after.contains(&id(1)), "p1 still offered: {after:?}");
+        assert_eq!(core.children_of(&id(1)), Some(0), "p1's child slots leaked");
+        // And nothing panics on later flushes.
+        core.flush();
     }
 
     /// Found by `scripts/bench-scheduler`: a download starved because its

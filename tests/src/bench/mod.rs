@@ -28,9 +28,9 @@ use anyhow::Context;
 
 use crate::image::{OciImage, random_bytes};
 use crate::netns::{Cleaner, Host, Lab, LinkRate};
-use crate::netswarm::{LabPeer, LabPeerOptions, LabScheduler};
+use crate::netswarm::{LabPeer, LabScheduler};
 use crate::registry::{NetnsListen, Registry, RegistryOptions};
-use crate::swarm::PeerProcess;
+use crate::swarm::{PeerOptions, PeerProcess};
 use report::{Mode, ModeRun, NodePull, Setup};
 
 /// The registry's port on its host (origin and cache alike).
@@ -130,16 +130,7 @@ impl<'a> Bench<'a> {
             .context("the image has no layer")?
             .clone();
         let storage = work.join("origin-storage");
-        {
-            let staging = Registry::start_with(
-                &work.join("staging"),
-                &RegistryOptions {
-                    storage: Some(storage.clone()),
-                    ..RegistryOptions::default()
-                },
-            )?;
-            image.push(&staging.addr().to_string(), REPO, "v1")?;
-        }
+        Registry::stage(&image, REPO, "v1", &work.join("staging"), &storage)?;
         std::fs::remove_dir_all(work.join("image")).ok();
 
         let mut lab = Lab::new(&opts.prefix, opts.rate.clone())?;
@@ -235,7 +226,7 @@ impl<'a> Bench<'a> {
                 )?;
                 let tls_dir = dir.join("peer-tls");
                 PeerProcess::tls_init(&tls_dir)?;
-                let options = LabPeerOptions {
+                let options = PeerOptions {
                     scheduler: Some(scheduler.grpc_url()),
                     default_upstream: Some(self.origin_url()),
                     hosts_dir: None,
