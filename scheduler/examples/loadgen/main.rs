@@ -158,12 +158,13 @@ impl Scheduler {
         let count = warnings.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                // Not a JSON log line: a panic's message and location; always shown.
-                if !line.starts_with('{') {
-                    eprintln!("scheduler: {line}");
-                } else if (line.contains(r#""level":"WARN""#)
-                    || line.contains(r#""level":"ERROR""#))
-                    && count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5
+                // A line that is not JSON (a panic's message and location) is
+                // always shown; of the warnings and errors, the first five.
+                let not_json = !line.starts_with('{');
+                let warning =
+                    line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#);
+                if not_json
+                    || (warning && count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5)
                 {
                     eprintln!("scheduler: {line}");
                 }
