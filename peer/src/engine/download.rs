@@ -44,7 +44,7 @@ const LINGER: Duration = Duration::from_secs(5);
 /// Upstream failures after which the download fails.
 const MAX_UPSTREAM_FAILURES: u32 = 3;
 /// Events (each may carry a piece) queued from fetches and upstream to the driver.
-const EVENT_QUEUE: usize = 4;
+const EVENT_QUEUE: usize = 1;
 /// After the plan stream is lost (scheduler restart), how long the download goes on
 /// with the parents it knows before it also streams from upstream.
 const REPLAN_GRACE: Duration = Duration::from_secs(3);
