@@ -133,7 +133,8 @@ pub struct Planner {
     /// Parents each piece failed at.
     failed_at: HashMap<u32, HashSet<String>>,
     /// (piece, parent) pairs that answered `BUSY`, not asked again until the instant.
-    busy: HashMap<(u32, String), Instant>,
+    /// Keyed by parent, then piece (looked up per candidate without allocating).
+    busy: HashMap<String, HashMap<u32, Instant>>,
     reader: u32,
     starved_since: Option<Instant>,
     /// A fetch failed in a way no parent can fix (`retry_elsewhere` false).
@@ -291,13 +292,15 @@ impl Planner {
     pub fn on_busy(&mut self, index: u32, parent: &str, now: Instant) {
         self.finish(index, parent);
         self.busy
-            .insert((index, parent.to_owned()), now + self.config.busy_backoff);
+            .entry(parent.to_owned())
+            .or_default()
+            .insert(index, now + self.config.busy_backoff);
     }
 
     /// The earliest instant a `BUSY` pair may be asked again, if any is waiting (the
     /// driver wakes then rather than at its next tick).
     pub fn busy_until(&self) -> Option<Instant> {
-        self.busy.values().min().copied()
+        self.busy.values().flat_map(HashMap::values).min().copied()
     }
 
     /// `parent` sent a piece that does not match its hash: it is excluded from this
@@ -340,7 +343,10 @@ impl Planner {
     /// The next requests to send, recorded as in flight from `now`.
     pub fn next_requests(&mut self, now: Instant, rng: &mut impl Rng) -> Vec<(u32, ParentRef)> {
         self.avoided.retain(|_, until| *until > now);
-        self.busy.retain(|_, until| *until > now);
+        self.busy.retain(|_, pieces| {
+            pieces.retain(|_, until| *until > now);
+            !pieces.is_empty()
+        });
         let Some(shape) = self.shape else {
             return Vec::new();
         };
@@ -384,7 +390,10 @@ impl Planner {
                 .filter(|p| {
                     let reserved = reserve && p.held(n) == most;
                     !reserved
-                        && !self.busy.contains_key(&(index, p.r.id.clone()))
+                        && !self
+                            .busy
+                            .get(p.r.id.as_str())
+                            .is_some_and(|b| b.contains_key(&index))
                         && load.get(p.r.id.as_str()).copied().unwrap_or(0)
                             < self.config.max_per_parent
                 })
