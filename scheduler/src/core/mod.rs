@@ -24,6 +24,8 @@ mod operator;
 mod planning;
 mod rank;
 mod reports;
+#[cfg(test)]
+mod test_support;
 pub mod types;
 mod views;
 

@@ -139,35 +139,8 @@ mod tests {
 
     use shoal_proto::Digest;
 
-    use crate::core::{
-        Command, CoreConfig, Effect, HeldTask, PeerId, PeerInfo, PieceDone, Scheduler,
-    };
-
-    const SIZE: u64 = 8 << 20;
-
-    fn id(p: u8) -> PeerId {
-        PeerId::parse(&format!("p{p}")).unwrap()
-    }
-
-    fn info(p: u8) -> PeerInfo {
-        PeerInfo {
-            id: id(p),
-            hostname: format!("n{p}"),
-            addr: format!("10.0.0.{}:7651", p + 1).parse().unwrap(),
-            zone: String::new(),
-            rack: String::new(),
-            upload_slots: 0,
-        }
-    }
-
-    fn last_parents(effects: &[Effect], peer: &PeerId) -> Option<Vec<PeerId>> {
-        effects.iter().rev().find_map(|e| match e {
-            Effect::Plan {
-                peer: p, update, ..
-            } if p == peer => Some(update.parents.iter().map(|o| o.id.clone()).collect()),
-            _ => None,
-        })
-    }
+    use crate::core::test_support::{SIZE, id, info, parents_sent_to};
+    use crate::core::{Command, CoreConfig, Effect, HeldTask, PeerId, PieceDone, Scheduler};
 
     #[test]
     fn quarantine_withdraws_a_parent_at_once_and_release_brings_it_back() {
@@ -183,14 +156,14 @@ mod tests {
         core.join(now, info(1), vec![]).unwrap();
         core.open_plan(now, &id(1), d, SIZE).unwrap();
         assert_eq!(
-            last_parents(&core.drain_effects(), &id(1)),
+            parents_sent_to(&core.drain_effects(), &id(1)),
             Some(vec![id(0)])
         );
 
         let reasons = core.set_operator_quarantine(now, &id(0), true).unwrap();
         assert_eq!(reasons, vec!["operator"]);
         let effects = core.drain_effects();
-        assert_eq!(last_parents(&effects, &id(1)), Some(vec![]));
+        assert_eq!(parents_sent_to(&effects, &id(1)), Some(vec![]));
         assert_eq!(core.children_of(&id(0)), Some(0));
         // Nobody offerable holds the task: the downloader fetches upstream.
         assert_eq!(core.back_to_source_of(&d), vec![id(1)]);
@@ -207,7 +180,7 @@ mod tests {
         core.join(now, info(2), vec![]).unwrap();
         core.open_plan(now, &id(2), d, SIZE).unwrap();
         let effects = core.drain_effects();
-        assert!(last_parents(&effects, &id(2)).unwrap().contains(&id(0)));
+        assert!(parents_sent_to(&effects, &id(2)).unwrap().contains(&id(0)));
 
         let unknown = core.set_operator_quarantine(now, &id(9), true).unwrap_err();
         assert_eq!(unknown.kind, crate::core::ErrorKind::NotFound);

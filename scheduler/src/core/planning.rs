@@ -459,33 +459,8 @@ mod tests {
 
     use shoal_proto::Digest;
 
-    use crate::core::{CoreConfig, Effect, HeldTask, PeerId, PeerInfo, Scheduler};
-
-    const SIZE: u64 = 8 << 20;
-
-    fn id(p: u8) -> PeerId {
-        PeerId::parse(&format!("p{p}")).unwrap()
-    }
-
-    fn info(p: u8) -> PeerInfo {
-        PeerInfo {
-            id: id(p),
-            hostname: format!("n{p}"),
-            addr: format!("10.0.0.{}:7651", p + 1).parse().unwrap(),
-            zone: String::new(),
-            rack: String::new(),
-            upload_slots: 0,
-        }
-    }
-
-    fn parents_sent_to(effects: &[Effect], peer: &PeerId) -> Option<Vec<PeerId>> {
-        effects.iter().rev().find_map(|e| match e {
-            Effect::Plan {
-                peer: p, update, ..
-            } if p == peer => Some(update.parents.iter().map(|o| o.id.clone()).collect()),
-            _ => None,
-        })
-    }
+    use crate::core::test_support::{SIZE, id, info, parents_sent_to};
+    use crate::core::{CoreConfig, HeldTask, Scheduler};
 
     /// Found by `scripts/bench-scheduler` (the scheduler panicked, "scheduler
     /// core lock poisoned", at 10,000 peers): a download that is cancelled
