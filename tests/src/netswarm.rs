@@ -161,37 +161,14 @@ impl LabPeer {
     pub fn start(lab: &Lab, host: &Host, dir: &Path, o: &PeerOptions) -> anyhow::Result<Self> {
         let data_dir = dir.join("data");
         std::fs::create_dir_all(&data_dir)?;
-        let hosts = match &o.hosts_dir {
-            Some(h) => h.clone(),
-            None => {
-                let h = dir.join("certs.d");
-                std::fs::create_dir_all(&h)?;
-                h
-            }
-        };
         let ip: Ipv4Addr = host.ip;
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--quic-listen".into(),
-            format!("{ip}:{QUIC_PORT}"),
-            "--http-listen".into(),
-            format!("{ip}:{PEER_HTTP_PORT}"),
-            "--mirror-listen".into(),
-            format!("127.0.0.1:{MIRROR_PORT}"),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--peer-tls-dir".into(),
-            o.tls_dir.display().to_string(),
-            "--containerd-hosts-dir".into(),
-            hosts.display().to_string(),
-        ];
-        if let Some(s) = &o.scheduler {
-            args.extend(["--scheduler".into(), s.clone()]);
-        }
-        if let Some(u) = &o.default_upstream {
-            args.extend(["--default-upstream".into(), u.clone()]);
-        }
-        args.extend(o.extra.iter().cloned());
+        let args = o.run_args(
+            &format!("{ip}:{QUIC_PORT}"),
+            &format!("{ip}:{PEER_HTTP_PORT}"),
+            &format!("127.0.0.1:{MIRROR_PORT}"),
+            &data_dir,
+            &dir.join("certs.d"),
+        )?;
         let process = lab
             .spawn(
                 host,

@@ -216,6 +216,50 @@ pub struct PeerOptions {
     pub extra: Vec<String>,
 }
 
+impl PeerOptions {
+    /// `shoal-peer run`'s arguments for these options and addresses; the hosts dir is
+    /// `default_hosts` (created empty) unless the options name one.
+    pub fn run_args(
+        &self,
+        quic: &str,
+        http: &str,
+        mirror: &str,
+        data_dir: &Path,
+        default_hosts: &Path,
+    ) -> anyhow::Result<Vec<String>> {
+        let hosts = match &self.hosts_dir {
+            Some(h) => h.clone(),
+            None => {
+                std::fs::create_dir_all(default_hosts)?;
+                default_hosts.to_path_buf()
+            }
+        };
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--quic-listen".into(),
+            quic.into(),
+            "--http-listen".into(),
+            http.into(),
+            "--mirror-listen".into(),
+            mirror.into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--peer-tls-dir".into(),
+            self.tls_dir.display().to_string(),
+            "--containerd-hosts-dir".into(),
+            hosts.display().to_string(),
+        ];
+        if let Some(s) = &self.scheduler {
+            args.extend(["--scheduler".into(), s.clone()]);
+        }
+        if let Some(u) = &self.default_upstream {
+            args.extend(["--default-upstream".into(), u.clone()]);
+        }
+        args.extend(self.extra.iter().cloned());
+        Ok(args)
+    }
+}
+
 /// A `shoal-peer run` process.
 #[derive(Debug)]
 pub struct PeerProcess {
@@ -251,36 +295,13 @@ impl PeerProcess {
         let mirror: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         let quic = format!("127.0.0.1:{}", free_udp_port()?);
-        let hosts = match &o.hosts_dir {
-            Some(h) => h.clone(),
-            None => {
-                let h = data.join("certs.d");
-                std::fs::create_dir_all(&h)?;
-                h
-            }
-        };
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--quic-listen".into(),
-            quic,
-            "--http-listen".into(),
-            http.to_string(),
-            "--mirror-listen".into(),
-            mirror.to_string(),
-            "--data-dir".into(),
-            data.join("data").display().to_string(),
-            "--peer-tls-dir".into(),
-            o.tls_dir.display().to_string(),
-            "--containerd-hosts-dir".into(),
-            hosts.display().to_string(),
-        ];
-        if let Some(s) = &o.scheduler {
-            args.extend(["--scheduler".into(), s.clone()]);
-        }
-        if let Some(u) = &o.default_upstream {
-            args.extend(["--default-upstream".into(), u.clone()]);
-        }
-        args.extend(o.extra.iter().cloned());
+        let args = o.run_args(
+            &quic,
+            &http.to_string(),
+            &mirror.to_string(),
+            &data.join("data"),
+            &data.join("certs.d"),
+        )?;
         let log = dir.join(format!("{name}.log"));
         let child = spawn(&workspace_bin("shoal-peer"), &args, &log)?;
         let p = PeerProcess {
