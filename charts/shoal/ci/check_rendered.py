@@ -14,6 +14,17 @@ version, then the checks of checks.py:
   generated certificate carries peer/src/tls.rs' SERVER_NAME, chains to the CA,
   and is good for client and server use;
 - the scheduler's token file, ports, probes and Services agree with its flags;
+- gRPC is mutual TLS: the scheduler gets --tls-dir (a Secret or a cert-manager
+  csi-driver volume) and never --insecure-plaintext (only the dev-plaintext
+  scenario asks for it), the peers dial https:// names the scheduler's
+  certificate carries, and the scheduler's CA is the peers';
+- identity: shared mode passes --allow-shared-identity with a certificate whose
+  common name is shoal-peer; certManagerCSI passes no such switch and gives each
+  peer pod a certificate naming it (${POD_NAME}), valid for shoal-peer, for
+  client and server use, from the same issuer as the scheduler's;
+- the NetworkPolicy (on unless the scenario turns it off) isolates the
+  scheduler pods: gRPC only from the node CIDRs and the peer pods, the operator
+  port only from the named namespaces;
 - every selector selects the pods it is for; commonLabels reach every object;
 - every --flag the chart passes exists in the built binaries (when given).
 
@@ -36,7 +47,7 @@ import yaml
 
 import checks
 from checks import check_all, check_metric_names
-from self_test import everything_on_mutations, self_test
+from self_test import csi_mutations, everything_on_mutations, self_test
 from smoke_run import smoke
 
 # What each preset must mount, from docs/platforms/*.md. Three of them are also
@@ -58,14 +69,20 @@ RUST_CONSTANTS = {
 NAMESPACE = "shoal-system"
 # Scenarios the smoke run starts the binaries for (every name they dial is on
 # loopback once translated; rke2 differs from k3s only in paths).
-SMOKE = ("default", "preset-eks", "preset-k3s", "preset-talos", "everything-on", "bring-your-own")
+SMOKE = ("default", "preset-eks", "preset-k3s", "preset-talos", "everything-on", "bring-your-own",
+         "cert-manager-csi", "dev-plaintext")
+# networkPolicy.nodeCIDRs is required while the policy is on (the default), so
+# renderings that do not set it name one.
+NODE_CIDR = "10.0.0.0/16"
+NODES = ["--set", f"networkPolicy.nodeCIDRs={{{NODE_CIDR}}}"]
 
 
 class Scenario:
     """One rendering: helm arguments and what the output must contain."""
 
     def __init__(self, name, args, preset="containerd", config=None, hosts=None, configure=None,
-                 cleanup=True, tls_secret=None, token_secret=None, tolerate_all=True, labels=None):
+                 cleanup=True, tls_secret=None, token_secret=None, tolerate_all=True, labels=None,
+                 identity="shared", plaintext=False, sched_tls_secret=None, netpol=None):
         p_config, p_hosts, p_configure = PRESETS[preset]
         self.name, self.args = name, args
         self.config = config or p_config
@@ -74,19 +91,37 @@ class Scenario:
         self.cleanup = cleanup and self.configure
         self.tls_secret, self.token_secret = tls_secret, token_secret
         self.tolerate_all, self.labels = tolerate_all, labels or {}
+        # peer.identity.mode, scheduler.insecurePlaintext, scheduler.tls.existingSecret
+        self.identity, self.plaintext, self.sched_tls_secret = identity, plaintext, sched_tls_secret
+        # The NetworkPolicy: None (off), or what it must admit:
+        # {"node_cidrs": [...], "namespaces": [...]} (operator and Prometheus namespaces).
+        self.netpol = netpol
 
+
+DEFAULT_NETPOL = {"node_cidrs": [NODE_CIDR], "namespaces": []}
 
 SCENARIOS = [
-    Scenario("default", []),
-    *[Scenario(f"preset-{p}", ["--set", f"containerd.preset={p}"], preset=p) for p in PRESETS if p != "containerd"],
-    Scenario("everything-on", ["-f", "ci/everything-on-values.yaml"], preset="eks", labels={"team": "platform"}),
+    Scenario("default", NODES, netpol=DEFAULT_NETPOL),
+    *[Scenario(f"preset-{p}", NODES + ["--set", f"containerd.preset={p}"], preset=p, netpol=DEFAULT_NETPOL)
+      for p in PRESETS if p != "containerd"],
+    Scenario("everything-on", ["-f", "ci/everything-on-values.yaml"], preset="eks", labels={"team": "platform"},
+             netpol={"node_cidrs": ["10.20.0.0/16", "10.30.0.0/16", "fd00:20::/64"],
+                     "namespaces": ["platform-ops", "monitoring"]}),
     Scenario("bring-your-own", ["-f", "ci/bring-your-own-values.yaml"],
              config="/opt/containerd/etc/config.toml", hosts=["/opt/containerd/etc/certs.d"], cleanup=False,
-             tls_secret="cluster-peer-tls", token_secret="shoal-operator", tolerate_all=False),
+             tls_secret="cluster-peer-tls", token_secret="shoal-operator", tolerate_all=False,
+             sched_tls_secret="cluster-scheduler-tls", netpol={"node_cidrs": ["fd00:10::/56"], "namespaces": []}),
+    Scenario("cert-manager-csi", ["-f", "ci/cert-manager-csi-values.yaml"], identity="certManagerCSI",
+             netpol={"node_cidrs": ["192.168.0.0/24"], "namespaces": ["shoal-operators"]}),
+    Scenario("no-network-policy", ["--set", "networkPolicy.enabled=false"]),
+    Scenario("dev-plaintext", NODES + ["--set", "scheduler.insecurePlaintext=true"], plaintext=True,
+             netpol=DEFAULT_NETPOL),
 ]
 
-# Values that must be refused (schema or template), with a word of the error.
+# Values that must be refused (schema or template), with a word of the error;
+# rendered after NODES, except the first (the defaults as they are).
 BAD_VALUES = [
+    ([], "networkPolicy.nodeCIDRs"),  # required while the policy is on
     (["--set", "containerd.preset=docker"], "containerd.preset"),
     (["--set", "peer.mirrorListen=0.0.0.0:7650"], "mirrorListen"),
     (["--set", "peer.mirrorListen=localhost"], "mirrorListen"),
@@ -98,6 +133,21 @@ BAD_VALUES = [
     (["--set", "logFormat=xml"], "logFormat"),
     (["--set", "scheduler.colour=blue"], "colour"),
     (["--set", "scheduler.operatorToken.value=too-short"], "operatorToken"),  # the scheduler wants >= 16
+    (["--set", "networkPolicy.nodeCIDRs[0]=10.0.0.1"], "nodeCIDRs"),  # not a CIDR
+    (["--set", "networkPolicy.operatorNamespaces[0]=Ops_Team"], "operatorNamespaces"),
+    (["--set", "metrics.serviceMonitor.enabled=true"], "prometheusNamespaces"),  # Prometheus could not scrape
+    (["--set", "peer.identity.mode=tokenReview"], "peer.identity.mode"),  # planned, not built
+    (["--set", "peer.identity.mode=certManagerCSI"], "issuer.name"),
+    (["--set", "peer.identity.mode=certManagerCSI", "--set", "peer.identity.certManagerCSI.issuer.name=ca",
+      "--set", "peer.identity.certManagerCSI.duration=3d"], "duration"),
+    (["--set", "peer.identity.mode=certManagerCSI", "--set", "peer.identity.certManagerCSI.issuer.name=ca",
+      "--set", "peer.tls.existingSecret=mine"], "peer.tls.existingSecret"),
+    (["--set", "peer.tls.existingSecret=mine"], "scheduler.tls.existingSecret"),  # cannot sign with their CA
+    (["--set", "scheduler.tls.existingSecret=mine"], "peer.tls.existingSecret"),  # a new CA cannot match it
+    (["--set", "peer.extraSchedulers[0]=http://standby.shoal-system.svc.cluster.local:7600"], "extraSchedulers"),
+    (["--set", "scheduler.extraArgs[0]=--insecure-plaintext"], "scheduler.insecurePlaintext"),
+    (["--set", "scheduler.extraEnv[0].name=SHOAL_ALLOW_SHARED_IDENTITY", "--set", "scheduler.extraEnv[0].value=1"],
+     "peer.identity.mode"),
 ]
 
 def rust_const(path, name):
@@ -152,8 +202,8 @@ def main():
         rendered[sc.name] = (docs, sc)
 
     refused = 0
-    for args, word in BAD_VALUES:
-        r = render(args)
+    for i, (args, word) in enumerate(BAD_VALUES):
+        r = render(args if i == 0 else NODES + args)
         if r.returncode == 0 or word not in r.stderr:
             failures.append(f"values {' '.join(args)} were not refused with a message naming {word}")
         else:
@@ -165,7 +215,8 @@ def main():
         failures += smoke(render, [sc for sc in SCENARIOS if sc.name in SMOKE], a.bin_dir)
 
     print("check-chart: self-test, each break must be detected:")
-    for name, cases in (("default", None), ("everything-on", everything_on_mutations())):
+    for name, cases in (("default", None), ("everything-on", everything_on_mutations()),
+                        ("cert-manager-csi", csi_mutations())):
         if name not in rendered:
             failures.append(f"self-test: the {name} rendering failed, so its breaks were not tried")
             continue

@@ -1,7 +1,15 @@
 """The checks scripts/check-chart runs on a rendered chart: each takes the
 rendered objects and a Scenario (what the rendering must contain) and appends
 the problems it finds to a list. Pure functions over the parsed YAML, except
-the certificate check (openssl) and the flag check (the binaries' --help).
+the certificate checks (openssl) and the flag check (the binaries' --help).
+
+Trust (issue 13): the scheduler's gRPC is mutual TLS (--tls-dir, never
+--insecure-plaintext unless the scenario asks for the development switch), the
+peers dial https:// names that the scheduler's certificate carries, the
+scheduler's CA is the peers' CA, --allow-shared-identity goes with the shared
+peer certificate and only with it, a per-node certificate comes from cert-manager's
+csi-driver with the pod's name as its common name, and a NetworkPolicy lets only
+the nodes reach gRPC and only the named namespaces reach the operator port.
 
 Not here: rendering, the scenarios themselves (check_rendered.py), running the
 binaries (smoke_run.py).
@@ -176,8 +184,10 @@ def check_peer(docs, sc, problems):
     m = mount_at(peer, tls_dir)
     v = volume(pod, m["name"]) if m else None
     secret = (v or {}).get("secret")
-    if not secret:
-        problems.append(f"{where}: --peer-tls-dir={tls_dir} is not a mounted Secret")
+    if sc.identity == "certManagerCSI":
+        check_peer_csi(docs, v, m, tls_dir, problems)
+    elif not secret:
+        problems.append(f"{where}: --peer-tls-dir={tls_dir} is not a mounted Secret (identity mode shared)")
     else:
         files = {i["path"]: i["key"] for i in secret.get("items") or []}
         for f in ("ca.crt", "tls.crt", "tls.key"):
@@ -198,7 +208,7 @@ def check_peer(docs, sc, problems):
         problems.append(f"{where}: --advertise-addr is not the node IP")
     if env.get("NODE_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "status.hostIP":
         problems.append(f"{where}: NODE_IP does not come from status.hostIP")
-    check_scheduler_url(docs, fl, problems)
+    check_scheduler_url(docs, sc, fl, problems)
     if sc.cleanup:
         check_restore(docs, sc, pod, problems)
     elif find(docs, "DaemonSet", "restore"):
@@ -243,6 +253,14 @@ def check_tls_secret(docs, name, sc, problems):
     problems.extend(check_certificate({k: base64.b64decode(data[k]) for k in ("ca.crt", "tls.crt", "tls.key")}))
 
 
+def secret_files(docs, name):
+    """The decoded files of a rendered Secret, or None."""
+    rendered = [d for d in find(docs, "Secret") if d["metadata"]["name"] == name]
+    if not rendered:
+        return None
+    return {k: base64.b64decode(v) for k, v in (rendered[0].get("data") or {}).items()}
+
+
 def openssl(*args, stdin=None):
     r = subprocess.run(["openssl", *args], input=stdin, capture_output=True)
     return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
@@ -259,6 +277,12 @@ def check_certificate(files):
         rc, text = openssl("x509", "-in", crt, "-noout", "-ext", "subjectAltName")
         if rc != 0 or not re.search(rf"DNS:{re.escape(SERVER_NAME)}(,|\s|$)", text):
             out.append(f"peer TLS: tls.crt lacks the DNS name {SERVER_NAME} ({text.strip()})")
+        # The shared certificate names no node: the scheduler recognises it by
+        # this common name (and then needs --allow-shared-identity).
+        cn = common_name(crt)
+        if cn != SERVER_NAME:
+            out.append(f"peer TLS: the shared certificate's common name is {cn!r}, not {SERVER_NAME!r}: the "
+                       "scheduler would take it for one node's certificate, and every peer would be that node")
         for purpose in ("sslserver", "sslclient"):
             rc, text = openssl("verify", "-purpose", purpose, "-CAfile", ca, crt)
             if rc != 0:
@@ -270,11 +294,22 @@ def check_certificate(files):
     return out
 
 
-def check_scheduler_url(docs, peer_flags, problems):
+def common_name(crt_path):
+    rc, text = openssl("x509", "-in", crt_path, "-noout", "-subject", "-nameopt", "RFC2253")
+    m = re.search(r"CN=([^,\n]*)", text)
+    return m.group(1).strip() if rc == 0 and m else None
+
+
+def check_scheduler_url(docs, sc, peer_flags, problems):
     svc = find(docs, "Service", "scheduler")
     deps = find(docs, "Deployment", "scheduler")
+    scheme = "http" if sc.plaintext else "https"
+    for u in peer_flags.get("--scheduler") or []:
+        if not u.startswith(scheme + "://"):
+            problems.append(f"peer --scheduler={u}: the scheduler's gRPC is "
+                            f"{'plain text' if sc.plaintext else 'mutual TLS'}, the URL must be {scheme}://")
     url = (peer_flags.get("--scheduler") or [""])[0]
-    m = re.match(r"^http://([^.]+)\.([^.]+)\.svc\.[a-z.]+:(\d+)$", url)
+    m = re.match(r"^https?://([^.]+)\.([^.]+)\.svc\.[a-z.]+:(\d+)$", url)
     plain = [s for s in svc if s["spec"].get("clusterIP") != "None"]
     if not m or not plain or not deps:
         return problems.append(f"peer --scheduler={url}: no matching scheduler Service/Deployment")
@@ -326,6 +361,287 @@ def check_scheduler(docs, sc, problems):
     heads = [s for s in find(docs, "Service", "scheduler") if s["spec"].get("clusterIP") == "None"]
     if len(heads) != 1:
         problems.append(f"{where}: expected one headless Service for replica discovery, found {len(heads)}")
+
+
+# --- TLS, identity ---------------------------------------------------------------------
+
+CSI_DRIVER = "csi.cert-manager.io"
+CSI = CSI_DRIVER + "/"
+# What each certificate must be good for (csi.cert-manager.io/key-usages).
+PEER_USAGES = {"server auth", "client auth"}    # QUIC both ways, client towards the scheduler
+SCHEDULER_USAGES = {"server auth"}
+
+
+def csi_list(attrs, key):
+    return [x.strip() for x in (attrs.get(CSI + key) or "").split(",") if x.strip()]
+
+
+def check_csi_volume(v, m, where, problems):
+    """A read-only cert-manager csi-driver volume writing ca.crt, tls.crt, tls.key;
+    returns its attributes."""
+    csi = (v or {}).get("csi")
+    if not csi or csi.get("driver") != CSI_DRIVER:
+        problems.append(f"{where}: not a {CSI_DRIVER} volume ({v})")
+        return None
+    attrs = csi.get("volumeAttributes") or {}
+    if csi.get("readOnly") is not True or not (m or {}).get("readOnly"):
+        problems.append(f"{where}: the {CSI_DRIVER} volume must be mounted read-only (the driver refuses "
+                        "writable mounts, and nothing in the pod may replace its certificate)")
+    if not attrs.get(CSI + "issuer-name"):
+        problems.append(f"{where}: no {CSI}issuer-name")
+    for key, want in (("ca-file", "ca.crt"), ("certificate-file", "tls.crt"), ("privatekey-file", "tls.key")):
+        if attrs.get(CSI + key, want) != want:
+            problems.append(f"{where}: {CSI}{key} is {attrs[CSI + key]}, the binaries read {want}")
+    if (attrs.get(CSI + "is-ca") or "").lower() == "true":
+        problems.append(f"{where}: asks for a CA certificate")
+    return attrs
+
+
+def check_peer_csi(docs, v, m, tls_dir, problems):
+    """Per-node identity: a certificate per peer pod, naming it, from the csi-driver."""
+    where = f"peer DaemonSet: --peer-tls-dir={tls_dir}"
+    attrs = check_csi_volume(v, m, where, problems)
+    if attrs is None:
+        return
+    cn = attrs.get(CSI + "common-name")
+    if cn != "${POD_NAME}":
+        problems.append(f"{where}: common name {cn!r}, expected ${{POD_NAME}}: the common name is the peer's id, "
+                        "one per pod (the scheduler binds every message to it)")
+    if SERVER_NAME not in csi_list(attrs, "dns-names"):
+        problems.append(f"{where}: dns-names {csi_list(attrs, 'dns-names')} lack {SERVER_NAME}, the name peers "
+                        "verify each other's QUIC certificate with")
+    missing = PEER_USAGES - set(csi_list(attrs, "key-usages"))
+    if missing:
+        problems.append(f"{where}: key-usages lack {sorted(missing)}")
+    tls = [d["metadata"]["name"] for d in find(docs, "Secret") if d.get("type") == "kubernetes.io/tls"]
+    if tls:
+        problems.append(f"per-node identity, but TLS Secrets {tls} are rendered (a shared key nobody needs)")
+
+
+def check_scheduler_tls(docs, sc, problems):
+    """Mutual TLS on gRPC unless the scenario is the development switch; the
+    shared-identity switch exactly with the shared peer certificate; a serving
+    certificate the peers accept for the name they dial, from their CA."""
+    deps = find(docs, "Deployment", "scheduler")
+    peers = find(docs, "DaemonSet", "peer", hook=False)
+    if len(deps) != 1 or len(peers) != 1:
+        return
+    pod = deps[0]["spec"]["template"]["spec"]
+    c = container(pod, "scheduler")
+    fl = flags(c.get("args"))
+    env = {e["name"]: e for e in c.get("env") or []}
+    where = "scheduler"
+    plaintext = "--insecure-plaintext" in fl or "SHOAL_INSECURE_PLAINTEXT" in env
+    if sc.plaintext:
+        if "--insecure-plaintext" not in fl:
+            problems.append(f"{where}: scheduler.insecurePlaintext is set but the scheduler has no --insecure-plaintext")
+        if "--tls-dir" in fl:
+            problems.append(f"{where}: both --tls-dir and --insecure-plaintext")
+        return
+    if plaintext:
+        problems.append(f"{where}: runs with --insecure-plaintext (development only: anyone who reaches the "
+                        "gRPC port speaks for any node) although scheduler.insecurePlaintext is not set")
+    shared = "--allow-shared-identity" in fl or "SHOAL_ALLOW_SHARED_IDENTITY" in env
+    if sc.identity == "shared" and not shared:
+        problems.append(f"{where}: the peers share one certificate (identity shared) but the scheduler lacks "
+                        "--allow-shared-identity, so it refuses every peer")
+    if sc.identity != "shared" and shared:
+        problems.append(f"{where}: --allow-shared-identity with per-node identity ({sc.identity}): the "
+                        "shared certificate would speak for any node")
+    tls_dir = one(fl, "--tls-dir", problems, where)
+    if not tls_dir:
+        return
+    m = mount_at(c, tls_dir)
+    v = volume(pod, m["name"]) if m else None
+    peer_pod = peers[0]["spec"]["template"]["spec"]
+    peer_c = container(peer_pod, "peer")
+    url = (flags(peer_c.get("args")).get("--scheduler") or [""])[0]
+    host = re.sub(r"^https?://([^:/]+).*$", r"\1", url)
+    names = service_names(host)
+    if (v or {}).get("secret"):
+        secret = v["secret"]
+        files = {i["path"]: i["key"] for i in secret.get("items") or []}
+        for f in ("ca.crt", "tls.crt", "tls.key"):
+            if secret.get("items") is not None and files.get(f) != f:
+                problems.append(f"{where}: {tls_dir}/{f} is not the Secret's key {f} (items: {files})")
+        name = secret["secretName"]
+        if sc.sched_tls_secret:
+            if name != sc.sched_tls_secret or secret_files(docs, name) is not None:
+                problems.append(f"{where}: expected the existing Secret {sc.sched_tls_secret} only, got {name}")
+            return
+        sched = secret_files(docs, name)
+        if sc.identity != "shared" or sched is None:
+            return problems.append(f"{where}: --tls-dir={tls_dir} is the Secret {name}, which is not rendered")
+        peer_secret = (volume(peer_pod, "peer-tls") or {}).get("secret") or {}
+        problems.extend(check_scheduler_certificate(sched, secret_files(docs, peer_secret.get("secretName")),
+                                                    names))
+    elif (v or {}).get("csi"):
+        attrs = check_csi_volume(v, m, f"{where}: --tls-dir={tls_dir}", problems)
+        if attrs is None:
+            return
+        peer_v = volume(peer_pod, "peer-tls") or {}
+        peer_attrs = (peer_v.get("csi") or {}).get("volumeAttributes") or {}
+        issuer = [CSI + k for k in ("issuer-name", "issuer-kind", "issuer-group")]
+        if sc.identity != "certManagerCSI" or [attrs.get(k) for k in issuer] != [peer_attrs.get(k) for k in issuer]:
+            problems.append(f"{where}: its certificate comes from issuer {[attrs.get(k) for k in issuer]}, the "
+                            f"peers' from {[peer_attrs.get(k) for k in issuer]}: they would not trust each other")
+        dns = csi_list(attrs, "dns-names")
+        if [n for n in names if n not in dns]:
+            problems.append(f"{where}: dns-names {dns} lack {[n for n in names if n not in dns]} (peers dial {url})")
+        missing = SCHEDULER_USAGES - set(csi_list(attrs, "key-usages"))
+        if missing:
+            problems.append(f"{where}: key-usages lack {sorted(missing)}")
+        # The driver writes the key for root only, unless fs-group names the
+        # group the non-root scheduler runs with.
+        psc = pod.get("securityContext") or {}
+        if psc.get("runAsUser", 0) != 0:
+            gid = psc.get("fsGroup", psc.get("runAsGroup"))
+            if attrs.get(CSI + "fs-group") != str(gid):
+                problems.append(f"{where}: {CSI}fs-group is {attrs.get(CSI + 'fs-group')}, the scheduler runs as "
+                                f"group {gid} and could not read its key")
+    else:
+        problems.append(f"{where}: --tls-dir={tls_dir} is neither a mounted Secret nor a {CSI_DRIVER} volume")
+
+
+def service_names(host):
+    """The names a Service's certificate needs: a.b.svc.<domain> -> a, a.b, a.b.svc, host."""
+    parts = host.split(".")
+    if len(parts) < 4 or parts[2] != "svc":
+        return [host]
+    return [parts[0], ".".join(parts[:2]), ".".join(parts[:3]), host]
+
+
+def check_scheduler_certificate(sched, peer, names):
+    """The scheduler's serving certificate: the Service's names, server use, its
+    key, and a CA shared with the peers (each side verifies the other with it)."""
+    out = []
+    if not sched or any(k not in sched for k in ("ca.crt", "tls.crt", "tls.key")):
+        return [f"scheduler TLS: the Secret lacks ca.crt, tls.crt or tls.key ({sorted(sched or {})})"]
+    with tempfile.TemporaryDirectory() as tmp:
+        def put(name, data):
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            return path
+        crt, ca, key = put("s.crt", sched["tls.crt"]), put("s-ca.crt", sched["ca.crt"]), put("s.key", sched["tls.key"])
+        rc, text = openssl("x509", "-in", crt, "-noout", "-ext", "subjectAltName")
+        got = set(re.findall(r"DNS:([^,\s]+)", text)) if rc == 0 else set()
+        lacking = [n for n in names if n not in got]
+        if lacking:
+            out.append(f"scheduler TLS: tls.crt lacks the DNS names {lacking} (has {sorted(got)}); peers dial "
+                       f"{names[-1]} and verify that name")
+        rc, text = openssl("verify", "-purpose", "sslserver", "-CAfile", ca, crt)
+        if rc != 0:
+            out.append(f"scheduler TLS: tls.crt does not verify against its ca.crt for server use: {text.strip()}")
+        rc1, cert_pub = openssl("x509", "-in", crt, "-noout", "-pubkey")
+        rc2, key_pub = openssl("pkey", "-in", key, "-pubout")
+        if rc1 or rc2 or cert_pub != key_pub:
+            out.append("scheduler TLS: tls.key is not the key of tls.crt")
+        if peer and "ca.crt" in peer and "tls.crt" in peer:
+            p_crt, p_ca = put("p.crt", peer["tls.crt"]), put("p-ca.crt", peer["ca.crt"])
+            rc, text = openssl("verify", "-purpose", "sslclient", "-CAfile", ca, p_crt)
+            if rc != 0:
+                out.append(f"scheduler TLS: the peers' certificate does not verify against the scheduler's "
+                           f"ca.crt (the scheduler would refuse every peer): {text.strip()}")
+            rc, text = openssl("verify", "-purpose", "sslserver", "-CAfile", p_ca, crt)
+            if rc != 0:
+                out.append(f"scheduler TLS: the scheduler's certificate does not verify against the peers' "
+                           f"ca.crt (every peer would refuse the scheduler): {text.strip()}")
+        else:
+            out.append("scheduler TLS: no rendered peer certificate to check the shared CA against")
+    return out
+
+
+# --- NetworkPolicy -------------------------------------------------------------------
+
+def pod_labels(docs, kind, component):
+    objs = find(docs, kind, component, hook=False)
+    return objs[0]["spec"]["template"]["metadata"].get("labels") or {} if objs else None
+
+
+def check_network_policy(docs, sc, problems):
+    """With the policy on (sc.netpol): the scheduler pods are isolated for ingress;
+    whatever reaches the gRPC port is a node CIDR or the peer pods, whatever
+    reaches the operator port is a named namespace; and those do get in."""
+    nps = find(docs, "NetworkPolicy")
+    if sc.netpol is None:
+        if nps:
+            problems.append(f"NetworkPolicies {[n['metadata']['name'] for n in nps]} rendered although "
+                            "networkPolicy.enabled=false")
+        return
+    deps = find(docs, "Deployment", "scheduler")
+    if not deps:
+        return
+    sched_labels = pod_labels(docs, "Deployment", "scheduler")
+    peer_labels = pod_labels(docs, "DaemonSet", "peer") or {}
+    c = container(deps[0]["spec"]["template"]["spec"], "scheduler")
+    fl = flags(c.get("args"))
+    grpc = port_of((fl.get("--grpc-listen") or [":0"])[0])
+    http = port_of((fl.get("--http-listen") or [":0"])[0])
+    names = {p["containerPort"]: p.get("name") for p in c.get("ports") or []}
+    covering = [n for n in nps if selects(n["spec"].get("podSelector") or {}, sched_labels)
+                and "Ingress" in (n["spec"].get("policyTypes") or ["Ingress"])]
+    if not covering:
+        return problems.append(f"no NetworkPolicy selects the scheduler pods ({sched_labels}): any pod reaches "
+                               f"gRPC {grpc} and the operator API {http}")
+    node_cidrs = set(sc.netpol.get("node_cidrs") or [])
+    namespaces = set(sc.netpol.get("namespaces") or [])
+
+    def from_nodes(peer):
+        ip = peer.get("ipBlock")
+        if ip is not None:
+            return set(peer) == {"ipBlock"} and ip.get("cidr") in node_cidrs
+        sel = peer.get("podSelector")
+        # The peer pods of this namespace, and nothing else.
+        return (set(peer) == {"podSelector"} and sel is not None and selects(sel, peer_labels)
+                and (sel.get("matchLabels") or {}).get("app.kubernetes.io/component") == "peer")
+
+    def ns_names(peer):
+        if set(peer) != {"namespaceSelector"}:
+            return None
+        sel = peer["namespaceSelector"] or {}
+        got = set()
+        for k, v in (sel.get("matchLabels") or {}).items():
+            if k != "kubernetes.io/metadata.name":
+                return None
+            got.add(v)
+        for e in sel.get("matchExpressions") or []:
+            if e.get("key") != "kubernetes.io/metadata.name" or e.get("operator") != "In":
+                return None
+            got |= set(e.get("values") or [])
+        return got or None  # an empty selector: every namespace
+
+    def from_operators(peer):
+        got = ns_names(peer)
+        return got is not None and got <= namespaces
+
+    reach_grpc, reach_http = set(), set()
+    for n in covering:
+        name = n["metadata"]["name"]
+        for rule in n["spec"].get("ingress") or []:
+            ports = rule.get("ports")
+            srcs = rule.get("from")
+            for port, ok, what in ((grpc, from_nodes, "the peers' node CIDRs and pods"),
+                                   (http, from_operators, f"namespaces {sorted(namespaces)}")):
+                if ports and not any(p.get("port") in (port, names.get(port)) or p.get("port") is None
+                                     for p in ports):
+                    continue
+                if not srcs:
+                    problems.append(f"NetworkPolicy {name}: port {port} is open to every source, not only {what}")
+                    continue
+                for peer in srcs:
+                    if not ok(peer):
+                        problems.append(f"NetworkPolicy {name}: port {port} admits {peer}, not only {what}")
+                    elif port == grpc and "ipBlock" in peer:
+                        reach_grpc.add(peer["ipBlock"]["cidr"])
+                    elif port == http:
+                        reach_http |= ns_names(peer)
+    if node_cidrs - reach_grpc:
+        problems.append(f"NetworkPolicy: the nodes in {sorted(node_cidrs - reach_grpc)} cannot reach gRPC {grpc}, "
+                        "so their peers cannot join")
+    if namespaces - reach_http:
+        problems.append(f"NetworkPolicy: namespaces {sorted(namespaces - reach_http)} cannot reach the operator "
+                        f"port {http}")
 
 
 def check_selectors_and_labels(docs, sc, problems):
@@ -384,7 +700,7 @@ def check_flags_exist(docs, bin_dir, problems, cache={}):
 
 def check_all(docs, sc, bin_dir=None):
     problems = []
-    for fn in (check_peer, check_scheduler, check_selectors_and_labels):
+    for fn in (check_peer, check_scheduler, check_scheduler_tls, check_network_policy, check_selectors_and_labels):
         try:
             fn(docs, sc, problems)
         except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:

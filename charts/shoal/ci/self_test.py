@@ -3,9 +3,39 @@ requires every break to be reported, so that the checks cannot pass everything
 silently. Each mutation is one thing a careless template change could do.
 """
 
+import base64
 import copy
+import subprocess
 
 from checks import check_all, container, find, mount_at, volume
+
+
+def other_ca():
+    """A CA certificate (PEM) that signed none of the chart's certificates."""
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", "/dev/null", "-subj", "/CN=Another CA", "-days", "1"],
+                       capture_output=True, check=True)
+    return r.stdout
+
+
+def sched_pod(docs):
+    return find(docs, "Deployment", "scheduler")[0]["spec"]["template"]["spec"]
+
+
+def netpol(docs):
+    return find(docs, "NetworkPolicy")[0]
+
+
+def grpc_rule(docs):
+    return netpol(docs)["spec"]["ingress"][0]
+
+
+def secret(docs, suffix):
+    return next(d for d in find(docs, "Secret") if d["metadata"]["name"].endswith(suffix))
+
+
+def csi_attrs(pod, name):
+    return volume(pod, name)["csi"]["volumeAttributes"]
 
 
 def mutations():
@@ -53,7 +83,50 @@ def mutations():
                            "--operator-token-file", "/etc/token")),
         ("peers dial a port the scheduler does not listen on",
          lambda d: set_arg(container(peer_pod(d), "peer"), "--scheduler",
-                           "http://shoal-scheduler.shoal-system.svc.cluster.local:7601")),
+                           "https://shoal-scheduler.shoal-system.svc.cluster.local:7601")),
+        # Trust (issue 13).
+        ("scheduler serves plain text (--insecure-plaintext by default)",
+         lambda d: container(sched_pod(d), "scheduler")["args"].append("--insecure-plaintext")),
+        ("scheduler serves plain text through the environment",
+         lambda d: container(sched_pod(d), "scheduler").setdefault("env", []).append(
+             {"name": "SHOAL_INSECURE_PLAINTEXT", "value": "true"})),
+        ("scheduler without --tls-dir",
+         lambda d: container(sched_pod(d), "scheduler")["args"].remove("--tls-dir=/etc/shoal/scheduler-tls")),
+        ("--tls-dir is not where the scheduler's Secret is mounted",
+         lambda d: set_arg(container(sched_pod(d), "scheduler"), "--tls-dir", "/etc/shoal/peer-tls")),
+        ("peers dial the scheduler in plain text",
+         lambda d: set_arg(container(peer_pod(d), "peer"), "--scheduler",
+                           "http://shoal-scheduler.shoal-system.svc.cluster.local:7600")),
+        ("shared peer certificate but no --allow-shared-identity",
+         lambda d: container(sched_pod(d), "scheduler")["args"].remove("--allow-shared-identity")),
+        ("scheduler certificate without the Service's names",
+         lambda d: secret(d, "-scheduler-tls")["data"].update(
+             {k: secret(d, "-peer-tls")["data"][k] for k in ("tls.crt", "tls.key")})),
+        ("scheduler trusts another CA than the peers'",
+         lambda d: secret(d, "-scheduler-tls")["data"].update({"ca.crt": base64.b64encode(other_ca()).decode()})),
+        ("shared certificate named after one node",
+         lambda d: secret(d, "-peer-tls")["data"].update(
+             {k: secret(d, "-scheduler-tls")["data"][k] for k in ("tls.crt", "tls.key")})),
+        ("no NetworkPolicy",
+         lambda d: d.remove(netpol(d))),
+        ("NetworkPolicy selects other pods than the scheduler's",
+         lambda d: netpol(d)["spec"]["podSelector"]["matchLabels"].update({"app.kubernetes.io/component": "peer"})),
+        ("gRPC open to every source",
+         lambda d: grpc_rule(d).pop("from")),
+        ("gRPC open to every pod of every namespace",
+         lambda d: grpc_rule(d)["from"].append({"namespaceSelector": {}})),
+        ("gRPC open to every address",
+         lambda d: grpc_rule(d)["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})),
+        ("gRPC open to every pod of the namespace",
+         lambda d: grpc_rule(d)["from"].append({"podSelector": {}})),
+        ("the nodes cannot reach gRPC",
+         lambda d: grpc_rule(d)["from"].pop(0)),
+        ("a rule without ports opens gRPC too",
+         lambda d: netpol(d)["spec"]["ingress"].append({"from": [{"namespaceSelector": {"matchLabels": {
+             "kubernetes.io/metadata.name": "default"}}}]})),
+        ("operator API open to every namespace",
+         lambda d: netpol(d)["spec"]["ingress"].append({"ports": [{"port": "http", "protocol": "TCP"}],
+                                                         "from": [{"namespaceSelector": {}}]})),
     ]
 
 
@@ -70,6 +143,42 @@ def everything_on_mutations():
     ]
 
 
+def csi_mutations():
+    """Breaks of per-node identity, applied to the cert-manager-csi rendering."""
+    def peer_pod(docs):
+        return find(docs, "DaemonSet", "peer", hook=False)[0]["spec"]["template"]["spec"]
+
+    def peer_attrs(docs):
+        return csi_attrs(peer_pod(docs), "peer-tls")
+
+    def sched_attrs(docs):
+        return csi_attrs(sched_pod(docs), "tls")
+
+    return [
+        ("per-node certificates, but the scheduler accepts the shared one",
+         lambda d: container(sched_pod(d), "scheduler")["args"].append("--allow-shared-identity")),
+        ("every peer certificate has the same common name",
+         lambda d: peer_attrs(d).update({"csi.cert-manager.io/common-name": "shoal-peer"})),
+        ("peer certificate without the DNS name shoal-peer",
+         lambda d: peer_attrs(d).update({"csi.cert-manager.io/dns-names": "${POD_NAME}"})),
+        ("peer certificate not good for client use",
+         lambda d: peer_attrs(d).update({"csi.cert-manager.io/key-usages": "digital signature,server auth"})),
+        ("peer certificate volume writable",
+         lambda d: volume(peer_pod(d), "peer-tls")["csi"].update(readOnly=False)),
+        ("peer certificate mounted from a Secret again",
+         lambda d: volume(peer_pod(d), "peer-tls").update(csi=None, secret={"secretName": "shoal-peer-tls"})),
+        ("scheduler certificate from another issuer than the peers'",
+         lambda d: sched_attrs(d).update({"csi.cert-manager.io/issuer-name": "other-ca"})),
+        ("scheduler certificate without the name the peers dial",
+         lambda d: sched_attrs(d).update({"csi.cert-manager.io/dns-names": "shoal-scheduler"})),
+        ("scheduler certificate key unreadable for the scheduler's group",
+         lambda d: sched_attrs(d).pop("csi.cert-manager.io/fs-group")),
+        ("operator API open to a namespace the values do not name",
+         lambda d: netpol(d)["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchExpressions"][0]
+         ["values"].append("default")),
+    ]
+
+
 def self_test(docs, sc, cases=None):
     failures = []
     if check_all(docs, sc):
@@ -81,5 +190,5 @@ def self_test(docs, sc, cases=None):
         if not found:
             failures.append(f"not detected: {what}")
         else:
-            print(f"  detected: {what}: {found[0]}")
+            print(f"  detected: {what}: {found[0].splitlines()[0]}")
     return failures

@@ -6,18 +6,33 @@ For a rendering: the host's file system is a temp dir H holding a containerd
 config whose config_path names the preset's hosts directories and one existing
 hosts.toml. Each container's arguments are translated the way its volume mounts
 would (a path under a hostPath mount -> H/<host path>, under a Secret -> a dir
-holding the Secret's files, `--root=/host` -> H, `$(NODE_IP)` -> 127.0.0.1, the
-scheduler's Service name -> 127.0.0.1, as cluster DNS would, `$(NODE_ZONE)` ->
-empty, as on clusters without pod topology labels). Then:
+holding the Secret's files, under a cert-manager csi-driver volume -> a dir
+holding what the driver would write, `--root=/host` -> H, `$(NODE_IP)` ->
+127.0.0.1, `$(NODE_ZONE)` -> empty, as on clusters without pod topology labels).
+The peer keeps the scheduler URL the chart gives it: it runs in its own mount
+namespace (unshare) whose /etc/hosts maps the Service's name to 127.0.0.1, as
+cluster DNS would, so that it verifies the scheduler's certificate for the very
+name it dials. Then:
 
 1. the init container's `configure` exits 0 and puts http://<mirror> first in
    the existing hosts.toml;
 2. the scheduler starts and gets ready; the peer starts, gets ready on its
-   probe port, its mirror answers GET /v2/, and it joins the scheduler
-   (`shoalctl peers`, as NOTES.txt says);
+   probe port, its mirror answers GET /v2/, and it joins the scheduler over
+   mutual TLS (`shoalctl peers`, as NOTES.txt says), under its certificate's
+   common name when that names the pod (per-node identity);
 3. both stop on SIGTERM with status 0;
 4. the restore hook's `restore` exits 0 and the node's files are byte for byte
    what they were before configure.
+
+Stand-ins, as the operator or the cluster would make them:
+- an existing Secret (scheduler.tls.existingSecret, peer.tls.existingSecret) is
+  made as docs/install.md says: `shoal-peer tls init` for the CA and the peer
+  certificate, openssl for the scheduler's from that CA;
+- a csi.cert-manager.io volume is filled as cert-manager's csi-driver would
+  from its volumeAttributes (common name and DNS names with ${POD_NAME} and the
+  other variables expanded, key usages, file names) with a certificate signed
+  by a throw-away CA standing in for the issuer (one per issuer reference).
+  Not tested: the driver itself, the issuer, renewal.
 
 Not here: a real pull (peer/tests and tests/ do that with containerd).
 """
@@ -26,16 +41,22 @@ import base64
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
+import uuid
 
 import yaml
 
-from checks import container, find, flags, volume
+from checks import CSI, container, csi_list, find, flags, service_names, volume
+
+NAMESPACE = "shoal-system"  # check_rendered.py renders into it
 
 # An existing registry file the node had before Shoal (kept and restored exactly).
 EXISTING_HOSTS_TOML = """# Pull-through cache run by the platform team.
@@ -108,39 +129,159 @@ def wait_for(url, proc, seconds=30):
     return f"{url} did not answer 200 within {seconds}s ({last})"
 
 
+def run_openssl(*args):
+    r = subprocess.run(["openssl", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ValueError(f"openssl {args[0]} failed: {tail(r.stderr)}")
+    return r.stdout
+
+
+def sign(ca_dir, out_dir, common_name, dns_names, ext_usages, key_usages, days=1):
+    """A PKCS#8 EC key and a certificate signed by ca_dir/ca.{crt,key}, written to
+    out_dir/tls.{key,crt}, with ca_dir/ca.crt copied to out_dir/ca.crt: the
+    openssl commands of docs/install.md ("Argo CD")."""
+    os.makedirs(out_dir, exist_ok=True)
+    key, csr, crt = (os.path.join(out_dir, n) for n in ("tls.key", "tls.csr", "tls.crt"))
+    run_openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-subj", f"/CN={common_name}" if common_name else "/", "-keyout", key, "-out", csr)
+    ext = os.path.join(out_dir, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\n")
+        if key_usages:
+            f.write(f"keyUsage=critical,{','.join(key_usages)}\n")
+        if ext_usages:
+            f.write(f"extendedKeyUsage={','.join(ext_usages)}\n")
+        if dns_names:
+            f.write(f"subjectAltName={','.join('DNS:' + n for n in dns_names)}\n")
+    run_openssl("x509", "-req", "-in", csr, "-CA", os.path.join(ca_dir, "ca.crt"),
+                "-CAkey", os.path.join(ca_dir, "ca.key"), "-set_serial", "0x" + secrets.token_hex(16),
+                "-days", str(days), "-extfile", ext, "-out", crt)
+    os.unlink(csr)
+    os.unlink(ext)
+    shutil.copy(os.path.join(ca_dir, "ca.crt"), os.path.join(out_dir, "ca.crt"))
+
+
+# csi.cert-manager.io/key-usages -> openssl's extension values.
+EXT_USAGES = {"server auth": "serverAuth", "client auth": "clientAuth"}
+KEY_USAGES = {"digital signature": "digitalSignature", "key encipherment": "keyEncipherment"}
+
+
+def expand(text, variables):
+    """os.Expand, as the csi-driver applies it to common-name and dns-names; an
+    unknown variable is an error there too."""
+    def one(m):
+        name = m.group(1) or m.group(2)
+        if name not in variables:
+            raise ValueError(f"csi-driver stand-in: undefined variable {name!r} in {text!r}")
+        return variables[name]
+    return re.sub(r"\$\{([A-Za-z0-9_]+)\}|\$([A-Za-z0-9_]+)", one, text)
+
+
+def hosts_wrapper(tmp, names, cmd):
+    """cmd in its own mount namespace whose /etc/hosts maps names to 127.0.0.1."""
+    path = os.path.join(tmp, "etc-hosts")
+    with open(path, "w") as f:
+        f.write("127.0.0.1 localhost\n::1 localhost\n" + "".join(f"127.0.0.1 {n}\n" for n in names))
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', path, *cmd]
+
+
+def can_unshare():
+    try:
+        r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    return None if r.returncode == 0 else (r.stderr.strip() or f"exit {r.returncode}")
+
+
 class Node:
-    """The stand-in for one node: host dir, Secret dirs, translated commands."""
+    """The stand-in for one node: host dir, Secret and csi-driver dirs, translated commands."""
 
     def __init__(self, tmp, docs, bin_dir, mirror):
         self.tmp, self.docs, self.bin_dir = tmp, docs, bin_dir
         self.host = os.path.join(tmp, "host")
         self.secrets = {}
+        self.csi = {}
+        self.issuers = {}
         self.mirror = mirror
+        peer = container(find(docs, "DaemonSet", "peer", hook=False)[0]["spec"]["template"]["spec"], "peer")
+        self.scheduler_host = urllib.parse.urlparse(flags(peer["args"])["--scheduler"][0]).hostname
 
-    def secret_dir(self, name):
-        if name in self.secrets:
-            return self.secrets[name]
-        d = os.path.join(self.tmp, "secret-" + name)
-        os.makedirs(d)
-        rendered = [s for s in find(self.docs, "Secret") if s["metadata"]["name"] == name]
-        if rendered:
-            for k, v in (rendered[0].get("data") or {}).items():
-                with open(os.path.join(d, k), "wb") as f:
-                    f.write(base64.b64decode(v))
-        else:  # an existing Secret the operator made: make one as the docs say
+    def operator_ca(self):
+        """The operator's own CA and shared peer certificate, for existing Secrets
+        (docs/install.md: `shoal-peer tls init`)."""
+        d = os.path.join(self.tmp, "operator-ca")
+        if not os.path.isdir(d):
             r = subprocess.run([os.path.join(self.bin_dir, "shoal-peer"), "tls", "init", d],
                                capture_output=True, text=True)
             if r.returncode != 0:
                 raise ValueError(f"shoal-peer tls init failed: {tail(r.stderr)}")
+        return d
+
+    def secret_dir(self, name, flag):
+        if name in self.secrets:
+            return self.secrets[name]
+        d = os.path.join(self.tmp, "secret-" + name)
+        rendered = [s for s in find(self.docs, "Secret") if s["metadata"]["name"] == name]
+        if rendered:
+            os.makedirs(d)
+            for k, v in (rendered[0].get("data") or {}).items():
+                with open(os.path.join(d, k), "wb") as f:
+                    f.write(base64.b64decode(v))
+        elif flag == "--tls-dir":  # the scheduler's, from the operator's CA
+            sign(self.operator_ca(), d, f"{self.scheduler_host.split('.')[0]}", service_names(self.scheduler_host),
+                 ["serverAuth"], ["digitalSignature"])
+        elif flag == "--peer-tls-dir":
+            os.makedirs(d)
+            for f in ("ca.crt", "tls.crt", "tls.key"):
+                shutil.copy(os.path.join(self.operator_ca(), f), os.path.join(d, f))
+        else:  # the operator token
+            os.makedirs(d)
             with open(os.path.join(d, "token"), "w") as f:
                 f.write("smoke-test-token")
         self.secrets[name] = d
         return d
 
-    def translate(self, pod, c, value):
+    def issuer_ca(self, attrs):
+        """A throw-away CA standing in for one cert-manager issuer reference."""
+        ref = tuple(attrs.get(CSI + k, "") for k in ("issuer-name", "issuer-kind", "issuer-group"))
+        if ref not in self.issuers:
+            d = os.path.join(self.tmp, f"issuer-{len(self.issuers)}")
+            os.makedirs(d)
+            run_openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                        "-subj", f"/CN=stand-in for {ref[1]} {ref[0]}", "-days", "2",
+                        "-addext", "basicConstraints=critical,CA:TRUE",
+                        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                        "-keyout", os.path.join(d, "ca.key"), "-out", os.path.join(d, "ca.crt"))
+            self.issuers[ref] = d
+        return self.issuers[ref]
+
+    def csi_dir(self, pod, pod_name, v):
+        """What cert-manager's csi-driver writes into this volume for this pod."""
+        key = (pod_name, v["name"])
+        if key in self.csi:
+            return self.csi[key]
+        attrs = v["csi"].get("volumeAttributes") or {}
+        variables = {"POD_NAME": pod_name, "POD_NAMESPACE": NAMESPACE, "POD_UID": str(uuid.uuid4()),
+                     "SERVICE_ACCOUNT_NAME": pod.get("serviceAccountName") or "default"}
+        usages = csi_list(attrs, "key-usages") or ["digital signature", "key encipherment"]
+        unknown = [u for u in usages if u not in EXT_USAGES and u not in KEY_USAGES]
+        if unknown:
+            raise ValueError(f"csi-driver stand-in: key usages {unknown} not handled")
+        d = os.path.join(self.tmp, f"csi-{pod_name}-{v['name']}")
+        sign(self.issuer_ca(attrs), d, expand(attrs.get(CSI + "common-name", ""), variables),
+             [expand(n, variables) for n in csi_list(attrs, "dns-names")],
+             [EXT_USAGES[u] for u in usages if u in EXT_USAGES], [KEY_USAGES[u] for u in usages if u in KEY_USAGES])
+        for k, default in (("ca-file", "ca.crt"), ("certificate-file", "tls.crt"), ("privatekey-file", "tls.key")):
+            if attrs.get(CSI + k, default) != default:
+                os.rename(os.path.join(d, default), os.path.join(d, attrs[CSI + k]))
+        self.csi[key] = d
+        return d
+
+    def translate(self, pod, pod_name, c, flag, value):
         # Most clusters give pods no zone label: NODE_ZONE is then empty.
         value = value.replace("$(NODE_IP)", "127.0.0.1").replace("$(NODE_ZONE)", "")
-        value = re.sub(r"^http://[a-z0-9-]+\.[a-z0-9-]+\.svc\.[a-z.]+:", "http://127.0.0.1:", value)
         if value == "/host":
             return self.host
         best = None
@@ -155,17 +296,19 @@ class Node:
         if "hostPath" in v:
             return self.host + v["hostPath"]["path"] + rest
         if "secret" in v:
-            return self.secret_dir(v["secret"]["secretName"]) + rest
+            return self.secret_dir(v["secret"]["secretName"], flag) + rest
+        if "csi" in v:
+            return self.csi_dir(pod, pod_name, v) + rest
         d = os.path.join(self.tmp, "emptydir-" + v["name"])
         os.makedirs(d, exist_ok=True)
         return d + rest
 
-    def command(self, pod, c):
+    def command(self, pod, pod_name, c):
         args = []
         for a in c.get("args") or []:
             if a.startswith("--") and "=" in a:
                 k, _, v = a.partition("=")
-                args.append(f"{k}={self.translate(pod, c, v)}")
+                args.append(f"{k}={self.translate(pod, pod_name, c, k, v)}")
             else:
                 args.append(a)
         return [os.path.join(self.bin_dir, c["command"][0]), *args]
@@ -199,10 +342,15 @@ def run_scenario(name, docs, sc, bin_dir, mirror, api):
         setup_dirs = [os.path.dirname(sc.config), *sc.hosts]
         before = snapshot(node.host, setup_dirs)
 
-        peer_ds = find(docs, "DaemonSet", "peer", hook=False)[0]["spec"]["template"]["spec"]
+        peer_obj = find(docs, "DaemonSet", "peer", hook=False)[0]
+        peer_ds = peer_obj["spec"]["template"]["spec"]
+        # Pod names as the controllers make them (the csi-driver's ${POD_NAME}).
+        peer_name = f"{peer_obj['metadata']['name']}-{secrets.token_hex(3)[:5]}"
+        sched_obj = find(docs, "Deployment", "scheduler")[0]
+        sched_name = f"{sched_obj['metadata']['name']}-{secrets.token_hex(5)[:9]}-{secrets.token_hex(3)[:5]}"
         configure = container(peer_ds, "configure", init=True)
         if configure:
-            r = subprocess.run(node.command(peer_ds, configure), env=node.env(configure),
+            r = subprocess.run(node.command(peer_ds, peer_name, configure), env=node.env(configure),
                                capture_output=True, text=True, timeout=60)
             text = open(existing).read()
             hosts = re.findall(r'^\[host\."([^"]+)"\]', text, re.M)
@@ -211,20 +359,22 @@ def run_scenario(name, docs, sc, bin_dir, mirror, api):
             elif hosts[:1] != [f"http://{mirror}"] or "https://cache.example.com" not in hosts:
                 problems.append(f"{name}: after configure, docker.io's hosts are {hosts}")
 
-        sched_pod = find(docs, "Deployment", "scheduler")[0]["spec"]["template"]["spec"]
+        sched_pod = sched_obj["spec"]["template"]["spec"]
         sched_c = container(sched_pod, "scheduler")
         peer_c = container(peer_ds, "peer")
         http_port = int(flags(peer_c["args"])["--http-listen"][0].rsplit(":", 1)[1])
         procs = []
         try:
-            sched = subprocess.Popen(node.command(sched_pod, sched_c), env=node.env(sched_c),
+            sched = subprocess.Popen(node.command(sched_pod, sched_name, sched_c), env=node.env(sched_c),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             procs.append(("scheduler", sched))
             err = wait_for(f"http://127.0.0.1:{api}/readyz", sched)
             if err:
                 problems.append(f"{name}: scheduler {err}")
                 return problems
-            peer = subprocess.Popen(node.command(peer_ds, peer_c), env=node.env(peer_c),
+            # Cluster DNS for the Service name the peer dials (and verifies).
+            peer_cmd = hosts_wrapper(tmp, [node.scheduler_host], node.command(peer_ds, peer_name, peer_c))
+            peer = subprocess.Popen(peer_cmd, env=node.env(peer_c),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             procs.append(("peer", peer))
             err = wait_for(f"http://127.0.0.1:{http_port}/readyz", peer)
@@ -246,6 +396,14 @@ def run_scenario(name, docs, sc, bin_dir, mirror, api):
                 time.sleep(0.3)
             else:
                 problems.append(f"{name}: the peer did not join the scheduler (shoalctl peers: {listed.strip()[:300]})")
+                listed = ""
+            # A certificate naming the pod: that name is the peer's id.
+            attrs = ((volume(peer_ds, "peer-tls") or {}).get("csi") or {}).get("volumeAttributes") or {}
+            if listed and attrs.get(CSI + "common-name") == "${POD_NAME}":
+                ids = [p.get("id") for p in json.loads(listed)["peers"]]
+                if ids != [peer_name]:
+                    problems.append(f"{name}: the peer joined as {ids}, not as its certificate's common name "
+                                    f"{peer_name}")
         finally:
             for what, p in reversed(procs):
                 if p.poll() is None:
@@ -263,7 +421,8 @@ def run_scenario(name, docs, sc, bin_dir, mirror, api):
         if configure and hook:
             pod = hook[0]["spec"]["template"]["spec"]
             restore = container(pod, "restore", init=True)
-            r = subprocess.run(node.command(pod, restore), env=node.env(restore),
+            r = subprocess.run(node.command(pod, f"{hook[0]['metadata']['name']}-smoke", restore),
+                               env=node.env(restore),
                                capture_output=True, text=True, timeout=60)
             if r.returncode != 0:
                 problems.append(f"{name}: restore exited {r.returncode}: {tail(r.stderr)}")
@@ -276,6 +435,10 @@ def run_scenario(name, docs, sc, bin_dir, mirror, api):
 
 def smoke(render, scenarios, bin_dir):
     """Renders each scenario with free loopback ports and runs it; returns problems."""
+    err = can_unshare()
+    if err:
+        return [f"smoke run: cannot give the peer an /etc/hosts of its own (unshare --user --map-root-user "
+                f"--mount: {err}), so it cannot dial the scheduler by its Service name"]
     problems = []
     for sc in scenarios:
         ports = free_ports(5)

@@ -33,6 +33,9 @@
 {{- define "shoal.peerTlsSecretName" -}}
 {{- .Values.peer.tls.existingSecret | default (printf "%s-peer-tls" (include "shoal.fullname" . | trunc 54 | trimSuffix "-")) -}}
 {{- end -}}
+{{- define "shoal.schedulerTlsSecretName" -}}
+{{- .Values.scheduler.tls.existingSecret | default (printf "%s-scheduler-tls" (include "shoal.fullname" . | trunc 49 | trimSuffix "-")) -}}
+{{- end -}}
 {{- define "shoal.operatorTokenSecretName" -}}
 {{- .Values.scheduler.operatorToken.existingSecret | default (printf "%s-operator-token" (include "shoal.fullname" . | trunc 47 | trimSuffix "-")) -}}
 {{- end -}}
@@ -182,7 +185,84 @@ capabilities:
   add: ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
 {{- end -}}
 
-{{/* The scheduler's gRPC URL as the peers dial it. */}}
+{{/* TLS and identity -------------------------------------------------------- */}}
+
+{{/* The scheduler's gRPC URL as the peers dial it: https (mutual TLS), http only
+with the development switch. The host is the last of shoal.schedulerDnsNames. */}}
 {{- define "shoal.schedulerUrl" -}}
-{{- printf "http://%s.%s.svc.%s:%v" (include "shoal.scheduler.fullname" .) .Release.Namespace .Values.clusterDomain .Values.scheduler.grpcPort -}}
+{{- printf "%s://%s:%v" (ternary "http" "https" .Values.scheduler.insecurePlaintext) (include "shoal.schedulerDnsNames" . | fromJsonArray | last) .Values.scheduler.grpcPort -}}
+{{- end -}}
+
+{{/* The DNS names of the scheduler's serving certificate (JSON list): the
+Service's name as seen from its namespace, from others, and fully qualified. */}}
+{{- define "shoal.schedulerDnsNames" -}}
+{{- $s := include "shoal.scheduler.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $s (printf "%s.%s" $s $ns) (printf "%s.%s.svc" $s $ns) (printf "%s.%s.svc.%s" $s $ns .Values.clusterDomain) | toJson -}}
+{{- end -}}
+
+{{/* A cert-manager csi-driver volume (the driver makes the key on the node,
+gets it signed by the issuer and writes ca.crt, tls.crt, tls.key; it renews
+in place). Call with (dict "ctx" $ "commonName" … "dnsNames" (list …)
+"keyUsages" "…" "fsGroup" gid-or-nil). Attribute names and the variables of
+commonName (${POD_NAME}, ${POD_NAMESPACE}, ${POD_UID}, ${SERVICE_ACCOUNT_NAME}):
+https://cert-manager.io/docs/usage/csi-driver/. */}}
+{{- define "shoal.certManagerCSIVolume" -}}
+{{- $c := .ctx.Values.peer.identity.certManagerCSI -}}
+csi:
+  driver: csi.cert-manager.io
+  readOnly: true
+  volumeAttributes:
+    csi.cert-manager.io/issuer-name: {{ $c.issuer.name | quote }}
+    csi.cert-manager.io/issuer-kind: {{ $c.issuer.kind | quote }}
+    csi.cert-manager.io/issuer-group: {{ $c.issuer.group | quote }}
+    csi.cert-manager.io/common-name: {{ .commonName | quote }}
+    csi.cert-manager.io/dns-names: {{ join "," .dnsNames | quote }}
+    csi.cert-manager.io/key-usages: {{ .keyUsages | quote }}
+    csi.cert-manager.io/key-encoding: PKCS8
+    csi.cert-manager.io/duration: {{ $c.duration | quote }}
+    {{- with $c.renewBefore }}
+    csi.cert-manager.io/renew-before: {{ . | quote }}
+    {{- end }}
+    {{- if not (kindIs "invalid" .fsGroup) }}
+    csi.cert-manager.io/fs-group: {{ .fsGroup | toString | quote }}
+    {{- end }}
+{{- end -}}
+
+{{/* Refuses combinations of TLS, identity and flag values that cannot work;
+prints nothing. Included by the scheduler Deployment. */}}
+{{- define "shoal.validateTls" -}}
+{{- $v := .Values -}}
+{{- $mode := $v.peer.identity.mode -}}
+{{- if eq $mode "certManagerCSI" }}
+{{- if not $v.peer.identity.certManagerCSI.issuer.name }}
+{{- fail "peer.identity.mode=certManagerCSI needs peer.identity.certManagerCSI.issuer.name: the cert-manager Issuer or ClusterIssuer (a CA or Vault issuer) that signs every peer's and the scheduler's certificate" }}
+{{- end }}
+{{- if $v.peer.tls.existingSecret }}
+{{- fail "peer.tls.existingSecret is for peer.identity.mode=shared; with certManagerCSI each peer's certificate comes from cert-manager's csi-driver. Unset one of them" }}
+{{- end }}
+{{- else if and $v.peer.tls.existingSecret (not $v.scheduler.tls.existingSecret) (not $v.scheduler.insecurePlaintext) }}
+{{- fail "peer.tls.existingSecret names certificates from your own CA, which the chart cannot sign the scheduler's certificate with: set scheduler.tls.existingSecret too (ca.crt, tls.crt, tls.key: a server certificate from the same CA for the scheduler Service's names; docs/install.md)" }}
+{{- else if and $v.scheduler.tls.existingSecret (not $v.peer.tls.existingSecret) }}
+{{- fail "scheduler.tls.existingSecret is set but the peer certificate is generated from a new CA, which your scheduler certificate cannot chain to: set peer.tls.existingSecret too (certificates from the same CA), or neither" }}
+{{- end }}
+{{- if not $v.scheduler.insecurePlaintext }}
+{{- range $v.peer.extraSchedulers }}
+{{- if not (hasPrefix "https://" .) }}
+{{- fail (printf "peer.extraSchedulers: %q: the scheduler's gRPC is mutual TLS, give an https:// URL (http:// only with scheduler.insecurePlaintext)" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $reserved := dict "--tls-dir" "scheduler.tls" "--insecure-plaintext" "scheduler.insecurePlaintext" "--allow-shared-identity" "peer.identity.mode" "SHOAL_TLS_DIR" "scheduler.tls" "SHOAL_INSECURE_PLAINTEXT" "scheduler.insecurePlaintext" "SHOAL_ALLOW_SHARED_IDENTITY" "peer.identity.mode" -}}
+{{- range $v.scheduler.extraArgs }}
+{{- $flag := splitList "=" . | first -}}
+{{- if hasKey $reserved $flag }}
+{{- fail (printf "scheduler.extraArgs: %s comes from %s; set that instead" $flag (get $reserved $flag)) }}
+{{- end }}
+{{- end }}
+{{- range $v.scheduler.extraEnv }}
+{{- if hasKey $reserved (toString .name) }}
+{{- fail (printf "scheduler.extraEnv: %s comes from %s; set that instead" .name (get $reserved (toString .name))) }}
+{{- end }}
+{{- end }}
 {{- end -}}
