@@ -36,6 +36,33 @@ enum TlsCommand {
         /// Target directory (created if missing).
         dir: PathBuf,
     },
+    /// Issue a certificate from the CA in --ca-dir into --out (tls.crt, tls.key and a
+    /// copy of ca.crt): a node certificate (--node NAME: the peer's identity and id),
+    /// or the scheduler's serving certificate (--scheduler, with its --name list).
+    Issue {
+        /// Directory with ca.crt and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Target directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// A node certificate naming this node.
+        #[arg(
+            long,
+            conflicts_with = "scheduler",
+            required_unless_present = "scheduler"
+        )]
+        node: Option<String>,
+        /// The scheduler's serving certificate.
+        #[arg(long)]
+        scheduler: bool,
+        /// DNS names or IPs the scheduler certificate is valid for (repeatable).
+        #[arg(long = "name", requires = "scheduler")]
+        names: Vec<String>,
+        /// Lifetime in days [default: 365].
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
 }
 
 fn logging(json: bool) {
@@ -67,6 +94,40 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Tls(TlsCommand::Issue {
+            ca_dir,
+            out,
+            node,
+            scheduler,
+            names,
+            days,
+        }) => {
+            let lifetime = std::time::Duration::from_secs(days.max(1) * 86_400);
+            let leaf = match (node, scheduler) {
+                (Some(node), _) => shoal_peer::tls::Leaf::node(&node, lifetime),
+                (None, true) if !names.is_empty() => {
+                    shoal_peer::tls::Leaf::scheduler(names, lifetime)
+                }
+                _ => {
+                    eprintln!("shoal-peer tls issue: --scheduler needs at least one --name");
+                    return ExitCode::from(2);
+                }
+            };
+            match shoal_peer::tls::issue_dir(&ca_dir, &out, &leaf) {
+                Ok(()) => {
+                    println!(
+                        "wrote ca.crt, tls.crt and tls.key for {} to {}",
+                        leaf.common_name,
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("shoal-peer tls issue: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => {
             let settings = match Settings::resolve(*args) {
                 Ok(s) => s,
@@ -79,6 +140,7 @@ fn main() -> ExitCode {
                 }
             };
             logging(settings.json_logs);
+            daemon::abort_on_panic();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(daemon::run(settings, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

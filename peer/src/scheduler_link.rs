@@ -8,19 +8,30 @@
 //! (the download engine re-reports what it holds when it re-opens a plan, and
 //! complete tasks are re-announced in the next join).
 //!
+//! Transport: `https://` scheduler URLs use mutual TLS with the node's certificate
+//! ([`LinkConfig::tls_dir`]: `ca.crt`, `tls.crt`, `tls.key`, re-read at every
+//! connect so that a rotated certificate is picked up on the next reconnect);
+//! `http://` is for development against a scheduler run with
+//! `--insecure-plaintext`. Messages are bounded by
+//! [`shoal_proto::limits::MAX_MESSAGE`] both ways, and the inventory is sent
+//! in Join pages of at most [`shoal_proto::limits::JOIN_PAGE`] tasks.
+//!
 //! Not here: what to do with a plan (the download engine), the data plane.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use prost::Message;
 use rand::Rng;
 use shoal_proto::Digest;
+use shoal_proto::limits::{JOIN_PAGE, MAX_MESSAGE};
 use shoal_proto::v1::{self, peer_event::Event, scheduler_client::SchedulerClient};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 
 /// Reports queued at most; past that new reports are dropped (and re-sent by
@@ -28,12 +39,19 @@ use tracing::{debug, info, warn};
 const QUEUE: usize = 4096;
 /// Reports merged into one session message at most.
 const BATCH: usize = 256;
+/// Encoded bytes of held tasks per Join page at most (well under
+/// [`MAX_MESSAGE`]).
+const JOIN_PAGE_BYTES: usize = MAX_MESSAGE / 2;
 
 /// What the link needs to know about this peer.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// Scheduler gRPC URLs, e.g. `http://10.0.0.5:7600`; tried in turn.
+    /// Scheduler gRPC URLs, e.g. `https://shoal-scheduler.shoal.svc:7600`; tried
+    /// in turn.
     pub schedulers: Vec<String>,
+    /// `ca.crt`, `tls.crt`, `tls.key` for `https://` schedulers: the CA the
+    /// scheduler's certificate must chain to, and this node's client identity.
+    pub tls_dir: Option<PathBuf>,
     /// This peer as it introduces itself.
     pub peer: v1::PeerInfo,
     /// First reconnect delay (default 200 ms); doubles up to `backoff_max`.
@@ -49,6 +67,7 @@ impl LinkConfig {
     pub fn new(schedulers: Vec<String>, peer: v1::PeerInfo) -> Self {
         LinkConfig {
             schedulers,
+            tls_dir: None,
             peer,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
@@ -284,24 +303,47 @@ async fn session(
     client_tx: &watch::Sender<Option<SchedulerClient<Channel>>>,
     load: &Load,
 ) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(url.to_string())
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| tonic::Status::invalid_argument(format!("bad scheduler URL {url}: {e}")))?
         .connect_timeout(config.connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        let Some(dir) = &config.tls_dir else {
+            return Err(tonic::Status::failed_precondition(
+                "an https:// scheduler needs the node's TLS directory (--peer-tls-dir)",
+            ));
+        };
+        endpoint = endpoint
+            .tls_config(client_tls(dir)?)
+            .map_err(|e| tonic::Status::invalid_argument(format!("scheduler TLS: {e}")))?;
+    }
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
-    let mut client = SchedulerClient::new(channel);
+        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e:?}")))?;
+    let mut client = SchedulerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     let tasks = inventory.held();
     let n = tasks.len();
+    let mut pages = join_pages(tasks).into_iter();
+    let first = pages.next().unwrap_or_default();
     let joined = client
         .join(v1::JoinRequest {
             peer: Some(config.peer.clone()),
-            tasks,
+            tasks: first,
         })
         .await?
         .into_inner();
+    for page in pages {
+        client
+            .join(v1::JoinRequest {
+                peer: Some(config.peer.clone()),
+                tasks: page,
+            })
+            .await?;
+    }
     let heartbeat = Duration::from_millis(joined.heartbeat_interval_ms.clamp(100, 60_000));
 
     let (out, out_rx) = mpsc::channel::<v1::PeerEvent>(64);
@@ -351,6 +393,40 @@ async fn session(
             },
         }
     }
+}
+
+/// The client side of mutual TLS with the scheduler, from `dir` (read now, so a
+/// rotated certificate is used from the next connection on).
+fn client_tls(dir: &Path) -> Result<ClientTlsConfig, tonic::Status> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| {
+            tonic::Status::failed_precondition(format!("reading {}: {e}", path.display()))
+        })
+    };
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
+        .identity(Identity::from_pem(read("tls.crt")?, read("tls.key")?)))
+}
+
+/// Splits an inventory into Join pages of at most [`JOIN_PAGE`] tasks and
+/// [`JOIN_PAGE_BYTES`] encoded bytes (a task larger than that alone is sent
+/// alone; the scheduler refuses it if it exceeds the message limit). Always at
+/// least one page, possibly empty.
+pub fn join_pages(tasks: Vec<v1::HeldTask>) -> Vec<Vec<v1::HeldTask>> {
+    let mut pages = vec![Vec::new()];
+    let mut bytes = 0;
+    for t in tasks {
+        let len = t.encoded_len();
+        let page = pages.last_mut().expect("never empty");
+        if !page.is_empty() && (page.len() >= JOIN_PAGE || bytes + len > JOIN_PAGE_BYTES) {
+            pages.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += len;
+        pages.last_mut().expect("never empty").push(t);
+    }
+    pages
 }
 
 fn ev(e: Event) -> v1::PeerEvent {
@@ -424,6 +500,32 @@ mod tests {
             assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
         }
         assert!(backoff(40, min, max, &mut rng) >= max / 2);
+    }
+
+    #[test]
+    fn join_pages_bound_count_and_bytes() {
+        let task = |i: u32, pieces: usize| v1::HeldTask {
+            digest: Digest::from_sha256([i as u8; 32]).to_string(),
+            size: 1 << 20,
+            piece_hashes: vec![vec![7; 32]; pieces],
+        };
+        assert_eq!(join_pages(Vec::new()), vec![Vec::<v1::HeldTask>::new()]);
+        let pages = join_pages((0..1200).map(|i| task(i, 1)).collect());
+        assert_eq!(
+            pages.iter().map(Vec::len).collect::<Vec<_>>(),
+            [JOIN_PAGE, JOIN_PAGE, 1200 - 2 * JOIN_PAGE]
+        );
+        // Big tasks: pages end by size, every page fits the message limit.
+        let pages = join_pages((0..40).map(|i| task(i, 8192)).collect());
+        assert!(pages.len() > 1);
+        assert_eq!(pages.iter().map(Vec::len).sum::<usize>(), 40);
+        for p in &pages {
+            let req = v1::JoinRequest {
+                peer: None,
+                tasks: p.clone(),
+            };
+            assert!(req.encoded_len() <= MAX_MESSAGE, "{}", req.encoded_len());
+        }
     }
 
     #[test]

@@ -5,18 +5,24 @@
 //! CA ([`rustls::server::WebPkiClientVerifier`]), the client verifies the server against
 //! the same CA. ALPN is [`ALPN`] (`shoal-piece/1`), TLS 1.3 only (QUIC), ring crypto.
 //!
-//! Server names: peers are addressed by IP, and pod IPs are not known when the chart
-//! generates its Secret. So every peer certificate carries the fixed DNS name
-//! [`SERVER_NAME`] (`shoal-peer`) and clients connect with that name. The name check
-//! is then a formality; what authenticates a peer is the chain to the cluster CA, which
-//! only the cluster's peers hold a certificate from. All peers may share one
-//! certificate (the chart mounts one Secret).
+//! Server names: peers are addressed by IP, and pod IPs are not known when certificates
+//! are issued. So every peer certificate carries the fixed DNS name [`SERVER_NAME`]
+//! (`shoal-peer`) and clients connect with that name; what authenticates a peer is the
+//! chain to the cluster CA.
 //!
-//! Files ([`init_dir`], [`load_dir`]): `ca.crt`, `ca.key` (only needed to issue),
-//! `tls.crt`, `tls.key`, PEM. Key material is never logged.
+//! Identity: a *node certificate* ([`Leaf::node`], `shoal-peer tls issue --node NAME`)
+//! names its node in the subject's common name; the peer then uses that name as its peer
+//! id, and the scheduler accepts messages about that id only over a connection that
+//! presented this certificate. The *shared certificate* of `shoal-peer tls init` has the
+//! common name `shoal-peer` and names no node ([`node_identity`] is `None`): a scheduler
+//! accepts it only when told to (`--allow-shared-identity`). The scheduler's serving
+//! certificate ([`Leaf::scheduler`]) is for server authentication only.
 //!
-//! Non-goals: no certificate rotation or revocation, no per-peer identities, no
-//! hostname-based authorisation.
+//! Files ([`init_dir`], [`issue_dir`], [`load_dir`]): `ca.crt`, `ca.key` (only needed to
+//! issue), `tls.crt`, `tls.key`, PEM. Key material is never logged.
+//!
+//! Non-goals: revocation (certificates are short-lived where it matters: see
+//! docs/security.md), hostname-based authorisation.
 
 use std::fs;
 use std::io::{self, Write};
@@ -104,6 +110,99 @@ impl std::fmt::Debug for Pki {
     }
 }
 
+/// What a leaf certificate issued by the cluster CA is for.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// The subject's common name: the node's name for a node certificate.
+    pub common_name: String,
+    /// DNS names (and IP addresses, written as text) the certificate is valid for.
+    pub names: Vec<String>,
+    /// May authenticate a client (peers: yes; the scheduler: no).
+    pub client_auth: bool,
+    /// Valid from this time (default: a day ago, for clock skew).
+    pub not_before: SystemTime,
+    /// Valid until this time.
+    pub not_after: SystemTime,
+}
+
+impl Leaf {
+    /// The shared peer certificate: names no node. Valid for 5 years.
+    pub fn shared() -> Leaf {
+        Leaf::node(SERVER_NAME, Duration::from_secs(5 * 365 * 86_400))
+    }
+
+    /// A node certificate naming `node`, valid for `lifetime`; also valid for
+    /// [`SERVER_NAME`], the name peers dial each other with.
+    pub fn node(node: &str, lifetime: Duration) -> Leaf {
+        let now = SystemTime::now();
+        Leaf {
+            common_name: node.to_owned(),
+            names: vec![SERVER_NAME.to_owned()],
+            client_auth: true,
+            not_before: now - Duration::from_secs(86_400),
+            not_after: now + lifetime,
+        }
+    }
+
+    /// The scheduler's serving certificate for `names` (DNS names or IPs).
+    pub fn scheduler(names: Vec<String>, lifetime: Duration) -> Leaf {
+        let now = SystemTime::now();
+        Leaf {
+            common_name: "shoal-scheduler".to_owned(),
+            names,
+            client_auth: false,
+            not_before: now - Duration::from_secs(86_400),
+            not_after: now + lifetime,
+        }
+    }
+
+    /// Signs this leaf with the CA (certificate and key PEM); returns the
+    /// certificate and key PEM.
+    pub fn sign(&self, ca_cert_pem: &str, ca_key_pem: &str) -> Result<(String, String), TlsError> {
+        let ca_key = KeyPair::from_pem(ca_key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, &ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(self.names.clone())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, self.common_name.as_str());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if self.client_auth {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = self.not_before.into();
+        params.not_after = self.not_after.into();
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// The node a certificate (PEM, first certificate) names, or `None` for the shared
+/// peer certificate (common name [`SERVER_NAME`]) and certificates without a common
+/// name.
+pub fn node_identity(cert_pem: &[u8]) -> Result<Option<String>, TlsError> {
+    let certs = parse_certs(cert_pem, "certificate")?;
+    let parse = |reason: String| TlsError::Parse {
+        what: "certificate".into(),
+        reason,
+    };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| parse(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .map(|cn| cn.as_str().map(str::to_owned))
+        .transpose()
+        .map_err(|e| parse(e.to_string()))?;
+    Ok(cn.filter(|cn| cn != SERVER_NAME && !cn.is_empty()))
+}
+
 impl Pki {
     /// A new CA and a peer certificate, or (given `ca` as certificate and key PEM) a new
     /// peer certificate from an existing CA.
@@ -125,27 +224,13 @@ impl Pki {
                 (params.self_signed(&key)?.pem(), key)
             }
         };
-        let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, &ca_key)?;
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()])?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, SERVER_NAME);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
-        params.not_after = rcgen::date_time_ymd(year + 5, 1, 1);
-        let cert = params.signed_by(&key, &issuer)?;
+        let ca_key_pem = ca_key.serialize_pem();
+        let (cert_pem, key_pem) = Leaf::shared().sign(&ca_cert_pem, &ca_key_pem)?;
         Ok(Pki {
             ca_cert_pem,
-            ca_key_pem: ca_key.serialize_pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            ca_key_pem,
+            cert_pem,
+            key_pem,
         })
     }
 }
@@ -217,6 +302,22 @@ pub fn init_dir(dir: &Path) -> Result<Pki, TlsError> {
     write(&dir.join("tls.key"), &pki.key_pem, true)?;
     write(&dir.join("tls.crt"), &pki.cert_pem, false)?;
     Ok(pki)
+}
+
+/// Issues `leaf` from the CA in `ca_dir` (`ca.crt`, `ca.key`) into `out` (created):
+/// `tls.crt`, `tls.key` (mode 0600) and a copy of `ca.crt`. The key is made here and
+/// never leaves `out`.
+pub fn issue_dir(ca_dir: &Path, out: &Path, leaf: &Leaf) -> Result<(), TlsError> {
+    let ca_crt = read_string(&ca_dir.join("ca.crt"))?;
+    let ca_key = read_string(&ca_dir.join("ca.key"))?;
+    let (cert, key) = leaf.sign(&ca_crt, &ca_key)?;
+    fs::create_dir_all(out).map_err(|source| TlsError::Write {
+        path: out.to_owned(),
+        source,
+    })?;
+    write(&out.join("tls.key"), &key, true)?;
+    write(&out.join("tls.crt"), &cert, false)?;
+    write(&out.join("ca.crt"), &ca_crt, false)
 }
 
 /// Reads `ca.crt`, `tls.crt` and `tls.key` from `dir`; errors name the file.

@@ -258,11 +258,11 @@ async fn three_nodes_pull_through_shoal(tls: bool) {
     let tmp = short_tempdir();
     let dir = tmp.path();
     let up = Upstream::start(dir, tls);
-    let sched = SchedulerProcess::start(&dir.join("scheduler"))
-        .await
-        .unwrap();
     let tls_dir = dir.join("peer-tls");
     PeerProcess::tls_init(&tls_dir).unwrap();
+    let sched = SchedulerProcess::start(&dir.join("scheduler"), &tls_dir)
+        .await
+        .unwrap();
     let options = PeerOptions {
         scheduler: Some(sched.grpc_url()),
         default_upstream: None,
@@ -512,11 +512,11 @@ async fn killing_the_mirror_mid_blob_containerd_falls_back_to_the_registry() {
     up.push(&image);
     let big = image.blobs.iter().max_by_key(|b| b.size).unwrap().clone();
     let blob_bytes: u64 = image.blobs.iter().map(|b| b.size).sum();
-    let sched = SchedulerProcess::start(&dir.join("scheduler"))
-        .await
-        .unwrap();
     let tls_dir = dir.join("peer-tls");
     PeerProcess::tls_init(&tls_dir).unwrap();
+    let sched = SchedulerProcess::start(&dir.join("scheduler"), &tls_dir)
+        .await
+        .unwrap();
     // The source holds the image and uploads slowly, so that the victim's mirror is
     // still streaming the big blob to containerd when it is killed.
     let source = PeerProcess::start(

@@ -53,9 +53,9 @@ async fn swarm(seed: u64, pause: Duration) -> Swarm {
     let upstream = CountingUpstream::start(REPO, &digest, data, pause)
         .await
         .unwrap();
-    let sched = SchedulerProcess::start(dir.path()).await.unwrap();
     let tls = dir.path().join("tls");
     PeerProcess::tls_init(&tls).unwrap();
+    let sched = SchedulerProcess::start(dir.path(), &tls).await.unwrap();
     let opts = PeerOptions {
         scheduler: Some(sched.grpc_url()),
         default_upstream: Some(upstream.url()),

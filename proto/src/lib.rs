@@ -22,3 +22,13 @@ pub use piece::{PieceError, PieceSet, TaskShape};
 pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
+
+/// Limits of the scheduler protocol that both sides enforce.
+pub mod limits {
+    /// Largest gRPC message either side sends or accepts (4 MiB). A Join page of
+    /// [`JOIN_PAGE`] tasks fits well within it.
+    pub const MAX_MESSAGE: usize = 4 << 20;
+    /// Held tasks one `JoinRequest` may carry. A peer with more sends them in
+    /// several Joins (a Join adds to what the scheduler knows of the peer).
+    pub const JOIN_PAGE: usize = 512;
+}

@@ -56,6 +56,33 @@ pub struct Args {
     /// (quarantine, drop) require; without it they answer 403 [default: none].
     #[arg(long, env = "SHOAL_OPERATOR_TOKEN_FILE")]
     pub operator_token_file: Option<PathBuf>,
+    /// Directory with the gRPC serving certificate (tls.crt, tls.key) and the
+    /// cluster CA (ca.crt) that every peer's client certificate must chain to.
+    /// Re-read when the files change. Required unless --insecure-plaintext.
+    #[arg(long, env = "SHOAL_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Development only: serve gRPC in plain text to anyone, with no identity
+    /// checks (logged as a warning at start) [default: off].
+    #[arg(long, env = "SHOAL_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// Accept the shared peer certificate (common name `shoal-peer`, names no
+    /// node) for any peer id. Without it each peer needs its own node
+    /// certificate [default: off].
+    #[arg(long, env = "SHOAL_ALLOW_SHARED_IDENTITY")]
+    pub allow_shared_identity: bool,
+    /// Test hook: panic in the core when this peer id joins (the fault tests
+    /// check that the process then exits). Never set in production.
+    #[arg(long, env = "SHOAL_TEST_PANIC_ON_JOIN", hide = true)]
+    pub test_panic_on_join: Option<String>,
+}
+
+/// How the gRPC port is secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcSecurity {
+    /// Mutual TLS with the files in this directory.
+    MutualTls(PathBuf),
+    /// Plain text, no identity checks (`--insecure-plaintext`).
+    InsecurePlaintext,
 }
 
 /// The config file: the same keys as the flags.
@@ -72,6 +99,9 @@ struct File {
     plan_interval: Option<String>,
     log_format: Option<String>,
     operator_token_file: Option<PathBuf>,
+    tls_dir: Option<PathBuf>,
+    insecure_plaintext: Option<bool>,
+    allow_shared_identity: Option<bool>,
 }
 
 /// How logs are written.
@@ -98,6 +128,12 @@ pub struct Settings {
     /// Read once at start, from `--operator-token-file`: one line of at
     /// least 16 visible ASCII characters. Never logged.
     pub operator_token: Option<OperatorToken>,
+    /// How gRPC is secured (mutual TLS unless the development switch is on).
+    pub grpc_security: GrpcSecurity,
+    /// Accept the shared peer certificate for any peer id.
+    pub allow_shared_identity: bool,
+    /// Test hook: panic when this peer id joins.
+    pub test_panic_on_join: Option<String>,
     /// The core's tunables.
     pub core: CoreConfig,
 }
@@ -241,6 +277,27 @@ impl Settings {
                 }
             },
         };
+        let insecure = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
+        let grpc_security = match (args.tls_dir.or(file.tls_dir), insecure) {
+            (Some(dir), false) => Some(GrpcSecurity::MutualTls(dir)),
+            (None, true) => Some(GrpcSecurity::InsecurePlaintext),
+            (Some(_), true) => {
+                errors.push("--tls-dir and --insecure-plaintext exclude each other".into());
+                None
+            }
+            (None, false) => {
+                errors.push(
+                    "--tls-dir is required: gRPC is mutual TLS (a directory with tls.crt and tls.key, the \
+                     scheduler's serving certificate, and ca.crt, the cluster CA that peers' certificates \
+                     chain to; `shoal-peer tls issue --scheduler` makes one). For development only, \
+                     --insecure-plaintext serves plain text to anyone."
+                        .into(),
+                );
+                None
+            }
+        };
+        let allow_shared_identity =
+            args.allow_shared_identity || file.allow_shared_identity.unwrap_or(false);
         if let (Some(g), Some(h)) = (grpc_listen, http_listen)
             && g == h
             && g.port() != 0
@@ -265,6 +322,9 @@ impl Settings {
             plan_interval: plan_interval.expect("checked"),
             log_format: log_format.expect("checked"),
             operator_token,
+            grpc_security: grpc_security.expect("checked"),
+            allow_shared_identity,
+            test_panic_on_join: args.test_panic_on_join,
             core,
         })
     }
@@ -275,7 +335,7 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Args {
-        let mut v = vec!["shoal-scheduler"];
+        let mut v = vec!["shoal-scheduler", "--insecure-plaintext"];
         v.extend_from_slice(extra);
         Args::parse_from(v)
     }
@@ -390,6 +450,24 @@ mod tests {
             "{errs:?}"
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn grpc_needs_tls_or_the_development_switch() {
+        let errs = Settings::resolve(Args::parse_from(["shoal-scheduler"])).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("--tls-dir is required") && errs[0].contains("--insecure-plaintext"),
+            "{errs:?}"
+        );
+        let s =
+            Settings::resolve(Args::parse_from(["shoal-scheduler", "--tls-dir", "/pki"])).unwrap();
+        assert_eq!(s.grpc_security, GrpcSecurity::MutualTls("/pki".into()));
+        assert!(!s.allow_shared_identity);
+        let s = Settings::resolve(args(&[])).unwrap();
+        assert_eq!(s.grpc_security, GrpcSecurity::InsecurePlaintext);
+        let errs = Settings::resolve(args(&["--tls-dir", "/pki"])).unwrap_err();
+        assert!(errs[0].contains("exclude each other"), "{errs:?}");
     }
 
     #[test]

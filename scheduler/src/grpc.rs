@@ -8,6 +8,13 @@
 //!   lease runs out, so nothing is lost).
 //! - `Plan`: the stream carries the core's plan updates; when the client goes
 //!   away the core is told (a guard's `Drop`).
+//!
+//! Trust ([`Identity`]): over mutual TLS every call is bound to the node its
+//! client certificate names. A Join, a session or a plan for any other peer id
+//! is refused with `PERMISSION_DENIED` before the core sees it, and a session's
+//! events are about its own peer only. Input is bounded ([`Limits`]): message
+//! size, tasks per Join, open plans per peer, session events per second; each
+//! refusal is a status naming the limit, counted, and changes nothing.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,11 +33,53 @@ use tracing::{debug, info, warn};
 use crate::convert;
 use crate::core::{Load, PeerId, PlanId};
 use crate::state::{PLAN_CHANNEL, PlanMessage, SESSION_CHANNEL, SchedulerState};
+use crate::tls::Caller;
+use shoal_proto::limits::{JOIN_PAGE, MAX_MESSAGE};
+
+/// Who may speak for which peer id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// Plain text (development): any caller for any peer id.
+    Unchecked,
+    /// Mutual TLS: a node certificate speaks only for the peer id it names;
+    /// the shared peer certificate is accepted for any id only if
+    /// `allow_shared`.
+    Bound {
+        /// Accept the shared peer certificate (it names no node).
+        allow_shared: bool,
+    },
+}
+
+/// Bounds on what one peer may ask of the scheduler.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Plan streams one peer may hold open at once (default 256).
+    pub plans_per_peer: usize,
+    /// Session events per second one peer may send, sustained (default 200);
+    /// bursts up to `events_burst`. Past that the session ends with
+    /// `RESOURCE_EXHAUSTED` and the peer reconnects after its backoff.
+    pub events_per_second: u32,
+    /// Burst of session events (default 2,000).
+    pub events_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            plans_per_peer: 256,
+            events_per_second: 200,
+            events_burst: 2_000,
+        }
+    }
+}
 
 /// Receives one call per finished gRPC request (for metrics).
 pub trait RequestObserver: Send + Sync + 'static {
     /// `method` finished with `code`.
     fn grpc_request(&self, method: &'static str, code: tonic::Code);
+    /// A request was refused by a limit or the identity check; `reason` is a
+    /// short constant (`identity`, `join_tasks`, `plans_per_peer`, ...).
+    fn refused(&self, _reason: &'static str) {}
 }
 
 impl RequestObserver for () {
@@ -41,12 +90,64 @@ impl RequestObserver for () {
 pub struct SchedulerService {
     state: Arc<SchedulerState>,
     observer: Arc<dyn RequestObserver>,
+    identity: Identity,
+    limits: Limits,
 }
 
 impl SchedulerService {
-    /// A service over `state`, reporting requests to `observer`.
+    /// A service over `state`, reporting requests to `observer`, with no
+    /// identity checks (plain text) and default limits.
     pub fn new(state: Arc<SchedulerState>, observer: Arc<dyn RequestObserver>) -> Self {
-        SchedulerService { state, observer }
+        Self::with_policy(state, observer, Identity::Unchecked, Limits::default())
+    }
+
+    /// A service with the given identity policy and limits.
+    pub fn with_policy(
+        state: Arc<SchedulerState>,
+        observer: Arc<dyn RequestObserver>,
+        identity: Identity,
+        limits: Limits,
+    ) -> Self {
+        SchedulerService {
+            state,
+            observer,
+            identity,
+            limits,
+        }
+    }
+
+    /// Refuses `peer_id` unless the caller of `request` may speak for it.
+    fn authorize<T>(&self, request: &Request<T>, peer_id: &str) -> Result<(), Status> {
+        let Identity::Bound { allow_shared } = self.identity else {
+            return Ok(());
+        };
+        let caller = match request.peer_certs() {
+            Some(certs) => Caller::from_certs(&certs).map_err(Status::unauthenticated)?,
+            None => return Err(Status::unauthenticated("no client certificate")),
+        };
+        let denied = |msg: String| {
+            self.observer.refused("identity");
+            warn!(peer.id = %peer_id, caller = ?caller, "identity refused");
+            Err(Status::permission_denied(msg))
+        };
+        match &caller {
+            Caller::Node(name) if name == peer_id => Ok(()),
+            Caller::Node(name) => denied(format!(
+                "this client certificate names node {name:?}; it cannot speak for peer {peer_id:?}"
+            )),
+            Caller::SharedPeer if allow_shared => Ok(()),
+            Caller::SharedPeer => denied(
+                "the shared peer certificate names no node and this scheduler does not accept it: \
+                 give each node its own certificate, or run the scheduler with --allow-shared-identity"
+                    .into(),
+            ),
+            Caller::Anonymous => denied("no client identity".into()),
+        }
+    }
+
+    fn limit(&self, reason: &'static str, msg: String) -> Status {
+        self.observer.refused(reason);
+        Status::resource_exhausted(msg)
     }
 
     fn observe<T>(&self, method: &'static str, r: Result<T, Status>) -> Result<T, Status> {
@@ -68,6 +169,17 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
         request: Request<v1::JoinRequest>,
     ) -> Result<Response<v1::JoinResponse>, Status> {
         let r = (|| {
+            let claimed = request.get_ref().peer.as_ref().map(|p| p.peer_id.as_str());
+            self.authorize(&request, claimed.unwrap_or_default())?;
+            if request.get_ref().tasks.len() > JOIN_PAGE {
+                return Err(self.limit(
+                    "join_tasks",
+                    format!(
+                        "a Join carries at most {JOIN_PAGE} tasks ({} sent); send the rest in further Joins",
+                        request.get_ref().tasks.len()
+                    ),
+                ));
+            }
             let req = request.into_inner();
             let info = convert::peer_info(req.peer)?;
             let held = convert::held_tasks(req.tasks)?;
@@ -91,6 +203,11 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<Streaming<v1::PeerEvent>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // The session is bound to the caller's certificate: checked against the
+        // peer id of SessionOpen below, then every event is about that peer.
+        let auth = Request::new(());
+        let mut auth = auth;
+        *auth.extensions_mut() = request.extensions().clone();
         let mut inbound = request.into_inner();
         let r = async {
             let first = inbound
@@ -102,6 +219,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                     "the first session message must be SessionOpen",
                 ));
             };
+            self.authorize(&auth, &open.peer_id)?;
             let peer = convert::peer_id(&open.peer_id)?;
             self.state
                 .with_core(|core, now| core.session_opened(now, &peer))
@@ -119,6 +237,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
             mpsc::channel::<Result<v1::SchedulerCommand, Status>>(SESSION_CHANNEL);
         let state = self.state.clone();
         let observer = self.observer.clone();
+        let mut bucket = TokenBucket::new(self.limits.events_per_second, self.limits.events_burst);
         tokio::spawn(async move {
             let mut commands = ReceiverStream::new(cmd_rx);
             let closed = state.clone();
@@ -128,6 +247,14 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                 tokio::select! {
                     _ = &mut closed => break Some(Status::unavailable("the scheduler is shutting down; reconnect")),
                     msg = inbound.message() => match msg {
+                        Ok(Some(_)) if !bucket.take(std::time::Instant::now()) => {
+                            observer.refused("session_events");
+                            warn!(peer.id = %peer, "session event rate limit exceeded; closing session");
+                            break Some(Status::resource_exhausted(format!(
+                                "more than {} session events per second (burst {}): batch reports",
+                                bucket.rate, bucket.burst
+                            )));
+                        }
                         Ok(Some(ev)) => {
                             if let Err(s) = apply_event(&state, &peer, ev) {
                                 observer.grpc_request("Session", s.code());
@@ -162,9 +289,20 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
         request: Request<v1::PlanRequest>,
     ) -> Result<Response<Self::PlanStream>, Status> {
         let r = (|| {
+            self.authorize(&request, &request.get_ref().peer_id)?;
             let req = request.into_inner();
             let peer = convert::peer_id(&req.peer_id)?;
             let digest = convert::digest(&req.digest)?;
+            let open = self.state.open_plans(&peer);
+            if open >= self.limits.plans_per_peer {
+                return Err(self.limit(
+                    "plans_per_peer",
+                    format!(
+                        "peer {peer} has {open} plan streams open, the limit is {}",
+                        self.limits.plans_per_peer
+                    ),
+                ));
+            }
             let (tx, rx) = mpsc::channel(PLAN_CHANNEL);
             let state = self.state.clone();
             let plan = self
@@ -172,7 +310,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                 .with_core(|core, now| {
                     let plan = core.open_plan(now, &peer, digest, req.size)?;
                     // Attached before the first update is routed.
-                    state.attach_plan(plan, tx);
+                    state.attach_plan(plan, &peer, tx);
                     Ok(plan)
                 })
                 .map_err(convert::status)?;
@@ -182,6 +320,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                 guard: PlanGuard {
                     state: self.state.clone(),
                     plan,
+                    peer,
                 },
             };
             Ok(Response::new(Box::pin(stream) as Self::PlanStream))
@@ -235,11 +374,12 @@ fn apply_event(state: &SchedulerState, peer: &PeerId, ev: v1::PeerEvent) -> Resu
 struct PlanGuard {
     state: Arc<SchedulerState>,
     plan: PlanId,
+    peer: PeerId,
 }
 
 impl Drop for PlanGuard {
     fn drop(&mut self) {
-        self.state.plan_closed(self.plan);
+        self.state.plan_closed(self.plan, &self.peer);
     }
 }
 
@@ -262,20 +402,75 @@ impl Stream for PlanStream {
     }
 }
 
-/// Serves the scheduler and the standard gRPC health service on `listener`
-/// until `shutdown` resolves.
+/// A token bucket: `rate` per second, up to `burst` saved.
+struct TokenBucket {
+    rate: u32,
+    burst: u32,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        TokenBucket {
+            rate,
+            burst,
+            tokens: f64::from(burst),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * f64::from(self.rate);
+        self.tokens = (self.tokens + earned).min(f64::from(self.burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Serves the scheduler and the standard gRPC health service on `listener`,
+/// in plain text and without identity checks, until `shutdown` resolves. For
+/// in-process tests and `--insecure-plaintext`; see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
     state: Arc<SchedulerState>,
     observer: Arc<dyn RequestObserver>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    let service = SchedulerService::new(state.clone(), observer);
+    serve_with(TcpListenerStream::new(listener), service, shutdown).await
+}
+
+/// Serves `service` and the standard gRPC health service on the connections
+/// of `incoming` (plain TCP, or authenticated TLS streams from
+/// [`crate::tls::incoming`]) until `shutdown` resolves.
+pub async fn serve_with<IO, IE>(
+    incoming: impl Stream<Item = Result<IO, IE>> + Send + 'static,
+    service: SchedulerService,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let state = service.state.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<v1::scheduler_server::SchedulerServer<SchedulerService>>()
         .await;
-    let service =
-        v1::scheduler_server::SchedulerServer::new(SchedulerService::new(state.clone(), observer));
+    let service = v1::scheduler_server::SchedulerServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     state.set_ready(true);
     // On shutdown, end the long-lived streams first so that the server's
     // graceful drain does not wait for them (peers reconnect).
@@ -289,7 +484,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     state.set_ready(false);
     r
@@ -308,10 +503,13 @@ pub async fn run_ticker(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = ticker.tick() => state.with_core(|core, now| {
-                core.tick(now);
-                core.flush();
-            }),
+            _ = ticker.tick() => {
+                state.with_core(|core, now| {
+                    core.tick(now);
+                    core.flush();
+                });
+                state.ticked(interval);
+            }
             _ = &mut shutdown => return,
         }
     }
@@ -320,5 +518,9 @@ pub async fn run_ticker(
 impl RequestObserver for crate::metrics::Metrics {
     fn grpc_request(&self, method: &'static str, code: tonic::Code) {
         crate::metrics::Metrics::grpc_request(self, method, code);
+    }
+
+    fn refused(&self, reason: &'static str) {
+        crate::metrics::Metrics::refused(self, reason);
     }
 }

@@ -10,8 +10,10 @@
 //!   it as a parent for no task) or lift that
 //! - `POST /api/v1/tasks/{digest}/drop` → tell every holder to drop the task
 //! - `GET /metrics` → OpenMetrics text, every name prefixed `shoal_`
-//! - `GET /healthz` → 200 while the process runs
-//! - `GET /readyz` → 200 once the gRPC server serves, 503 before
+//! - `GET /healthz` → 200 while the process can work; 503 when the core
+//!   panicked (its lock is poisoned) or the planning ticker stopped
+//! - `GET /readyz` → 200 once the gRPC server serves and while healthy, 503
+//!   otherwise
 //!
 //! Write endpoints need `Authorization: Bearer <token>`, the token of
 //! `--operator-token-file` ([`OperatorToken`]): 401 without it or with
@@ -425,14 +427,24 @@ async fn prometheus(State(api): State<Api>) -> impl IntoResponse {
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
     uptime_secs: u64,
 }
 
-async fn healthz(State(api): State<Api>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        uptime_secs: api.state.uptime().as_secs(),
-    })
+async fn healthz(State(api): State<Api>) -> (StatusCode, Json<Health>) {
+    let (status, problem) = match api.state.health() {
+        Ok(()) => (StatusCode::OK, None),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Some(e)),
+    };
+    (
+        status,
+        Json(Health {
+            status: if problem.is_none() { "ok" } else { "failing" },
+            problem,
+            uptime_secs: api.state.uptime().as_secs(),
+        }),
+    )
 }
 
 #[derive(Serialize)]
@@ -441,7 +453,7 @@ struct Ready {
 }
 
 async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Ready>) {
-    let ready = api.state.is_ready();
+    let ready = api.state.is_ready() && api.state.health().is_ok();
     let status = if ready {
         StatusCode::OK
     } else {

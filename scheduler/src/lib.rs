@@ -8,6 +8,9 @@
 //!   endpoints need the bearer token of [`auth`].
 //! - [`metrics`]: the Prometheus registry and metric families.
 //! - [`ctl`]: `shoalctl`, the operator CLI over the operator API.
+//! - [`grpc`]: the tonic adapter, with identity checks and input limits;
+//!   [`tls`]: mutual TLS on its port and who the caller is.
+//! - [`server`]: [`server::run`], the one way to start a whole scheduler.
 //!
 //! Non-goals: persistence. The state is soft and rebuilt from peers' joins.
 
@@ -20,4 +23,6 @@ pub mod grpc;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod server;
 pub mod state;
+pub mod tls;

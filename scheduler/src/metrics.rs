@@ -46,11 +46,20 @@ struct OperatorLabels {
     code: u16,
 }
 
+/// Labels of `shoal_scheduler_refused_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusedLabels {
+    /// Which check refused: `identity`, `join_tasks`, `plans_per_peer`,
+    /// `session_events`, `tls_handshake`, or a core limit.
+    reason: &'static str,
+}
+
 /// The scheduler's metric registry and the families the adapters update.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     grpc_requests: Family<GrpcLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     operator_requests: Family<OperatorLabels, Counter>,
     /// Where [`Metrics::encode`] puts the core's snapshot for [`CoreCollector`].
     snapshot: Arc<Mutex<Snapshot>>,
@@ -86,6 +95,12 @@ impl Metrics {
             "gRPC requests the scheduler finished, by method and status code (streams count once, when they end)",
             grpc_requests.clone(),
         );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "refused",
+            "Requests and connections refused by an identity check or an input limit, by reason; a refusal changes no state",
+            refused.clone(),
+        );
         let operator_requests = Family::<OperatorLabels, Counter>::default();
         registry.register(
             "operator_requests",
@@ -97,6 +112,7 @@ impl Metrics {
         Metrics {
             registry,
             grpc_requests,
+            refused,
             operator_requests,
             snapshot,
             scrape: Mutex::new(()),
@@ -111,6 +127,11 @@ impl Metrics {
                 code: code_name(code),
             })
             .inc();
+    }
+
+    /// Counts one refusal by an identity check or a limit.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
     }
 
     /// Counts one operator write request (`action`: `quarantine`,

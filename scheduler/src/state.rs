@@ -8,8 +8,8 @@
 //! closes that stream: the peer re-opens it and gets a fresh full plan).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -29,6 +29,11 @@ pub struct SchedulerState {
     core: Mutex<Scheduler>,
     plans: Mutex<HashMap<PlanId, mpsc::Sender<PlanMessage>>>,
     sessions: Mutex<HashMap<PeerId, mpsc::Sender<Command>>>,
+    /// Plan streams open per peer (for the per-peer limit).
+    open_plans: Mutex<HashMap<PeerId, usize>>,
+    /// Milliseconds since `started` of the ticker's last tick (0: none yet).
+    last_tick_ms: AtomicU64,
+    tick_interval_ms: AtomicU64,
     started: Instant,
     ready: AtomicBool,
     closing: tokio::sync::watch::Sender<bool>,
@@ -41,6 +46,9 @@ impl SchedulerState {
             core: Mutex::new(core),
             plans: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            open_plans: Mutex::new(HashMap::new()),
+            last_tick_ms: AtomicU64::new(0),
+            tick_interval_ms: AtomicU64::new(0),
             started: Instant::now(),
             ready: AtomicBool::new(false),
             closing: tokio::sync::watch::channel(false).0,
@@ -57,9 +65,15 @@ impl SchedulerState {
         out
     }
 
-    /// Registers the channel of a plan stream the core just opened.
-    pub fn attach_plan(&self, plan: PlanId, tx: mpsc::Sender<PlanMessage>) {
-        self.plans.lock().expect("plans lock").insert(plan, tx);
+    /// Registers the channel of a plan stream `peer` just opened.
+    pub fn attach_plan(&self, plan: PlanId, peer: &PeerId, tx: mpsc::Sender<PlanMessage>) {
+        lock(&self.plans).insert(plan, tx);
+        *lock(&self.open_plans).entry(peer.clone()).or_default() += 1;
+    }
+
+    /// Plan streams `peer` holds open (attached and not yet dropped).
+    pub fn open_plans(&self, peer: &PeerId) -> usize {
+        lock(&self.open_plans).get(peer).copied().unwrap_or(0)
     }
 
     /// Registers a peer's session command channel (replacing an older one).
@@ -153,9 +167,53 @@ impl SchedulerState {
         }
     }
 
-    /// Called when a plan stream's receiver went away (the peer closed it).
-    pub fn plan_closed(&self, plan: PlanId) {
-        self.plans.lock().expect("plans lock").remove(&plan);
+    /// Called when `peer`'s plan stream went away (the peer closed it).
+    pub fn plan_closed(&self, plan: PlanId, peer: &PeerId) {
+        lock(&self.plans).remove(&plan);
+        {
+            let mut open = lock(&self.open_plans);
+            if let Some(n) = open.get_mut(peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(peer);
+                }
+            }
+        }
         self.with_core(|core, now| core.close_plan(now, plan));
     }
+
+    /// The ticker calls this at every tick of its `interval`.
+    pub fn ticked(&self, interval: Duration) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_tick_ms.store(ms.max(1), Ordering::Relaxed);
+        self.tick_interval_ms
+            .store(interval.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the process can still do its work: the core's lock is not
+    /// poisoned (a panic under it), and the ticker, once started, ticked within
+    /// the last 10 s or 10 of its intervals, whichever is longer. `/healthz`
+    /// fails otherwise, so that Kubernetes restarts the process.
+    pub fn health(&self) -> Result<(), String> {
+        let interval = self.tick_interval_ms.load(Ordering::Relaxed);
+        let max_silence = Duration::from_millis((interval * 10).max(10_000));
+        if self.core.is_poisoned() {
+            return Err("the scheduler core panicked (its lock is poisoned)".into());
+        }
+        let last = self.last_tick_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        if last > 0 && now.saturating_sub(last) > max_silence.as_millis() as u64 {
+            return Err(format!(
+                "the planning ticker has not ticked for {} ms",
+                now - last
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Locks a mutex of routing tables. They hold no invariant a panic could
+/// break halfway, so a poisoned one is used as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -41,6 +41,9 @@ fn start() -> Proc {
             "--http-listen",
             "127.0.0.1:0",
         ])
+        // This test is about flags, variables and the operator API; mutual TLS has
+        // its own tests (tests/trust.rs).
+        .env("SHOAL_INSECURE_PLAINTEXT", "true")
         .env("SHOAL_LOG_FORMAT", "json")
         .env("SHOAL_PEER_TTL", "10s")
         .env("SHOAL_OPERATOR_TOKEN_FILE", &token_file)
@@ -49,10 +52,17 @@ fn start() -> Proc {
         .expect("start shoal-scheduler");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    // The development switch is announced first, as a warning.
+    let line = lines.next().expect("a warning line").unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert!(line.contains("PLAIN TEXT"), "{line}");
     let line = lines.next().expect("a start-up line").unwrap();
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     assert_eq!(v["message"], "shoal-scheduler starting", "{line}");
+    assert_eq!(v["grpc.tls"], false, "{line}");
     assert_eq!(v["http.writes"], true, "{line}");
     assert!(!line.contains(TOKEN), "the token was logged: {line}");
     let grpc = v["grpc.addr"].as_str().unwrap().to_string();
@@ -211,6 +221,7 @@ fn names_the_address_it_cannot_bind() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_shoal-scheduler"))
         .args(["--grpc-listen", &addr, "--http-listen", "127.0.0.1:0"])
+        .arg("--insecure-plaintext")
         .output()
         .unwrap();
     assert!(!out.status.success());

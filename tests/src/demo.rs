@@ -173,9 +173,15 @@ pub fn run(opts: &DemoOptions, on_lab: impl FnOnce(Cleaner)) -> anyhow::Result<D
             ..RegistryOptions::default()
         },
     )?;
-    let scheduler = LabScheduler::start(&lab, &scheduler_host, &work.join("scheduler"), &[])?;
     let tls_dir = work.join("peer-tls");
     PeerProcess::tls_init(&tls_dir)?;
+    let scheduler = LabScheduler::start(
+        &lab,
+        &scheduler_host,
+        &work.join("scheduler"),
+        &tls_dir,
+        &[],
+    )?;
 
     let registry_name = registry_addr.to_string();
     let mut nodes = Vec::new();

@@ -76,12 +76,27 @@ pub struct LabScheduler {
 }
 
 impl LabScheduler {
-    /// Starts `shoal-scheduler` on `host` with `extra` flags, logging into `dir`, and
-    /// waits until ready.
-    pub fn start(lab: &Lab, host: &Host, dir: &Path, extra: &[String]) -> anyhow::Result<Self> {
+    /// Starts `shoal-scheduler` on `host` with `extra` flags, logging into `dir`, with a
+    /// serving certificate for the host's IP issued from the cluster CA in
+    /// `cluster_tls` (`shoal-peer tls init`'s directory), and waits until ready.
+    pub fn start(
+        lab: &Lab,
+        host: &Host,
+        dir: &Path,
+        cluster_tls: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let tls = dir.join("tls");
+        crate::swarm::tls_issue(
+            cluster_tls,
+            &tls,
+            &["--scheduler", "--name", &host.ip.to_string()],
+        )?;
         let mut args = vec![
-            "--grpc-listen".to_string(),
+            "--tls-dir".to_string(),
+            tls.display().to_string(),
+            "--grpc-listen".into(),
             format!("{}:{SCHEDULER_GRPC_PORT}", host.ip),
             "--http-listen".into(),
             format!("{}:{SCHEDULER_HTTP_PORT}", host.ip),
@@ -111,7 +126,7 @@ impl LabScheduler {
 
     /// Its gRPC URL, for peers.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}:{SCHEDULER_GRPC_PORT}", self.host.ip)
+        format!("https://{}:{SCHEDULER_GRPC_PORT}", self.host.ip)
     }
 
     /// Its operator API URL (reachable from the lab's hosts only).
@@ -163,6 +178,7 @@ impl LabPeer {
         std::fs::create_dir_all(&data_dir)?;
         let ip: Ipv4Addr = host.ip;
         let args = o.run_args(
+            &host.role,
             &format!("{ip}:{QUIC_PORT}"),
             &format!("{ip}:{PEER_HTTP_PORT}"),
             &format!("127.0.0.1:{MIRROR_PORT}"),

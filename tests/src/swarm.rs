@@ -31,6 +31,25 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Issues a certificate with `shoal-peer tls issue` from the cluster CA in `ca_dir`
+/// (`ca.crt`, `ca.key`, as `shoal-peer tls init` wrote them) into `out`; `what` is
+/// `["--node", NAME]` or `["--scheduler", "--name", N, …]`.
+pub fn tls_issue(ca_dir: &Path, out: &Path, what: &[&str]) -> anyhow::Result<()> {
+    let result = Command::new(workspace_bin("shoal-peer"))
+        .args(["tls", "issue", "--ca-dir"])
+        .arg(ca_dir)
+        .arg("--out")
+        .arg(out)
+        .args(what)
+        .output()?;
+    anyhow::ensure!(
+        result.status.success(),
+        "shoal-peer tls issue {what:?}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    Ok(())
+}
+
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> anyhow::Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
@@ -77,7 +96,7 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
-/// A `shoal-scheduler` process.
+/// A `shoal-scheduler` process serving gRPC over mutual TLS.
 #[derive(Debug)]
 pub struct SchedulerProcess {
     child: Child,
@@ -86,16 +105,37 @@ pub struct SchedulerProcess {
     log: PathBuf,
     dir: PathBuf,
     restarts: u32,
+    extra: Vec<String>,
 }
 
 impl SchedulerProcess {
-    /// Starts one with its log in `dir`, and waits until it is ready.
-    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+    /// Starts one with its log in `dir` and a serving certificate for 127.0.0.1 issued
+    /// from the cluster CA in `cluster_tls` (`shoal-peer tls init`'s directory), and
+    /// waits until it is ready. Peers need node certificates from the same CA
+    /// ([`PeerOptions::run_args`] issues them).
+    pub async fn start(dir: &Path, cluster_tls: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, cluster_tls, &[]).await
+    }
+
+    /// [`start`](Self::start) with more flags.
+    pub async fn start_with(
+        dir: &Path,
+        cluster_tls: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let tls = dir.join("scheduler-tls");
+        tls_issue(
+            cluster_tls,
+            &tls,
+            &["--scheduler", "--name", "127.0.0.1", "--name", "localhost"],
+        )?;
+        let mut extra = extra.to_vec();
+        extra.extend(["--tls-dir".into(), tls.display().to_string()]);
         let grpc: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         let log = dir.join("scheduler-0.log");
-        let child = Self::spawn(grpc, http, &log)?;
+        let child = Self::spawn(grpc, http, &log, &extra)?;
         let s = SchedulerProcess {
             child,
             grpc,
@@ -103,6 +143,7 @@ impl SchedulerProcess {
             log,
             dir: dir.to_path_buf(),
             restarts: 0,
+            extra,
         };
         wait_http(
             "shoal-scheduler",
@@ -113,19 +154,44 @@ impl SchedulerProcess {
         Ok(s)
     }
 
-    fn spawn(grpc: SocketAddr, http: SocketAddr, log: &Path) -> anyhow::Result<Child> {
-        spawn(
-            &workspace_bin("shoal-scheduler"),
-            &[
-                "--grpc-listen".into(),
-                grpc.to_string(),
-                "--http-listen".into(),
-                http.to_string(),
-                "--plan-interval".into(),
-                "50ms".into(),
-            ],
-            log,
-        )
+    fn spawn(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        log: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Child> {
+        let mut args = vec![
+            "--grpc-listen".into(),
+            grpc.to_string(),
+            "--http-listen".into(),
+            http.to_string(),
+            "--plan-interval".into(),
+            "50ms".into(),
+        ];
+        args.extend(extra.iter().cloned());
+        spawn(&workspace_bin("shoal-scheduler"), &args, log)
+    }
+
+    /// Waits for the process to exit by itself, at most `limit`; its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The directory with its serving certificate (`tls.crt`, `tls.key`, `ca.crt`).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("scheduler-tls")
+    }
+
+    /// Its gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
     }
 
     /// Kills it and starts a fresh one (empty state) on the same ports.
@@ -134,7 +200,7 @@ impl SchedulerProcess {
         let _ = self.child.wait();
         self.restarts += 1;
         self.log = self.dir.join(format!("scheduler-{}.log", self.restarts));
-        self.child = Self::spawn(self.grpc, self.http, &self.log)?;
+        self.child = Self::spawn(self.grpc, self.http, &self.log, &self.extra)?;
         wait_http(
             "shoal-scheduler",
             &format!("{}/readyz", self.http_url()),
@@ -143,9 +209,9 @@ impl SchedulerProcess {
         .await
     }
 
-    /// `http://127.0.0.1:PORT` of the gRPC service.
+    /// `https://127.0.0.1:PORT` of the gRPC service.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("https://{}", self.grpc)
     }
 
     /// `http://127.0.0.1:PORT` of the operator API.
@@ -210,17 +276,22 @@ pub struct PeerOptions {
     pub default_upstream: Option<String>,
     /// `--containerd-hosts-dir` (default: an empty dir of the peer's own).
     pub hosts_dir: Option<PathBuf>,
-    /// The directory `shoal-peer tls init` wrote (shared by the swarm).
+    /// The directory `shoal-peer tls init` wrote (shared by the swarm). When it holds
+    /// the CA's key, each peer gets its own node certificate issued from it
+    /// ([`PeerOptions::run_args`]); otherwise the peers use its shared certificate.
     pub tls_dir: PathBuf,
     /// Extra flags.
     pub extra: Vec<String>,
 }
 
 impl PeerOptions {
-    /// `shoal-peer run`'s arguments for these options and addresses; the hosts dir is
-    /// `default_hosts` (created empty) unless the options name one.
+    /// `shoal-peer run`'s arguments for node `name` with these options and addresses;
+    /// the hosts dir is `default_hosts` (created empty) unless the options name one.
+    /// Issues `name`'s node certificate (into `node-tls` beside `data_dir`) when the
+    /// cluster CA's key is at hand.
     pub fn run_args(
         &self,
+        name: &str,
         quic: &str,
         http: &str,
         mirror: &str,
@@ -234,6 +305,16 @@ impl PeerOptions {
                 default_hosts.to_path_buf()
             }
         };
+        let tls_dir = if self.tls_dir.join("ca.key").is_file() {
+            let node_tls = data_dir
+                .parent()
+                .unwrap_or(data_dir)
+                .join(format!("node-tls-{name}"));
+            tls_issue(&self.tls_dir, &node_tls, &["--node", name])?;
+            node_tls
+        } else {
+            self.tls_dir.clone()
+        };
         let mut args: Vec<String> = vec![
             "run".into(),
             "--quic-listen".into(),
@@ -245,7 +326,7 @@ impl PeerOptions {
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--peer-tls-dir".into(),
-            self.tls_dir.display().to_string(),
+            tls_dir.display().to_string(),
             "--containerd-hosts-dir".into(),
             hosts.display().to_string(),
         ];
@@ -296,6 +377,7 @@ impl PeerProcess {
         let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         let quic = format!("127.0.0.1:{}", free_udp_port()?);
         let args = o.run_args(
+            name,
             &quic,
             &http.to_string(),
             &mirror.to_string(),

@@ -45,11 +45,22 @@ pub fn router(health: Health) -> Router {
         .with_state(health)
 }
 
+/// Ready while the store is open and the mirror serves (the flag turns false
+/// when the mirror stops, and at shutdown). The scheduler link is shown, not
+/// required: without a scheduler the mirror still serves from upstream.
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    if h.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+    let link = if h.link.is_connected() {
+        "connected"
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        "disconnected"
+    };
+    if h.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, format!("ready\nscheduler: {link}\n"))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the mirror is not serving (stopping?)\nscheduler: {link}\n"),
+        )
     }
 }
 

@@ -13,7 +13,7 @@ mod gc;
 pub mod health;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -76,6 +76,17 @@ impl Inventory for StoreInventory {
     }
 }
 
+/// Makes any panic, in any task, end the process after the default hook printed
+/// it (as `panic = "abort"` does in release builds): the DaemonSet restarts it,
+/// and containerd uses the next host meanwhile.
+pub fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
+}
+
 /// Runs the daemon until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
@@ -93,10 +104,25 @@ pub async fn run(
                 )
             })?,
     );
-    let peer_id = load_or_create_peer_id(&settings.data_dir)?;
     let tls = match &settings.tls {
         TlsSource::Dir(d) => tls::load_dir(d)?,
         TlsSource::Ephemeral => tls::ephemeral()?,
+    };
+    // A node certificate names this node: that name is the peer id, the only
+    // one the scheduler accepts from this certificate. The shared certificate
+    // names no node: the id is the one kept in the data dir.
+    let node_identity = match &settings.tls {
+        TlsSource::Dir(d) => {
+            let path = d.join("tls.crt");
+            let pem =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            tls::node_identity(&pem).with_context(|| format!("{}", path.display()))?
+        }
+        TlsSource::Ephemeral => None,
+    };
+    let peer_id = match node_identity {
+        Some(name) => name,
+        None => load_or_create_peer_id(&settings.data_dir)?,
     };
     let endpoint = tls::endpoint(settings.quic_listen, &tls)
         .with_context(|| format!("cannot listen for QUIC on {}", settings.quic_listen))?;
@@ -145,8 +171,12 @@ pub async fn run(
         rack: String::new(),
         upload_slots: settings.upload_slots as u32,
     };
+    let mut link_config = LinkConfig::new(settings.schedulers.clone(), me);
+    if let TlsSource::Dir(d) = &settings.tls {
+        link_config.tls_dir = Some(d.clone());
+    }
     let link = SchedulerLink::spawn(
-        LinkConfig::new(settings.schedulers.clone(), me),
+        link_config,
         Arc::new(StoreInventory(store.clone())),
         stopped(),
     );
@@ -163,11 +193,21 @@ pub async fn run(
     ]
     .into();
     let mirror = Mirror::new(engine.clone(), Registries::new(registries));
-    let mirror_server = tokio::spawn(crate::mirror::serve(
-        mirror_listener,
-        mirror.clone(),
-        stopped(),
-    ));
+    // Ready while the mirror serves: it turns false when the mirror's server
+    // ends (an error, or shutdown), before anything else stops.
+    let ready = Arc::new(AtomicBool::new(true));
+    let mirror_server = tokio::spawn({
+        let (ready, stop) = (ready.clone(), stopped());
+        let serve = crate::mirror::serve(mirror_listener, mirror.clone(), stop);
+        async move {
+            let r = serve.await;
+            ready.store(false, Ordering::Relaxed);
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "the mirror stopped serving");
+            }
+            r
+        }
+    });
     let gc = tokio::spawn(gc::run(store.clone(), link.clone(), stopped()));
     let stats = Arc::new(TransferStats::default());
     let limits = UploadLimits {
@@ -181,26 +221,28 @@ pub async fn run(
         stats.clone(),
         stopped(),
     ));
-    let ready = Arc::new(AtomicBool::new(true));
     let health = health::Health {
         store,
         transfer: stats,
         link,
-        ready,
+        ready: ready.clone(),
         engine,
         mirror: mirror.stats.clone(),
     };
-    let http_server = tokio::spawn({
-        let stop = stopped();
-        async move {
-            axum::serve(http, health::router(health))
-                .with_graceful_shutdown(stop)
-                .await
-        }
+    // Health and metrics stop last, so that /readyz says "stopping" while the
+    // mirror drains.
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_server = tokio::spawn(async move {
+        axum::serve(http, health::router(health))
+            .with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            })
+            .await
     });
 
     shutdown.await;
     info!("shutting down");
+    ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     server.await?;
     gc.await?;
@@ -211,6 +253,7 @@ pub async fn run(
     {
         info!("mirror streams still open after 5 s; closing them");
     }
+    let _ = http_stop.send(());
     http_server.await??;
     info!("stopped");
     Ok(())

@@ -24,6 +24,9 @@ impl Scheduler {
         info: PeerInfo,
         held: Vec<HeldTask>,
     ) -> Result<(), CoreError> {
+        if self.test_panic_on_join.as_deref() == Some(info.id.as_str()) {
+            panic!("test hook: panic on join of {}", info.id);
+        }
         if info.hostname.len() > 253 {
             return Err(CoreError::invalid("hostname longer than 253 characters"));
         }

@@ -318,6 +318,8 @@ pub struct Scheduler {
     /// frees a slot, or an operator lifts its quarantine. Part of every
     /// starved download's mark, so they look again.
     pub(crate) slot_epoch: u64,
+    /// Test hook ([`Scheduler::set_test_panic_on_join`]).
+    pub(crate) test_panic_on_join: Option<String>,
 }
 
 impl Scheduler {
@@ -334,7 +336,14 @@ impl Scheduler {
             rng,
             stats: CoreStats::default(),
             slot_epoch: 0,
+            test_panic_on_join: None,
         }
+    }
+
+    /// Test hook: panic when peer `id` joins, as a bug would (the fault tests
+    /// check that the process does not live on as a zombie).
+    pub fn set_test_panic_on_join(&mut self, id: String) {
+        self.test_panic_on_join = Some(id);
     }
 
     /// The configuration in force.

@@ -218,14 +218,15 @@ impl<'a> Bench<'a> {
             }
             Mode::Shoal => {
                 let host = self.host_for("scheduler")?;
+                let tls_dir = dir.join("peer-tls");
+                PeerProcess::tls_init(&tls_dir)?;
                 let scheduler = LabScheduler::start(
                     &self.lab,
                     &host,
                     &dir.join("scheduler"),
+                    &tls_dir,
                     &self.opts.scheduler_flags,
                 )?;
-                let tls_dir = dir.join("peer-tls");
-                PeerProcess::tls_init(&tls_dir)?;
                 let options = PeerOptions {
                     scheduler: Some(scheduler.grpc_url()),
                     default_upstream: Some(self.origin_url()),

@@ -1,0 +1,176 @@
+//! One way to run the scheduler: [`run`] takes listeners already bound and a
+//! shutdown signal, and serves gRPC (mutual TLS, or plain text behind the
+//! development switch), the operator API and the planning ticker until the
+//! signal. The binary calls it; so does every test that needs a whole
+//! scheduler.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::config::{GrpcSecurity, Settings};
+use crate::core::Scheduler;
+use crate::grpc::{self, Identity, Limits, SchedulerService};
+use crate::http;
+use crate::metrics::Metrics;
+use crate::state::SchedulerState;
+use crate::tls::TlsFiles;
+
+/// How long open connections get to finish after the shutdown signal.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The scheduler's listening sockets, bound by the caller (tests bind
+/// `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Peers' gRPC.
+    pub grpc: TcpListener,
+    /// The operator API, metrics and health.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `settings`; errors name the address.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
+        let grpc = TcpListener::bind(settings.grpc_listen)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_listen))?;
+        let http = TcpListener::bind(settings.http_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for the operator API on {}",
+                    settings.http_listen
+                )
+            })?;
+        Ok(Listeners { grpc, http })
+    }
+}
+
+/// Makes any panic, in any task, end the process (after the default hook has
+/// printed it), as `panic = "abort"` does in release builds: a scheduler with a
+/// poisoned core or a dead ticker must not live on answering health checks.
+pub fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
+}
+
+/// Runs the scheduler on `listeners` until `shutdown` resolves, then drains.
+/// Fails at once when the TLS material cannot be used.
+pub async fn run(
+    listeners: Listeners,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+    } = listeners;
+    let tls = match &settings.grpc_security {
+        GrpcSecurity::MutualTls(dir) => Some(Arc::new(
+            TlsFiles::load(dir).context("cannot use the gRPC TLS material")?,
+        )),
+        GrpcSecurity::InsecurePlaintext => {
+            warn!(
+                "gRPC serves PLAIN TEXT with no client authentication (--insecure-plaintext): \
+                 anyone who reaches the port can speak for any peer. Development only."
+            );
+            None
+        }
+    };
+    if tls.is_some() && settings.allow_shared_identity {
+        warn!(
+            "the shared peer certificate is accepted for any peer id (--allow-shared-identity): \
+             a holder of its key can speak for every node"
+        );
+    }
+    info!(
+        grpc.addr = %grpc_listener.local_addr()?,
+        grpc.tls = tls.is_some(),
+        http.addr = %http_listener.local_addr()?,
+        peer_ttl = ?settings.core.peer_ttl,
+        // Whether write endpoints are on; the token itself is never logged.
+        http.writes = settings.operator_token.is_some(),
+        "shoal-scheduler starting"
+    );
+    let mut core = Scheduler::new(settings.core.clone());
+    if let Some(id) = settings.test_panic_on_join.clone() {
+        core.set_test_panic_on_join(id);
+    }
+    let state = SchedulerState::new(core);
+    let metrics = Arc::new(Metrics::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let identity = match tls {
+        Some(_) => Identity::Bound {
+            allow_shared: settings.allow_shared_identity,
+        },
+        None => Identity::Unchecked,
+    };
+    let service =
+        SchedulerService::with_policy(state.clone(), metrics.clone(), identity, Limits::default());
+    let grpc = match tls {
+        Some(files) => {
+            let m = metrics.clone();
+            let incoming = crate::tls::incoming(
+                grpc_listener,
+                files,
+                Arc::new(move || m.refused("tls_handshake")),
+            );
+            tokio::spawn(grpc::serve_with(incoming, service, stopped()))
+        }
+        None => tokio::spawn(grpc::serve_with(
+            TcpListenerStream::new(grpc_listener),
+            service,
+            stopped(),
+        )),
+    };
+    let router = http::router(
+        state.clone(),
+        metrics.clone(),
+        settings.operator_token.clone(),
+    );
+    let http = tokio::spawn(http::serve(http_listener, router, stopped()));
+    let ticker = tokio::spawn(grpc::run_ticker(
+        state.clone(),
+        settings.plan_interval,
+        stopped(),
+    ));
+
+    shutdown.await;
+    info!("shutting down");
+    state.set_ready(false);
+    let _ = stop_tx.send(true);
+    // Open streams get a GOAWAY and DRAIN to finish; a peer that keeps its
+    // connection open past that does not hold the process.
+    let drained = tokio::time::timeout(DRAIN, async {
+        grpc.await?.context("gRPC server")?;
+        http.await?.context("operator API")?;
+        ticker.await?;
+        anyhow::Ok(())
+    })
+    .await;
+    match drained {
+        Ok(r) => r?,
+        Err(_) => {
+            warn!(drain = ?DRAIN, "connections still open after the drain period; exiting anyway")
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
