@@ -6,7 +6,7 @@
 //!   bad parents, when to fall back to upstream); no I/O, `now` and an RNG passed in.
 //! - [`download`]: [`Download`], one task being fetched, and the driver loop that
 //!   feeds the planner from the plan stream, the QUIC piece client and upstream.
-//! - [`upstream`]: the [`Upstream`] boundary and [`HttpUpstream`] (plain HTTP).
+//! - [`upstream`]: the [`Upstream`] boundary (implemented by `crate::registry`).
 //! - [`reader`]: [`Download::reader`], the verified bytes from an offset, in order.
 //!
 //! [`Engine::fetch`] shares one download among all concurrent requests for a digest.
@@ -34,7 +34,7 @@ use crate::transfer::PieceClient;
 
 pub use download::{Download, DownloadState, DownloadStats, Progress};
 pub use planner::{Planner, PlannerConfig, PlannerError};
-pub use upstream::{HttpUpstream, Upstream, UpstreamBody, UpstreamError};
+pub use upstream::{Upstream, UpstreamBody, UpstreamError};
 
 /// Why a download failed.
 #[derive(Debug, Clone, thiserror::Error)]

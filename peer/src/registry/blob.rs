@@ -1,7 +1,7 @@
 //! [`BlobUpstream`]: the download engine's [`Upstream`] for one repository of one
 //! registry, with containerd's `Authorization`; and [`blob_body`], the parsing of a blob
 //! response into an [`UpstreamBody`] (total size and first offset from `Content-Range`
-//! or `Content-Length`), the same rules as the engine's plain `HttpUpstream`.
+//! or `Content-Length`): the peer's one `Content-Range` parser.
 //!
 //! Not here: retries and endpoint choice ([`RegistryClient::send`]), checking the bytes
 //! against the digest (the engine does, piece by piece).
