@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use shoal_peer::daemon::StoreSource;
-use shoal_peer::engine::{Download, Engine, EngineConfig, Upstream};
+use shoal_peer::engine::{Download, Engine, EngineConfig, EngineError, Upstream, UpstreamError};
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore};
 use shoal_peer::tls::{self, PeerTls};
@@ -28,7 +28,7 @@ use shoal_proto::{Digest, TaskShape, v1};
 use shoal_scheduler::core::{CoreConfig, Scheduler};
 use shoal_scheduler::grpc;
 use shoal_scheduler::state::SchedulerState;
-use shoal_tests::upstream::CountingUpstream;
+use shoal_tests::upstream::{CountingUpstream, Refusal};
 use shoal_tests::{blob, eventually};
 use tokio::net::TcpListener;
 
@@ -345,4 +345,37 @@ async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
             .is_some_and(|t| t.summary.complete_holders == 2)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusal_reaches_every_reader_as_such() {
+    let (_data, digest, up) = upstream(3 * MIB, 8).await;
+    let challenge = r#"Bearer realm="http://127.0.0.1:9/token",service="test""#;
+    up.refuse_gets(Some(Refusal {
+        status: 401,
+        www_authenticate: Some(challenge.into()),
+    }));
+    let tls = tls::ephemeral().unwrap();
+    let n = node(&tls, dead_url().await, "refused", &up);
+    let dl = n.fetch(digest);
+    let refusal = |e: &EngineError| match e {
+        EngineError::Upstream(UpstreamError::Status {
+            status,
+            www_authenticate,
+        }) => Some((*status, www_authenticate.clone())),
+        _ => None,
+    };
+    let want = Some((401, Some(challenge.to_owned())));
+    let err = tokio::time::timeout(WAIT, dl.wait())
+        .await
+        .expect("download did not finish")
+        .unwrap_err();
+    assert_eq!(refusal(&err), want, "{err}");
+    assert!(!err.is_local_fault());
+    let mut reader = std::pin::pin!(dl.reader(0));
+    let err = reader.next().await.unwrap().unwrap_err();
+    assert_eq!(refusal(&err), want, "{err}");
+    // Without a plan and before the size is known, the first refusal ends the download.
+    assert_eq!(up.served().refused.load(Ordering::SeqCst), 1);
+    assert_eq!(gets(&up), 0);
 }

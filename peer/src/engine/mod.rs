@@ -36,15 +36,22 @@ pub use download::{Download, DownloadState, DownloadStats, Progress};
 pub use planner::{Planner, PlannerConfig, PlannerError};
 pub use upstream::{Upstream, UpstreamBody, UpstreamError};
 
-/// Why a download failed.
+/// Why a download failed, or a read of it.
+///
+/// A failed download hands the same error to every reader (it is cheap to clone), so
+/// the mirror can answer an upstream refusal found before the first byte as upstream
+/// did ([`UpstreamError::Status`]). [`EngineError::is_local_fault`] tells whether the
+/// fault is this node's own.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// Upstream could not serve the blob.
     #[error("upstream: {0}")]
-    Upstream(String),
-    /// The piece store failed in a way that is not a local fault (or reading back failed).
+    Upstream(#[from] UpstreamError),
+    /// The piece store failed where the download cannot do without it: a write refused
+    /// for a reason other than a local fault (those keep the pieces in memory), or
+    /// reading a piece back.
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     /// The plan from the scheduler is unusable.
     #[error("plan: {0}")]
     Plan(#[from] PlannerError),
@@ -62,20 +69,28 @@ pub enum EngineError {
         /// Blob size.
         size: u64,
     },
-    /// The download failed (what readers of a failed download see).
-    #[error("download failed: {0}")]
-    Failed(String),
+    /// A piece verified earlier is no longer in the store.
+    #[error("verified piece {0} is gone from the store")]
+    PieceGone(u32),
+    /// A blocking task of the download (hashing, storing, reading) panicked or was
+    /// cancelled.
+    #[error("{0} task panicked or was cancelled")]
+    TaskAborted(&'static str),
+    /// The download ended without an outcome (its runtime shut down).
+    #[error("download dropped before it ended")]
+    Dropped,
 }
 
-impl From<UpstreamError> for EngineError {
-    fn from(e: UpstreamError) -> Self {
-        EngineError::Upstream(e.to_string())
-    }
-}
-
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        EngineError::Store(e.to_string())
+impl EngineError {
+    /// True when the fault is this node's own (its store's disk, file system or
+    /// database, a lost piece, a panicked task) rather than upstream's, a parent's or the
+    /// plan's: asking upstream again will not help; the operator has to look.
+    pub fn is_local_fault(&self) -> bool {
+        match self {
+            EngineError::Store(e) => e.is_local_fault(),
+            EngineError::PieceGone(_) | EngineError::TaskAborted(_) => true,
+            _ => false,
+        }
     }
 }
 

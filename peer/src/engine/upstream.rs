@@ -10,15 +10,23 @@ use futures::stream::BoxStream;
 use shoal_proto::Digest;
 
 /// Why upstream could not serve a blob.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
-    /// The request failed or the body was cut.
+    /// The request failed (no endpoint answered, after the retries) or the body was cut.
     #[error("upstream request failed: {0}")]
     Http(String),
-    /// Upstream answered with an unexpected status.
-    #[error("upstream answered {0}")]
-    Status(u16),
-    /// Upstream's answer does not make sense (no size, bad Content-Range).
+    /// Upstream answered with a status other than 200 or 206: a refusal (401, 403, 404,
+    /// 429, …), which the mirror answers as upstream did.
+    #[error("upstream answered {status}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// Upstream's `WWW-Authenticate` challenge, when it sent one (with a 401), for
+        /// the client's token exchange.
+        www_authenticate: Option<String>,
+    },
+    /// Upstream's answer does not make sense (no size, bad Content-Range, bytes past
+    /// the blob's end).
     #[error("bad upstream response: {0}")]
     Malformed(String),
 }
