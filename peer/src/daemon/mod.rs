@@ -182,13 +182,10 @@ pub async fn run(
         stopped(),
     ));
     let ready = Arc::new(AtomicBool::new(true));
+    let metrics = health::registry(&engine, &mirror.stats, &stats, &store, &link);
     let health = health::Health {
-        store,
-        transfer: stats,
-        link,
+        metrics: Arc::new(metrics),
         ready,
-        engine,
-        mirror: mirror.stats.clone(),
     };
     let http_server = tokio::spawn({
         let stop = stopped();

@@ -23,11 +23,13 @@ pub mod reader;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::registry::Registry;
 use shoal_proto::Digest;
 
+use crate::metrics::{self, Sample};
 use crate::scheduler_link::SchedulerLink;
 use crate::store::{PieceStore, StoreError};
 use crate::transfer::PieceClient;
@@ -94,7 +96,7 @@ impl EngineError {
     }
 }
 
-/// Node-wide download counters (the daemon exports them on `/metrics`).
+/// Node-wide download counters (exported by [`Engine::register_metrics`]).
 #[derive(Debug, Default)]
 pub struct EngineStats {
     /// Verified bytes received from other peers.
@@ -194,6 +196,58 @@ impl Engine {
     /// The store downloads write to.
     pub fn store(&self) -> &Arc<dyn PieceStore> {
         &self.inner.store
+    }
+
+    /// Registers the engine's metrics in `registry` (names without a prefix: the
+    /// daemon's registry adds `shoal_peer_`): its counters and the downloads in flight,
+    /// read at every scrape.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        metrics::register(registry, self.clone(), |engine| {
+            let s = engine.stats();
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            vec![
+                Sample::Counter(
+                    "bytes_from_upstream",
+                    "Blob bytes fetched from upstream registries.",
+                    load(&s.bytes_from_upstream),
+                ),
+                Sample::Counter(
+                    "bytes_from_peers",
+                    "Verified blob bytes fetched from other peers.",
+                    load(&s.bytes_from_peers),
+                ),
+                Sample::Counter(
+                    "pieces_verified",
+                    "Pieces that matched their hash.",
+                    load(&s.pieces_verified),
+                ),
+                Sample::Counter(
+                    "pieces_rejected",
+                    "Pieces from peers that did not match their hash (discarded; the parent was reported).",
+                    load(&s.pieces_rejected),
+                ),
+                Sample::Counter(
+                    "downloads_started",
+                    "Downloads started (one per blob, shared by concurrent requests).",
+                    load(&s.downloads_started),
+                ),
+                Sample::Counter(
+                    "downloads_completed",
+                    "Downloads verified against their digest.",
+                    load(&s.downloads_completed),
+                ),
+                Sample::Counter(
+                    "downloads_failed",
+                    "Downloads that failed.",
+                    load(&s.downloads_failed),
+                ),
+                Sample::Gauge(
+                    "active_downloads",
+                    "Downloads in flight.",
+                    engine.active() as i64,
+                ),
+            ]
+        });
     }
 
     /// Downloads in flight.
