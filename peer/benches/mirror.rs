@@ -12,11 +12,10 @@
 //! No scheduler: every download comes from upstream (one plain HTTP upstream per
 //! blob, in this process). Prints a table; asserts nothing.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
+use shoal_tests::blob;
 use shoal_tests::swarm::{PeerOptions, PeerProcess};
 use shoal_tests::upstream::CountingUpstream;
 
@@ -27,23 +26,6 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn blob(len: usize, seed: u64) -> (Arc<Vec<u8>>, String) {
-    let mut x = seed | 1;
-    let mut data = vec![0u8; len];
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
-    let d: String = Sha256::digest(&data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    (Arc::new(data), format!("sha256:{d}"))
 }
 
 fn status(pid: u32, key: &str) -> u64 {

@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`daemon`]: `shoal-peer run`: wiring, configuration, health and metrics.
+//! - [`metrics`]: how each component puts its counters into the daemon's one
+//!   prometheus-client registry.
 //! - [`store`]: the piece store (blob files + sled metadata, GC, peer id).
 //! - [`transfer`]: the QUIC piece protocol (pure codec, server, pooled client).
 //! - [`tls`]: the cluster CA and peer certificates for mutual TLS.
@@ -15,6 +17,7 @@
 pub mod containerd;
 pub mod daemon;
 pub mod engine;
+pub mod metrics;
 pub mod mirror;
 pub mod registry;
 pub mod scheduler_link;

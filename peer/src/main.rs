@@ -65,8 +65,13 @@ enum TlsCommand {
     },
 }
 
+/// Tracing on stderr, text or JSON lines, filtered by `SHOAL_LOG` (else `RUST_LOG`, else
+/// `info`). The same set-up as the scheduler's `logging.rs`, kept in step by hand (see
+/// there why it is not shared).
 fn logging(json: bool) {
-    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("SHOAL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -143,9 +143,21 @@ async fn runs_joins_serves_pieces_over_mtls_and_stops_on_sigterm() {
     // Health and metrics.
     let (code, _) = http_get(http, "/readyz").await;
     assert_eq!(code, 200);
-    let (code, body) = http_get(http, "/metrics").await;
-    assert_eq!(code, 200);
-    assert!(body.contains("shoal_peer_scheduler_connected 1"), "{body}");
+    // The sample, not the HELP text (which says "1 while …"); the session opens just
+    // after the join the scheduler saw.
+    let connected = "\nshoal_peer_scheduler_connected 1\n";
+    let mut body = String::new();
+    for _ in 0..100 {
+        let (code, b) = http_get(http, "/metrics").await;
+        assert_eq!(code, 200);
+        body = b;
+        if body.contains(connected) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(body.contains(connected), "{body}");
+    assert_every_known_metric_is_served(&body);
 
     // A peer with the cluster certificate gets the pieces, byte for byte.
     let shape = TaskShape::for_size(blob.len() as u64).unwrap();
@@ -226,4 +238,51 @@ fn reports_every_configuration_error_at_once() {
     ] {
         assert!(err.contains(words), "missing {words}: {err}");
     }
+}
+
+/// Every metric name the docs (`docs/peer.md`) and the chart's Grafana dashboard use is
+/// a sample in the `/metrics` answer `response`, every sample is named `shoal_peer_*` or
+/// `shoal_mirror_*`, and the text is OpenMetrics.
+fn assert_every_known_metric_is_served(response: &str) {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut known = std::collections::BTreeSet::new();
+    for file in ["docs/peer.md", "charts/shoal/files/dashboard.json"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        for (i, _) in text.match_indices("shoal_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let prefix_only = name.ends_with('_');
+            if (name.starts_with("shoal_peer_") || name.starts_with("shoal_mirror_"))
+                && !prefix_only
+            {
+                known.insert(name);
+            }
+        }
+    }
+    assert!(known.len() >= 20, "too few names found: {known:?}");
+    let samples: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' ').map(|(name, _)| name))
+        .collect();
+    for name in &known {
+        assert!(
+            samples.contains(&name.as_str()),
+            "{name} is not served:\n{body}"
+        );
+    }
+    for name in &samples {
+        assert!(
+            name.starts_with("shoal_peer_") || name.starts_with("shoal_mirror_"),
+            "unprefixed metric {name}"
+        );
+    }
+    assert!(body.ends_with("# EOF\n"), "{body}");
 }

@@ -1,20 +1,23 @@
 //! The download engine end to end on 127.0.0.1: a real scheduler (gRPC), real QUIC
-//! piece transfer between peers, `MemStore`s, and a tiny HTTP upstream that counts what
-//! it serves. Two peers fetch one blob with upstream serving it once; no scheduler
+//! piece transfer between peers, `MemStore`s, and an HTTP upstream that counts what it
+//! serves (`CountingUpstream`, reached through the registry client). Two peers fetch
+//! one blob with upstream serving it once; no scheduler
 //! means upstream directly; a corrupt parent is detected and worked around; concurrent
 //! fetches share one download; readers get exact bytes from any offset; a full disk
 //! does not fail the download. No test asserts a duration.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use shoal_peer::daemon::StoreSource;
-use shoal_peer::engine::{Download, Engine, EngineConfig, HttpUpstream};
+use shoal_peer::engine::{Download, Engine, EngineConfig, EngineError, Upstream, UpstreamError};
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore};
 use shoal_peer::tls::{self, PeerTls};
@@ -25,110 +28,26 @@ use shoal_proto::{Digest, TaskShape, v1};
 use shoal_scheduler::core::{CoreConfig, Scheduler};
 use shoal_scheduler::grpc;
 use shoal_scheduler::state::SchedulerState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shoal_tests::upstream::{CountingUpstream, Refusal};
+use shoal_tests::{blob, eventually};
 use tokio::net::TcpListener;
 
 const MIB: usize = 1 << 20;
 const REPO: &str = "test/blob";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn blob(len: usize, seed: u64) -> (Bytes, Digest) {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    let d = Digest::from_sha256(Sha256::digest(&data).into());
-    (data.into(), d)
+/// `len` test bytes, their digest, and a counting upstream serving them.
+async fn upstream(len: usize, seed: u64) -> (Arc<Vec<u8>>, Digest, CountingUpstream) {
+    let (data, digest) = blob(len, seed);
+    let up = CountingUpstream::start(REPO, &digest, data.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    (data, digest.parse().unwrap(), up)
 }
 
-/// A one-blob HTTP registry on 127.0.0.1 that counts requests and body bytes.
-struct Registry {
-    base: String,
-    requests: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
-}
-
-impl Registry {
-    async fn start(data: Bytes, digest: Digest) -> Registry {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(AtomicU64::new(0));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let (r, b) = (requests.clone(), bytes.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (data, r, b) = (data.clone(), r.clone(), b.clone());
-                tokio::spawn(answer(sock, data, digest, r, b));
-            }
-        });
-        Registry {
-            base,
-            requests,
-            bytes,
-        }
-    }
-
-    fn upstream(&self) -> Arc<HttpUpstream> {
-        Arc::new(HttpUpstream::new(self.base.clone(), REPO).unwrap())
-    }
-}
-
-async fn answer(
-    mut sock: tokio::net::TcpStream,
-    data: Bytes,
-    digest: Digest,
-    requests: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
-) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match sock.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    let path = format!("get /v2/{REPO}/blobs/{digest} ");
-    if !head.starts_with(&path) {
-        let _ = sock
-            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .await;
-        return;
-    }
-    requests.fetch_add(1, Ordering::SeqCst);
-    let start: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("range: bytes="))
-        .and_then(|r| r.trim().trim_end_matches('-').parse().ok())
-        .unwrap_or(0);
-    let len = data.len();
-    let header = if start > 0 {
-        format!(
-            "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{}/{len}\r\nconnection: close\r\n\r\n",
-            len - start,
-            len - 1
-        )
-    } else {
-        format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
-    };
-    if sock.write_all(header.as_bytes()).await.is_err() {
-        return;
-    }
-    for chunk in data[start..].chunks(256 * 1024) {
-        if sock.write_all(chunk).await.is_err() {
-            return;
-        }
-        bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-    }
+/// Blob `GET`s upstream answered.
+fn gets(up: &CountingUpstream) -> u64 {
+    up.served().gets.load(Ordering::SeqCst)
 }
 
 /// A scheduler on 127.0.0.1, with its ticker; returns its URL.
@@ -200,7 +119,7 @@ struct Node {
     engine: Engine,
     store: Arc<MemStore>,
     link: SchedulerLink,
-    upstream: Arc<HttpUpstream>,
+    upstream: Arc<dyn Upstream>,
 }
 
 impl Node {
@@ -209,7 +128,7 @@ impl Node {
     }
 }
 
-fn node(tls: &PeerTls, url: String, id: &str, registry: &Registry) -> Node {
+fn node(tls: &PeerTls, url: String, id: &str, up: &CountingUpstream) -> Node {
     let store = Arc::new(MemStore::default());
     let (endpoint, addr) = quic(
         tls,
@@ -221,18 +140,8 @@ fn node(tls: &PeerTls, url: String, id: &str, registry: &Registry) -> Node {
         engine,
         store,
         link,
-        upstream: registry.upstream(),
+        upstream: common::blob_upstream(&up.url(), REPO),
     }
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 async fn read_all(dl: &Arc<Download>, offset: u64) -> Vec<u8> {
@@ -253,12 +162,11 @@ async fn done(dl: &Arc<Download>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_peers_fetch_one_blob_and_upstream_serves_it_once() {
-    let (data, digest) = blob(16 * MIB, 1);
-    let registry = Registry::start(data.clone(), digest).await;
+    let (data, digest, up) = upstream(16 * MIB, 1).await;
     let (url, state) = scheduler().await;
     let tls = tls::ephemeral().unwrap();
-    let a = node(&tls, url.clone(), "peer-a", &registry);
-    let b = node(&tls, url, "peer-b", &registry);
+    let a = node(&tls, url.clone(), "peer-a", &up);
+    let b = node(&tls, url, "peer-b", &up);
     assert!(a.link.wait_connected(WAIT).await);
     assert!(b.link.wait_connected(WAIT).await);
 
@@ -269,8 +177,8 @@ async fn two_peers_fetch_one_blob_and_upstream_serves_it_once() {
     done(&da).await;
     done(&db).await;
 
-    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
-    assert_eq!(registry.bytes.load(Ordering::SeqCst), data.len() as u64);
+    assert_eq!(gets(&up), 1);
+    assert_eq!(up.bytes(), data.len() as u64);
     for dl in [&da, &db] {
         let got = read_all(dl, 0).await;
         assert_eq!(Sha256::digest(&got).as_slice(), digest.as_bytes());
@@ -295,43 +203,40 @@ async fn two_peers_fetch_one_blob_and_upstream_serves_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_scheduler_the_blob_comes_from_upstream() {
-    let (data, digest) = blob(9 * MIB + 7, 2);
-    let registry = Registry::start(data.clone(), digest).await;
+    let (data, digest, up) = upstream(9 * MIB + 7, 2).await;
     let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "lonely", &registry);
+    let n = node(&tls, dead_url().await, "lonely", &up);
     let dl = n.fetch(digest);
     done(&dl).await;
-    assert_eq!(read_all(&dl, 0).await, data);
-    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(read_all(&dl, 0).await, *data);
+    assert_eq!(gets(&up), 1);
     assert!(n.store.meta(&digest).unwrap().unwrap().complete);
     // A later fetch is served from the store.
     let again = n.fetch(digest);
     done(&again).await;
-    assert_eq!(read_all(&again, 0).await, data);
-    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(read_all(&again, 0).await, *data);
+    assert_eq!(gets(&up), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetches_share_one_download() {
-    let (data, digest) = blob(6 * MIB, 3);
-    let registry = Registry::start(data.clone(), digest).await;
+    let (data, digest, up) = upstream(6 * MIB, 3).await;
     let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "shared", &registry);
+    let n = node(&tls, dead_url().await, "shared", &up);
     let one = n.fetch(digest);
     let two = n.fetch(digest);
     assert!(Arc::ptr_eq(&one, &two));
     let (x, y) = tokio::join!(read_all(&one, 0), read_all(&two, 0));
-    assert_eq!(x, data);
-    assert_eq!(y, data);
-    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(x, *data);
+    assert_eq!(y, *data);
+    assert_eq!(gets(&up), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reader_yields_the_blob_from_an_offset() {
-    let (data, digest) = blob(13 * MIB + 5, 4);
-    let registry = Registry::start(data.clone(), digest).await;
+    let (data, digest, up) = upstream(13 * MIB + 5, 4).await;
     let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "reader", &registry);
+    let n = node(&tls, dead_url().await, "reader", &up);
     let dl = n.fetch(digest);
     for offset in [5 * MIB + 123, 0, 4 * MIB, data.len() - 1, data.len()] {
         let got = read_all(&dl, offset as u64).await;
@@ -343,21 +248,19 @@ async fn reader_yields_the_blob_from_an_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_does_not_fail_the_download() {
-    let (data, digest) = blob(5 * MIB, 5);
-    let registry = Registry::start(data.clone(), digest).await;
+    let (data, digest, up) = upstream(5 * MIB, 5).await;
     let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "full", &registry);
+    let n = node(&tls, dead_url().await, "full", &up);
     n.store.fail_writes(true);
     let dl = n.fetch(digest);
     done(&dl).await;
-    assert_eq!(read_all(&dl, 0).await, data);
+    assert_eq!(read_all(&dl, 0).await, *data);
     assert!(!n.store.meta(&digest).unwrap().is_some_and(|m| m.complete));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
-    let (data, digest) = blob(16 * MIB, 6);
-    let registry = Registry::start(data.clone(), digest).await;
+    let (data, digest, up) = upstream(16 * MIB, 6).await;
     let (url, _state) = scheduler().await;
     let tls = tls::ephemeral().unwrap();
     let shape = TaskShape::for_size(data.len() as u64).unwrap();
@@ -366,7 +269,7 @@ async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
     let mut hashes = Vec::new();
     for i in 0..shape.piece_count() {
         let r = shape.piece_range(i).unwrap();
-        let piece = data.slice(r.start as usize..r.end as usize);
+        let piece = Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]);
         hashes.push(Sha256::digest(&piece).to_vec());
         good.insert(digest, i, piece.clone());
         let mut evil = piece.to_vec();
@@ -385,13 +288,13 @@ async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
     assert!(g.wait_connected(WAIT).await);
     assert!(b.wait_connected(WAIT).await);
 
-    let c = node(&tls, url, "child", &registry);
+    let c = node(&tls, url, "child", &up);
     assert!(c.link.wait_connected(WAIT).await);
     let dl = c.fetch(digest);
     done(&dl).await;
-    assert_eq!(read_all(&dl, 0).await, data);
+    assert_eq!(read_all(&dl, 0).await, *data);
     assert!(dl.stats().bad_pieces.load(Ordering::Relaxed) >= 1);
-    assert_eq!(registry.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(gets(&up), 0);
     // The scheduler heard about it: "bad" is no longer offered for this task.
     let mut plan = c.link.plan(&digest, data.len() as u64).await.unwrap();
     let update = plan.message().await.unwrap().unwrap();
@@ -400,8 +303,7 @@ async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
-    let (data, digest) = blob(10 * MIB, 7);
-    let registry = Registry::start(data.clone(), digest).await;
+    let (data, digest, up) = upstream(10 * MIB, 7).await;
     let (url, state) = scheduler().await;
     let tls = tls::ephemeral().unwrap();
     let shape = TaskShape::for_size(data.len() as u64).unwrap();
@@ -431,11 +333,11 @@ async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
     let mut config = EngineConfig::default();
     config.planner.starve_timeout = Duration::from_millis(300);
     let engine = Engine::with_config(store.clone(), child, PieceClient::new(endpoint), config);
-    let dl = engine.fetch(digest, 0, registry.upstream());
+    let dl = engine.fetch(digest, 0, common::blob_upstream(&up.url(), REPO));
     done(&dl).await;
-    assert_eq!(read_all(&dl, 0).await, data);
+    assert_eq!(read_all(&dl, 0).await, *data);
     assert!(dl.stats().fetch_failures.load(Ordering::Relaxed) >= 1);
-    assert_eq!(registry.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(gets(&up), 1);
     assert!(store.meta(&digest).unwrap().unwrap().complete);
     eventually("the child is a complete holder", || {
         state
@@ -443,4 +345,37 @@ async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
             .is_some_and(|t| t.summary.complete_holders == 2)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusal_reaches_every_reader_as_such() {
+    let (_data, digest, up) = upstream(3 * MIB, 8).await;
+    let challenge = r#"Bearer realm="http://127.0.0.1:9/token",service="test""#;
+    up.refuse_gets(Some(Refusal {
+        status: 401,
+        www_authenticate: Some(challenge.into()),
+    }));
+    let tls = tls::ephemeral().unwrap();
+    let n = node(&tls, dead_url().await, "refused", &up);
+    let dl = n.fetch(digest);
+    let refusal = |e: &EngineError| match e {
+        EngineError::Upstream(UpstreamError::Status {
+            status,
+            www_authenticate,
+        }) => Some((*status, www_authenticate.clone())),
+        _ => None,
+    };
+    let want = Some((401, Some(challenge.to_owned())));
+    let err = tokio::time::timeout(WAIT, dl.wait())
+        .await
+        .expect("download did not finish")
+        .unwrap_err();
+    assert_eq!(refusal(&err), want, "{err}");
+    assert!(!err.is_local_fault());
+    let mut reader = std::pin::pin!(dl.reader(0));
+    let err = reader.next().await.unwrap().unwrap_err();
+    assert_eq!(refusal(&err), want, "{err}");
+    // Without a plan and before the size is known, the first refusal ends the download.
+    assert_eq!(up.served().refused.load(Ordering::SeqCst), 1);
+    assert_eq!(gets(&up), 0);
 }

@@ -1,13 +1,15 @@
 //! Bad input to the registry mirror of a real `shoal-peer run` process: each gets a
 //! clear 4xx with an OCI error body (or hyper's 431 for oversized headers), nothing
-//! is written outside the data dir, and good requests still work afterwards.
+//! is written outside the data dir, and good requests still work afterwards. And an
+//! upstream that refuses the download's `GET` after answering the `HEAD`: the refusal
+//! reaches the client as upstream gave it (404, 401 with its challenge), not as a 503.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use shoal_tests::swarm::{PeerOptions, PeerProcess};
-use shoal_tests::upstream::CountingUpstream;
+use shoal_tests::upstream::{CountingUpstream, Refusal};
 
 const REPO: &str = "input/blob";
 
@@ -235,6 +237,53 @@ async fn bad_requests_get_a_clear_4xx_and_nothing_is_written() {
     let (got, _, body) = raw(m, "GET", &format!("/v2/{REPO}/blobs/{zero}"), "").await;
     assert_oci(got, &body, 404, "BLOB_UNKNOWN", "unknown blob");
     assert!(s.upstream.bytes() >= s.data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusal_found_mid_download_is_answered_as_upstream_gave_it() {
+    let s = setup().await;
+    let m = s.peer.mirror_addr();
+    let path = format!("/v2/{REPO}/blobs/{}", s.digest);
+    let served = s.upstream.served();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::SeqCst);
+
+    // The blob is gone upstream between the mirror's HEAD and the download's GET.
+    s.upstream.refuse_gets(Some(Refusal {
+        status: 404,
+        www_authenticate: None,
+    }));
+    let (got, _, body) = raw(m, "GET", &path, "").await;
+    assert_oci(got, &body, 404, "BLOB_UNKNOWN", "GET refused with 404");
+    assert_eq!(load(&served.heads), 1, "the mirror's HEAD succeeded first");
+    assert_eq!(load(&served.refused), 1, "the download's GET was refused");
+
+    // The token is good for the HEAD but not the GET: 401 with upstream's challenge,
+    // so containerd can fetch a token and come back.
+    let challenge = r#"Bearer realm="http://127.0.0.1:9/token",service="test",scope="repository:input/blob:pull""#;
+    s.upstream.refuse_gets(Some(Refusal {
+        status: 401,
+        www_authenticate: Some(challenge.into()),
+    }));
+    let (got, head, body) = raw(m, "GET", &path, "").await;
+    assert_oci(got, &body, 401, "UNAUTHORIZED", "GET refused with 401");
+    assert!(
+        head.contains(&format!("www-authenticate: {challenge}")),
+        "no challenge: {head}"
+    );
+    assert_eq!(load(&served.refused), 2);
+    assert_eq!(s.peer.metric("shoal_mirror_failed_total").await, 0.0);
+    assert_eq!(
+        s.peer.metric("shoal_peer_downloads_failed_total").await,
+        2.0
+    );
+
+    // Upstream serves again: nothing of the failed downloads stands in the way.
+    s.upstream.refuse_gets(None);
+    let whole = reqwest::get(format!("{}{path}", s.peer.mirror_url()))
+        .await
+        .unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.bytes().await.unwrap().as_ref(), &s.data[..]);
 }
 
 fn snapshot(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {

@@ -11,6 +11,7 @@ use shoal_proto::{Digest, v1};
 use shoal_scheduler::core::{CoreConfig, Scheduler};
 use shoal_scheduler::grpc;
 use shoal_scheduler::state::SchedulerState;
+use shoal_tests::eventually;
 use tokio::sync::oneshot;
 
 struct Held(Vec<v1::HeldTask>);
@@ -66,16 +67,6 @@ fn link(url: String, id: &str, n: u8, inventory: Vec<v1::HeldTask>) -> Scheduler
     config.backoff_min = Duration::from_millis(50);
     config.backoff_max = Duration::from_millis(400);
     SchedulerLink::spawn(config, Arc::new(Held(inventory)), std::future::pending())
-}
-
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test]

@@ -1,19 +1,22 @@
 //! Swarms of four peers on 127.0.0.1 fetching one 64 MiB blob: a real scheduler
-//! (gRPC), real QUIC piece transfer, `MemStore`s and a counting HTTP upstream. Each
-//! peer runs on its own tokio runtime so that it can be killed like a crashed node
-//! (its runtime is shut down: engine, QUIC server, scheduler link all vanish at once).
+//! (gRPC), real QUIC piece transfer, `MemStore`s and a counting HTTP upstream
+//! (`CountingUpstream`, reached through the registry client). Each peer runs on its own
+//! tokio runtime so that it can be killed like a crashed node (its runtime is shut
+//! down: engine, QUIC server, scheduler link all vanish at once).
 //! No test asserts a duration; waits only fail when something never happens.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use shoal_peer::daemon::{StoreInventory, StoreSource};
-use shoal_peer::engine::{Download, Engine, HttpUpstream};
+use shoal_peer::engine::{Download, Engine, Upstream};
 use shoal_peer::scheduler_link::{LinkConfig, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore};
 use shoal_peer::tls::{self, PeerTls};
@@ -22,7 +25,8 @@ use shoal_proto::{Digest, v1};
 use shoal_scheduler::core::{CoreConfig, PeerId, Scheduler};
 use shoal_scheduler::grpc;
 use shoal_scheduler::state::SchedulerState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shoal_tests::upstream::CountingUpstream;
+use shoal_tests::{blob, eventually};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -31,116 +35,19 @@ const SIZE: usize = 64 * MIB;
 const REPO: &str = "test/blob";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn blob(len: usize, seed: u64) -> (Bytes, Digest) {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    let d = Digest::from_sha256(Sha256::digest(&data).into());
-    (data.into(), d)
+/// `SIZE` test bytes, their digest, and a counting upstream serving them that pauses
+/// `pause` after every 256 KiB so a transfer takes a while.
+async fn upstream(seed: u64, pause: Duration) -> (Digest, CountingUpstream) {
+    let (data, digest) = blob(SIZE, seed);
+    let up = CountingUpstream::start(REPO, &digest, data, pause)
+        .await
+        .unwrap();
+    (digest.parse().unwrap(), up)
 }
 
-/// A one-blob HTTP registry on 127.0.0.1 that counts requests and body bytes; it
-/// pauses `delay` after every 256 KiB so a transfer takes a while.
-struct Registry {
-    base: String,
-    requests: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
-}
-
-impl Registry {
-    async fn start(data: Bytes, digest: Digest, delay: Duration) -> Registry {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(AtomicU64::new(0));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let (r, b) = (requests.clone(), bytes.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    return;
-                };
-                let (data, r, b) = (data.clone(), r.clone(), b.clone());
-                tokio::spawn(answer(sock, data, digest, r, b, delay));
-            }
-        });
-        Registry {
-            base,
-            requests,
-            bytes,
-        }
-    }
-
-    fn upstream(&self) -> Arc<HttpUpstream> {
-        Arc::new(HttpUpstream::new(self.base.clone(), REPO).unwrap())
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::SeqCst)
-    }
-}
-
-async fn answer(
-    mut sock: tokio::net::TcpStream,
-    data: Bytes,
-    digest: Digest,
-    requests: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
-    delay: Duration,
-) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match sock.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    let path = format!("get /v2/{REPO}/blobs/{digest} ");
-    if !head.starts_with(&path) {
-        let _ = sock
-            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .await;
-        return;
-    }
-    requests.fetch_add(1, Ordering::SeqCst);
-    let start: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("range: bytes="))
-        .and_then(|r| r.trim().trim_end_matches('-').parse().ok())
-        .unwrap_or(0);
-    let len = data.len();
-    let header = if start > 0 {
-        format!(
-            "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {start}-{}/{len}\r\nconnection: close\r\n\r\n",
-            len - start,
-            len - 1
-        )
-    } else {
-        format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
-    };
-    if sock.write_all(header.as_bytes()).await.is_err() {
-        return;
-    }
-    for chunk in data[start..].chunks(256 * 1024) {
-        if sock.write_all(chunk).await.is_err() {
-            return;
-        }
-        bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-    }
+/// Blob `GET`s upstream answered.
+fn gets(up: &CountingUpstream) -> u64 {
+    up.served().gets.load(Ordering::SeqCst)
 }
 
 /// A scheduler on 127.0.0.1 with its ticker, stoppable and restartable on its address.
@@ -231,11 +138,11 @@ struct Node {
     store: Arc<MemStore>,
     link: SchedulerLink,
     endpoint: quinn::Endpoint,
-    upstream: Arc<HttpUpstream>,
+    upstream: Arc<dyn Upstream>,
 }
 
 impl Node {
-    fn start(tls: &PeerTls, url: &str, id: &str, registry: &Registry, corrupt: bool) -> Node {
+    fn start(tls: &PeerTls, url: &str, id: &str, up: &CountingUpstream, corrupt: bool) -> Node {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -278,6 +185,7 @@ impl Node {
             link.clone(),
             PieceClient::new(endpoint.clone()),
         );
+        let upstream = common::blob_upstream(&up.url(), REPO);
         drop(guard);
         Node {
             id: id.into(),
@@ -286,7 +194,7 @@ impl Node {
             store,
             link,
             endpoint,
-            upstream: registry.upstream(),
+            upstream,
         }
     }
 
@@ -314,11 +222,16 @@ impl Drop for Node {
     }
 }
 
-async fn swarm(tls: &PeerTls, url: &str, registry: &Registry, corrupt: Option<usize>) -> Vec<Node> {
+async fn swarm(
+    tls: &PeerTls,
+    url: &str,
+    up: &CountingUpstream,
+    corrupt: Option<usize>,
+) -> Vec<Node> {
     let mut nodes = Vec::new();
     for i in 0..4 {
         let id = format!("peer-{i}");
-        nodes.push(Node::start(tls, url, &id, registry, corrupt == Some(i)));
+        nodes.push(Node::start(tls, url, &id, up, corrupt == Some(i)));
     }
     for n in &nodes {
         assert!(
@@ -328,16 +241,6 @@ async fn swarm(tls: &PeerTls, url: &str, registry: &Registry, corrupt: Option<us
         );
     }
     nodes
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..2400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 async fn read_all(dl: &Arc<Download>) -> Vec<u8> {
@@ -386,7 +289,7 @@ async fn check_bytes(node: &Node, dl: &Arc<Download>, digest: &Digest) {
     );
 }
 
-fn figures(test: &str, registry: &Registry, nodes: &[(&Node, &Arc<Download>)]) {
+fn figures(test: &str, up: &CountingUpstream, nodes: &[(&Node, &Arc<Download>)]) {
     let per: Vec<String> = nodes
         .iter()
         .map(|(n, d)| {
@@ -402,30 +305,29 @@ fn figures(test: &str, registry: &Registry, nodes: &[(&Node, &Arc<Download>)]) {
         .collect();
     eprintln!(
         "{test}: upstream {} requests, {} / {} bytes ({:.2} copies); {}",
-        registry.requests(),
-        registry.bytes(),
+        gets(up),
+        up.bytes(),
         SIZE,
-        registry.bytes() as f64 / SIZE as f64,
+        up.bytes() as f64 / SIZE as f64,
         per.join("; ")
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_peers_at_once_upstream_serves_one_copy() {
-    let (data, digest) = blob(SIZE, 11);
-    let registry = Registry::start(data, digest, Duration::ZERO).await;
+    let (digest, up) = upstream(11, Duration::ZERO).await;
     let sched = Sched::start(CoreConfig::default()).await;
     let tls = tls::ephemeral().unwrap();
-    let nodes = swarm(&tls, &sched.url, &registry, None).await;
+    let nodes = swarm(&tls, &sched.url, &up, None).await;
 
     let dls: Vec<_> = nodes.iter().map(|n| n.fetch(digest)).collect();
     for (n, d) in nodes.iter().zip(&dls) {
         check_bytes(n, d, &digest).await;
     }
     let pairs: Vec<_> = nodes.iter().zip(&dls).collect();
-    figures("four_peers_at_once", &registry, &pairs);
-    assert_eq!(registry.requests(), 1);
-    assert_eq!(registry.bytes(), SIZE as u64);
+    figures("four_peers_at_once", &up, &pairs);
+    assert_eq!(gets(&up), 1);
+    assert_eq!(up.bytes(), SIZE as u64);
     eventually("all four are complete holders", || {
         sched.complete_holders(&digest) == 4
     })
@@ -434,9 +336,8 @@ async fn four_peers_at_once_upstream_serves_one_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_back_to_source_peer_mid_transfer_the_others_complete() {
-    let (data, digest) = blob(SIZE, 12);
     // About 2.6 s per copy, so the back-to-source peer is caught mid-transfer.
-    let registry = Registry::start(data, digest, Duration::from_millis(10)).await;
+    let (digest, up) = upstream(12, Duration::from_millis(10)).await;
     let config = CoreConfig {
         peer_ttl: Duration::from_secs(2),
         back_to_source_stall: Duration::from_secs(2),
@@ -444,7 +345,7 @@ async fn killing_the_back_to_source_peer_mid_transfer_the_others_complete() {
     };
     let sched = Sched::start(config).await;
     let tls = tls::ephemeral().unwrap();
-    let mut nodes = swarm(&tls, &sched.url, &registry, None).await;
+    let mut nodes = swarm(&tls, &sched.url, &up, None).await;
 
     let dls: Vec<_> = nodes.iter().map(|n| n.fetch(digest)).collect();
     let mut elected = Vec::new();
@@ -482,11 +383,11 @@ async fn killing_the_back_to_source_peer_mid_transfer_the_others_complete() {
         .filter(|(i, _)| *i != victim)
         .map(|(_, p)| p)
         .collect();
-    figures("kill_back_to_source", &registry, &pairs);
+    figures("kill_back_to_source", &up, &pairs);
     assert!(
-        registry.bytes() <= 2 * SIZE as u64,
+        up.bytes() <= 2 * SIZE as u64,
         "upstream served {} bytes",
-        registry.bytes()
+        up.bytes()
     );
     eventually("the three survivors are complete holders", || {
         sched.complete_holders(&digest) == 3
@@ -496,11 +397,10 @@ async fn killing_the_back_to_source_peer_mid_transfer_the_others_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serving_corrupt_pieces_is_detected_and_dropped() {
-    let (data, digest) = blob(SIZE, 13);
-    let registry = Registry::start(data, digest, Duration::ZERO).await;
+    let (digest, up) = upstream(13, Duration::ZERO).await;
     let sched = Sched::start(CoreConfig::default()).await;
     let tls = tls::ephemeral().unwrap();
-    let nodes = swarm(&tls, &sched.url, &registry, Some(0)).await;
+    let nodes = swarm(&tls, &sched.url, &up, Some(0)).await;
     let evil = &nodes[0];
 
     // The corrupt peer gets the blob first (from upstream, correctly) and is then the
@@ -517,7 +417,7 @@ async fn a_peer_serving_corrupt_pieces_is_detected_and_dropped() {
     }
     let mut pairs = vec![(evil, &de)];
     pairs.extend(nodes[1..].iter().zip(&dls));
-    figures("corrupt_peer", &registry, &pairs);
+    figures("corrupt_peer", &up, &pairs);
     let bad: u64 = dls
         .iter()
         .map(|d| d.stats().bad_pieces.load(Ordering::Relaxed))
@@ -540,11 +440,10 @@ async fn a_peer_serving_corrupt_pieces_is_detected_and_dropped() {
 /// what they hold), and the new scheduler ends up knowing every holder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_restart_mid_download_completes_and_new_scheduler_knows_every_holder() {
-    let (data, digest) = blob(SIZE, 14);
-    let registry = Registry::start(data, digest, Duration::from_millis(10)).await;
+    let (digest, up) = upstream(14, Duration::from_millis(10)).await;
     let sched = Sched::start(CoreConfig::default()).await;
     let tls = tls::ephemeral().unwrap();
-    let nodes = swarm(&tls, &sched.url, &registry, None).await;
+    let nodes = swarm(&tls, &sched.url, &up, None).await;
 
     let dls: Vec<_> = nodes.iter().map(|n| n.fetch(digest)).collect();
     let mut rx: Vec<_> = dls.iter().map(|d| d.progress()).collect();
@@ -561,7 +460,7 @@ async fn scheduler_restart_mid_download_completes_and_new_scheduler_knows_every_
         check_bytes(n, d, &digest).await;
     }
     let pairs: Vec<_> = nodes.iter().zip(&dls).collect();
-    figures("scheduler_restart", &registry, &pairs);
+    figures("scheduler_restart", &up, &pairs);
     eprintln!(
         "scheduler_restart: new scheduler knows {} complete holders",
         sched.complete_holders(&digest)

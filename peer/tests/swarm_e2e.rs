@@ -8,11 +8,11 @@
 //! a hang.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
+use shoal_tests::blob;
 use shoal_tests::swarm::{PeerOptions, PeerProcess, SchedulerProcess};
 use shoal_tests::upstream::CountingUpstream;
 
@@ -20,24 +20,6 @@ const MIB: usize = 1 << 20;
 const SIZE: usize = 64 * MIB;
 const REPO: &str = "e2e/blob";
 const PEERS: usize = 4;
-
-fn blob(len: usize, seed: u64) -> (Arc<Vec<u8>>, String) {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    let d = format!("sha256:{}", hex(&Sha256::digest(&data)));
-    (Arc::new(data), d)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 struct Swarm {
     _dir: tempfile::TempDir,
@@ -124,7 +106,7 @@ async fn pull(mirror: String, digest: String) -> Result<(String, u64), String> {
         n += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    Ok((format!("sha256:{}", hex(&hasher.finalize())), n))
+    Ok((format!("sha256:{:x}", hasher.finalize()), n))
 }
 
 fn pull_all(

@@ -20,6 +20,7 @@ use shoal_peer::transfer::{
     FetchError, MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
 };
 use shoal_proto::Digest;
+use shoal_tests::eventually;
 use tokio::sync::{Notify, oneshot};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,16 +77,6 @@ impl Server {
 
 fn client(tls: &PeerTls) -> PieceClient {
     PieceClient::new(tls::endpoint(LOCALHOST.parse().unwrap(), tls).unwrap())
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 fn load(counter: &AtomicU64) -> u64 {

@@ -14,7 +14,8 @@
 //!   action and HTTP status ([`Metrics::operator_request`]).
 //!
 //! Not here: histograms of plan latency (future work), the peer's metrics
-//! (the peer crate has its own registry), any global/static registry.
+//! (the peer builds its own registry: `shoal_peer::daemon::health::registry`), any
+//! global/static registry.
 
 use std::sync::{Arc, Mutex};
 

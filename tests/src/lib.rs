@@ -14,8 +14,10 @@
 //! - [`Recorder`] (here): an HTTP listener that records request lines and answers every
 //!   request with one fixed status, to stand in for a mirror that has nothing.
 //! - [`require_tools`] (here): skip a test when a tool is missing, fail under `CI=true`.
+//! - [`eventually`], [`wait_until`] (here): wait for a condition, bounded against a hang.
+//! - [`blob`] (here): reproducible incompressible test bytes and their digest.
 //!
-//! Not here: assertions.
+//! Not here: assertions about Shoal's behaviour ([`eventually`] only bounds a hang).
 
 pub mod bench;
 pub mod containerd;
@@ -33,6 +35,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
 
 /// Whether every tool in `tools` is on `PATH`. When one is missing: under `CI=true` this
 /// panics (CI must install them), elsewhere it prints why the test is skipped and returns
@@ -100,6 +104,38 @@ pub fn wait_until(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// How long [`eventually`] waits before it gives up: a bound on a hang, not a timing
+/// assertion.
+pub const EVENTUALLY: Duration = Duration::from_secs(60);
+
+/// Polls `check` every 10 ms (without blocking the async runtime) until it returns true;
+/// panics with `what` if it has not after [`EVENTUALLY`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < EVENTUALLY,
+            "never happened within {EVENTUALLY:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `len` reproducible, incompressible bytes (xorshift64 from `seed`) and their digest
+/// (`sha256:<hex>`). Fast enough for a GiB (8 bytes per step).
+pub fn blob(len: usize, seed: u64) -> (Arc<Vec<u8>>, String) {
+    let mut x = seed | 1;
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&data));
+    (Arc::new(data), digest)
 }
 
 /// Whether something accepts TCP connections on `addr`.

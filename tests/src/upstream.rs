@@ -7,8 +7,8 @@
 //! about registry behaviour use the real `docker-registry` ([`crate::registry`]).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,13 +23,28 @@ pub struct Served {
     pub heads: AtomicU64,
     /// Body bytes sent.
     pub bytes: AtomicU64,
+    /// `GET`s of the blob refused (see [`CountingUpstream::refuse_gets`]).
+    pub refused: AtomicU64,
 }
+
+/// How a [`CountingUpstream`] answers the `GET`s it refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The status, e.g. 404 or 401.
+    pub status: u16,
+    /// A `WWW-Authenticate` challenge to send with it.
+    pub www_authenticate: Option<String>,
+}
+
+/// The refusal in force, shared with the connection tasks.
+type Refusals = Arc<Mutex<Option<Refusal>>>;
 
 /// A running counting upstream; stops with the runtime that started it.
 #[derive(Debug, Clone)]
 pub struct CountingUpstream {
     addr: SocketAddr,
     served: Arc<Served>,
+    refusal: Refusals,
 }
 
 impl CountingUpstream {
@@ -44,17 +59,32 @@ impl CountingUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let served = Arc::new(Served::default());
-        let path = format!("/v2/{repo}/blobs/{digest}");
-        let (s, d) = (served.clone(), digest.to_owned());
+        let refusal = Refusals::default();
+        let blob = Arc::new(Blob {
+            path: format!("/v2/{repo}/blobs/{digest}"),
+            digest: digest.to_owned(),
+            data,
+        });
+        let (s, r) = (served.clone(), refusal.clone());
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (data, s, path, d) = (data.clone(), s.clone(), path.clone(), d.clone());
+                let (blob, s, r) = (blob.clone(), s.clone(), r.clone());
                 tokio::spawn(async move {
-                    let _ = answer(sock, &path, &d, &data, &s, pause).await;
+                    let _ = answer(sock, &blob, &s, &r, pause).await;
                 });
             }
         });
-        Ok(CountingUpstream { addr, served })
+        Ok(CountingUpstream {
+            addr,
+            served,
+            refusal,
+        })
+    }
+
+    /// From now on every `GET` of the blob is answered with `refusal` (no body but an
+    /// OCI error), `HEAD`s still with the blob's headers; `None` serves the blob again.
+    pub fn refuse_gets(&self, refusal: Option<Refusal>) {
+        *self.refusal.lock().expect("refusal lock") = refusal;
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -73,14 +103,21 @@ impl CountingUpstream {
     }
 }
 
+/// What a [`CountingUpstream`] serves.
+struct Blob {
+    path: String,
+    digest: String,
+    data: Arc<Vec<u8>>,
+}
+
 async fn answer(
     mut sock: TcpStream,
-    path: &str,
-    digest: &str,
-    data: &[u8],
+    blob: &Blob,
     served: &Served,
+    refusal: &Mutex<Option<Refusal>>,
     pause: Duration,
 ) -> std::io::Result<()> {
+    let (path, digest, data) = (blob.path.as_str(), blob.digest.as_str(), &blob.data[..]);
     loop {
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
@@ -96,6 +133,26 @@ async fn answer(
         if target.split('?').next() != Some(path) || !(method == "GET" || method == "HEAD") {
             sock.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                 .await?;
+            continue;
+        }
+        let refused = refusal.lock().expect("refusal lock").clone();
+        if let (Some(r), "GET") = (refused, method) {
+            served.refused.fetch_add(1, Ordering::SeqCst);
+            let body = format!(
+                r#"{{"errors":[{{"code":"REFUSED","message":"counting upstream refuses GETs with {}"}}]}}"#,
+                r.status
+            );
+            let challenge = r
+                .www_authenticate
+                .map(|c| format!("www-authenticate: {c}\r\n"))
+                .unwrap_or_default();
+            let head = format!(
+                "HTTP/1.1 {} Refused\r\ncontent-type: application/json\r\n{challenge}content-length: {}\r\n\r\n",
+                r.status,
+                body.len()
+            );
+            sock.write_all(head.as_bytes()).await?;
+            sock.write_all(body.as_bytes()).await?;
             continue;
         }
         let start: usize = text

@@ -1,7 +1,9 @@
 //! Finding containerd's hosts directory: which `config.toml` is in use (plain containerd,
 //! k3s, Talos), its config version, and the registry `config_path` (a `:`-separated list
 //! included), with the well-known layouts as the fallback. Imports are read by
-//! `imports.rs`; the refusals (inline mirrors, no `config_path`) are worded in `refuse.rs`.
+//! `imports.rs`; the refusals (inline mirrors, no `config_path`) are worded in `refuse.rs`;
+//! the distributions' well-known paths and the registry table of each config version are
+//! in [`layout`](super::layout).
 //!
 //! The outcome is [`HostsDirs`]: the directories whose `<registry>/hosts.toml` containerd
 //! reads. This file never writes and never edits `config.toml`; when `config_path` is
@@ -9,60 +11,15 @@
 
 use std::path::{Path, PathBuf};
 
-use toml_edit::{Item, TableLike};
+use toml_edit::Item;
 
 use super::imports::load;
+use super::layout::{
+    DEFAULT_CONFIG, DEFAULT_HOSTS_DIR, Flavor, K3S_CONFIG, K3S_HOSTS_DIR, TALOS_CONFIG,
+    TALOS_HOSTS_DIR, lookup, registry_table_path,
+};
 use super::refuse::{check_inline_registry, no_config_path};
 use super::{SetupError, Tree};
-
-/// containerd's default config file.
-pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
-/// The config k3s generates for its embedded containerd (customised via `config.toml.tmpl`).
-pub const K3S_CONFIG: &str = "/var/lib/rancher/k3s/agent/etc/containerd/config.toml";
-/// Talos' CRI config.
-pub const TALOS_CONFIG: &str = "/etc/cri/containerd.toml";
-/// The usual hosts directory.
-pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
-/// k3s' hosts directory.
-pub const K3S_HOSTS_DIR: &str = "/var/lib/rancher/k3s/agent/etc/containerd/certs.d";
-/// Talos' hosts directory.
-pub const TALOS_HOSTS_DIR: &str = "/etc/cri/conf.d/hosts";
-
-/// Which distribution's containerd layout is in use; only changes advice and defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    /// containerd installed on its own (kubeadm, EKS, …).
-    Containerd,
-    /// k3s / RKE2's embedded containerd.
-    K3s,
-    /// Talos Linux.
-    Talos,
-}
-
-impl Flavor {
-    pub(crate) fn hosts_dir(self) -> &'static str {
-        match self {
-            Flavor::Containerd => DEFAULT_HOSTS_DIR,
-            Flavor::K3s => K3S_HOSTS_DIR,
-            Flavor::Talos => TALOS_HOSTS_DIR,
-        }
-    }
-
-    pub(crate) fn hint(self) -> &'static str {
-        match self {
-            Flavor::Containerd => "",
-            Flavor::K3s => {
-                "\nOn k3s/RKE2 config.toml is generated at every start: put the change in \
-                 config.toml.tmpl next to it (or let k3s write hosts.toml from \
-                 /etc/rancher/k3s/registries.yaml), not in config.toml itself."
-            }
-            Flavor::Talos => {
-                "\nOn Talos the CRI config is generated from the machine config: set registry \
-                 mirrors with `machine.registries` (see docs/platforms/talos.md)."
-            }
-        }
-    }
-}
 
 /// Where hosts.toml files live, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,20 +196,4 @@ fn from_config_path(tree: &dyn Tree, value: &str, from: &Path) -> HostsDirs {
         roots,
         primary,
     }
-}
-
-pub(crate) fn registry_table_path(version: i64) -> Vec<&'static str> {
-    match version {
-        ..=1 => vec!["plugins", "cri", "registry"],
-        2 => vec!["plugins", "io.containerd.grpc.v1.cri", "registry"],
-        _ => vec!["plugins", "io.containerd.cri.v1.images", "registry"],
-    }
-}
-
-pub(crate) fn lookup<'a>(root: &'a dyn TableLike, path: &[&str], key: &str) -> Option<&'a Item> {
-    let mut table = root;
-    for part in path {
-        table = table.get(part)?.as_table_like()?;
-    }
-    table.get(key)
 }

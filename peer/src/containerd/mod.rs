@@ -10,7 +10,8 @@
 //!   [`SetupError`].
 //! - `config.rs` finds the hosts directory from containerd's config (versions 1–3, k3s,
 //!   Talos); `imports.rs` reads the config and its imports; `refuse.rs` words the refusal
-//!   of configs containerd would reject.
+//!   of configs containerd would reject; [`layout`] holds the distributions' well-known
+//!   paths and the registry table of each config version (used by both).
 //! - `hosts_toml.rs` is the merge of one `hosts.toml`; `order.rs` places its tables.
 //! - `apply.rs` is the I/O shell: atomic writes, backups, the manifest, restore.
 //! - `diff.rs` renders `check`'s unified diff with `[header]` values masked.
@@ -27,6 +28,7 @@ pub mod diff;
 mod error;
 pub mod hosts_toml;
 mod imports;
+pub mod layout;
 mod order;
 mod refuse;
 mod tree;

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use toml_edit::Item;
 
 use super::SetupError;
-use super::config::{Flavor, lookup};
 use super::error::line_col;
 use super::imports::ConfigFile;
+use super::layout::{Flavor, lookup};
 
 pub(crate) fn check_inline_registry(
     file: &ConfigFile,

@@ -105,7 +105,7 @@ fn a_configured_tree_needs_no_change() {
 #[test]
 fn the_config_is_found_in_order_and_k3s_and_talos_are_recognised() {
     let k3s = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/k3s/certs.d\"\n";
-    let tree = MemTree::new().file(config::K3S_CONFIG, k3s);
+    let tree = MemTree::new().file(layout::K3S_CONFIG, k3s);
     assert_eq!(
         plan(&tree, &opts(&["a.io"])).unwrap().hosts.primary,
         PathBuf::from("/k3s/certs.d")
@@ -118,11 +118,11 @@ fn the_config_is_found_in_order_and_k3s_and_talos_are_recognised() {
     );
     // No config at all: the first well-known directory that exists.
     let tree = MemTree::new()
-        .dir(config::TALOS_HOSTS_DIR)
-        .dir(config::DEFAULT_HOSTS_DIR);
+        .dir(layout::TALOS_HOSTS_DIR)
+        .dir(layout::DEFAULT_HOSTS_DIR);
     assert_eq!(
         plan(&tree, &opts(&["a.io"])).unwrap().hosts.primary,
-        PathBuf::from(config::TALOS_HOSTS_DIR)
+        PathBuf::from(layout::TALOS_HOSTS_DIR)
     );
     let err = plan(&MemTree::new(), &opts(&["a.io"])).unwrap_err();
     assert!(matches!(err, SetupError::NoHostsDir { .. }), "{err}");
@@ -140,11 +140,11 @@ fn the_config_is_found_in_order_and_k3s_and_talos_are_recognised() {
 
 #[test]
 fn k3s_missing_config_path_points_at_the_template() {
-    let tree = MemTree::new().file(config::K3S_CONFIG, "version = 2\n");
+    let tree = MemTree::new().file(layout::K3S_CONFIG, "version = 2\n");
     let err = plan(&tree, &opts(&["a.io"])).unwrap_err().to_string();
     assert!(err.contains("config.toml.tmpl"), "{err}");
     assert!(
-        err.contains(&format!("config_path = \"{}\"", config::K3S_HOSTS_DIR)),
+        err.contains(&format!("config_path = \"{}\"", layout::K3S_HOSTS_DIR)),
         "{err}"
     );
 }

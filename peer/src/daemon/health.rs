@@ -1,9 +1,8 @@
-//! The peer's HTTP endpoint on the node IP: `/metrics` (Prometheus text),
-//! `/healthz` (the process runs) and `/readyz` (the peer serves; it does not
-//! depend on the scheduler being reachable, which `/metrics` reports as
-//! `shoal_peer_scheduler_connected`).
+//! The peer's HTTP endpoint on the node IP: `/metrics` (the node's one registry,
+//! [`registry`], in the OpenMetrics text format), `/healthz` (the process runs) and
+//! `/readyz` (the peer serves; it does not depend on the scheduler being reachable,
+//! which `/metrics` reports as `shoal_peer_scheduler_connected`).
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,8 +11,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::registry::Registry;
 
 use crate::engine::Engine;
+use crate::metrics::{self, Sample};
 use crate::mirror::MirrorStats;
 use crate::scheduler_link::SchedulerLink;
 use crate::store::PieceStore;
@@ -22,18 +23,12 @@ use crate::transfer::TransferStats;
 /// What the endpoint reads.
 #[derive(Clone)]
 pub struct Health {
-    /// The piece store.
-    pub store: Arc<dyn PieceStore>,
-    /// Upload counters of the QUIC server.
-    pub transfer: Arc<TransferStats>,
-    /// The scheduler link.
+    /// Every metric of the node ([`registry`]).
+    pub metrics: Arc<Registry>,
+    /// The scheduler session, shown by `/readyz`.
     pub link: SchedulerLink,
-    /// Set once the piece server runs.
+    /// True while the mirror serves (cleared when it stops and at shutdown).
     pub ready: Arc<AtomicBool>,
-    /// The download engine (download and piece counters).
-    pub engine: Engine,
-    /// Mirror counters.
-    pub mirror: Arc<MirrorStats>,
 }
 
 /// The routes.
@@ -64,149 +59,51 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
+async fn metrics(State(h): State<Health>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::encode(&h.metrics),
+    )
 }
 
-async fn metrics(State(h): State<Health>) -> impl IntoResponse {
-    let t = &h.transfer;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let mut out = String::new();
-    metric(
-        &mut out,
-        "shoal_peer_served_bytes_total",
-        "counter",
-        "Bytes uploaded to other peers.",
-        load(&t.uploaded_bytes),
-    );
-    metric(
-        &mut out,
-        "shoal_peer_served_pieces_total",
-        "counter",
-        "Pieces uploaded to other peers.",
-        load(&t.pieces_served),
-    );
-    metric(
-        &mut out,
-        "shoal_peer_upload_busy_total",
-        "counter",
-        "Piece requests refused because every upload slot was taken.",
-        load(&t.busy),
-    );
-    metric(
-        &mut out,
-        "shoal_peer_upload_not_found_total",
-        "counter",
-        "Piece requests for pieces this peer does not hold.",
-        load(&t.not_found),
-    );
-    metric(
-        &mut out,
-        "shoal_peer_quic_handshakes_failed_total",
-        "counter",
-        "QUIC connections refused (no or foreign certificate).",
-        load(&t.handshakes_failed),
-    );
-    metric(
-        &mut out,
-        "shoal_peer_cache_bytes",
-        "gauge",
-        "Bytes of blobs held in the piece store.",
-        h.store.usage_bytes(),
-    );
-    let e = h.engine.stats();
-    for (name, help, v) in [
-        (
-            "shoal_peer_bytes_from_upstream_total",
-            "Blob bytes fetched from upstream registries.",
-            &e.bytes_from_upstream,
-        ),
-        (
-            "shoal_peer_bytes_from_peers_total",
-            "Verified blob bytes fetched from other peers.",
-            &e.bytes_from_peers,
-        ),
-        (
-            "shoal_peer_pieces_verified_total",
-            "Pieces that matched their hash.",
-            &e.pieces_verified,
-        ),
-        (
-            "shoal_peer_pieces_rejected_total",
-            "Pieces from peers that did not match their hash (discarded; the parent was reported).",
-            &e.pieces_rejected,
-        ),
-        (
-            "shoal_peer_downloads_started_total",
-            "Downloads started (one per blob, shared by concurrent requests).",
-            &e.downloads_started,
-        ),
-        (
-            "shoal_peer_downloads_completed_total",
-            "Downloads verified against their digest.",
-            &e.downloads_completed,
-        ),
-        (
-            "shoal_peer_downloads_failed_total",
-            "Downloads that failed.",
-            &e.downloads_failed,
-        ),
-    ] {
-        metric(&mut out, name, "counter", help, load(v));
+/// The node's one registry: every component registers its own metrics, under
+/// `shoal_peer_` (engine, store, transfer, the scheduler link) and `shoal_mirror_` (the
+/// mirror, the names its dashboards and docs know).
+pub fn registry(
+    engine: &Engine,
+    mirror: &Arc<MirrorStats>,
+    transfer: &Arc<TransferStats>,
+    store: &Arc<dyn PieceStore>,
+    link: &SchedulerLink,
+) -> Registry {
+    let mut registry = Registry::with_prefix("shoal");
+    let peer = registry.sub_registry_with_prefix("peer");
+    engine.register_metrics(peer);
+    crate::store::register_metrics(store, peer);
+    transfer.register_metrics(peer);
+    register_link_metrics(link, peer);
+    mirror.register_metrics(registry.sub_registry_with_prefix("mirror"));
+    registry
+}
+
+/// The scheduler link's metric: whether a session is open. (Here rather than a
+/// `register_metrics` beside the link, which has none yet: it reads the link's one
+/// public signal.)
+fn register_link_metrics(link: &SchedulerLink, registry: &mut Registry) {
+    metrics::register(registry, Link(link.clone()), |l| {
+        vec![Sample::Gauge(
+            "scheduler_connected",
+            "1 while a scheduler session is open.",
+            i64::from(l.0.is_connected()),
+        )]
+    });
+}
+
+/// The link as its metrics collector sees it.
+struct Link(SchedulerLink);
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Link").finish_non_exhaustive()
     }
-    metric(
-        &mut out,
-        "shoal_peer_active_downloads",
-        "gauge",
-        "Downloads in flight.",
-        h.engine.active() as u64,
-    );
-    let m = &h.mirror;
-    for (name, help, v) in [
-        (
-            "shoal_mirror_blob_requests_total",
-            "Blob requests to the mirror (GET and HEAD).",
-            &m.blob_requests,
-        ),
-        (
-            "shoal_mirror_manifest_requests_total",
-            "Manifest requests to the mirror (GET and HEAD).",
-            &m.manifest_requests,
-        ),
-        (
-            "shoal_mirror_blob_bytes_served_total",
-            "Blob bytes sent to containerd.",
-            &m.blob_bytes_served,
-        ),
-        (
-            "shoal_mirror_blob_bytes_from_cache_total",
-            "Blob bytes sent to containerd from blobs already complete on this node.",
-            &m.blob_bytes_from_cache,
-        ),
-        (
-            "shoal_mirror_refused_total",
-            "Mirror requests refused as bad input (4xx other than 401).",
-            &m.refused,
-        ),
-        (
-            "shoal_mirror_failed_total",
-            "Mirror requests nothing could serve (5xx).",
-            &m.failed,
-        ),
-    ] {
-        metric(&mut out, name, "counter", help, load(v));
-    }
-    let connected = u64::from(h.link.is_connected());
-    metric(
-        &mut out,
-        "shoal_peer_scheduler_connected",
-        "gauge",
-        "1 while a scheduler session is open.",
-        connected,
-    );
-    out.push_str("# EOF\n");
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

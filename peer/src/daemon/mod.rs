@@ -221,13 +221,11 @@ pub async fn run(
         stats.clone(),
         stopped(),
     ));
+    let metrics = health::registry(&engine, &mirror.stats, &stats, &store, &link);
     let health = health::Health {
-        store,
-        transfer: stats,
+        metrics: Arc::new(metrics),
         link,
         ready: ready.clone(),
-        engine,
-        mirror: mirror.stats.clone(),
     };
     // Health and metrics stop last, so that /readyz says "stopping" while the
     // mirror drains.

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::planner::Planner;
-use super::upstream::Upstream;
+use super::upstream::{Upstream, UpstreamError};
 use super::{EngineError, Inner};
 use crate::scheduler_link::Report;
 use crate::store::PieceStore;
@@ -53,14 +53,21 @@ const REPLAN_MIN: Duration = Duration::from_millis(250);
 const REPLAN_MAX: Duration = Duration::from_secs(8);
 
 /// Where a download stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum DownloadState {
     /// Still fetching.
     Running,
     /// Every piece is verified and the blob matches its digest.
     Complete,
-    /// Failed for good (the reason).
-    Failed(String),
+    /// Failed for good: why (what every reader gets).
+    Failed(EngineError),
+}
+
+impl DownloadState {
+    /// Still fetching.
+    pub fn is_running(&self) -> bool {
+        matches!(self, DownloadState::Running)
+    }
 }
 
 /// What readers watch.
@@ -151,11 +158,11 @@ impl Download {
     pub async fn wait(&self) -> Result<(), EngineError> {
         let mut rx = self.progress.subscribe();
         let p = rx
-            .wait_for(|p| p.state != DownloadState::Running)
+            .wait_for(|p| !p.state.is_running())
             .await
-            .map_err(|_| EngineError::Failed("download dropped".into()))?;
+            .map_err(|_| EngineError::Dropped)?;
         match &p.state {
-            DownloadState::Failed(m) => Err(EngineError::Failed(m.clone())),
+            DownloadState::Failed(e) => Err(e.clone()),
             _ => Ok(()),
         }
     }
@@ -242,7 +249,7 @@ pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
         }
         Err(e) => {
             warn!(error = %e, "download failed");
-            dl.finish(DownloadState::Failed(e.to_string()));
+            dl.finish(DownloadState::Failed(e));
         }
     }
 }
@@ -637,7 +644,7 @@ impl Driver<'_> {
             },
             Event::UpstreamSize(total) => self.shape_known(
                 TaskShape::for_size(total)
-                    .map_err(|e| EngineError::Upstream(format!("blob size {total}: {e}")))?,
+                    .map_err(|e| UpstreamError::Malformed(format!("blob size {total}: {e}")))?,
             )?,
             Event::UpstreamPiece(index, bytes) => {
                 self.accept(index, bytes, Origin::Upstream).await?;
@@ -656,9 +663,10 @@ impl Driver<'_> {
                         self.start_upstream();
                     }
                 } else if !self.planner.is_complete() {
-                    return Err(EngineError::Upstream(
+                    return Err(UpstreamError::Http(
                         "upstream body ended before the last piece".into(),
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -684,7 +692,7 @@ impl Driver<'_> {
             let b = bytes.clone();
             tokio::task::spawn_blocking(move || -> [u8; 32] { Sha256::digest(&b).into() })
                 .await
-                .map_err(|e| EngineError::Failed(format!("hash task: {e}")))?
+                .map_err(|_| EngineError::TaskAborted("hash"))?
         };
         match origin {
             Origin::Parent(parent) if known != Some(hash) => {
@@ -771,7 +779,7 @@ impl Driver<'_> {
             store.write_piece(&digest, index, &b)
         })
         .await
-        .map_err(|e| EngineError::Failed(format!("store task: {e}")))?;
+        .map_err(|_| EngineError::TaskAborted("store"))?;
         match r {
             Ok(()) => Ok(true),
             Err(e) if e.is_local_fault() => {
@@ -791,15 +799,13 @@ impl Driver<'_> {
         let got = tokio::task::spawn_blocking(move || -> Result<[u8; 32], EngineError> {
             let mut hasher = Sha256::new();
             for i in 0..shape.piece_count() {
-                let piece = dl
-                    .read_piece(i)?
-                    .ok_or_else(|| EngineError::Store(format!("piece {i} vanished")))?;
+                let piece = dl.read_piece(i)?.ok_or(EngineError::PieceGone(i))?;
                 hasher.update(&piece);
             }
             Ok(hasher.finalize().into())
         })
         .await
-        .map_err(|e| EngineError::Failed(format!("digest task: {e}")))??;
+        .map_err(|_| EngineError::TaskAborted("digest"))??;
         if got != *digest.as_bytes() {
             return Err(EngineError::DigestMismatch(digest));
         }
@@ -833,15 +839,16 @@ async fn stream_upstream(
 ) -> Result<(), EngineError> {
     let mut body = upstream.fetch(&digest, from).await?;
     let shape = TaskShape::for_size(body.total)
-        .map_err(|e| EngineError::Upstream(format!("blob size {}: {e}", body.total)))?;
+        .map_err(|e| UpstreamError::Malformed(format!("blob size {}: {e}", body.total)))?;
     if tx.send(Event::UpstreamSize(body.total)).await.is_err() {
         return Ok(());
     }
     if body.start > from || from > body.total {
-        return Err(EngineError::Upstream(format!(
+        return Err(UpstreamError::Malformed(format!(
             "asked for bytes from {from}, got from {}",
             body.start
-        )));
+        ))
+        .into());
     }
     let mut skip = (from - body.start) as usize;
     let Some(mut index) = shape.piece_at(from) else {
@@ -849,7 +856,7 @@ async fn stream_upstream(
     };
     let mut want = shape
         .piece_len(index)
-        .map_err(|e| EngineError::Upstream(e.to_string()))? as usize;
+        .map_err(|e| UpstreamError::Malformed(e.to_string()))? as usize;
     let mut buf = BytesMut::with_capacity(want);
     while let Some(chunk) = body.body.next().await {
         let mut chunk = chunk?;
@@ -860,7 +867,7 @@ async fn stream_upstream(
         }
         while !chunk.is_empty() {
             if index >= shape.piece_count() {
-                return Err(EngineError::Upstream("bytes past the blob's end".into()));
+                return Err(UpstreamError::Malformed("bytes past the blob's end".into()).into());
             }
             let n = (want - buf.len()).min(chunk.len());
             buf.extend_from_slice(&chunk.split_to(n));
@@ -873,7 +880,7 @@ async fn stream_upstream(
                 if index < shape.piece_count() {
                     want = shape
                         .piece_len(index)
-                        .map_err(|e| EngineError::Upstream(e.to_string()))?
+                        .map_err(|e| UpstreamError::Malformed(e.to_string()))?
                         as usize;
                     buf.reserve(want);
                 }
@@ -881,10 +888,11 @@ async fn stream_upstream(
         }
     }
     if index < shape.piece_count() {
-        return Err(EngineError::Upstream(format!(
+        return Err(UpstreamError::Http(format!(
             "body ended in piece {index} of {}",
             shape.piece_count()
-        )));
+        ))
+        .into());
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //!   bad parents, when to fall back to upstream); no I/O, `now` and an RNG passed in.
 //! - [`download`]: [`Download`], one task being fetched, and the driver loop that
 //!   feeds the planner from the plan stream, the QUIC piece client and upstream.
-//! - [`upstream`]: the [`Upstream`] boundary and [`HttpUpstream`] (plain HTTP).
+//! - [`upstream`]: the [`Upstream`] boundary (implemented by `crate::registry`).
 //! - [`reader`]: [`Download::reader`], the verified bytes from an offset, in order.
 //!
 //! [`Engine::fetch`] shares one download among all concurrent requests for a digest.
@@ -23,28 +23,37 @@ pub mod reader;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::registry::Registry;
 use shoal_proto::Digest;
 
+use crate::metrics::{self, Sample};
 use crate::scheduler_link::SchedulerLink;
 use crate::store::{PieceStore, StoreError};
 use crate::transfer::PieceClient;
 
 pub use download::{Download, DownloadState, DownloadStats, Progress};
 pub use planner::{Planner, PlannerConfig, PlannerError};
-pub use upstream::{HttpUpstream, Upstream, UpstreamBody, UpstreamError};
+pub use upstream::{Upstream, UpstreamBody, UpstreamError};
 
-/// Why a download failed.
+/// Why a download failed, or a read of it.
+///
+/// A failed download hands the same error to every reader (it is cheap to clone), so
+/// the mirror can answer an upstream refusal found before the first byte as upstream
+/// did ([`UpstreamError::Status`]). [`EngineError::is_local_fault`] tells whether the
+/// fault is this node's own.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// Upstream could not serve the blob.
     #[error("upstream: {0}")]
-    Upstream(String),
-    /// The piece store failed in a way that is not a local fault (or reading back failed).
+    Upstream(#[from] UpstreamError),
+    /// The piece store failed where the download cannot do without it: a write refused
+    /// for a reason other than a local fault (those keep the pieces in memory), or
+    /// reading a piece back.
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     /// The plan from the scheduler is unusable.
     #[error("plan: {0}")]
     Plan(#[from] PlannerError),
@@ -62,24 +71,32 @@ pub enum EngineError {
         /// Blob size.
         size: u64,
     },
-    /// The download failed (what readers of a failed download see).
-    #[error("download failed: {0}")]
-    Failed(String),
+    /// A piece verified earlier is no longer in the store.
+    #[error("verified piece {0} is gone from the store")]
+    PieceGone(u32),
+    /// A blocking task of the download (hashing, storing, reading) panicked or was
+    /// cancelled.
+    #[error("{0} task panicked or was cancelled")]
+    TaskAborted(&'static str),
+    /// The download ended without an outcome (its runtime shut down).
+    #[error("download dropped before it ended")]
+    Dropped,
 }
 
-impl From<UpstreamError> for EngineError {
-    fn from(e: UpstreamError) -> Self {
-        EngineError::Upstream(e.to_string())
+impl EngineError {
+    /// True when the fault is this node's own (its store's disk, file system or
+    /// database, a lost piece, a panicked task) rather than upstream's, a parent's or the
+    /// plan's: asking upstream again will not help; the operator has to look.
+    pub fn is_local_fault(&self) -> bool {
+        match self {
+            EngineError::Store(e) => e.is_local_fault(),
+            EngineError::PieceGone(_) | EngineError::TaskAborted(_) => true,
+            _ => false,
+        }
     }
 }
 
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        EngineError::Store(e.to_string())
-    }
-}
-
-/// Node-wide download counters (the daemon exports them on `/metrics`).
+/// Node-wide download counters (exported by [`Engine::register_metrics`]).
 #[derive(Debug, Default)]
 pub struct EngineStats {
     /// Verified bytes received from other peers.
@@ -179,6 +196,58 @@ impl Engine {
     /// The store downloads write to.
     pub fn store(&self) -> &Arc<dyn PieceStore> {
         &self.inner.store
+    }
+
+    /// Registers the engine's metrics in `registry` (names without a prefix: the
+    /// daemon's registry adds `shoal_peer_`): its counters and the downloads in flight,
+    /// read at every scrape.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        metrics::register(registry, self.clone(), |engine| {
+            let s = engine.stats();
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            vec![
+                Sample::Counter(
+                    "bytes_from_upstream",
+                    "Blob bytes fetched from upstream registries.",
+                    load(&s.bytes_from_upstream),
+                ),
+                Sample::Counter(
+                    "bytes_from_peers",
+                    "Verified blob bytes fetched from other peers.",
+                    load(&s.bytes_from_peers),
+                ),
+                Sample::Counter(
+                    "pieces_verified",
+                    "Pieces that matched their hash.",
+                    load(&s.pieces_verified),
+                ),
+                Sample::Counter(
+                    "pieces_rejected",
+                    "Pieces from peers that did not match their hash (discarded; the parent was reported).",
+                    load(&s.pieces_rejected),
+                ),
+                Sample::Counter(
+                    "downloads_started",
+                    "Downloads started (one per blob, shared by concurrent requests).",
+                    load(&s.downloads_started),
+                ),
+                Sample::Counter(
+                    "downloads_completed",
+                    "Downloads verified against their digest.",
+                    load(&s.downloads_completed),
+                ),
+                Sample::Counter(
+                    "downloads_failed",
+                    "Downloads that failed.",
+                    load(&s.downloads_failed),
+                ),
+                Sample::Gauge(
+                    "active_downloads",
+                    "Downloads in flight.",
+                    engine.active() as i64,
+                ),
+            ]
+        });
     }
 
     /// Downloads in flight.

@@ -24,13 +24,13 @@ enum Next {
     End,
     /// Not yet: wait for progress.
     Wait,
-    /// The download failed, or the offset is out of range.
+    /// The download failed (its error), or the offset is out of range.
     Fail(EngineError),
 }
 
 fn next(p: &Progress, offset: u64) -> Next {
-    if let DownloadState::Failed(m) = &p.state {
-        return Next::Fail(EngineError::Failed(m.clone()));
+    if let DownloadState::Failed(e) = &p.state {
+        return Next::Fail(e.clone());
     }
     let Some(shape) = p.shape else {
         return Next::Wait;
@@ -45,7 +45,9 @@ fn next(p: &Progress, offset: u64) -> Next {
         None => Next::End,
         // The last piece waits for the whole blob to match its digest: a reader never
         // gets every byte of a blob that turns out wrong.
-        Some(i) if i + 1 == shape.piece_count() && p.state != DownloadState::Complete => Next::Wait,
+        Some(i) if i + 1 == shape.piece_count() && !matches!(p.state, DownloadState::Complete) => {
+            Next::Wait
+        }
         Some(i) if p.have.contains(i) => Next::Piece(i),
         Some(_) => Next::Wait,
     }
@@ -88,8 +90,7 @@ impl Download {
                     Next::Wait => {
                         if s.rx.changed().await.is_err() {
                             s.done = true;
-                            let e = EngineError::Failed("download dropped".into());
-                            return Some((Err(e), s));
+                            return Some((Err(EngineError::Dropped), s));
                         }
                     }
                     Next::Piece(i) => {
@@ -99,18 +100,15 @@ impl Download {
                             Ok(Ok(Some(b))) => b,
                             Ok(Ok(None)) => {
                                 s.done = true;
-                                let e = EngineError::Store(format!(
-                                    "verified piece {i} is gone from the store"
-                                ));
-                                return Some((Err(e), s));
+                                return Some((Err(EngineError::PieceGone(i)), s));
                             }
                             Ok(Err(e)) => {
                                 s.done = true;
                                 return Some((Err(e), s));
                             }
-                            Err(e) => {
+                            Err(_) => {
                                 s.done = true;
-                                return Some((Err(EngineError::Failed(e.to_string())), s));
+                                return Some((Err(EngineError::TaskAborted("read")), s));
                             }
                         };
                         let shape = s.rx.borrow().shape.expect("a piece implies a shape");

@@ -4,8 +4,10 @@
 //! is asked first with a `HEAD` carrying containerd's `Authorization`: that checks
 //! the client may read the blob (a 401/403/404 is relayed as is) and gives its size;
 //! the bytes then come from peers or upstream as the scheduler plans. When upstream
-//! cannot be reached the download still tries the peers. Bytes leave only once their
-//! piece is verified, and the last piece only once the whole blob matched its digest.
+//! cannot be reached the download still tries the peers. An upstream refusal of the
+//! download's own `GET` (the blob deleted, a token expired since the `HEAD`) found before
+//! the first byte is answered as upstream did too. Bytes leave only once their piece is
+//! verified, and the last piece only once the whole blob matched its digest.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +23,7 @@ use tracing::{debug, warn};
 use super::error::OciError;
 use super::range::{self, Span};
 use super::{FIRST_BYTE_TIMEOUT, Mirror, relay};
-use crate::engine::{Download, DownloadState};
+use crate::engine::{Download, DownloadState, EngineError, UpstreamError};
 use crate::registry::{Object, UpstreamRequest};
 
 pub(super) async fn serve(
@@ -99,7 +101,10 @@ pub(super) async fn serve(
     }
     let upstream = Arc::new(client.blob_upstream(name.to_owned(), authorization));
     let dl = m.engine.fetch(digest, size_hint, upstream);
-    let size = wait_for_size(&dl).await?;
+    let size = match wait_for_size(&dl, head).await {
+        Ok(size) => size,
+        Err(answer) => return Ok(answer),
+    };
     let span = range::decide(range, size).map_err(|e| OciError::range_invalid(e.to_string()))?;
     let (status, start, len, content_range) = match span {
         Span::Full => (StatusCode::OK, 0, size, None),
@@ -170,12 +175,14 @@ fn blob_headers(
     b
 }
 
-/// Waits until the download knows the blob's size, or fails.
-async fn wait_for_size(dl: &Arc<Download>) -> Result<u64, OciError> {
+/// Waits until the download knows the blob's size; else the answer to give: upstream's
+/// refusal (4xx) as upstream gave it, 503 for any other failure or when nothing started
+/// in time.
+async fn wait_for_size(dl: &Arc<Download>, head: bool) -> Result<u64, Response> {
     let mut rx = dl.progress();
     let waited = tokio::time::timeout(
         FIRST_BYTE_TIMEOUT,
-        rx.wait_for(|p| p.shape.is_some() || p.state != DownloadState::Running),
+        rx.wait_for(|p| p.shape.is_some() || !p.state.is_running()),
     )
     .await;
     let p = match waited {
@@ -184,21 +191,38 @@ async fn wait_for_size(dl: &Arc<Download>) -> Result<u64, OciError> {
                 "no peer or upstream could start {} within {}s",
                 dl.digest(),
                 FIRST_BYTE_TIMEOUT.as_secs()
-            )));
+            ))
+            .into_response());
         }
-        Ok(Err(_)) => return Err(OciError::internal("download dropped")),
+        Ok(Err(_)) => return Err(OciError::internal("download dropped").into_response()),
         Ok(Ok(p)) => p.clone(),
     };
     match (p.shape, p.state) {
         (Some(shape), DownloadState::Running | DownloadState::Complete) => Ok(shape.size()),
         (_, DownloadState::Failed(why)) => {
             debug!(task.digest = %dl.digest(), error = %why, "blob download failed before the first byte");
-            Err(OciError::unavailable(format!(
-                "cannot fetch {}: {why}",
-                dl.digest()
-            )))
+            if let EngineError::Upstream(UpstreamError::Status {
+                status,
+                www_authenticate,
+            }) = &why
+                && (400..500).contains(status)
+            {
+                let challenge = www_authenticate
+                    .as_deref()
+                    .and_then(|c| HeaderValue::from_str(c).ok());
+                return Err(relay::refused(
+                    *status,
+                    challenge,
+                    &dl.digest().to_string(),
+                    head,
+                ));
+            }
+            Err(
+                OciError::unavailable(format!("cannot fetch {}: {why}", dl.digest()))
+                    .into_response(),
+            )
         }
-        (None, _) => Err(OciError::internal("download ended without a size")),
+        (None, _) => Err(OciError::internal("download ended without a size").into_response()),
     }
 }
 

@@ -21,7 +21,7 @@ pub mod route;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -30,9 +30,11 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::registry::Registry;
 use tracing::{debug, info};
 
 use crate::engine::Engine;
+use crate::metrics::{self, Sample};
 use crate::registry::{Registries, RegistryClient, RegistryError};
 pub use error::OciError;
 use route::Object;
@@ -41,7 +43,7 @@ use route::Object;
 /// store) before it answers 503 so containerd tries its next host.
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Mirror counters (exported on the peer's `/metrics`).
+/// Mirror counters (exported by [`MirrorStats::register_metrics`]).
 #[derive(Debug, Default)]
 pub struct MirrorStats {
     /// Blob requests (GET and HEAD).
@@ -56,6 +58,49 @@ pub struct MirrorStats {
     pub refused: AtomicU64,
     /// Requests answered 5xx (nothing could serve).
     pub failed: AtomicU64,
+}
+
+impl MirrorStats {
+    /// Registers the mirror's counters in `registry`, read at every scrape (names
+    /// without a prefix: the daemon's registry adds `shoal_mirror_`, the names dashboards
+    /// and docs know).
+    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
+        metrics::register(registry, self.clone(), |m| {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            vec![
+                Sample::Counter(
+                    "blob_requests",
+                    "Blob requests to the mirror (GET and HEAD).",
+                    load(&m.blob_requests),
+                ),
+                Sample::Counter(
+                    "manifest_requests",
+                    "Manifest requests to the mirror (GET and HEAD).",
+                    load(&m.manifest_requests),
+                ),
+                Sample::Counter(
+                    "blob_bytes_served",
+                    "Blob bytes sent to containerd.",
+                    load(&m.blob_bytes_served),
+                ),
+                Sample::Counter(
+                    "blob_bytes_from_cache",
+                    "Blob bytes sent to containerd from blobs already complete on this node.",
+                    load(&m.blob_bytes_from_cache),
+                ),
+                Sample::Counter(
+                    "refused",
+                    "Mirror requests refused as bad input (4xx other than 401).",
+                    load(&m.refused),
+                ),
+                Sample::Counter(
+                    "failed",
+                    "Mirror requests nothing could serve (5xx).",
+                    load(&m.failed),
+                ),
+            ]
+        });
+    }
 }
 
 /// What the handlers share.

@@ -4,7 +4,7 @@
 //! mirror follows redirects itself), and the body streamed through.
 
 use axum::body::Body;
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::TryStreamExt;
 
@@ -43,7 +43,21 @@ pub(super) fn response(resp: reqwest::Response, head: bool) -> Response {
 /// the status and `WWW-Authenticate`, with an OCI error body unless the client sent
 /// `HEAD` too.
 pub(super) fn refusal(resp: &reqwest::Response, digest: &str, head: bool) -> Response {
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let challenges = resp.headers().get_all(header::WWW_AUTHENTICATE).iter();
+    refused(resp.status().as_u16(), challenges.cloned(), digest, head)
+}
+
+/// An upstream refusal with `status` (401, 403, 404, 429, …) answered as upstream did:
+/// the status, the OCI code the spec gives it, and each `WWW-Authenticate` challenge;
+/// no body when the client sent `HEAD`. For the refusal of a `HEAD` ([`refusal`]) and of
+/// the download's `GET` before its first byte.
+pub(super) fn refused(
+    status: u16,
+    challenges: impl IntoIterator<Item = HeaderValue>,
+    digest: &str,
+    head: bool,
+) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let code = match status {
         StatusCode::UNAUTHORIZED => "UNAUTHORIZED",
         StatusCode::FORBIDDEN => "DENIED",
@@ -63,8 +77,8 @@ pub(super) fn refusal(resp: &reqwest::Response, digest: &str, head: bool) -> Res
     } else {
         axum::response::IntoResponse::into_response(err)
     };
-    for v in resp.headers().get_all(header::WWW_AUTHENTICATE) {
-        r.headers_mut().append(header::WWW_AUTHENTICATE, v.clone());
+    for v in challenges {
+        r.headers_mut().append(header::WWW_AUTHENTICATE, v);
     }
     r
 }

@@ -1,7 +1,7 @@
 //! [`BlobUpstream`]: the download engine's [`Upstream`] for one repository of one
 //! registry, with containerd's `Authorization`; and [`blob_body`], the parsing of a blob
 //! response into an [`UpstreamBody`] (total size and first offset from `Content-Range`
-//! or `Content-Length`), the same rules as the engine's plain `HttpUpstream`.
+//! or `Content-Length`): the peer's one `Content-Range` parser.
 //!
 //! Not here: retries and endpoint choice ([`RegistryClient::send`]), checking the bytes
 //! against the digest (the engine does, piece by piece).
@@ -71,7 +71,8 @@ impl Upstream for BlobUpstream {
 
 /// A blob response as an [`UpstreamBody`]: 200 → the whole blob (`Content-Length` is
 /// its size), 206 → from the `Content-Range` start; any other status is
-/// [`UpstreamError::Status`]. The body is streamed, not read here.
+/// [`UpstreamError::Status`] (with upstream's `WWW-Authenticate`). The body is streamed,
+/// not read here.
 pub(crate) fn blob_body(response: reqwest::Response) -> Result<UpstreamBody, UpstreamError> {
     let (total, start) = match response.status().as_u16() {
         200 => {
@@ -88,7 +89,17 @@ pub(crate) fn blob_body(response: reqwest::Response) -> Result<UpstreamBody, Ups
                 .ok_or_else(|| UpstreamError::Malformed("206 without Content-Range".into()))?;
             parse_content_range(header)?
         }
-        s => return Err(UpstreamError::Status(s)),
+        status => {
+            let www_authenticate = response
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Err(UpstreamError::Status {
+                status,
+                www_authenticate,
+            });
+        }
     };
     let body = futures::stream::unfold(response, |mut r| async move {
         match r.chunk().await {

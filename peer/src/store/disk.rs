@@ -99,12 +99,12 @@ impl DiskStore {
         std::fs::create_dir_all(&blob_dir).map_err(|source| StoreError::Io {
             op: "create",
             path: blob_dir.clone(),
-            source,
+            source: source.into(),
         })?;
         let meta_path = dir.join("meta");
         let db_err = |e: sled::Error| StoreError::Database {
             path: meta_path.clone(),
-            source: Box::new(e),
+            source: Arc::new(e),
         };
         // sled's page cache defaults to 1 GiB; the metadata is tiny (a record and a
         // bitmap per task), so a small cache keeps the daemon's footprint small.
@@ -185,7 +185,11 @@ impl DiskStore {
         if lock(&self.logged).insert(path.clone()) {
             tracing::warn!(store.path = %path.display(), error = %source, store.op = op, "store I/O failed");
         }
-        StoreError::Io { op, path, source }
+        StoreError::Io {
+            op,
+            path,
+            source: source.into(),
+        }
     }
 
     /// A database error, logged the first time.
@@ -195,7 +199,7 @@ impl DiskStore {
         }
         StoreError::Database {
             path: self.meta_path.clone(),
-            source: Box::new(e),
+            source: Arc::new(e),
         }
     }
 

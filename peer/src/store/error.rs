@@ -1,6 +1,7 @@
 //! [`StoreError`]: everything the piece store can fail with.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use shoal_proto::digest::Digest;
 use shoal_proto::piece::PieceError;
@@ -10,7 +11,10 @@ use shoal_proto::piece::PieceError;
 /// [`StoreError::is_local_fault`] tells the caller whether the fault is the
 /// store's own (disk full, I/O, metadata database): the download engine then
 /// keeps serving the request from memory or upstream instead of failing it.
-#[derive(Debug, thiserror::Error)]
+///
+/// Cheap to clone (the underlying errors are shared), so that one failure can be handed
+/// to every reader of a shared download.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Reading or writing a file failed (disk full, permissions, I/O error).
     #[error("could not {op} {}: {source}", path.display())]
@@ -21,7 +25,7 @@ pub enum StoreError {
         path: PathBuf,
         /// The underlying error.
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// The metadata database failed.
     #[error("metadata database {} failed: {source}", path.display())]
@@ -30,7 +34,7 @@ pub enum StoreError {
         path: PathBuf,
         /// The underlying error (kept opaque so database types stay private).
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// A stored record or file could not be understood.
     #[error("corrupt store data at {}: {detail}", path.display())]

@@ -170,7 +170,7 @@ impl PieceStore for MemStore {
                 return Err(StoreError::Io {
                     op: "write piece to",
                     path: PathBuf::from(format!("memory/{}", digest.hex())),
-                    source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+                    source: std::io::Error::from(std::io::ErrorKind::StorageFull).into(),
                 });
             }
             t.data.insert(index, Bytes::copy_from_slice(bytes));

@@ -28,8 +28,11 @@ mod record;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use prometheus_client::registry::Registry;
 use shoal_proto::digest::Digest;
 use shoal_proto::piece::{PieceSet, TaskShape};
+
+use crate::metrics::{self, Sample};
 
 pub use disk::{DiskStore, Recovery};
 pub use error::StoreError;
@@ -99,6 +102,27 @@ pub trait PieceStore: Send + Sync + 'static {
     fn collect_garbage(&self) -> Result<Vec<Digest>, StoreError>;
     /// Bytes the stored tasks take (the sum of their sizes, complete or not).
     fn usage_bytes(&self) -> u64;
+}
+
+/// Registers the store's metrics in `registry` (names without a prefix: the daemon's
+/// registry adds `shoal_peer_`): the bytes it holds, read at every scrape.
+pub fn register_metrics(store: &Arc<dyn PieceStore>, registry: &mut Registry) {
+    metrics::register(registry, Usage(store.clone()), |u| {
+        vec![Sample::Gauge(
+            "cache_bytes",
+            "Bytes of blobs held in the piece store.",
+            i64::try_from(u.0.usage_bytes()).unwrap_or(i64::MAX),
+        )]
+    });
+}
+
+/// A store as its metrics collector sees it.
+struct Usage(Arc<dyn PieceStore>);
+
+impl std::fmt::Debug for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Usage").finish_non_exhaustive()
+    }
 }
 
 /// Disk quota and garbage collection watermarks.

@@ -49,13 +49,17 @@ fn load_or_create_with(dir: &Path, hostname: Option<&str>) -> Result<String, Sto
             return Err(StoreError::Io {
                 op: "read",
                 path,
-                source,
+                source: source.into(),
             });
         }
     }
     let io = |op, path: &Path| {
         let path = path.to_path_buf();
-        move |source| StoreError::Io { op, path, source }
+        move |source: std::io::Error| StoreError::Io {
+            op,
+            path,
+            source: source.into(),
+        }
     };
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let id = new_peer_id(hostname);

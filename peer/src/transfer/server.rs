@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus_client::registry::Registry;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
 use shoal_proto::Digest;
 use tokio::sync::{Semaphore, watch};
@@ -39,6 +40,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::PieceSource;
 use super::codec::{self, CodecError, LEN_PREFIX, MAX_HEADER_LEN, Request, Response};
 use super::rate::RateLimiter;
+use crate::metrics::{self, Sample};
 
 /// How long shutdown waits for in-flight uploads before closing their connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,7 +75,8 @@ impl Default for UploadLimits {
     }
 }
 
-/// Counters of the upload side; read them with `load(Ordering::Relaxed)`.
+/// Counters of the upload side; read them with `load(Ordering::Relaxed)`, export them
+/// with [`TransferStats::register_metrics`].
 #[derive(Debug, Default)]
 pub struct TransferStats {
     /// Piece bytes acknowledged by clients.
@@ -90,6 +93,43 @@ pub struct TransferStats {
     pub connections: AtomicU64,
     /// Connections whose handshake failed (e.g. a certificate from another CA).
     pub handshakes_failed: AtomicU64,
+}
+
+impl TransferStats {
+    /// Registers the upload counters in `registry` (names without a prefix: the
+    /// daemon's registry adds `shoal_peer_`), read at every scrape.
+    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
+        metrics::register(registry, self.clone(), |t| {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            vec![
+                Sample::Counter(
+                    "served_bytes",
+                    "Bytes uploaded to other peers.",
+                    load(&t.uploaded_bytes),
+                ),
+                Sample::Counter(
+                    "served_pieces",
+                    "Pieces uploaded to other peers.",
+                    load(&t.pieces_served),
+                ),
+                Sample::Counter(
+                    "upload_busy",
+                    "Piece requests refused because every upload slot was taken.",
+                    load(&t.busy),
+                ),
+                Sample::Counter(
+                    "upload_not_found",
+                    "Piece requests for pieces this peer does not hold.",
+                    load(&t.not_found),
+                ),
+                Sample::Counter(
+                    "quic_handshakes_failed",
+                    "QUIC connections refused (no or foreign certificate).",
+                    load(&t.handshakes_failed),
+                ),
+            ]
+        });
+    }
 }
 
 /// Why one stream failed; logged, never sent.

@@ -1,11 +1,28 @@
-//! Shared by the node setup tests: fixture trees copied to a temp dir, snapshots of a
-//! tree (every file's bytes and every directory), and running the built `shoal-peer`.
+//! Shared by the peer's tests: for node setup, fixture trees copied to a temp dir,
+//! snapshots of a tree (every file's bytes and every directory), and running the built
+//! `shoal-peer`; for the engine, an upstream reached through the real registry client.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+
+use shoal_peer::engine::Upstream;
+use shoal_peer::registry::{Registries, RegistriesConfig};
+
+/// The blobs of `repo` at `url` (`http://127.0.0.1:PORT`, e.g. a `CountingUpstream`) as
+/// the engine fetches them: the registry client with `url` as its default upstream and
+/// no `hosts.toml`.
+pub(crate) fn blob_upstream(url: &str, repo: &str) -> Arc<dyn Upstream> {
+    let mut config = RegistriesConfig::new("/nonexistent/shoal-test-hosts".into());
+    config.default_upstream = Some(url.to_owned());
+    let client = Registries::new(config)
+        .resolve(None)
+        .expect("a default upstream resolves");
+    Arc::new(client.blob_upstream(repo.to_owned(), None))
+}
 
 /// Where the fixture trees are.
 pub(crate) const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/containerd");
