@@ -10,10 +10,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
 use shoal_tests::blob;
-use shoal_tests::swarm::{PeerOptions, PeerProcess, SchedulerProcess};
+use shoal_tests::swarm::{PeerOptions, PeerProcess, SchedulerProcess, pull_blob};
 use shoal_tests::upstream::CountingUpstream;
 
 const MIB: usize = 1 << 20;
@@ -92,21 +90,7 @@ where
 /// GETs the blob through `mirror` and returns the sha256 digest of the body and its
 /// length, or the error that cut it.
 async fn pull(mirror: String, digest: String) -> Result<(String, u64), String> {
-    let url = format!("{mirror}/v2/{REPO}/blobs/{digest}");
-    let resp = reqwest::get(&url).await.map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        let s = resp.status();
-        return Err(format!("{s}: {}", resp.text().await.unwrap_or_default()));
-    }
-    let mut hasher = Sha256::new();
-    let mut n = 0u64;
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        n += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
-    Ok((format!("sha256:{:x}", hasher.finalize()), n))
+    pull_blob(&mirror, REPO, &digest).await
 }
 
 fn pull_all(

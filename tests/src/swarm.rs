@@ -96,6 +96,46 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// `VmRSS` and `VmHWM` of process `pid`, in KiB.
+pub fn proc_rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status has no {name}"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status: {line}"))?
+            .parse()?)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// GETs blob `digest` of `repo` through the registry mirror at `mirror`
+/// (`http://…`), the way containerd asks; the SHA-256 (`sha256:…`) and length
+/// of what came back, or the status and body of a refusal.
+pub async fn pull_blob(mirror: &str, repo: &str, digest: &str) -> Result<(String, u64), String> {
+    use futures::StreamExt;
+    use sha2::Digest as _;
+    let url = format!("{mirror}/v2/{repo}/blobs/{digest}");
+    let resp = reqwest::get(&url).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        let s = resp.status();
+        return Err(format!("{s}: {}", resp.text().await.unwrap_or_default()));
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut n = 0u64;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        n += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok((format!("sha256:{:x}", hasher.finalize()), n))
+}
+
 /// A `shoal-scheduler` process serving gRPC over mutual TLS.
 #[derive(Debug)]
 pub struct SchedulerProcess {
@@ -182,6 +222,26 @@ impl SchedulerProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its resident set size now and at its peak, in KiB (`VmRSS`, `VmHWM` of
+    /// `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
+        proc_rss_kib(self.pid())
+    }
+
+    /// `GET /metrics`, parsed ([`parse_metrics`]).
+    pub async fn metrics(&self) -> anyhow::Result<HashMap<String, f64>> {
+        let text = reqwest::get(format!("{}/metrics", self.http_url()))
+            .await?
+            .text()
+            .await?;
+        Ok(parse_metrics(&text))
     }
 
     /// The directory with its serving certificate (`tls.crt`, `tls.key`, `ca.crt`).
