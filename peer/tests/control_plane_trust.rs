@@ -10,6 +10,7 @@
 //! Clients without a certificate, with one from another CA, with an expired one or
 //! speaking plain text are refused at the handshake. A panic in the scheduler ends its
 //! process; the peers keep serving from upstream and re-join the restarted scheduler.
+//! A rotated CA and serving certificate take effect without a restart.
 //! No duration is asserted; waits only bound a hang.
 
 use std::path::{Path, PathBuf};
@@ -542,4 +543,54 @@ async fn a_panic_ends_the_scheduler_and_peers_serve_from_upstream_then_rejoin() 
         vec!["peer-0".to_owned()],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_ca_and_certificate_take_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = dir.path().join("tls");
+    PeerProcess::tls_init(&old_ca).unwrap();
+    let sched = SchedulerProcess::start(dir.path(), &old_ca).await.unwrap();
+    let old_node = node_cert(&old_ca, dir.path(), "node-a", None);
+    let mut c = dial(&sched, &old_ca, Some(&old_node)).await.unwrap();
+    join(&mut c, "node-a", Vec::new()).await.unwrap();
+
+    // The Secret is rotated to a new CA: the scheduler's directory gets the new CA,
+    // serving certificate and key, as the kubelet would write them.
+    let new_ca = dir.path().join("tls-new");
+    PeerProcess::tls_init(&new_ca).unwrap();
+    let staged = dir.path().join("staged");
+    issue_dir(
+        &new_ca,
+        &staged,
+        &Leaf::scheduler(vec!["127.0.0.1".into()], Duration::from_secs(86_400)),
+    )
+    .unwrap();
+    for f in ["tls.key", "tls.crt", "ca.crt"] {
+        std::fs::copy(staged.join(f), sched.tls_dir().join(f)).unwrap();
+    }
+    let new_node = node_cert(&new_ca, dir.path(), "node-b", None);
+    wait_for(
+        "a node certificate from the new CA is accepted",
+        || async {
+            match dial(&sched, &new_ca, Some(&new_node)).await {
+                Ok(mut c) => join(&mut c, "node-b", Vec::new()).await.is_ok(),
+                Err(_) => false,
+            }
+        },
+        true,
+    )
+    .await;
+    // New connections with the old CA's certificate are refused now.
+    let old = async {
+        let mut c = dial(&sched, &new_ca, Some(&old_node))
+            .await
+            .map_err(|e| e.to_string())?;
+        join(&mut c, "node-a", Vec::new())
+            .await
+            .map_err(|s| s.to_string())
+    };
+    old.await
+        .expect_err("a certificate of the retired CA is refused");
+    assert!(sched.log().contains("reloaded"), "{}", sched.log());
 }
