@@ -5,12 +5,14 @@
 //! on SIGTERM or SIGINT.
 //!
 //! Layout: `config.rs` (flags → validated [`Settings`]), `health.rs`
-//! (`/metrics`, `/healthz`, `/readyz`), `gc.rs` (the eviction loop), this file
+//! (`/metrics`, `/healthz`, `/readyz`), `gc.rs` (the eviction loop), `tls_reload.rs`
+//! (renewed certificates and rotated CAs for QUIC), this file
 //! (wiring).
 
 pub mod config;
 mod gc;
 pub mod health;
+mod tls_reload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,6 +183,15 @@ pub async fn run(
         stopped(),
     );
     let client = PieceClient::new(endpoint.clone());
+    if let TlsSource::Dir(dir) = &settings.tls {
+        tokio::spawn(tls_reload::watch(
+            dir.clone(),
+            endpoint.clone(),
+            client.tls(),
+            Duration::from_secs(10),
+            stopped(),
+        ));
+    }
     let engine = Engine::new(store.clone(), link.clone(), client);
     let mirror_port = mirror_listener.local_addr()?.port();
     let mut registries = RegistriesConfig::new(settings.containerd_hosts_dir.clone());

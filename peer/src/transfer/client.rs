@@ -88,6 +88,30 @@ type Slot = Arc<OnceCell<Connection>>;
 pub struct PieceClient {
     endpoint: Endpoint,
     pool: Mutex<HashMap<SocketAddr, Slot>>,
+    tls: ClientTls,
+}
+
+/// The client configuration new connections use in place of the endpoint's
+/// default once set: how a renewed certificate or rotated CA reaches a
+/// [`PieceClient`] (`daemon/tls_reload.rs`). Pooled connections keep theirs.
+#[derive(Clone, Default)]
+pub struct ClientTls(Arc<Mutex<Option<quinn::ClientConfig>>>);
+
+impl ClientTls {
+    /// New connections use `config` from now on.
+    pub fn set(&self, config: quinn::ClientConfig) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
+    }
+
+    fn get(&self) -> Option<quinn::ClientConfig> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls { .. }")
+    }
 }
 
 impl PieceClient {
@@ -97,7 +121,13 @@ impl PieceClient {
         PieceClient {
             endpoint,
             pool: Mutex::new(HashMap::new()),
+            tls: ClientTls::default(),
         }
+    }
+
+    /// Where to put a new client configuration (see [`ClientTls`]).
+    pub fn tls(&self) -> ClientTls {
+        self.tls.clone()
     }
 
     /// Number of parents with a live pooled connection.
@@ -163,10 +193,11 @@ impl PieceClient {
         let conn = slot
             .get_or_try_init(|| async {
                 debug!(peer.addr = %parent, "connecting");
-                let connecting = self
-                    .endpoint
-                    .connect(parent, SERVER_NAME)
-                    .map_err(|e| FetchError::Local(e.to_string()))?;
+                let connecting = match self.tls.get() {
+                    Some(config) => self.endpoint.connect_with(config, parent, SERVER_NAME),
+                    None => self.endpoint.connect(parent, SERVER_NAME),
+                }
+                .map_err(|e| FetchError::Local(e.to_string()))?;
                 connecting.await.map_err(FetchError::from_connection)
             })
             .await?;

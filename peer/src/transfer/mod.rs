@@ -24,7 +24,7 @@ pub mod codec;
 pub mod rate;
 pub mod server;
 
-pub use client::{FetchError, PieceClient};
+pub use client::{ClientTls, FetchError, PieceClient};
 pub use server::{TransferStats, UploadLimits, serve};
 
 /// Where the server finds the pieces it uploads: the peer's piece store.
