@@ -187,12 +187,17 @@ impl Leaf {
 /// name.
 pub fn node_identity(cert_pem: &[u8]) -> Result<Option<String>, TlsError> {
     let certs = parse_certs(cert_pem, "certificate")?;
+    node_of(&certs[0])
+}
+
+/// [`node_identity`] of a DER certificate, such as the one a QUIC caller presented
+/// (the server uses it to name who is asking).
+pub fn node_of(der: &[u8]) -> Result<Option<String>, TlsError> {
     let parse = |reason: String| TlsError::Parse {
         what: "certificate".into(),
         reason,
     };
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| parse(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| parse(e.to_string()))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -201,6 +206,17 @@ pub fn node_identity(cert_pem: &[u8]) -> Result<Option<String>, TlsError> {
         .transpose()
         .map_err(|e| parse(e.to_string()))?;
     Ok(cn.filter(|cn| cn != SERVER_NAME && !cn.is_empty()))
+}
+
+/// The node the other side of `conn` is, by its certificate; `shared` for the
+/// shared certificate (and for a certificate that cannot be read, which the
+/// handshake would not have accepted).
+pub fn caller_node(conn: &quinn::Connection) -> String {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().and_then(|c| node_of(c).ok()))
+        .flatten()
+        .unwrap_or_else(|| "shared".to_owned())
 }
 
 impl Pki {

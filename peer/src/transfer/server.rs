@@ -275,14 +275,17 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
         }
     };
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-    debug!(peer.addr = %addr, "peer connected");
+    // Who is asking: the node its certificate names ("shared" for the shared
+    // certificate), for the logs of everything this connection asks.
+    let node = crate::tls::caller_node(&conn);
+    debug!(peer.addr = %addr, peer.node = %node, "peer connected");
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    let span = debug_span!("upload", peer.addr = %addr, stream.id = %send.id());
+                    let span = debug_span!("upload", peer.addr = %addr, peer.node = %node, stream.id = %send.id());
                     streams.spawn(answer(send, recv, shared.clone(), addr).instrument(span));
                 }
                 Err(e) => {
