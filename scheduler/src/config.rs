@@ -61,6 +61,12 @@ pub struct Args {
     /// Re-read when the files change. Required unless --insecure-plaintext.
     #[arg(long, env = "SHOAL_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Directory with a serving certificate (tls.crt, tls.key, and ca.crt) for
+    /// the operator API: it is then served over TLS (no client certificate;
+    /// writes still need the token). May be the same as --tls-dir. Re-read when
+    /// the files change [default: plain HTTP].
+    #[arg(long, env = "SHOAL_HTTP_TLS_DIR")]
+    pub http_tls_dir: Option<PathBuf>,
     /// Development only: serve gRPC in plain text to anyone, with no identity
     /// checks (logged as a warning at start) [default: off].
     #[arg(long, env = "SHOAL_INSECURE_PLAINTEXT")]
@@ -100,6 +106,7 @@ struct File {
     log_format: Option<String>,
     operator_token_file: Option<PathBuf>,
     tls_dir: Option<PathBuf>,
+    http_tls_dir: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
     allow_shared_identity: Option<bool>,
 }
@@ -132,6 +139,8 @@ pub struct Settings {
     pub grpc_security: GrpcSecurity,
     /// Accept the shared peer certificate for any peer id.
     pub allow_shared_identity: bool,
+    /// Serve the operator API over TLS with the files in this directory.
+    pub http_tls_dir: Option<PathBuf>,
     /// Test hook: panic when this peer id joins.
     pub test_panic_on_join: Option<String>,
     /// The core's tunables.
@@ -324,6 +333,7 @@ impl Settings {
             operator_token,
             grpc_security: grpc_security.expect("checked"),
             allow_shared_identity,
+            http_tls_dir: args.http_tls_dir.or(file.http_tls_dir),
             test_panic_on_join: args.test_panic_on_join,
             core,
         })

@@ -52,6 +52,10 @@ pub struct Cli {
     /// needed by quarantine, unquarantine and drop.
     #[arg(long, env = "SHOAL_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for an `https://` scheduler URL (the
+    /// scheduler's --http-tls-dir), besides the system's roots.
+    #[arg(long, env = "SHOAL_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// What to show.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -223,15 +227,29 @@ struct ErrorInner {
 
 /// Runs one command, writing its output to `out`.
 pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(cli.timeout.min(5)))
         .timeout(Duration::from_secs(cli.timeout))
-        .user_agent(concat!("shoalctl/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| CtlError::Unreachable {
+        .user_agent(concat!("shoalctl/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &cli.ca_file {
+        let ca_error = |reason: String| CtlError::Unreachable {
             url: redact(cli.scheduler.as_str()),
-            reason: innermost(&e),
-        })?;
+            reason: format!("--ca-file {}: {reason}", path.display()),
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(innermost(&e)))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificate".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let client = builder.build().map_err(|e| CtlError::Unreachable {
+        url: redact(cli.scheduler.as_str()),
+        reason: innermost(&e),
+    })?;
     let token = if cli.command.writes() {
         let path = cli
             .token_file

@@ -113,11 +113,15 @@ async fn trace_request(request: Request, next: Next) -> Response {
 
 /// Serves `router` on an already bound `listener` until `shutdown` resolves,
 /// then lets requests in flight finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

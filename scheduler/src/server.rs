@@ -20,7 +20,7 @@ use crate::grpc::{self, Identity, Limits, SchedulerService};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::state::SchedulerState;
-use crate::tls::TlsFiles;
+use crate::tls::{ClientAuth, TlsFiles, TlsListener};
 
 /// How long open connections get to finish after the shutdown signal.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -93,10 +93,22 @@ pub async fn run(
              a holder of its key can speak for every node"
         );
     }
+    let http_tls = match &settings.http_tls_dir {
+        Some(dir) => Some(Arc::new(
+            TlsFiles::load_for(dir, ClientAuth::None).with_context(|| {
+                format!(
+                    "cannot use the operator API's TLS material (--http-tls-dir {})",
+                    dir.display()
+                )
+            })?,
+        )),
+        None => None,
+    };
     info!(
         grpc.addr = %grpc_listener.local_addr()?,
         grpc.tls = tls.is_some(),
         http.addr = %http_listener.local_addr()?,
+        http.tls = http_tls.is_some(),
         peer_ttl = ?settings.core.peer_ttl,
         // Whether write endpoints are on; the token itself is never logged.
         http.writes = settings.operator_token.is_some(),
@@ -145,7 +157,18 @@ pub async fn run(
         metrics.clone(),
         settings.operator_token.clone(),
     );
-    let http = tokio::spawn(http::serve(http_listener, router, stopped()));
+    let http = match http_tls {
+        Some(files) => {
+            let m = metrics.clone();
+            let listener = TlsListener::new(
+                http_listener,
+                files,
+                Arc::new(move || m.refused("http_tls_handshake")),
+            )?;
+            tokio::spawn(http::serve(listener, router, stopped()))
+        }
+        None => tokio::spawn(http::serve(http_listener, router, stopped())),
+    };
     let ticker = tokio::spawn(grpc::run_ticker(
         state.clone(),
         settings.plan_interval,

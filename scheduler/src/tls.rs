@@ -16,6 +16,7 @@
 //! cert-manager).
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -77,7 +78,17 @@ type Stamp = Vec<(SystemTime, u64)>;
 /// they change.
 pub struct TlsFiles {
     dir: PathBuf,
+    clients: ClientAuth,
     current: Mutex<(Stamp, Arc<rustls::ServerConfig>)>,
+}
+
+/// Whether a client must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// One chaining to `ca.crt` (the gRPC port); ALPN `h2`.
+    Required,
+    /// None (the operator API, whose writes need a token); ALPN `h2`, `http/1.1`.
+    None,
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -90,11 +101,18 @@ const FILES: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
 
 impl TlsFiles {
     /// Reads `ca.crt`, `tls.crt` and `tls.key` from `dir`; errors name the file.
+    /// Clients must present a certificate from `ca.crt`.
     pub fn load(dir: &Path) -> Result<TlsFiles, TlsError> {
+        Self::load_for(dir, ClientAuth::Required)
+    }
+
+    /// [`load`](Self::load), with `clients` saying whether clients need a certificate.
+    pub fn load_for(dir: &Path, clients: ClientAuth) -> Result<TlsFiles, TlsError> {
         let stamp = stamp(dir);
-        let config = build(dir)?;
+        let config = build(dir, clients)?;
         Ok(TlsFiles {
             dir: dir.to_owned(),
+            clients,
             current: Mutex::new((stamp, config)),
         })
     }
@@ -104,7 +122,7 @@ impl TlsFiles {
         let now = stamp(&self.dir);
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if current.0 != now {
-            match build(&self.dir) {
+            match build(&self.dir, self.clients) {
                 Ok(config) => {
                     info!(tls.dir = %self.dir.display(), "TLS certificate or CA changed on disk; reloaded");
                     *current = (now, config);
@@ -130,7 +148,7 @@ fn stamp(dir: &Path) -> Stamp {
         .collect()
 }
 
-fn build(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+fn build(dir: &Path, clients: ClientAuth) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read(&path)
@@ -174,13 +192,19 @@ fn build(dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| config(&e))?;
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| config(&e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
         .map_err(|e| config(&e))?;
-    server.alpn_protocols = vec![b"h2".to_vec()];
+    let mut server = match clients {
+        ClientAuth::Required => builder.with_client_cert_verifier(verifier),
+        ClientAuth::None => builder.with_no_client_auth(),
+    }
+    .with_single_cert(chain, key)
+    .map_err(|e| config(&e))?;
+    server.alpn_protocols = match clients {
+        ClientAuth::Required => vec![b"h2".to_vec()],
+        ClientAuth::None => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(server))
 }
 
@@ -194,6 +218,16 @@ pub fn incoming(
     files: Arc<TlsFiles>,
     on_refused: Arc<dyn Fn() + Send + Sync>,
 ) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> {
+    use tokio_stream::StreamExt as _;
+    ReceiverStream::new(accept(listener, files, on_refused)).map(|(stream, _)| Ok(stream))
+}
+
+/// The connections of [`incoming`] with their addresses, as a channel.
+fn accept(
+    listener: TcpListener,
+    files: Arc<TlsFiles>,
+    on_refused: Arc<dyn Fn() + Send + Sync>,
+) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
@@ -206,7 +240,7 @@ pub fn incoming(
                     Ok(c) => c,
                     Err(e) => {
                         // EMFILE and the like: back off briefly, keep serving.
-                        warn!(error = %e, "accepting a gRPC connection failed");
+                        warn!(error = %e, "accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -219,7 +253,7 @@ pub fn incoming(
                 let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx.send((stream, addr)).await;
                     }
                     Ok(Err(e)) => {
                         on_refused();
@@ -233,7 +267,54 @@ pub fn incoming(
             });
         }
     });
-    ReceiverStream::new(rx)
+    rx
+}
+
+/// A TLS listener for `axum::serve` (the operator API over TLS): the
+/// connections of [`incoming`], handshakes done.
+pub struct TlsListener {
+    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl TlsListener {
+    /// Serves TLS with `files` on `listener`; refused handshakes call `on_refused`.
+    pub fn new(
+        listener: TcpListener,
+        files: Arc<TlsFiles>,
+        on_refused: Arc<dyn Fn() + Send + Sync>,
+    ) -> io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        Ok(TlsListener {
+            connections: accept(listener, files, on_refused),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.connections.recv().await {
+            Some(c) => c,
+            // The accept loop ended (it does not, while we hold the receiver).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 /// Who is calling, as far as the transport can tell.

@@ -42,7 +42,7 @@ fn start() -> Proc {
             "127.0.0.1:0",
         ])
         // This test is about flags, variables and the operator API; mutual TLS has
-        // its own tests (tests/trust.rs).
+        // its own tests (peer/tests/control_plane_trust.rs).
         .env("SHOAL_INSECURE_PLAINTEXT", "true")
         .env("SHOAL_LOG_FORMAT", "json")
         .env("SHOAL_PEER_TTL", "10s")
@@ -227,4 +227,71 @@ fn names_the_address_it_cannot_bind() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains(&addr), "{err}");
+}
+
+#[test]
+fn serves_the_operator_api_over_tls_with_http_tls_dir() {
+    let dir = std::env::temp_dir().join(format!("shoal-binary-http-tls-{}", std::process::id()));
+    let pki = shoal_tests::tls::TestPki::generate(&dir.join("pki")).unwrap();
+    let tls = dir.join("http-tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::copy(&pki.ca_cert, tls.join("ca.crt")).unwrap();
+    std::fs::copy(&pki.server_cert, tls.join("tls.crt")).unwrap();
+    std::fs::copy(&pki.server_key, tls.join("tls.key")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_shoal-scheduler"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--http-tls-dir")
+        .arg(&tls)
+        .env("SHOAL_INSECURE_PLAINTEXT", "true")
+        .env("SHOAL_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shoal-scheduler");
+    let mut proc = Proc {
+        child,
+        grpc: String::new(),
+        http: String::new(),
+        log: Default::default(),
+        token_file: dir.join("no-token"),
+    };
+    let stderr = proc.child.stderr.take().unwrap();
+    let started = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("shoal-scheduler starting"))
+        .expect("a start-up line");
+    let v: serde_json::Value = serde_json::from_str(&started).unwrap();
+    assert_eq!(v["http.tls"], true, "{started}");
+    proc.http = v["http.addr"].as_str().unwrap().to_string();
+    let ctl = |url: String, extra: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_shoalctl"))
+            .arg("--scheduler")
+            .arg(url)
+            .args(extra)
+            .arg("peers")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let https = format!("https://{}", proc.http);
+    // Trusting the CA: the API answers over TLS.
+    let (ok, err) = ctl(
+        https.clone(),
+        &["--ca-file".as_ref(), pki.ca_cert.as_os_str()],
+    );
+    assert!(ok, "{err}");
+    // Without the CA the certificate is not trusted; plain HTTP gets no answer.
+    let (ok, err) = ctl(https, &[]);
+    assert!(!ok && err.contains("could not reach"), "{err}");
+    let (ok, err) = ctl(format!("http://{}", proc.http), &[]);
+    assert!(!ok, "plain HTTP to a TLS port: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

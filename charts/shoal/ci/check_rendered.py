@@ -8,7 +8,7 @@ version, then the checks of checks.py:
 - the init container's --mirror-url is http://<the peer's --mirror-listen>;
 - the hosts directories mounted for configure, restore and the peer are the
   preset's (three presets tied to the constants in
-  peer/src/containerd/config.rs), from the right host paths, under --root,
+  peer/src/containerd/layout.rs), from the right host paths, under --root,
   read-only where they should be; the peer's --containerd-hosts-dir is the first;
 - --peer-tls-dir is a mount of the TLS Secret with ca.crt, tls.crt, tls.key; the
   generated certificate carries peer/src/tls.rs' SERVER_NAME, chains to the CA,
@@ -169,7 +169,7 @@ def main():
 
     checks.SERVER_NAME = rust_const(os.path.join(a.repo, "peer/src/tls.rs"), "SERVER_NAME")
     failures = []
-    cfg_rs = os.path.join(a.repo, "peer/src/containerd/config.rs")
+    cfg_rs = os.path.join(a.repo, "peer/src/containerd/layout.rs")
     for (preset, i), const in RUST_CONSTANTS.items():
         want = PRESETS[preset][i] if i == 0 else PRESETS[preset][i][0]
         if rust_const(cfg_rs, const) != want:

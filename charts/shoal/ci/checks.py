@@ -713,7 +713,7 @@ def check_all(docs, sc, bin_dir=None):
 def check_metric_names(repo, chart):
     """Every shoal_* metric the dashboard, NOTES.txt and docs/install.md name is one
     the code exports (scheduler: registry prefix shoal_scheduler_ + name, counters
-    get _total; peer: the full name as a string)."""
+    get _total; peer: registry prefixes shoal_peer_ and shoal_mirror_ + name, the same)."""
     sched = open(os.path.join(repo, "scheduler/src/metrics.rs")).read()
     peer = ""
     for d, _, files in os.walk(os.path.join(repo, "peer/src")):
@@ -723,11 +723,12 @@ def check_metric_names(repo, chart):
                  os.path.join(repo, "docs/install.md")):
         text = open(path).read()
         for name in sorted(set(re.findall(r"\bshoal_[a-z_]+[a-z]", text))):
-            if name.startswith("shoal_scheduler_"):
-                base = re.sub(r"_total$", "", name[len("shoal_scheduler_"):])
-                ok = f'"{base}"' in sched
+            prefix = next((p for p in ("shoal_scheduler_", "shoal_peer_", "shoal_mirror_") if name.startswith(p)), None)
+            if prefix is None:
+                ok = False
             else:
-                ok = f'"{name}"' in peer
+                base = re.sub(r"_total$", "", name[len(prefix):])
+                ok = f'"{base}"' in (sched if prefix == "shoal_scheduler_" else peer)
             if not ok:
                 problems.append(f"{os.path.relpath(path, repo)} names metric {name}, which the code does not export")
     print("check-chart: metric names in the dashboard, NOTES.txt and docs/install.md checked against the code")
