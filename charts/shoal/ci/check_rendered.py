@@ -82,7 +82,7 @@ class Scenario:
 
     def __init__(self, name, args, preset="containerd", config=None, hosts=None, configure=None,
                  cleanup=True, tls_secret=None, token_secret=None, tolerate_all=True, labels=None,
-                 identity="shared", plaintext=False, sched_tls_secret=None, netpol=None):
+                 identity="shared", plaintext=False, sched_tls_secret=None, netpol=None, operator_tls=False):
         p_config, p_hosts, p_configure = PRESETS[preset]
         self.name, self.args = name, args
         self.config = config or p_config
@@ -96,6 +96,8 @@ class Scenario:
         # The NetworkPolicy: None (off), or what it must admit:
         # {"node_cidrs": [...], "namespaces": [...]} (operator and Prometheus namespaces).
         self.netpol = netpol
+        # scheduler.operatorTLS: the operator API over TLS.
+        self.operator_tls = operator_tls
 
 
 DEFAULT_NETPOL = {"node_cidrs": [NODE_CIDR], "namespaces": []}
@@ -116,6 +118,8 @@ SCENARIOS = [
     Scenario("no-network-policy", ["--set", "networkPolicy.enabled=false"]),
     Scenario("dev-plaintext", NODES + ["--set", "scheduler.insecurePlaintext=true"], plaintext=True,
              netpol=DEFAULT_NETPOL),
+    Scenario("operator-tls", ["--set", "networkPolicy.enabled=false", "--set", "scheduler.operatorTLS=true",
+                              "--set", "metrics.serviceMonitor.enabled=true"], operator_tls=True),
 ]
 
 # Values that must be refused (schema or template), with a word of the error;
@@ -146,6 +150,7 @@ BAD_VALUES = [
     (["--set", "scheduler.tls.existingSecret=mine"], "peer.tls.existingSecret"),  # a new CA cannot match it
     (["--set", "peer.extraSchedulers[0]=http://standby.shoal-system.svc.cluster.local:7600"], "extraSchedulers"),
     (["--set", "scheduler.extraArgs[0]=--insecure-plaintext"], "scheduler.insecurePlaintext"),
+    (["--set", "scheduler.operatorTLS=true", "--set", "scheduler.insecurePlaintext=true"], "scheduler.operatorTLS"),
     (["--set", "scheduler.extraEnv[0].name=SHOAL_ALLOW_SHARED_IDENTITY", "--set", "scheduler.extraEnv[0].value=1"],
      "peer.identity.mode"),
 ]

@@ -418,6 +418,30 @@ def check_peer_csi(docs, v, m, tls_dir, problems):
         problems.append(f"per-node identity, but TLS Secrets {tls} are rendered (a shared key nobody needs)")
 
 
+def check_operator_tls(docs, c, fl, tls_dir, wanted, problems):
+    """scheduler.operatorTLS: --http-tls-dir is the serving certificate's directory,
+    the probes use HTTPS and a ServiceMonitor scrapes with https; without it, none."""
+    where = "scheduler"
+    http_tls = (fl.get("--http-tls-dir") or [None])[0]
+    if wanted and http_tls != tls_dir:
+        problems.append(f"{where}: scheduler.operatorTLS but --http-tls-dir is {http_tls!r}, not {tls_dir!r}")
+    if not wanted and http_tls:
+        problems.append(f"{where}: --http-tls-dir without scheduler.operatorTLS")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        scheme = ((c.get(probe) or {}).get("httpGet") or {}).get("scheme", "HTTP")
+        if scheme != ("HTTPS" if http_tls else "HTTP"):
+            problems.append(f"{where}: {probe} uses {scheme} but the operator API is "
+                            f"{'TLS' if http_tls else 'plain HTTP'}")
+    for sm in find(docs, "ServiceMonitor", "scheduler"):
+        for ep in sm["spec"]["endpoints"]:
+            scheme = ep.get("scheme", "http")
+            if scheme != ("https" if http_tls else "http"):
+                problems.append(f"ServiceMonitor {sm['metadata']['name']}: scrapes with {scheme} but the "
+                                f"operator API is {'TLS' if http_tls else 'plain HTTP'}")
+            if http_tls and not ((ep.get("tlsConfig") or {}).get("ca") or {}).get("secret"):
+                problems.append(f"ServiceMonitor {sm['metadata']['name']}: https without the scheduler's CA")
+
+
 def check_scheduler_tls(docs, sc, problems):
     """Mutual TLS on gRPC unless the scenario is the development switch; the
     shared-identity switch exactly with the shared peer certificate; a serving
@@ -451,6 +475,7 @@ def check_scheduler_tls(docs, sc, problems):
     tls_dir = one(fl, "--tls-dir", problems, where)
     if not tls_dir:
         return
+    check_operator_tls(docs, c, fl, tls_dir, getattr(sc, "operator_tls", False), problems)
     m = mount_at(c, tls_dir)
     v = volume(pod, m["name"]) if m else None
     peer_pod = peers[0]["spec"]["template"]["spec"]
