@@ -20,9 +20,22 @@
 //!    cancelled; then the scheduler's `/proc` figures and `/metrics` are read
 //!    and it is stopped with SIGTERM.
 //!
+//! Security: by default (`--security both`) the whole benchmark runs twice
+//! with the same workload and seed, each time against a fresh scheduler:
+//! first in plain text (`--insecure-plaintext`), then over mutual TLS
+//! (`--tls-dir`), and a side-by-side table ends the report (the ratios
+//! TLS/plain; the target is within 1.5×). With TLS every simulated peer
+//! presents its own node certificate (common name = its peer id, made here
+//! with rcgen as `shoal-peer tls issue --node` makes it; the signing time is
+//! printed), so every connection makes a full handshake with client
+//! authentication and the scheduler binds each call to its certificate.
+//! `--identity shared` (forced when peers share connections) uses the one
+//! shared certificate (common name `shoal-peer`) with
+//! `--allow-shared-identity` instead.
+//!
 //! Layout: `workload.rs` (tasks, inventory, popularity), `peer.rs` (sessions
-//! and downloads), `stats.rs` (latencies, counters, `/proc`), this file
-//! (phases and the report).
+//! and downloads), `stats.rs` (latencies, counters, `/proc`), `pki.rs`
+//! (certificates), this file (phases and the report).
 //!
 //! Connections: by default one HTTP/2 connection per simulated peer, as in a
 //! real cluster (each node's daemon has its own), so the scheduler's memory
@@ -34,6 +47,7 @@
 //! only by `cargo build --examples` (the script does that).
 
 mod peer;
+mod pki;
 mod stats;
 mod workload;
 
@@ -44,19 +58,42 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use peer::{Ctx, Outcome, Timing};
-use stats::{Summary, cpu_secs, loadavg, open_files_limit, status_kib};
+use pki::Pki;
+use stats::{Latency, Summary, cpu_secs, loadavg, open_files_limit, status_kib};
 use workload::Workload;
 
 /// Open files each process keeps besides its connections.
 const SPARE_FILES: u64 = 200;
+/// The peer id (and node certificate) of the probe.
+const PROBE_ID: &str = "bench-probe";
+
+/// How the scheduler's gRPC port is secured in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Security {
+    /// Plain text, then mutual TLS, same load: side by side.
+    Both,
+    /// Mutual TLS only.
+    Tls,
+    /// Plain text only (`--insecure-plaintext`).
+    Plain,
+}
+
+/// Which client certificates the simulated peers present over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IdentityMode {
+    /// One node certificate per peer (common name = peer id).
+    Node,
+    /// The shared `shoal-peer` certificate, with `--allow-shared-identity`.
+    Shared,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -116,6 +153,23 @@ struct Args {
     /// The scheduler binary [default: `../shoal-scheduler` next to this example].
     #[arg(long)]
     scheduler_bin: Option<PathBuf>,
+    /// Plain text, mutual TLS, or both one after the other (side by side).
+    #[arg(long, value_enum, default_value_t = Security::Both)]
+    security: Security,
+    /// Client certificates over TLS: one per peer, or the shared one
+    /// [default: node; shared when peers share connections].
+    #[arg(long, value_enum)]
+    identity: Option<IdentityMode>,
+}
+
+/// The TLS set-up of a run: the scheduler's directory and each connection's
+/// client configuration.
+struct TlsRun<'a> {
+    pki: &'a Pki,
+    shared: bool,
+    /// One per connection (node certificates) or one for all (shared).
+    clients: Vec<ClientTlsConfig>,
+    probe: ClientTlsConfig,
 }
 
 /// The scheduler process under test.
@@ -127,24 +181,47 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn start(bin: &PathBuf, plan_interval: &str) -> anyhow::Result<Scheduler> {
-        let mut child = Command::new(bin)
-            .args([
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--plan-interval", plan_interval])
+    fn start(
+        bin: &PathBuf,
+        plan_interval: &str,
+        tls: Option<&TlsRun>,
+    ) -> anyhow::Result<Scheduler> {
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--plan-interval", plan_interval]);
+        match tls {
+            Some(t) => {
+                cmd.arg("--tls-dir").arg(&t.pki.dir);
+                if t.shared {
+                    cmd.arg("--allow-shared-identity");
+                }
+            }
+            None => {
+                cmd.arg("--insecure-plaintext");
+            }
+        }
+        let mut child = cmd
             .env("SHOAL_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
-        let line = lines
-            .next()
-            .context("the scheduler exited before logging its addresses")??;
+        // The start-up warnings this run asks for (plain text, the shared
+        // identity) come first; the addresses are in the "starting" line.
+        let line = loop {
+            let line = lines
+                .next()
+                .context("the scheduler exited before logging its addresses")??;
+            if line.contains("grpc.addr") || !line.contains(r#""level":"WARN""#) {
+                break line;
+            }
+        };
         let v: serde_json::Value =
             serde_json::from_str(&line).with_context(|| format!("start-up line {line:?}"))?;
         let addr = |k: &str| {
@@ -222,16 +299,38 @@ fn scheduler_bin(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-async fn connect(grpc: &str, n: u32) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{grpc}"))?
+/// The endpoint of connection `i`: plain, or TLS with its client certificate.
+fn endpoint(grpc: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut e = Endpoint::from_shared(format!("{scheme}://{grpc}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10));
-    let channels: Vec<Result<Channel, tonic::transport::Error>> = futures::stream::iter(0..n)
-        .map(|_| {
-            let e = endpoint.clone();
-            async move { e.connect().await }
+    if let Some(t) = tls {
+        e = e.tls_config(t.clone())?;
+    }
+    Ok(e)
+}
+
+/// `n` connections, 64 being set up at once; each one's set-up (TCP, the TLS
+/// handshake if any, HTTP/2) is timed into `latency`.
+async fn connect(
+    grpc: &str,
+    n: u32,
+    tls: Option<&TlsRun<'_>>,
+    latency: &Latency,
+) -> anyhow::Result<Vec<Channel>> {
+    let endpoints = (0..n as usize)
+        .map(|i| endpoint(grpc, tls.map(|t| &t.clients[i % t.clients.len()])))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let channels: Vec<Result<Channel, tonic::transport::Error>> = futures::stream::iter(endpoints)
+        .map(|e| async move {
+            let started = Instant::now();
+            let c = e.connect().await;
+            latency.record(started.elapsed());
+            c
         })
-        .buffer_unordered(64)
+        // In order: connection i carries peer i's certificate.
+        .buffered(64)
         .collect()
         .await;
     channels
@@ -264,12 +363,109 @@ async fn main() -> anyhow::Result<()> {
             "note: ulimit -n is {limit}: {connections} connections instead of {wanted} (raise it, or pass --connections)"
         );
     }
+
+    let shared = match args.identity {
+        Some(IdentityMode::Shared) => true,
+        Some(IdentityMode::Node) if connections < args.peers => {
+            bail!(
+                "--identity node needs one connection per peer ({connections} connections for {} peers)",
+                args.peers
+            )
+        }
+        Some(IdentityMode::Node) => false,
+        None => connections < args.peers,
+    };
+    let dir = std::env::temp_dir().join(format!("shoal-loadgen-{}", std::process::id()));
+    let tls_setup = if args.security == Security::Plain {
+        None
+    } else {
+        let pki = Pki::new(&dir)?;
+        let (clients, probe, how) = if shared {
+            let c = pki.client_config(&pki.shared()?);
+            (
+                vec![c.clone()],
+                c,
+                "the shared shoal-peer certificate (--allow-shared-identity)".to_owned(),
+            )
+        } else {
+            let (certs, took) = pki.nodes((0..args.peers).map(workload::peer_id))?;
+            let how = format!(
+                "one node certificate per peer; signing {} certificates (ECDSA P-256 key + signature, rcgen) took {:.2} s, {:.0} µs each",
+                certs.len(),
+                took.as_secs_f64(),
+                took.as_secs_f64() * 1e6 / certs.len() as f64
+            );
+            let clients = certs.iter().map(|c| pki.client_config(c)).collect();
+            (clients, pki.client_config(&pki.node(PROBE_ID)?), how)
+        };
+        eprintln!("TLS client identity: {how}");
+        Some((pki, shared, clients, probe, how))
+    };
+    let tls = tls_setup
+        .as_ref()
+        .map(|(pki, shared, clients, probe, _)| TlsRun {
+            pki,
+            shared: *shared,
+            clients: clients.clone(),
+            probe: probe.clone(),
+        });
+    let runs: Vec<Option<&TlsRun>> = match args.security {
+        Security::Both => vec![None, tls.as_ref()],
+        Security::Tls => vec![tls.as_ref()],
+        Security::Plain => vec![None],
+    };
+    let mut figures = Vec::new();
+    for t in runs {
+        figures.push(run(&args, &bin, connections, t).await?);
+    }
+    if let [plain, tls] = &figures[..] {
+        let how = tls_setup.as_ref().map_or("", |s| s.4.as_str());
+        compare(&args, connections, plain, tls, how);
+    }
+    Ok(())
+}
+
+/// What the side-by-side comparison shows of one run.
+struct Figures {
+    connect: Summary,
+    connect_secs: f64,
+    join: Summary,
+    session_open: Summary,
+    plan_first: Summary,
+    probe: Summary,
+    report_update: Summary,
+    hwm: f64,
+    rss_sessions: f64,
+    rss_end: f64,
+    cpu_setup: f64,
+    cpu_phase_pct: f64,
+    downloads_done: u64,
+    errors: u64,
+}
+
+/// One whole benchmark against a fresh scheduler, plain (`tls` is `None`)
+/// or over mutual TLS; prints its report.
+async fn run(
+    args: &Args,
+    bin: &PathBuf,
+    connections: u32,
+    tls: Option<&TlsRun<'_>>,
+) -> anyhow::Result<Figures> {
     let load_before = loadavg();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let security = match tls {
+        None => "plain text",
+        Some(t) if t.shared => "mutual TLS, shared identity",
+        Some(_) => "mutual TLS, node certificates",
+    };
+    eprintln!("run: {security}");
 
-    let sched = Scheduler::start(&bin, &args.plan_interval)?;
+    let sched = Scheduler::start(bin, &args.plan_interval, tls)?;
     let spid = sched.pid().to_string();
-    let channels = connect(&sched.grpc, connections).await?;
+    let connect_latency = Latency::default();
+    let started = Instant::now();
+    let channels = connect(&sched.grpc, connections, tls, &connect_latency).await?;
+    let connect_secs = started.elapsed().as_secs_f64();
     let workload = Workload::new(args.tasks, args.seed);
     let held_at_join: usize = (0..args.peers).map(|i| workload.inventory(i).len()).sum();
     let top_share = workload.top_new_share();
@@ -297,7 +493,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Phase 2: sessions.
     let started = Instant::now();
-    let sessions: Vec<_> = futures::stream::iter(heartbeats.into_iter())
+    let sessions: Vec<_> = futures::stream::iter(heartbeats)
         .filter_map(|(i, hb)| async move { hb.map(|hb| (i, hb)) })
         .map(|(i, hb)| {
             let ctx = ctx.clone();
@@ -336,7 +532,7 @@ async fn main() -> anyhow::Result<()> {
     let probe_latency = Arc::new(stats::Latency::default());
     let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe = peer::probe(
-        sched.grpc.clone(),
+        endpoint(&sched.grpc, tls.map(|t| &t.probe))?,
         (0..ctx.workload.old.min(20))
             .map(|t| {
                 let spec = &ctx.workload.tasks[t as usize];
@@ -410,7 +606,7 @@ async fn main() -> anyhow::Result<()> {
     // The report.
     let st = &ctx.stats;
     println!(
-        "\nshoal-scheduler scale benchmark: peers={} tasks={} connections={connections} duration={}s \
+        "\nshoal-scheduler scale benchmark ({security}): peers={} tasks={} connections={connections} duration={}s \
          downloads_per_sec={} plan_interval={} piece_ms={} report_ms={} seed={}",
         args.peers,
         args.tasks,
@@ -437,6 +633,12 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  {:<44} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "call", "count", "per sec", "p50 ms", "p99 ms", "max ms"
+    );
+    let conn = connect_latency.summary();
+    row(
+        "Connect (TCP, TLS handshake, HTTP/2)",
+        &conn,
+        Some(conn.count as f64 / connect_secs),
     );
     let join = st.join.summary();
     row(
@@ -527,9 +729,10 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  scheduler /metrics at the end: {metrics}");
     println!(
-        "\nscheduler-scale: peers={} tasks={} connections={connections} vmhwm_mib={hwm:.0} join_p99_ms={:.2} \
+        "\nscheduler-scale: security={} peers={} tasks={} connections={connections} vmhwm_mib={hwm:.0} join_p99_ms={:.2} \
          plan_first_p50_ms={:.2} plan_first_p99_ms={:.2} probe_p50_ms={:.2} probe_p99_ms={:.2} report_update_p50_ms={:.1} report_update_p99_ms={:.1} \
          events_per_sec={:.0} sched_cpu_pct={:.0}",
+        if tls.is_some() { "tls" } else { "plain" },
         args.peers,
         args.tasks,
         join.p99,
@@ -542,7 +745,128 @@ async fn main() -> anyhow::Result<()> {
         events_phase as f64 / phase_secs,
         100.0 * cpu_phase / phase_secs,
     );
-    Ok(())
+    Ok(Figures {
+        connect: conn,
+        connect_secs,
+        join,
+        session_open: so,
+        plan_first: pf,
+        probe,
+        report_update: ru,
+        hwm,
+        rss_sessions,
+        rss_end,
+        cpu_setup,
+        cpu_phase_pct: 100.0 * cpu_phase / phase_secs,
+        downloads_done: st.downloads_done.get(),
+        errors: st.join_errors.get()
+            + st.session_errors.get()
+            + st.sessions_ended.get()
+            + st.plan_errors.get(),
+    })
+}
+
+/// The side-by-side table of a plain and a TLS run, with the ratios.
+fn compare(args: &Args, connections: u32, plain: &Figures, tls: &Figures, how: &str) {
+    println!(
+        "\nplain text vs mutual TLS, same load (peers={} tasks={} connections={connections} duration={}s seed={}); \
+         TLS: {how}\n",
+        args.peers, args.tasks, args.duration, args.seed
+    );
+    println!(
+        "  {:<50} {:>10} {:>10} {:>10}",
+        "", "plain", "mTLS", "mTLS/plain"
+    );
+    let line = |name: &str, p: f64, t: f64| {
+        println!("  {name:<50} {p:>10.2} {t:>10.2} {:>9.2}×", t / p);
+    };
+    line("connect p50 ms", plain.connect.p50, tls.connect.p50);
+    line("connect p99 ms", plain.connect.p99, tls.connect.p99);
+    line(
+        "all connections set up, s",
+        plain.connect_secs,
+        tls.connect_secs,
+    );
+    line("Join p50 ms", plain.join.p50, tls.join.p50);
+    line("Join p99 ms", plain.join.p99, tls.join.p99);
+    line(
+        "Session open p99 ms",
+        plain.session_open.p99,
+        tls.session_open.p99,
+    );
+    line(
+        "Plan open -> first PlanUpdate p50 ms",
+        plain.plan_first.p50,
+        tls.plan_first.p50,
+    );
+    line(
+        "Plan open -> first PlanUpdate p99 ms",
+        plain.plan_first.p99,
+        tls.plan_first.p99,
+    );
+    line("  probe p50 ms", plain.probe.p50, tls.probe.p50);
+    line("  probe p99 ms", plain.probe.p99, tls.probe.p99);
+    line(
+        "PieceReport -> PlanUpdate p50 ms",
+        plain.report_update.p50,
+        tls.report_update.p50,
+    );
+    line(
+        &format!(
+            "scheduler VmRSS at {} peers (sessions open) MiB",
+            args.peers
+        ),
+        plain.rss_sessions,
+        tls.rss_sessions,
+    );
+    line("scheduler VmHWM MiB", plain.hwm, tls.hwm);
+    line("scheduler VmRSS at the end MiB", plain.rss_end, tls.rss_end);
+    line(
+        "scheduler CPU, joins + sessions s",
+        plain.cpu_setup,
+        tls.cpu_setup,
+    );
+    line(
+        "scheduler CPU, phase 3 % of a core",
+        plain.cpu_phase_pct,
+        tls.cpu_phase_pct,
+    );
+    println!(
+        "  downloads done: plain {}, mTLS {}; errors: plain {}, mTLS {}",
+        plain.downloads_done, tls.downloads_done, plain.errors, tls.errors
+    );
+    let (jr, pr) = (
+        tls.join.p99 / plain.join.p99,
+        tls.plan_first.p50 / plain.plan_first.p50,
+    );
+    let verdict = |r: f64| if r <= 1.5 { "within" } else { "OVER" };
+    println!(
+        "\n  target: mTLS within 1.5× of plain text: join p99 {jr:.2}× ({}), plan-open p50 {pr:.2}× ({})",
+        verdict(jr),
+        verdict(pr)
+    );
+    println!(
+        "\nscheduler-tls: peers={} connections={connections} identity={} join_p99_ms_plain={:.2} join_p99_ms_tls={:.2} \
+         join_p99_ratio={jr:.2} plan_first_p50_ms_plain={:.2} plan_first_p50_ms_tls={:.2} plan_first_p50_ratio={pr:.2} \
+         connect_p99_ms_plain={:.2} connect_p99_ms_tls={:.2} rss_sessions_mib_plain={:.0} rss_sessions_mib_tls={:.0} \
+         vmhwm_mib_plain={:.0} vmhwm_mib_tls={:.0}",
+        args.peers,
+        if how.starts_with("one node") {
+            "node"
+        } else {
+            "shared"
+        },
+        plain.join.p99,
+        tls.join.p99,
+        plain.plan_first.p50,
+        tls.plan_first.p50,
+        plain.connect.p99,
+        tls.connect.p99,
+        plain.rss_sessions,
+        tls.rss_sessions,
+        plain.hwm,
+        tls.hwm,
+    );
 }
 
 /// `n` peers ask for `task` within `over`, starting `at` into the phase.

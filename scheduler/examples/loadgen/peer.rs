@@ -538,7 +538,7 @@ async fn evict_later(ctx: Arc<Ctx>, peer: u32, task: u32) {
 /// swarm runs, without the queueing of the load generator's own runtime
 /// behind thousands of simulated peers. Runs until `stop` is set.
 pub(crate) fn probe(
-    grpc: String,
+    endpoint: tonic::transport::Endpoint,
     tasks: Vec<(String, u64)>,
     every: Duration,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -550,12 +550,15 @@ pub(crate) fn probe(
             .build()
             .expect("probe runtime");
         rt.block_on(async move {
-            let Ok(mut client) = SchedulerClient::connect(format!("http://{grpc}")).await else {
-                eprintln!("probe: cannot connect");
-                return;
+            let mut client = match endpoint.connect().await {
+                Ok(c) => SchedulerClient::new(c),
+                Err(e) => {
+                    eprintln!("probe: cannot connect: {e}");
+                    return;
+                }
             };
             let mut info = peer_info(0);
-            info.peer_id = "bench-probe".into();
+            info.peer_id = crate::PROBE_ID.into();
             info.quic_addr = "10.255.255.254:7651".into();
             let join = v1::JoinRequest {
                 peer: Some(info),
@@ -573,7 +576,7 @@ pub(crate) fn probe(
                 k += 1;
                 let (digest, size) = tasks[k % tasks.len()].clone();
                 let request = v1::PlanRequest {
-                    peer_id: "bench-probe".into(),
+                    peer_id: crate::PROBE_ID.into(),
                     digest,
                     size,
                 };

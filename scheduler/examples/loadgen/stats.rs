@@ -13,6 +13,7 @@ pub(crate) struct Latency {
 }
 
 /// count, p50, p99, max (milliseconds).
+#[derive(Clone, Copy)]
 pub(crate) struct Summary {
     pub(crate) count: usize,
     pub(crate) p50: f64,
