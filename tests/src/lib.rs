@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`registry`]: a CNCF distribution registry (`docker-registry`), plain HTTP.
 //! - [`upstream`]: a one-blob HTTP upstream that counts what it serves.
+//! - [`scheduler`]: a whole scheduler in this process, through `server::run`.
 //! - [`swarm`]: Shoal's own processes (`shoal-scheduler`, `shoal-peer run`).
 //! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
 //! - [`netns`], [`netswarm`]: network namespaces as hosts, and Shoal's processes on them.
@@ -26,6 +27,7 @@ pub mod image;
 pub mod netns;
 pub mod netswarm;
 pub mod registry;
+pub mod scheduler;
 pub mod swarm;
 pub mod tls;
 pub mod upstream;
