@@ -8,7 +8,7 @@
 //! - [`swarm`]: Shoal's own processes (`shoal-scheduler`, `shoal-peer run`).
 //! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
 //! - [`netns`], [`netswarm`]: network namespaces as hosts, and Shoal's processes on them.
-//! - [`bench`]: the swarm benchmark (direct, pull-through cache, shoal).
+//! - [`bench`](mod@bench): the swarm benchmark (direct, pull-through cache, shoal).
 //! - [`demo`]: the main job: a swarm of nodes pulling an image with containerd.
 //! - [`containerd`]: a private containerd (own root, state and socket; CRI disabled) and
 //!   `ctr` pulls through it.
