@@ -3,7 +3,7 @@
 //! `daemon/health.rs`).
 //!
 //! Each component keeps plain atomic counters (its `*Stats`) and registers a collector
-//! ([`register`]) that reads them at every scrape: the components stay free of metric
+//! (`register`) that reads them at every scrape: the components stay free of metric
 //! types, and what is exported is exactly what they counted (monotonic for the life of
 //! the process), as the scheduler does with its core's stats. Each component's
 //! `register_metrics` names its own metrics without a prefix; the registry it is handed

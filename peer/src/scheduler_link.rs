@@ -410,9 +410,9 @@ fn client_tls(dir: &Path) -> Result<ClientTlsConfig, tonic::Status> {
 }
 
 /// Splits an inventory into Join pages of at most [`JOIN_PAGE`] tasks and
-/// [`JOIN_PAGE_BYTES`] encoded bytes (a task larger than that alone is sent
-/// alone; the scheduler refuses it if it exceeds the message limit). Always at
-/// least one page, possibly empty.
+/// `JOIN_PAGE_BYTES` (half the message limit) encoded bytes (a task larger
+/// than that alone is sent alone; the scheduler refuses it if it exceeds the
+/// message limit). Always at least one page, possibly empty.
 pub fn join_pages(tasks: Vec<v1::HeldTask>) -> Vec<Vec<v1::HeldTask>> {
     let mut pages = vec![Vec::new()];
     let mut bytes = 0;

@@ -7,7 +7,6 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -15,8 +14,7 @@ use shoal_peer::store::{DiskStore, PieceStore, StoreConfig};
 use shoal_peer::tls;
 use shoal_peer::transfer::{FetchError, PieceClient};
 use shoal_proto::{Digest, TaskShape};
-use shoal_scheduler::core::{CoreConfig, Scheduler};
-use shoal_scheduler::state::SchedulerState;
+use shoal_tests::scheduler::InProcessScheduler;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-peer");
 
@@ -92,15 +90,8 @@ async fn runs_joins_serves_pieces_over_mtls_and_stops_on_sigterm() {
     let (digest, blob) = seed(&data_dir);
 
     // A scheduler on a real socket.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sched = format!("http://{}", listener.local_addr().unwrap());
-    let state = SchedulerState::new(Scheduler::new(CoreConfig::default()));
-    tokio::spawn(shoal_scheduler::grpc::serve(
-        listener,
-        state.clone(),
-        Arc::new(()),
-        std::future::pending(),
-    ));
+    let scheduler = InProcessScheduler::start().await;
+    let sched = scheduler.grpc_url.clone();
 
     let quic = format!("127.0.0.1:{}", free_port());
     let http = free_tcp();
@@ -128,17 +119,17 @@ async fn runs_joins_serves_pieces_over_mtls_and_stops_on_sigterm() {
     // It joins and announces the blob it holds.
     let mut known = None;
     for _ in 0..200 {
-        known = state.with_core(|c, now| c.task(now, &digest));
+        known = scheduler.task(&digest.to_string()).await;
         if known.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let task = known.expect("the peer never announced its blob");
-    assert_eq!(task.summary.complete_holders, 1);
-    assert_eq!(task.known_hashes, 2);
-    let peers = state.with_core(|c, now| c.peers(now));
-    assert_eq!(peers[0].addr, quic);
+    assert_eq!(task["complete_holders"], 1);
+    assert_eq!(task["known_hashes"], 2);
+    let peers = scheduler.peers().await;
+    assert_eq!(peers[0]["addr"], quic.as_str());
 
     // Health and metrics.
     let (code, _) = http_get(http, "/readyz").await;

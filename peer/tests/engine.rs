@@ -25,11 +25,9 @@ use shoal_peer::transfer::{
     MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
 };
 use shoal_proto::{Digest, TaskShape, v1};
-use shoal_scheduler::core::{CoreConfig, Scheduler};
-use shoal_scheduler::grpc;
-use shoal_scheduler::state::SchedulerState;
+use shoal_tests::blob;
+use shoal_tests::scheduler::InProcessScheduler;
 use shoal_tests::upstream::{CountingUpstream, Refusal};
-use shoal_tests::{blob, eventually};
 use tokio::net::TcpListener;
 
 const MIB: usize = 1 << 20;
@@ -50,23 +48,11 @@ fn gets(up: &CountingUpstream) -> u64 {
     up.served().gets.load(Ordering::SeqCst)
 }
 
-/// A scheduler on 127.0.0.1, with its ticker; returns its URL.
-async fn scheduler() -> (String, Arc<SchedulerState>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = SchedulerState::new(Scheduler::new(CoreConfig::default()));
-    tokio::spawn(grpc::serve(
-        listener,
-        state.clone(),
-        Arc::new(()),
-        std::future::pending(),
-    ));
-    tokio::spawn(grpc::run_ticker(
-        state.clone(),
-        Duration::from_millis(20),
-        std::future::pending::<()>(),
-    ));
-    (url, state)
+/// A scheduler on 127.0.0.1 (through its entry point, with its ticker); returns
+/// its gRPC URL and the handle that keeps it running.
+async fn scheduler() -> (String, InProcessScheduler) {
+    let sched = InProcessScheduler::start().await;
+    (sched.grpc_url.clone(), sched)
 }
 
 /// A URL nobody answers on.
@@ -163,7 +149,7 @@ async fn done(dl: &Arc<Download>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_peers_fetch_one_blob_and_upstream_serves_it_once() {
     let (data, digest, up) = upstream(16 * MIB, 1).await;
-    let (url, state) = scheduler().await;
+    let (url, sched) = scheduler().await;
     let tls = tls::ephemeral().unwrap();
     let a = node(&tls, url.clone(), "peer-a", &up);
     let b = node(&tls, url, "peer-b", &up);
@@ -193,12 +179,11 @@ async fn two_peers_fetch_one_blob_and_upstream_serves_it_once() {
         assert!(n.store.meta(&digest).unwrap().unwrap().complete);
     }
     // Every report was accepted: the scheduler knows both peers hold it complete.
-    eventually("both peers are complete holders", || {
-        state
-            .with_core(|c, now| c.task(now, &digest))
-            .is_some_and(|t| t.summary.complete_holders == 2)
-    })
-    .await;
+    sched
+        .wait_for("both peers are complete holders", || async {
+            sched.complete_holders(&digest.to_string()).await == 2
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +246,7 @@ async fn a_full_disk_does_not_fail_the_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
     let (data, digest, up) = upstream(16 * MIB, 6).await;
-    let (url, _state) = scheduler().await;
+    let (url, _sched) = scheduler().await;
     let tls = tls::ephemeral().unwrap();
     let shape = TaskShape::for_size(data.len() as u64).unwrap();
     let good = Arc::new(MemorySource::new());
@@ -304,7 +289,7 @@ async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
     let (data, digest, up) = upstream(10 * MIB, 7).await;
-    let (url, state) = scheduler().await;
+    let (url, sched) = scheduler().await;
     let tls = tls::ephemeral().unwrap();
     let shape = TaskShape::for_size(data.len() as u64).unwrap();
     let hashes = (0..shape.piece_count())
@@ -339,12 +324,11 @@ async fn parents_that_cannot_serve_mean_upstream_for_the_missing_pieces() {
     assert!(dl.stats().fetch_failures.load(Ordering::Relaxed) >= 1);
     assert_eq!(gets(&up), 1);
     assert!(store.meta(&digest).unwrap().unwrap().complete);
-    eventually("the child is a complete holder", || {
-        state
-            .with_core(|c, now| c.task(now, &digest))
-            .is_some_and(|t| t.summary.complete_holders == 2)
-    })
-    .await;
+    sched
+        .wait_for("the child is a complete holder", || async {
+            sched.complete_holders(&digest.to_string()).await == 2
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,11 +8,8 @@ use std::time::Duration;
 
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, LinkError, Report, SchedulerLink};
 use shoal_proto::{Digest, v1};
-use shoal_scheduler::core::{CoreConfig, Scheduler};
-use shoal_scheduler::grpc;
-use shoal_scheduler::state::SchedulerState;
 use shoal_tests::eventually;
-use tokio::sync::oneshot;
+use shoal_tests::scheduler::InProcessScheduler;
 
 struct Held(Vec<v1::HeldTask>);
 
@@ -47,19 +44,9 @@ fn peer(id: &str, n: u8) -> v1::PeerInfo {
     }
 }
 
-/// A scheduler serving on `listener` until the returned sender is dropped.
-fn serve(listener: tokio::net::TcpListener) -> (Arc<SchedulerState>, oneshot::Sender<()>) {
-    let state = SchedulerState::new(Scheduler::new(CoreConfig::default()));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(grpc::serve(
-        listener,
-        state.clone(),
-        Arc::new(()),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    (state, stop)
+/// Whether the scheduler knows `n` peers holding `digest(d)` complete.
+async fn holders_are(sched: &InProcessScheduler, d: u8, n: u64) -> bool {
+    sched.complete_holders(&digest(d).to_string()).await == n
 }
 
 fn link(url: String, id: &str, n: u8, inventory: Vec<v1::HeldTask>) -> SchedulerLink {
@@ -71,17 +58,17 @@ fn link(url: String, id: &str, n: u8, inventory: Vec<v1::HeldTask>) -> Scheduler
 
 #[tokio::test]
 async fn joins_with_inventory_and_reports_over_the_session() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (state, _stop) = serve(listener);
+    let sched = InProcessScheduler::start().await;
+    let url = sched.grpc_url.clone();
     let a = link(url.clone(), "a", 1, vec![held(1)]);
     let b = link(url, "b", 2, vec![]);
     assert!(a.wait_connected(Duration::from_secs(5)).await);
     assert!(b.wait_connected(Duration::from_secs(5)).await);
-    let t = state
-        .with_core(|c, now| c.task(now, &digest(1)))
+    let t = sched
+        .task(&digest(1).to_string())
+        .await
         .expect("task announced");
-    assert_eq!(t.summary.complete_holders, 1);
+    assert_eq!(t["complete_holders"], 1);
 
     // b downloads task 1 from a: its plan offers a; its reports reach the core.
     let mut plan = b.plan(&digest(1), SIZE).await.unwrap();
@@ -93,12 +80,9 @@ async fn joins_with_inventory_and_reports_over_the_session() {
         pieces: vec![(0, None), (1, None)],
     });
     b.report(Report::Complete(digest(1)));
-    eventually("b is a complete holder", || {
-        state
-            .with_core(|c, now| c.task(now, &digest(1)))
-            .is_some_and(|t| t.summary.complete_holders == 2)
-    })
-    .await;
+    sched
+        .wait_for("b is a complete holder", || holders_are(&sched, 1, 2))
+        .await;
 }
 
 #[tokio::test]
@@ -121,42 +105,36 @@ async fn no_scheduler_means_upstream_at_once_then_connects_when_it_appears() {
         "plan() must not wait for a scheduler"
     );
 
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let (state, _stop) = serve(listener);
+    let sched = InProcessScheduler::start_with(&["--grpc-listen", &addr.to_string()]).await;
     assert!(
         a.wait_connected(Duration::from_secs(10)).await,
         "link did not reconnect"
     );
-    let t = state
-        .with_core(|c, now| c.task(now, &digest(3)))
+    let t = sched
+        .task(&digest(3).to_string())
+        .await
         .expect("inventory re-announced");
-    assert_eq!(t.holders[0].peer, "a");
+    assert_eq!(t["holders"][0]["peer"], "a");
 }
 
 #[tokio::test]
 async fn a_restarted_scheduler_knows_every_holder_after_the_peers_rejoin() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_, stop) = serve(listener);
-    let url = format!("http://{addr}");
+    let sched = InProcessScheduler::start().await;
+    let (addr, url) = (sched.grpc_addr, sched.grpc_url.clone());
     let peers: Vec<SchedulerLink> = (1..=3)
         .map(|n| link(url.clone(), &format!("p{n}"), n, vec![held(5)]))
         .collect();
     for p in &peers {
         assert!(p.wait_connected(Duration::from_secs(5)).await);
     }
-    drop(stop);
+    sched.stop().await;
     eventually("the links notice", || {
         peers.iter().all(|p| !p.is_connected())
     })
     .await;
 
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let (state, _stop) = serve(listener);
-    eventually("all peers re-joined", || {
-        state
-            .with_core(|c, now| c.task(now, &digest(5)))
-            .is_some_and(|t| t.summary.complete_holders == 3)
-    })
-    .await;
+    let sched = InProcessScheduler::start_with(&["--grpc-listen", &addr.to_string()]).await;
+    sched
+        .wait_for("all peers re-joined", || holders_are(&sched, 5, 3))
+        .await;
 }

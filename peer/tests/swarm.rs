@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,13 +21,9 @@ use shoal_peer::store::{MemStore, PieceStore};
 use shoal_peer::tls::{self, PeerTls};
 use shoal_peer::transfer::{PieceClient, PieceSource, TransferStats, UploadLimits, serve};
 use shoal_proto::{Digest, v1};
-use shoal_scheduler::core::{CoreConfig, PeerId, Scheduler};
-use shoal_scheduler::grpc;
-use shoal_scheduler::state::SchedulerState;
+use shoal_tests::scheduler::InProcessScheduler;
 use shoal_tests::upstream::CountingUpstream;
 use shoal_tests::{blob, eventually};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 const MIB: usize = 1 << 20;
 const SIZE: usize = 64 * MIB;
@@ -50,65 +45,16 @@ fn gets(up: &CountingUpstream) -> u64 {
     up.served().gets.load(Ordering::SeqCst)
 }
 
-/// A scheduler on 127.0.0.1 with its ticker, stoppable and restartable on its address.
-struct Sched {
-    addr: SocketAddr,
-    url: String,
-    state: Arc<SchedulerState>,
-    stop: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+/// Stops `sched` and starts a new one (fresh state) on the same gRPC address.
+async fn restart(sched: InProcessScheduler) -> InProcessScheduler {
+    let addr = sched.grpc_addr.to_string();
+    sched.stop().await;
+    InProcessScheduler::start_with(&["--grpc-listen", &addr]).await
 }
 
-impl Sched {
-    async fn start(config: CoreConfig) -> Sched {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Sched::serve(listener, config)
-    }
-
-    fn serve(listener: TcpListener, config: CoreConfig) -> Sched {
-        let addr = listener.local_addr().unwrap();
-        let state = SchedulerState::new(Scheduler::new(config));
-        let (stop, rx) = watch::channel(false);
-        let until = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let server = tokio::spawn(grpc::serve(
-            listener,
-            state.clone(),
-            Arc::new(()),
-            until(rx.clone()),
-        ));
-        tokio::spawn(grpc::run_ticker(
-            state.clone(),
-            Duration::from_millis(20),
-            until(rx),
-        ));
-        Sched {
-            addr,
-            url: format!("http://{addr}"),
-            state,
-            stop,
-            server,
-        }
-    }
-
-    /// Stops this scheduler and serves a new one (fresh state) on the same address.
-    async fn restart(self, config: CoreConfig) -> Sched {
-        self.stop.send_replace(true);
-        tokio::time::timeout(WAIT, self.server)
-            .await
-            .expect("scheduler did not stop")
-            .unwrap()
-            .unwrap();
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        Sched::serve(listener, config)
-    }
-
-    fn complete_holders(&self, digest: &Digest) -> usize {
-        self.state
-            .with_core(|c, now| c.task(now, digest))
-            .map_or(0, |t| t.summary.complete_holders)
-    }
+/// Whether the scheduler knows `n` peers holding `digest` complete.
+async fn holders_are(sched: &InProcessScheduler, digest: &Digest, n: u64) -> bool {
+    sched.complete_holders(&digest.to_string()).await == n
 }
 
 /// Serves pieces from a piece store with their first byte flipped.
@@ -316,9 +262,9 @@ fn figures(test: &str, up: &CountingUpstream, nodes: &[(&Node, &Arc<Download>)])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_peers_at_once_upstream_serves_one_copy() {
     let (digest, up) = upstream(11, Duration::ZERO).await;
-    let sched = Sched::start(CoreConfig::default()).await;
+    let sched = InProcessScheduler::start().await;
     let tls = tls::ephemeral().unwrap();
-    let nodes = swarm(&tls, &sched.url, &up, None).await;
+    let nodes = swarm(&tls, &sched.grpc_url, &up, None).await;
 
     let dls: Vec<_> = nodes.iter().map(|n| n.fetch(digest)).collect();
     for (n, d) in nodes.iter().zip(&dls) {
@@ -328,35 +274,39 @@ async fn four_peers_at_once_upstream_serves_one_copy() {
     figures("four_peers_at_once", &up, &pairs);
     assert_eq!(gets(&up), 1);
     assert_eq!(up.bytes(), SIZE as u64);
-    eventually("all four are complete holders", || {
-        sched.complete_holders(&digest) == 4
-    })
-    .await;
+    sched
+        .wait_for("all four are complete holders", || {
+            holders_are(&sched, &digest, 4)
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_back_to_source_peer_mid_transfer_the_others_complete() {
     // About 2.6 s per copy, so the back-to-source peer is caught mid-transfer.
     let (digest, up) = upstream(12, Duration::from_millis(10)).await;
-    let config = CoreConfig {
-        peer_ttl: Duration::from_secs(2),
-        back_to_source_stall: Duration::from_secs(2),
-        ..CoreConfig::default()
-    };
-    let sched = Sched::start(config).await;
+    let sched =
+        InProcessScheduler::start_with(&["--peer-ttl", "2s", "--back-to-source-stall", "2s"]).await;
     let tls = tls::ephemeral().unwrap();
-    let mut nodes = swarm(&tls, &sched.url, &up, None).await;
+    let mut nodes = swarm(&tls, &sched.grpc_url, &up, None).await;
 
     let dls: Vec<_> = nodes.iter().map(|n| n.fetch(digest)).collect();
-    let mut elected = Vec::new();
-    eventually("a peer is elected back-to-source", || {
-        elected = sched.state.with_core(|c, _| c.back_to_source_of(&digest));
-        !elected.is_empty()
-    })
-    .await;
+    let elected = || async {
+        sched
+            .task(&digest.to_string())
+            .await
+            .and_then(|t| t["back_to_source"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    sched
+        .wait_for("a peer is elected back-to-source", || async {
+            !elected().await.is_empty()
+        })
+        .await;
+    let elected = elected().await;
     let victim = nodes
         .iter()
-        .position(|n| elected.iter().any(|e| e.to_string() == n.id))
+        .position(|n| elected.iter().any(|e| *e == n.id.as_str()))
         .expect("elected peer is one of ours");
     let mut progress = dls[victim].progress();
     tokio::time::timeout(WAIT, progress.wait_for(|p| p.have.count() >= 1))
@@ -389,28 +339,30 @@ async fn killing_the_back_to_source_peer_mid_transfer_the_others_complete() {
         "upstream served {} bytes",
         up.bytes()
     );
-    eventually("the three survivors are complete holders", || {
-        sched.complete_holders(&digest) == 3
-    })
-    .await;
+    sched
+        .wait_for("the three survivors are complete holders", || {
+            holders_are(&sched, &digest, 3)
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serving_corrupt_pieces_is_detected_and_dropped() {
     let (digest, up) = upstream(13, Duration::ZERO).await;
-    let sched = Sched::start(CoreConfig::default()).await;
+    let sched = InProcessScheduler::start().await;
     let tls = tls::ephemeral().unwrap();
-    let nodes = swarm(&tls, &sched.url, &up, Some(0)).await;
+    let nodes = swarm(&tls, &sched.grpc_url, &up, Some(0)).await;
     let evil = &nodes[0];
 
     // The corrupt peer gets the blob first (from upstream, correctly) and is then the
     // only holder the scheduler can offer the three others.
     let de = evil.fetch(digest);
     check_bytes(evil, &de, &digest).await;
-    eventually("the corrupt peer is a complete holder", || {
-        sched.complete_holders(&digest) == 1
-    })
-    .await;
+    sched
+        .wait_for("the corrupt peer is a complete holder", || {
+            holders_are(&sched, &digest, 1)
+        })
+        .await;
     let dls: Vec<_> = nodes[1..].iter().map(|n| n.fetch(digest)).collect();
     for (n, d) in nodes[1..].iter().zip(&dls) {
         check_bytes(n, d, &digest).await;
@@ -423,16 +375,25 @@ async fn a_peer_serving_corrupt_pieces_is_detected_and_dropped() {
         .map(|d| d.stats().bad_pieces.load(Ordering::Relaxed))
         .sum();
     assert!(bad >= 1, "nobody saw a corrupt piece");
-    eventually("the scheduler no longer offers the corrupt peer", || {
-        sched.state.with_core(|c, now| {
-            let reported = c
-                .peers(now)
-                .iter()
-                .any(|p| p.id == evil.id && p.bad_reports >= 1);
-            reported && !c.is_offerable(&PeerId::parse(&evil.id).unwrap(), &digest)
-        })
-    })
-    .await;
+    // A bad-parent report drops the parent from the task (the core marks it bad for
+    // the task in the same step): reported and no longer a holder means not offered.
+    sched
+        .wait_for(
+            "the scheduler no longer offers the corrupt peer",
+            || async {
+                let reported =
+                    sched.peers().await.iter().any(|p| {
+                        p["id"] == evil.id.as_str() && p["bad_reports"].as_u64() >= Some(1)
+                    });
+                let holder = sched.task(&digest.to_string()).await.is_some_and(|t| {
+                    t["holders"]
+                        .as_array()
+                        .is_some_and(|h| h.iter().any(|h| h["peer"] == evil.id.as_str()))
+                });
+                reported && !holder
+            },
+        )
+        .await;
 }
 
 /// The scheduler restarts mid-download: every download completes (the peers go on
@@ -441,9 +402,9 @@ async fn a_peer_serving_corrupt_pieces_is_detected_and_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_restart_mid_download_completes_and_new_scheduler_knows_every_holder() {
     let (digest, up) = upstream(14, Duration::from_millis(10)).await;
-    let sched = Sched::start(CoreConfig::default()).await;
+    let sched = InProcessScheduler::start().await;
     let tls = tls::ephemeral().unwrap();
-    let nodes = swarm(&tls, &sched.url, &up, None).await;
+    let nodes = swarm(&tls, &sched.grpc_url, &up, None).await;
 
     let dls: Vec<_> = nodes.iter().map(|n| n.fetch(digest)).collect();
     let mut rx: Vec<_> = dls.iter().map(|d| d.progress()).collect();
@@ -453,7 +414,7 @@ async fn scheduler_restart_mid_download_completes_and_new_scheduler_knows_every_
     })
     .await;
     let before: u32 = rx.iter_mut().map(|r| r.borrow().have.count()).sum();
-    let sched = sched.restart(CoreConfig::default()).await;
+    let sched = restart(sched).await;
     eprintln!("scheduler restarted with {before} pieces held across the swarm");
 
     for (n, d) in nodes.iter().zip(&dls) {
@@ -463,10 +424,11 @@ async fn scheduler_restart_mid_download_completes_and_new_scheduler_knows_every_
     figures("scheduler_restart", &up, &pairs);
     eprintln!(
         "scheduler_restart: new scheduler knows {} complete holders",
-        sched.complete_holders(&digest)
+        sched.complete_holders(&digest.to_string()).await
     );
-    eventually("the new scheduler knows all four holders", || {
-        sched.complete_holders(&digest) == 4
-    })
-    .await;
+    sched
+        .wait_for("the new scheduler knows all four holders", || {
+            holders_are(&sched, &digest, 4)
+        })
+        .await;
 }

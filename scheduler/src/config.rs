@@ -167,6 +167,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Settings {
+    /// Parses command-line words (the first is the program name), as the
+    /// binary does, then [`Settings::resolve`]s them; tests start an
+    /// in-process scheduler this way.
+    pub fn from_args<I, T>(words: I) -> Result<Settings, Vec<String>>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = Args::try_parse_from(words).map_err(|e| vec![e.to_string()])?;
+        Settings::resolve(args)
+    }
+
     /// Merges flags over the file over defaults and validates everything,
     /// returning every problem found.
     pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {

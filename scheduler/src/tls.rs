@@ -210,7 +210,8 @@ fn build(dir: &Path, clients: ClientAuth) -> Result<Arc<rustls::ServerConfig>, T
 
 /// Authenticated connections from `listener`: each accepted connection's
 /// handshake runs in its own task (a slow client holds up nobody), with
-/// [`HANDSHAKE_TIMEOUT`] and at most [`MAX_HANDSHAKES`] at once. A failed
+/// a 10 s limit (`HANDSHAKE_TIMEOUT`) and at most 256 at once
+/// (`MAX_HANDSHAKES`). A failed
 /// handshake (no certificate, another CA, an expired certificate, plain text)
 /// is dropped and counted by `on_refused`.
 pub fn incoming(

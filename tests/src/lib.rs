@@ -4,10 +4,11 @@
 //! Layout:
 //! - [`registry`]: a CNCF distribution registry (`docker-registry`), plain HTTP.
 //! - [`upstream`]: a one-blob HTTP upstream that counts what it serves.
+//! - [`scheduler`]: a whole scheduler in this process, through `server::run`.
 //! - [`swarm`]: Shoal's own processes (`shoal-scheduler`, `shoal-peer run`).
 //! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
 //! - [`netns`], [`netswarm`]: network namespaces as hosts, and Shoal's processes on them.
-//! - [`bench`]: the swarm benchmark (direct, pull-through cache, shoal).
+//! - [`bench`](mod@bench): the swarm benchmark (direct, pull-through cache, shoal).
 //! - [`demo`]: the main job: a swarm of nodes pulling an image with containerd.
 //! - [`containerd`]: a private containerd (own root, state and socket; CRI disabled) and
 //!   `ctr` pulls through it.
@@ -26,6 +27,7 @@ pub mod image;
 pub mod netns;
 pub mod netswarm;
 pub mod registry;
+pub mod scheduler;
 pub mod swarm;
 pub mod tls;
 pub mod upstream;

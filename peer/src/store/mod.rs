@@ -12,7 +12,7 @@
 //! - [`MemStore`] (`mem.rs`): the in-memory twin with the same behaviour, for
 //!   unit tests of the layers above, with fault injection.
 //! - [`load_or_create_peer_id`] (`peer_id.rs`): the stable peer id in `dir/peer-id`.
-//! - Garbage collection by watermarks, shared by both stores ([`plan`] below).
+//! - Garbage collection by watermarks, shared by both stores (`plan` below).
 //!
 //! Not here: verifying pieces (callers verify before [`PieceStore::write_piece`]
 //! and check the whole blob's digest before [`PieceStore::mark_complete`]), and
