@@ -173,7 +173,7 @@ impl Scheduler {
     /// when this differs from the mark of its last ranking.
     fn starvation_mark(&self, task: &Task, child: &PeerId) -> Option<super::StarvationMark> {
         let next = task.holdings.get(child)?.pieces.first_missing()?;
-        let gains = task.piece_gains.get(next as usize).copied().unwrap_or(0);
+        let gains = task.piece_gains.get(&next).copied().unwrap_or(0);
         Some((next, gains, task.complete_epoch, self.slot_epoch))
     }
 
@@ -206,7 +206,7 @@ impl Scheduler {
     }
 
     /// A task nobody holds or wants is forgotten.
-    fn forget_if_unused(&mut self, digest: &Digest) {
+    pub(crate) fn forget_if_unused(&mut self, digest: &Digest) {
         if self.tasks.get(digest).is_some_and(|t| {
             t.downloads.is_empty()
                 && t.holdings
@@ -236,7 +236,11 @@ impl Scheduler {
             let mut candidates: Vec<&PeerId> = task
                 .downloads
                 .keys()
-                .filter(|id| !task.back_to_source.contains_key(*id) && self.peers.contains_key(*id))
+                .filter(|id| {
+                    !task.back_to_source.contains_key(*id)
+                        && !task.bad.contains(*id)
+                        && self.peers.contains_key(*id)
+                })
                 .collect();
             candidates.sort();
             let candidates = candidates.into_iter();
@@ -383,12 +387,10 @@ impl Scheduler {
             if d.hashes_sent.len() != shape.piece_count() {
                 d.hashes_sent = shoal_proto::PieceSet::new(shape.piece_count());
             }
-            if d.hashes_sent.count() < task.known_hashes {
-                for (i, h) in task.hashes.iter().enumerate() {
-                    if let Some(h) = h
-                        && d.hashes_sent.insert(i as u32)
-                    {
-                        hashes.push((i as u32, *h));
+            if d.hashes_sent.count() < task.hashes.len() as u32 {
+                for (&i, h) in &task.hashes {
+                    if d.hashes_sent.insert(i) {
+                        hashes.push((i, *h));
                     }
                 }
             }
