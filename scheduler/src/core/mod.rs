@@ -9,14 +9,19 @@
 //! Layout:
 //! - [`types`]: ids, inputs, plan updates, effects.
 //! - `membership.rs`: join, sessions, leases, departures.
-//! - `reports.rs`: piece reports, task started/complete, evictions, bad parents.
+//! - `reports.rs`: piece reports, task started/complete, evictions, bad parents,
+//!   digest mismatches. Piece hashes are believed only from a task's elected
+//!   sources (others are [`Ignored`], not refused) and stay provisional until
+//!   a peer that reported none of them completes the task.
 //! - `operator.rs`: what operators ask for: quarantine a peer, drop a task.
 //! - `planning.rs`: plan streams, back-to-source election, flushing updates.
 //! - `rank.rs`: parent ranking (a pure function of one task's state).
 //! - `views.rs`: read-only snapshots for the operator API and metrics.
 //!
 //! Non-goals: persistence (the state is soft: peers re-join and re-announce),
-//! transport, authentication.
+//! transport, authentication (the adapter binds each caller to its
+//! certificate; the core trusts that a report comes from the peer it names,
+//! and no further).
 
 mod error;
 mod membership;
