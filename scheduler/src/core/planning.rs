@@ -327,10 +327,15 @@ impl Scheduler {
 
     /// Re-ranks (when needed) and sends one download's plan if it changed.
     fn update_download(&mut self, digest: &Digest, child: &PeerId, cache: &mut Option<RankCache>) {
-        let task = &self.tasks[digest];
-        let d = &task.downloads[child];
+        // Inconsistent state is skipped, never indexed into (a panic here
+        // would poison the core's lock).
+        let Some(task) = self.tasks.get(digest) else {
+            return;
+        };
+        let (Some(d), Some(holding)) = (task.downloads.get(child), task.holdings.get(child)) else {
+            return;
+        };
         let is_source = task.back_to_source.contains_key(child);
-        let holding = &task.holdings[child];
         let done = holding.complete || (!holding.pieces.is_empty() && holding.pieces.is_full());
         let starved = !is_source && !done && task.shape.is_some() && {
             let next = holding.pieces.first_missing();
@@ -379,7 +384,7 @@ impl Scheduler {
         let task = self.tasks.get_mut(digest).expect("present");
         let counts: Vec<u32> = new_parents
             .iter()
-            .map(|p| task.holdings[p].pieces.count())
+            .map(|p| task.holdings.get(p).map_or(0, |h| h.pieces.count()))
             .collect();
         let d = task.downloads.get_mut(child).expect("present");
         let mut hashes = Vec::new();
@@ -426,16 +431,16 @@ impl Scheduler {
         let parents = d
             .parents
             .iter()
-            .map(|p| {
-                let h = &task.holdings[p];
-                let info = &self.peers[p].info;
-                ParentOffer {
+            .filter_map(|p| {
+                let h = task.holdings.get(p)?;
+                let info = &self.peers.get(p)?.info;
+                Some(ParentOffer {
                     id: p.clone(),
                     addr: info.addr,
                     zone: info.zone.clone(),
                     complete: h.complete,
                     pieces: h.pieces.clone(),
-                }
+                })
             })
             .collect();
         let update = PlanUpdate {
