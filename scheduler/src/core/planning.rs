@@ -541,4 +541,25 @@ mod tests {
         let effects = core.drain_effects();
         assert_eq!(parents_sent_to(&effects, &id(2)), Some(vec![id(0)]));
     }
+
+    /// A plan request whose size differs from what the source learnt from
+    /// upstream is refused, names both sizes, and changes nothing.
+    #[test]
+    fn a_plan_with_another_size_is_refused_and_changes_nothing() {
+        let digest = Digest::from_sha256([4; 32]);
+        let mut core = Scheduler::new(CoreConfig::default());
+        let now = Instant::now();
+        core.join(now, info(0), vec![]).unwrap();
+        core.join(now, info(1), vec![]).unwrap();
+        core.open_plan(now, &id(0), digest, 0).unwrap();
+        core.task_started(now, &id(0), digest, SIZE).unwrap();
+        core.flush();
+        core.drain_effects();
+        let before = format!("{core:?}");
+        let err = core.open_plan(now, &id(1), digest, SIZE + 1).unwrap_err();
+        assert_eq!(err.kind, crate::core::ErrorKind::InvalidArgument);
+        assert!(err.message.contains(&(SIZE + 1).to_string()), "{err}");
+        assert!(err.message.contains(&SIZE.to_string()), "{err}");
+        assert_eq!(before, format!("{core:?}"));
+    }
 }
