@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::convert;
-use crate::core::{Load, PeerId, PlanId};
+use crate::core::{Ignored, Load, PeerId, PlanId};
 use crate::state::{PLAN_CHANNEL, PlanMessage, SESSION_CHANNEL, SchedulerState};
 use crate::tls::Caller;
 use shoal_proto::limits::{JOIN_PAGE, MAX_MESSAGE};
@@ -256,10 +256,17 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                             )));
                         }
                         Ok(Some(ev)) => {
-                            if let Err(s) = apply_event(&state, &peer, ev) {
-                                observer.grpc_request("Session", s.code());
-                                warn!(peer.id = %peer, error = s.message(), "session event refused; closing session");
-                                break Some(s);
+                            match apply_event(&state, &peer, ev) {
+                                Ok(Some(ignored)) => {
+                                    observer.refused(ignored.reason());
+                                    debug!(peer.id = %peer, reason = ignored.reason(), "part of a session event ignored");
+                                }
+                                Ok(None) => {}
+                                Err(s) => {
+                                    observer.grpc_request("Session", s.code());
+                                    warn!(peer.id = %peer, error = s.message(), "session event refused; closing session");
+                                    break Some(s);
+                                }
                             }
                         }
                         Ok(None) => break None,
@@ -329,8 +336,13 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
     }
 }
 
-/// Applies one session event to the core.
-fn apply_event(state: &SchedulerState, peer: &PeerId, ev: v1::PeerEvent) -> Result<(), Status> {
+/// Applies one session event to the core; says what part of it the core did
+/// not believe (counted as a refusal, the session goes on).
+fn apply_event(
+    state: &SchedulerState,
+    peer: &PeerId,
+    ev: v1::PeerEvent,
+) -> Result<Option<Ignored>, Status> {
     let Some(event) = ev.event else {
         return Err(Status::invalid_argument("empty session event"));
     };
@@ -341,11 +353,11 @@ fn apply_event(state: &SchedulerState, peer: &PeerId, ev: v1::PeerEvent) -> Resu
                 active_uploads: h.active_uploads,
                 active_downloads: h.active_downloads,
             };
-            state.with_core(|core, now| core.heartbeat(now, peer, load))
+            state.with_core(|core, now| core.heartbeat(now, peer, load).map(|()| None))
         }
         Event::Started(s) => {
             let digest = convert::digest(&s.digest)?;
-            state.with_core(|core, now| core.task_started(now, peer, digest, s.size))
+            state.with_core(|core, now| core.task_started(now, peer, digest, s.size).map(|()| None))
         }
         Event::Pieces(p) => {
             let digest = convert::digest(&p.digest)?;
@@ -354,17 +366,17 @@ fn apply_event(state: &SchedulerState, peer: &PeerId, ev: v1::PeerEvent) -> Resu
         }
         Event::Complete(c) => {
             let digest = convert::digest(&c.digest)?;
-            state.with_core(|core, now| core.task_complete(now, peer, digest))
+            state.with_core(|core, now| core.task_complete(now, peer, digest).map(|()| None))
         }
         Event::Evicted(e) => {
             let digest = convert::digest(&e.digest)?;
-            state.with_core(|core, now| core.task_evicted(now, peer, digest))
+            state.with_core(|core, now| core.task_evicted(now, peer, digest).map(|()| None))
         }
         Event::BadParent(b) => {
             let digest = convert::digest(&b.digest)?;
             let parent = convert::peer_id(&b.parent_id)?;
             warn!(peer.id = %peer, parent.id = %parent, task.digest = %digest, piece = b.piece_index, reason = %b.reason, "bad parent reported");
-            state.with_core(|core, now| core.bad_parent(now, peer, digest, &parent))
+            state.with_core(|core, now| core.bad_parent(now, peer, digest, &parent).map(|()| None))
         }
     };
     r.map_err(convert::status)

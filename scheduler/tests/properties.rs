@@ -160,6 +160,7 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
                     hash: with_hash.then(|| hash(t, i)),
                 };
                 core.report_pieces(now, &id(p), digest(t), &[piece])
+                    .map(|_| ())
             }
             Op::SourceReport(t, i) => match core.back_to_source_of(&digest(t)).first() {
                 Some(source) => {
@@ -171,6 +172,7 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
                                 hash: Some(hash(t, i)),
                             };
                             core.report_pieces(now, &source, digest(t), &[piece])
+                                .map(|_| ())
                         })
                 }
                 None => Ok(()),

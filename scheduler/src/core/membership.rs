@@ -83,7 +83,7 @@ impl Scheduler {
                     )));
                 }
                 for (idx, h) in t.piece_hashes.iter().enumerate() {
-                    if let Some(Some(k)) = task.hashes.get(idx)
+                    if let Some(k) = task.hashes.get(&(idx as u32))
                         && k != h
                     {
                         return Err(CoreError::precondition(format!(
@@ -130,11 +130,11 @@ impl Scheduler {
             if task.shape.is_none() {
                 task.set_shape(TaskShape::for_size(t.size).expect("validated above"));
             }
+            if !t.piece_hashes.is_empty() {
+                task.hash_reporters.insert(id.clone());
+            }
             for (idx, h) in t.piece_hashes.into_iter().enumerate() {
-                if task.hashes[idx].is_none() {
-                    task.hashes[idx] = Some(h);
-                    task.known_hashes += 1;
-                }
+                task.hashes.entry(idx as u32).or_insert(h);
             }
             let n = task.shape.map_or(0, |s| s.piece_count());
             task.holdings.insert(

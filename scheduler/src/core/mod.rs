@@ -9,14 +9,19 @@
 //! Layout:
 //! - [`types`]: ids, inputs, plan updates, effects.
 //! - `membership.rs`: join, sessions, leases, departures.
-//! - `reports.rs`: piece reports, task started/complete, evictions, bad parents.
+//! - `reports.rs`: piece reports, task started/complete, evictions, bad parents,
+//!   digest mismatches. Piece hashes are believed only from a task's elected
+//!   sources (others are [`Ignored`], not refused) and stay provisional until
+//!   a peer that reported none of them completes the task.
 //! - `operator.rs`: what operators ask for: quarantine a peer, drop a task.
 //! - `planning.rs`: plan streams, back-to-source election, flushing updates.
 //! - `rank.rs`: parent ranking (a pure function of one task's state).
 //! - `views.rs`: read-only snapshots for the operator API and metrics.
 //!
 //! Non-goals: persistence (the state is soft: peers re-join and re-announce),
-//! transport, authentication.
+//! transport, authentication (the adapter binds each caller to its
+//! certificate; the core trusts that a report comes from the peer it names,
+//! and no further).
 
 mod error;
 mod membership;
@@ -29,7 +34,7 @@ mod test_support;
 pub mod types;
 mod views;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -185,14 +190,22 @@ pub(crate) struct Download {
 #[derive(Debug)]
 pub(crate) struct Task {
     pub(crate) shape: Option<TaskShape>,
-    /// Known piece hashes (empty until the shape is known).
-    pub(crate) hashes: Vec<Option<[u8; 32]>>,
-    pub(crate) known_hashes: u32,
+    /// Known piece hashes by index: only pieces somebody reported, never
+    /// sized from the declared size. Provisional until `hashes_confirmed`.
+    pub(crate) hashes: BTreeMap<u32, [u8; 32]>,
+    /// Peers whose hashes are in `hashes` (a source's reports, a joiner's
+    /// held-task hashes).
+    pub(crate) hash_reporters: HashSet<PeerId>,
+    /// A peer that reported none of the hashes verified the whole blob against
+    /// its digest with them: a later digest-mismatch report does not discard
+    /// them.
+    pub(crate) hashes_confirmed: bool,
     pub(crate) holdings: HashMap<PeerId, Holding>,
     pub(crate) downloads: HashMap<PeerId, Download>,
     /// Peers fetching from upstream now, with the time of their last progress.
     pub(crate) back_to_source: HashMap<PeerId, Instant>,
-    /// Every peer ever told to fetch from upstream (they may report hashes).
+    /// Every peer told to fetch from upstream since the task's hashes were
+    /// last discarded: the only peers whose piece hashes are believed.
     pub(crate) sources: HashSet<PeerId>,
     /// Peers replaced for stalling; elected again only when nobody else can be.
     pub(crate) stalled: HashSet<PeerId>,
@@ -200,8 +213,8 @@ pub(crate) struct Task {
     pub(crate) bad: HashSet<PeerId>,
     /// Back-to-source elections so far.
     pub(crate) elections: u32,
-    /// Per piece: how many times a holder gained it.
-    pub(crate) piece_gains: Vec<u32>,
+    /// Per piece that some holder gained: how many times (absent: never).
+    pub(crate) piece_gains: BTreeMap<u32, u32>,
     /// Bumped when a holder becomes complete.
     pub(crate) complete_epoch: u64,
     /// Bumped when a peer becomes a possible parent (joins the task, or
@@ -216,8 +229,9 @@ impl Task {
     fn new(now: Instant) -> Self {
         Task {
             shape: None,
-            hashes: Vec::new(),
-            known_hashes: 0,
+            hashes: BTreeMap::new(),
+            hash_reporters: HashSet::new(),
+            hashes_confirmed: false,
             holdings: HashMap::new(),
             downloads: HashMap::new(),
             back_to_source: HashMap::new(),
@@ -226,20 +240,20 @@ impl Task {
             bad: HashSet::new(),
             elections: 0,
             holder_epoch: 0,
-            piece_gains: Vec::new(),
+            piece_gains: BTreeMap::new(),
             complete_epoch: 0,
             created_at: now,
             dirty: false,
         }
     }
 
-    /// Sets the shape once; sizes every holding and the hash table.
+    /// Sets the shape once and sizes every holding's bitmap. The per-piece
+    /// tables (`hashes`, `piece_gains`) stay keyed by piece index and grow
+    /// only with pieces actually reported.
     pub(crate) fn set_shape(&mut self, shape: TaskShape) {
         debug_assert!(self.shape.is_none());
         let n = shape.piece_count();
         self.shape = Some(shape);
-        self.hashes = vec![None; n as usize];
-        self.piece_gains = vec![0; n as usize];
         for h in self.holdings.values_mut() {
             h.pieces = if h.complete {
                 PieceSet::full(n)
@@ -296,6 +310,11 @@ impl Task {
             }
         }
         union.is_full() && !union.is_empty()
+    }
+
+    /// Piece hashes known (provisional or confirmed).
+    pub(crate) fn known_hashes(&self) -> u32 {
+        self.hashes.len() as u32
     }
 
     fn empty_set(&self) -> PieceSet {

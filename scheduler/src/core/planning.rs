@@ -173,7 +173,7 @@ impl Scheduler {
     /// when this differs from the mark of its last ranking.
     fn starvation_mark(&self, task: &Task, child: &PeerId) -> Option<super::StarvationMark> {
         let next = task.holdings.get(child)?.pieces.first_missing()?;
-        let gains = task.piece_gains.get(next as usize).copied().unwrap_or(0);
+        let gains = task.piece_gains.get(&next).copied().unwrap_or(0);
         Some((next, gains, task.complete_epoch, self.slot_epoch))
     }
 
@@ -206,7 +206,7 @@ impl Scheduler {
     }
 
     /// A task nobody holds or wants is forgotten.
-    fn forget_if_unused(&mut self, digest: &Digest) {
+    pub(crate) fn forget_if_unused(&mut self, digest: &Digest) {
         if self.tasks.get(digest).is_some_and(|t| {
             t.downloads.is_empty()
                 && t.holdings
@@ -236,7 +236,11 @@ impl Scheduler {
             let mut candidates: Vec<&PeerId> = task
                 .downloads
                 .keys()
-                .filter(|id| !task.back_to_source.contains_key(*id) && self.peers.contains_key(*id))
+                .filter(|id| {
+                    !task.back_to_source.contains_key(*id)
+                        && !task.bad.contains(*id)
+                        && self.peers.contains_key(*id)
+                })
                 .collect();
             candidates.sort();
             let candidates = candidates.into_iter();
@@ -323,10 +327,15 @@ impl Scheduler {
 
     /// Re-ranks (when needed) and sends one download's plan if it changed.
     fn update_download(&mut self, digest: &Digest, child: &PeerId, cache: &mut Option<RankCache>) {
-        let task = &self.tasks[digest];
-        let d = &task.downloads[child];
+        // Inconsistent state is skipped, never indexed into (a panic here
+        // would poison the core's lock).
+        let Some(task) = self.tasks.get(digest) else {
+            return;
+        };
+        let (Some(d), Some(holding)) = (task.downloads.get(child), task.holdings.get(child)) else {
+            return;
+        };
         let is_source = task.back_to_source.contains_key(child);
-        let holding = &task.holdings[child];
         let done = holding.complete || (!holding.pieces.is_empty() && holding.pieces.is_full());
         let starved = !is_source && !done && task.shape.is_some() && {
             let next = holding.pieces.first_missing();
@@ -375,7 +384,7 @@ impl Scheduler {
         let task = self.tasks.get_mut(digest).expect("present");
         let counts: Vec<u32> = new_parents
             .iter()
-            .map(|p| task.holdings[p].pieces.count())
+            .map(|p| task.holdings.get(p).map_or(0, |h| h.pieces.count()))
             .collect();
         let d = task.downloads.get_mut(child).expect("present");
         let mut hashes = Vec::new();
@@ -383,12 +392,10 @@ impl Scheduler {
             if d.hashes_sent.len() != shape.piece_count() {
                 d.hashes_sent = shoal_proto::PieceSet::new(shape.piece_count());
             }
-            if d.hashes_sent.count() < task.known_hashes {
-                for (i, h) in task.hashes.iter().enumerate() {
-                    if let Some(h) = h
-                        && d.hashes_sent.insert(i as u32)
-                    {
-                        hashes.push((i as u32, *h));
+            if d.hashes_sent.count() < task.hashes.len() as u32 {
+                for (&i, h) in &task.hashes {
+                    if d.hashes_sent.insert(i) {
+                        hashes.push((i, *h));
                     }
                 }
             }
@@ -424,16 +431,16 @@ impl Scheduler {
         let parents = d
             .parents
             .iter()
-            .map(|p| {
-                let h = &task.holdings[p];
-                let info = &self.peers[p].info;
-                ParentOffer {
+            .filter_map(|p| {
+                let h = task.holdings.get(p)?;
+                let info = &self.peers.get(p)?.info;
+                Some(ParentOffer {
                     id: p.clone(),
                     addr: info.addr,
                     zone: info.zone.clone(),
                     complete: h.complete,
                     pieces: h.pieces.clone(),
-                }
+                })
             })
             .collect();
         let update = PlanUpdate {
@@ -533,5 +540,26 @@ mod tests {
         core.flush();
         let effects = core.drain_effects();
         assert_eq!(parents_sent_to(&effects, &id(2)), Some(vec![id(0)]));
+    }
+
+    /// A plan request whose size differs from what the source learnt from
+    /// upstream is refused, names both sizes, and changes nothing.
+    #[test]
+    fn a_plan_with_another_size_is_refused_and_changes_nothing() {
+        let digest = Digest::from_sha256([4; 32]);
+        let mut core = Scheduler::new(CoreConfig::default());
+        let now = Instant::now();
+        core.join(now, info(0), vec![]).unwrap();
+        core.join(now, info(1), vec![]).unwrap();
+        core.open_plan(now, &id(0), digest, 0).unwrap();
+        core.task_started(now, &id(0), digest, SIZE).unwrap();
+        core.flush();
+        core.drain_effects();
+        let before = format!("{core:?}");
+        let err = core.open_plan(now, &id(1), digest, SIZE + 1).unwrap_err();
+        assert_eq!(err.kind, crate::core::ErrorKind::InvalidArgument);
+        assert!(err.message.contains(&(SIZE + 1).to_string()), "{err}");
+        assert!(err.message.contains(&SIZE.to_string()), "{err}");
+        assert_eq!(before, format!("{core:?}"));
     }
 }

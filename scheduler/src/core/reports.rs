@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use shoal_proto::{Digest, PieceSet, TaskShape};
 
-use super::{CoreError, ErrorKind, PeerId, PieceDone, Scheduler, Task};
+use super::{CoreError, ErrorKind, Ignored, PeerId, PieceDone, Scheduler, Task};
 
 impl Scheduler {
     /// The back-to-source peer learnt the task's size from upstream.
@@ -49,13 +49,19 @@ impl Scheduler {
     /// Pieces a peer verified and stored. A piece carries its hash when the
     /// peer fetched it from upstream; otherwise the scheduler must already
     /// know the hash (the peer verified against it).
+    ///
+    /// Hashes are believed only from a peer elected to fetch the task from
+    /// upstream (the task's `sources`). A hash from any other peer is not an
+    /// error: a piece whose hash agrees with the known one counts as verified
+    /// against it, any other such piece is left out, and the report answers
+    /// [`Ignored::HashesNotElected`].
     pub fn report_pieces(
         &mut self,
         now: Instant,
         id: &PeerId,
         digest: Digest,
         pieces: &[PieceDone],
-    ) -> Result<(), CoreError> {
+    ) -> Result<Option<Ignored>, CoreError> {
         self.live_peer(id)?;
         let task = self.task_of(id, &digest)?;
         let Some(shape) = task.shape else {
@@ -63,21 +69,22 @@ impl Scheduler {
                 "task {digest} has no known size yet; the back-to-source peer sends TaskStarted first"
             )));
         };
-        let is_source = task.sources.contains(id);
+        let elected = task.sources.contains(id);
+        // (index, hash to learn) of each piece believed.
+        let mut accepted: Vec<(u32, Option<[u8; 32]>)> = Vec::with_capacity(pieces.len());
+        let mut ignored = false;
         for p in pieces {
             shape
                 .check_index(p.index)
                 .map_err(|e| CoreError::invalid(format!("task {digest}: {e}")))?;
-            let known = task.hashes[p.index as usize];
+            let known = task.hashes.get(&p.index).copied();
             match (p.hash, known) {
-                (Some(_), _) if !is_source => {
-                    return Err(CoreError::new(
-                        ErrorKind::PermissionDenied,
-                        format!(
-                            "peer {id} reported a hash for piece {} of {digest} but never fetched it from upstream",
-                            p.index
-                        ),
-                    ));
+                (Some(h), k) if !elected => {
+                    if k == Some(h) {
+                        accepted.push((p.index, None));
+                    } else {
+                        ignored = true;
+                    }
                 }
                 (Some(h), Some(k)) if h != k => {
                     return Err(CoreError::precondition(format!(
@@ -91,23 +98,23 @@ impl Scheduler {
                         p.index
                     )));
                 }
-                _ => {}
+                (hash, _) => accepted.push((p.index, hash)),
             }
         }
         let task = self.tasks.get_mut(&digest).expect("checked");
         let holding = task.holdings.get_mut(id).expect("checked by task_of");
         let was_empty = holding.pieces.is_empty();
         let mut grew = false;
-        for p in pieces {
-            if holding.pieces.insert(p.index) {
+        for (index, hash) in accepted {
+            if holding.pieces.insert(index) {
                 grew = true;
-                task.piece_gains[p.index as usize] += 1;
+                *task.piece_gains.entry(index).or_default() += 1;
             }
-            if let Some(h) = p.hash
-                && task.hashes[p.index as usize].is_none()
+            if let Some(h) = hash
+                && !task.hashes.contains_key(&index)
             {
-                task.hashes[p.index as usize] = Some(h);
-                task.known_hashes += 1;
+                task.hashes.insert(index, h);
+                task.hash_reporters.insert(id.clone());
             }
         }
         if was_empty && grew {
@@ -120,11 +127,18 @@ impl Scheduler {
             }
         }
         self.stats.pieces_reported += pieces.len() as u64;
-        self.touch(now, id)
+        if ignored {
+            self.stats.hashes_ignored += 1;
+        }
+        self.touch(now, id)?;
+        Ok(ignored.then_some(Ignored::HashesNotElected))
     }
 
     /// The peer holds the whole task, verified against its digest. Its
     /// back-to-source duty (if any) ends and its parents are released.
+    ///
+    /// A completion from a peer that reported none of the task's hashes
+    /// confirms them: the blob they describe matched its digest.
     pub fn task_complete(
         &mut self,
         now: Instant,
@@ -138,12 +152,15 @@ impl Scheduler {
                 "task {digest} has no known size; it cannot be complete"
             )));
         };
-        if task.known_hashes < shape.piece_count() && !task.sources.contains(id) {
+        if task.known_hashes() < shape.piece_count() && !task.sources.contains(id) {
             return Err(CoreError::precondition(format!(
                 "task {digest} cannot be complete on peer {id}: not every piece hash is known yet"
             )));
         }
         let task = self.tasks.get_mut(&digest).expect("checked");
+        if !task.hash_reporters.contains(id) && task.known_hashes() == shape.piece_count() {
+            task.hashes_confirmed = true;
+        }
         let holding = task.holdings.get_mut(id).expect("checked");
         if !holding.complete {
             holding.complete = true;
@@ -165,6 +182,70 @@ impl Scheduler {
             self.release_parents(&parents);
         }
         self.touch(now, id)
+    }
+
+    /// The peer assembled the task from pieces that matched the scheduler's
+    /// hashes, and the whole blob failed its digest: the hashes are wrong.
+    ///
+    /// While the hashes are provisional they are discarded: the peers that
+    /// reported them are treated as bad for the task (dropped from it), every
+    /// download's plan is closed (its pieces were checked against wrong
+    /// hashes; the peer opens a new plan), holders that are not complete
+    /// lose their pieces, and back-to-source is elected afresh. Once a peer
+    /// that reported none of them has completed the task, the hashes are
+    /// confirmed and the report is answered with
+    /// [`Ignored::MismatchAfterConfirmed`]. A peer that reported some of the
+    /// hashes cannot discard them this way (it would only accuse itself).
+    ///
+    /// The proto has no event for this yet; the adapter cannot call it.
+    pub fn digest_mismatch(
+        &mut self,
+        now: Instant,
+        id: &PeerId,
+        digest: Digest,
+    ) -> Result<Option<Ignored>, CoreError> {
+        self.live_peer(id)?;
+        let task = self.task_of(id, &digest)?;
+        if task.hash_reporters.contains(id) {
+            return Err(CoreError::precondition(format!(
+                "peer {id} reported hashes of task {digest} itself; it cannot report them wrong"
+            )));
+        }
+        if task.hashes_confirmed {
+            self.touch(now, id)?;
+            return Ok(Some(Ignored::MismatchAfterConfirmed));
+        }
+        self.touch(now, id)?;
+        self.stats.hashes_discarded += 1;
+        let task = self.tasks.get_mut(&digest).expect("checked");
+        let mut culprits: Vec<PeerId> = task.hash_reporters.drain().collect();
+        culprits.sort();
+        task.hashes.clear();
+        task.piece_gains.clear();
+        task.sources.clear();
+        task.stalled.clear();
+        task.back_to_source.clear();
+        task.bad.extend(culprits.iter().cloned());
+        // Everyone whose pieces were checked against the wrong hashes.
+        let mut partial: Vec<PeerId> = task
+            .holdings
+            .iter()
+            .filter(|(_, h)| !h.complete)
+            .map(|(p, _)| p.clone())
+            .collect();
+        partial.sort();
+        task.holder_epoch += 1;
+        task.dirty = true;
+        for peer in culprits.iter().chain(&partial) {
+            self.drop_from_task(now, &digest, peer);
+        }
+        // Only the peers elected from here on may report hashes again.
+        if let Some(task) = self.tasks.get_mut(&digest) {
+            let current = &task.back_to_source;
+            task.sources.retain(|p| current.contains_key(p));
+        }
+        self.forget_if_unused(&digest);
+        Ok(None)
     }
 
     /// The peer dropped the task from its store.
@@ -235,5 +316,119 @@ impl Scheduler {
             )));
         }
         Ok(task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use shoal_proto::Digest;
+
+    use crate::core::test_support::{SIZE, id, info};
+    use crate::core::{CoreConfig, Ignored, PieceDone, Scheduler};
+
+    fn piece(index: u32, hash: u8) -> PieceDone {
+        PieceDone {
+            index,
+            hash: Some([hash; 32]),
+        }
+    }
+
+    /// p0 is elected for the task (size known), p1 downloads.
+    fn swarm() -> (Scheduler, Instant, Digest) {
+        let digest = Digest::from_sha256([5; 32]);
+        let mut core = Scheduler::new(CoreConfig::default());
+        let now = Instant::now();
+        for p in 0..3 {
+            core.join(now, info(p), vec![]).unwrap();
+        }
+        core.open_plan(now, &id(0), digest, 0).unwrap();
+        assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+        core.task_started(now, &id(0), digest, SIZE).unwrap();
+        core.open_plan(now, &id(1), digest, SIZE).unwrap();
+        (core, now, digest)
+    }
+
+    #[test]
+    fn hashes_from_a_peer_not_elected_are_ignored_not_fatal() {
+        let (mut core, now, digest) = swarm();
+        let out = core
+            .report_pieces(now, &id(1), digest, &[piece(0, 66)])
+            .unwrap();
+        assert_eq!(out, Some(Ignored::HashesNotElected));
+        assert_eq!(core.task(now, &digest).unwrap().known_hashes, 0);
+        assert_eq!(core.stats().hashes_ignored, 1);
+        // The elected peer's hashes are believed, and a matching hash from
+        // another peer then counts as a verified piece.
+        assert_eq!(
+            core.report_pieces(now, &id(0), digest, &[piece(0, 7)])
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            core.report_pieces(now, &id(1), digest, &[piece(0, 7)])
+                .unwrap(),
+            None
+        );
+        let detail = core.task(now, &digest).unwrap();
+        assert_eq!(detail.known_hashes, 1);
+        let p1 = detail.holders.iter().find(|h| h.peer == "p1").unwrap();
+        assert_eq!(p1.pieces, 1);
+    }
+
+    #[test]
+    fn a_digest_mismatch_discards_provisional_hashes_and_re_elects() {
+        let (mut core, now, digest) = swarm();
+        core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
+            .unwrap();
+        core.report_pieces(
+            now,
+            &id(1),
+            digest,
+            &[
+                PieceDone {
+                    index: 0,
+                    hash: None,
+                },
+                PieceDone {
+                    index: 1,
+                    hash: None,
+                },
+            ],
+        )
+        .unwrap();
+        core.drain_effects();
+        assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
+        assert_eq!(core.stats().hashes_discarded, 1);
+        // p0 reported the hashes: it is bad for the task and cannot come back
+        // as its source; p1's plan was closed.
+        assert!(core.task(now, &digest).is_none(), "nobody holds anything");
+        assert!(
+            core.drain_effects()
+                .iter()
+                .any(|e| matches!(e, crate::core::Effect::ClosePlan { .. }))
+        );
+        core.open_plan(now, &id(1), digest, SIZE).unwrap();
+        assert_eq!(core.back_to_source_of(&digest), vec![id(1)]);
+        assert_eq!(core.task(now, &digest).unwrap().known_hashes, 0);
+    }
+
+    #[test]
+    fn a_completion_by_another_peer_confirms_the_hashes() {
+        let (mut core, now, digest) = swarm();
+        core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
+            .unwrap();
+        core.task_complete(now, &id(0), digest).unwrap();
+        core.open_plan(now, &id(2), digest, SIZE).unwrap();
+        // The source's own completion confirms nothing.
+        core.task_complete(now, &id(1), digest).unwrap();
+        assert_eq!(
+            core.digest_mismatch(now, &id(2), digest).unwrap(),
+            Some(Ignored::MismatchAfterConfirmed)
+        );
+        assert_eq!(core.task(now, &digest).unwrap().known_hashes, 2);
+        // The peer that reported the hashes cannot accuse them.
+        assert!(core.digest_mismatch(now, &id(0), digest).is_err());
     }
 }

@@ -166,3 +166,32 @@ pub enum Effect {
         command: Command,
     },
 }
+
+/// Part of an accepted report the core did not believe. The report is not an
+/// error (the session goes on); the adapter counts each as a refusal, under
+/// [`Ignored::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// Piece hashes from a peer not elected to fetch the task from upstream.
+    HashesNotElected,
+    /// A bad-parent report naming a parent the reporter was never offered
+    /// for that task.
+    BadParentNotOffered,
+    /// A bad-parent report from a peer that already reported more than
+    /// `max_bad_parents_reported` distinct parents (it is suspected itself).
+    BadParentReporterSuspected,
+    /// A digest-mismatch report for a task whose hashes are confirmed.
+    MismatchAfterConfirmed,
+}
+
+impl Ignored {
+    /// The reason label, e.g. `hashes_not_elected`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Ignored::HashesNotElected => "hashes_not_elected",
+            Ignored::BadParentNotOffered => "bad_parent_not_offered",
+            Ignored::BadParentReporterSuspected => "bad_parent_reporter_suspected",
+            Ignored::MismatchAfterConfirmed => "mismatch_after_confirmed",
+        }
+    }
+}

@@ -37,6 +37,12 @@ pub struct CoreStats {
     pub operator_quarantines: u64,
     /// Drop orders an operator sent (one per task, whatever its holders).
     pub drop_orders: u64,
+    /// Piece reports whose hashes were not believed (the reporter was not
+    /// elected to fetch the task from upstream).
+    pub hashes_ignored: u64,
+    /// Times a task's provisional hashes were discarded after a
+    /// digest-mismatch report.
+    pub hashes_discarded: u64,
 }
 
 /// One peer, as the operator API lists it.
@@ -183,7 +189,7 @@ impl Scheduler {
         holders.sort_by(|a, b| a.peer.cmp(&b.peer));
         Some(TaskDetail {
             summary,
-            known_hashes: task.known_hashes,
+            known_hashes: task.known_hashes(),
             holders,
         })
     }
