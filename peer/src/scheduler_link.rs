@@ -23,16 +23,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use prost::Message;
 use rand::Rng;
-use shoal_proto::Digest;
 use shoal_proto::limits::{JOIN_PAGE, MAX_MESSAGE};
 use shoal_proto::v1::{self, peer_event::Event, scheduler_client::SchedulerClient};
+use shoal_proto::{Digest, PieceSet, TaskShape};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
+
+use crate::engine::{ParentRef, PlanParent, PlanStream, PlanUpdate, PlannerError};
 
 /// Reports queued at most; past that new reports are dropped (and re-sent by
 /// the engine on its next plan).
@@ -116,16 +118,7 @@ pub enum Report {
     },
 }
 
-/// Why a plan could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    /// No scheduler is reachable right now; fetch from upstream.
-    #[error("no scheduler is reachable")]
-    Unavailable,
-    /// The scheduler refused the request.
-    #[error("scheduler refused: {0}")]
-    Refused(#[from] tonic::Status),
-}
+pub use crate::engine::PlanOpenError as LinkError;
 
 /// Load counters the heartbeat carries.
 #[derive(Debug, Default)]
@@ -226,12 +219,10 @@ impl SchedulerLink {
         });
     }
 
-    /// Opens a plan stream for `digest` (`size` 0 when unknown).
-    pub async fn plan(
-        &self,
-        digest: &Digest,
-        size: u64,
-    ) -> Result<Streaming<v1::PlanUpdate>, LinkError> {
+    /// Opens a plan stream for `digest` (`size` 0 when unknown). Each wire
+    /// message is converted and checked ([`plan_update`]); the stream ends when
+    /// the scheduler ends it or the connection fails.
+    pub async fn plan(&self, digest: &Digest, size: u64) -> Result<PlanStream, LinkError> {
         let Some(mut client) = self.client.borrow().clone() else {
             return Err(LinkError::Unavailable);
         };
@@ -241,13 +232,99 @@ impl SchedulerLink {
             size,
         };
         match client.plan(request).await {
-            Ok(r) => Ok(r.into_inner()),
+            Ok(r) => Ok(r
+                .into_inner()
+                .take_while(|m| std::future::ready(m.is_ok()))
+                .filter_map(|m| std::future::ready(m.ok().map(plan_update)))
+                .boxed()),
             Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
                 Err(LinkError::Unavailable)
             }
-            Err(s) => Err(LinkError::Refused(s)),
+            Err(s) => Err(LinkError::Refused(s.message().to_string())),
         }
     }
+}
+
+#[async_trait::async_trait]
+impl crate::engine::SchedulerClient for SchedulerLink {
+    fn is_connected(&self) -> bool {
+        SchedulerLink::is_connected(self)
+    }
+
+    async fn plan(&self, digest: &Digest, size: u64) -> Result<PlanStream, LinkError> {
+        SchedulerLink::plan(self, digest, size).await
+    }
+
+    fn report(&self, report: Report) {
+        SchedulerLink::report(self, report)
+    }
+
+    fn announce(&self, digest: Digest, size: u64, hashes: Vec<Option<[u8; 32]>>) {
+        SchedulerLink::announce(self, digest, size, hashes)
+    }
+
+    fn load(&self) -> &Load {
+        &self.load
+    }
+}
+
+/// Converts a wire plan update into the engine's [`PlanUpdate`], checking it: the
+/// shape's piece size and count must follow from its size, every hash index must
+/// be in range and every hash 32 bytes. Parents with an unusable address, or a
+/// bitmap that does not fit the task, are skipped (the rest of the plan is still
+/// good); without a shape only complete parents are kept.
+pub fn plan_update(u: v1::PlanUpdate) -> Result<PlanUpdate, PlannerError> {
+    let shape = match &u.task {
+        Some(t) => {
+            let shape = TaskShape::for_size(t.size)?;
+            if shape.piece_size() != t.piece_size || shape.piece_count() != t.piece_count {
+                return Err(PlannerError::Shape(format!(
+                    "size {} does not give piece size {} and count {}",
+                    t.size, t.piece_size, t.piece_count
+                )));
+            }
+            Some(shape)
+        }
+        None => None,
+    };
+    let mut hashes = Vec::with_capacity(u.piece_hashes.len());
+    for h in u.piece_hashes {
+        let hash: [u8; 32] = h
+            .hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| PlannerError::HashLength(h.index))?;
+        // Hashes without a shape cannot be placed; the planner never saw them.
+        if let Some(s) = shape {
+            s.check_index(h.index)?;
+            hashes.push((h.index, hash));
+        }
+    }
+    let parents = u
+        .parents
+        .into_iter()
+        .filter_map(|p| {
+            let addr = p.quic_addr.parse().ok()?;
+            let pieces = if p.complete {
+                None
+            } else {
+                Some(PieceSet::from_bytes(&p.pieces, shape?.piece_count()).ok()?)
+            };
+            Some(PlanParent {
+                r: ParentRef {
+                    id: p.peer_id,
+                    addr,
+                },
+                pieces,
+            })
+        })
+        .collect();
+    Ok(PlanUpdate {
+        shape,
+        hashes,
+        parents,
+        back_to_source: u.back_to_source,
+    })
 }
 
 /// Delay before reconnect attempt `attempt` (0-based): exponential, with

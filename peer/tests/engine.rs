@@ -17,8 +17,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use shoal_peer::daemon::StoreSource;
-use shoal_peer::engine::{Download, Engine, EngineConfig, EngineError, Upstream, UpstreamError};
-use shoal_peer::scheduler_link::{Inventory, LinkConfig, SchedulerLink};
+use shoal_peer::engine::twins::{TwinFetcher, TwinParent, TwinScheduler};
+use shoal_peer::engine::{
+    Download, Engine, EngineConfig, EngineError, ParentRef, PlanParent, PlanUpdate, Upstream,
+    UpstreamError,
+};
+use shoal_peer::scheduler_link::{Inventory, LinkConfig, Report, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore};
 use shoal_peer::tls::{self, PeerTls};
 use shoal_peer::transfer::{
@@ -28,7 +32,6 @@ use shoal_proto::{Digest, TaskShape, v1};
 use shoal_tests::blob;
 use shoal_tests::scheduler::InProcessScheduler;
 use shoal_tests::upstream::{CountingUpstream, Refusal};
-use tokio::net::TcpListener;
 
 const MIB: usize = 1 << 20;
 const REPO: &str = "test/blob";
@@ -53,14 +56,6 @@ fn gets(up: &CountingUpstream) -> u64 {
 async fn scheduler() -> (String, InProcessScheduler) {
     let sched = InProcessScheduler::start().await;
     (sched.grpc_url.clone(), sched)
-}
-
-/// A URL nobody answers on.
-async fn dead_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
-    url
 }
 
 struct Held(Vec<v1::HeldTask>);
@@ -101,14 +96,14 @@ fn link(url: String, id: &str, addr: SocketAddr, held: Vec<v1::HeldTask>) -> Sch
 }
 
 /// A peer with a download engine.
-struct Node {
+struct Node<L = SchedulerLink> {
     engine: Engine,
     store: Arc<MemStore>,
-    link: SchedulerLink,
+    link: L,
     upstream: Arc<dyn Upstream>,
 }
 
-impl Node {
+impl<L> Node<L> {
     fn fetch(&self, digest: Digest) -> Arc<Download> {
         self.engine.fetch(digest, 0, self.upstream.clone())
     }
@@ -124,6 +119,19 @@ fn node(tls: &PeerTls, url: String, id: &str, up: &CountingUpstream) -> Node {
     let engine = Engine::new(store.clone(), link.clone(), PieceClient::new(endpoint));
     Node {
         engine,
+        store,
+        link,
+        upstream: common::blob_upstream(&up.url(), REPO),
+    }
+}
+
+/// A peer with no scheduler (an unreachable twin) and no parents: everything
+/// comes from upstream.
+fn lone(up: &CountingUpstream) -> Node<TwinScheduler> {
+    let store = Arc::new(MemStore::default());
+    let link = TwinScheduler::unavailable();
+    Node {
+        engine: Engine::new(store.clone(), link.clone(), TwinFetcher::default()),
         store,
         link,
         upstream: common::blob_upstream(&up.url(), REPO),
@@ -189,8 +197,7 @@ async fn two_peers_fetch_one_blob_and_upstream_serves_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_scheduler_the_blob_comes_from_upstream() {
     let (data, digest, up) = upstream(9 * MIB + 7, 2).await;
-    let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "lonely", &up);
+    let n = lone(&up);
     let dl = n.fetch(digest);
     done(&dl).await;
     assert_eq!(read_all(&dl, 0).await, *data);
@@ -206,8 +213,7 @@ async fn without_a_scheduler_the_blob_comes_from_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetches_share_one_download() {
     let (data, digest, up) = upstream(6 * MIB, 3).await;
-    let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "shared", &up);
+    let n = lone(&up);
     let one = n.fetch(digest);
     let two = n.fetch(digest);
     assert!(Arc::ptr_eq(&one, &two));
@@ -220,8 +226,7 @@ async fn concurrent_fetches_share_one_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reader_yields_the_blob_from_an_offset() {
     let (data, digest, up) = upstream(13 * MIB + 5, 4).await;
-    let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "reader", &up);
+    let n = lone(&up);
     let dl = n.fetch(digest);
     for offset in [5 * MIB + 123, 0, 4 * MIB, data.len() - 1, data.len()] {
         let got = read_all(&dl, offset as u64).await;
@@ -234,8 +239,7 @@ async fn reader_yields_the_blob_from_an_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_does_not_fail_the_download() {
     let (data, digest, up) = upstream(5 * MIB, 5).await;
-    let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "full", &up);
+    let n = lone(&up);
     n.store.fail_writes(true);
     let dl = n.fetch(digest);
     done(&dl).await;
@@ -282,8 +286,8 @@ async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
     assert_eq!(gets(&up), 0);
     // The scheduler heard about it: "bad" is no longer offered for this task.
     let mut plan = c.link.plan(&digest, data.len() as u64).await.unwrap();
-    let update = plan.message().await.unwrap().unwrap();
-    assert!(update.parents.iter().all(|p| p.peer_id != "bad"));
+    let update: shoal_peer::engine::PlanUpdate = plan.next().await.unwrap().unwrap();
+    assert!(update.parents.iter().all(|p| p.r.id != "bad"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,8 +343,7 @@ async fn an_upstream_refusal_reaches_every_reader_as_such() {
         status: 401,
         www_authenticate: Some(challenge.into()),
     }));
-    let tls = tls::ephemeral().unwrap();
-    let n = node(&tls, dead_url().await, "refused", &up);
+    let n = lone(&up);
     let dl = n.fetch(digest);
     let refusal = |e: &EngineError| match e {
         EngineError::Upstream(UpstreamError::Status {
@@ -362,4 +365,77 @@ async fn an_upstream_refusal_reaches_every_reader_as_such() {
     // Without a plan and before the size is known, the first refusal ends the download.
     assert_eq!(up.served().refused.load(Ordering::SeqCst), 1);
     assert_eq!(gets(&up), 0);
+}
+
+/// The driver over the in-memory twins: a plan offering a corrupt parent and an
+/// honest one. Every piece is verified; the corrupt parent is reported once and
+/// never asked again; the blob comes from parents only; the task is reported
+/// complete on the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_twins_a_corrupt_parent_is_reported_and_the_honest_one_serves() {
+    let (data, digest, up) = upstream(16 * MIB + 3, 9).await;
+    let shape = TaskShape::for_size(data.len() as u64).unwrap();
+    let (good, bad): (SocketAddr, SocketAddr) = (
+        "10.9.0.1:7651".parse().unwrap(),
+        "10.9.0.2:7651".parse().unwrap(),
+    );
+    let parents = TwinFetcher::default();
+    let mut hashes = Vec::new();
+    for i in 0..shape.piece_count() {
+        let r = shape.piece_range(i).unwrap();
+        let piece = Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]);
+        hashes.push((i, <[u8; 32]>::from(Sha256::digest(&piece))));
+        parents.insert(good, digest, i, piece.clone());
+        parents.insert(bad, digest, i, piece);
+    }
+    parents.set(bad, TwinParent::Corrupt);
+    let link = TwinScheduler::connected();
+    let store = Arc::new(MemStore::default());
+    let engine = Engine::new(store.clone(), link.clone(), parents.clone());
+    let dl = engine.fetch(digest, 0, common::blob_upstream(&up.url(), REPO));
+    let writer = loop {
+        if let Some(w) = link.writer(&digest) {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let parent = |id: &str, addr| PlanParent {
+        r: ParentRef {
+            id: id.into(),
+            addr,
+        },
+        pieces: None,
+    };
+    writer
+        .send(Ok(PlanUpdate {
+            shape: Some(shape),
+            hashes,
+            parents: vec![parent("bad", bad), parent("good", good)],
+            back_to_source: false,
+        }))
+        .unwrap();
+    done(&dl).await;
+    assert_eq!(read_all(&dl, 0).await, *data);
+    assert_eq!(gets(&up), 0, "parents served it all");
+    let reports = link.reports();
+    let bad_reports = reports
+        .iter()
+        .filter(|r| matches!(r, Report::BadParent { parent, .. } if parent == "bad"))
+        .count();
+    assert_eq!(bad_reports, 1, "{reports:?}");
+    assert!(
+        parents.served(bad) <= 2,
+        "the corrupt parent was asked again"
+    );
+    assert!(reports.contains(&Report::Complete(digest)), "{reports:?}");
+    let mut reported = std::collections::HashSet::new();
+    for r in &reports {
+        if let Report::Pieces { pieces, .. } = r {
+            for (i, hash) in pieces {
+                assert!(hash.is_none(), "a child reported a hash");
+                assert!(reported.insert(*i), "piece {i} reported twice");
+            }
+        }
+    }
+    assert_eq!(reported.len() as u32, shape.piece_count());
 }

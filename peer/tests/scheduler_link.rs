@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, LinkError, Report, SchedulerLink};
 use shoal_proto::{Digest, v1};
 use shoal_tests::eventually;
@@ -72,9 +73,9 @@ async fn joins_with_inventory_and_reports_over_the_session() {
 
     // b downloads task 1 from a: its plan offers a; its reports reach the core.
     let mut plan = b.plan(&digest(1), SIZE).await.unwrap();
-    let u = plan.message().await.unwrap().unwrap();
+    let u = plan.next().await.unwrap().unwrap();
     assert_eq!(u.parents.len(), 1);
-    assert_eq!(u.parents[0].peer_id, "a");
+    assert_eq!(u.parents[0].r.id, "a");
     b.report(Report::Pieces {
         digest: digest(1),
         pieces: vec![(0, None), (1, None)],

@@ -1,12 +1,20 @@
 //! The download engine: gets a task (blob) onto this node from parents and upstream,
 //! verifies it, stores it, reports it, and streams it to readers while it arrives.
 //!
-//! Layout:
-//! - [`planner`]: the pure decision core (which piece from which parent, timeouts,
-//!   bad parents, when to fall back to upstream); no I/O, `now` and an RNG passed in.
-//! - [`download`]: [`Download`], one task being fetched, and the driver loop that
-//!   feeds the planner from the plan stream, the QUIC piece client and upstream.
-//! - [`upstream`]: the [`Upstream`] boundary (implemented by `crate::registry`).
+//! Layout — a pure core, thin adapters:
+//! - [`planner`]: which piece from which parent, timeouts, bad parents, starvation;
+//!   no I/O, `now` and an RNG passed in.
+//! - [`core`]: [`DownloadCore`], the planner plus the rules around it (reporting,
+//!   back-to-source, re-opening a lost plan, upstream retries), returning
+//!   [`Action`]s; pure too.
+//! - [`cutter`]: cuts an upstream byte stream into pieces; pure.
+//! - [`plan`]: a plan in the engine's terms ([`PlanUpdate`]); the wire form is
+//!   converted at the edge (`crate::scheduler_link`).
+//! - [`download`]: [`Download`], the handle every request for a task shares.
+//! - `driver`: the async loop that carries out the core's actions.
+//! - the boundaries: [`scheduler`] ([`SchedulerClient`]), [`fetcher`]
+//!   ([`PieceFetcher`]), [`upstream`] ([`Upstream`]); their in-memory twins are in
+//!   [`twins`].
 //! - [`reader`]: [`Download::reader`], the verified bytes from an offset, in order.
 //!
 //! [`Engine::fetch`] shares one download among all concurrent requests for a digest.
@@ -17,9 +25,16 @@
 //! Not here: the registry mirror's HTTP surface, tag resolution, TLS and auth towards
 //! upstream, garbage collection, serving pieces to other peers (`crate::transfer`).
 
+pub mod core;
+pub mod cutter;
 pub mod download;
+mod driver;
+pub mod fetcher;
+pub mod plan;
 pub mod planner;
 pub mod reader;
+pub mod scheduler;
+pub mod twins;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -30,12 +45,14 @@ use prometheus_client::registry::Registry;
 use shoal_proto::Digest;
 
 use crate::metrics::{self, Sample};
-use crate::scheduler_link::SchedulerLink;
 use crate::store::{PieceStore, StoreError};
-use crate::transfer::PieceClient;
 
+pub use self::core::{Action, DownloadCore, Origin, Verdict};
 pub use download::{Download, DownloadState, DownloadStats, Progress};
-pub use planner::{Planner, PlannerConfig, PlannerError};
+pub use fetcher::PieceFetcher;
+pub use plan::{ParentRef, PlanParent, PlanUpdate, PlannerError};
+pub use planner::{Planner, PlannerConfig};
+pub use scheduler::{PlanOpenError, PlanStream, SchedulerClient};
 pub use upstream::{Upstream, UpstreamBody, UpstreamError};
 
 /// Why a download failed, or a read of it.
@@ -125,8 +142,8 @@ pub struct EngineConfig {
 /// Shared by the engine handle and its download tasks.
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn PieceStore>,
-    pub(crate) link: SchedulerLink,
-    pub(crate) client: Arc<PieceClient>,
+    pub(crate) link: Arc<dyn SchedulerClient>,
+    pub(crate) client: Arc<dyn PieceFetcher>,
     pub(crate) config: EngineConfig,
     pub(crate) stats: EngineStats,
     pub(crate) downloads: Mutex<HashMap<Digest, Arc<Download>>>,
@@ -139,22 +156,28 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine with the default configuration.
-    pub fn new(store: Arc<dyn PieceStore>, link: SchedulerLink, client: PieceClient) -> Self {
+    /// An engine with the default configuration: pieces from `store`, plans from
+    /// `link` (a `SchedulerLink`, or a twin), pieces of parents through `client` (a
+    /// `PieceClient`, or a twin).
+    pub fn new(
+        store: Arc<dyn PieceStore>,
+        link: impl SchedulerClient,
+        client: impl PieceFetcher,
+    ) -> Self {
         Engine::with_config(store, link, client, EngineConfig::default())
     }
 
     /// An engine with this configuration.
     pub fn with_config(
         store: Arc<dyn PieceStore>,
-        link: SchedulerLink,
-        client: PieceClient,
+        link: impl SchedulerClient,
+        client: impl PieceFetcher,
         config: EngineConfig,
     ) -> Self {
         Engine {
             inner: Arc::new(Inner {
                 store,
-                link,
+                link: Arc::new(link),
                 client: Arc::new(client),
                 config,
                 stats: EngineStats::default(),
@@ -184,7 +207,7 @@ impl Engine {
         let d = Arc::new(Download::new(digest, self.inner.store.clone(), upstream));
         map.insert(digest, d.clone());
         drop(map);
-        tokio::spawn(download::run(self.inner.clone(), d.clone(), size_hint));
+        tokio::spawn(driver::run(self.inner.clone(), d.clone(), size_hint));
         d
     }
 

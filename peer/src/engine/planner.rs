@@ -1,6 +1,6 @@
 //! The download planner: which piece to ask which parent for, and when to give up.
 //!
-//! Pure: no I/O, no clock, no global RNG. The driver ([`super::download`]) feeds it
+//! Pure: no I/O, no clock, no global RNG. The core ([`super::core`]) feeds it
 //! inputs (`on_*`: plan updates, pieces stored, fetch failures, bad pieces, the
 //! reader's position) and polls it for decisions ([`Planner::next_requests`],
 //! [`Planner::timed_out`], [`Planner::wants_upstream`]), passing `now` and an RNG.
@@ -19,12 +19,13 @@
 //! Not here: fetching, verifying or storing pieces, talking to the scheduler.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use shoal_proto::v1;
-use shoal_proto::{PieceError, PieceSet, TaskShape};
+use shoal_proto::{PieceSet, TaskShape};
+
+use super::plan::PlanUpdate;
+pub use super::plan::{ParentRef, PlannerError};
 
 /// The planner's knobs.
 #[derive(Debug, Clone)]
@@ -65,29 +66,6 @@ impl Default for PlannerConfig {
             busy_backoff: Duration::from_millis(100),
         }
     }
-}
-
-/// Why a plan update could not be applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlannerError {
-    /// The plan's task shape is invalid or differs from the one already known.
-    #[error("plan has a bad task shape: {0}")]
-    Shape(String),
-    /// A piece index in the plan is out of range.
-    #[error(transparent)]
-    Piece(#[from] PieceError),
-    /// A piece hash is not 32 bytes.
-    #[error("piece {0} hash is not 32 bytes")]
-    HashLength(u32),
-}
-
-/// A parent as the planner knows it from the latest plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParentRef {
-    /// The parent's peer id.
-    pub id: String,
-    /// Its QUIC address.
-    pub addr: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -183,17 +161,11 @@ impl Planner {
         }
     }
 
-    /// Applies a plan update: shape, new piece hashes, the parent set (replaced), and
-    /// the back-to-source order. Parents with an unusable address or bitmap are skipped.
-    pub fn on_plan(&mut self, update: &v1::PlanUpdate) -> Result<(), PlannerError> {
-        if let Some(t) = &update.task {
-            let shape = TaskShape::for_size(t.size)?;
-            if shape.piece_size() != t.piece_size || shape.piece_count() != t.piece_count {
-                return Err(PlannerError::Shape(format!(
-                    "size {} does not give piece size {} and count {}",
-                    t.size, t.piece_size, t.piece_count
-                )));
-            }
+    /// Applies a plan update (checked at the edge): shape, new piece hashes, the
+    /// parent set (replaced), and the back-to-source order. Parents whose bitmap does
+    /// not fit the task are skipped.
+    pub fn on_plan(&mut self, update: &PlanUpdate) -> Result<(), PlannerError> {
+        if let Some(shape) = update.shape {
             self.set_shape(shape)?;
         }
         self.back_to_source = update.back_to_source;
@@ -202,33 +174,18 @@ impl Planner {
             self.parents.clear();
             return Ok(());
         };
-        for h in &update.piece_hashes {
-            shape.check_index(h.index)?;
-            let hash: [u8; 32] = h
-                .hash
-                .as_slice()
-                .try_into()
-                .map_err(|_| PlannerError::HashLength(h.index))?;
-            self.hashes[h.index as usize] = Some(hash);
+        for (index, hash) in &update.hashes {
+            shape.check_index(*index)?;
+            self.hashes[*index as usize] = Some(*hash);
         }
         let n = shape.piece_count();
         self.parents = update
             .parents
             .iter()
-            .filter_map(|p| {
-                let addr = p.quic_addr.parse().ok()?;
-                let pieces = if p.complete {
-                    None
-                } else {
-                    Some(PieceSet::from_bytes(&p.pieces, n).ok()?)
-                };
-                Some(Parent {
-                    r: ParentRef {
-                        id: p.peer_id.clone(),
-                        addr,
-                    },
-                    pieces,
-                })
+            .filter(|p| p.pieces.as_ref().is_none_or(|s| s.len() == n))
+            .map(|p| Parent {
+                r: p.r.clone(),
+                pieces: p.pieces.clone(),
             })
             .collect();
         Ok(())

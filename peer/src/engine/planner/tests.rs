@@ -1,58 +1,41 @@
 //! Unit and property tests of the planner.
 
 use super::*;
+use crate::engine::plan::PlanParent;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 const MIB: u64 = 1 << 20;
 
-fn shape_msg(size: u64) -> v1::TaskShape {
-    let s = TaskShape::for_size(size).unwrap();
-    v1::TaskShape {
-        size,
-        piece_size: s.piece_size(),
-        piece_count: s.piece_count(),
-    }
-}
-
-fn parent(id: &str, port: u16, pieces: Option<&[u32]>, count: u32) -> v1::Parent {
-    let (complete, bitmap) = match pieces {
-        None => (true, Vec::new()),
-        Some(ps) => {
-            let mut s = PieceSet::new(count);
-            for p in ps {
-                s.insert(*p);
-            }
-            (false, s.to_bytes())
+fn parent(id: &str, port: u16, pieces: Option<&[u32]>, count: u32) -> PlanParent {
+    let pieces = pieces.map(|ps| {
+        let mut s = PieceSet::new(count);
+        for p in ps {
+            s.insert(*p);
         }
-    };
-    v1::Parent {
-        peer_id: id.into(),
-        quic_addr: format!("127.0.0.1:{port}"),
-        zone: String::new(),
-        complete,
-        pieces: bitmap,
+        s
+    });
+    PlanParent {
+        r: ParentRef {
+            id: id.into(),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        },
+        pieces,
     }
 }
 
-fn hashes(count: u32) -> Vec<v1::PieceHash> {
-    (0..count)
-        .map(|i| v1::PieceHash {
-            index: i,
-            hash: vec![i as u8; 32],
-        })
-        .collect()
+fn hashes(count: u32) -> Vec<(u32, [u8; 32])> {
+    (0..count).map(|i| (i, [i as u8; 32])).collect()
 }
 
-fn plan(size: u64, parents: Vec<v1::Parent>) -> v1::PlanUpdate {
-    let count = TaskShape::for_size(size).unwrap().piece_count();
-    v1::PlanUpdate {
-        task: Some(shape_msg(size)),
-        piece_hashes: hashes(count),
+fn plan(size: u64, parents: Vec<PlanParent>) -> PlanUpdate {
+    let shape = TaskShape::for_size(size).unwrap();
+    PlanUpdate {
+        shape: Some(shape),
+        hashes: hashes(shape.piece_count()),
         parents,
         back_to_source: false,
-        reason: String::new(),
     }
 }
 
@@ -91,7 +74,7 @@ fn only_pieces_with_hash_and_holder() {
     let size = 10 * 4 * MIB;
     let mut p = Planner::new(PlannerConfig::default());
     let mut u = plan(size, vec![parent("a", 1, Some(&[0, 1, 2, 5]), 10)]);
-    u.piece_hashes.retain(|h| h.index != 1);
+    u.hashes.retain(|h| h.0 != 1);
     p.on_plan(&u).unwrap();
     let reqs = p.next_requests(Instant::now(), &mut rng());
     let idx: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
@@ -175,7 +158,7 @@ fn not_retryable_failure_wants_upstream() {
 }
 
 #[test]
-fn rejects_a_changed_shape_and_bad_hashes() {
+fn rejects_a_changed_shape_and_out_of_range_hashes() {
     let mut p = Planner::new(PlannerConfig::default());
     p.on_plan(&plan(8 * MIB, vec![])).unwrap();
     assert!(matches!(
@@ -183,8 +166,8 @@ fn rejects_a_changed_shape_and_bad_hashes() {
         Err(PlannerError::Shape(_))
     ));
     let mut u = plan(8 * MIB, vec![]);
-    u.piece_hashes[0].hash = vec![1; 3];
-    assert_eq!(p.on_plan(&u), Err(PlannerError::HashLength(0)));
+    u.hashes.push((2, [0; 32]));
+    assert!(matches!(p.on_plan(&u), Err(PlannerError::Piece(_))));
 }
 
 #[derive(Debug, Clone)]
@@ -233,7 +216,7 @@ proptest! {
             match op {
                 Op::Plan(parents, known) => {
                     let mut u = plan(size, Vec::new());
-                    u.piece_hashes.retain(|h| known[h.index as usize]);
+                    u.hashes.retain(|h| known[h.0 as usize]);
                     latest.clear();
                     for (id, bits) in parents {
                         let id = format!("p{id}");

@@ -1,0 +1,462 @@
+//! The driver of one download: the thin async shell around [`DownloadCore`].
+//!
+//! It opens the plan stream, carries out the core's [`Action`]s (piece fetches
+//! from parents, the upstream stream, reports, re-opening a lost plan), hashes
+//! every piece off the async workers and hands the hash to the core, stores the
+//! pieces it keeps, checks the whole blob against its digest, and publishes
+//! progress for the readers. Every decision is the core's.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+use shoal_proto::Digest;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::core::{Action, DownloadCore, Origin, Verdict};
+use super::cutter::PieceCutter;
+use super::download::{Download, DownloadState};
+use super::scheduler::PlanStream;
+use super::upstream::{Upstream, UpstreamError};
+use super::{EngineError, Inner};
+use crate::transfer::FetchError;
+
+/// How often the driver looks at timeouts and starvation without other input.
+const TICK: Duration = Duration::from_millis(200);
+/// How long the plan stream stays open after completion, so the `Complete` report
+/// reaches the scheduler before the plan is closed.
+const LINGER: Duration = Duration::from_secs(5);
+/// Events (each may carry a piece) queued from fetches and upstream to the driver.
+const EVENT_QUEUE: usize = 1;
+
+/// Runs one download to its end and removes it from the engine's map.
+pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
+    let span = info_span!("download", task.digest = %dl.digest);
+    inner
+        .stats
+        .downloads_started
+        .fetch_add(1, Ordering::Relaxed);
+    let load = inner.link.load();
+    load.active_downloads.fetch_add(1, Ordering::Relaxed);
+    let result = drive(&inner, dl.clone(), size_hint)
+        .instrument(span.clone())
+        .await;
+    load.active_downloads.fetch_sub(1, Ordering::Relaxed);
+    {
+        let mut map = inner.downloads.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&dl.digest).is_some_and(|d| Arc::ptr_eq(d, &dl)) {
+            map.remove(&dl.digest);
+        }
+    }
+    let _e = span.enter();
+    let counter = match &result {
+        Ok(()) => &inner.stats.downloads_completed,
+        Err(_) => &inner.stats.downloads_failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            info!("download complete");
+            dl.finish(DownloadState::Complete);
+        }
+        Err(e) => {
+            warn!(error = %e, "download failed");
+            dl.finish(DownloadState::Failed(e));
+        }
+    }
+}
+
+/// What the spawned fetches and the upstream stream tell the driver.
+enum Event {
+    Fetched {
+        index: u32,
+        parent: String,
+        result: Result<Bytes, FetchError>,
+    },
+    UpstreamSize(u64),
+    UpstreamPiece(u32, Bytes),
+    UpstreamDone(Result<(), EngineError>),
+}
+
+struct Driver<'a> {
+    inner: &'a Inner,
+    dl: Arc<Download>,
+    core: DownloadCore,
+    tx: mpsc::Sender<Event>,
+    plan: Option<PlanStream>,
+    opened: bool,
+}
+
+async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), EngineError> {
+    let digest = dl.digest;
+    let _pin = inner.store.pin(&digest);
+    let meta = match inner.store.meta(&digest) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "store metadata unreadable; downloading anyway");
+            None
+        }
+    };
+    if let Some(m) = &meta
+        && m.complete
+    {
+        dl.set_shape(m.shape);
+        dl.progress.send_modify(|p| p.have = m.pieces.clone());
+        debug!("task already complete in the store");
+        return Ok(());
+    }
+    // Small on purpose: every queued event may hold a piece (up to 16 MiB), and an
+    // upstream faster than the disk would otherwise fill the queue. Fetches from
+    // parents are bounded by the planner's in-flight cap anyway.
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let mut d = Driver {
+        inner,
+        dl: dl.clone(),
+        core: DownloadCore::new(
+            digest,
+            inner.config.planner.clone(),
+            rand::random(),
+            Instant::now(),
+        ),
+        tx,
+        plan: None,
+        opened: false,
+    };
+    if let Some(m) = meta {
+        d.core.resume(m.shape, &m.hashes, &m.pieces)?;
+        for i in m.pieces.iter() {
+            dl.mark_have(i);
+        }
+        d.act().await?;
+    }
+    match inner.link.plan(&digest, size_hint).await {
+        Ok(s) => {
+            d.plan = Some(s);
+            d.core.plan_opened();
+        }
+        Err(e) => {
+            info!(error = %e, "no plan; fetching from upstream");
+            d.core.no_plan();
+        }
+    }
+    d.act().await?;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !d.core.is_complete() {
+        d.core.poll(
+            Instant::now(),
+            dl.reader_offset.load(Ordering::Relaxed),
+            inner.link.is_connected(),
+        );
+        d.act().await?;
+        let mut plan = d.plan.take();
+        let next_plan = async {
+            match plan.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let busy_until = d.core.busy_until();
+        tokio::select! {
+            msg = next_plan => match msg {
+                Some(update) => d.core.on_plan(&update?)?,
+                None => {
+                    info!("plan stream ended; going on with the known parents and re-opening it");
+                    plan = None;
+                    d.core.plan_lost(Instant::now());
+                }
+            },
+            Some(ev) = rx.recv() => d.on_event(ev).await?,
+            _ = ticker.tick() => {}
+            // A parent that answered BUSY may be asked again.
+            _ = sleep_until(busy_until) => {}
+        }
+        d.plan = plan;
+        d.act().await?;
+    }
+    d.complete().await?;
+    if let Some(plan) = d.plan.take() {
+        tokio::spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            drop(plan);
+        });
+    }
+    Ok(())
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver<'_> {
+    /// Carries out the core's actions until it has none left (an action's outcome
+    /// may lead to more).
+    async fn act(&mut self) -> Result<(), EngineError> {
+        loop {
+            let actions = self.core.take_actions();
+            if actions.is_empty() {
+                return Ok(());
+            }
+            for a in actions {
+                self.carry_out(a).await?;
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, action: Action) -> Result<(), EngineError> {
+        match action {
+            Action::Fetch { index, parent, len } => {
+                let timeout = self.inner.config.planner.request_timeout;
+                let client = self.inner.client.clone();
+                let tx = self.tx.clone();
+                let digest = self.dl.digest;
+                tokio::spawn(async move {
+                    let result = client
+                        .fetch(parent.addr, &digest, index, len, timeout)
+                        .await;
+                    let _ = tx
+                        .send(Event::Fetched {
+                            index,
+                            parent: parent.id,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            Action::StartUpstream { from } => {
+                let upstream = self.dl.upstream.clone();
+                let tx = self.tx.clone();
+                let digest = self.dl.digest;
+                tokio::spawn(
+                    async move {
+                        let r = stream_upstream(&*upstream, digest, from, &tx).await;
+                        let _ = tx.send(Event::UpstreamDone(r)).await;
+                    }
+                    .in_current_span(),
+                );
+            }
+            Action::OpenPlan { size } => match self.inner.link.plan(&self.dl.digest, size).await {
+                Ok(stream) => {
+                    self.plan = Some(stream);
+                    self.core.plan_opened();
+                }
+                Err(e) => {
+                    debug!(error = %e, "plan not re-opened yet");
+                    self.core.plan_refused(Instant::now());
+                }
+            },
+            Action::ShapeKnown(shape) => {
+                self.dl.set_shape(shape);
+                if !self.opened {
+                    self.opened = true;
+                    if let Err(e) = self.inner.store.open(self.dl.digest, shape) {
+                        if !e.is_local_fault() {
+                            return Err(e.into());
+                        }
+                        warn!(error = %e, store.path = ?e.path(), "store unusable; keeping pieces in memory");
+                        self.core.store_failed();
+                    }
+                }
+            }
+            Action::Report(r) => self.inner.link.report(r),
+            Action::Announce { size, hashes } => {
+                self.inner.link.announce(self.dl.digest, size, hashes)
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Result<(), EngineError> {
+        match ev {
+            Event::Fetched {
+                index,
+                parent,
+                result,
+            } => match result {
+                Ok(bytes) => self.accept(index, bytes, Origin::Parent(&parent)).await?,
+                Err(FetchError::Busy) => {
+                    debug!(piece = index, parent.id = %parent, "parent busy");
+                    self.core.on_busy(index, &parent, Instant::now());
+                }
+                Err(e) => {
+                    self.dl.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                    debug!(piece = index, parent.id = %parent, error = %e, "piece fetch failed");
+                    self.core
+                        .on_fetch_failed(index, &parent, e.retry_elsewhere(), Instant::now());
+                }
+            },
+            Event::UpstreamSize(total) => self.core.on_upstream_size(total)?,
+            Event::UpstreamPiece(index, bytes) => {
+                self.accept(index, bytes, Origin::Upstream).await?;
+            }
+            Event::UpstreamDone(r) => self.core.on_upstream_done(r)?,
+        }
+        Ok(())
+    }
+
+    /// Hashes one piece, lets the core judge it, and stores it when kept.
+    async fn accept(
+        &mut self,
+        index: u32,
+        bytes: Bytes,
+        origin: Origin<'_>,
+    ) -> Result<(), EngineError> {
+        if self.core.have().contains(index) {
+            self.core.on_piece(index, [0; 32], origin)?;
+            return Ok(());
+        }
+        let hash = {
+            let b = bytes.clone();
+            tokio::task::spawn_blocking(move || -> [u8; 32] { Sha256::digest(&b).into() })
+                .await
+                .map_err(|_| EngineError::TaskAborted("hash"))?
+        };
+        let (checked, learn_hash) = match self.core.on_piece(index, hash, origin)? {
+            Verdict::Duplicate => return Ok(()),
+            Verdict::Bad => {
+                self.dl.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .pieces_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Verdict::Keep {
+                checked,
+                learn_hash,
+            } => (checked, learn_hash),
+        };
+        let s = &self.inner.stats;
+        match origin {
+            Origin::Parent(_) => {
+                self.dl
+                    .stats
+                    .pieces_from_parents
+                    .fetch_add(1, Ordering::Relaxed);
+                s.bytes_from_peers
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            Origin::Upstream => {
+                self.dl
+                    .stats
+                    .pieces_from_upstream
+                    .fetch_add(1, Ordering::Relaxed);
+                s.bytes_from_upstream
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if checked {
+            s.pieces_verified.fetch_add(1, Ordering::Relaxed);
+        }
+        let stored = self.store(index, &bytes, learn_hash, hash).await?;
+        if !stored {
+            self.dl
+                .memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(index, bytes);
+        }
+        self.core.on_piece_kept(index, hash, stored);
+        self.dl.mark_have(index);
+        Ok(())
+    }
+
+    /// Writes a verified piece; false when it stays in memory only.
+    async fn store(
+        &mut self,
+        index: u32,
+        bytes: &Bytes,
+        set_hash: bool,
+        hash: [u8; 32],
+    ) -> Result<bool, EngineError> {
+        if !self.core.store_ok() {
+            return Ok(false);
+        }
+        let store = self.inner.store.clone();
+        let digest = self.dl.digest;
+        let b = bytes.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            if set_hash {
+                store.set_hashes(&digest, &[(index, hash)])?;
+            }
+            store.write_piece(&digest, index, &b)
+        })
+        .await
+        .map_err(|_| EngineError::TaskAborted("store"))?;
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_local_fault() => {
+                warn!(error = %e, store.path = ?e.path(), "store failed; keeping pieces in memory");
+                self.core.store_failed();
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every piece is here: verify the blob, mark it complete, report.
+    async fn complete(&mut self) -> Result<(), EngineError> {
+        let shape = self.core.shape().expect("complete implies a shape");
+        let digest = self.dl.digest;
+        let dl = self.dl.clone();
+        let got = tokio::task::spawn_blocking(move || -> Result<[u8; 32], EngineError> {
+            let mut hasher = Sha256::new();
+            for i in 0..shape.piece_count() {
+                let piece = dl.read_piece(i)?.ok_or(EngineError::PieceGone(i))?;
+                hasher.update(&piece);
+            }
+            Ok(hasher.finalize().into())
+        })
+        .await
+        .map_err(|_| EngineError::TaskAborted("digest"))??;
+        if got != *digest.as_bytes() {
+            return Err(EngineError::DigestMismatch(digest));
+        }
+        let marked = self.core.store_ok()
+            && match self.inner.store.mark_complete(&digest) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(error = %e, "could not mark the task complete in the store");
+                    false
+                }
+            };
+        self.core.on_complete(marked);
+        self.act().await
+    }
+}
+
+/// Streams `digest` from `from` (a piece boundary) to the end, cut into pieces.
+async fn stream_upstream(
+    upstream: &dyn Upstream,
+    digest: Digest,
+    from: u64,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), EngineError> {
+    let mut body = upstream.fetch(&digest, from).await?;
+    let shape = shoal_proto::TaskShape::for_size(body.total)
+        .map_err(|e| UpstreamError::Malformed(format!("blob size {}: {e}", body.total)))?;
+    if tx.send(Event::UpstreamSize(body.total)).await.is_err() {
+        return Ok(());
+    }
+    let malformed = |e: super::cutter::CutError| UpstreamError::Malformed(e.to_string());
+    let mut cutter = PieceCutter::new(shape, from, body.start).map_err(malformed)?;
+    while let Some(chunk) = body.body.next().await {
+        for (index, piece) in cutter.push(chunk?).map_err(malformed)? {
+            if tx.send(Event::UpstreamPiece(index, piece)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    cutter
+        .finish()
+        .map_err(|e| UpstreamError::Http(e.to_string()))?;
+    Ok(())
+}
