@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`registry`]: a CNCF distribution registry (`docker-registry`), plain HTTP.
 //! - [`upstream`]: a one-blob HTTP upstream that counts what it serves.
+//! - [`relay`]: a fault-injecting relay between a peer and its upstream (stalls,
+//!   resets, wrong bytes, 5xx, a slow link), and a client that says how a pull ended.
 //! - [`scheduler`]: a whole scheduler in this process, through `server::run`.
 //! - [`swarm`]: Shoal's own processes (`shoal-scheduler`, `shoal-peer run`).
 //! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
@@ -27,6 +29,7 @@ pub mod image;
 pub mod netns;
 pub mod netswarm;
 pub mod registry;
+pub mod relay;
 pub mod scheduler;
 pub mod swarm;
 pub mod tls;
