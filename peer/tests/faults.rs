@@ -282,3 +282,104 @@ async fn kill_9_mid_download_then_restart_resumes_and_upstream_serves_at_most_1_
         c.evidence()
     );
 }
+
+/// The piece size the peer cuts the blob into.
+fn piece_size(c: &Case) -> u64 {
+    shoal_proto::piece::piece_size_for(c.size()) as u64
+}
+
+impl Case {
+    /// Stops the peer with SIGTERM (as a node shutdown does) and waits for it to exit.
+    async fn stop(&mut self) {
+        let pid = self.peer.pid().expect("peer running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "could not send SIGTERM to {pid}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !exited(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the peer did not exit within 20 s of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Reaps it.
+        self.peer.kill();
+    }
+}
+
+/// Whether process `pid` has exited (gone, or a zombie waiting to be reaped).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// Flips `len` bytes at `offset` of the blob file under the data dir `data`.
+fn corrupt_at_rest(data: &std::path::Path, digest: &str, offset: u64, len: usize) {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let path = data.join("blobs").join("sha256").join(hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[offset as usize..offset as usize + len] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_mid_body_costs_seconds_then_the_right_bytes() {
+    let c = Case::start(24 * MIB, 141).await;
+    c.relay.set_fault_times(
+        Fault::Stall {
+            after_bytes: 6 * MIB + 12_345,
+        },
+        1,
+    );
+    let outcomes = c.pull_until_right("stall").await;
+    c.summary("stall", &outcomes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_in_one_piece_are_never_served() {
+    let c = Case::start(24 * MIB, 143).await;
+    let offset = 2 * piece_size(&c) + 1000;
+    c.relay
+        .set_fault_times(Fault::CorruptPiece { offset, len: 64 }, 1);
+    let outcomes = c.pull_until_right("corrupt_piece").await;
+    c.summary("corrupt_piece", &outcomes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_for_the_whole_blob_once_then_right_bytes() {
+    let c = Case::start(24 * MIB, 144).await;
+    c.relay.set_fault(Fault::CorruptOnce);
+    let outcomes = c.pull_until_right("corrupt_once").await;
+    c.summary("corrupt_once", &outcomes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_blob_corrupted_at_rest_is_never_served_and_is_repaired() {
+    let mut c = Case::start(24 * MIB, 147).await;
+    let first = c.pull_until_right("at_rest: first pull").await;
+    assert_eq!(first.len(), 1);
+    c.stop().await;
+    // The disk rots while the node is down: a few bytes of the third piece flip.
+    let offset = 2 * piece_size(&c) + 4321;
+    corrupt_at_rest(&c.peer.data_dir(), &c.digest, offset, 8);
+    c.restart().await;
+    let outcomes = c.pull_until_right("at_rest: after restart").await;
+    // Repaired: the next pull is right too.
+    let again = pull(&c.url(), ATTEMPT_LIMIT).await;
+    assert!(
+        again.is_right(&c.digest, c.size()),
+        "at_rest: the pull after the repair: {}\n{}",
+        show(&again, &c.data),
+        c.evidence()
+    );
+    c.summary("at_rest", &outcomes);
+}
