@@ -82,6 +82,13 @@ impl LinkConfig {
 pub trait Inventory: Send + Sync + 'static {
     /// The complete tasks, with their piece hashes.
     fn held(&self) -> Vec<v1::HeldTask>;
+
+    /// The operator dropped `digest` (the scheduler's `drop` command): delete it
+    /// unless it is in use. True when it was deleted. Blocking.
+    fn drop_task(&self, digest: &Digest) -> bool {
+        let _ = digest;
+        false
+    }
 }
 
 /// What the engine tells the scheduler.
@@ -105,6 +112,10 @@ pub enum Report {
     Complete(Digest),
     /// The task was dropped from the store.
     Evicted(Digest),
+    /// The task, assembled from pieces that matched the hashes the scheduler
+    /// handed out, did not match its digest (and was deleted): the hashes are
+    /// wrong. Only from a peer that reported none of them.
+    DigestMismatch(Digest),
     /// A parent sent a bad piece.
     BadParent {
         /// The task.
@@ -354,7 +365,7 @@ async fn run(
     loop {
         let url = &config.schedulers[next % config.schedulers.len().max(1)];
         next += 1;
-        match session(&config, url, &*inventory, &mut reports, &client_tx, &load).await {
+        match session(&config, url, &inventory, &mut reports, &client_tx, &load).await {
             Ok(()) => attempt = 0,
             Err(e) => warn!(scheduler.url = %url, error = %e, attempt, "scheduler link down"),
         }
@@ -375,7 +386,7 @@ async fn run(
 async fn session(
     config: &LinkConfig,
     url: &str,
-    inventory: &dyn Inventory,
+    inventory: &Arc<dyn Inventory>,
     reports: &mut mpsc::Receiver<Report>,
     client_tx: &watch::Sender<Option<SchedulerClient<Channel>>>,
     load: &Load,
@@ -464,7 +475,13 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg {
-                Ok(Some(cmd)) => debug!(command = ?cmd.command, "scheduler command (not acted on yet)"),
+                Ok(Some(cmd)) => {
+                    if let Some(e) = command(inventory, cmd).await
+                        && out.send(ev(e)).await.is_err()
+                    {
+                        return Err(tonic::Status::unavailable("session closed"));
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Err(s) => return Err(s),
             },
@@ -506,6 +523,36 @@ pub fn join_pages(tasks: Vec<v1::HeldTask>) -> Vec<Vec<v1::HeldTask>> {
     pages
 }
 
+/// Carries out a scheduler command; returns the event that answers it.
+async fn command(inventory: &Arc<dyn Inventory>, cmd: v1::SchedulerCommand) -> Option<Event> {
+    use v1::scheduler_command::Command;
+    match cmd.command {
+        Some(Command::Drop(d)) => {
+            let Ok(digest) = d.digest.parse::<Digest>() else {
+                warn!(task.digest = %d.digest, "drop command with a bad digest ignored");
+                return None;
+            };
+            let inv = inventory.clone();
+            let dropped = tokio::task::spawn_blocking(move || inv.drop_task(&digest))
+                .await
+                .unwrap_or(false);
+            if dropped {
+                info!(task.digest = %digest, "task dropped on the scheduler's order");
+                Some(Event::Evicted(v1::TaskEvicted {
+                    digest: digest.to_string(),
+                }))
+            } else {
+                info!(task.digest = %digest, "drop ordered for a task not held or in use; kept");
+                None
+            }
+        }
+        other => {
+            debug!(command = ?other, "scheduler command not acted on");
+            None
+        }
+    }
+}
+
 fn ev(e: Event) -> v1::PeerEvent {
     v1::PeerEvent { event: Some(e) }
 }
@@ -543,6 +590,9 @@ pub fn merge(batch: Vec<Report>) -> Vec<v1::PeerEvent> {
                 digest: d.to_string(),
             }),
             Report::Evicted(d) => Event::Evicted(v1::TaskEvicted {
+                digest: d.to_string(),
+            }),
+            Report::DigestMismatch(d) => Event::DigestMismatch(v1::DigestMismatch {
                 digest: d.to_string(),
             }),
             Report::BadParent {

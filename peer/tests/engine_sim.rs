@@ -295,6 +295,7 @@ impl Sim {
                 self.sched.bad_parent(now, id, digest, &parent)
             }
             Report::Evicted(digest) => self.sched.task_evicted(now, id, digest),
+            Report::DigestMismatch(digest) => self.sched.digest_mismatch(now, id, digest).map(drop),
         };
         // A peer reported bad for the task is not believed any more (by design);
         // an honest peer's report is never refused.

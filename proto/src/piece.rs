@@ -188,6 +188,19 @@ impl PieceSet {
         new
     }
 
+    /// Removes piece `i` (no-op when out of range); returns true when it was there.
+    pub fn remove(&mut self, i: u32) -> bool {
+        if i >= self.len {
+            return false;
+        }
+        let w = &mut self.words[(i / 64) as usize];
+        let bit = 1u64 << (i % 64);
+        let had = *w & bit != 0;
+        *w &= !bit;
+        self.count -= had as u32;
+        had
+    }
+
     /// The lowest piece not in the set, if any.
     pub fn first_missing(&self) -> Option<u32> {
         self.missing_from(0)
@@ -310,6 +323,17 @@ mod tests {
         assert_eq!(s.piece_at(10 << 20), None);
         assert_eq!(TaskShape::for_size(0).unwrap().piece_count(), 0);
         assert!(TaskShape::for_size(MAX_TASK_SIZE + 1).is_err());
+    }
+
+    #[test]
+    fn remove_clears_one_piece_and_counts() {
+        let mut s = PieceSet::full(70);
+        assert!(s.remove(65));
+        assert!(!s.remove(65));
+        assert!(!s.remove(70));
+        assert_eq!(s.count(), 69);
+        assert!(!s.contains(65) && s.contains(64) && s.contains(66));
+        assert_eq!(s.first_missing(), Some(65));
     }
 
     #[test]

@@ -372,6 +372,11 @@ fn apply_event(
             let digest = convert::digest(&e.digest)?;
             state.with_core(|core, now| core.task_evicted(now, peer, digest).map(|()| None))
         }
+        Event::DigestMismatch(m) => {
+            let digest = convert::digest(&m.digest)?;
+            warn!(peer.id = %peer, task.digest = %digest, "task assembled from the swarm's hashes does not match its digest");
+            state.with_core(|core, now| core.digest_mismatch(now, peer, digest))
+        }
         Event::BadParent(b) => {
             let digest = convert::digest(&b.digest)?;
             let parent = convert::peer_id(&b.parent_id)?;

@@ -76,6 +76,22 @@ impl Inventory for StoreInventory {
             .filter(|t| t.piece_hashes.iter().all(|h| h.len() == 32))
             .collect()
     }
+
+    fn drop_task(&self, digest: &Digest) -> bool {
+        if self.0.is_pinned(digest) {
+            return false;
+        }
+        match self.0.meta(digest) {
+            Ok(Some(_)) => match self.0.remove(digest) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(task.digest = %digest, error = %e, "could not drop the task");
+                    false
+                }
+            },
+            _ => false,
+        }
+    }
 }
 
 /// Makes any panic, in any task, end the process after the default hook printed

@@ -93,15 +93,13 @@ pub enum Verdict {
     Duplicate,
     /// From a parent, and wrong: dropped, the parent excluded and reported.
     Bad,
-    /// Keep it: store it, then call [`DownloadCore::on_piece_kept`]. `checked` is
-    /// true when it matched a known hash (false for an upstream piece whose hash
-    /// nobody knew: its hash is learnt from it, and the whole blob's digest is the
-    /// check); `learn_hash` when the store should record its hash.
+    /// Keep it: store it (with its hash), then call
+    /// [`DownloadCore::on_piece_kept`]. `checked` is true when it matched a known
+    /// hash (false for an upstream piece whose hash nobody knew: its hash is learnt
+    /// from it, and the whole blob's digest is the check).
     Keep {
         /// It matched a known hash.
         checked: bool,
-        /// Record its hash with it (it came from upstream).
-        learn_hash: bool,
     },
 }
 
@@ -347,13 +345,9 @@ impl DownloadCore {
             Origin::Upstream if known.is_some_and(|k| k != hash) => {
                 Err(EngineError::UpstreamPieceMismatch(index))
             }
-            Origin::Parent(_) => Ok(Verdict::Keep {
-                checked: true,
-                learn_hash: false,
-            }),
+            Origin::Parent(_) => Ok(Verdict::Keep { checked: true }),
             Origin::Upstream => Ok(Verdict::Keep {
                 checked: known.is_some(),
-                learn_hash: true,
             }),
         }
     }
@@ -431,6 +425,22 @@ impl DownloadCore {
                 hashes,
             });
         }
+    }
+
+    /// Every piece matched its hash and the blob did not match its digest: the
+    /// hashes were wrong, and the driver deleted what it had. A peer that reported
+    /// the hashes (back-to-source) says it no longer holds the task; one that got
+    /// them from the scheduler says they are wrong, so the scheduler discards them
+    /// and elects a new source.
+    pub fn on_digest_mismatch(&mut self) {
+        let report = if self.source {
+            Report::Evicted(self.digest)
+        } else if !self.sched_knows.is_empty() {
+            Report::DigestMismatch(self.digest)
+        } else {
+            return;
+        };
+        self.report(report);
     }
 
     /// True once the shape is known and every piece is held.

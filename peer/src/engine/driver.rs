@@ -23,6 +23,7 @@ use super::download::{Download, DownloadState};
 use super::scheduler::PlanStream;
 use super::upstream::{Upstream, UpstreamError};
 use super::{EngineError, Inner};
+use crate::scheduler_link::Report;
 use crate::transfer::FetchError;
 
 /// How often the driver looks at timeouts and starvation without other input.
@@ -89,6 +90,9 @@ struct Driver<'a> {
     tx: mpsc::Sender<Event>,
     plan: Option<PlanStream>,
     opened: bool,
+    /// Pieces kept without a hash to check them against (held back from readers
+    /// until the digest matched).
+    unchecked: Vec<u32>,
 }
 
 async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), EngineError> {
@@ -101,14 +105,44 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
             None
         }
     };
-    if let Some(m) = &meta
-        && m.complete
-    {
-        dl.set_shape(m.shape);
-        dl.progress.send_modify(|p| p.have = m.pieces.clone());
-        debug!("task already complete in the store");
-        return Ok(());
-    }
+    // What the store holds is checked before it is served: a piece not verified
+    // in this process's life is hashed against its recorded hash (readers get each
+    // piece as soon as it passed), and one damaged at rest is dropped and fetched
+    // again below.
+    let meta = match meta {
+        Some(mut m) => {
+            dl.set_shape(m.shape);
+            let held = m.pieces.clone();
+            for i in held.iter() {
+                let (store, d) = (inner.store.clone(), digest);
+                let good = tokio::task::spawn_blocking(move || store.verify_piece(&d, i))
+                    .await
+                    .map_err(|_| EngineError::TaskAborted("verify"))??;
+                if good {
+                    dl.mark_have(i);
+                } else {
+                    m.pieces.remove(i);
+                    m.complete = false;
+                }
+            }
+            if m.complete {
+                debug!("task already complete in the store");
+                return Ok(());
+            }
+            if m.pieces != held {
+                warn!(
+                    pieces.damaged = held.count() - m.pieces.count(),
+                    "pieces damaged at rest were dropped; fetching them again"
+                );
+                // The scheduler counts this node a holder of what it lost.
+                if held.is_full() {
+                    inner.link.report(Report::Evicted(digest));
+                }
+            }
+            Some(m)
+        }
+        None => None,
+    };
     // Small on purpose: every queued event may hold a piece (up to 16 MiB), and an
     // upstream faster than the disk would otherwise fill the queue. Fetches from
     // parents are bounded by the planner's in-flight cap anyway.
@@ -125,6 +159,7 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
         tx,
         plan: None,
         opened: false,
+        unchecked: Vec::new(),
     };
     if let Some(m) = meta {
         d.core.resume(m.shape, &m.hashes, &m.pieces)?;
@@ -319,7 +354,7 @@ impl Driver<'_> {
                 .await
                 .map_err(|_| EngineError::TaskAborted("hash"))?
         };
-        let (checked, learn_hash) = match self.core.on_piece(index, hash, origin)? {
+        let checked = match self.core.on_piece(index, hash, origin)? {
             Verdict::Duplicate => return Ok(()),
             Verdict::Bad => {
                 self.dl.stats.bad_pieces.fetch_add(1, Ordering::Relaxed);
@@ -329,10 +364,7 @@ impl Driver<'_> {
                     .fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
-            Verdict::Keep {
-                checked,
-                learn_hash,
-            } => (checked, learn_hash),
+            Verdict::Keep { checked } => checked,
         };
         let s = &self.inner.stats;
         match origin {
@@ -356,7 +388,7 @@ impl Driver<'_> {
         if checked {
             s.pieces_verified.fetch_add(1, Ordering::Relaxed);
         }
-        let stored = self.store(index, &bytes, learn_hash, hash).await?;
+        let stored = self.store(index, &bytes, hash).await?;
         if !stored {
             self.dl
                 .memory
@@ -365,16 +397,22 @@ impl Driver<'_> {
                 .insert(index, bytes);
         }
         self.core.on_piece_kept(index, hash, stored);
-        self.dl.mark_have(index);
+        // A piece checked against nothing but itself is readable only once the
+        // whole blob matched its digest.
+        if checked {
+            self.dl.mark_have(index);
+        } else {
+            self.unchecked.push(index);
+        }
         Ok(())
     }
 
-    /// Writes a verified piece; false when it stays in memory only.
+    /// Writes a verified piece with its hash (so that a restart can check it and
+    /// announce the task); false when it stays in memory only.
     async fn store(
         &mut self,
         index: u32,
         bytes: &Bytes,
-        set_hash: bool,
         hash: [u8; 32],
     ) -> Result<bool, EngineError> {
         if !self.core.store_ok() {
@@ -384,9 +422,7 @@ impl Driver<'_> {
         let digest = self.dl.digest;
         let b = bytes.clone();
         let r = tokio::task::spawn_blocking(move || {
-            if set_hash {
-                store.set_hashes(&digest, &[(index, hash)])?;
-            }
+            store.set_hashes(&digest, &[(index, hash)])?;
             store.write_piece(&digest, index, &b)
         })
         .await
@@ -418,7 +454,27 @@ impl Driver<'_> {
         .await
         .map_err(|_| EngineError::TaskAborted("digest"))??;
         if got != *digest.as_bytes() {
+            // Pieces that each matched their hash make up the wrong blob: the hashes
+            // (from upstream, or from the swarm) were wrong. Nothing of it is kept, so
+            // the next request starts afresh; the scheduler learns of it.
+            let store = self.inner.store.clone();
+            let removed = tokio::task::spawn_blocking(move || store.remove(&digest))
+                .await
+                .map_err(|_| EngineError::TaskAborted("remove"))?;
+            if let Err(e) = removed {
+                warn!(error = %e, "could not delete the mismatching blob");
+            }
+            self.dl
+                .memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.core.on_digest_mismatch();
+            self.act().await?;
             return Err(EngineError::DigestMismatch(digest));
+        }
+        for i in std::mem::take(&mut self.unchecked) {
+            self.dl.mark_have(i);
         }
         let marked = self.core.store_ok()
             && match self.inner.store.mark_complete(&digest) {

@@ -1,7 +1,10 @@
 //! [`Download::reader`]: the blob's bytes from an offset, in order, each piece as soon
 //! as it is verified. This is what the registry mirror streams to containerd.
 //!
-//! The last piece is held back until the whole blob matched its digest.
+//! The last piece is held back until the whole blob matched its digest, and so is
+//! every piece whose hash nobody knew before it arrived (an upstream piece with no
+//! hash from the swarm: its only check is the digest). [`Download::first_ready`]
+//! lets the mirror send its headers only once the first byte can follow.
 //! The reader waits on the download's progress (a `watch` channel) and tells the
 //! driver where it is, so the planner's window follows it. Not here: HTTP ranges and
 //! headers (the mirror), verification (the driver only publishes verified pieces).
@@ -61,6 +64,24 @@ struct ReadState {
 }
 
 impl Download {
+    /// Waits until the byte at `offset` can be read (or the blob ends there), so
+    /// that a response is started only when its first body byte can follow. `Err`
+    /// when the download failed first: the caller answers with a clean error.
+    pub async fn first_ready(&self, offset: u64) -> Result<(), EngineError> {
+        self.reader_offset.store(offset, Ordering::Relaxed);
+        let mut rx = self.progress();
+        loop {
+            match next(&rx.borrow_and_update(), offset) {
+                Next::Piece(_) | Next::End => return Ok(()),
+                Next::Fail(e) => return Err(e),
+                Next::Wait => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(EngineError::Dropped);
+            }
+        }
+    }
+
     /// The blob's bytes from `offset` to the end, in order, yielded as soon as the
     /// pieces covering them are verified. Ends with an error if the download fails
     /// (or `offset` is past the end).

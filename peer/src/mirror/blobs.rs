@@ -120,6 +120,12 @@ pub(super) async fn serve(
     if head {
         return Ok(builder.body(Body::empty()).expect("valid response"));
     }
+    // The status goes out only once the first body byte is verified: a download
+    // that fails before that is answered with a clean error, and containerd
+    // moves on to its next host.
+    if let Err(why) = dl.first_ready(start).await {
+        return Ok(failed(&dl, why, head));
+    }
     let served = m.stats.clone();
     let from_cache = cached.is_some();
     let body = limited(dl.clone(), start, len).map(move |chunk| {
@@ -199,31 +205,27 @@ async fn wait_for_size(dl: &Arc<Download>, head: bool) -> Result<u64, Response> 
     };
     match (p.shape, p.state) {
         (Some(shape), DownloadState::Running | DownloadState::Complete) => Ok(shape.size()),
-        (_, DownloadState::Failed(why)) => {
-            debug!(task.digest = %dl.digest(), error = %why, "blob download failed before the first byte");
-            if let EngineError::Upstream(UpstreamError::Status {
-                status,
-                www_authenticate,
-            }) = &why
-                && (400..500).contains(status)
-            {
-                let challenge = www_authenticate
-                    .as_deref()
-                    .and_then(|c| HeaderValue::from_str(c).ok());
-                return Err(relay::refused(
-                    *status,
-                    challenge,
-                    &dl.digest().to_string(),
-                    head,
-                ));
-            }
-            Err(
-                OciError::unavailable(format!("cannot fetch {}: {why}", dl.digest()))
-                    .into_response(),
-            )
-        }
+        (_, DownloadState::Failed(why)) => Err(failed(dl, why, head)),
         (None, _) => Err(OciError::internal("download ended without a size").into_response()),
     }
+}
+
+/// The answer to a download that failed before the first body byte: an upstream
+/// refusal (4xx) as upstream gave it, anything else as 503.
+fn failed(dl: &Download, why: EngineError, head: bool) -> Response {
+    debug!(task.digest = %dl.digest(), error = %why, "blob download failed before the first byte");
+    if let EngineError::Upstream(UpstreamError::Status {
+        status,
+        www_authenticate,
+    }) = &why
+        && (400..500).contains(status)
+    {
+        let challenge = www_authenticate
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok());
+        return relay::refused(*status, challenge, &dl.digest().to_string(), head);
+    }
+    OciError::unavailable(format!("cannot fetch {}: {why}", dl.digest())).into_response()
 }
 
 /// `len` bytes from `start`, cut from the download's verified stream. An error ends

@@ -9,7 +9,14 @@
 //! marked complete only after its file is synced, and the metadata is flushed
 //! then. On open, [`recover`](DiskStore::open) re-hashes every piece an
 //! in-progress task records as present and clears those that do not match
-//! (or whose hash is unknown), so nothing unverified is ever read back.
+//! (or whose hash is unknown).
+//!
+//! Damage at rest: the store remembers which pieces were verified in this
+//! process's life (written after the engine verified them, or re-hashed). Any
+//! other piece — every piece of a task completed before a restart — is hashed
+//! on its first read and checked against its recorded hash; a piece that fails
+//! is dropped and the task is no longer complete, so it is fetched again. No
+//! byte leaves the store unverified in this process's life.
 //!
 //! Concurrency: one small entry per task in a map (its file handle and a lock
 //! that serialises that task's metadata updates); piece I/O runs with no lock
@@ -63,6 +70,10 @@ pub struct DiskStore {
     /// Paths whose failure was already logged.
     logged: Mutex<HashSet<PathBuf>>,
     recovery: Recovery,
+    /// Pieces verified in this process's life, per task.
+    verified: Mutex<HashMap<Digest, PieceSet>>,
+    /// Pieces found damaged at rest and dropped.
+    damaged: AtomicU64,
 }
 
 /// One task's in-memory handle.
@@ -150,9 +161,83 @@ impl DiskStore {
             seq: AtomicU64::new(0),
             logged: Mutex::default(),
             recovery: Recovery::default(),
+            verified: Mutex::default(),
+            damaged: AtomicU64::new(0),
         };
         store.recovery = store.recover()?;
         Ok(store)
+    }
+
+    /// Pieces found damaged at rest (and dropped) since the store was opened.
+    pub fn damaged_pieces(&self) -> u64 {
+        self.damaged.load(Ordering::Relaxed)
+    }
+
+    /// Records piece `index` of a task of `count` pieces as verified in this life.
+    fn mark_verified(&self, digest: &Digest, index: u32, count: u32) {
+        let mut map = lock(&self.verified);
+        let set = map.entry(*digest).or_insert_with(|| PieceSet::new(count));
+        if set.len() != count {
+            *set = PieceSet::new(count);
+        }
+        set.insert(index);
+    }
+
+    fn is_verified(&self, digest: &Digest, index: u32) -> bool {
+        lock(&self.verified)
+            .get(digest)
+            .is_some_and(|s| s.contains(index))
+    }
+
+    /// Checks a piece read for the first time in this life against its recorded
+    /// hash; drops it when it does not match (or has no hash).
+    fn check_first_read(
+        &self,
+        digest: &Digest,
+        shape: &TaskShape,
+        index: u32,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        use sha2::{Digest as _, Sha256};
+        let want = self
+            .hashes
+            .get(record::hash_key(digest, index))
+            .map_err(|e| self.db_err(e))?
+            .and_then(|v| <[u8; 32]>::try_from(&*v).ok());
+        if want.is_some_and(|w| Sha256::digest(bytes).as_slice() == w) {
+            self.mark_verified(digest, index, shape.piece_count());
+            return Ok(());
+        }
+        tracing::warn!(task.digest = %digest, piece.index = index, "stored piece does not match its hash; dropping it");
+        self.damaged.fetch_add(1, Ordering::Relaxed);
+        self.drop_piece(digest, shape, index)?;
+        Err(StoreError::PieceDamaged {
+            digest: *digest,
+            index,
+        })
+    }
+
+    /// Forgets piece `index`: it is no longer present and the task no longer
+    /// complete.
+    fn drop_piece(&self, digest: &Digest, shape: &TaskShape, index: u32) -> Result<(), StoreError> {
+        self.with_entry(digest, |_, _| {
+            let Some(mut header) = self.header(digest)? else {
+                return Ok(());
+            };
+            let mut pieces = self.bitmap(digest, shape)?;
+            pieces.remove(index);
+            self.put_bitmap(digest, &pieces)?;
+            if header.complete {
+                header.complete = false;
+                self.tasks
+                    .insert(digest.as_bytes(), header.encode())
+                    .map_err(|e| self.db_err(e))?;
+            }
+            if let Some(v) = lock(&self.verified).get_mut(digest) {
+                v.remove(index);
+            }
+            self.flush()
+        })
     }
 
     /// The data dir.
@@ -338,6 +423,7 @@ impl DiskStore {
             entry.removed.store(true, Ordering::SeqCst);
             *file = None;
             lock(&self.entries).remove(digest);
+            lock(&self.verified).remove(digest);
             self.tasks
                 .remove(digest.as_bytes())
                 .map_err(|e| self.db_err(e))?;
@@ -491,6 +577,7 @@ impl PieceStore for DiskStore {
         }
         let mut pieces = self.bitmap(digest, &shape)?;
         pieces.insert(index);
+        self.mark_verified(digest, index, shape.piece_count());
         self.pieces
             .insert(digest.as_bytes(), pieces.to_bytes())
             .map(drop)
@@ -516,8 +603,26 @@ impl PieceStore for DiskStore {
         if entry.removed.load(Ordering::SeqCst) {
             return Ok(None);
         }
+        if !self.is_verified(digest, index) {
+            self.check_first_read(digest, &shape, index, &buf)?;
+        }
         self.touch(digest)?;
         Ok(Some(Bytes::from(buf)))
+    }
+
+    fn verify_piece(&self, digest: &Digest, index: u32) -> Result<bool, StoreError> {
+        if self.is_verified(digest, index) {
+            let Some(header) = self.header(digest)? else {
+                return Ok(false);
+            };
+            let shape = self.shape(digest, &header)?;
+            return Ok(self.bitmap(digest, &shape)?.contains(index));
+        }
+        match self.read_piece(digest, index) {
+            Ok(p) => Ok(p.is_some()),
+            Err(StoreError::PieceDamaged { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn mark_complete(&self, digest: &Digest) -> Result<(), StoreError> {
@@ -571,6 +676,10 @@ impl PieceStore for DiskStore {
 
     fn pin(&self, digest: &Digest) -> PinGuard {
         self.pins.pin(digest)
+    }
+
+    fn is_pinned(&self, digest: &Digest) -> bool {
+        self.pins.lock().contains_key(digest)
     }
 
     fn collect_garbage(&self) -> Result<Vec<Digest>, StoreError> {

@@ -93,6 +93,16 @@ pub enum StoreError {
         /// Pieces the task has.
         count: u32,
     },
+    /// A stored piece no longer matches its hash (or its hash is unknown): it was
+    /// damaged at rest. The store dropped it (the task is no longer complete); it
+    /// has to be fetched again.
+    #[error("piece {index} of task {digest} does not match its hash; dropped from the store")]
+    PieceDamaged {
+        /// The task.
+        digest: Digest,
+        /// The piece.
+        index: u32,
+    },
     /// The media type is too long or not printable ASCII.
     #[error("invalid media type for task {0}: at most 255 printable ASCII characters")]
     InvalidMediaType(Digest),

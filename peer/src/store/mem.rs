@@ -221,6 +221,10 @@ impl PieceStore for MemStore {
         self.pins.pin(digest)
     }
 
+    fn is_pinned(&self, digest: &Digest) -> bool {
+        self.pins.lock().contains_key(digest)
+    }
+
     fn collect_garbage(&self) -> Result<Vec<Digest>, StoreError> {
         let candidates = lock(&self.tasks)
             .values()

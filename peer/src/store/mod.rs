@@ -84,7 +84,22 @@ pub trait PieceStore: Send + Sync + 'static {
     fn write_piece(&self, digest: &Digest, index: u32, bytes: &[u8]) -> Result<(), StoreError>;
     /// Reads a present piece (None if not present or the task is not stored).
     /// Updates last access.
+    ///
+    /// Never returns bytes that were not verified in this process's life: a piece
+    /// read for the first time since the store was opened is hashed and checked
+    /// against its recorded hash; one that fails is dropped (the task is no longer
+    /// complete) and the read fails with [`StoreError::PieceDamaged`].
     fn read_piece(&self, digest: &Digest, index: u32) -> Result<Option<bytes::Bytes>, StoreError>;
+    /// True when piece `index` is present and verified in this process's life
+    /// (checking it now, as [`PieceStore::read_piece`] would, if it was not);
+    /// false when it is not present or failed the check (and was dropped).
+    fn verify_piece(&self, digest: &Digest, index: u32) -> Result<bool, StoreError> {
+        match self.read_piece(digest, index) {
+            Ok(p) => Ok(p.is_some()),
+            Err(StoreError::PieceDamaged { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     /// Marks the task complete (caller verified the whole blob's digest).
     ///
     /// Every piece must be present ([`StoreError::Incomplete`] otherwise). The
@@ -96,6 +111,9 @@ pub trait PieceStore: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<TaskMeta>, StoreError>;
     /// Pins a task against eviction while it is read or written (RAII guard; count-based).
     fn pin(&self, digest: &Digest) -> PinGuard;
+    /// True while a guard from [`PieceStore::pin`] holds the task (it is being read
+    /// or written).
+    fn is_pinned(&self, digest: &Digest) -> bool;
     /// Runs GC if usage > high watermark: evicts least-recently-used unpinned
     /// complete tasks until usage <= low watermark; returns the evicted digests
     /// (the caller reports them to the scheduler).

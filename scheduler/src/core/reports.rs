@@ -197,7 +197,7 @@ impl Scheduler {
     /// [`Ignored::MismatchAfterConfirmed`]. A peer that reported some of the
     /// hashes cannot discard them this way (it would only accuse itself).
     ///
-    /// The proto has no event for this yet; the adapter cannot call it.
+    /// On the wire: the session event `DigestMismatch`.
     pub fn digest_mismatch(
         &mut self,
         now: Instant,

@@ -69,10 +69,7 @@ fn no_plan_streams_everything_from_upstream_and_reports_nothing() {
     for i in 0..shape().piece_count() {
         assert_eq!(
             c.on_piece(i, [i as u8; 32], Origin::Upstream).unwrap(),
-            Verdict::Keep {
-                checked: false,
-                learn_hash: true
-            }
+            Verdict::Keep { checked: false }
         );
         c.on_piece_kept(i, [i as u8; 32], true);
     }
@@ -143,10 +140,7 @@ fn a_child_reports_pieces_without_hashes_and_never_a_piece_it_keeps_in_memory() 
     assert!(fetches > 0);
     assert_eq!(
         c.on_piece(0, [0; 32], Origin::Parent("p")).unwrap(),
-        Verdict::Keep {
-            checked: true,
-            learn_hash: false
-        }
+        Verdict::Keep { checked: true }
     );
     c.on_piece_kept(0, [0; 32], true);
     assert_eq!(

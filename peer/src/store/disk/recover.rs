@@ -156,6 +156,7 @@ impl DiskStore {
                 };
                 if good {
                     kept.insert(i);
+                    self.mark_verified(digest, i, count);
                 } else {
                     tracing::warn!(task.digest = %digest, piece.index = i, "clearing piece that failed verification");
                 }
@@ -170,7 +171,7 @@ impl DiskStore {
         Ok(Some(header.size))
     }
 
-    fn put_bitmap(&self, digest: &Digest, pieces: &PieceSet) -> Result<(), StoreError> {
+    pub(super) fn put_bitmap(&self, digest: &Digest, pieces: &PieceSet) -> Result<(), StoreError> {
         self.pieces
             .insert(digest.as_bytes(), pieces.to_bytes())
             .map(drop)
