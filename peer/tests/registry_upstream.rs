@@ -21,7 +21,8 @@ use reqwest::header::HeaderValue;
 use sha2::{Digest as _, Sha256};
 use shoal_peer::engine::Upstream;
 use shoal_peer::registry::{
-    Object, Registries, RegistriesConfig, RegistryClient, RegistryError, UpstreamRequest,
+    Object, Registries, RegistriesConfig, RegistryClient, RegistryError, UpstreamPolicy,
+    UpstreamRequest,
 };
 use shoal_proto::Digest;
 use shoal_tests::Recorder;
@@ -245,7 +246,7 @@ async fn a_5xx_is_retried_attempts_times_then_unreachable() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = config(tmp.path());
     c.default_upstream = Some(format!("http://{}", upstream.addr()));
-    c.attempts = 3;
+    c.policy.attempts = 3;
     let client = Registries::new(c).resolve(None).unwrap();
     let err = client
         .send(&get(Object::Blob(Digest::from_sha256([2; 32]))))
@@ -256,6 +257,27 @@ async fn a_5xx_is_retried_attempts_times_then_unreachable() {
         "{err:?}"
     );
     assert_eq!(upstream.requests().len(), 3, "{:?}", upstream.requests());
+}
+
+#[tokio::test]
+async fn a_registry_s_own_attempts_replace_the_default() {
+    let upstream = Recorder::start(503).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.default_upstream = Some(format!("http://{}", upstream.addr()));
+    c.policy.attempts = 3;
+    let own = UpstreamPolicy {
+        attempts: 1,
+        ..UpstreamPolicy::default()
+    };
+    c.per_registry.insert(upstream.addr().to_string(), own);
+    let client = Registries::new(c).resolve(None).unwrap();
+    let err = client
+        .send(&get(Object::Blob(Digest::from_sha256([2; 32]))))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, RegistryError::Unreachable { .. }), "{err:?}");
+    assert_eq!(upstream.requests().len(), 1, "{:?}", upstream.requests());
 }
 
 #[tokio::test]

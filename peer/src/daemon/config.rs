@@ -6,6 +6,7 @@
 //! Layout: this file (flags, [`Settings`], validation), `config/file.rs` (the file's
 //! shape and loading), `config/tests.rs`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU64;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::registry::UpstreamPolicy;
 use crate::store::StoreConfig;
 use file::{File, Text};
 
@@ -122,6 +124,10 @@ pub struct Settings {
     pub containerd_hosts_dir: PathBuf,
     /// Upstream for requests without `ns`.
     pub default_upstream: Option<String>,
+    /// How hard to try a registry without its own entry (`[registries._default]`).
+    pub upstream: UpstreamPolicy,
+    /// Per registry (`[registries."HOST"]`, over `[registries._default]`).
+    pub registry_policies: BTreeMap<String, UpstreamPolicy>,
 }
 
 /// Parses `10GiB`, `500MiB`, `64KiB`, `1024` (bytes).
@@ -204,6 +210,7 @@ impl Settings {
                 File::default()
             }),
         };
+        let (upstream, registry_policies) = file.policies(a.config.as_deref(), &mut errors);
         let get = |flag: Option<String>, file: Option<Text>, default: &str| -> String {
             flag.or(file.map(|t| t.0))
                 .unwrap_or_else(|| default.to_string())
@@ -367,6 +374,8 @@ impl Settings {
             mirror_listen: mirror_listen.expect("checked"),
             containerd_hosts_dir,
             default_upstream,
+            upstream,
+            registry_policies,
         })
     }
 }

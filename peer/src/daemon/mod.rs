@@ -196,6 +196,8 @@ pub async fn run(
     let mirror_port = mirror_listener.local_addr()?.port();
     let mut registries = RegistriesConfig::new(settings.containerd_hosts_dir.clone());
     registries.default_upstream = settings.default_upstream.clone();
+    registries.policy = settings.upstream;
+    registries.per_registry = settings.registry_policies.clone();
     registries.own_mirrors = [
         format!("http://{}", settings.mirror_listen),
         format!("http://127.0.0.1:{mirror_port}"),

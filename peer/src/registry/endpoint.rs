@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::warn;
 
 use super::hosts_toml::{EndpointSpec, NamedFile};
-use super::{RegistriesConfig, RegistryError, names};
+use super::{RegistryError, UpstreamPolicy, names};
 
 /// `User-Agent` of every upstream request.
 const USER_AGENT: &str = concat!("shoal-peer/", env!("CARGO_PKG_VERSION"));
@@ -52,12 +52,12 @@ impl Endpoint {
         spec: EndpointSpec,
         registry: &str,
         origin: &Path,
-        config: &RegistriesConfig,
+        policy: &UpstreamPolicy,
     ) -> Result<Endpoint, RegistryError> {
         let label = label(&spec.url);
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .connect_timeout(spec.dial_timeout.unwrap_or(config.connect_timeout))
+            .connect_timeout(spec.dial_timeout.unwrap_or(policy.connect_timeout))
             .pool_idle_timeout(Duration::from_secs(90))
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
         for ca in &spec.ca {

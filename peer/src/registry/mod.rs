@@ -11,7 +11,8 @@
 //! [`RegistryClient::blob_upstream`] is the download engine's view of one blob.
 //!
 //! Layout:
-//! - `config.rs`: [`RegistriesConfig`] (defaults, validation) and the default upstream.
+//! - `config.rs`: [`RegistriesConfig`] and [`UpstreamPolicy`] (defaults, validation) and
+//!   the default upstream.
 //! - [`hosts_toml`]: the pure parser (text and directory in, endpoints out).
 //! - [`names`]: the `ns` grammar, directory candidates, implicit servers, loop detection.
 //! - `endpoint.rs`: one configured endpoint and its HTTP client (reads certificates).
@@ -43,7 +44,7 @@ use tracing::{debug, info};
 
 pub use blob::BlobUpstream;
 pub use client::RegistryClient;
-pub use config::RegistriesConfig;
+pub use config::{RegistriesConfig, UpstreamPolicy};
 
 use config::DefaultUpstream;
 use hosts_toml::EndpointSpec;

@@ -233,9 +233,39 @@ fn validate_reports_every_problem() {
     assert!(c.validate().is_ok());
     c.default_upstream = Some("ftp://x".into());
     c.own_mirrors = vec!["http://".into()];
-    c.attempts = 0;
-    c.request_timeout = Duration::ZERO;
+    c.policy.attempts = 0;
+    c.policy.request_timeout = Duration::ZERO;
     assert_eq!(c.validate().unwrap_err().len(), 4);
+    c = RegistriesConfig::new("/nonexistent".into());
+    let zero_idle = UpstreamPolicy {
+        idle_timeout: Duration::ZERO,
+        ..UpstreamPolicy::default()
+    };
+    c.per_registry.insert("ghcr.io".into(), zero_idle);
+    c.per_registry
+        .insert("not a host".into(), UpstreamPolicy::default());
+    let problems = c.validate().unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("ghcr.io: idle timeout"),
+        "{problems:?}"
+    );
+    assert!(problems[1].contains("not a registry host"), "{problems:?}");
+}
+
+#[test]
+fn a_registry_s_own_policy_replaces_the_default() {
+    let mut c = RegistriesConfig::new("/nonexistent".into());
+    let ghcr = UpstreamPolicy {
+        idle_timeout: Duration::from_secs(42),
+        ..UpstreamPolicy::default()
+    };
+    c.per_registry.insert("ghcr.io".into(), ghcr);
+    assert_eq!(c.policy_for("ghcr.io"), &ghcr);
+    assert_eq!(c.policy_for("docker.io"), &UpstreamPolicy::default());
+    c.default_upstream = Some("ghcr.io".into());
+    let client = Registries::new(c).resolve(None).unwrap();
+    assert_eq!(client.idle_timeout(), Duration::from_secs(42));
 }
 
 #[test]

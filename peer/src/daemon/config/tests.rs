@@ -197,3 +197,89 @@ fn from_args_parses_words() {
     let errs = Settings::from_args(["shoal-peer", "--no-such-flag"]).unwrap_err();
     assert!(errs[0].contains("--no-such-flag"), "{errs:?}");
 }
+
+#[test]
+fn registries_default_then_own_entries_over_it() {
+    let (_dir, path) = config_file(
+        r#"
+[registries._default]
+idle_timeout = "20s"
+attempts = 2
+
+[registries."ghcr.io"]
+connect_timeout = "1s"
+idle_timeout = "300ms"
+
+[registries."10.0.0.9:5000"]
+attempts = "5"
+"#,
+    );
+    let s = resolve(&["--config", &path, "--dev-ephemeral-tls"]).unwrap();
+    let default = UpstreamPolicy {
+        idle_timeout: Duration::from_secs(20),
+        attempts: 2,
+        ..UpstreamPolicy::default()
+    };
+    assert_eq!(s.upstream, default);
+    assert_eq!(
+        s.registry_policies["ghcr.io"],
+        UpstreamPolicy {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_millis(300),
+            ..default
+        }
+    );
+    assert_eq!(s.registry_policies["10.0.0.9:5000"].attempts, 5);
+    assert_eq!(
+        s.registry_policies["10.0.0.9:5000"].idle_timeout,
+        Duration::from_secs(20)
+    );
+    assert_eq!(s.registry_policies.len(), 2);
+
+    let s = resolve(&["--dev-ephemeral-tls"]).unwrap();
+    assert_eq!(s.upstream, UpstreamPolicy::default());
+    assert!(s.registry_policies.is_empty());
+}
+
+#[test]
+fn registries_every_bad_value_at_once() {
+    let (_dir, path) = config_file(
+        r#"
+[registries._default]
+idle_timeout = "0s"
+
+[registries."ghcr.io"]
+connect_timeout = "soon"
+attempts = 0
+
+[registries."https://quay.io"]
+attempts = 1
+"#,
+    );
+    let errs = resolve(&["--config", &path, "--dev-ephemeral-tls"]).unwrap_err();
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert!(errs.iter().all(|e| e.contains("peer.toml")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(r#"[registries."_default"] idle_timeout"#))
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(r#"[registries."ghcr.io"] connect_timeout"#))
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(r#"[registries."ghcr.io"] attempts"#))
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("https://quay.io") && e.contains("not a registry host"))
+    );
+
+    let (_dir, path) = config_file("[registries.\"ghcr.io\"]\ndial_timeout = \"1s\"\n");
+    let errs = resolve(&["--config", &path, "--dev-ephemeral-tls"]).unwrap_err();
+    assert!(
+        errs[0].contains("dial_timeout") && errs[0].contains("line 2"),
+        "{errs:?}"
+    );
+}
