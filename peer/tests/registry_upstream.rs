@@ -4,8 +4,9 @@
 //! certificate layout; images pushed with skopeo.
 //!
 //! Also: retries and their limits against `Recorder` (a listener that answers one fixed
-//! status), and what reqwest does with `Authorization` on redirects against a small
-//! recording HTTP server (no registry redirects blobs without object storage).
+//! status), a body that stalls after its first bytes (the idle timeout), and what
+//! reqwest does with `Authorization` on redirects against a small recording HTTP server
+//! (no registry redirects blobs without object storage).
 //!
 //! Needs `docker-registry` and `skopeo` for most tests: they skip with a printed reason
 //! when missing, and fail when `CI=true`. Traffic stays on 127.0.0.1.
@@ -19,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::header::HeaderValue;
 use sha2::{Digest as _, Sha256};
-use shoal_peer::engine::Upstream;
+use shoal_peer::engine::{Upstream, UpstreamError};
 use shoal_peer::registry::{
     Object, Registries, RegistriesConfig, RegistryClient, RegistryError, UpstreamPolicy,
     UpstreamRequest,
@@ -574,4 +575,78 @@ async fn authorization_is_dropped_on_cross_host_redirects_only() {
     let same = heads.last().unwrap();
     assert!(same.starts_with("GET /same-host/blob "), "{same}");
     assert!(has_header(same, "authorization"), "{same}");
+}
+
+/// An upstream that answers every request with `200`, a `Content-Length` of 1 MiB and
+/// the first 1000 bytes of the body, then holds the connection open and sends nothing
+/// more (a connection dropped silently by a NAT). Loopback only.
+async fn stalling_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&[7u8; 1000]).await;
+                // Stall: keep the connection open, send nothing more.
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                drop(conn);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_fails_after_the_idle_timeout() {
+    let addr = stalling_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.default_upstream = Some(format!("http://{addr}"));
+    let quick = UpstreamPolicy {
+        idle_timeout: Duration::from_millis(300),
+        ..UpstreamPolicy::default()
+    };
+    c.per_registry.insert(addr.to_string(), quick);
+    let client = Registries::new(c).resolve(None).unwrap();
+    let upstream = client.blob_upstream(REPO.into(), None);
+    let mut body = upstream
+        .fetch(&Digest::from_sha256([3; 32]), 0)
+        .await
+        .unwrap();
+    assert_eq!(body.total, 1 << 20);
+    // Bounds a hang only (the idle timeout is 300 ms); no duration is asserted.
+    let read = async {
+        let mut got = 0;
+        loop {
+            match body.body.next().await {
+                Some(Ok(chunk)) => got += chunk.len(),
+                Some(Err(e)) => return (got, Some(e)),
+                None => return (got, None),
+            }
+        }
+    };
+    let (got, err) = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the stalled body never failed");
+    assert_eq!(got, 1000, "the bytes before the stall arrive");
+    let err = err.expect("the stalled body ended without an error");
+    assert!(
+        matches!(&err, UpstreamError::Http(m) if m.contains("idle timeout")),
+        "{err:?}"
+    );
+    assert!(
+        body.body.next().await.is_none(),
+        "the stream ends after its error"
+    );
 }

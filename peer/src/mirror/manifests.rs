@@ -41,7 +41,7 @@ pub(super) async fn serve(
         range_from: None,
     };
     match client.send(&req).await {
-        Ok(resp) => Ok(relay::response(resp, head)),
+        Ok(resp) => Ok(relay::response(resp, head, client.idle_timeout())),
         Err(e) => Err(OciError::unavailable(format!(
             "manifest {name}:{reference}: {e}"
         ))),

@@ -6,7 +6,7 @@
 //! `<hosts_dir>/<ns>/hosts.toml` the way containerd does (`host_port_`, `host:port`,
 //! then `_default`), parses it, drops the entries that point at this peer's own mirror,
 //! builds one `reqwest::Client` per endpoint (rustls; `ca`, `client`, `skip_verify`,
-//! `proxy`, `dial_timeout`) and caches the result until the file (or a certificate it
+//! `proxy`, `dial_timeout`; TCP keepalive; the registry's [`UpstreamPolicy`]) and caches the result until the file (or a certificate it
 //! names) changes. [`RegistryClient::send`] tries the endpoints in order with retries;
 //! [`RegistryClient::blob_upstream`] is the download engine's view of one blob.
 //!
@@ -18,6 +18,7 @@
 //! - `endpoint.rs`: one configured endpoint and its HTTP client (reads certificates).
 //! - `client.rs`: [`RegistryClient`], the try-in-order-with-retries loop.
 //! - `blob.rs`: [`BlobUpstream`] and the blob response parsing shared with the engine.
+//! - `body.rs`: [`idle_limited`], a response body that fails when upstream goes quiet.
 //!
 //! Not here: the mirror's HTTP surface and its OCI error bodies, the token dance (a 401
 //! and its `WWW-Authenticate` are returned to the caller, who relays them to containerd),
@@ -25,6 +26,7 @@
 //! containerd's HTTP fallback for `http://` hosts that also have TLS settings.
 
 mod blob;
+mod body;
 mod client;
 mod config;
 mod endpoint;
@@ -43,6 +45,7 @@ use shoal_proto::Digest;
 use tracing::{debug, info};
 
 pub use blob::BlobUpstream;
+pub use body::{BodyError, idle_limited};
 pub use client::RegistryClient;
 pub use config::{RegistriesConfig, UpstreamPolicy};
 
