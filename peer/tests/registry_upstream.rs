@@ -128,7 +128,7 @@ async fn plain_http_blob_whole_and_from_an_offset() {
     let p = pushed();
     let mut c = config(&p.tmp.path().join("no-hosts-dir"));
     c.default_upstream = Some(p.registry.url());
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     assert_eq!(client.registry(), p.registry.addr().to_string());
     let layer_digest = digest(&p.image.layer_digest);
 
@@ -151,7 +151,7 @@ async fn manifest_by_tag_returns_upstream_content_type_and_digest() {
     let p = pushed();
     let mut c = config(&p.tmp.path().join("no-hosts-dir"));
     c.default_upstream = Some(p.registry.url());
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     let mut req = get(Object::Manifest(TAG.into()));
     req.accept = vec![OCI_MANIFEST.into(), DOCKER_MANIFEST.into()];
     let response = client.send(&req).await.unwrap();
@@ -191,7 +191,7 @@ async fn a_404_is_returned_once_not_retried() {
     let p = pushed();
     let mut c = config(&p.tmp.path().join("no-hosts-dir"));
     c.default_upstream = Some(p.registry.url());
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     let unknown = Digest::from_sha256([7; 32]);
     let response = client.send(&get(Object::Blob(unknown))).await.unwrap();
     assert_eq!(response.status(), 404);
@@ -222,7 +222,7 @@ async fn a_stopped_registry_is_unreachable_after_the_retries() {
     drop(registry);
     let mut c = config(&tmp.path().join("no-hosts-dir"));
     c.default_upstream = Some(url);
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     match client
         .send(&get(Object::Blob(Digest::from_sha256([1; 32]))))
         .await
@@ -248,7 +248,7 @@ async fn a_5xx_is_retried_attempts_times_then_unreachable() {
     let mut c = config(tmp.path());
     c.default_upstream = Some(format!("http://{}", upstream.addr()));
     c.policy.attempts = 3;
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     let err = client
         .send(&get(Object::Blob(Digest::from_sha256([2; 32]))))
         .await
@@ -272,7 +272,7 @@ async fn a_registry_s_own_attempts_replace_the_default() {
         ..UpstreamPolicy::default()
     };
     c.per_registry.insert(upstream.addr().to_string(), own);
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     let err = client
         .send(&get(Object::Blob(Digest::from_sha256([2; 32]))))
         .await
@@ -306,7 +306,7 @@ async fn hosts_toml_order_capabilities_own_mirror_and_mirror_404() {
     .unwrap();
     let mut c = config(&hosts);
     c.own_mirrors = vec![format!("http://localhost:{}", own.addr().port())];
-    let client = Registries::new(c).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(c).resolve(Some(&ns)).await.unwrap();
     assert_eq!(
         client.endpoints(),
         [
@@ -384,7 +384,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
             tls.url()
         ),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     assert_eq!(client.endpoints(), [format!("https://{ns}/v2")]);
     let (total, _, bytes) = fetch(&client, &layer, 0).await;
     assert_eq!(total, p.layer.len() as u64);
@@ -401,7 +404,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
             tls.url()
         ),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     let response = client.send(&blob).await.unwrap();
     assert_eq!(response.status(), 200);
 
@@ -413,7 +419,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
         &pki,
         &format!("server = \"{}\"\nca = {ca:?}\n", tls.url()),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     match client.send(&blob).await {
         Err(RegistryError::Unreachable { last_error, .. }) => {
             // The server's TLS alert (bad_certificate / certificate_required).
@@ -437,7 +446,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
             tls.url()
         ),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     match client.send(&blob).await {
         Err(RegistryError::Unreachable { last_error, .. }) => {
             assert!(
@@ -459,7 +471,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
             tls.url()
         ),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     assert_eq!(client.send(&blob).await.unwrap().status(), 200);
 }
 
@@ -478,7 +493,10 @@ async fn tls_with_dockers_certificate_layout_and_no_hosts_toml() {
     std::fs::copy(&pki.ca_cert, dir.join("ca.crt")).unwrap();
     std::fs::copy(&pki.client_cert, dir.join("client.cert")).unwrap();
     std::fs::copy(&pki.client_key, dir.join("client.key")).unwrap();
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     let (_, _, bytes) = fetch(&client, &digest(&p.image.layer_digest), 0).await;
     assert_eq!(sha256(&bytes), p.image.layer_digest);
 }
@@ -553,6 +571,7 @@ async fn authorization_is_dropped_on_cross_host_redirects_only() {
     .unwrap();
     let client = Registries::new(config(tmp.path()))
         .resolve(Some(&ns))
+        .await
         .unwrap();
     let mut req = get(Object::Blob(Digest::from_sha256([1; 32])));
     req.authorization = Some(HeaderValue::from_static("Bearer not-for-storage"));
@@ -618,7 +637,7 @@ async fn a_body_that_stalls_fails_after_the_idle_timeout() {
         ..UpstreamPolicy::default()
     };
     c.per_registry.insert(addr.to_string(), quick);
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     let upstream = client.blob_upstream(REPO.into(), None);
     let mut body = upstream
         .fetch(&Digest::from_sha256([3; 32]), 0)
