@@ -66,10 +66,14 @@ pub struct RunArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "SHOAL_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Registry mirror address containerd pulls through (HTTP). Keep it on loopback:
-    /// the mirror trusts its callers [default: 127.0.0.1:7650].
+    /// Registry mirror address containerd pulls through (HTTP). Loopback only (the
+    /// mirror trusts its callers) unless --mirror-allow-remote [default: 127.0.0.1:7650].
     #[arg(long, env = "SHOAL_MIRROR_LISTEN")]
     pub mirror_listen: Option<String>,
+    /// Accept a --mirror-listen beyond loopback: anyone who reaches it can pull through
+    /// this node's upstream credentials and cache (logged as a warning at start).
+    #[arg(long, env = "SHOAL_MIRROR_ALLOW_REMOTE")]
+    pub mirror_allow_remote: bool,
     /// containerd's hosts dir: upstream TLS (ca, client certs), headers and servers per registry [default: /etc/containerd/certs.d].
     #[arg(long, env = "SHOAL_CONTAINERD_HOSTS_DIR")]
     pub containerd_hosts_dir: Option<PathBuf>,
@@ -118,8 +122,10 @@ pub struct Settings {
     pub zone: String,
     /// JSON logs.
     pub json_logs: bool,
-    /// Registry mirror listen address.
+    /// Registry mirror listen address: loopback unless `mirror_allow_remote`.
     pub mirror_listen: SocketAddr,
+    /// A mirror address beyond loopback was accepted (`--mirror-allow-remote`).
+    pub mirror_allow_remote: bool,
     /// containerd's hosts dir.
     pub containerd_hosts_dir: PathBuf,
     /// Upstream for requests without `ns`.
@@ -242,6 +248,8 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from("/etc/containerd/certs.d"));
         let peer_tls_dir = a.peer_tls_dir.or(file.peer_tls_dir);
         let dev_ephemeral_tls = a.dev_ephemeral_tls || file.dev_ephemeral_tls.unwrap_or(false);
+        let mirror_allow_remote =
+            a.mirror_allow_remote || file.mirror_allow_remote.unwrap_or(false);
 
         for s in &schedulers {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
@@ -258,6 +266,17 @@ impl Settings {
         let quic_listen = addr("quic-listen", &quic_listen);
         let http_listen = addr("http-listen", &http_listen);
         let mirror_listen = addr("mirror-listen", &mirror_listen);
+        if let Some(m) = mirror_listen
+            && !m.ip().is_loopback()
+            && !mirror_allow_remote
+        {
+            errors.push(format!(
+                "--mirror-listen: {m} is not a loopback address; the mirror trusts its callers \
+                 (whoever reaches it pulls through this node's upstream credentials and cache), \
+                 and containerd reaches it on the node itself: give 127.0.0.1:PORT or [::1]:PORT \
+                 (or pass --mirror-allow-remote to accept that risk)"
+            ));
+        }
         let mut fraction = |name: &str, v: &str| match v.parse::<f64>() {
             Ok(f) if f > 0.0 && f <= 1.0 => Some(f),
             _ => {
@@ -372,6 +391,7 @@ impl Settings {
             zone,
             json_logs,
             mirror_listen: mirror_listen.expect("checked"),
+            mirror_allow_remote,
             containerd_hosts_dir,
             default_upstream,
             upstream,

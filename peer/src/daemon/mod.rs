@@ -131,10 +131,11 @@ pub async fn run(
     let mirror_listener = tokio::net::TcpListener::bind(settings.mirror_listen)
         .await
         .with_context(|| format!("cannot listen for the mirror on {}", settings.mirror_listen))?;
+    // Only with --mirror-allow-remote: Settings refuses it otherwise.
     if !settings.mirror_listen.ip().is_loopback() {
         tracing::warn!(
             mirror.addr = %settings.mirror_listen,
-            "the mirror listens beyond loopback: anyone who reaches it can pull through this node's upstream credentials"
+            "the mirror listens beyond loopback (--mirror-allow-remote): anyone who reaches it can pull through this node's upstream credentials"
         );
     }
     let http = tokio::net::TcpListener::bind(settings.http_listen)

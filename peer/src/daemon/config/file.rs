@@ -43,6 +43,7 @@ pub(super) struct File {
     pub(super) zone: Option<Text>,
     pub(super) log_format: Option<Text>,
     pub(super) mirror_listen: Option<Text>,
+    pub(super) mirror_allow_remote: Option<bool>,
     pub(super) containerd_hosts_dir: Option<PathBuf>,
     pub(super) default_upstream: Option<Text>,
     pub(super) cache_high_watermark: Option<Text>,

@@ -283,3 +283,34 @@ attempts = 1
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_mirror_stays_on_loopback_unless_allowed() {
+    let base = ["--dev-ephemeral-tls", "--quic-listen", "127.0.0.1:1"];
+    for ok in ["127.0.0.1:7650", "127.0.0.9:1", "[::1]:7650"] {
+        let s = resolve(&[&base[..], &["--mirror-listen", ok]].concat()).unwrap();
+        assert!(!s.mirror_allow_remote);
+    }
+    for remote in ["0.0.0.0:7650", "10.1.2.3:7650", "[::]:7650"] {
+        let errs = resolve(&[&base[..], &["--mirror-listen", remote]].concat()).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("--mirror-listen") && errs[0].contains("--mirror-allow-remote"),
+            "{errs:?}"
+        );
+        let s = resolve(
+            &[
+                &base[..],
+                &["--mirror-listen", remote, "--mirror-allow-remote"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert!(s.mirror_allow_remote);
+        assert_eq!(s.mirror_listen, remote.parse().unwrap());
+    }
+    let (_dir, path) =
+        config_file("mirror_listen = \"0.0.0.0:7650\"\nmirror_allow_remote = true\n");
+    let s = resolve(&[&base[..], &["--config", &path]].concat()).unwrap();
+    assert!(s.mirror_allow_remote);
+}
