@@ -76,7 +76,7 @@ impl Upstream for BlobUpstream {
 /// its size), 206 → from the `Content-Range` start; any other status is
 /// [`UpstreamError::Status`] (with upstream's `WWW-Authenticate`). The body is streamed,
 /// not read here; no byte for `idle` fails it with [`UpstreamError::Http`], as a cut
-/// connection does (the engine resumes from its last verified piece).
+/// connection does (the engine resumes from its first missing piece).
 pub(crate) fn blob_body(
     response: reqwest::Response,
     idle: Duration,

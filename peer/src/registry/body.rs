@@ -3,7 +3,7 @@
 //! balancer dropped without a word costs seconds, not a download hung for good.
 //!
 //! Not here: what the caller does about it (the engine resumes with `Range` from its
-//! last verified piece; the mirror's manifest relay ends the response).
+//! first missing piece; the mirror's manifest relay ends the response).
 
 use std::time::Duration;
 

@@ -48,7 +48,7 @@ pub struct UpstreamPolicy {
     pub request_timeout: Duration,
     /// Longest wait for the next chunk of a blob body. Default 10 s. Tripping it fails
     /// the body stream with [`UpstreamError::Http`](crate::engine::UpstreamError::Http),
-    /// so the download resumes with `Range` from its last verified piece (a connection
+    /// so the download resumes with `Range` from its first missing piece (a connection
     /// that a NAT or load balancer dropped silently costs this long, not forever).
     pub idle_timeout: Duration,
     /// Tries per endpoint, at least 1. Default 3. Only connect errors and 5xx answers are
