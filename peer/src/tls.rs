@@ -366,7 +366,19 @@ pub fn ephemeral() -> Result<PeerTls, TlsError> {
 
 /// A QUIC endpoint bound to `listen` that serves with `tls` and connects with it.
 pub fn endpoint(listen: SocketAddr, tls: &PeerTls) -> io::Result<Endpoint> {
-    let mut endpoint = Endpoint::server(tls.server_config(), listen)?;
+    endpoint_on(std::net::UdpSocket::bind(listen)?, tls)
+}
+
+/// As [`endpoint`], on a UDP socket already bound (a node started with its sockets,
+/// [`crate::daemon::Node::start`]). Needs a tokio runtime.
+pub fn endpoint_on(socket: std::net::UdpSocket, tls: &PeerTls) -> io::Result<Endpoint> {
+    socket.set_nonblocking(true)?;
+    let mut endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(tls.server_config()),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     endpoint.set_default_client_config(tls.client_config());
     Ok(endpoint)
 }

@@ -3,7 +3,7 @@
 //! in-process on a real socket) announcing that blob, serves its pieces over
 //! QUIC to a client holding the cluster certificate and refuses one from
 //! another CA, answers health and metrics, reports every configuration error
-//! at once, and stops on SIGTERM.
+//! at once (a bad config file named with its line), and stops on SIGTERM.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -226,6 +226,28 @@ fn reports_every_configuration_error_at_once() {
         "--cache-size",
         "--log-format",
         "--peer-tls-dir is required",
+    ] {
+        assert!(err.contains(words), "missing {words}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_config_file_is_named_with_its_line_and_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("peer.toml");
+    std::fs::write(&file, "zone = \"a\"\nmirror_listn = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--log-format", "xml"])
+        .env("SHOAL_CONFIG", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for words in [
+        file.to_str().unwrap(),
+        "line 2",
+        "mirror_listn",
+        "--log-format",
     ] {
         assert!(err.contains(words), "missing {words}: {err}");
     }

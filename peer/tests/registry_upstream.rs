@@ -4,8 +4,9 @@
 //! certificate layout; images pushed with skopeo.
 //!
 //! Also: retries and their limits against `Recorder` (a listener that answers one fixed
-//! status), and what reqwest does with `Authorization` on redirects against a small
-//! recording HTTP server (no registry redirects blobs without object storage).
+//! status), a body that stalls after its first bytes (the idle timeout), and what
+//! reqwest does with `Authorization` on redirects against a small recording HTTP server
+//! (no registry redirects blobs without object storage).
 //!
 //! Needs `docker-registry` and `skopeo` for most tests: they skip with a printed reason
 //! when missing, and fail when `CI=true`. Traffic stays on 127.0.0.1.
@@ -19,9 +20,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::header::HeaderValue;
 use sha2::{Digest as _, Sha256};
-use shoal_peer::engine::Upstream;
+use shoal_peer::engine::{Upstream, UpstreamError};
 use shoal_peer::registry::{
-    Object, Registries, RegistriesConfig, RegistryClient, RegistryError, UpstreamRequest,
+    Object, Registries, RegistriesConfig, RegistryClient, RegistryError, UpstreamPolicy,
+    UpstreamRequest,
 };
 use shoal_proto::Digest;
 use shoal_tests::Recorder;
@@ -126,7 +128,7 @@ async fn plain_http_blob_whole_and_from_an_offset() {
     let p = pushed();
     let mut c = config(&p.tmp.path().join("no-hosts-dir"));
     c.default_upstream = Some(p.registry.url());
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     assert_eq!(client.registry(), p.registry.addr().to_string());
     let layer_digest = digest(&p.image.layer_digest);
 
@@ -149,7 +151,7 @@ async fn manifest_by_tag_returns_upstream_content_type_and_digest() {
     let p = pushed();
     let mut c = config(&p.tmp.path().join("no-hosts-dir"));
     c.default_upstream = Some(p.registry.url());
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     let mut req = get(Object::Manifest(TAG.into()));
     req.accept = vec![OCI_MANIFEST.into(), DOCKER_MANIFEST.into()];
     let response = client.send(&req).await.unwrap();
@@ -189,7 +191,7 @@ async fn a_404_is_returned_once_not_retried() {
     let p = pushed();
     let mut c = config(&p.tmp.path().join("no-hosts-dir"));
     c.default_upstream = Some(p.registry.url());
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     let unknown = Digest::from_sha256([7; 32]);
     let response = client.send(&get(Object::Blob(unknown))).await.unwrap();
     assert_eq!(response.status(), 404);
@@ -220,7 +222,7 @@ async fn a_stopped_registry_is_unreachable_after_the_retries() {
     drop(registry);
     let mut c = config(&tmp.path().join("no-hosts-dir"));
     c.default_upstream = Some(url);
-    let client = Registries::new(c).resolve(None).unwrap();
+    let client = Registries::new(c).resolve(None).await.unwrap();
     match client
         .send(&get(Object::Blob(Digest::from_sha256([1; 32]))))
         .await
@@ -245,8 +247,8 @@ async fn a_5xx_is_retried_attempts_times_then_unreachable() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = config(tmp.path());
     c.default_upstream = Some(format!("http://{}", upstream.addr()));
-    c.attempts = 3;
-    let client = Registries::new(c).resolve(None).unwrap();
+    c.policy.attempts = 3;
+    let client = Registries::new(c).resolve(None).await.unwrap();
     let err = client
         .send(&get(Object::Blob(Digest::from_sha256([2; 32]))))
         .await
@@ -256,6 +258,27 @@ async fn a_5xx_is_retried_attempts_times_then_unreachable() {
         "{err:?}"
     );
     assert_eq!(upstream.requests().len(), 3, "{:?}", upstream.requests());
+}
+
+#[tokio::test]
+async fn a_registry_s_own_attempts_replace_the_default() {
+    let upstream = Recorder::start(503).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.default_upstream = Some(format!("http://{}", upstream.addr()));
+    c.policy.attempts = 3;
+    let own = UpstreamPolicy {
+        attempts: 1,
+        ..UpstreamPolicy::default()
+    };
+    c.per_registry.insert(upstream.addr().to_string(), own);
+    let client = Registries::new(c).resolve(None).await.unwrap();
+    let err = client
+        .send(&get(Object::Blob(Digest::from_sha256([2; 32]))))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, RegistryError::Unreachable { .. }), "{err:?}");
+    assert_eq!(upstream.requests().len(), 1, "{:?}", upstream.requests());
 }
 
 #[tokio::test]
@@ -283,7 +306,7 @@ async fn hosts_toml_order_capabilities_own_mirror_and_mirror_404() {
     .unwrap();
     let mut c = config(&hosts);
     c.own_mirrors = vec![format!("http://localhost:{}", own.addr().port())];
-    let client = Registries::new(c).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(c).resolve(Some(&ns)).await.unwrap();
     assert_eq!(
         client.endpoints(),
         [
@@ -361,7 +384,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
             tls.url()
         ),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     assert_eq!(client.endpoints(), [format!("https://{ns}/v2")]);
     let (total, _, bytes) = fetch(&client, &layer, 0).await;
     assert_eq!(total, p.layer.len() as u64);
@@ -378,7 +404,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
             tls.url()
         ),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     let response = client.send(&blob).await.unwrap();
     assert_eq!(response.status(), 200);
 
@@ -390,7 +419,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
         &pki,
         &format!("server = \"{}\"\nca = {ca:?}\n", tls.url()),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     match client.send(&blob).await {
         Err(RegistryError::Unreachable { last_error, .. }) => {
             // The server's TLS alert (bad_certificate / certificate_required).
@@ -414,7 +446,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
             tls.url()
         ),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     match client.send(&blob).await {
         Err(RegistryError::Unreachable { last_error, .. }) => {
             assert!(
@@ -436,7 +471,10 @@ async fn tls_with_ca_and_client_certificate_from_hosts_toml() {
             tls.url()
         ),
     );
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     assert_eq!(client.send(&blob).await.unwrap().status(), 200);
 }
 
@@ -455,7 +493,10 @@ async fn tls_with_dockers_certificate_layout_and_no_hosts_toml() {
     std::fs::copy(&pki.ca_cert, dir.join("ca.crt")).unwrap();
     std::fs::copy(&pki.client_cert, dir.join("client.cert")).unwrap();
     std::fs::copy(&pki.client_key, dir.join("client.key")).unwrap();
-    let client = Registries::new(config(&hosts)).resolve(Some(&ns)).unwrap();
+    let client = Registries::new(config(&hosts))
+        .resolve(Some(&ns))
+        .await
+        .unwrap();
     let (_, _, bytes) = fetch(&client, &digest(&p.image.layer_digest), 0).await;
     assert_eq!(sha256(&bytes), p.image.layer_digest);
 }
@@ -530,6 +571,7 @@ async fn authorization_is_dropped_on_cross_host_redirects_only() {
     .unwrap();
     let client = Registries::new(config(tmp.path()))
         .resolve(Some(&ns))
+        .await
         .unwrap();
     let mut req = get(Object::Blob(Digest::from_sha256([1; 32])));
     req.authorization = Some(HeaderValue::from_static("Bearer not-for-storage"));
@@ -552,4 +594,78 @@ async fn authorization_is_dropped_on_cross_host_redirects_only() {
     let same = heads.last().unwrap();
     assert!(same.starts_with("GET /same-host/blob "), "{same}");
     assert!(has_header(same, "authorization"), "{same}");
+}
+
+/// An upstream that answers every request with `200`, a `Content-Length` of 1 MiB and
+/// the first 1000 bytes of the body, then holds the connection open and sends nothing
+/// more (a connection dropped silently by a NAT). Loopback only.
+async fn stalling_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&[7u8; 1000]).await;
+                // Stall: keep the connection open, send nothing more.
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                drop(conn);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_fails_after_the_idle_timeout() {
+    let addr = stalling_upstream().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.default_upstream = Some(format!("http://{addr}"));
+    let quick = UpstreamPolicy {
+        idle_timeout: Duration::from_millis(300),
+        ..UpstreamPolicy::default()
+    };
+    c.per_registry.insert(addr.to_string(), quick);
+    let client = Registries::new(c).resolve(None).await.unwrap();
+    let upstream = client.blob_upstream(REPO.into(), None);
+    let mut body = upstream
+        .fetch(&Digest::from_sha256([3; 32]), 0)
+        .await
+        .unwrap();
+    assert_eq!(body.total, 1 << 20);
+    // Bounds a hang only (the idle timeout is 300 ms); no duration is asserted.
+    let read = async {
+        let mut got = 0;
+        loop {
+            match body.body.next().await {
+                Some(Ok(chunk)) => got += chunk.len(),
+                Some(Err(e)) => return (got, Some(e)),
+                None => return (got, None),
+            }
+        }
+    };
+    let (got, err) = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the stalled body never failed");
+    assert_eq!(got, 1000, "the bytes before the stall arrive");
+    let err = err.expect("the stalled body ended without an error");
+    assert!(
+        matches!(&err, UpstreamError::Http(m) if m.contains("idle timeout")),
+        "{err:?}"
+    );
+    assert!(
+        body.body.next().await.is_none(),
+        "the stream ends after its error"
+    );
 }

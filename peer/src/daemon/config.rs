@@ -1,75 +1,91 @@
-//! `shoal-peer run`'s configuration: flags with `SHOAL_*` environment
-//! variables, validated all at once (every problem is reported, then the
-//! process exits with status 2).
+//! `shoal-peer run`'s configuration: flags, their `SHOAL_*` environment variables, and
+//! an optional TOML file (`--config`), in that order of precedence. Load → normalise →
+//! validate: every problem is reported at once (then the process exits with status 2),
+//! and unknown keys in the file are rejected.
+//!
+//! Layout: this file (flags, [`Settings`], validation), `config/file.rs` (the file's
+//! shape and loading), `config/tests.rs`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU64;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
+use crate::registry::UpstreamPolicy;
 use crate::store::StoreConfig;
+use file::{File, Text};
+
+mod file;
 
 /// Flags of `shoal-peer run`. Values are taken as text and checked in
-/// [`Settings::resolve`].
+/// [`Settings::resolve`], so that all errors are reported together. A flag (or its
+/// environment variable) wins over the same key in `--config`, which wins over the
+/// default.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Scheduler gRPC URL, e.g. http://shoal-scheduler:7600 (repeatable; comma-separated in the env var).
+    /// Optional TOML file with the same keys as the flags (snake_case), plus per-registry
+    /// upstream settings under `[registries."HOST"]` and `[registries._default]`.
+    #[arg(long, env = "SHOAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Scheduler gRPC URL, e.g. http://shoal-scheduler:7600 (repeatable; comma-separated in the env var) [default: none: every download goes upstream].
     #[arg(long = "scheduler", env = "SHOAL_SCHEDULER", value_delimiter = ',')]
     pub schedulers: Vec<String>,
-    /// QUIC piece server address (UDP).
-    #[arg(long, env = "SHOAL_QUIC_LISTEN", default_value = "0.0.0.0:7651")]
-    pub quic_listen: String,
+    /// QUIC piece server address (UDP) [default: 0.0.0.0:7651].
+    #[arg(long, env = "SHOAL_QUIC_LISTEN")]
+    pub quic_listen: Option<String>,
     /// IP other peers use to reach this one [default: the listen IP when it is not unspecified, else the node's first non-loopback address].
     #[arg(long, env = "SHOAL_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
-    /// Where blobs, metadata and the peer id live.
-    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "/var/lib/shoal")]
-    pub data_dir: PathBuf,
-    /// Disk quota for cached blobs, e.g. 20GiB, 500MiB.
-    #[arg(long, env = "SHOAL_CACHE_SIZE", default_value = "10GiB")]
-    pub cache_size: String,
-    /// Metrics and health address (HTTP).
-    #[arg(long, env = "SHOAL_HTTP_LISTEN", default_value = "0.0.0.0:7652")]
-    pub http_listen: String,
+    /// Where blobs, metadata and the peer id live [default: /var/lib/shoal].
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Disk quota for cached blobs, e.g. 20GiB, 500MiB [default: 10GiB].
+    #[arg(long, env = "SHOAL_CACHE_SIZE")]
+    pub cache_size: Option<String>,
+    /// Metrics and health address (HTTP) [default: 0.0.0.0:7652].
+    #[arg(long, env = "SHOAL_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// Directory with ca.crt, tls.crt, tls.key (from `shoal-peer tls init` or the chart's Secret).
     #[arg(long, env = "SHOAL_PEER_TLS_DIR")]
     pub peer_tls_dir: Option<PathBuf>,
     /// Development only: make up a throw-away CA instead of --peer-tls-dir (peers started this way cannot talk to each other).
     #[arg(long, env = "SHOAL_DEV_EPHEMERAL_TLS")]
     pub dev_ephemeral_tls: bool,
-    /// Pieces uploaded at once.
-    #[arg(long, env = "SHOAL_UPLOAD_SLOTS", default_value = "8")]
-    pub upload_slots: String,
-    /// Upload rate limit, e.g. 500MiB (per second); unlimited when unset.
+    /// Pieces uploaded at once [default: 8].
+    #[arg(long, env = "SHOAL_UPLOAD_SLOTS")]
+    pub upload_slots: Option<String>,
+    /// Upload rate limit, e.g. 500MiB (per second) [default: unlimited].
     #[arg(long, env = "SHOAL_UPLOAD_RATE_LIMIT")]
     pub upload_rate_limit: Option<String>,
-    /// Topology zone of this node (from its topology.kubernetes.io/zone label).
-    #[arg(long, env = "SHOAL_ZONE", default_value = "")]
-    pub zone: String,
-    /// Log format: text or json.
-    #[arg(long, env = "SHOAL_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-    /// Registry mirror address containerd pulls through (HTTP). Keep it on loopback:
-    /// the mirror trusts its callers.
-    #[arg(long, env = "SHOAL_MIRROR_LISTEN", default_value = "127.0.0.1:7650")]
-    pub mirror_listen: String,
-    /// containerd's hosts dir: upstream TLS (ca, client certs), headers and servers per registry.
-    #[arg(
-        long,
-        env = "SHOAL_CONTAINERD_HOSTS_DIR",
-        default_value = "/etc/containerd/certs.d"
-    )]
-    pub containerd_hosts_dir: PathBuf,
-    /// Upstream registry for requests without containerd's ns parameter, e.g. ghcr.io or http://10.0.0.9:5000.
+    /// Topology zone of this node (from its topology.kubernetes.io/zone label) [default: empty].
+    #[arg(long, env = "SHOAL_ZONE")]
+    pub zone: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "SHOAL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Registry mirror address containerd pulls through (HTTP). Loopback only (the
+    /// mirror trusts its callers) unless --mirror-allow-remote [default: 127.0.0.1:7650].
+    #[arg(long, env = "SHOAL_MIRROR_LISTEN")]
+    pub mirror_listen: Option<String>,
+    /// Accept a --mirror-listen beyond loopback: anyone who reaches it can pull through
+    /// this node's upstream credentials and cache (logged as a warning at start).
+    #[arg(long, env = "SHOAL_MIRROR_ALLOW_REMOTE")]
+    pub mirror_allow_remote: bool,
+    /// containerd's hosts dir: upstream TLS (ca, client certs), headers and servers per registry [default: /etc/containerd/certs.d].
+    #[arg(long, env = "SHOAL_CONTAINERD_HOSTS_DIR")]
+    pub containerd_hosts_dir: Option<PathBuf>,
+    /// Upstream registry for requests without containerd's ns parameter, e.g. ghcr.io or http://10.0.0.9:5000 [default: none].
     #[arg(long, env = "SHOAL_DEFAULT_UPSTREAM")]
     pub default_upstream: Option<String>,
-    /// Garbage collection starts when the cache is above this fraction of --cache-size.
-    #[arg(long, env = "SHOAL_CACHE_HIGH_WATERMARK", default_value = "0.9")]
-    pub cache_high_watermark: String,
-    /// Garbage collection evicts least recently used blobs down to this fraction of --cache-size.
-    #[arg(long, env = "SHOAL_CACHE_LOW_WATERMARK", default_value = "0.75")]
-    pub cache_low_watermark: String,
+    /// Garbage collection starts when the cache is above this fraction of --cache-size [default: 0.9].
+    #[arg(long, env = "SHOAL_CACHE_HIGH_WATERMARK")]
+    pub cache_high_watermark: Option<String>,
+    /// Garbage collection evicts least recently used blobs down to this fraction of --cache-size [default: 0.75].
+    #[arg(long, env = "SHOAL_CACHE_LOW_WATERMARK")]
+    pub cache_low_watermark: Option<String>,
 }
 
 /// How `tls` is obtained.
@@ -106,12 +122,18 @@ pub struct Settings {
     pub zone: String,
     /// JSON logs.
     pub json_logs: bool,
-    /// Registry mirror listen address.
+    /// Registry mirror listen address: loopback unless `mirror_allow_remote`.
     pub mirror_listen: SocketAddr,
+    /// A mirror address beyond loopback was accepted (`--mirror-allow-remote`).
+    pub mirror_allow_remote: bool,
     /// containerd's hosts dir.
     pub containerd_hosts_dir: PathBuf,
     /// Upstream for requests without `ns`.
     pub default_upstream: Option<String>,
+    /// How hard to try a registry without its own entry (`[registries._default]`).
+    pub upstream: UpstreamPolicy,
+    /// Per registry (`[registries."HOST"]`, over `[registries._default]`).
+    pub registry_policies: BTreeMap<String, UpstreamPolicy>,
 }
 
 /// Parses `10GiB`, `500MiB`, `64KiB`, `1024` (bytes).
@@ -146,11 +168,90 @@ fn node_ip() -> Option<IpAddr> {
     ips.into_iter().next()
 }
 
+/// Parses `30s`, `500ms`, `2m`, `1h` (as the scheduler does).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(format!(
+            "{s:?} is not a duration like 30s, 500ms or 2m (units: ms, s, m, h)"
+        )),
+    }
+}
+
 impl Settings {
-    /// Validates every flag, returning all problems at once.
+    /// Parses the words of `shoal-peer run …` (the first is the program name, the
+    /// subcommand is not included), then [`Settings::resolve`]s them; tests start an
+    /// in-process node this way.
+    pub fn from_args<I, T>(words: I) -> Result<Settings, Vec<String>>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let run = <Run as clap::Parser>::try_parse_from(words).map_err(|e| vec![e.to_string()])?;
+        Settings::resolve(run.run)
+    }
+
+    /// Merges flags over the config file over defaults and validates everything,
+    /// returning every problem found.
     pub fn resolve(a: RunArgs) -> Result<Settings, Vec<String>> {
         let mut errors = Vec::new();
-        for s in &a.schedulers {
+        let file = match &a.config {
+            None => File::default(),
+            Some(path) => File::load(path).unwrap_or_else(|e| {
+                errors.push(e);
+                File::default()
+            }),
+        };
+        let (upstream, registry_policies) = file.policies(a.config.as_deref(), &mut errors);
+        let get = |flag: Option<String>, file: Option<Text>, default: &str| -> String {
+            flag.or(file.map(|t| t.0))
+                .unwrap_or_else(|| default.to_string())
+        };
+        let schedulers = if a.schedulers.is_empty() {
+            file.scheduler.unwrap_or_default()
+        } else {
+            a.schedulers
+        };
+        let quic_listen = get(a.quic_listen, file.quic_listen, "0.0.0.0:7651");
+        let http_listen = get(a.http_listen, file.http_listen, "0.0.0.0:7652");
+        let mirror_listen = get(a.mirror_listen, file.mirror_listen, "127.0.0.1:7650");
+        let cache_size = get(a.cache_size, file.cache_size, "10GiB");
+        let high = get(a.cache_high_watermark, file.cache_high_watermark, "0.9");
+        let low = get(a.cache_low_watermark, file.cache_low_watermark, "0.75");
+        let upload_slots = get(a.upload_slots, file.upload_slots, "8");
+        let upload_rate_limit = a.upload_rate_limit.or(file.upload_rate_limit.map(|t| t.0));
+        let log_format = get(a.log_format, file.log_format, "text");
+        let zone = get(a.zone, file.zone, "");
+        let advertise_addr = a.advertise_addr.or(file.advertise_addr.map(|t| t.0));
+        let default_upstream = a.default_upstream.or(file.default_upstream.map(|t| t.0));
+        let data_dir = a
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/shoal"));
+        let containerd_hosts_dir = a
+            .containerd_hosts_dir
+            .or(file.containerd_hosts_dir)
+            .unwrap_or_else(|| PathBuf::from("/etc/containerd/certs.d"));
+        let peer_tls_dir = a.peer_tls_dir.or(file.peer_tls_dir);
+        let dev_ephemeral_tls = a.dev_ephemeral_tls || file.dev_ephemeral_tls.unwrap_or(false);
+        let mirror_allow_remote =
+            a.mirror_allow_remote || file.mirror_allow_remote.unwrap_or(false);
+
+        for s in &schedulers {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
                 errors.push(format!(
                     "--scheduler: {s:?} must be an http:// or https:// URL"
@@ -162,9 +263,20 @@ impl Settings {
                 .map_err(|_| errors.push(format!("--{name}: {v:?} is not an ip:port address")))
                 .ok()
         };
-        let quic_listen = addr("quic-listen", &a.quic_listen);
-        let http_listen = addr("http-listen", &a.http_listen);
-        let mirror_listen = addr("mirror-listen", &a.mirror_listen);
+        let quic_listen = addr("quic-listen", &quic_listen);
+        let http_listen = addr("http-listen", &http_listen);
+        let mirror_listen = addr("mirror-listen", &mirror_listen);
+        if let Some(m) = mirror_listen
+            && !m.ip().is_loopback()
+            && !mirror_allow_remote
+        {
+            errors.push(format!(
+                "--mirror-listen: {m} is not a loopback address; the mirror trusts its callers \
+                 (whoever reaches it pulls through this node's upstream credentials and cache), \
+                 and containerd reaches it on the node itself: give 127.0.0.1:PORT or [::1]:PORT \
+                 (or pass --mirror-allow-remote to accept that risk)"
+            ));
+        }
         let mut fraction = |name: &str, v: &str| match v.parse::<f64>() {
             Ok(f) if f > 0.0 && f <= 1.0 => Some(f),
             _ => {
@@ -174,9 +286,9 @@ impl Settings {
                 None
             }
         };
-        let high = fraction("cache-high-watermark", &a.cache_high_watermark);
-        let low = fraction("cache-low-watermark", &a.cache_low_watermark);
-        let cache_size = parse_size(&a.cache_size)
+        let high = fraction("cache-high-watermark", &high);
+        let low = fraction("cache-low-watermark", &low);
+        let cache_size = parse_size(&cache_size)
             .map_err(|e| errors.push(format!("--cache-size: {e}")))
             .ok();
         if let (Some(cache_size), Some(high), Some(low)) = (cache_size, high, low) {
@@ -189,24 +301,23 @@ impl Settings {
                 errors.push(format!("--cache-low-watermark/--cache-high-watermark: {e}"));
             }
         }
-        if let Some(d) = &a.default_upstream
+        if let Some(d) = &default_upstream
             && (d.is_empty() || d.contains(char::is_whitespace))
         {
             errors.push(format!(
                 "--default-upstream: {d:?} is not a registry host or URL"
             ));
         }
-        let upload_slots = match a.upload_slots.parse::<usize>() {
+        let upload_slots = match upload_slots.parse::<usize>() {
             Ok(n) if (1..=1024).contains(&n) => Some(n),
             _ => {
                 errors.push(format!(
-                    "--upload-slots: {:?} must be a whole number from 1 to 1024",
-                    a.upload_slots
+                    "--upload-slots: {upload_slots:?} must be a whole number from 1 to 1024"
                 ));
                 None
             }
         };
-        let upload_rate_limit = match &a.upload_rate_limit {
+        let upload_rate_limit = match &upload_rate_limit {
             None => None,
             Some(v) => match parse_size(v).map(NonZeroU64::new) {
                 Ok(Some(n)) => Some(n),
@@ -222,12 +333,12 @@ impl Settings {
                 }
             },
         };
-        let tls = match (&a.peer_tls_dir, a.dev_ephemeral_tls) {
+        let tls = match (peer_tls_dir, dev_ephemeral_tls) {
             (Some(_), true) => {
                 errors.push("--peer-tls-dir and --dev-ephemeral-tls exclude each other".into());
                 None
             }
-            (Some(d), false) => Some(TlsSource::Dir(d.clone())),
+            (Some(d), false) => Some(TlsSource::Dir(d)),
             (None, true) => Some(TlsSource::Ephemeral),
             (None, false) => {
                 errors.push(
@@ -237,7 +348,7 @@ impl Settings {
                 None
             }
         };
-        let json_logs = match a.log_format.as_str() {
+        let json_logs = match log_format.as_str() {
             "text" => false,
             "json" => true,
             other => {
@@ -245,7 +356,7 @@ impl Settings {
                 false
             }
         };
-        let advertise_ip = match (&a.advertise_addr, quic_listen) {
+        let advertise_ip = match (&advertise_addr, quic_listen) {
             (Some(ip), _) => ip
                 .parse::<IpAddr>()
                 .map_err(|_| errors.push(format!("--advertise-addr: {ip:?} is not an IP address")))
@@ -264,10 +375,10 @@ impl Settings {
         }
         let quic_listen = quic_listen.expect("checked");
         Ok(Settings {
-            schedulers: a.schedulers,
+            schedulers,
             quic_listen,
             advertise: SocketAddr::new(advertise_ip.expect("checked"), quic_listen.port()),
-            data_dir: a.data_dir,
+            data_dir,
             cache: StoreConfig {
                 cache_size: cache_size.expect("checked"),
                 high_watermark: high.expect("checked"),
@@ -277,78 +388,17 @@ impl Settings {
             tls: tls.expect("checked"),
             upload_slots: upload_slots.expect("checked"),
             upload_rate_limit,
-            zone: a.zone,
+            zone,
             json_logs,
             mirror_listen: mirror_listen.expect("checked"),
-            containerd_hosts_dir: a.containerd_hosts_dir,
-            default_upstream: a.default_upstream,
+            mirror_allow_remote,
+            containerd_hosts_dir,
+            default_upstream,
+            upstream,
+            registry_policies,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        run: RunArgs,
-    }
-
-    fn resolve(args: &[&str]) -> Result<Settings, Vec<String>> {
-        let mut v = vec!["shoal-peer"];
-        v.extend_from_slice(args);
-        Settings::resolve(T::parse_from(v).run)
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
-        assert_eq!(parse_size("512").unwrap(), 512);
-        assert!(parse_size("10 GB").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
-    }
-
-    #[test]
-    fn listen_ip_is_advertised_and_tls_is_required() {
-        let s = resolve(&["--quic-listen", "127.0.0.2:9000", "--dev-ephemeral-tls"]).unwrap();
-        assert_eq!(s.advertise, "127.0.0.2:9000".parse().unwrap());
-        let errs = resolve(&["--quic-listen", "127.0.0.2:9000"]).unwrap_err();
-        assert!(errs[0].contains("--peer-tls-dir is required"), "{errs:?}");
-    }
-
-    #[test]
-    fn every_error_at_once() {
-        let errs = resolve(&[
-            "--scheduler",
-            "sched:7600",
-            "--quic-listen",
-            "x",
-            "--cache-size",
-            "lots",
-            "--upload-slots",
-            "0",
-            "--log-format",
-            "xml",
-        ])
-        .unwrap_err();
-        assert_eq!(errs.len(), 6, "{errs:?}");
-        let errs = resolve(&[
-            "--dev-ephemeral-tls",
-            "--quic-listen",
-            "127.0.0.1:1",
-            "--mirror-listen",
-            "localhost",
-            "--cache-high-watermark",
-            "0.5",
-            "--cache-low-watermark",
-            "0.8",
-        ])
-        .unwrap_err();
-        assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs[0].contains("--mirror-listen"), "{errs:?}");
-        assert!(errs[1].contains("watermark"), "{errs:?}");
-    }
-}
+mod tests;

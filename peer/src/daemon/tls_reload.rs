@@ -38,7 +38,14 @@ pub(super) async fn watch(
     every: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut seen = stamp(&dir);
+    // Stamps and certificate files are read on the blocking pool, off the async
+    // workers that carry QUIC uploads and mirror bodies.
+    let mut seen = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || stamp(&dir))
+            .await
+            .unwrap_or_default()
+    };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
@@ -47,11 +54,20 @@ pub(super) async fn watch(
             () = &mut stop => return,
             _ = tick.tick() => {}
         }
-        let now = stamp(&dir);
-        if now == seen {
+        let check = {
+            let (dir, seen) = (dir.clone(), seen.clone());
+            tokio::task::spawn_blocking(move || {
+                let now = stamp(&dir);
+                (now != seen).then(|| {
+                    let loaded = tls::load_dir(&dir);
+                    (now, loaded)
+                })
+            })
+        };
+        let Ok(Some((now, loaded))) = check.await else {
             continue;
-        }
-        match tls::load_dir(&dir) {
+        };
+        match loaded {
             Ok(loaded) => {
                 endpoint.set_server_config(Some(loaded.server_config()));
                 client.set(loaded.client_config());

@@ -35,7 +35,7 @@ pub(super) async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
     m.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
-    let client = m.upstream(ns)?;
+    let client = m.upstream(ns).await?;
     let range = match headers.get(header::RANGE) {
         None => None,
         Some(v) => Some(

@@ -25,7 +25,7 @@ pub(super) async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
     m.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
-    let client = m.upstream(ns)?;
+    let client = m.upstream(ns).await?;
     let accept = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -41,7 +41,7 @@ pub(super) async fn serve(
         range_from: None,
     };
     match client.send(&req).await {
-        Ok(resp) => Ok(relay::response(resp, head)),
+        Ok(resp) => Ok(relay::response(resp, head, client.idle_timeout())),
         Err(e) => Err(OciError::unavailable(format!(
             "manifest {name}:{reference}: {e}"
         ))),

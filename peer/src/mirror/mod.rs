@@ -125,9 +125,9 @@ impl Mirror {
     }
 
     /// The upstream for containerd's `ns`.
-    fn upstream(&self, ns: Option<&str>) -> Result<Arc<RegistryClient>, OciError> {
+    async fn upstream(&self, ns: Option<&str>) -> Result<Arc<RegistryClient>, OciError> {
         let ns = ns.map(route::check_ns).transpose()?;
-        self.registries.resolve(ns).map_err(|e| match e {
+        self.registries.resolve(ns).await.map_err(|e| match e {
             RegistryError::UnknownRegistry(r) => OciError::bad_ns(format!(
                 "this mirror does not serve registry {:?} (no hosts.toml for it under the containerd hosts dir)",
                 route::truncate(&r)

@@ -3,10 +3,14 @@
 //! `WWW-Authenticate` for the token dance, `ETag`, `Location` is not relayed: the
 //! mirror follows redirects itself), and the body streamed through.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::TryStreamExt;
+
+use crate::registry::idle_limited;
 
 /// Headers copied from upstream.
 const RELAYED: [&str; 6] = [
@@ -18,8 +22,9 @@ const RELAYED: [&str; 6] = [
     "docker-distribution-api-version",
 ];
 
-/// Relays `resp`; its body too unless `head`.
-pub(super) fn response(resp: reqwest::Response, head: bool) -> Response {
+/// Relays `resp`; its body too unless `head`, cut when upstream sends no byte for
+/// `idle`.
+pub(super) fn response(resp: reqwest::Response, head: bool, idle: Duration) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut b = Response::builder().status(status);
     for name in RELAYED {
@@ -30,7 +35,7 @@ pub(super) fn response(resp: reqwest::Response, head: bool) -> Response {
     if head {
         return b.body(Body::empty()).expect("valid response");
     }
-    let body = resp.bytes_stream().map_err(std::io::Error::other);
+    let body = idle_limited(resp, idle).map_err(std::io::Error::other);
     b.body(Body::from_stream(body)).unwrap_or_else(|_| {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::BAD_GATEWAY;

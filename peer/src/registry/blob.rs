@@ -3,14 +3,17 @@
 //! response into an [`UpstreamBody`] (total size and first offset from `Content-Range`
 //! or `Content-Length`): the peer's one `Content-Range` parser.
 //!
-//! Not here: retries and endpoint choice ([`RegistryClient::send`]), checking the bytes
+//! Not here: the idle timeout of the body (`body.rs`), retries and endpoint choice ([`RegistryClient::send`]), checking the bytes
 //! against the digest (the engine does, piece by piece).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::TryStreamExt;
 use reqwest::header::HeaderValue;
 use shoal_proto::Digest;
 
+use super::body::idle_limited;
 use super::{Object, RegistryClient, UpstreamRequest};
 use crate::engine::{Upstream, UpstreamBody, UpstreamError};
 
@@ -65,15 +68,19 @@ impl Upstream for BlobUpstream {
             .send(&request)
             .await
             .map_err(|e| UpstreamError::Http(e.to_string()))?;
-        blob_body(response)
+        blob_body(response, self.client.idle_timeout())
     }
 }
 
 /// A blob response as an [`UpstreamBody`]: 200 → the whole blob (`Content-Length` is
 /// its size), 206 → from the `Content-Range` start; any other status is
 /// [`UpstreamError::Status`] (with upstream's `WWW-Authenticate`). The body is streamed,
-/// not read here.
-pub(crate) fn blob_body(response: reqwest::Response) -> Result<UpstreamBody, UpstreamError> {
+/// not read here; no byte for `idle` fails it with [`UpstreamError::Http`], as a cut
+/// connection does (the engine resumes from its first missing piece).
+pub(crate) fn blob_body(
+    response: reqwest::Response,
+    idle: Duration,
+) -> Result<UpstreamBody, UpstreamError> {
     let (total, start) = match response.status().as_u16() {
         200 => {
             let total = response
@@ -101,13 +108,7 @@ pub(crate) fn blob_body(response: reqwest::Response) -> Result<UpstreamBody, Ups
             });
         }
     };
-    let body = futures::stream::unfold(response, |mut r| async move {
-        match r.chunk().await {
-            Ok(Some(b)) => Some((Ok(b), r)),
-            Ok(None) => None,
-            Err(e) => Some((Err(UpstreamError::Http(e.to_string())), r)),
-        }
-    });
+    let body = idle_limited(response, idle).map_err(|e| UpstreamError::Http(e.to_string()));
     Ok(UpstreamBody {
         total,
         start,

@@ -46,6 +46,7 @@ pub struct RegistryClient {
     endpoints: Vec<Endpoint>,
     attempts: u32,
     request_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -73,17 +74,25 @@ impl RegistryClient {
         specs: Vec<EndpointSpec>,
         config: &RegistriesConfig,
     ) -> Result<RegistryClient, RegistryError> {
+        let policy = *config.policy_for(registry);
         let endpoints = specs
             .into_iter()
-            .map(|s| Endpoint::build(s, registry, origin, config))
+            .map(|s| Endpoint::build(s, registry, origin, &policy))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RegistryClient {
             registry: registry.to_owned(),
             origin: origin.to_owned(),
             endpoints,
-            attempts: config.attempts.max(1),
-            request_timeout: config.request_timeout,
+            attempts: policy.attempts.max(1),
+            request_timeout: policy.request_timeout,
+            idle_timeout: policy.idle_timeout,
         })
+    }
+
+    /// The longest wait for the next chunk of a blob body
+    /// ([`UpstreamPolicy::idle_timeout`](super::UpstreamPolicy::idle_timeout)).
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// The registry's name, e.g. `docker.io`.

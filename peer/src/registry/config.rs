@@ -1,8 +1,9 @@
-//! [`RegistriesConfig`]: where the registries are configured and how hard to try them,
-//! with its defaults and validation; and the default upstream, parsed.
+//! [`RegistriesConfig`]: where the registries are configured and how hard to try them
+//! ([`UpstreamPolicy`], per registry), with its defaults and validation; and the default upstream, parsed.
 //!
 //! Not here: reading `hosts.toml` (`hosts_toml.rs`), the cache (`mod.rs`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,17 +26,65 @@ pub struct RegistriesConfig {
     /// entries with the same host and port (loopback names count as one) are skipped, so
     /// the mirror never asks itself. Default: none.
     pub own_mirrors: Vec<String>,
+    /// How hard to try a registry that has no entry in `per_registry`. Default:
+    /// [`UpstreamPolicy::default`].
+    pub policy: UpstreamPolicy,
+    /// Per registry, by its name as containerd's `ns` gives it (`docker.io`, `ghcr.io`,
+    /// `127.0.0.1:5000`): replaces `policy` for that registry. Default: empty.
+    pub per_registry: BTreeMap<String, UpstreamPolicy>,
+}
+
+/// How hard to try one registry: timeouts and attempts. The daemon reads them from
+/// `[registries._default]` and `[registries."HOST"]` in its config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamPolicy {
     /// Time to establish a connection (TCP and TLS) to one endpoint; a host's
-    /// `dial_timeout` replaces it. Default 5 s. Tripping it counts as a connect error
-    /// (retried).
+    /// `dial_timeout` in `hosts.toml` replaces it for that host. Default 5 s. Tripping it
+    /// counts as a connect error (retried).
     pub connect_timeout: Duration,
     /// Time from sending a request to its response headers. Default 30 s. Bodies are
     /// streamed and not bounded by it. Tripping it moves on to the next endpoint without
     /// retrying this one.
     pub request_timeout: Duration,
+    /// Longest wait for the next chunk of a blob body. Default 10 s. Tripping it fails
+    /// the body stream with [`UpstreamError::Http`](crate::engine::UpstreamError::Http),
+    /// so the download resumes with `Range` from its first missing piece (a connection
+    /// that a NAT or load balancer dropped silently costs this long, not forever).
+    pub idle_timeout: Duration,
     /// Tries per endpoint, at least 1. Default 3. Only connect errors and 5xx answers are
     /// retried, after an exponential backoff from 100 ms with jitter; never a 4xx.
     pub attempts: u32,
+}
+
+impl Default for UpstreamPolicy {
+    fn default() -> Self {
+        UpstreamPolicy {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10),
+            attempts: 3,
+        }
+    }
+}
+
+impl UpstreamPolicy {
+    /// Every problem at once, each prefixed with `what` (zero timeouts or attempts).
+    pub fn problems(&self, what: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, d) in [
+            ("connect timeout", self.connect_timeout),
+            ("request timeout", self.request_timeout),
+            ("idle timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                problems.push(format!("{what}{name} must be above zero"));
+            }
+        }
+        if self.attempts == 0 {
+            problems.push(format!("{what}attempts must be at least 1"));
+        }
+        problems
+    }
 }
 
 impl RegistriesConfig {
@@ -45,15 +94,20 @@ impl RegistriesConfig {
             hosts_dir,
             default_upstream: None,
             own_mirrors: Vec::new(),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
-            attempts: 3,
+            policy: UpstreamPolicy::default(),
+            per_registry: BTreeMap::new(),
         }
     }
 
+    /// The policy for `registry`: its own entry, else [`Self::policy`].
+    pub fn policy_for(&self, registry: &str) -> &UpstreamPolicy {
+        self.per_registry.get(registry).unwrap_or(&self.policy)
+    }
+
     /// Every problem with the settings at once (a default upstream or own mirror that
-    /// does not parse, zero timeouts or attempts). [`Registries::new`](super::Registries::new) does not refuse
-    /// them; call this when loading the daemon's configuration.
+    /// does not parse, zero timeouts or attempts, a per-registry key that is not a
+    /// registry host). [`Registries::new`](super::Registries::new) does not refuse them;
+    /// call this when loading the daemon's configuration.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if let Some(d) = &self.default_upstream
@@ -68,14 +122,12 @@ impl RegistriesConfig {
                 problems.push(format!("own mirror {m:?} is not a URL"));
             }
         }
-        if self.connect_timeout.is_zero() {
-            problems.push("connect timeout must be above zero".into());
-        }
-        if self.request_timeout.is_zero() {
-            problems.push("request timeout must be above zero".into());
-        }
-        if self.attempts == 0 {
-            problems.push("attempts must be at least 1".into());
+        problems.extend(self.policy.problems(""));
+        for (registry, policy) in &self.per_registry {
+            if !names::is_registry_host(registry) {
+                problems.push(format!("{registry:?} is not a registry host"));
+            }
+            problems.extend(policy.problems(&format!("{registry}: ")));
         }
         if problems.is_empty() {
             Ok(())

@@ -1,6 +1,6 @@
 //! One endpoint of a registry, ready to send: its [`EndpointSpec`] and the
 //! `reqwest::Client` built for it (rustls; extra CA roots, a client certificate,
-//! `skip_verify`, a proxy, the connect timeout), plus its `[header]` values as a
+//! `skip_verify`, a proxy, the connect timeout, TCP keepalive), plus its `[header]` values as a
 //! `HeaderMap` marked sensitive.
 //!
 //! Without `proxy`, the usual environment variables (`HTTPS_PROXY`, `NO_PROXY`, …) apply,
@@ -25,10 +25,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::warn;
 
 use super::hosts_toml::{EndpointSpec, NamedFile};
-use super::{RegistriesConfig, RegistryError, names};
+use super::{RegistryError, UpstreamPolicy, names};
 
 /// `User-Agent` of every upstream request.
 const USER_AGENT: &str = concat!("shoal-peer/", env!("CARGO_PKG_VERSION"));
+
+/// TCP keepalive probes on every upstream connection start after this much silence, so
+/// the kernel notices a peer that vanished (a body stall is caught sooner by the
+/// registry's idle timeout; keepalive also covers pooled idle connections).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Redirects followed (registries redirect blobs to object storage).
 const MAX_REDIRECTS: usize = 10;
@@ -52,13 +57,14 @@ impl Endpoint {
         spec: EndpointSpec,
         registry: &str,
         origin: &Path,
-        config: &RegistriesConfig,
+        policy: &UpstreamPolicy,
     ) -> Result<Endpoint, RegistryError> {
         let label = label(&spec.url);
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .connect_timeout(spec.dial_timeout.unwrap_or(config.connect_timeout))
+            .connect_timeout(spec.dial_timeout.unwrap_or(policy.connect_timeout))
             .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(TCP_KEEPALIVE)
             .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
         for ca in &spec.ca {
             let pem = read(ca, origin, "CA certificate")?;

@@ -2,21 +2,24 @@
 //! serve, with that registry's own TLS settings and mirrors read from containerd's
 //! `hosts.toml` files.
 //!
-//! [`Registries::resolve`] turns containerd's `ns` into a [`RegistryClient`]: it finds
+//! [`Registries::resolve`] turns containerd's `ns` into a [`RegistryClient`] (on tokio's
+//! blocking pool: it touches the disk): it finds
 //! `<hosts_dir>/<ns>/hosts.toml` the way containerd does (`host_port_`, `host:port`,
 //! then `_default`), parses it, drops the entries that point at this peer's own mirror,
 //! builds one `reqwest::Client` per endpoint (rustls; `ca`, `client`, `skip_verify`,
-//! `proxy`, `dial_timeout`) and caches the result until the file (or a certificate it
+//! `proxy`, `dial_timeout`; TCP keepalive; the registry's [`UpstreamPolicy`]) and caches the result until the file (or a certificate it
 //! names) changes. [`RegistryClient::send`] tries the endpoints in order with retries;
 //! [`RegistryClient::blob_upstream`] is the download engine's view of one blob.
 //!
 //! Layout:
-//! - `config.rs`: [`RegistriesConfig`] (defaults, validation) and the default upstream.
+//! - `config.rs`: [`RegistriesConfig`] and [`UpstreamPolicy`] (defaults, validation) and
+//!   the default upstream.
 //! - [`hosts_toml`]: the pure parser (text and directory in, endpoints out).
 //! - [`names`]: the `ns` grammar, directory candidates, implicit servers, loop detection.
 //! - `endpoint.rs`: one configured endpoint and its HTTP client (reads certificates).
 //! - `client.rs`: [`RegistryClient`], the try-in-order-with-retries loop.
 //! - `blob.rs`: [`BlobUpstream`] and the blob response parsing shared with the engine.
+//! - `body.rs`: [`idle_limited`], a response body that fails when upstream goes quiet.
 //!
 //! Not here: the mirror's HTTP surface and its OCI error bodies, the token dance (a 401
 //! and its `WWW-Authenticate` are returned to the caller, who relays them to containerd),
@@ -24,6 +27,7 @@
 //! containerd's HTTP fallback for `http://` hosts that also have TLS settings.
 
 mod blob;
+mod body;
 mod client;
 mod config;
 mod endpoint;
@@ -42,8 +46,9 @@ use shoal_proto::Digest;
 use tracing::{debug, info};
 
 pub use blob::BlobUpstream;
+pub use body::{BodyError, idle_limited};
 pub use client::RegistryClient;
-pub use config::RegistriesConfig;
+pub use config::{RegistriesConfig, UpstreamPolicy};
 
 use config::DefaultUpstream;
 use hosts_toml::EndpointSpec;
@@ -243,14 +248,33 @@ impl Registries {
         }
     }
 
-    /// The client for containerd's `ns` (`None`: the default upstream).
+    /// The client for containerd's `ns` (`None`: the default upstream), as
+    /// [`Self::resolve_blocking`] finds it, on tokio's blocking pool: checking the files'
+    /// stamps, and on a change reading and parsing `hosts.toml` and the certificates,
+    /// touch the disk, and must not hold up an async worker (mirror bodies and QUIC
+    /// uploads run there).
+    pub async fn resolve(&self, ns: Option<&str>) -> Result<Arc<RegistryClient>, RegistryError> {
+        let (this, ns) = (self.clone(), ns.map(str::to_owned));
+        tokio::task::spawn_blocking(move || this.resolve_blocking(ns.as_deref()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(RegistryError::Config {
+                    path: self.inner.config.hosts_dir.clone(),
+                    line: None,
+                    message: format!("resolving the registry failed: {e}"),
+                })
+            })
+    }
+
+    /// The client for containerd's `ns` (`None`: the default upstream); blocks on the
+    /// file system (use [`Self::resolve`] from async code).
     ///
     /// Reads `<hosts_dir>/<ns>/hosts.toml` (or `<host>_<port>_/`, or `_default/` when the
     /// registry has no directory, as containerd does); a directory without `hosts.toml`
     /// means Docker's layout (`*.crt` CAs, `*.cert`/`*.key` client pairs). The client is
     /// cached per registry and rebuilt when the file, the directory (certificate layout)
     /// or a certificate file changes. Errors are not cached: the next call reads again.
-    pub fn resolve(&self, ns: Option<&str>) -> Result<Arc<RegistryClient>, RegistryError> {
+    pub fn resolve_blocking(&self, ns: Option<&str>) -> Result<Arc<RegistryClient>, RegistryError> {
         let registry = match ns {
             Some(ns) if names::is_registry_host(ns) => ns.to_owned(),
             Some(ns) => return Err(RegistryError::UnknownRegistry(ns.to_owned())),

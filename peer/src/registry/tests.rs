@@ -20,7 +20,7 @@ fn write(path: &Path, text: &str) {
 }
 
 fn endpoints(r: &Registries, ns: Option<&str>) -> Vec<String> {
-    r.resolve(ns).unwrap().endpoints()
+    r.resolve_blocking(ns).unwrap().endpoints()
 }
 
 #[test]
@@ -37,11 +37,14 @@ fn unknown_and_invalid_names_are_refused() {
         "known.example/x",
     ] {
         assert!(
-            matches!(r.resolve(Some(ns)), Err(RegistryError::UnknownRegistry(n)) if n == ns),
+            matches!(r.resolve_blocking(Some(ns)), Err(RegistryError::UnknownRegistry(n)) if n == ns),
             "{ns}"
         );
     }
-    assert!(matches!(r.resolve(None), Err(RegistryError::NoDefault)));
+    assert!(matches!(
+        r.resolve_blocking(None),
+        Err(RegistryError::NoDefault)
+    ));
     assert_eq!(
         endpoints(&r, Some("known.example")),
         ["https://known.example/v2"]
@@ -52,17 +55,20 @@ fn unknown_and_invalid_names_are_refused() {
 fn the_default_upstream_needs_no_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let r = registries(tmp.path(), Some("http://127.0.0.1:5000"));
-    let c = r.resolve(None).unwrap();
+    let c = r.resolve_blocking(None).unwrap();
     assert_eq!(c.registry(), "127.0.0.1:5000");
     assert_eq!(c.endpoints(), ["http://127.0.0.1:5000/v2"]);
     // The same registry named by ns is the default too.
-    assert!(Arc::ptr_eq(&c, &r.resolve(Some("127.0.0.1:5000")).unwrap()));
+    assert!(Arc::ptr_eq(
+        &c,
+        &r.resolve_blocking(Some("127.0.0.1:5000")).unwrap()
+    ));
 
     let r = registries(tmp.path(), Some("docker.io"));
     assert_eq!(endpoints(&r, None), ["https://registry-1.docker.io/v2"]);
     let r = registries(tmp.path(), Some("not a host"));
     assert!(matches!(
-        r.resolve(None),
+        r.resolve_blocking(None),
         Err(RegistryError::UnknownRegistry(_))
     ));
 }
@@ -105,15 +111,18 @@ fn cached_until_the_file_changes() {
     let file = tmp.path().join("docker.io/hosts.toml");
     write(&file, "server = \"https://one.example\"\n");
     let r = registries(tmp.path(), None);
-    let first = r.resolve(Some("docker.io")).unwrap();
-    assert!(Arc::ptr_eq(&first, &r.resolve(Some("docker.io")).unwrap()));
+    let first = r.resolve_blocking(Some("docker.io")).unwrap();
+    assert!(Arc::ptr_eq(
+        &first,
+        &r.resolve_blocking(Some("docker.io")).unwrap()
+    ));
     // A clone shares the cache.
     assert!(Arc::ptr_eq(
         &first,
-        &r.clone().resolve(Some("docker.io")).unwrap()
+        &r.clone().resolve_blocking(Some("docker.io")).unwrap()
     ));
     write(&file, "server = \"https://second.example\"\n");
-    let second = r.resolve(Some("docker.io")).unwrap();
+    let second = r.resolve_blocking(Some("docker.io")).unwrap();
     assert!(!Arc::ptr_eq(&first, &second));
     assert_eq!(second.endpoints(), ["https://second.example/v2"]);
     // Replaced by rename (what editors and configure do).
@@ -138,7 +147,7 @@ fn broken_files_are_errors_that_name_file_and_line_and_are_not_cached() {
     let file = tmp.path().join("quay.io/hosts.toml");
     write(&file, "server = \"https://quay.io\"\n[host.\"https://m\"\n");
     let r = registries(tmp.path(), None);
-    match r.resolve(Some("quay.io")) {
+    match r.resolve_blocking(Some("quay.io")) {
         Err(RegistryError::Config { path, line, .. }) => {
             assert_eq!(path, file);
             assert_eq!(line, Some(2));
@@ -158,7 +167,7 @@ fn a_missing_certificate_is_named_with_the_line_naming_it() {
         "server = \"https://ghcr.io\"\n\n[host.\"https://m.example\"]\n  ca = \"missing-ca.crt\"\n",
     );
     let r = registries(tmp.path(), None);
-    let err = r.resolve(Some("ghcr.io")).unwrap_err();
+    let err = r.resolve_blocking(Some("ghcr.io")).unwrap_err();
     let RegistryError::Config {
         path,
         line,
@@ -191,21 +200,21 @@ fn certificates_are_checked_and_their_changes_seen() {
     write(&dir.join("client.key"), &pki.key_pem);
     let r = registries(tmp.path(), None);
     // Docker's layout: no hosts.toml.
-    let first = r.resolve(Some("tls.example")).unwrap();
+    let first = r.resolve_blocking(Some("tls.example")).unwrap();
     assert_eq!(first.endpoints(), ["https://tls.example/v2"]);
     assert!(Arc::ptr_eq(
         &first,
-        &r.resolve(Some("tls.example")).unwrap()
+        &r.resolve_blocking(Some("tls.example")).unwrap()
     ));
 
     // A certificate rewritten in place: rebuilt.
     write(&dir.join("ca.crt"), &format!("{}\n", pki.ca_cert_pem));
-    let second = r.resolve(Some("tls.example")).unwrap();
+    let second = r.resolve_blocking(Some("tls.example")).unwrap();
     assert!(!Arc::ptr_eq(&first, &second));
 
     // Garbage in a CA file: named.
     write(&dir.join("ca.crt"), "not a certificate\n");
-    match r.resolve(Some("tls.example")) {
+    match r.resolve_blocking(Some("tls.example")) {
         Err(RegistryError::Config { path, line, .. }) => {
             assert_eq!(path, dir.join("ca.crt"));
             assert_eq!(line, None);
@@ -218,7 +227,7 @@ fn certificates_are_checked_and_their_changes_seen() {
         &dir.join("client.key"),
         "-----BEGIN NONSENSE-----\nc2VjcmV0\n-----END NONSENSE-----\n",
     );
-    match r.resolve(Some("tls.example")) {
+    match r.resolve_blocking(Some("tls.example")) {
         Err(RegistryError::Config { path, message, .. }) => {
             assert_eq!(path, dir.join("client.key"));
             assert!(!message.contains("c2VjcmV0"), "{message}");
@@ -233,9 +242,39 @@ fn validate_reports_every_problem() {
     assert!(c.validate().is_ok());
     c.default_upstream = Some("ftp://x".into());
     c.own_mirrors = vec!["http://".into()];
-    c.attempts = 0;
-    c.request_timeout = Duration::ZERO;
+    c.policy.attempts = 0;
+    c.policy.request_timeout = Duration::ZERO;
     assert_eq!(c.validate().unwrap_err().len(), 4);
+    c = RegistriesConfig::new("/nonexistent".into());
+    let zero_idle = UpstreamPolicy {
+        idle_timeout: Duration::ZERO,
+        ..UpstreamPolicy::default()
+    };
+    c.per_registry.insert("ghcr.io".into(), zero_idle);
+    c.per_registry
+        .insert("not a host".into(), UpstreamPolicy::default());
+    let problems = c.validate().unwrap_err();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("ghcr.io: idle timeout"),
+        "{problems:?}"
+    );
+    assert!(problems[1].contains("not a registry host"), "{problems:?}");
+}
+
+#[test]
+fn a_registry_s_own_policy_replaces_the_default() {
+    let mut c = RegistriesConfig::new("/nonexistent".into());
+    let ghcr = UpstreamPolicy {
+        idle_timeout: Duration::from_secs(42),
+        ..UpstreamPolicy::default()
+    };
+    c.per_registry.insert("ghcr.io".into(), ghcr);
+    assert_eq!(c.policy_for("ghcr.io"), &ghcr);
+    assert_eq!(c.policy_for("docker.io"), &UpstreamPolicy::default());
+    c.default_upstream = Some("ghcr.io".into());
+    let client = Registries::new(c).resolve_blocking(None).unwrap();
+    assert_eq!(client.idle_timeout(), Duration::from_secs(42));
 }
 
 #[test]
@@ -253,4 +292,19 @@ fn requests_never_print_credentials() {
     let printed = format!("{req:?}");
     assert!(!printed.contains("s3cret"), "{printed}");
     assert!(printed.contains("library/nginx"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn resolve_from_async_code_shares_the_cache_and_errors() {
+    let r = registries(Path::new("/nonexistent"), Some("127.0.0.1:5000"));
+    let first = r.resolve(None).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &r.resolve_blocking(None).unwrap()));
+    assert!(Arc::ptr_eq(
+        &first,
+        &r.resolve(Some("127.0.0.1:5000")).await.unwrap()
+    ));
+    assert!(matches!(
+        r.resolve(Some("quay.io")).await,
+        Err(RegistryError::UnknownRegistry(_))
+    ));
 }

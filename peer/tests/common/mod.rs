@@ -19,7 +19,7 @@ pub(crate) fn blob_upstream(url: &str, repo: &str) -> Arc<dyn Upstream> {
     let mut config = RegistriesConfig::new("/nonexistent/shoal-test-hosts".into());
     config.default_upstream = Some(url.to_owned());
     let client = Registries::new(config)
-        .resolve(None)
+        .resolve_blocking(None)
         .expect("a default upstream resolves");
     Arc::new(client.blob_upstream(repo.to_owned(), None))
 }

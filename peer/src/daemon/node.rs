@@ -1,0 +1,291 @@
+//! [`Node::start`]: one peer node on sockets already bound ([`Sockets`]), the one way
+//! to start it: the `shoal-peer run` binary ([`super::run`]: bind, then start) and the
+//! tests that need a whole node (they bind `127.0.0.1:0`).
+//!
+//! A node is the piece store (opened from `data_dir`), the QUIC piece server, the
+//! scheduler link, the download engine, the registry mirror, garbage collection, the
+//! TLS watch, and health and metrics. [`Node::wait`] returns once `shutdown` resolved and
+//! everything stopped in order: the mirror leaves `/readyz` first, open blob streams get
+//! 5 s, health and metrics stop last.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_proto::v1;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use super::{Settings, StoreInventory, StoreSource, TlsSource, gc, health, tls_reload};
+use crate::engine::Engine;
+use crate::mirror::Mirror;
+use crate::registry::{Registries, RegistriesConfig};
+use crate::scheduler_link::{LinkConfig, SchedulerLink};
+use crate::store::{DiskStore, PieceStore, load_or_create_peer_id};
+use crate::tls;
+use crate::transfer::{PieceClient, TransferStats, UploadLimits};
+
+/// How long open mirror streams get at shutdown; containerd resumes them elsewhere.
+const MIRROR_DRAIN: Duration = Duration::from_secs(5);
+
+/// What a node listens on, bound before it starts.
+#[derive(Debug)]
+pub struct Sockets {
+    /// The QUIC piece server (UDP).
+    pub quic: std::net::UdpSocket,
+    /// The registry mirror containerd pulls through.
+    pub mirror: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http: TcpListener,
+}
+
+impl Sockets {
+    /// Binds `settings`' `quic_listen`, `mirror_listen` and `http_listen`; an error names
+    /// the address.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Sockets> {
+        let quic = std::net::UdpSocket::bind(settings.quic_listen)
+            .with_context(|| format!("cannot listen for QUIC on {}", settings.quic_listen))?;
+        let mirror = TcpListener::bind(settings.mirror_listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen for the mirror on {}", settings.mirror_listen)
+            })?;
+        let http = TcpListener::bind(settings.http_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for metrics and health on {}",
+                    settings.http_listen
+                )
+            })?;
+        Ok(Sockets { quic, mirror, http })
+    }
+}
+
+/// A running node: its identity and addresses, and its end.
+#[derive(Debug)]
+pub struct Node {
+    /// The peer id the node joined with (its certificate's node name, else the id
+    /// kept in the data dir).
+    pub peer_id: String,
+    /// Where the QUIC piece server listens.
+    pub quic_addr: SocketAddr,
+    /// What other peers dial: `settings.advertise`'s IP with the bound QUIC port.
+    pub advertise: SocketAddr,
+    /// Where the registry mirror listens.
+    pub mirror_addr: SocketAddr,
+    /// Where health and metrics are served.
+    pub http_addr: SocketAddr,
+    done: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Node {
+    /// Opens the store in `settings.data_dir`, loads the peer certificate, and starts
+    /// every part of the node on `sockets`; returns once they all run. They stop when
+    /// `shutdown` resolves ([`Node::wait`] tells when they have). Errors (store, TLS
+    /// files, the QUIC socket) name what failed; nothing keeps running after one.
+    pub async fn start(
+        sockets: Sockets,
+        settings: Settings,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Node> {
+        let (dir, cache) = (settings.data_dir.clone(), settings.cache);
+        let store: Arc<dyn PieceStore> = Arc::new(
+            tokio::task::spawn_blocking(move || DiskStore::open(&dir, cache))
+                .await?
+                .with_context(|| {
+                    format!(
+                        "cannot open the piece store in {}",
+                        settings.data_dir.display()
+                    )
+                })?,
+        );
+        let (tls, peer_id, hostname) = {
+            let (source, data_dir) = (settings.tls.clone(), settings.data_dir.clone());
+            tokio::task::spawn_blocking(move || identity(&source, &data_dir)).await??
+        };
+        let quic_addr = sockets.quic.local_addr()?;
+        let endpoint = tls::endpoint_on(sockets.quic, &tls)
+            .with_context(|| format!("cannot serve QUIC on {quic_addr}"))?;
+        let mirror_addr = sockets.mirror.local_addr()?;
+        let http_addr = sockets.http.local_addr()?;
+        let advertise = SocketAddr::new(settings.advertise.ip(), quic_addr.port());
+        // Only with --mirror-allow-remote: Settings refuses it otherwise.
+        if !mirror_addr.ip().is_loopback() {
+            tracing::warn!(
+                mirror.addr = %mirror_addr,
+                "the mirror listens beyond loopback (--mirror-allow-remote): anyone who reaches it can pull through this node's upstream credentials"
+            );
+        }
+        info!(
+            peer.id = %peer_id,
+            quic.addr = %quic_addr,
+            advertise.addr = %advertise,
+            http.addr = %http_addr,
+            mirror.addr = %mirror_addr,
+            schedulers = settings.schedulers.len(),
+            "shoal-peer starting"
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let me = v1::PeerInfo {
+            peer_id: peer_id.clone(),
+            hostname,
+            quic_addr: advertise.to_string(),
+            zone: settings.zone.clone(),
+            rack: String::new(),
+            upload_slots: settings.upload_slots as u32,
+        };
+        let mut link_config = LinkConfig::new(settings.schedulers.clone(), me);
+        if let TlsSource::Dir(d) = &settings.tls {
+            link_config.tls_dir = Some(d.clone());
+        }
+        let link = SchedulerLink::spawn(
+            link_config,
+            Arc::new(StoreInventory(store.clone())),
+            stopped(),
+        );
+        let client = PieceClient::new(endpoint.clone());
+        if let TlsSource::Dir(dir) = &settings.tls {
+            tokio::spawn(tls_reload::watch(
+                dir.clone(),
+                endpoint.clone(),
+                client.tls(),
+                Duration::from_secs(10),
+                stopped(),
+            ));
+        }
+        let engine = Engine::new(store.clone(), link.clone(), client);
+        let mut registries = RegistriesConfig::new(settings.containerd_hosts_dir.clone());
+        registries.default_upstream = settings.default_upstream.clone();
+        registries.policy = settings.upstream;
+        registries.per_registry = settings.registry_policies.clone();
+        let port = mirror_addr.port();
+        registries.own_mirrors = [
+            format!("http://{mirror_addr}"),
+            format!("http://127.0.0.1:{port}"),
+            format!("http://localhost:{port}"),
+            format!("http://[::1]:{port}"),
+        ]
+        .into();
+        let mirror = Mirror::new(engine.clone(), Registries::new(registries));
+        // Ready while the mirror serves: it turns false when the mirror's server
+        // ends (an error, or shutdown), before anything else stops.
+        let ready = Arc::new(AtomicBool::new(true));
+        let mirror_server = tokio::spawn({
+            let (ready, stop) = (ready.clone(), stopped());
+            let serve = crate::mirror::serve(sockets.mirror, mirror.clone(), stop);
+            async move {
+                let r = serve.await;
+                ready.store(false, Ordering::Relaxed);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "the mirror stopped serving");
+                }
+                r
+            }
+        });
+        let gc = tokio::spawn(gc::run(store.clone(), link.clone(), stopped()));
+        let stats = Arc::new(TransferStats::default());
+        let limits = UploadLimits {
+            upload_slots: settings.upload_slots,
+            rate_limit: settings.upload_rate_limit,
+        };
+        let server = tokio::spawn(crate::transfer::serve(
+            endpoint,
+            Arc::new(StoreSource(store.clone())),
+            limits,
+            stats.clone(),
+            stopped(),
+        ));
+        let metrics = health::registry(&engine, &mirror.stats, &stats, &store, &link);
+        let health = health::Health {
+            metrics: Arc::new(metrics),
+            link,
+            ready: ready.clone(),
+        };
+        // Health and metrics stop last, so that /readyz says "stopping" while the
+        // mirror drains.
+        let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http_server = tokio::spawn(async move {
+            axum::serve(sockets.http, health::router(health))
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopped.await;
+                })
+                .await
+        });
+
+        let done = tokio::spawn(async move {
+            shutdown.await;
+            info!("shutting down");
+            ready.store(false, Ordering::Relaxed);
+            let _ = stop_tx.send(true);
+            server.await?;
+            gc.await?;
+            if tokio::time::timeout(MIRROR_DRAIN, mirror_server)
+                .await
+                .is_err()
+            {
+                info!("mirror streams still open after 5 s; closing them");
+            }
+            let _ = http_stop.send(());
+            http_server.await??;
+            info!("stopped");
+            Ok(())
+        });
+        Ok(Node {
+            peer_id,
+            quic_addr,
+            advertise,
+            mirror_addr,
+            http_addr,
+            done,
+        })
+    }
+
+    /// Waits until the node has stopped (after `shutdown` resolved); an error is one a
+    /// part of the node ended with.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await?
+    }
+}
+
+/// The peer certificate, the peer id and the host name. A node certificate names this
+/// node: that name is the peer id, the only one the scheduler accepts from this
+/// certificate. The shared certificate names no node: the id is the one kept in the
+/// data dir. Reads files: call it on the blocking pool.
+fn identity(
+    source: &TlsSource,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(tls::PeerTls, String, String)> {
+    let tls = match source {
+        TlsSource::Dir(d) => tls::load_dir(d)?,
+        TlsSource::Ephemeral => tls::ephemeral()?,
+    };
+    let node_identity = match source {
+        TlsSource::Dir(d) => {
+            let path = d.join("tls.crt");
+            let pem =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            tls::node_identity(&pem).with_context(|| format!("{}", path.display()))?
+        }
+        TlsSource::Ephemeral => None,
+    };
+    let peer_id = match node_identity {
+        Some(name) => name,
+        None => load_or_create_peer_id(data_dir)?,
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    Ok((tls, peer_id, hostname))
+}
