@@ -236,15 +236,80 @@ async fn reader_yields_the_blob_from_an_offset() {
     assert!(past.next().await.unwrap().is_err());
 }
 
+/// A full disk and no hash known for the pieces (no scheduler): they could be
+/// neither kept nor verified as they stream, so the download fails cleanly (a
+/// local fault) instead of holding the whole blob in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_does_not_fail_the_download() {
-    let (data, digest, up) = upstream(5 * MIB, 5).await;
+async fn a_full_disk_with_no_known_hashes_fails_cleanly() {
+    let (_data, digest, up) = upstream(5 * MIB, 5).await;
     let n = lone(&up);
     n.store.fail_writes(true);
     let dl = n.fetch(digest);
-    done(&dl).await;
-    assert_eq!(read_all(&dl, 0).await, *data);
+    let err = tokio::time::timeout(WAIT, dl.wait())
+        .await
+        .expect("download did not finish")
+        .unwrap_err();
+    assert!(matches!(err, EngineError::NoRoom), "{err}");
+    assert!(err.is_local_fault());
     assert!(!n.store.meta(&digest).unwrap().is_some_and(|m| m.complete));
+}
+
+/// A full disk with the hashes known from the plan: the pieces stream through,
+/// each verified, and memory holds only a small backlog ahead of a slow reader
+/// (the driver stops taking pieces until the reader reads on), never the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_streams_verified_pieces_through_bounded_memory() {
+    let (data, digest, up) = upstream(32 * 4 * MIB, 14).await;
+    let shape = TaskShape::for_size(data.len() as u64).unwrap();
+    let addr: SocketAddr = "10.9.0.3:7651".parse().unwrap();
+    let parents = TwinFetcher::default();
+    let mut hashes = Vec::new();
+    for i in 0..shape.piece_count() {
+        let r = shape.piece_range(i).unwrap();
+        let piece = Bytes::copy_from_slice(&data[r.start as usize..r.end as usize]);
+        hashes.push((i, <[u8; 32]>::from(Sha256::digest(&piece))));
+        parents.insert(addr, digest, i, piece);
+    }
+    let link = TwinScheduler::connected();
+    let store = Arc::new(MemStore::default());
+    store.fail_writes(true);
+    let mut config = EngineConfig::default();
+    config.planner.max_in_flight = 2;
+    let engine = Engine::with_config(store.clone(), link.clone(), parents, config);
+    let dl = engine.fetch(digest, 0, common::blob_upstream(&up.url(), REPO));
+    let writer = loop {
+        if let Some(w) = link.writer(&digest) {
+            break w;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    writer
+        .send(Ok(PlanUpdate {
+            shape: Some(shape),
+            hashes,
+            parents: vec![PlanParent {
+                r: ParentRef {
+                    id: "p".into(),
+                    addr,
+                },
+                pieces: None,
+            }],
+            back_to_source: false,
+        }))
+        .unwrap();
+    let (mut got, mut most) = (Vec::new(), 0);
+    let mut reader = std::pin::pin!(dl.reader(0));
+    while let Some(chunk) = reader.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+        most = most.max(dl.memory_pieces());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(got == *data, "bytes differ");
+    done(&dl).await;
+    assert_eq!(gets(&up), 0);
+    // The backlog (8) plus what was in flight (2) plus the piece being taken.
+    assert!(most <= 11, "{most} pieces held in memory at once");
+    assert!(!store.meta(&digest).unwrap().is_some_and(|m| m.complete));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,4 +503,49 @@ async fn over_twins_a_corrupt_parent_is_reported_and_the_honest_one_serves() {
         }
     }
     assert_eq!(reported.len() as u32, shape.piece_count());
+}
+
+/// A zero-size blob gets the same digest check as any other: its empty stream ends
+/// cleanly only when the empty bytes are what the digest names, and fails (rather
+/// than ending as if complete) when upstream sends nothing for a non-empty digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_size_blob_is_checked_against_its_digest() {
+    let empty: Digest = format!("sha256:{}", hex_sha(b"")).parse().unwrap();
+    let up = CountingUpstream::start(
+        REPO,
+        &empty.to_string(),
+        Arc::new(Vec::new()),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let n = lone(&up);
+    let dl = n.fetch(empty);
+    done(&dl).await;
+    assert!(read_all(&dl, 0).await.is_empty());
+
+    // Upstream answers a non-empty digest with zero bytes.
+    let (_data, liar) = blob(1024, 12);
+    let up = CountingUpstream::start(REPO, &liar, Arc::new(Vec::new()), Duration::ZERO)
+        .await
+        .unwrap();
+    let n = lone(&up);
+    let dl = n.fetch(liar.parse().unwrap());
+    let err = tokio::time::timeout(WAIT, dl.wait())
+        .await
+        .expect("download did not finish")
+        .unwrap_err();
+    assert!(matches!(err, EngineError::DigestMismatch(_)), "{err}");
+    let mut reader = std::pin::pin!(dl.reader(0));
+    assert!(
+        reader.next().await.unwrap().is_err(),
+        "an empty body ended as if right"
+    );
+}
+
+fn hex_sha(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -14,8 +14,10 @@
 //! [`ATTEMPTS`].
 //!
 //! [`ATTEMPT_LIMIT`] is 30 s: the issue asks that a silently dropping upstream cost
-//! seconds, not 30 s. The stall case uses the peer's default upstream settings: on
-//! main today there is no idle-read timeout flag or per-registry setting to shorten.
+//! seconds, not 30 s. The stall case uses the peer's default upstream settings (an
+//! idle-read timeout of 10 s per body chunk; `idle_timeout` per registry in the
+//! config file): the stalled download resumes with a `Range` from its first missing
+//! piece.
 //!
 //! Cases: a stall mid-body; a reset mid-body; wrong bytes in one piece; wrong bytes for
 //! the whole blob once; a burst of 5xx; a slow upstream (1 MB/s); a complete blob whose

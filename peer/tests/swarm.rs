@@ -20,7 +20,7 @@ use shoal_peer::scheduler_link::{LinkConfig, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore};
 use shoal_peer::tls::{self, PeerTls};
 use shoal_peer::transfer::{PieceClient, PieceSource, TransferStats, UploadLimits, serve};
-use shoal_proto::{Digest, v1};
+use shoal_proto::{Digest, TaskShape, v1};
 use shoal_tests::scheduler::InProcessScheduler;
 use shoal_tests::upstream::CountingUpstream;
 use shoal_tests::{blob, eventually};
@@ -308,15 +308,23 @@ async fn killing_the_back_to_source_peer_mid_transfer_the_others_complete() {
         .iter()
         .position(|n| elected.iter().any(|e| *e == n.id.as_str()))
         .expect("elected peer is one of ours");
-    let mut progress = dls[victim].progress();
-    tokio::time::timeout(WAIT, progress.wait_for(|p| p.have.count() >= 1))
-        .await
-        .expect("back-to-source peer never got a piece")
-        .unwrap();
-    let (have, total) = {
-        let p = progress.borrow();
-        (p.have.count(), p.have.len())
+    // Its upstream pieces are held back from its own readers until the digest
+    // matched (no hash was known for them), so progress is counted from the stats.
+    let from_upstream = || {
+        dls[victim]
+            .stats()
+            .pieces_from_upstream
+            .load(Ordering::Relaxed)
     };
+    tokio::time::timeout(WAIT, async {
+        while from_upstream() < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("back-to-source peer never got a piece");
+    let have = from_upstream() as u32;
+    let total = TaskShape::for_size(SIZE as u64).unwrap().piece_count();
     assert!(have < total, "victim finished before it could be killed");
     nodes[victim].kill().await;
     eprintln!("killed {} holding {have}/{total} pieces", nodes[victim].id);

@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// Garbage collection evicts least recently used blobs down to this fraction of --cache-size [default: 0.75].
     #[arg(long, env = "SHOAL_CACHE_LOW_WATERMARK")]
     pub cache_low_watermark: Option<String>,
+    /// An unfinished blob nobody read or wrote for this long is deleted, e.g. 30m, 2h [default: 1h].
+    #[arg(long, env = "SHOAL_CACHE_INCOMPLETE_TTL")]
+    pub cache_incomplete_ttl: Option<String>,
 }
 
 /// How `tls` is obtained.
@@ -232,6 +235,7 @@ impl Settings {
         let cache_size = get(a.cache_size, file.cache_size, "10GiB");
         let high = get(a.cache_high_watermark, file.cache_high_watermark, "0.9");
         let low = get(a.cache_low_watermark, file.cache_low_watermark, "0.75");
+        let incomplete_ttl = get(a.cache_incomplete_ttl, file.cache_incomplete_ttl, "1h");
         let upload_slots = get(a.upload_slots, file.upload_slots, "8");
         let upload_rate_limit = a.upload_rate_limit.or(file.upload_rate_limit.map(|t| t.0));
         let log_format = get(a.log_format, file.log_format, "text");
@@ -291,11 +295,22 @@ impl Settings {
         let cache_size = parse_size(&cache_size)
             .map_err(|e| errors.push(format!("--cache-size: {e}")))
             .ok();
+        let incomplete_ttl = parse_duration(&incomplete_ttl)
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be above zero".to_string())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|e| errors.push(format!("--cache-incomplete-ttl: {e}")))
+            .ok();
         if let (Some(cache_size), Some(high), Some(low)) = (cache_size, high, low) {
             let c = StoreConfig {
                 cache_size,
                 high_watermark: high,
                 low_watermark: low,
+                ..StoreConfig::default()
             };
             if let Err(e) = c.validate() {
                 errors.push(format!("--cache-low-watermark/--cache-high-watermark: {e}"));
@@ -383,6 +398,7 @@ impl Settings {
                 cache_size: cache_size.expect("checked"),
                 high_watermark: high.expect("checked"),
                 low_watermark: low.expect("checked"),
+                incomplete_ttl: incomplete_ttl.expect("checked"),
             },
             http_listen: http_listen.expect("checked"),
             tls: tls.expect("checked"),

@@ -120,6 +120,12 @@ impl Download {
         &self.stats
     }
 
+    /// Pieces held only in memory right now (the store could not take them); at
+    /// most a small backlog ahead of the slowest reader, whatever the blob's size.
+    pub fn memory_pieces(&self) -> usize {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Waits until the download is complete (`Ok`) or failed.
     pub async fn wait(&self) -> Result<(), EngineError> {
         let mut rx = self.progress.subscribe();

@@ -33,6 +33,10 @@ const TICK: Duration = Duration::from_millis(200);
 const LINGER: Duration = Duration::from_secs(5);
 /// Events (each may carry a piece) queued from fetches and upstream to the driver.
 const EVENT_QUEUE: usize = 1;
+/// When the store cannot take the blob, verified pieces waiting only for the reader
+/// are kept in memory up to this many; past it the driver stops taking new pieces
+/// until the reader catches up (so memory stays bounded, whatever the blob's size).
+const MEMORY_BACKLOG: usize = 8;
 
 /// Runs one download to its end and removes it from the engine's map.
 pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
@@ -93,6 +97,10 @@ struct Driver<'a> {
     /// Pieces kept without a hash to check them against (held back from readers
     /// until the digest matched).
     unchecked: Vec<u32>,
+    /// The blob's digest, computed in piece order as the pieces arrive: over
+    /// pieces `0..hashed` (`None` only while a blocking task holds it).
+    hasher: Option<Sha256>,
+    hashed: u32,
 }
 
 async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), EngineError> {
@@ -160,6 +168,8 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
         plan: None,
         opened: false,
         unchecked: Vec::new(),
+        hasher: Some(Sha256::new()),
+        hashed: 0,
     };
     if let Some(m) = meta {
         d.core.resume(m.shape, &m.hashes, &m.pieces)?;
@@ -205,7 +215,8 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
                     d.core.plan_lost(Instant::now());
                 }
             },
-            Some(ev) = rx.recv() => d.on_event(ev).await?,
+            // Not while the reader has to catch up (memory-only pieces).
+            Some(ev) = rx.recv(), if !d.backlog_full() => d.on_event(ev).await?,
             _ = ticker.tick() => {}
             // A parent that answered BUSY may be asked again.
             _ = sleep_until(busy_until) => {}
@@ -290,6 +301,15 @@ impl Driver<'_> {
             },
             Action::ShapeKnown(shape) => {
                 self.dl.set_shape(shape);
+                if !self.opened && shape.size() > self.inner.store.capacity() {
+                    self.opened = true;
+                    info!(
+                        task.size = shape.size(),
+                        store.capacity = self.inner.store.capacity(),
+                        "blob larger than the cache: streamed through, verified, not stored"
+                    );
+                    self.core.store_failed();
+                }
                 if !self.opened {
                     self.opened = true;
                     if let Err(e) = self.inner.store.open(self.dl.digest, shape) {
@@ -390,6 +410,11 @@ impl Driver<'_> {
         }
         let stored = self.store(index, &bytes, hash).await?;
         if !stored {
+            if !checked {
+                // Neither kept nor verifiable until the whole blob is here: holding it
+                // would hold the whole blob in memory.
+                return Err(EngineError::NoRoom);
+            }
             self.dl
                 .memory
                 .lock()
@@ -404,7 +429,70 @@ impl Driver<'_> {
         } else {
             self.unchecked.push(index);
         }
+        self.feed_digest().await?;
+        self.trim_memory();
         Ok(())
+    }
+
+    /// Feeds the pieces now contiguous from `hashed` on into the blob's digest.
+    async fn feed_digest(&mut self) -> Result<(), EngineError> {
+        let Some(shape) = self.core.shape() else {
+            return Ok(());
+        };
+        let from = self.hashed;
+        let mut to = from;
+        while to < shape.piece_count() && self.core.have().contains(to) {
+            to += 1;
+        }
+        if to == from {
+            return Ok(());
+        }
+        let mut hasher = self.hasher.take().expect("hasher is home");
+        let dl = self.dl.clone();
+        let (hasher, r) = tokio::task::spawn_blocking(move || {
+            for i in from..to {
+                match dl.read_piece(i) {
+                    Ok(Some(p)) => hasher.update(&p),
+                    Ok(None) => return (hasher, Err(EngineError::PieceGone(i))),
+                    Err(e) => return (hasher, Err(e)),
+                }
+            }
+            (hasher, Ok(()))
+        })
+        .await
+        .map_err(|_| EngineError::TaskAborted("digest"))?;
+        self.hasher = Some(hasher);
+        r?;
+        self.hashed = to;
+        Ok(())
+    }
+
+    /// Drops the memory-only pieces both the digest and the reader are past.
+    fn trim_memory(&mut self) {
+        let Some(shape) = self.core.shape() else {
+            return;
+        };
+        let reader = shape
+            .piece_at(self.dl.reader_offset.load(Ordering::Relaxed))
+            .unwrap_or(shape.piece_count());
+        let done = reader.min(self.hashed);
+        self.dl
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|i, _| *i >= done);
+    }
+
+    /// True when the memory-only pieces waiting only for the reader reached
+    /// [`MEMORY_BACKLOG`]: no more pieces are taken until it reads on.
+    fn backlog_full(&mut self) -> bool {
+        if self.core.store_ok() {
+            return false;
+        }
+        self.trim_memory();
+        let hashed = self.hashed;
+        let memory = self.dl.memory.lock().unwrap_or_else(|e| e.into_inner());
+        memory.keys().filter(|i| **i < hashed).count() >= MEMORY_BACKLOG
     }
 
     /// Writes a verified piece with its hash (so that a restart can check it and
@@ -440,19 +528,19 @@ impl Driver<'_> {
 
     /// Every piece is here: verify the blob, mark it complete, report.
     async fn complete(&mut self) -> Result<(), EngineError> {
-        let shape = self.core.shape().expect("complete implies a shape");
         let digest = self.dl.digest;
-        let dl = self.dl.clone();
-        let got = tokio::task::spawn_blocking(move || -> Result<[u8; 32], EngineError> {
-            let mut hasher = Sha256::new();
-            for i in 0..shape.piece_count() {
-                let piece = dl.read_piece(i)?.ok_or(EngineError::PieceGone(i))?;
-                hasher.update(&piece);
-            }
-            Ok(hasher.finalize().into())
-        })
-        .await
-        .map_err(|_| EngineError::TaskAborted("digest"))??;
+        // Every piece is held: the digest was fed up to the end as they came.
+        self.feed_digest().await?;
+        let shape = self.core.shape().expect("complete implies a shape");
+        if self.hashed != shape.piece_count() {
+            return Err(EngineError::PieceGone(self.hashed));
+        }
+        let got: [u8; 32] = self
+            .hasher
+            .replace(Sha256::new())
+            .expect("hasher is home")
+            .finalize()
+            .into();
         if got != *digest.as_bytes() {
             // Pieces that each matched their hash make up the wrong blob: the hashes
             // (from upstream, or from the swarm) were wrong. Nothing of it is kept, so

@@ -98,6 +98,13 @@ pub enum EngineError {
     /// The download ended without an outcome (its runtime shut down).
     #[error("download dropped before it ended")]
     Dropped,
+    /// The store cannot take the blob (disk full, or the blob is larger than the
+    /// cache) and its pieces have no hash to check them against before the whole
+    /// blob is here: they could be neither kept nor verified as they stream.
+    #[error(
+        "the store cannot take this blob and its pieces cannot be verified before all of it is here"
+    )]
+    NoRoom,
 }
 
 impl EngineError {
@@ -107,7 +114,7 @@ impl EngineError {
     pub fn is_local_fault(&self) -> bool {
         match self {
             EngineError::Store(e) => e.is_local_fault(),
-            EngineError::PieceGone(_) | EngineError::TaskAborted(_) => true,
+            EngineError::PieceGone(_) | EngineError::TaskAborted(_) | EngineError::NoRoom => true,
             _ => false,
         }
     }

@@ -45,7 +45,10 @@ fn next(p: &Progress, offset: u64) -> Next {
         });
     }
     match shape.piece_at(offset) {
-        None => Next::End,
+        // At the end (a zero-size blob, or every byte read): the stream ends only once
+        // the blob matched its digest, so an empty body is checked like any other.
+        None if matches!(p.state, DownloadState::Complete) => Next::End,
+        None => Next::Wait,
         // The last piece waits for the whole blob to match its digest: a reader never
         // gets every byte of a blob that turns out wrong.
         Some(i) if i + 1 == shape.piece_count() && !matches!(p.state, DownloadState::Complete) => {

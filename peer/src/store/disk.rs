@@ -168,11 +168,6 @@ impl DiskStore {
         Ok(store)
     }
 
-    /// Pieces found damaged at rest (and dropped) since the store was opened.
-    pub fn damaged_pieces(&self) -> u64 {
-        self.damaged.load(Ordering::Relaxed)
-    }
-
     /// Records piece `index` of a task of `count` pieces as verified in this life.
     fn mark_verified(&self, digest: &Digest, index: u32, count: u32) {
         let mut map = lock(&self.verified);
@@ -683,23 +678,26 @@ impl PieceStore for DiskStore {
     }
 
     fn collect_garbage(&self) -> Result<Vec<Digest>, StoreError> {
-        if self.usage_bytes() <= self.config.high_bytes() {
-            return Ok(Vec::new());
-        }
-        let mut candidates = Vec::new();
+        let (mut candidates, mut incomplete) = (Vec::new(), Vec::new());
         for kv in self.tasks.iter() {
             let (k, v) = kv.map_err(|e| self.db_err(e))?;
             let (Some(digest), Ok(header)) = (record::digest_key(&k), Header::decode(&v)) else {
                 continue;
             };
+            let access = match self.access.get(&k).map_err(|e| self.db_err(e))? {
+                Some(v) => record::decode_access(&v),
+                None => (0, 0),
+            };
+            let c = Candidate { digest, access };
             if header.complete {
-                let access = match self.access.get(&k).map_err(|e| self.db_err(e))? {
-                    Some(v) => record::decode_access(&v),
-                    None => (0, 0),
-                };
-                candidates.push(Candidate { digest, access });
+                candidates.push(c);
+            } else {
+                incomplete.push(c);
             }
         }
+        super::collect_stale(&self.config, &self.pins, now_secs(), incomplete, |d| {
+            self.remove_task(d)
+        })?;
         super::collect(
             &self.config,
             &self.pins,
@@ -711,6 +709,14 @@ impl PieceStore for DiskStore {
 
     fn usage_bytes(&self) -> u64 {
         self.usage.load(Ordering::SeqCst)
+    }
+
+    fn capacity(&self) -> u64 {
+        self.config.cache_size
+    }
+
+    fn damaged_pieces(&self) -> u64 {
+        self.damaged.load(Ordering::Relaxed)
     }
 }
 

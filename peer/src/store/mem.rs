@@ -226,14 +226,25 @@ impl PieceStore for MemStore {
     }
 
     fn collect_garbage(&self) -> Result<Vec<Digest>, StoreError> {
-        let candidates = lock(&self.tasks)
+        let (candidates, incomplete): (Vec<_>, Vec<_>) = lock(&self.tasks)
             .values()
-            .filter(|t| t.meta.complete)
-            .map(|t| Candidate {
-                digest: t.meta.digest,
-                access: (t.meta.last_access, t.seq),
+            .map(|t| {
+                let c = Candidate {
+                    digest: t.meta.digest,
+                    access: (t.meta.last_access, t.seq),
+                };
+                (t.meta.complete, c)
             })
-            .collect();
+            .partition(|(complete, _)| *complete);
+        let strip = |v: Vec<(bool, Candidate)>| v.into_iter().map(|(_, c)| c).collect();
+        super::collect_stale(
+            &self.config,
+            &self.pins,
+            super::now_secs(),
+            strip(incomplete),
+            |d| Ok(self.remove_task(d)),
+        )?;
+        let candidates = strip(candidates);
         super::collect(
             &self.config,
             &self.pins,
@@ -245,5 +256,9 @@ impl PieceStore for MemStore {
 
     fn usage_bytes(&self) -> u64 {
         self.usage.load(Ordering::SeqCst)
+    }
+
+    fn capacity(&self) -> u64 {
+        self.config.cache_size
     }
 }

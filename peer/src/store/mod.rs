@@ -120,17 +120,31 @@ pub trait PieceStore: Send + Sync + 'static {
     fn collect_garbage(&self) -> Result<Vec<Digest>, StoreError>;
     /// Bytes the stored tasks take (the sum of their sizes, complete or not).
     fn usage_bytes(&self) -> u64;
+    /// The quota (`cache_size`): a blob larger than this is never stored.
+    fn capacity(&self) -> u64;
+    /// Pieces found damaged at rest (and dropped) since the store was opened.
+    fn damaged_pieces(&self) -> u64 {
+        0
+    }
 }
 
 /// Registers the store's metrics in `registry` (names without a prefix: the daemon's
-/// registry adds `shoal_peer_`): the bytes it holds, read at every scrape.
+/// registry adds `shoal_peer_`): the bytes it holds and the pieces found damaged at
+/// rest, read at every scrape.
 pub fn register_metrics(store: &Arc<dyn PieceStore>, registry: &mut Registry) {
     metrics::register(registry, Usage(store.clone()), |u| {
-        vec![Sample::Gauge(
-            "cache_bytes",
-            "Bytes of blobs held in the piece store.",
-            i64::try_from(u.0.usage_bytes()).unwrap_or(i64::MAX),
-        )]
+        vec![
+            Sample::Gauge(
+                "cache_bytes",
+                "Bytes of blobs held in the piece store.",
+                i64::try_from(u.0.usage_bytes()).unwrap_or(i64::MAX),
+            ),
+            Sample::Counter(
+                "store_pieces_damaged",
+                "Stored pieces that failed their hash on first read (damaged at rest); dropped and fetched again.",
+                u.0.damaged_pieces(),
+            ),
+        ]
     });
 }
 
@@ -155,6 +169,10 @@ pub struct StoreConfig {
     /// Fraction of `cache_size` eviction stops at. Default 0.75; must not be
     /// above `high_watermark`.
     pub low_watermark: f64,
+    /// An unfinished task nobody read or wrote for this long is deleted at the next
+    /// collection, whatever the watermarks (its download was abandoned: a crash,
+    /// a cancelled pull). Default 1 h.
+    pub incomplete_ttl: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -166,13 +184,19 @@ impl StoreConfig {
         }
     }
 
-    /// Checks `0 < low_watermark <= high_watermark <= 1`.
+    /// Checks `0 < low_watermark <= high_watermark <= 1` and a non-zero
+    /// `incomplete_ttl`.
     pub fn validate(&self) -> Result<(), StoreError> {
         let (lo, hi) = (self.low_watermark, self.high_watermark);
         if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
             return Err(StoreError::Config(format!(
                 "watermarks must satisfy 0 < low ({lo}) <= high ({hi}) <= 1"
             )));
+        }
+        if self.incomplete_ttl.is_zero() {
+            return Err(StoreError::Config(
+                "the time after which an unfinished task is collected must be above zero".into(),
+            ));
         }
         Ok(())
     }
@@ -187,12 +211,13 @@ impl StoreConfig {
 }
 
 impl Default for StoreConfig {
-    /// 10 GiB, watermarks 0.9 and 0.75.
+    /// 10 GiB, watermarks 0.9 and 0.75, unfinished tasks collected after 1 h.
     fn default() -> Self {
         StoreConfig {
             cache_size: 10 << 30,
             high_watermark: 0.9,
             low_watermark: 0.75,
+            incomplete_ttl: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -303,6 +328,36 @@ fn collect(
     Ok(evicted)
 }
 
+/// Deletes the unfinished tasks untouched for `config.incomplete_ttl` (as of `now`,
+/// unix seconds) that nobody pins; `evict` is called with the pin table locked.
+/// Not reported to the scheduler (it offers only what a peer reported holding,
+/// and a plan for an abandoned download is closed already). The deleted tasks.
+fn collect_stale(
+    config: &StoreConfig,
+    pins: &Pins,
+    now: u64,
+    incomplete: Vec<Candidate>,
+    mut evict: impl FnMut(&Digest) -> Result<bool, StoreError>,
+) -> Result<Vec<Digest>, StoreError> {
+    let ttl = config.incomplete_ttl.as_secs();
+    let mut deleted = Vec::new();
+    for c in incomplete {
+        if now.saturating_sub(c.access.0) < ttl {
+            continue;
+        }
+        let pinned = pins.lock();
+        if pinned.contains_key(&c.digest) {
+            continue;
+        }
+        if evict(&c.digest)? {
+            tracing::info!(task.digest = %c.digest, "deleted an unfinished task nobody touched for {ttl} s");
+            deleted.push(c.digest);
+        }
+        drop(pinned);
+    }
+    Ok(deleted)
+}
+
 /// Now, in unix seconds.
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -406,6 +461,25 @@ mod tests {
         assert_eq!(pins.lock().get(&d(1)), Some(&1));
         drop(b);
         assert!(pins.lock().is_empty());
+    }
+
+    #[test]
+    fn stale_unfinished_tasks_are_collected_unless_pinned() {
+        let config = StoreConfig {
+            incomplete_ttl: std::time::Duration::from_secs(60),
+            ..StoreConfig::with_cache_size(100)
+        };
+        let pins = Arc::new(Pins::default());
+        let _guard = pins.pin(&d(2));
+        let cands = vec![cand(1, 1000, 0), cand(2, 1000, 1), cand(3, 1050, 2)];
+        let mut seen = Vec::new();
+        let deleted = collect_stale(&config, &pins, 1100, cands, |d| {
+            seen.push(*d);
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(deleted, vec![d(1)], "fresh and pinned tasks stay");
+        assert_eq!(seen, vec![d(1)]);
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub(super) struct File {
     pub(super) default_upstream: Option<Text>,
     pub(super) cache_high_watermark: Option<Text>,
     pub(super) cache_low_watermark: Option<Text>,
+    pub(super) cache_incomplete_ttl: Option<Text>,
     /// `[registries._default]` and `[registries."HOST"]`: how hard to try upstream.
     #[serde(default)]
     pub(super) registries: BTreeMap<String, RegistryEntry>,
