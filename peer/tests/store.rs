@@ -767,3 +767,55 @@ proptest! {
         check_ops(MemStore::default(), |s| (s, false), &ops)?;
     }
 }
+
+/// The scrub at start finds damage at rest before anyone asks: of two complete
+/// blobs, the damaged piece is found and dropped, the rest pass, and a rate of 0
+/// turns the scrub off.
+#[tokio::test]
+async fn the_scrub_finds_damage_at_rest_before_a_request_does() {
+    use shoal_peer::daemon::scrub;
+    use shoal_peer::scheduler_link::{Inventory, LinkConfig, SchedulerLink};
+
+    struct Nothing;
+    impl Inventory for Nothing {
+        fn held(&self) -> Vec<shoal_proto::v1::HeldTask> {
+            Vec::new()
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = shape(3 * 4 * MIB);
+    {
+        let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
+        for n in [40, 41] {
+            store.open(digest(n), s).unwrap();
+            let hashes: Vec<_> = (0..3).map(|i| (i, sha(&piece(n, &s, i)))).collect();
+            store.set_hashes(&digest(n), &hashes).unwrap();
+            for i in 0..3 {
+                store.write_piece(&digest(n), i, &piece(n, &s, i)).unwrap();
+            }
+            store.mark_complete(&digest(n)).unwrap();
+        }
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("blobs/sha256").join(digest(41).hex()))
+        .unwrap();
+    f.write_all_at(b"rot", 2 * 4 * MIB + 9).unwrap();
+    let store: Arc<dyn PieceStore> =
+        Arc::new(DiskStore::open(dir.path(), StoreConfig::default()).unwrap());
+    // No scheduler: the link never connects, reports are dropped.
+    let link = SchedulerLink::spawn(
+        LinkConfig::new(Vec::new(), Default::default()),
+        Arc::new(Nothing),
+        std::future::pending(),
+    );
+    let off = scrub::run(store.clone(), link.clone(), 0, std::future::pending()).await;
+    assert_eq!(off, scrub::ScrubReport::default());
+    let r = scrub::run(store.clone(), link, 1 << 40, std::future::pending()).await;
+    assert_eq!((r.blobs, r.pieces_ok, r.pieces_damaged), (2, 5, 1), "{r:?}");
+    assert!(store.meta(&digest(40)).unwrap().unwrap().complete);
+    let damaged = store.meta(&digest(41)).unwrap().unwrap();
+    assert!(!damaged.complete);
+    assert_eq!(damaged.pieces.iter().collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(store.damaged_pieces(), 1);
+}

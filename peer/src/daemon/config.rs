@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// An unfinished blob nobody read or wrote for this long is deleted, e.g. 30m, 2h [default: 1h].
     #[arg(long, env = "SHOAL_CACHE_INCOMPLETE_TTL")]
     pub cache_incomplete_ttl: Option<String>,
+    /// Re-verify every complete blob at start, at most this many bytes per second (e.g. 50MiB; 0 turns the scrub off) [default: 50MiB].
+    #[arg(long, env = "SHOAL_SCRUB_RATE")]
+    pub scrub_rate: Option<String>,
 }
 
 /// How `tls` is obtained.
@@ -133,6 +136,8 @@ pub struct Settings {
     pub containerd_hosts_dir: PathBuf,
     /// Upstream for requests without `ns`.
     pub default_upstream: Option<String>,
+    /// Bytes per second the scrub at start reads (0: no scrub).
+    pub scrub_rate: u64,
     /// How hard to try a registry without its own entry (`[registries._default]`).
     pub upstream: UpstreamPolicy,
     /// Per registry (`[registries."HOST"]`, over `[registries._default]`).
@@ -236,6 +241,7 @@ impl Settings {
         let high = get(a.cache_high_watermark, file.cache_high_watermark, "0.9");
         let low = get(a.cache_low_watermark, file.cache_low_watermark, "0.75");
         let incomplete_ttl = get(a.cache_incomplete_ttl, file.cache_incomplete_ttl, "1h");
+        let scrub_rate = get(a.scrub_rate, file.scrub_rate, "50MiB");
         let upload_slots = get(a.upload_slots, file.upload_slots, "8");
         let upload_rate_limit = a.upload_rate_limit.or(file.upload_rate_limit.map(|t| t.0));
         let log_format = get(a.log_format, file.log_format, "text");
@@ -294,6 +300,9 @@ impl Settings {
         let low = fraction("cache-low-watermark", &low);
         let cache_size = parse_size(&cache_size)
             .map_err(|e| errors.push(format!("--cache-size: {e}")))
+            .ok();
+        let scrub_rate = parse_size(&scrub_rate)
+            .map_err(|e| errors.push(format!("--scrub-rate: {e}")))
             .ok();
         let incomplete_ttl = parse_duration(&incomplete_ttl)
             .and_then(|d| {
@@ -409,6 +418,7 @@ impl Settings {
             mirror_listen: mirror_listen.expect("checked"),
             mirror_allow_remote,
             containerd_hosts_dir,
+            scrub_rate: scrub_rate.expect("checked"),
             default_upstream,
             upstream,
             registry_policies,

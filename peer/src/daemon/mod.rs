@@ -14,6 +14,7 @@ pub mod config;
 mod gc;
 pub mod health;
 mod node;
+pub mod scrub;
 mod tls_reload;
 
 use std::sync::Arc;

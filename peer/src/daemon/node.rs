@@ -195,6 +195,12 @@ impl Node {
             }
         });
         let gc = tokio::spawn(gc::run(store.clone(), link.clone(), stopped()));
+        tokio::spawn(super::scrub::run(
+            store.clone(),
+            link.clone(),
+            settings.scrub_rate,
+            stopped(),
+        ));
         let stats = Arc::new(TransferStats::default());
         let limits = UploadLimits {
             upload_slots: settings.upload_slots,

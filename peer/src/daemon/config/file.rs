@@ -49,6 +49,7 @@ pub(super) struct File {
     pub(super) cache_high_watermark: Option<Text>,
     pub(super) cache_low_watermark: Option<Text>,
     pub(super) cache_incomplete_ttl: Option<Text>,
+    pub(super) scrub_rate: Option<Text>,
     /// `[registries._default]` and `[registries."HOST"]`: how hard to try upstream.
     #[serde(default)]
     pub(super) registries: BTreeMap<String, RegistryEntry>,
