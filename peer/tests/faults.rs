@@ -385,3 +385,129 @@ async fn a_complete_blob_corrupted_at_rest_is_never_served_and_is_repaired() {
     );
     c.summary("at_rest", &outcomes);
 }
+
+/// A real ENOSPC: the data dir of one node is a 16 MiB tmpfs, and it pulls a
+/// 64 MiB blob another node already holds. The store fills and fails; the pieces
+/// (verified against the plan's hashes) stream through a bounded memory backlog;
+/// the pull is right, its peak RSS stays under a stated bound (256 MiB; the
+/// figure is printed), upstream served one copy in all, and the node serves the
+/// blob again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_streams_the_blob_through_with_bounded_memory() {
+    use shoal_tests::swarm::{SchedulerProcess, proc_rss_kib, pull_blob};
+
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !root {
+        assert!(
+            std::env::var("CI").is_err(),
+            "the ENOSPC case mounts a tmpfs and needs root; CI runs as root"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB as usize;
+    let (data, digest) = blob(size, 161);
+    let upstream = CountingUpstream::start(REPO, &digest, data, Duration::ZERO)
+        .await
+        .unwrap();
+    let tls = dir.path().join("tls");
+    PeerProcess::tls_init(&tls).unwrap();
+    let sched = SchedulerProcess::start(dir.path(), &tls).await.unwrap();
+    let opts = PeerOptions {
+        scheduler: Some(sched.grpc_url()),
+        default_upstream: Some(upstream.url()),
+        hosts_dir: None,
+        tls_dir: tls,
+        extra: vec!["--scrub-rate".into(), "0".into()],
+    };
+    let roomy = PeerProcess::start(dir.path(), "roomy", &opts)
+        .await
+        .unwrap();
+    let small = dir.path().join("cramped").join("data");
+    std::fs::create_dir_all(&small).unwrap();
+    let _mount = Tmpfs::mount(&small, "16m");
+    let cramped = PeerProcess::start(dir.path(), "cramped", &opts)
+        .await
+        .unwrap();
+    let peers = format!("{}/api/v1/peers", sched.http_url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = match reqwest::get(&peers).await {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["peers"].as_array().map(Vec::len)),
+            Err(_) => None,
+        };
+        if n == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "peers did not join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let t = Instant::now();
+    let (got, n) = pull_blob(&roomy.mirror_url(), REPO, &digest).await.unwrap();
+    assert_eq!((got.as_str(), n), (digest.as_str(), size as u64));
+    eprintln!(
+        "full disk: the roomy node pulled in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let (got, n) = pull_blob(&cramped.mirror_url(), REPO, &digest)
+        .await
+        .unwrap();
+    eprintln!(
+        "full disk: the cramped node pulled in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (got.as_str(), n),
+        (digest.as_str(), size as u64),
+        "through the full disk"
+    );
+    let (rss, hwm) = proc_rss_kib(cramped.pid().unwrap()).unwrap();
+    eprintln!(
+        "full disk: a {} MiB blob through a 16 MiB store; peer RSS {} MiB, peak (VmHWM) {} MiB",
+        size >> 20,
+        rss >> 10,
+        hwm >> 10
+    );
+    assert!(hwm < 256 << 10, "peak RSS {} MiB", hwm >> 10);
+    assert_eq!(upstream.bytes(), size as u64, "upstream served one copy");
+    // Still serving: the same blob again (not cached: it streams through again).
+    let (got, _) = pull_blob(&cramped.mirror_url(), REPO, &digest)
+        .await
+        .unwrap();
+    assert_eq!(got, digest);
+}
+
+/// A tmpfs mounted for the test, lazily unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount")
+            .success();
+        assert!(ok, "mount -t tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

@@ -71,6 +71,9 @@ pub struct Download {
     pub(super) memory: Mutex<HashMap<u32, Bytes>>,
     /// Where the latest reader is, for the planner's window.
     pub(crate) reader_offset: AtomicU64,
+    /// Woken when a reader moves on (a driver waiting for the reader to catch up
+    /// takes pieces again at once).
+    pub(crate) reader_moved: tokio::sync::Notify,
     pub(super) stats: DownloadStats,
 }
 
@@ -101,6 +104,7 @@ impl Download {
             progress,
             memory: Mutex::new(HashMap::new()),
             reader_offset: AtomicU64::new(0),
+            reader_moved: tokio::sync::Notify::new(),
             stats: DownloadStats::default(),
         }
     }

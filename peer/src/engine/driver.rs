@@ -206,6 +206,7 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
             }
         };
         let busy_until = d.core.busy_until();
+        let backlog_full = d.backlog_full();
         tokio::select! {
             msg = next_plan => match msg {
                 Some(update) => d.core.on_plan(&update?)?,
@@ -215,8 +216,10 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
                     d.core.plan_lost(Instant::now());
                 }
             },
-            // Not while the reader has to catch up (memory-only pieces).
-            Some(ev) = rx.recv(), if !d.backlog_full() => d.on_event(ev).await?,
+            // Not while the reader has to catch up (memory-only pieces) …
+            Some(ev) = rx.recv(), if !backlog_full => d.on_event(ev).await?,
+            // … which it says when it reads on.
+            _ = dl.reader_moved.notified(), if backlog_full => {}
             _ = ticker.tick() => {}
             // A parent that answered BUSY may be asked again.
             _ = sleep_until(busy_until) => {}

@@ -141,6 +141,7 @@ impl Download {
                         let bytes = piece.slice(skip.min(piece.len())..);
                         s.offset = start + piece.len() as u64;
                         s.dl.reader_offset.store(s.offset, Ordering::Relaxed);
+                        s.dl.reader_moved.notify_one();
                         return Some((Ok(bytes), s));
                     }
                 }
