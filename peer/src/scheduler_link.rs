@@ -113,8 +113,8 @@ pub enum Report {
     /// The task was dropped from the store.
     Evicted(Digest),
     /// The task, assembled from pieces that matched the hashes the scheduler
-    /// handed out, did not match its digest (and was deleted): the hashes are
-    /// wrong. Only from a peer that reported none of them.
+    /// handed out (or this peer reported as back-to-source), did not match its
+    /// digest (and was deleted): the hashes are wrong, or retracted.
     DigestMismatch(Digest),
     /// A parent sent a bad piece.
     BadParent {

@@ -511,3 +511,94 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// A poisoned swarm: three nodes with a scheduler pull one blob at once, and the
+/// elected source's upstream sends wrong bytes in one piece, once. The source
+/// learns its piece hashes from those bytes and hands them to the swarm; the blob
+/// does not match its digest; the source deletes it (`Evicted`) and the children
+/// report `DigestMismatch`, so the scheduler discards the hashes and elects again.
+/// No node ever serves a whole wrong blob, and every node's pull completes with
+/// the right digest within a few retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_swarm_recovers_and_every_pull_ends_right() {
+    use shoal_tests::swarm::{SchedulerProcess, pull_blob};
+
+    let dir = tempfile::tempdir().unwrap();
+    let size = 24 * MIB as usize;
+    let (data, digest) = blob(size, 171);
+    let upstream = CountingUpstream::start(REPO, &digest, data, Duration::ZERO)
+        .await
+        .unwrap();
+    let relay = Relay::start(&upstream.url()).await.unwrap();
+    relay.set_fault_times(
+        Fault::CorruptPiece {
+            offset: 4 * MIB + 777,
+            len: 64,
+        },
+        1,
+    );
+    let tls = dir.path().join("tls");
+    PeerProcess::tls_init(&tls).unwrap();
+    let sched = SchedulerProcess::start(dir.path(), &tls).await.unwrap();
+    let opts = PeerOptions {
+        scheduler: Some(sched.grpc_url()),
+        default_upstream: Some(relay.url()),
+        hosts_dir: None,
+        tls_dir: tls,
+        extra: vec!["--scrub-rate".into(), "0".into()],
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(
+            PeerProcess::start(dir.path(), &format!("node-{i}"), &opts)
+                .await
+                .unwrap(),
+        );
+    }
+    let peers = format!("{}/api/v1/peers", sched.http_url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = match reqwest::get(&peers).await {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["peers"].as_array().map(Vec::len)),
+            Err(_) => None,
+        };
+        if n == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "peers did not join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pulls = nodes.iter().map(|n| {
+        let (mirror, digest) = (n.mirror_url(), digest.clone());
+        async move {
+            let mut failures = Vec::new();
+            for _ in 0..6 {
+                match tokio::time::timeout(ATTEMPT_LIMIT, pull_blob(&mirror, REPO, &digest)).await {
+                    Ok(Ok((got, n))) => {
+                        assert_eq!(got, digest, "a node served a whole wrong blob ({n} bytes)");
+                        return failures;
+                    }
+                    Ok(Err(e)) => failures.push(e),
+                    Err(_) => failures.push("hung".to_string()),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            panic!("no right pull in 6 attempts: {failures:?}");
+        }
+    });
+    let failures = futures::future::join_all(pulls).await;
+    eprintln!(
+        "poisoned swarm: failed attempts per node {:?}; relay sent {} blob GETs; upstream sent {:.2} copies",
+        failures.iter().map(Vec::len).collect::<Vec<_>>(),
+        relay.blob_gets(),
+        upstream.bytes() as f64 / size as f64
+    );
+    assert!(
+        relay.blob_gets() >= 2,
+        "the poisoned copy was the only one fetched"
+    );
+}

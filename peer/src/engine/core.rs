@@ -428,19 +428,14 @@ impl DownloadCore {
     }
 
     /// Every piece matched its hash and the blob did not match its digest: the
-    /// hashes were wrong, and the driver deleted what it had. A peer that reported
-    /// the hashes (back-to-source) says it no longer holds the task; one that got
-    /// them from the scheduler says they are wrong, so the scheduler discards them
-    /// and elects a new source.
+    /// hashes were wrong, and the driver deleted what it had. The scheduler is told
+    /// (`DigestMismatch`): from a peer that got the hashes from it, they are wrong;
+    /// from the back-to-source peer that reported them, they are retracted. Either
+    /// way the scheduler discards them and elects a source again.
     pub fn on_digest_mismatch(&mut self) {
-        let report = if self.source {
-            Report::Evicted(self.digest)
-        } else if !self.sched_knows.is_empty() {
-            Report::DigestMismatch(self.digest)
-        } else {
-            return;
-        };
-        self.report(report);
+        if self.source || !self.sched_knows.is_empty() {
+            self.report(Report::DigestMismatch(self.digest));
+        }
     }
 
     /// True once the shape is known and every piece is held.

@@ -194,8 +194,10 @@ impl Scheduler {
     /// lose their pieces, and back-to-source is elected afresh. Once a peer
     /// that reported none of them has completed the task, the hashes are
     /// confirmed and the report is answered with
-    /// [`Ignored::MismatchAfterConfirmed`]. A peer that reported some of the
-    /// hashes cannot discard them this way (it would only accuse itself).
+    /// [`Ignored::MismatchAfterConfirmed`]. A peer that reported the hashes
+    /// itself (the source whose upstream sent wrong bytes) retracts them this
+    /// way: they are discarded the same, and it leaves the task without being
+    /// counted bad for it.
     ///
     /// On the wire: the session event `DigestMismatch`.
     pub fn digest_mismatch(
@@ -206,11 +208,10 @@ impl Scheduler {
     ) -> Result<Option<Ignored>, CoreError> {
         self.live_peer(id)?;
         let task = self.task_of(id, &digest)?;
-        if task.hash_reporters.contains(id) {
-            return Err(CoreError::precondition(format!(
-                "peer {id} reported hashes of task {digest} itself; it cannot report them wrong"
-            )));
-        }
+        // A reporter of the hashes retracts them (its upstream sent wrong bytes):
+        // they are discarded the same way, and it is dropped from the task (it
+        // deleted its copy) but not counted bad for it.
+        let retracting = task.hash_reporters.contains(id);
         if task.hashes_confirmed {
             self.touch(now, id)?;
             return Ok(Some(Ignored::MismatchAfterConfirmed));
@@ -218,7 +219,7 @@ impl Scheduler {
         self.touch(now, id)?;
         self.stats.hashes_discarded += 1;
         let task = self.tasks.get_mut(&digest).expect("checked");
-        let mut culprits: Vec<PeerId> = task.hash_reporters.drain().collect();
+        let mut culprits: Vec<PeerId> = task.hash_reporters.drain().filter(|p| p != id).collect();
         culprits.sort();
         task.hashes.clear();
         task.piece_gains.clear();
@@ -238,6 +239,9 @@ impl Scheduler {
         task.dirty = true;
         for peer in culprits.iter().chain(&partial) {
             self.drop_from_task(now, &digest, peer);
+        }
+        if retracting {
+            self.drop_from_task(now, &digest, id);
         }
         // Only the peers elected from here on may report hashes again.
         if let Some(task) = self.tasks.get_mut(&digest) {
@@ -428,7 +432,24 @@ mod tests {
             Some(Ignored::MismatchAfterConfirmed)
         );
         assert_eq!(core.task(now, &digest).unwrap().known_hashes, 2);
-        // The peer that reported the hashes cannot accuse them.
-        assert!(core.digest_mismatch(now, &id(0), digest).is_err());
+        // Once confirmed, the reporter cannot retract them either.
+        assert_eq!(
+            core.digest_mismatch(now, &id(0), digest).unwrap(),
+            Some(Ignored::MismatchAfterConfirmed)
+        );
+    }
+
+    #[test]
+    fn the_source_retracts_its_own_hashes_and_may_be_elected_again() {
+        let (mut core, now, digest) = swarm();
+        core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
+            .unwrap();
+        core.drain_effects();
+        assert_eq!(core.digest_mismatch(now, &id(0), digest).unwrap(), None);
+        assert_eq!(core.stats().hashes_discarded, 1);
+        // Not bad for the task: it may open a plan and be elected again.
+        core.open_plan(now, &id(0), digest, SIZE).unwrap();
+        assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+        assert_eq!(core.task(now, &digest).unwrap().known_hashes, 0);
     }
 }
