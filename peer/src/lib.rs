@@ -13,10 +13,12 @@
 //! - [`registry`]: upstream registries as containerd's `hosts.toml` configures them.
 //! - [`containerd`]: `shoal-peer containerd configure | check | restore`, which points
 //!   containerd's `hosts.toml` at the mirror on this node and undoes it.
+//! - [`fuzzing`]: the checks behind the fuzz targets in `fuzz/`, also replayed as tests.
 
 pub mod containerd;
 pub mod daemon;
 pub mod engine;
+pub mod fuzzing;
 pub mod metrics;
 pub mod mirror;
 pub mod registry;

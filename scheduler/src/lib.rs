@@ -11,6 +11,7 @@
 //! - [`grpc`]: the tonic adapter, with identity checks and input limits;
 //!   [`tls`]: mutual TLS on its port and who the caller is.
 //! - [`server`]: [`server::run`], the one way to start a whole scheduler.
+//! - [`fuzzing`]: the check behind the `scheduler_wire` fuzz target in `fuzz/`.
 //!
 //! Non-goals: persistence. The state is soft and rebuilt from peers' joins.
 
@@ -19,6 +20,7 @@ pub mod config;
 mod convert;
 pub mod core;
 pub mod ctl;
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod logging;

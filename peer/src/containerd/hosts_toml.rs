@@ -13,7 +13,7 @@ use std::path::Path;
 use toml_edit::{Array, Document, DocumentMut, Item, Table, value};
 
 use super::SetupError;
-use super::order::{host_positions, max_position, scale_positions, take_preamble};
+use super::order::{host_positions, max_position, scale_positions, table_at_mut, take_preamble};
 
 /// What to put in front of a registry's hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,11 +257,11 @@ fn merge_existing(
             t.set_position(Some(position));
         }
         // Keep a blank line between the mirror and the entry it now precedes.
-        if let Some(next) = host
-            .iter_mut()
-            .filter_map(|(_, item)| item.as_table_mut())
-            .find(|t| t.position() == first_other)
-        {
+        if let Some(next) = first_other.and_then(|p| {
+            host.iter_mut()
+                .filter_map(|(_, item)| item.as_table_mut())
+                .find_map(|t| table_at_mut(t, p))
+        }) {
             let prefix = next.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
             if !prefix.starts_with('\n') {
                 let prefix = format!("\n{prefix}");

@@ -49,7 +49,8 @@ fn first_position(table: &Table) -> Option<isize> {
     own.into_iter().chain(children).min()
 }
 
-fn table_at_mut(table: &mut Table, position: isize) -> Option<&mut Table> {
+/// The printed (not implicit) table at `position` in `table`'s subtree.
+pub(crate) fn table_at_mut(table: &mut Table, position: isize) -> Option<&mut Table> {
     if !table.is_implicit() && table.position() == Some(position) {
         return Some(table);
     }
@@ -59,7 +60,9 @@ fn table_at_mut(table: &mut Table, position: isize) -> Option<&mut Table> {
         .find_map(|t| table_at_mut(t, position))
 }
 
-/// (position of the mirror entry, smallest position of the other host entries).
+/// (position of the mirror entry, smallest position of the other host entries). An
+/// entry's position is that of its first printed table: a host written only as
+/// `[host."URL".header]` is placed (by containerd too) where that header is.
 pub(crate) fn host_positions(
     doc: &DocumentMut,
     mirror_key: &str,
@@ -70,7 +73,7 @@ pub(crate) fn host_positions(
     let mut mine = None;
     let mut first_other: Option<isize> = None;
     for (key, item) in host.iter() {
-        let pos = item.as_table().and_then(Table::position);
+        let pos = item.as_table().and_then(first_position);
         if key == mirror_key {
             mine = pos;
         } else if let Some(p) = pos {

@@ -327,3 +327,33 @@ server = \"https://r.io\"   # upstream
     expected.push_str(&before[before.find("\n[host.\"https://a.r.io\"]").unwrap()..]);
     assert_eq!(change.after, expected);
 }
+
+#[test]
+fn a_host_written_only_as_its_header_table_goes_after_the_mirror() {
+    // Found by the containerd_plan fuzz target: the entry's own table is implicit, so it
+    // had no position and the mirror was left (or appended) after its `[header]` table.
+    for existing in [
+        "[host.\"https://a.example\".header]\n  X-A = \"0\"\n",
+        "[host.\"https://a.example\".header]\n  X-A = \"0\"\n\n[host.\"http://127.0.0.1:7650\"]\n  capabilities = [\"pull\"]\n",
+    ] {
+        let tree = MemTree::new()
+            .file("/etc/containerd/config.toml", V2)
+            .file("/etc/containerd/certs.d/docker.io/hosts.toml", existing);
+        let after = only_change(&tree, &["docker.io"]).after;
+        let mirror = after.find(MIRROR).expect("the mirror entry");
+        let other = after
+            .find("[host.\"https://a.example\".header]")
+            .expect("a.example");
+        assert!(mirror < other, "{after}");
+    }
+    let tree = MemTree::new().file("/etc/containerd/config.toml", V2).file(
+        "/etc/containerd/certs.d/docker.io/hosts.toml",
+        "[host.\"https://a.example\".header]\n  X-A = \"0\"\n",
+    );
+    assert_eq!(
+        only_change(&tree, &["docker.io"]).after,
+        format!(
+            "server = \"https://registry-1.docker.io\"\n\n{MIRROR}\n[host.\"https://a.example\".header]\n  X-A = \"0\"\n"
+        )
+    );
+}

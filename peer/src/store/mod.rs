@@ -21,6 +21,7 @@
 
 mod disk;
 mod error;
+pub(crate) mod fuzz;
 mod mem;
 mod peer_id;
 mod record;
