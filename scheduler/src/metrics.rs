@@ -176,7 +176,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct CoreCollector(Arc<Mutex<Snapshot>>);
 
 /// `(name without prefix and _total, help, value)` of each core counter.
-fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 13] {
+fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 15] {
     [
         (
             "peer_joins",
@@ -232,6 +232,16 @@ fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 13] {
             "bad_parent_reports",
             "Reports of a parent that sent a piece failing its hash",
             s.bad_parent_reports,
+        ),
+        (
+            "hashes_ignored",
+            "Piece reports whose hashes were not believed (the reporter was not elected back-to-source)",
+            s.hashes_ignored,
+        ),
+        (
+            "hashes_discarded",
+            "Times a task's provisional piece hashes were discarded after a digest-mismatch report",
+            s.hashes_discarded,
         ),
         (
             "operator_quarantines",
