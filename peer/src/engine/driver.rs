@@ -121,17 +121,25 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
         Some(mut m) => {
             dl.set_shape(m.shape);
             let held = m.pieces.clone();
-            for i in held.iter() {
-                let (store, d) = (inner.store.clone(), digest);
-                let good = tokio::task::spawn_blocking(move || store.verify_piece(&d, i))
-                    .await
-                    .map_err(|_| EngineError::TaskAborted("verify"))??;
-                if good {
-                    dl.mark_have(i);
-                } else {
-                    m.pieces.remove(i);
-                    m.complete = false;
+            // One blocking task walks the pieces in order; readers get each one as
+            // soon as it passed (only the first read in this life hashes).
+            let (store, d, dl2, pieces) = (inner.store.clone(), digest, dl.clone(), held.clone());
+            let failed = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, EngineError> {
+                let mut failed = Vec::new();
+                for i in pieces.iter() {
+                    if store.verify_piece(&d, i)? {
+                        dl2.mark_have(i);
+                    } else {
+                        failed.push(i);
+                    }
                 }
+                Ok(failed)
+            })
+            .await
+            .map_err(|_| EngineError::TaskAborted("verify"))??;
+            for i in failed {
+                m.pieces.remove(i);
+                m.complete = false;
             }
             if m.complete {
                 debug!("task already complete in the store");
