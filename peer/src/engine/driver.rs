@@ -430,7 +430,7 @@ impl Driver<'_> {
                 .memory
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(index, bytes);
+                .insert(index, bytes.clone());
         }
         self.core.on_piece_kept(index, hash, stored);
         // A piece checked against nothing but itself is readable only once the
@@ -440,13 +440,15 @@ impl Driver<'_> {
         } else {
             self.unchecked.push(index);
         }
-        self.feed_digest().await?;
+        self.feed_digest(Some((index, bytes))).await?;
         self.trim_memory();
         Ok(())
     }
 
     /// Feeds the pieces now contiguous from `hashed` on into the blob's digest.
-    async fn feed_digest(&mut self) -> Result<(), EngineError> {
+    /// `fresh` is the piece just kept: when it is the next one (pieces mostly come
+    /// in order) its bytes are used as they are, not read back.
+    async fn feed_digest(&mut self, fresh: Option<(u32, Bytes)>) -> Result<(), EngineError> {
         let Some(shape) = self.core.shape() else {
             return Ok(());
         };
@@ -462,6 +464,12 @@ impl Driver<'_> {
         let dl = self.dl.clone();
         let (hasher, r) = tokio::task::spawn_blocking(move || {
             for i in from..to {
+                if let Some((f, b)) = &fresh
+                    && *f == i
+                {
+                    hasher.update(b);
+                    continue;
+                }
                 match dl.read_piece(i) {
                     Ok(Some(p)) => hasher.update(&p),
                     Ok(None) => return (hasher, Err(EngineError::PieceGone(i))),
@@ -541,7 +549,7 @@ impl Driver<'_> {
     async fn complete(&mut self) -> Result<(), EngineError> {
         let digest = self.dl.digest;
         // Every piece is held: the digest was fed up to the end as they came.
-        self.feed_digest().await?;
+        self.feed_digest(None).await?;
         let shape = self.core.shape().expect("complete implies a shape");
         if self.hashed != shape.piece_count() {
             return Err(EngineError::PieceGone(self.hashed));
