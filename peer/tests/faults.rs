@@ -433,23 +433,7 @@ async fn a_full_disk_streams_the_blob_through_with_bounded_memory() {
     let cramped = PeerProcess::start(dir.path(), "cramped", &opts)
         .await
         .unwrap();
-    let peers = format!("{}/api/v1/peers", sched.http_url());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = match reqwest::get(&peers).await {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v["peers"].as_array().map(Vec::len)),
-            Err(_) => None,
-        };
-        if n == Some(2) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "peers did not join");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_joined(&sched, 2).await;
 
     let t = Instant::now();
     let (got, n) = pull_blob(&roomy.mirror_url(), REPO, &digest).await.unwrap();
@@ -555,23 +539,7 @@ async fn a_poisoned_swarm_recovers_and_every_pull_ends_right() {
                 .unwrap(),
         );
     }
-    let peers = format!("{}/api/v1/peers", sched.http_url());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = match reqwest::get(&peers).await {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v["peers"].as_array().map(Vec::len)),
-            Err(_) => None,
-        };
-        if n == Some(3) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "peers did not join");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_joined(&sched, 3).await;
     let pulls = nodes.iter().map(|n| {
         let (mirror, digest) = (n.mirror_url(), digest.clone());
         async move {
@@ -601,4 +569,25 @@ async fn a_poisoned_swarm_recovers_and_every_pull_ends_right() {
         relay.blob_gets() >= 2,
         "the poisoned copy was the only one fetched"
     );
+}
+
+/// Waits (up to a minute, a hang bound) until `n` peers have joined `sched`.
+async fn wait_joined(sched: &shoal_tests::swarm::SchedulerProcess, n: usize) {
+    let peers = format!("{}/api/v1/peers", sched.http_url());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let joined = match reqwest::get(&peers).await {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["peers"].as_array().map(Vec::len)),
+            Err(_) => None,
+        };
+        if joined == Some(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "peers did not join");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
