@@ -132,11 +132,20 @@ async fn session(
 }
 
 async fn plan(c: &mut SchedulerClient<Channel>, id: &str, digest: &str) -> Result<(), Status> {
+    plan_sized(c, id, digest, 4 * MIB as u64).await
+}
+
+async fn plan_sized(
+    c: &mut SchedulerClient<Channel>,
+    id: &str,
+    digest: &str,
+    size: u64,
+) -> Result<(), Status> {
     let mut updates = c
         .plan(v1::PlanRequest {
             peer_id: id.into(),
             digest: digest.into(),
-            size: 4 * MIB as u64,
+            size,
         })
         .await?
         .into_inner();
@@ -328,9 +337,60 @@ async fn a_hostile_node_is_refused_and_changes_nothing_while_an_honest_swarm_pul
     );
     assert!(s.message().contains(&digest), "{s:?}");
 
+    // Mallory takes part in the honest task once its source is elected, then lies
+    // about it: piece hashes it was not elected for, and 100 distinct bad parents
+    // (the four honest peers, then invented ones). Both are ignored, not fatal:
+    // the session stays open, and nobody is quarantined.
+    let alive = keep_alive(mallory.clone(), "mallory");
+    wait_for(
+        "the honest task has its source",
+        || async {
+            sched.task(&digest).await.is_some_and(|t| {
+                t["complete_holders"].as_u64() > Some(0)
+                    || t["back_to_source"]
+                        .as_array()
+                        .is_some_and(|b| !b.is_empty())
+            })
+        },
+        true,
+    )
+    .await;
+    plan_sized(&mut mallory, "mallory", &digest, SIZE as u64)
+        .await
+        .expect("mallory may download the blob like anyone");
+    let mut lies = vec![v1::peer_event::Event::Pieces(v1::PieceReport {
+        digest: digest.clone(),
+        pieces: (0..4)
+            .map(|index| v1::PieceDone {
+                index,
+                hash: vec![0xEE; 32],
+            })
+            .collect(),
+    })];
+    lies.extend((0..100).map(|i| {
+        let parent_id = if i < 4 {
+            format!("peer-{i}")
+        } else {
+            format!("ghost-{i}")
+        };
+        v1::peer_event::Event::BadParent(v1::BadParent {
+            digest: digest.clone(),
+            parent_id,
+            piece_index: 0,
+            reason: "piece hash mismatch".into(),
+        })
+    }));
+    session(&mut mallory, "mallory", lies)
+        .await
+        .expect("ignored reports do not end the session");
+    for p in &sched.peers().await.expect("the operator API answers") {
+        let id = p["id"].as_str().unwrap();
+        assert_eq!(p["quarantined"], false, "{id} quarantined by mallory: {p}");
+        assert_eq!(p["suspected"], id == "mallory", "{id}: {p}");
+    }
+
     // 10,000 plan streams, 64 at a time: at most the per-peer cap open, the rest
     // refused. A session keeps mallory's lease alive meanwhile.
-    let alive = keep_alive(mallory.clone(), "mallory");
     let before = sched.metrics().await.unwrap();
     let results: Vec<Result<(), Status>> = futures::stream::iter(0..10_000u64)
         .map(|i| {
@@ -383,7 +443,14 @@ async fn a_hostile_node_is_refused_and_changes_nothing_while_an_honest_swarm_pul
 
     // The refusals were counted, by reason.
     let m = sched.metrics().await.unwrap();
-    for reason in ["identity", "join_tasks", "plans_per_peer"] {
+    for reason in [
+        "identity",
+        "join_tasks",
+        "plans_per_peer",
+        "hashes_not_elected",
+        "bad_parent_not_offered",
+        "bad_parent_reporter_suspected",
+    ] {
         assert!(
             metric(
                 &m,

@@ -82,6 +82,8 @@ struct Sim {
     by_addr: HashMap<SocketAddr, PeerId>,
     upstream_pieces: u64,
     bad_parent_reports: u64,
+    /// Distinct cores that reported the liar.
+    liar_reporters: HashSet<PeerId>,
     budget: HashMap<PeerId, u32>,
 }
 
@@ -131,6 +133,7 @@ impl Sim {
             by_addr,
             upstream_pieces: 0,
             bad_parent_reports: 0,
+            liar_reporters: HashSet::new(),
             budget: HashMap::new(),
         }
     }
@@ -292,7 +295,20 @@ impl Sim {
             Report::BadParent { digest, parent, .. } => {
                 self.bad_parent_reports += 1;
                 let parent = PeerId::parse(&parent).unwrap();
-                self.sched.bad_parent(now, id, digest, &parent)
+                if self.peers.get(&parent).is_some_and(|p| p.liar) {
+                    self.liar_reporters.insert(id.clone());
+                }
+                let honest = !self.peers[id].liar;
+                self.sched
+                    .bad_parent(now, id, digest, &parent)
+                    .map(|ignored| {
+                        // An honest peer names only parents it was offered,
+                        // and far fewer than would make it suspect.
+                        assert!(
+                            !honest || ignored.is_none(),
+                            "{id}: bad-parent report ignored: {ignored:?}"
+                        );
+                    })
             }
             Report::Evicted(digest) => self.sched.task_evicted(now, id, digest),
             Report::DigestMismatch(digest) => self.sched.digest_mismatch(now, id, digest).map(drop),
@@ -422,10 +438,20 @@ fn run(seed: u64) -> (u64, u64, u64) {
             sim.bad_parent_reports > 0,
             "seed {seed}: the liar served pieces and nobody reported it"
         );
-        assert!(
-            !sim.sched.is_offerable(&liar, &sim.digest) || sim.peers[&liar].stored.is_full(),
-            "seed {seed}: the liar is still offered"
-        );
+        // Never offered again to a core that reported it; quarantined (offered
+        // to nobody) once enough distinct cores did.
+        for r in &sim.liar_reporters {
+            assert!(
+                sim.sched.reported_by(r, &liar, &sim.digest),
+                "seed {seed}: {r} reported the liar, the scheduler forgot"
+            );
+        }
+        if sim.liar_reporters.len() >= CoreConfig::default().bad_parent_limit as usize {
+            assert!(
+                !sim.sched.is_offerable(&liar, &sim.digest) || sim.peers[&liar].stored.is_full(),
+                "seed {seed}: the liar is still offered"
+            );
+        }
     }
     let pieces = u64::from(sim.shape.piece_count());
     assert!(

@@ -383,22 +383,28 @@ async fn a_peer_serving_corrupt_pieces_is_detected_and_dropped() {
         .map(|d| d.stats().bad_pieces.load(Ordering::Relaxed))
         .sum();
     assert!(bad >= 1, "nobody saw a corrupt piece");
-    // A bad-parent report drops the parent from the task (the core marks it bad for
-    // the task in the same step): reported and no longer a holder means not offered.
+    // A bad-parent report takes the parent out of the reporter's downloads for
+    // good; once `bad_parent_limit` (3) distinct children reported it, it is
+    // quarantined and offered to nobody. Every child here met it.
     sched
         .wait_for(
             "the scheduler no longer offers the corrupt peer",
             || async {
-                let reported =
-                    sched.peers().await.iter().any(|p| {
-                        p["id"] == evil.id.as_str() && p["bad_reports"].as_u64() >= Some(1)
-                    });
-                let holder = sched.task(&digest.to_string()).await.is_some_and(|t| {
-                    t["holders"]
-                        .as_array()
-                        .is_some_and(|h| h.iter().any(|h| h["peer"] == evil.id.as_str()))
+                let quarantined = sched.peers().await.iter().any(|p| {
+                    p["id"] == evil.id.as_str()
+                        && p["bad_reports"].as_u64() == Some(3)
+                        && p["quarantined"] == true
                 });
-                reported && !holder
+                let offered = sched.task(&digest.to_string()).await.is_none_or(|t| {
+                    t["holders"].as_array().is_none_or(|h| {
+                        h.iter().any(|h| {
+                            h["parents"]
+                                .as_array()
+                                .is_some_and(|ps| ps.iter().any(|p| p == evil.id.as_str()))
+                        })
+                    })
+                });
+                quarantined && !offered
             },
         )
         .await;

@@ -15,6 +15,7 @@ pub(crate) fn status(e: CoreError) -> Status {
         ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
         ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
         ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
     };
     Status::new(code, e.message)
 }

@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::convert;
-use crate::core::{Ignored, Load, PeerId, PlanId};
+use crate::core::{CoreError, ErrorKind, Ignored, Load, PeerId, PlanId};
 use crate::state::{PLAN_CHANNEL, PlanMessage, SESSION_CHANNEL, SchedulerState};
 use crate::tls::Caller;
 use shoal_proto::limits::{JOIN_PAGE, MAX_MESSAGE};
@@ -150,6 +150,14 @@ impl SchedulerService {
         Status::resource_exhausted(msg)
     }
 
+    /// A core refusal as a status; a limit is counted under `tasks`.
+    fn core_refused(&self, e: CoreError) -> Status {
+        if e.kind == ErrorKind::ResourceExhausted {
+            self.observer.refused("tasks");
+        }
+        convert::status(e)
+    }
+
     fn observe<T>(&self, method: &'static str, r: Result<T, Status>) -> Result<T, Status> {
         let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
         self.observer.grpc_request(method, code);
@@ -187,7 +195,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
             let ttl = self
                 .state
                 .with_core(|core, now| core.join(now, info, held).map(|()| core.config().peer_ttl))
-                .map_err(convert::status)?;
+                .map_err(|e| self.core_refused(e))?;
             info!(peer.id = %id, peer.addr = %addr, tasks = n, "peer joined");
             Ok(Response::new(v1::JoinResponse {
                 heartbeat_interval_ms: (ttl / 3).as_millis() as u64,
@@ -320,7 +328,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                     state.attach_plan(plan, &peer, tx);
                     Ok(plan)
                 })
-                .map_err(convert::status)?;
+                .map_err(|e| self.core_refused(e))?;
             debug!(peer.id = %peer, task.digest = %digest, plan = plan.0, "plan opened");
             let stream = PlanStream {
                 rx: ReceiverStream::new(rx),
@@ -381,7 +389,7 @@ fn apply_event(
             let digest = convert::digest(&b.digest)?;
             let parent = convert::peer_id(&b.parent_id)?;
             warn!(peer.id = %peer, parent.id = %parent, task.digest = %digest, piece = b.piece_index, reason = %b.reason, "bad parent reported");
-            state.with_core(|core, now| core.bad_parent(now, peer, digest, &parent).map(|()| None))
+            state.with_core(|core, now| core.bad_parent(now, peer, digest, &parent))
         }
     };
     r.map_err(convert::status)

@@ -176,7 +176,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct CoreCollector(Arc<Mutex<Snapshot>>);
 
 /// `(name without prefix and _total, help, value)` of each core counter.
-fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 15] {
+fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 16] {
     [
         (
             "peer_joins",
@@ -242,6 +242,11 @@ fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 15] {
             "hashes_discarded",
             "Times a task's provisional piece hashes were discarded after a digest-mismatch report",
             s.hashes_discarded,
+        ),
+        (
+            "bad_parent_reporters_suspected",
+            "Peers that reported more distinct bad parents than allowed (their reports are ignored)",
+            s.suspected_reporters,
         ),
         (
             "operator_quarantines",

@@ -103,6 +103,10 @@ fn check(
                     core.is_offerable(&o.id, digest),
                     "offered a bad or departed peer"
                 );
+                prop_assert!(
+                    !core.reported_by(peer, &o.id, digest),
+                    "offered a parent the child reported bad"
+                );
                 prop_assert!(!left.contains(&o.id), "offered a departed peer");
                 let truth = core
                     .pieces_of(&o.id, digest)
@@ -179,7 +183,7 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
             },
             Op::Complete(p, t) => core.task_complete(now, &id(p), digest(t)),
             Op::Evict(p, t) => core.task_evicted(now, &id(p), digest(t)),
-            Op::Bad(c, t, p) => core.bad_parent(now, &id(c), digest(t), &id(p)),
+            Op::Bad(c, t, p) => core.bad_parent(now, &id(c), digest(t), &id(p)).map(|_| ()),
             Op::Leave(p) => {
                 core.leave(now, &id(p));
                 left.push(id(p));

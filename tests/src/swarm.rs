@@ -295,13 +295,18 @@ impl SchedulerProcess {
         crate::read_log(&self.log)
     }
 
-    /// How many peers `GET /api/v1/peers` lists (None when it does not answer).
-    pub async fn peer_count(&self) -> Option<usize> {
+    /// The peers `GET /api/v1/peers` lists (None when it does not answer).
+    pub async fn peers(&self) -> Option<Vec<serde_json::Value>> {
         let r = reqwest::get(format!("{}/api/v1/peers", self.http_url()))
             .await
             .ok()?;
         let v: serde_json::Value = r.json().await.ok()?;
-        v["peers"].as_array().map(Vec::len)
+        v["peers"].as_array().cloned()
+    }
+
+    /// How many peers `GET /api/v1/peers` lists (None when it does not answer).
+    pub async fn peer_count(&self) -> Option<usize> {
+        self.peers().await.map(|p| p.len())
     }
 
     /// Waits until `n` peers have joined; fails after 60 s (a hang, not a timing).

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     AlreadyExists,
     /// The peer may not do this (e.g. report a hash without being a source).
     PermissionDenied,
+    /// A limit would be exceeded (tasks in total or per peer).
+    ResourceExhausted,
 }
 
 /// A refused input, with a message that says why.
@@ -43,5 +45,8 @@ impl CoreError {
     }
     pub(crate) fn precondition(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::FailedPrecondition, message)
+    }
+    pub(crate) fn exhausted(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ResourceExhausted, message)
     }
 }

@@ -95,6 +95,8 @@ impl Scheduler {
             }
         }
 
+        self.check_task_caps(&info.id, held.iter().map(|t| t.digest))?;
+
         // A different address whose lease ran out: the old peer is gone.
         if self
             .peers
@@ -114,6 +116,8 @@ impl Scheduler {
             children: 0,
             tasks: HashSet::new(),
             bad_reports: HashSet::new(),
+            reported_bad: HashSet::new(),
+            suspected: false,
             operator_quarantine: false,
             id_hash: {
                 use std::hash::{Hash, Hasher};
@@ -137,13 +141,8 @@ impl Scheduler {
                 task.hashes.entry(idx as u32).or_insert(h);
             }
             let n = task.shape.map_or(0, |s| s.piece_count());
-            task.holdings.insert(
-                id.clone(),
-                Holding {
-                    pieces: PieceSet::full(n),
-                    complete: true,
-                },
-            );
+            task.holdings
+                .insert(id.clone(), Holding::new(PieceSet::full(n), true));
             task.back_to_source.remove(&id);
             task.complete_epoch += 1;
             task.holder_epoch += 1;

@@ -73,6 +73,18 @@ pub struct CoreConfig {
     /// offered for no task at all (default 3). One report already excludes it
     /// from the task it was reported for.
     pub bad_parent_limit: u32,
+    /// Distinct parents one peer may report bad (default 5). A peer that
+    /// reports more is suspected itself (bad memory, or a hostile node): its
+    /// later reports are ignored and its earlier ones no longer count towards
+    /// anyone's quarantine, so no single node can quarantine the swarm.
+    pub max_bad_parents_reported: u32,
+    /// Tasks the scheduler tracks at once (default 100,000). A plan or a
+    /// `Join` that would create more is refused (`RESOURCE_EXHAUSTED`); the
+    /// peer then fetches from upstream.
+    pub max_tasks: usize,
+    /// Tasks one peer may hold or download at once (default 20,000: a node
+    /// with 500 GiB in 10,000 blobs joins with room to spare).
+    pub max_tasks_per_peer: usize,
     /// Seed of the RNG used for tie-breaks.
     pub seed: u64,
 }
@@ -88,6 +100,9 @@ impl Default for CoreConfig {
             window: 8,
             default_upload_slots: 8,
             bad_parent_limit: 3,
+            max_bad_parents_reported: 5,
+            max_tasks: 100_000,
+            max_tasks_per_peer: 20_000,
             seed: 0x0005_40A1,
         }
     }
@@ -108,6 +123,12 @@ pub(crate) struct Peer {
     pub(crate) tasks: HashSet<Digest>,
     /// Distinct children that reported a bad piece from this peer.
     pub(crate) bad_reports: HashSet<PeerId>,
+    /// Distinct parents this peer reported bad (counted up to one past
+    /// `max_bad_parents_reported`).
+    pub(crate) reported_bad: HashSet<PeerId>,
+    /// It reported more than `max_bad_parents_reported` distinct parents:
+    /// its bad-parent reports are ignored.
+    pub(crate) suspected: bool,
     /// An operator took it out of the swarm as a parent
     /// ([`Scheduler::quarantine`]).
     pub(crate) operator_quarantine: bool,
@@ -158,6 +179,23 @@ pub(crate) struct Holding {
     pub(crate) pieces: PieceSet,
     /// The peer verified the whole blob against its digest.
     pub(crate) complete: bool,
+    /// Every parent offered to this peer for this task (its bad-parent
+    /// reports may name only these).
+    pub(crate) offered: HashSet<PeerId>,
+    /// Parents this peer reported bad for this task: never offered to it
+    /// again.
+    pub(crate) refused: HashSet<PeerId>,
+}
+
+impl Holding {
+    pub(crate) fn new(pieces: PieceSet, complete: bool) -> Self {
+        Holding {
+            pieces,
+            complete,
+            offered: HashSet::new(),
+            refused: HashSet::new(),
+        }
+    }
 }
 
 /// One open plan stream.
@@ -285,6 +323,25 @@ impl Task {
         released
     }
 
+    /// Takes `parent` out of `child`'s download (re-ranked at the next
+    /// flush); true when it was offered there (a child slot to release).
+    pub(crate) fn unparent_for(&mut self, child: &PeerId, parent: &PeerId) -> bool {
+        self.dirty = true;
+        let Some(d) = self.downloads.get_mut(child) else {
+            return false;
+        };
+        d.rerank = true;
+        let Some(pos) = d.parents.iter().position(|p| p == parent) else {
+            return false;
+        };
+        d.parents.remove(pos);
+        if pos < d.sent_counts.len() {
+            d.sent_counts.remove(pos);
+        }
+        d.fresh = true;
+        true
+    }
+
     /// True when some holder that may be offered (`offerable`) has every
     /// piece.
     pub(crate) fn has_complete_holder(&self, offerable: impl Fn(&PeerId) -> bool) -> bool {
@@ -339,6 +396,44 @@ pub struct Scheduler {
     pub(crate) slot_epoch: u64,
     /// Test hook ([`Scheduler::set_test_panic_on_join`]).
     pub(crate) test_panic_on_join: Option<String>,
+}
+
+impl Scheduler {
+    /// Refuses (changing nothing) when taking part in `digests` would give
+    /// the scheduler more than `max_tasks` tasks, or peer `id` more than
+    /// `max_tasks_per_peer`.
+    pub(crate) fn check_task_caps(
+        &self,
+        id: &PeerId,
+        digests: impl IntoIterator<Item = Digest>,
+    ) -> Result<(), CoreError> {
+        let mine = self.peers.get(id).map(|p| &p.tasks);
+        let (mut new_tasks, mut new_for_peer) = (0usize, 0usize);
+        for d in digests {
+            if !self.tasks.contains_key(&d) {
+                new_tasks += 1;
+            }
+            if !mine.is_some_and(|t| t.contains(&d)) {
+                new_for_peer += 1;
+            }
+        }
+        let peer_total = mine.map_or(0, HashSet::len) + new_for_peer;
+        if peer_total > self.config.max_tasks_per_peer {
+            return Err(CoreError::exhausted(format!(
+                "peer {id} would take part in {peer_total} tasks; the limit per peer is {} (max_tasks_per_peer)",
+                self.config.max_tasks_per_peer
+            )));
+        }
+        let total = self.tasks.len() + new_tasks;
+        if new_tasks > 0 && total > self.config.max_tasks {
+            return Err(CoreError::exhausted(format!(
+                "the scheduler tracks {} tasks; {new_tasks} more would pass its limit of {} (max_tasks)",
+                self.tasks.len(),
+                self.config.max_tasks
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Scheduler {

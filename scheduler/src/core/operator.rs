@@ -84,7 +84,7 @@ impl Scheduler {
     /// A peer's quarantine ended: the downloads of its tasks look at it
     /// again (starved ones through the slot epoch, those short of parents
     /// through the holder epoch).
-    fn parent_returns(&mut self, id: &PeerId) {
+    pub(crate) fn parent_returns(&mut self, id: &PeerId) {
         self.slot_epoch += 1;
         let Some(peer) = self.peers.get(id) else {
             return;

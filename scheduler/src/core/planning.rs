@@ -45,6 +45,7 @@ impl Scheduler {
                 known.size()
             )));
         }
+        self.check_task_caps(id, [digest])?;
         self.touch(now, id)?;
         let plan = PlanId(self.next_plan);
         self.next_plan += 1;
@@ -55,10 +56,9 @@ impl Scheduler {
             task.set_shape(shape);
         }
         let empty = task.empty_set();
-        task.holdings.entry(id.clone()).or_insert(Holding {
-            pieces: empty.clone(),
-            complete: false,
-        });
+        task.holdings
+            .entry(id.clone())
+            .or_insert_with(|| Holding::new(empty.clone(), false));
         let old = task.downloads.insert(
             id.clone(),
             Download {
@@ -415,6 +415,10 @@ impl Scheduler {
             return;
         }
         d.fresh = false;
+        if let Some(h) = task.holdings.get_mut(child) {
+            h.offered.extend(new_parents.iter().cloned());
+        }
+        let d = task.downloads.get_mut(child).expect("present");
         d.parents = new_parents;
         d.sent_counts = counts;
         d.back_to_source_sent = is_source;

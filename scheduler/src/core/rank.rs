@@ -226,6 +226,7 @@ impl RankCache {
         let Some(child_peer) = peers.get(child) else {
             return Vec::new();
         };
+        let refused = &mine.refused;
         let mine = &mine.pieces;
         let next = mine.first_missing();
         let from = next.unwrap_or(self.piece_count);
@@ -246,7 +247,7 @@ impl RankCache {
             aside.insert(at, (key, i));
         };
         for p in current {
-            if p == child {
+            if p == child || refused.contains(p) {
                 continue;
             }
             if let Some(&i) = self.index.get(p) {
@@ -288,7 +289,7 @@ impl RankCache {
                 let pos = (offset + j) % r;
                 let i = run.members[pos];
                 let c = &self.candidates[i as usize];
-                if &c.id == child || current.contains(&c.id) {
+                if &c.id == child || current.contains(&c.id) || refused.contains(&c.id) {
                     continue;
                 }
                 if peers.get(&c.id).is_none_or(|p| p.children >= cap) {
@@ -367,6 +368,7 @@ mod tests {
         current: &[PeerId],
     ) -> Vec<RankKey> {
         let config = &core.config;
+        let refused = &task.holdings[child].refused;
         let mine = &task.holdings[child].pieces;
         let next = mine.first_missing();
         let window_end = next.map_or(0, |n| n.saturating_add(config.window));
@@ -374,7 +376,11 @@ mod tests {
         let mut keys = Vec::new();
         for (pid, h) in &task.holdings {
             let peer = &core.peers[pid];
-            if pid == child || task.bad.contains(pid) || peer.quarantined(config) {
+            if pid == child
+                || task.bad.contains(pid)
+                || refused.contains(pid)
+                || peer.quarantined(config)
+            {
                 continue;
             }
             if !current.contains(pid) && peer.children >= config.max_children_per_parent {

@@ -267,41 +267,85 @@ impl Scheduler {
     }
 
     /// `child` received a bad piece of `digest` from `parent`. The parent is
-    /// never offered for this task again, and after reports from
-    /// `bad_parent_limit` distinct children, for no task at all.
+    /// never offered to `child` for this task again, and after reports from
+    /// `bad_parent_limit` distinct children it is quarantined: offered for no
+    /// task at all. One child's word alone takes no parent away from anyone
+    /// else.
+    ///
+    /// Only a parent that was offered to `child` for this task counts
+    /// ([`Ignored::BadParentNotOffered`]; also for an unknown or departed
+    /// parent, so an honest report never ends a session). A child that names
+    /// more than `max_bad_parents_reported` distinct parents, offered or not,
+    /// is suspected itself: this and its later reports are ignored
+    /// ([`Ignored::BadParentReporterSuspected`]), and its earlier reports stop
+    /// counting towards quarantine.
     pub fn bad_parent(
         &mut self,
         now: Instant,
         child: &PeerId,
         digest: Digest,
         parent: &PeerId,
-    ) -> Result<(), CoreError> {
+    ) -> Result<Option<Ignored>, CoreError> {
         self.live_peer(child)?;
-        self.task_of(child, &digest)?;
+        let task = self.task_of(child, &digest)?;
         if child == parent {
             return Err(CoreError::invalid(
                 "a peer cannot report itself as a bad parent",
             ));
         }
-        if !self.peers.contains_key(parent) {
-            return Err(CoreError::not_found(format!(
-                "parent {parent} is not a known peer"
-            )));
-        }
+        let offered = self.peers.contains_key(parent)
+            && task
+                .holdings
+                .get(child)
+                .is_some_and(|h| h.offered.contains(parent));
         self.touch(now, child)?;
+        let reporter = self.peers.get_mut(child).expect("live");
+        if reporter.suspected {
+            return Ok(Some(Ignored::BadParentReporterSuspected));
+        }
+        reporter.reported_bad.insert(parent.clone());
+        if reporter.reported_bad.len() as u32 > self.config.max_bad_parents_reported {
+            reporter.suspected = true;
+            self.stats.suspected_reporters += 1;
+            let named: Vec<PeerId> = reporter.reported_bad.iter().cloned().collect();
+            for p in named {
+                self.retract_bad_report(child, &p);
+            }
+            return Ok(Some(Ignored::BadParentReporterSuspected));
+        }
+        if !offered {
+            return Ok(Some(Ignored::BadParentNotOffered));
+        }
+        self.stats.bad_parent_reports += 1;
+        let task = self.tasks.get_mut(&digest).expect("checked");
+        if let Some(h) = task.holdings.get_mut(child) {
+            h.refused.insert(parent.clone());
+        }
+        if task.unparent_for(child, parent) {
+            self.release_slot(parent, 1);
+        }
         let peer = self.peers.get_mut(parent).expect("checked");
         let was_quarantined = peer.quarantined(&self.config);
         peer.bad_reports.insert(child.clone());
-        let quarantined = peer.quarantined(&self.config);
-        let task = self.tasks.get_mut(&digest).expect("checked");
-        task.bad.insert(parent.clone());
-        self.stats.bad_parent_reports += 1;
-        self.drop_from_task(now, &digest, parent);
-        if quarantined && !was_quarantined {
+        if peer.quarantined(&self.config) && !was_quarantined {
             // Offered for no task from now on: plans of other tasks lose it.
             self.withdraw_parent(now, parent);
         }
-        Ok(())
+        self.flush_task(&digest);
+        Ok(None)
+    }
+
+    /// A suspected reporter's word against `parent` no longer counts towards
+    /// its quarantine (it stays out of the reporter's own downloads).
+    fn retract_bad_report(&mut self, reporter: &PeerId, parent: &PeerId) {
+        let Some(peer) = self.peers.get_mut(parent) else {
+            return;
+        };
+        let was = peer.quarantined(&self.config);
+        peer.bad_reports.remove(reporter);
+        if was && !peer.quarantined(&self.config) {
+            self.parent_returns(parent);
+        }
     }
 
     /// The task, if it exists and `id` takes part in it.
@@ -329,8 +373,8 @@ mod tests {
 
     use shoal_proto::Digest;
 
-    use crate::core::test_support::{SIZE, id, info};
-    use crate::core::{CoreConfig, Ignored, PieceDone, Scheduler};
+    use crate::core::test_support::{SIZE, id, info, parents_sent_to};
+    use crate::core::{CoreConfig, ErrorKind, HeldTask, Ignored, PeerId, PieceDone, Scheduler};
 
     fn piece(index: u32, hash: u8) -> PieceDone {
         PieceDone {
@@ -451,5 +495,146 @@ mod tests {
         core.open_plan(now, &id(0), digest, SIZE).unwrap();
         assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
         assert_eq!(core.task(now, &digest).unwrap().known_hashes, 0);
+    }
+
+    /// `n` peers p1..=pn hold `digest` complete; p0 opens a plan for it.
+    fn holders(config: CoreConfig, n: u8) -> (Scheduler, Instant, Digest) {
+        let digest = Digest::from_sha256([9; 32]);
+        let mut core = Scheduler::new(config);
+        let now = Instant::now();
+        core.join(now, info(0), vec![]).unwrap();
+        for p in 1..=n {
+            let held = HeldTask {
+                digest,
+                size: SIZE,
+                piece_hashes: vec![],
+            };
+            core.join(now, info(p), vec![held]).unwrap();
+        }
+        core.open_plan(now, &id(0), digest, SIZE).unwrap();
+        core.flush();
+        (core, now, digest)
+    }
+
+    fn offered_now(core: &mut Scheduler) -> Vec<PeerId> {
+        core.flush();
+        parents_sent_to(&core.drain_effects(), &id(0)).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_bad_parent_never_offered_is_ignored() {
+        let (mut core, now, digest) = holders(CoreConfig::default(), 2);
+        core.join(now, info(7), vec![]).unwrap();
+        let offered = offered_now(&mut core);
+        assert!(!offered.is_empty() && !offered.contains(&id(7)));
+        assert_eq!(
+            core.bad_parent(now, &id(0), digest, &id(7)).unwrap(),
+            Some(Ignored::BadParentNotOffered)
+        );
+        assert_eq!(core.stats().bad_parent_reports, 0);
+        assert_eq!(
+            core.bad_parent(now, &id(0), digest, &offered[0]).unwrap(),
+            None
+        );
+        assert_eq!(core.stats().bad_parent_reports, 1);
+        let view = core.peers(now);
+        let reported = view.iter().find(|p| p.id == offered[0].as_str()).unwrap();
+        assert_eq!(reported.bad_reports, 1);
+        assert!(!reported.quarantined);
+        // Never offered to p0 again, but still to another child: one node's
+        // word takes a parent from nobody else.
+        assert!(!offered_now(&mut core).contains(&offered[0]));
+        core.open_plan(now, &id(8), digest, SIZE).unwrap_err();
+        core.join(now, info(8), vec![]).unwrap();
+        core.open_plan(now, &id(8), digest, SIZE).unwrap();
+        core.flush();
+        let to_p8 = parents_sent_to(&core.drain_effects(), &id(8)).unwrap();
+        assert!(to_p8.contains(&offered[0]), "{to_p8:?}");
+    }
+
+    #[test]
+    fn one_reporter_of_many_parents_is_suspected_and_quarantines_nobody() {
+        // One report would quarantine a parent everywhere.
+        let config = CoreConfig {
+            bad_parent_limit: 1,
+            ..CoreConfig::default()
+        };
+        let limit = config.max_bad_parents_reported as usize;
+        let (mut core, now, digest) = holders(config, 12);
+        let mut reported = Vec::new();
+        while reported.len() < limit {
+            let parent = offered_now(&mut core)
+                .into_iter()
+                .find(|p| !reported.contains(p))
+                .expect("a parent not reported yet");
+            assert_eq!(core.bad_parent(now, &id(0), digest, &parent).unwrap(), None);
+            reported.push(parent);
+        }
+        let quarantined = |core: &Scheduler| {
+            core.peers(now)
+                .into_iter()
+                .filter(|p| p.quarantined)
+                .count()
+        };
+        assert_eq!(quarantined(&core), limit);
+        // One more distinct parent: the reporter is suspected, and its word
+        // no longer quarantines anyone.
+        let parent = offered_now(&mut core)
+            .into_iter()
+            .find(|p| !reported.contains(p))
+            .unwrap();
+        assert_eq!(
+            core.bad_parent(now, &id(0), digest, &parent).unwrap(),
+            Some(Ignored::BadParentReporterSuspected)
+        );
+        assert_eq!(quarantined(&core), 0);
+        assert!(core.peers(now).iter().any(|p| p.id == "p0" && p.suspected));
+        assert_eq!(core.stats().suspected_reporters, 1);
+        // Later reports are ignored too, and change nothing.
+        let other = offered_now(&mut core)
+            .into_iter()
+            .find(|p| p != &parent)
+            .unwrap_or(parent);
+        assert_eq!(
+            core.bad_parent(now, &id(0), digest, &other).unwrap(),
+            Some(Ignored::BadParentReporterSuspected)
+        );
+        assert_eq!(core.stats().bad_parent_reports, limit as u64);
+    }
+
+    #[test]
+    fn task_caps_refuse_without_changing_anything() {
+        let config = CoreConfig {
+            max_tasks: 2,
+            max_tasks_per_peer: 1,
+            ..CoreConfig::default()
+        };
+        let mut core = Scheduler::new(config);
+        let now = Instant::now();
+        let d = |n: u8| Digest::from_sha256([n; 32]);
+        let held = |n: u8| HeldTask {
+            digest: d(n),
+            size: SIZE,
+            piece_hashes: vec![],
+        };
+        // Two held tasks for one peer: over its own cap.
+        let e = core.join(now, info(0), vec![held(1), held(2)]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+        assert!(e.message.contains("max_tasks_per_peer"), "{e}");
+        assert!(core.peers(now).is_empty());
+        core.join(now, info(0), vec![held(1)]).unwrap();
+        core.join(now, info(1), vec![]).unwrap();
+        core.join(now, info(2), vec![]).unwrap();
+        // p0 is at its cap for a new task, but may fetch the one it has.
+        let e = core.open_plan(now, &id(0), d(2), SIZE).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+        core.open_plan(now, &id(0), d(1), SIZE).unwrap();
+        core.open_plan(now, &id(1), d(2), SIZE).unwrap();
+        // Two tasks in all: a third is refused for everyone.
+        let e = core.open_plan(now, &id(2), d(3), SIZE).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ResourceExhausted);
+        assert!(e.message.contains("max_tasks"), "{e}");
+        assert_eq!(core.tasks(now).len(), 2);
+        core.open_plan(now, &id(2), d(2), SIZE).unwrap();
     }
 }

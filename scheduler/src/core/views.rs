@@ -43,6 +43,9 @@ pub struct CoreStats {
     /// Times a task's provisional hashes were discarded after a
     /// digest-mismatch report.
     pub hashes_discarded: u64,
+    /// Peers suspected for reporting more than `max_bad_parents_reported`
+    /// distinct bad parents (their reports are ignored).
+    pub suspected_reporters: u64,
 }
 
 /// One peer, as the operator API lists it.
@@ -76,6 +79,8 @@ pub struct PeerView {
     pub quarantined: bool,
     /// Why: `"operator"`, `"bad_parent_reports"` (empty when not quarantined).
     pub quarantine_reasons: Vec<&'static str>,
+    /// It reported too many distinct parents bad: its reports are ignored.
+    pub suspected: bool,
 }
 
 /// One task, as the operator API lists it.
@@ -149,6 +154,7 @@ impl Scheduler {
                 bad_reports: p.bad_reports.len(),
                 quarantined: p.quarantined(&self.config),
                 quarantine_reasons: p.quarantine_reasons(&self.config),
+                suspected: p.suspected,
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -260,6 +266,15 @@ impl Scheduler {
             .get(id)
             .is_some_and(|p| !p.quarantined(&self.config))
             && self.tasks.get(digest).is_some_and(|t| !t.bad.contains(id))
+    }
+
+    /// Whether `child` reported `parent` bad for `digest` (for invariant
+    /// checks: such a parent is never offered to it again).
+    pub fn reported_by(&self, child: &PeerId, parent: &PeerId, digest: &Digest) -> bool {
+        self.tasks
+            .get(digest)
+            .and_then(|t| t.holdings.get(child))
+            .is_some_and(|h| h.refused.contains(parent))
     }
 
     /// The pieces `id` holds of `digest`, if it takes part.
