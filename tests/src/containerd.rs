@@ -1,14 +1,22 @@
 //! A private containerd: its own root, state, gRPC and ttrpc sockets under a directory
-//! the test owns, the CRI plugin disabled, so it never touches the machine's containerd.
-//! Needs root. `ctr` pulls through it (in containerd 1.6 the `ctr` process itself does the
-//! fetching and reads `--hosts-dir`). Stopped when dropped.
+//! the test owns, so it never touches the machine's containerd. Needs root. Stopped
+//! when dropped (whatever it left mounted under its directory is unmounted).
+//!
+//! Two kinds:
+//! - [`Containerd::start`]: the CRI plugin disabled; `ctr` pulls through it (in
+//!   containerd 1.6 the `ctr` process itself does the fetching and reads `--hosts-dir`).
+//! - [`Containerd::start_cri`]: the CRI plugin on, with its registry `config_path` set
+//!   to a hosts dir the test controls, as on a Kubernetes node: the daemon itself pulls
+//!   for `runtime.v1.ImageService` calls (see [`crate::cri`]) and reads `hosts.toml`
+//!   from there. No CNI configuration: the plugin logs that it has none (it matters
+//!   only for pod networks), and its image service works without.
 //!
 //! Also here: what a test asks containerd after a pull ([`Containerd::image_check`],
 //! [`Containerd::content_digests`]), forgetting an image ([`Containerd::remove_image`]),
 //! and writing a registry's `hosts.toml` the way an operator would
 //! ([`upstream_hosts_toml`], [`write_hosts_toml`]).
 //!
-//! Not here: the CRI plugin, running containers.
+//! Not here: running pods or containers.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -87,20 +95,64 @@ impl Containerd {
     /// [`crate::netns::Host`]'s), where its `ctr` commands run too: in containerd 1.6
     /// `ctr` does the fetching, so the node's own `127.0.0.1` mirror is what it reaches.
     pub fn start_in(dir: &Path, netns: Option<&str>) -> anyhow::Result<Self> {
+        Self::launch(dir, netns, None)
+    }
+
+    /// Starts containerd with its CRI plugin on, everything under `dir` (root, state,
+    /// sockets, the plugin's empty CNI directories) and the plugin's registry
+    /// `config_path` set to `hosts_dir`, the way a node's
+    /// `[plugins."io.containerd.grpc.v1.cri".registry]` names `/etc/containerd/certs.d`.
+    /// Waits until `ctr version` answers; [`crate::cri::CriClient::connect`] then checks
+    /// that the image service is there. Snapshotter: the plugin's default, overlayfs.
+    /// The sandbox image is never pulled (no pod is run). `dir` must be short: a Unix
+    /// socket path has at most 107 bytes.
+    pub fn start_cri(dir: &Path, hosts_dir: &Path) -> anyhow::Result<Self> {
+        Self::launch(dir, None, Some(hosts_dir))
+    }
+
+    fn launch(dir: &Path, netns: Option<&str>, cri_hosts: Option<&Path>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("c.sock");
         let config = dir.join("config.toml");
+        // A top-level key (before the first table), and the CRI plugin's tables (last).
+        let (disabled, cri) = match cri_hosts {
+            None => (
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+                String::new(),
+            ),
+            Some(hosts) => {
+                let cni = dir.join("cni");
+                std::fs::create_dir_all(cni.join("bin"))?;
+                std::fs::create_dir_all(cni.join("conf"))?;
+                let tables = format!(
+                    "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                     \x20 sandbox_image = \"registry.invalid/pause:never-pulled\"\n\
+                     \x20 stream_server_address = \"127.0.0.1\"\n\
+                     \x20 stream_server_port = \"0\"\n\
+                     [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+                     \x20 bin_dir = \"{bin}\"\n\
+                     \x20 conf_dir = \"{conf}\"\n\
+                     [plugins.\"io.containerd.grpc.v1.cri\".registry]\n\
+                     \x20 config_path = \"{hosts}\"\n",
+                    bin = cni.join("bin").display(),
+                    conf = cni.join("conf").display(),
+                    hosts = hosts.display(),
+                );
+                ("", tables)
+            }
+        };
         std::fs::write(
             &config,
             format!(
                 "version = 2\n\
                  root = \"{root}\"\n\
                  state = \"{state}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 {disabled}\
                  [grpc]\n  address = \"{socket}\"\n\
                  [ttrpc]\n  address = \"{ttrpc}\"\n\
                  [debug]\n  address = \"\"\n\
-                 [metrics]\n  address = \"\"\n",
+                 [metrics]\n  address = \"\"\n\
+                 {cri}",
                 root = dir.join("root").display(),
                 state = dir.join("state").display(),
                 socket = socket.display(),

@@ -12,8 +12,11 @@
 //! - [`netns`], [`netswarm`]: network namespaces as hosts, and Shoal's processes on them.
 //! - [`bench`](mod@bench): the swarm benchmark (direct, pull-through cache, shoal).
 //! - [`demo`]: the main job: a swarm of nodes pulling an image with containerd.
-//! - [`containerd`]: a private containerd (own root, state and socket; CRI disabled) and
-//!   `ctr` pulls through it.
+//! - [`containerd`]: a private containerd (own root, state and socket), with the CRI
+//!   plugin off (`ctr` pulls through it) or on (its registry `config_path` a hosts dir).
+//! - [`cri`]: a client of the CRI image service (`runtime.v1.ImageService`) over
+//!   containerd's socket, as the kubelet pulls.
+//! - [`htpasswd`]: a `docker-registry` that requires Basic auth (one user).
 //! - [`Recorder`] (here): an HTTP listener that records request lines and answers every
 //!   request with one fixed status, to stand in for a mirror that has nothing.
 //! - [`require_tools`] (here): skip a test when a tool is missing, fail under `CI=true`.
@@ -24,7 +27,9 @@
 
 pub mod bench;
 pub mod containerd;
+pub mod cri;
 pub mod demo;
+pub mod htpasswd;
 pub mod image;
 pub mod netns;
 pub mod netswarm;
