@@ -80,7 +80,8 @@ impl LinkConfig {
 
 /// Tasks this peer holds complete, announced at every join.
 pub trait Inventory: Send + Sync + 'static {
-    /// The complete tasks, with their piece hashes.
+    /// The complete tasks, with their piece hashes. Blocking (called on a
+    /// blocking thread).
     fn held(&self) -> Vec<v1::HeldTask>;
 
     /// The operator dropped `digest` (the scheduler's `drop` command): delete it
@@ -413,7 +414,11 @@ async fn session(
     let mut client = SchedulerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let tasks = inventory.held();
+    // Listing the store reads every task's metadata: off the async workers.
+    let inv = inventory.clone();
+    let tasks = tokio::task::spawn_blocking(move || inv.held())
+        .await
+        .map_err(|e| tonic::Status::internal(format!("listing the store: {e}")))?;
     let n = tasks.len();
     let mut pages = join_pages(tasks).into_iter();
     let first = pages.next().unwrap_or_default();
