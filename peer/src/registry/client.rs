@@ -24,7 +24,9 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::endpoint::{Endpoint, chain};
 use super::hosts_toml::{EndpointSpec, Role};
-use super::{BlobUpstream, Object, RegistriesConfig, RegistryError, UpstreamRequest};
+use super::{
+    BlobUpstream, CredentialPool, Object, RegistriesConfig, RegistryError, UpstreamRequest,
+};
 
 /// The first retry's backoff; each further retry doubles it.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -47,6 +49,7 @@ pub struct RegistryClient {
     attempts: u32,
     request_timeout: Duration,
     idle_timeout: Duration,
+    credentials: CredentialPool,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -86,6 +89,7 @@ impl RegistryClient {
             attempts: policy.attempts.max(1),
             request_timeout: policy.request_timeout,
             idle_timeout: policy.idle_timeout,
+            credentials: CredentialPool::default(),
         })
     }
 
@@ -93,6 +97,12 @@ impl RegistryClient {
     /// ([`UpstreamPolicy::idle_timeout`](super::UpstreamPolicy::idle_timeout)).
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// Credentials this registry recently authorised, per repository (in memory; lost
+    /// when the client is rebuilt after a `hosts.toml` change).
+    pub fn credentials(&self) -> &CredentialPool {
+        &self.credentials
     }
 
     /// The registry's name, e.g. `docker.io`.
