@@ -15,6 +15,11 @@
 //! - **public** per (registry, repository): an *anonymous* `HEAD` was answered 2xx. Kept
 //!   until an anonymous 401/403 says otherwise (or the count bound). While upstream is
 //!   unreachable, the blobs known in a public repository are served to any caller.
+//!   A token registry (Docker Hub) answers every request without a token with a 401,
+//!   and containerd's requests carry a token even for a public image, so the mirror
+//!   probes: after a 2xx for a caller with credentials, at most every
+//!   [`PUBLIC_RECHECK`] per repository, it asks upstream anonymously itself, with a
+//!   token fetched from the challenge's realm without credentials (`blobs.rs`).
 //!
 //! Everything else is refused while upstream is unreachable
 //! ([`Access::allows_offline`]). The fingerprint is SHA-256 of a random per-process key
@@ -44,6 +49,10 @@ use crate::metrics::{self, Sample};
 
 /// Most grants (and public repositories) remembered; memberships: 16 times this.
 pub const MAX_ENTRIES: usize = 4096;
+
+/// How often a repository is probed anonymously for being public (see
+/// [`Access::should_probe`]).
+pub const PUBLIC_RECHECK: Duration = Duration::from_secs(600);
 
 /// The access check's settings (`--access-check`, `--access-cache-ttl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +229,8 @@ struct State {
     members: HashMap<(String, String, Digest), Instant>,
     /// (registry, repository) → the last anonymous 2xx.
     public: HashMap<RepoKey, Instant>,
+    /// (registry, repository) → when an anonymous probe last started.
+    probed: HashMap<RepoKey, Instant>,
 }
 
 impl Access {
@@ -340,6 +351,28 @@ impl Access {
             }
             _ => {}
         }
+    }
+
+    /// Whether to probe `repo` anonymously now (no probe started within
+    /// [`PUBLIC_RECHECK`]); true marks the probe as started.
+    pub fn should_probe(&self, registry: &str, repo: &str, now: Instant) -> bool {
+        let mut s = self.state();
+        let key = (registry.to_owned(), repo.to_owned());
+        if s.probed
+            .get(&key)
+            .is_some_and(|t| now.saturating_duration_since(*t) < PUBLIC_RECHECK)
+        {
+            return false;
+        }
+        insert_bounded(&mut s.probed, key, now, MAX_ENTRIES);
+        true
+    }
+
+    /// Whether `repo` is known to be public.
+    pub fn is_public(&self, registry: &str, repo: &str) -> bool {
+        self.state()
+            .public
+            .contains_key(&(registry.to_owned(), repo.to_owned()))
     }
 
     /// Entries held now: (grants, memberships, public repositories).
@@ -463,6 +496,19 @@ mod tests {
         // Until an anonymous refusal says the repository is private now.
         a.learn("r.io", "public", &d(2), None, 403, late);
         assert_eq!(a.allows_offline("r.io", "public", &d(2), None, late), None);
+    }
+
+    #[test]
+    fn a_repository_is_probed_once_per_recheck() {
+        let a = access(60);
+        let t0 = Instant::now();
+        assert!(a.should_probe("r.io", "app", t0));
+        assert!(!a.should_probe("r.io", "app", t0 + Duration::from_secs(1)));
+        assert!(a.should_probe("r.io", "other", t0));
+        assert!(a.should_probe("r.io", "app", t0 + PUBLIC_RECHECK));
+        assert!(!a.is_public("r.io", "app"));
+        a.learn("r.io", "app", &d(1), None, 200, t0);
+        assert!(a.is_public("r.io", "app"));
     }
 
     #[test]

@@ -25,11 +25,12 @@ use reqwest::Method;
 use shoal_proto::Digest;
 use tracing::{debug, info, warn};
 
-use super::access::Refusal;
+use super::access::{Access, Refusal};
 use super::error::OciError;
 use super::range::{self, Span};
 use super::{FIRST_BYTE_TIMEOUT, Mirror, relay};
 use crate::engine::{Download, DownloadState, EngineError, UpstreamError};
+use crate::registry::challenge::BearerChallenge;
 use crate::registry::{Object, RegistryClient, UpstreamRequest};
 
 pub(super) async fn serve(
@@ -107,6 +108,15 @@ pub(super) async fn serve(
                         return Ok(relay::refusal(&resp, &digest.to_string(), head));
                     }
                     remember_credential(&client, name, authorization.as_ref(), now);
+                    if access.enabled() && fp.is_some() && access.should_probe(registry, name, now)
+                    {
+                        tokio::spawn(probe_public(
+                            client.clone(),
+                            m.access.clone(),
+                            name.to_owned(),
+                            digest,
+                        ));
+                    }
                     // The header itself: reqwest's `content_length()` is 0 for the
                     // (empty) body of a HEAD answer.
                     let size = resp
@@ -219,6 +229,62 @@ fn remember_credential(
     if let Some(a) = authorization {
         client.credentials().remember(repo, a, now);
     }
+}
+
+/// Whether `repo` is public, asked as an anonymous caller would: a `HEAD` of `digest`
+/// without credentials, and when a token registry answers that with a `Bearer`
+/// challenge, again with a token fetched from its realm without credentials. What
+/// upstream answers is learnt as an anonymous caller's answer (2xx: public; 401/403: not).
+async fn probe_public(
+    client: Arc<RegistryClient>,
+    access: Arc<Access>,
+    repo: String,
+    digest: Digest,
+) {
+    let mut req = UpstreamRequest {
+        method: Method::HEAD,
+        repo: repo.clone(),
+        object: Object::Blob(digest),
+        accept: Vec::new(),
+        authorization: None,
+        range_from: None,
+    };
+    access.stats.upstream_checks.fetch_add(1, Ordering::Relaxed);
+    let Ok(resp) = client.send(&req).await else {
+        return;
+    };
+    let mut status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(BearerChallenge::parse);
+    if status == 401
+        && let Some(challenge) = challenge
+        && let Some(token) = client.anonymous_token(&challenge).await
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
+    {
+        req.authorization = Some(v);
+        access.stats.upstream_checks.fetch_add(1, Ordering::Relaxed);
+        match client.send(&req).await {
+            Ok(resp) => status = resp.status().as_u16(),
+            Err(_) => return,
+        }
+    }
+    debug!(
+        upstream.registry = client.registry(),
+        oci.repo = %repo,
+        http.status = status,
+        "anonymous probe: is the repository public"
+    );
+    access.learn(
+        client.registry(),
+        &repo,
+        &digest,
+        None,
+        status,
+        Instant::now(),
+    );
 }
 
 /// 503 `UNAVAILABLE` (no body for a `HEAD`): upstream cannot say whether this caller may

@@ -22,6 +22,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RANGE};
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::challenge::BearerChallenge;
 use super::endpoint::{Endpoint, chain};
 use super::hosts_toml::{EndpointSpec, Role};
 use super::{
@@ -266,6 +267,35 @@ impl RegistryClient {
             )),
             Ok(Ok(response)) => Ok(response),
         }
+    }
+
+    /// A token fetched from `challenge`'s realm *without credentials* (what containerd
+    /// does for a public image), through the first endpoint's HTTP client (its TLS
+    /// settings), within the request timeout; `None` when the realm refuses or answers
+    /// something else. Bodies over 64 KiB are refused.
+    pub async fn anonymous_token(&self, challenge: &BearerChallenge) -> Option<String> {
+        let endpoint = self.endpoints.first()?;
+        let url = challenge.token_url()?;
+        let fetch = async {
+            let resp = endpoint.http.get(url).send().await.ok()?;
+            if !resp.status().is_success() || resp.content_length().unwrap_or(0) > 64 << 10 {
+                return None;
+            }
+            let body = resp.bytes().await.ok()?;
+            if body.len() > 64 << 10 {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            v["token"]
+                .as_str()
+                .or(v["access_token"].as_str())
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        };
+        tokio::time::timeout(self.request_timeout, fetch)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The download engine's view of blobs of `repo`, sent with `authorization`.

@@ -19,6 +19,8 @@
 //! - `endpoint.rs`: one configured endpoint and its HTTP client (reads certificates).
 //! - `client.rs`: [`RegistryClient`], the try-in-order-with-retries loop.
 //! - `blob.rs`: [`BlobUpstream`] and the blob response parsing shared with the engine.
+//! - [`challenge`]: a `Bearer` challenge, for the anonymous token that tells whether a
+//!   repository of a token registry is public.
 //! - `body.rs`: [`idle_limited`], a response body that fails when upstream goes quiet.
 //! - `credentials.rs`: [`CredentialPool`], credentials upstream recently authorised per
 //!   repository, which a shared download falls back on when its own expires.
@@ -31,6 +33,7 @@
 
 mod blob;
 mod body;
+pub mod challenge;
 mod client;
 mod config;
 mod credentials;
