@@ -319,12 +319,11 @@ async fn the_access_model(
     );
     for b in &private.blobs {
         let mut tries = 0;
-        while !s
-            .sched
-            .task(&b.digest)
-            .await
-            .is_some_and(|t| t["complete_holders"].as_u64() >= Some(1))
-        {
+        loop {
+            let known = s.sched.task(&b.digest).await;
+            if known.is_some_and(|t| t["complete_holders"].as_u64().unwrap_or(0) >= 1) {
+                break;
+            }
             tries += 1;
             assert!(
                 tries < 600,
