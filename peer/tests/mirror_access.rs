@@ -342,6 +342,29 @@ async fn the_access_model(
     assert_eq!(got[0].1.status, 401, "{case}: anonymous manifest HEAD");
     let got = pull(n2, pns, PRIVATE, &private, &wrong).await;
     assert_refused(&format!("{case} node 2 wrong password"), &got, 401);
+    // The first answer carries upstream's challenge, as containerd needs it for the dance.
+    let url = format!(
+        "{}/v2/{PRIVATE}/blobs/{}?ns={pns}",
+        n2.mirror_url(),
+        private.blobs[1].digest
+    );
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "{case}");
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let scheme = if case == "basic" {
+        "Basic realm="
+    } else {
+        "Bearer realm="
+    };
+    assert!(
+        challenge.starts_with(scheme),
+        "{case}: challenge {challenge:?}"
+    );
     let forged = forged_token(dir).await;
     for b in &private.blobs {
         let url = format!(

@@ -70,8 +70,8 @@ impl CredentialPool {
         }
     }
 
-    /// The credentials authorised for `repo` within [`KEEP`] of `now`, newest first,
-    /// except `own`.
+    /// The credentials authorised for `repo` within `KEEP` (10 minutes) of `now`, newest
+    /// first, except `own`.
     pub fn others(&self, repo: &str, own: Option<&HeaderValue>, now: Instant) -> Vec<HeaderValue> {
         let mut repos = self.repos.lock().unwrap_or_else(|e| e.into_inner());
         let Some(q) = repos.get_mut(repo) else {
