@@ -586,3 +586,86 @@ async fn a_download_whose_token_expired_goes_on_with_another_callers() {
     }
     assert_eq!(format!("sha256:{:x}", hasher.finalize()), layer.digest);
 }
+
+/// A registry reached through `_default` (any `ns` a caller names; here one that claims
+/// to hold a private digest and serves other bytes under it) never opens the cache: its
+/// blobs are relayed from it, and the private bytes on the node are not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_reached_through_default_cannot_open_the_cache() {
+    use sha2::Digest as _;
+    use shoal_tests::upstream::CountingUpstream;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, digest) = shoal_tests::blob(1 << 20, 77);
+    let legit = CountingUpstream::start(PRIVATE, &digest, data.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    let other = Arc::new(vec![0x5a_u8; 1 << 20]);
+    let evil = CountingUpstream::start("any/repo", &digest, other.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    let hosts = dir.path().join("certs.d");
+    let legit_ns = legit.url().trim_start_matches("http://").to_owned();
+    for (d, server) in [(legit_ns.as_str(), legit.url()), ("_default", evil.url())] {
+        std::fs::create_dir_all(hosts.join(d)).unwrap();
+        std::fs::write(
+            hosts.join(d).join("hosts.toml"),
+            format!("server = \"{server}\"\n"),
+        )
+        .unwrap();
+    }
+    let tls = dir.path().join("tls");
+    PeerProcess::tls_init(&tls).unwrap();
+    let peer = PeerProcess::start(
+        dir.path(),
+        "node",
+        &PeerOptions {
+            scheduler: None,
+            default_upstream: None,
+            hosts_dir: Some(hosts),
+            tls_dir: tls,
+            extra: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let sha = |b: &[u8]| format!("sha256:{:x}", sha2::Sha256::digest(b));
+    let get = |url: String| async move {
+        let r = reqwest::get(url).await.unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap())
+    };
+    let url = format!(
+        "{}/v2/{PRIVATE}/blobs/{digest}?ns={legit_ns}",
+        peer.mirror_url()
+    );
+    let (status, body) = get(url).await;
+    assert_eq!((status, sha(&body)), (200, digest.clone()));
+    let from_cache = peer
+        .metric("shoal_mirror_blob_bytes_from_cache_total")
+        .await;
+    let url = format!(
+        "{}/v2/any/repo/blobs/{digest}?ns=evil.example",
+        peer.mirror_url()
+    );
+    let (status, body) = get(url).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        &body[..],
+        &other[..],
+        "not relayed from the claiming registry"
+    );
+    assert_ne!(sha(&body), digest, "the private bytes were served");
+    assert_eq!(
+        peer.metric("shoal_mirror_blob_bytes_from_cache_total")
+            .await,
+        from_cache
+    );
+    assert_eq!(
+        peer.metric("shoal_peer_access_relayed_untrusted_total")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        evil.served().gets.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}

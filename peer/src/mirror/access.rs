@@ -22,7 +22,12 @@
 //!   token fetched from the challenge's realm without credentials (`blobs.rs`).
 //!
 //! Everything else is refused while upstream is unreachable
-//! ([`Access::allows_offline`]). The fingerprint is SHA-256 of a random per-process key
+//! ([`Access::allows_offline`]).
+//!
+//! Only registries with a `hosts.toml` directory of their own count: one resolved
+//! through `_default` is whatever host the caller names in `ns`, possibly a registry the
+//! caller runs that claims any digest, so its blobs are relayed from it and never served
+//! from the cache or peers (`blobs.rs`). The fingerprint is SHA-256 of a random per-process key
 //! followed by the `Authorization` value: the credential itself is neither kept nor
 //! logged here, and the fingerprint means nothing outside this process.
 //!
@@ -144,6 +149,9 @@ pub struct AccessStats {
     /// Served while upstream was unreachable (a public repository, or a grant still
     /// fresh).
     pub allowed_offline: AtomicU64,
+    /// Blob requests for a registry resolved through `_default`, relayed from upstream
+    /// without the cache or peers.
+    pub relayed_untrusted: AtomicU64,
     /// Refusals by [`Refusal`] (in `Refusal::ALL`'s order).
     refused: [AtomicU64; 5],
 }
@@ -185,6 +193,11 @@ impl AccessStats {
                     "access_allowed_offline",
                     "Blob requests served while upstream was unreachable (public repository or fresh grant).",
                     load(&s.allowed_offline),
+                ),
+                Sample::Counter(
+                    "access_relayed_untrusted",
+                    "Blob requests for a registry without hosts.toml of its own (resolved through _default), relayed from upstream without the cache or peers.",
+                    load(&s.relayed_untrusted),
                 ),
                 Sample::LabeledCounters(
                     "access_refused",

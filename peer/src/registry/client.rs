@@ -51,6 +51,8 @@ pub struct RegistryClient {
     request_timeout: Duration,
     idle_timeout: Duration,
     credentials: CredentialPool,
+    /// Resolved through the `_default` directory (set by `Registries`).
+    pub(super) catch_all: bool,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -91,6 +93,7 @@ impl RegistryClient {
             request_timeout: policy.request_timeout,
             idle_timeout: policy.idle_timeout,
             credentials: CredentialPool::default(),
+            catch_all: false,
         })
     }
 
@@ -104,6 +107,14 @@ impl RegistryClient {
     /// when the client is rebuilt after a `hosts.toml` change).
     pub fn credentials(&self) -> &CredentialPool {
         &self.credentials
+    }
+
+    /// Whether this registry has no directory of its own under the hosts dir and was
+    /// resolved through `_default`: any `ns` a caller names reaches it, so its answers
+    /// prove nothing about who may read a blob held here (a registry a caller runs
+    /// itself can claim any digest). The mirror serves its blobs from upstream only.
+    pub fn catch_all(&self) -> bool {
+        self.catch_all
     }
 
     /// The registry's name, e.g. `docker.io`.

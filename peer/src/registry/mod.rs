@@ -302,7 +302,16 @@ impl Registries {
                 return Ok(c.client.clone());
             }
         }
-        let (client, files) = self.load(&registry, &source)?;
+        let (mut client, files) = self.load(&registry, &source)?;
+        let in_default_dir = |dir: Option<&Path>| {
+            dir.and_then(Path::file_name)
+                .is_some_and(|n| n == names::DEFAULT_DIR)
+        };
+        client.catch_all = match &source {
+            Source::HostsToml(file, _) => in_default_dir(file.parent()),
+            Source::CertDir(dir, _) => in_default_dir(Some(dir)),
+            Source::Implicit => false,
+        };
         let client = Arc::new(client);
         self.inner
             .cache
