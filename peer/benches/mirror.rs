@@ -9,15 +9,23 @@
 //!    compare across machines).
 //! 3. Time to first byte of a cached blob (p50/p99 over 200 requests), after the
 //!    peer was restarted and the blob read once (the first read after a restart
-//!    verifies every piece; it is reported on its own line).
+//!    verifies every piece; it is reported on its own line): with the access check
+//!    on (default: the decision remembered for 60 s), on with `--access-cache-ttl 0s`
+//!    (an upstream `HEAD` before every request) and off, in the same run.
+//! 4. Upstream requests per pull of a 10-layer image on a warm node (every blob
+//!    already on the node), through a real `docker-registry` whose access log is
+//!    counted: check on, and off.
 //!
 //! No scheduler: every download comes from upstream (one plain HTTP upstream per
-//! blob, in this process). Prints a table; asserts nothing.
+//! blob, in this process). Prints a table; asserts nothing but the bytes.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use shoal_tests::blob;
+use shoal_tests::image::{OciImage, random_bytes};
+use shoal_tests::registry::Registry;
 use shoal_tests::swarm::{PeerOptions, PeerProcess};
 use shoal_tests::upstream::CountingUpstream;
 
@@ -154,18 +162,27 @@ async fn run(blobs: usize, mib: usize) {
     assert_eq!(n, (mib << 20) as u64, "every byte after the restart");
     let first_after_restart = n as f64 / el.as_secs_f64() / 1e6;
 
-    // 3. Time to first byte of a cached blob.
-    let client = reqwest::Client::new();
-    let mut ttfb = Vec::new();
-    for _ in 0..200 {
-        let t = Instant::now();
-        let resp = client.get(&url).send().await.expect("GET");
-        let mut body = resp.bytes_stream();
-        let _ = body.next().await;
-        ttfb.push(t.elapsed().as_secs_f64() * 1e3);
-        drop(body);
-    }
-    ttfb.sort_by(f64::total_cmp);
+    // 3. Time to first byte of a cached blob: the access check on (decisions
+    // remembered), on with every decision asked upstream, and off.
+    let ttfb = ttfb_of(&url).await;
+    let mut peer = peer;
+    let mut ttfb_with = async |extra: &[&str]| {
+        let mut o = options.clone();
+        o.extra.extend(extra.iter().map(|s| s.to_string()));
+        peer.kill();
+        peer = PeerProcess::start(dir.path(), "peer", &o)
+            .await
+            .expect("peer restarted");
+        let url = format!("{}/v2/{REPO}/blobs/{d0}?ns={ns0}", peer.mirror_url());
+        // The first read after a restart verifies every piece: not measured.
+        get_all(url.clone()).await;
+        ttfb_of(&url).await
+    };
+    let ttfb_uncached = ttfb_with(&["--access-cache-ttl", "0s"]).await;
+    let ttfb_off = ttfb_with(&["--access-check", "off"]).await;
+
+    // 4. Upstream requests per pull of a 10-layer image on a warm node.
+    let per_pull = upstream_requests_per_warm_pull(dir.path()).await;
 
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     println!("| what | value |");
@@ -195,8 +212,129 @@ async fn run(blobs: usize, mib: usize) {
         first_after_restart,
         first_after_restart / best(&cat)
     );
+    let p = |v: &[f64]| {
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            v[v.len() / 2],
+            v[v.len() * 99 / 100 - 1]
+        )
+    };
     println!(
-        "| time to first byte, cached blob (200 requests) | p50 {:.2} ms, p99 {:.2} ms |",
-        ttfb[100], ttfb[197]
+        "| time to first byte, cached blob (200 requests), access check on (decision remembered) | {} |",
+        p(&ttfb)
     );
+    println!(
+        "| time to first byte, cached blob, access check on with --access-cache-ttl 0s (a HEAD upstream each time) | {} |",
+        p(&ttfb_uncached)
+    );
+    println!(
+        "| time to first byte, cached blob, access check off | {} |",
+        p(&ttfb_off)
+    );
+    match per_pull {
+        Ok((on, expired, off)) => println!(
+            "| upstream requests per pull of a 10-layer image on a warm node (manifest HEAD + GET, 11 blobs) | check on: {on} within the TTL of the last pull's grant, {expired} once it expired; off: {off} |"
+        ),
+        Err(e) => println!("| upstream requests per warm pull | not measured: {e} |"),
+    }
+}
+
+/// Times to first byte of 200 `GET`s of `url`, in ms, sorted.
+async fn ttfb_of(url: &str) -> Vec<f64> {
+    let client = reqwest::Client::new();
+    let mut ttfb = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let resp = client.get(url).send().await.expect("GET");
+        assert!(resp.status().is_success(), "{url}: {}", resp.status());
+        let mut body = resp.bytes_stream();
+        let _ = body.next().await;
+        ttfb.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(body);
+    }
+    ttfb.sort_by(f64::total_cmp);
+    ttfb
+}
+
+/// A 10-layer image in a real `docker-registry`, pulled through a fresh peer (cold),
+/// then again (warm): the registry requests of the warm pull with the access check on
+/// (within the grant's TTL, and once it expired) and off (manifest `HEAD` by tag and `GET` by digest, config and
+/// 10 layers, as containerd asks).
+async fn upstream_requests_per_warm_pull(dir: &Path) -> anyhow::Result<(usize, usize, usize)> {
+    let work = dir.join("ten-layers");
+    let layers: Vec<Vec<u8>> = (0..10).map(|i| random_bytes(256 << 10, 100 + i)).collect();
+    let files: Vec<Vec<(&str, &[u8])>> = layers.iter().map(|l| vec![("data", &l[..])]).collect();
+    let refs: Vec<&[(&str, &[u8])]> = files.iter().map(Vec::as_slice).collect();
+    let image = OciImage::build_layers(&work.join("oci"), "v1", &refs)?;
+    let registry = Registry::start(&work.join("registry"))?;
+    image.push(&registry.addr().to_string(), "bench/ten", "v1")?;
+    let ns = registry.addr().to_string();
+    let hosts = work.join("certs.d");
+    std::fs::create_dir_all(hosts.join(&ns))?;
+    std::fs::write(
+        hosts.join(&ns).join("hosts.toml"),
+        format!("server = \"http://{ns}\"\n"),
+    )?;
+    let tls = work.join("tls");
+    PeerProcess::tls_init(&tls)?;
+    let mut options = PeerOptions {
+        scheduler: None,
+        default_upstream: None,
+        hosts_dir: Some(hosts),
+        tls_dir: tls,
+        extra: Vec::new(),
+    };
+    let pull = |mirror: String| {
+        let (image, ns) = (image.clone(), ns.clone());
+        async move {
+            let client = reqwest::Client::new();
+            let base = format!("{mirror}/v2/bench/ten");
+            let accept = "application/vnd.oci.image.manifest.v1+json";
+            let head = client
+                .head(format!("{base}/manifests/v1?ns={ns}"))
+                .header("accept", accept)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                head.status().is_success(),
+                "manifest HEAD: {}",
+                head.status()
+            );
+            let m = client
+                .get(format!(
+                    "{base}/manifests/{}?ns={ns}",
+                    image.manifest_digest
+                ))
+                .header("accept", accept)
+                .send()
+                .await?;
+            anyhow::ensure!(m.status().is_success(), "manifest GET: {}", m.status());
+            for b in &image.blobs {
+                let (n, _) = get_all(format!("{base}/blobs/{}?ns={ns}", b.digest)).await;
+                anyhow::ensure!(n == b.size, "blob {}: {n} bytes", b.digest);
+            }
+            anyhow::Ok(())
+        }
+    };
+    let requests = || {
+        registry
+            .access_log()
+            .iter()
+            .filter(|a| a.from_shoal())
+            .count()
+    };
+    // A cold pull, then the warm pull counted (after `wait`: grants expire).
+    let mut warm_pull = async |extra: &[&str], wait: Duration| {
+        options.extra = extra.iter().map(|s| s.to_string()).collect();
+        let peer = PeerProcess::start(&work, "ten", &options).await?;
+        pull(peer.mirror_url()).await?;
+        tokio::time::sleep(wait).await;
+        let before = requests();
+        pull(peer.mirror_url()).await?;
+        anyhow::Ok(requests() - before)
+    };
+    let on = warm_pull(&[], Duration::ZERO).await?;
+    let expired = warm_pull(&["--access-cache-ttl", "1s"], Duration::from_millis(1500)).await?;
+    let off = warm_pull(&["--access-check", "off"], Duration::ZERO).await?;
+    Ok((on, expired, off))
 }

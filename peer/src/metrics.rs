@@ -22,12 +22,20 @@ use prometheus_client::registry::Registry;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// One number read at scrape time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Sample {
     /// A counter: `name` without the prefix and without `_total` (the encoder adds it).
     Counter(&'static str, &'static str, u64),
     /// A gauge: `name` without the prefix.
     Gauge(&'static str, &'static str, i64),
+    /// One counter family with one label: `name`, help, the label's name, and each
+    /// label value with its count (e.g. `refused_total{reason="…"}`).
+    LabeledCounters(
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<(&'static str, u64)>,
+    ),
 }
 
 /// Reads `source` into samples at every scrape.
@@ -59,6 +67,19 @@ impl<T: std::fmt::Debug + Send + Sync + 'static> Collector for Reader<T> {
                     let metric =
                         encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
                     gauge.encode(metric)?;
+                }
+                Sample::LabeledCounters(name, help, label, values) => {
+                    let mut family = encoder.encode_descriptor(
+                        name,
+                        help,
+                        None,
+                        prometheus_client::metrics::MetricType::Counter,
+                    )?;
+                    for (value, count) in values {
+                        let labels = [(label, value)];
+                        let metric = family.encode_family(&labels)?;
+                        ConstCounter::new(count).encode(metric)?;
+                    }
                 }
             }
         }

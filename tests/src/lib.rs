@@ -2,7 +2,10 @@
 //! processes on 127.0.0.1, each stopped when its handle is dropped.
 //!
 //! Layout:
-//! - [`registry`]: a CNCF distribution registry (`docker-registry`), plain HTTP.
+//! - [`registry`]: a CNCF distribution registry (`docker-registry`), plain HTTP, TLS,
+//!   Basic or token auth.
+//! - [`token_auth`]: a token service for the registry's `auth: token`, `htpasswd`
+//!   lines, and a client doing the registry auth dance as containerd does.
 //! - [`upstream`]: a one-blob HTTP upstream that counts what it serves.
 //! - [`relay`]: a fault-injecting relay between a peer and its upstream (stalls,
 //!   resets, wrong bytes, 5xx, a slow link), and a client that says how a pull ended.
@@ -38,6 +41,7 @@ pub mod relay;
 pub mod scheduler;
 pub mod swarm;
 pub mod tls;
+pub mod token_auth;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader, Write};
@@ -57,7 +61,7 @@ pub fn require_tools(test: &str, tools: &[&str]) -> bool {
         return true;
     }
     let msg = format!(
-        "{test}: missing {} (Debian packages: containerd, docker-registry, skopeo)",
+        "{test}: missing {} (Debian packages: containerd, docker-registry, skopeo, apache2-utils; scripts/install-deps)",
         missing.join(", ")
     );
     if std::env::var("CI").is_ok_and(|v| v == "true") {

@@ -4,8 +4,10 @@
 //!
 //! Plain HTTP by default ([`Registry::start`]); [`Registry::start_with`] adds TLS
 //! (`http.tls.certificate`/`key`) and, with client CAs, requires a client certificate
-//! (`http.tls.clientcas`), and can share another registry's storage so that what was
-//! pushed over plain HTTP is served over TLS too.
+//! (`http.tls.clientcas`), requires credentials ([`RegistryAuth`]: `htpasswd` Basic, or
+//! bearer tokens from [`crate::token_auth::TokenService`]), and can share another
+//! registry's storage so that what was pushed without TLS or auth (with
+//! [`Registry::stage`]) is served with them too.
 //!
 //! [`Registry::access_log`] parses its access log (method, path, status, bytes, user
 //! agent), which is how tests count what upstream served and to whom.
@@ -112,6 +114,48 @@ pub struct RegistryOptions {
     pub proxy_remote: Option<String>,
     /// Run inside this network namespace (`ip netns exec`), listening on `listen`.
     pub netns: Option<NetnsListen>,
+    /// Require credentials (`auth:`).
+    pub auth: Option<RegistryAuth>,
+}
+
+/// How a registry authenticates its clients.
+#[derive(Debug, Clone)]
+pub enum RegistryAuth {
+    /// `auth: htpasswd`: HTTP Basic against this file of bcrypt lines (see
+    /// [`crate::token_auth::htpasswd_line`]). Every request needs a valid user.
+    Htpasswd {
+        /// The htpasswd file.
+        path: PathBuf,
+    },
+    /// `auth: token`: bearer JWTs from a token service (see
+    /// [`crate::token_auth::TokenService`]); a request without one gets a 401 naming
+    /// `realm`, [`SERVICE`](crate::token_auth::SERVICE) and the scope.
+    Token {
+        /// The token endpoint's URL.
+        realm: String,
+        /// The PEM certificate(s) whose keys sign the tokens (`rootcertbundle`).
+        root_cert_bundle: PathBuf,
+    },
+}
+
+impl RegistryAuth {
+    fn yaml(&self) -> String {
+        match self {
+            RegistryAuth::Htpasswd { path } => format!(
+                "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+                path.display()
+            ),
+            RegistryAuth::Token {
+                realm,
+                root_cert_bundle,
+            } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                crate::token_auth::SERVICE,
+                crate::token_auth::ISSUER,
+                root_cert_bundle.display()
+            ),
+        }
+    }
 }
 
 /// Where a registry in a network namespace listens.
@@ -156,6 +200,9 @@ impl Registry {
         }
         if let Some(remote) = &options.proxy_remote {
             http.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
+        }
+        if let Some(auth) = &options.auth {
+            http.push_str(&auth.yaml());
         }
         std::fs::write(
             &config,

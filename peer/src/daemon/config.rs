@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::mirror::AccessConfig;
 use crate::registry::UpstreamPolicy;
 use crate::store::StoreConfig;
 use file::{File, Text};
@@ -89,6 +90,17 @@ pub struct RunArgs {
     /// An unfinished blob nobody read or wrote for this long is deleted, e.g. 30m, 2h [default: 1h].
     #[arg(long, env = "SHOAL_CACHE_INCOMPLETE_TTL")]
     pub cache_incomplete_ttl: Option<String>,
+    /// Before serving a blob from this node's cache or from peers, ask upstream (a HEAD
+    /// with the caller's credentials, decisions remembered briefly) whether this caller
+    /// may read it; while upstream is unreachable serve only public repositories and
+    /// fresh grants: on or off (off: the cache and peers serve anyone who reaches the
+    /// mirror) [default: on].
+    #[arg(long, env = "SHOAL_ACCESS_CHECK")]
+    pub access_check: Option<String>,
+    /// How long upstream's yes for a caller and repository is trusted without asking
+    /// again, e.g. 60s, 5m (0s: ask for every request) [default: 60s].
+    #[arg(long, env = "SHOAL_ACCESS_CACHE_TTL")]
+    pub access_cache_ttl: Option<String>,
     /// Re-verify every complete blob at start, at most this many bytes per second (e.g. 50MiB; 0 turns the scrub off) [default: 50MiB].
     #[arg(long, env = "SHOAL_SCRUB_RATE")]
     pub scrub_rate: Option<String>,
@@ -142,6 +154,8 @@ pub struct Settings {
     pub upstream: UpstreamPolicy,
     /// Per registry (`[registries."HOST"]`, over `[registries._default]`).
     pub registry_policies: BTreeMap<String, UpstreamPolicy>,
+    /// The mirror's access check (`--access-check`, `--access-cache-ttl`).
+    pub access: AccessConfig,
 }
 
 /// Parses `10GiB`, `500MiB`, `64KiB`, `1024` (bytes).
@@ -245,6 +259,8 @@ impl Settings {
         let upload_slots = get(a.upload_slots, file.upload_slots, "8");
         let upload_rate_limit = a.upload_rate_limit.or(file.upload_rate_limit.map(|t| t.0));
         let log_format = get(a.log_format, file.log_format, "text");
+        let access_check = get(a.access_check, file.access_check, "on");
+        let access_cache_ttl = get(a.access_cache_ttl, file.access_cache_ttl, "60s");
         let zone = get(a.zone, file.zone, "");
         let advertise_addr = a.advertise_addr.or(file.advertise_addr.map(|t| t.0));
         let default_upstream = a.default_upstream.or(file.default_upstream.map(|t| t.0));
@@ -372,6 +388,17 @@ impl Settings {
                 None
             }
         };
+        let access_enabled = match access_check.as_str() {
+            "on" => true,
+            "off" => false,
+            other => {
+                errors.push(format!("--access-check: {other:?} must be on or off"));
+                true
+            }
+        };
+        let access_ttl = parse_duration(&access_cache_ttl)
+            .map_err(|e| errors.push(format!("--access-cache-ttl: {e}")))
+            .unwrap_or_default();
         let json_logs = match log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -422,6 +449,10 @@ impl Settings {
             default_upstream,
             upstream,
             registry_policies,
+            access: AccessConfig {
+                enabled: access_enabled,
+                ttl: access_ttl,
+            },
         })
     }
 }

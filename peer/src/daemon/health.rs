@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use crate::engine::Engine;
 use crate::metrics::{self, Sample};
 use crate::mirror::MirrorStats;
+use crate::mirror::access::AccessStats;
 use crate::scheduler_link::SchedulerLink;
 use crate::store::PieceStore;
 use crate::transfer::TransferStats;
@@ -67,11 +68,12 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
 }
 
 /// The node's one registry: every component registers its own metrics, under
-/// `shoal_peer_` (engine, store, transfer, the scheduler link) and `shoal_mirror_` (the
+/// `shoal_peer_` (engine, store, transfer, the scheduler link, the mirror's access check) and `shoal_mirror_` (the
 /// mirror, the names its dashboards and docs know).
 pub fn registry(
     engine: &Engine,
     mirror: &Arc<MirrorStats>,
+    access: &Arc<AccessStats>,
     transfer: &Arc<TransferStats>,
     store: &Arc<dyn PieceStore>,
     link: &SchedulerLink,
@@ -82,6 +84,7 @@ pub fn registry(
     crate::store::register_metrics(store, peer);
     transfer.register_metrics(peer);
     register_link_metrics(link, peer);
+    access.register_metrics(peer);
     mirror.register_metrics(registry.sub_registry_with_prefix("mirror"));
     registry
 }

@@ -178,7 +178,8 @@ impl Node {
             format!("http://[::1]:{port}"),
         ]
         .into();
-        let mirror = Mirror::new(engine.clone(), Registries::new(registries));
+        let mirror =
+            Mirror::with_access(engine.clone(), Registries::new(registries), settings.access);
         // Ready while the mirror serves: it turns false when the mirror's server
         // ends (an error, or shutdown), before anything else stops.
         let ready = Arc::new(AtomicBool::new(true));
@@ -213,7 +214,14 @@ impl Node {
             stats.clone(),
             stopped(),
         ));
-        let metrics = health::registry(&engine, &mirror.stats, &stats, &store, &link);
+        let metrics = health::registry(
+            &engine,
+            &mirror.stats,
+            &mirror.access.stats,
+            &stats,
+            &store,
+            &link,
+        );
         let health = health::Health {
             metrics: Arc::new(metrics),
             link,

@@ -7,11 +7,17 @@
 //! containerd's `Authorization` goes upstream and upstream's 401 comes back, so
 //! containerd does its own token dance; credentials are never logged.
 //!
+//! No byte from the node's cache or a peer reaches a caller before upstream said this
+//! caller may read that blob ([`access`]); while upstream is unreachable only public
+//! repositories and fresh grants are served.
+//!
 //! Layout: [`route`] (pure: path, name, reference and `ns` grammar), [`range`] (pure:
-//! the `Range` header), [`error`] (OCI error bodies), `blobs.rs`, `manifests.rs`,
+//! the `Range` header), [`access`] (who may read a blob: remembered upstream decisions),
+//! [`error`] (OCI error bodies), `blobs.rs`, `manifests.rs`,
 //! `relay.rs` (an upstream response as a mirror response), this file (router, state,
 //! counters). Not here: the upstream client and `hosts.toml` ([`crate::registry`]).
 
+pub mod access;
 mod blobs;
 pub mod error;
 mod manifests;
@@ -36,6 +42,7 @@ use tracing::{debug, info};
 use crate::engine::Engine;
 use crate::metrics::{self, Sample};
 use crate::registry::{Registries, RegistryClient, RegistryError};
+pub use access::{Access, AccessConfig};
 pub use error::OciError;
 use route::Object;
 
@@ -112,15 +119,24 @@ pub struct Mirror {
     pub registries: Registries,
     /// Counters.
     pub stats: Arc<MirrorStats>,
+    /// The access check and its remembered decisions.
+    pub access: Arc<Access>,
 }
 
 impl Mirror {
-    /// A mirror over this engine and these registries.
+    /// A mirror over this engine and these registries, the access check on with its
+    /// defaults.
     pub fn new(engine: Engine, registries: Registries) -> Self {
+        Self::with_access(engine, registries, AccessConfig::default())
+    }
+
+    /// A mirror with these access check settings.
+    pub fn with_access(engine: Engine, registries: Registries, access: AccessConfig) -> Self {
         Mirror {
             engine,
             registries,
             stats: Arc::new(MirrorStats::default()),
+            access: Arc::new(Access::new(access)),
         }
     }
 

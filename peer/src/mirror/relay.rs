@@ -13,9 +13,11 @@ use futures::TryStreamExt;
 use crate::registry::idle_limited;
 
 /// Headers copied from upstream.
-const RELAYED: [&str; 6] = [
+const RELAYED: [&str; 8] = [
     "content-type",
     "content-length",
+    "content-range",
+    "accept-ranges",
     "docker-content-digest",
     "www-authenticate",
     "etag",

@@ -1,5 +1,7 @@
 //! [`BlobUpstream`]: the download engine's [`Upstream`] for one repository of one
-//! registry, with containerd's `Authorization`; and [`blob_body`], the parsing of a blob
+//! registry, with containerd's `Authorization` (and, when upstream refuses it with a 401
+//! or 403, the credentials other callers were recently authorised with for the same
+//! repository, from the client's [`CredentialPool`](super::CredentialPool)); and [`blob_body`], the parsing of a blob
 //! response into an [`UpstreamBody`] (total size and first offset from `Content-Range`
 //! or `Content-Length`): the peer's one `Content-Range` parser.
 //!
@@ -7,11 +9,12 @@
 //! against the digest (the engine does, piece by piece).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use reqwest::header::HeaderValue;
 use shoal_proto::Digest;
+use tracing::debug;
 
 use super::body::idle_limited;
 use super::{Object, RegistryClient, UpstreamRequest};
@@ -55,7 +58,7 @@ impl Upstream for BlobUpstream {
         digest: &Digest,
         range_start: u64,
     ) -> Result<UpstreamBody, UpstreamError> {
-        let request = UpstreamRequest {
+        let mut request = UpstreamRequest {
             method: reqwest::Method::GET,
             repo: self.repo.clone(),
             object: Object::Blob(*digest),
@@ -63,11 +66,46 @@ impl Upstream for BlobUpstream {
             authorization: self.authorization.clone(),
             range_from: (range_start > 0).then_some(range_start),
         };
-        let response = self
-            .client
-            .send(&request)
-            .await
-            .map_err(|e| UpstreamError::Http(e.to_string()))?;
+        let send = |r: &UpstreamRequest| {
+            let r = r.clone();
+            let client = self.client.clone();
+            async move {
+                client
+                    .send(&r)
+                    .await
+                    .map_err(|e| UpstreamError::Http(e.to_string()))
+            }
+        };
+        let mut response = send(&request).await?;
+        if matches!(response.status().as_u16(), 401 | 403) {
+            // The download's own credential (a token that expired mid-blob, say) no
+            // longer works: go on with another caller's that upstream authorised for
+            // this repository, newest first.
+            let pool = self.client.credentials();
+            if let Some(own) = &self.authorization {
+                pool.forget(&self.repo, own);
+            }
+            let others = pool.others(&self.repo, self.authorization.as_ref(), Instant::now());
+            for (i, other) in others.into_iter().enumerate() {
+                request.authorization = Some(other.clone());
+                let retry = send(&request).await?;
+                let status = retry.status().as_u16();
+                debug!(
+                    upstream.registry = self.client.registry(),
+                    oci.repo = %self.repo,
+                    task.digest = %digest,
+                    credential.index = i,
+                    http.status = status,
+                    "refused with the download's credential; retried with another authorised caller's"
+                );
+                if matches!(status, 401 | 403) {
+                    pool.forget(&self.repo, &other);
+                    continue;
+                }
+                response = retry;
+                break;
+            }
+        }
         blob_body(response, self.client.idle_timeout())
     }
 }

@@ -22,9 +22,12 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RANGE};
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::challenge::BearerChallenge;
 use super::endpoint::{Endpoint, chain};
 use super::hosts_toml::{EndpointSpec, Role};
-use super::{BlobUpstream, Object, RegistriesConfig, RegistryError, UpstreamRequest};
+use super::{
+    BlobUpstream, CredentialPool, Object, RegistriesConfig, RegistryError, UpstreamRequest,
+};
 
 /// The first retry's backoff; each further retry doubles it.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -47,6 +50,9 @@ pub struct RegistryClient {
     attempts: u32,
     request_timeout: Duration,
     idle_timeout: Duration,
+    credentials: CredentialPool,
+    /// Resolved through the `_default` directory (set by `Registries`).
+    pub(super) catch_all: bool,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -86,6 +92,8 @@ impl RegistryClient {
             attempts: policy.attempts.max(1),
             request_timeout: policy.request_timeout,
             idle_timeout: policy.idle_timeout,
+            credentials: CredentialPool::default(),
+            catch_all: false,
         })
     }
 
@@ -93,6 +101,20 @@ impl RegistryClient {
     /// ([`UpstreamPolicy::idle_timeout`](super::UpstreamPolicy::idle_timeout)).
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// Credentials this registry recently authorised, per repository (in memory; lost
+    /// when the client is rebuilt after a `hosts.toml` change).
+    pub fn credentials(&self) -> &CredentialPool {
+        &self.credentials
+    }
+
+    /// Whether this registry has no directory of its own under the hosts dir and was
+    /// resolved through `_default`: any `ns` a caller names reaches it, so its answers
+    /// prove nothing about who may read a blob held here (a registry a caller runs
+    /// itself can claim any digest). The mirror serves its blobs from upstream only.
+    pub fn catch_all(&self) -> bool {
+        self.catch_all
     }
 
     /// The registry's name, e.g. `docker.io`.
@@ -256,6 +278,35 @@ impl RegistryClient {
             )),
             Ok(Ok(response)) => Ok(response),
         }
+    }
+
+    /// A token fetched from `challenge`'s realm *without credentials* (what containerd
+    /// does for a public image), through the first endpoint's HTTP client (its TLS
+    /// settings), within the request timeout; `None` when the realm refuses or answers
+    /// something else. Bodies over 64 KiB are refused.
+    pub async fn anonymous_token(&self, challenge: &BearerChallenge) -> Option<String> {
+        let endpoint = self.endpoints.first()?;
+        let url = challenge.token_url()?;
+        let fetch = async {
+            let resp = endpoint.http.get(url).send().await.ok()?;
+            if !resp.status().is_success() || resp.content_length().unwrap_or(0) > 64 << 10 {
+                return None;
+            }
+            let body = resp.bytes().await.ok()?;
+            if body.len() > 64 << 10 {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            v["token"]
+                .as_str()
+                .or(v["access_token"].as_str())
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        };
+        tokio::time::timeout(self.request_timeout, fetch)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The download engine's view of blobs of `repo`, sent with `authorization`.

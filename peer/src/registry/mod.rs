@@ -19,17 +19,24 @@
 //! - `endpoint.rs`: one configured endpoint and its HTTP client (reads certificates).
 //! - `client.rs`: [`RegistryClient`], the try-in-order-with-retries loop.
 //! - `blob.rs`: [`BlobUpstream`] and the blob response parsing shared with the engine.
+//! - [`challenge`]: a `Bearer` challenge, for the anonymous token that tells whether a
+//!   repository of a token registry is public.
 //! - `body.rs`: [`idle_limited`], a response body that fails when upstream goes quiet.
+//! - `credentials.rs`: [`CredentialPool`], credentials upstream recently authorised per
+//!   repository, which a shared download falls back on when its own expires.
 //!
 //! Not here: the mirror's HTTP surface and its OCI error bodies, the token dance (a 401
 //! and its `WWW-Authenticate` are returned to the caller, who relays them to containerd),
-//! credentials of any kind beyond forwarding containerd's `Authorization`, pushing,
+//! credentials beyond forwarding containerd's `Authorization` (and keeping recently
+//! authorised ones in memory for shared downloads), pushing,
 //! containerd's HTTP fallback for `http://` hosts that also have TLS settings.
 
 mod blob;
 mod body;
+pub mod challenge;
 mod client;
 mod config;
+mod credentials;
 mod endpoint;
 pub mod hosts_toml;
 pub mod names;
@@ -49,6 +56,7 @@ pub use blob::BlobUpstream;
 pub use body::{BodyError, idle_limited};
 pub use client::RegistryClient;
 pub use config::{RegistriesConfig, UpstreamPolicy};
+pub use credentials::CredentialPool;
 
 use config::DefaultUpstream;
 use hosts_toml::EndpointSpec;
@@ -294,7 +302,16 @@ impl Registries {
                 return Ok(c.client.clone());
             }
         }
-        let (client, files) = self.load(&registry, &source)?;
+        let (mut client, files) = self.load(&registry, &source)?;
+        let in_default_dir = |dir: Option<&Path>| {
+            dir.and_then(Path::file_name)
+                .is_some_and(|n| n == names::DEFAULT_DIR)
+        };
+        client.catch_all = match &source {
+            Source::HostsToml(file, _) => in_default_dir(file.parent()),
+            Source::CertDir(dir, _) => in_default_dir(Some(dir)),
+            Source::Implicit => false,
+        };
         let client = Arc::new(client);
         self.inner
             .cache

@@ -50,6 +50,8 @@ pub(super) struct File {
     pub(super) cache_low_watermark: Option<Text>,
     pub(super) cache_incomplete_ttl: Option<Text>,
     pub(super) scrub_rate: Option<Text>,
+    pub(super) access_check: Option<Text>,
+    pub(super) access_cache_ttl: Option<Text>,
     /// `[registries._default]` and `[registries."HOST"]`: how hard to try upstream.
     #[serde(default)]
     pub(super) registries: BTreeMap<String, RegistryEntry>,

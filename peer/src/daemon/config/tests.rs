@@ -82,6 +82,29 @@ fn defaults() {
     assert_eq!(s.upload_rate_limit, None);
     assert!(s.schedulers.is_empty());
     assert!(!s.json_logs);
+    assert_eq!(s.access, crate::mirror::AccessConfig::default());
+    assert!(s.access.enabled);
+    assert_eq!(s.access.ttl, Duration::from_secs(60));
+}
+
+#[test]
+fn access_check_from_flags_and_file() {
+    let (_dir, path) = config_file("access_check = \"off\"\naccess_cache_ttl = \"5m\"\n");
+    let base = ["--dev-ephemeral-tls", "--quic-listen", "127.0.0.1:7651"];
+    let mut args = base.to_vec();
+    args.extend(["--config", &path]);
+    let s = resolve(&args).unwrap();
+    assert!(!s.access.enabled);
+    assert_eq!(s.access.ttl, Duration::from_secs(300));
+    args.extend(["--access-check", "on", "--access-cache-ttl", "0s"]);
+    let s = resolve(&args).unwrap();
+    assert!(s.access.enabled);
+    assert_eq!(s.access.ttl, Duration::ZERO);
+    let mut bad = base.to_vec();
+    bad.extend(["--access-check", "maybe", "--access-cache-ttl", "soon"]);
+    let errs = resolve(&bad).unwrap_err();
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].contains("--access-check") && errs[1].contains("--access-cache-ttl"));
 }
 
 #[test]
