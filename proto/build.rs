@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/shoal/v1/scheduler.proto",
         "proto/shoal/v1/piece.proto",
+        "proto/shoal/v1/issuer.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`v1`]: generated prost messages and the tonic `Scheduler` service
 //!   (`proto/shoal/v1/scheduler.proto`) plus the QUIC piece headers
-//!   (`proto/shoal/v1/piece.proto`).
+//!   (`proto/shoal/v1/piece.proto`) and the scheduler's `CertificateIssuer`
+//!   (`proto/shoal/v1/issuer.proto`).
 //! - [`digest`]: [`Digest`], the name of a task (`sha256:` + 64 lowercase hex).
 //! - [`piece`]: piece arithmetic (piece size from blob size, counts, ranges) and
 //!   [`PieceSet`], the bitmap of pieces a peer holds.
@@ -31,4 +32,10 @@ pub mod limits {
     /// Held tasks one `JoinRequest` may carry. A peer with more sends them in
     /// several Joins (a Join adds to what the scheduler knows of the peer).
     pub const JOIN_PAGE: usize = 512;
+    /// Largest certificate signing request the issuer accepts (DER bytes).
+    pub const MAX_CSR: usize = 16 << 10;
+    /// Largest ServiceAccount token the issuer accepts (bytes).
+    pub const MAX_TOKEN: usize = 16 << 10;
+    /// Largest message of the `CertificateIssuer` service, either way.
+    pub const MAX_ISSUER_MESSAGE: usize = 64 << 10;
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::auth::OperatorToken;
 use crate::core::CoreConfig;
+use crate::issuer::{IssuerArgs, IssuerSettings};
 
 /// Command-line flags. Every value is taken as text and checked in
 /// [`Settings::resolve`], so that all errors are reported together.
@@ -80,6 +81,9 @@ pub struct Args {
     /// check that the process then exits). Never set in production.
     #[arg(long, env = "SHOAL_TEST_PANIC_ON_JOIN", hide = true)]
     pub test_panic_on_join: Option<String>,
+    /// The certificate issuer's flags.
+    #[command(flatten)]
+    pub issuer: IssuerArgs,
 }
 
 /// How the gRPC port is secured.
@@ -109,6 +113,32 @@ struct File {
     http_tls_dir: Option<PathBuf>,
     insecure_plaintext: Option<bool>,
     allow_shared_identity: Option<bool>,
+    issuer_ca_dir: Option<PathBuf>,
+    issuer_listen: Option<String>,
+    issuer_cert_lifetime: Option<String>,
+    issuer_audience: Option<String>,
+    issuer_service_account: Option<String>,
+    issuer_daemonset: Option<String>,
+    kube_api_url: Option<String>,
+    kube_token_file: Option<PathBuf>,
+    kube_ca_file: Option<PathBuf>,
+}
+
+impl File {
+    /// The issuer's keys.
+    fn issuer(&mut self) -> IssuerArgs {
+        IssuerArgs {
+            issuer_ca_dir: self.issuer_ca_dir.take(),
+            issuer_listen: self.issuer_listen.take(),
+            issuer_cert_lifetime: self.issuer_cert_lifetime.take(),
+            issuer_audience: self.issuer_audience.take(),
+            issuer_service_account: self.issuer_service_account.take(),
+            issuer_daemonset: self.issuer_daemonset.take(),
+            kube_api_url: self.kube_api_url.take(),
+            kube_token_file: self.kube_token_file.take(),
+            kube_ca_file: self.kube_ca_file.take(),
+        }
+    }
 }
 
 /// How logs are written.
@@ -143,6 +173,8 @@ pub struct Settings {
     pub http_tls_dir: Option<PathBuf>,
     /// Test hook: panic when this peer id joins.
     pub test_panic_on_join: Option<String>,
+    /// The certificate issuer, when `--issuer-ca-dir` turns it on.
+    pub issuer: Option<IssuerSettings>,
     /// The core's tunables.
     pub core: CoreConfig,
 }
@@ -183,7 +215,7 @@ impl Settings {
     /// returning every problem found.
     pub fn resolve(args: Args) -> Result<Settings, Vec<String>> {
         let mut errors = Vec::new();
-        let file = match &args.config {
+        let mut file = match &args.config {
             None => File::default(),
             Some(path) => match std::fs::read_to_string(path) {
                 Err(e) => {
@@ -196,6 +228,7 @@ impl Settings {
                 }),
             },
         };
+        let file_issuer = file.issuer();
         let get = |name: &str,
                    flag: Option<String>,
                    file: Option<String>,
@@ -319,6 +352,19 @@ impl Settings {
         };
         let allow_shared_identity =
             args.allow_shared_identity || file.allow_shared_identity.unwrap_or(false);
+        let issuer = args.issuer.or(file_issuer).resolve(
+            matches!(grpc_security, Some(GrpcSecurity::MutualTls(_))),
+            &mut errors,
+        );
+        if let (Some(i), Some(g), Some(h)) = (&issuer, grpc_listen, http_listen)
+            && i.listen.port() != 0
+            && (i.listen == g || i.listen == h)
+        {
+            errors.push(format!(
+                "--issuer-listen {} is also --grpc-listen or --http-listen",
+                i.listen
+            ));
+        }
         if let (Some(g), Some(h)) = (grpc_listen, http_listen)
             && g == h
             && g.port() != 0
@@ -347,6 +393,7 @@ impl Settings {
             allow_shared_identity,
             http_tls_dir: args.http_tls_dir.or(file.http_tls_dir),
             test_panic_on_join: args.test_panic_on_join,
+            issuer,
             core,
         })
     }

@@ -10,6 +10,8 @@
 //! - [`ctl`]: `shoalctl`, the operator CLI over the operator API.
 //! - [`grpc`]: the tonic adapter, with identity checks and input limits;
 //!   [`tls`]: mutual TLS on its port and who the caller is.
+//! - [`issuer`]: the certificate issuer (`shoal.v1.CertificateIssuer`): node
+//!   certificates for CSRs whose ServiceAccount token the TokenReview API vouches for.
 //! - [`server`]: [`server::run`], the one way to start a whole scheduler.
 //! - [`fuzzing`]: the check behind the `scheduler_wire` fuzz target in `fuzz/`.
 //!
@@ -23,6 +25,7 @@ pub mod ctl;
 pub mod fuzzing;
 pub mod grpc;
 pub mod http;
+pub mod issuer;
 pub mod logging;
 pub mod metrics;
 pub mod server;

@@ -51,7 +51,10 @@ struct OperatorLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RefusedLabels {
     /// Which check refused: `identity`, `join_tasks`, `plans_per_peer`,
-    /// `session_events`, `tls_handshake`, or a core limit.
+    /// `session_events`, `tls_handshake`, a core limit, or one of the certificate
+    /// issuer's (`issuer_…`: `issuer_unauthenticated`, `issuer_audience`,
+    /// `issuer_service_account`, `issuer_node_mismatch`, `issuer_not_daemonset`,
+    /// `issuer_input`, `issuer_rate`, `issuer_busy`, `issuer_tls_handshake`, …).
     reason: &'static str,
 }
 
@@ -62,6 +65,7 @@ pub struct Metrics {
     grpc_requests: Family<GrpcLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     operator_requests: Family<OperatorLabels, Counter>,
+    certificates_issued: Counter,
     /// Where [`Metrics::encode`] puts the core's snapshot for [`CoreCollector`].
     snapshot: Arc<Mutex<Snapshot>>,
     /// Serialises scrapes, so that each one prints the snapshot it took.
@@ -108,6 +112,12 @@ impl Metrics {
             "Operator write requests (quarantine, unquarantine, drop), by action and HTTP status (401: no or wrong token, 403: writes disabled)",
             operator_requests.clone(),
         );
+        let certificates_issued = Counter::default();
+        registry.register(
+            "certificates_issued",
+            "Node certificates the issuer signed (first ones and renewals)",
+            certificates_issued.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(CoreCollector(snapshot.clone())));
         Metrics {
@@ -115,6 +125,7 @@ impl Metrics {
             grpc_requests,
             refused,
             operator_requests,
+            certificates_issued,
             snapshot,
             scrape: Mutex::new(()),
         }
@@ -133,6 +144,11 @@ impl Metrics {
     /// Counts one refusal by an identity check or a limit.
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&RefusedLabels { reason }).inc();
+    }
+
+    /// Counts one node certificate signed by the issuer.
+    pub fn certificate_issued(&self) {
+        self.certificates_issued.inc();
     }
 
     /// Counts one operator write request (`action`: `quarantine`,

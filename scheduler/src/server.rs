@@ -1,8 +1,8 @@
 //! One way to run the scheduler: [`run`] takes listeners already bound and a
 //! shutdown signal, and serves gRPC (mutual TLS, or plain text behind the
-//! development switch), the operator API and the planning ticker until the
-//! signal. The binary calls it; so does every test that needs a whole
-//! scheduler.
+//! development switch), the operator API, the certificate issuer (when on) and
+//! the planning ticker until the signal. The binary calls it; so does every
+//! test that needs a whole scheduler.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,10 +33,12 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The operator API, metrics and health.
     pub http: TcpListener,
+    /// The certificate issuer, when `settings.issuer` turns it on.
+    pub issuer: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds both addresses of `settings`; errors name the address.
+    /// Binds the addresses of `settings`; errors name the address.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
         let grpc = TcpListener::bind(settings.grpc_listen)
             .await
@@ -49,7 +51,13 @@ impl Listeners {
                     settings.http_listen
                 )
             })?;
-        Ok(Listeners { grpc, http })
+        let issuer = match &settings.issuer {
+            Some(i) => Some(TcpListener::bind(i.listen).await.with_context(|| {
+                format!("cannot listen for the certificate issuer on {}", i.listen)
+            })?),
+            None => None,
+        };
+        Ok(Listeners { grpc, http, issuer })
     }
 }
 
@@ -74,6 +82,7 @@ pub async fn run(
     let Listeners {
         grpc: grpc_listener,
         http: http_listener,
+        issuer: issuer_listener,
     } = listeners;
     let tls = match &settings.grpc_security {
         GrpcSecurity::MutualTls(dir) => Some(Arc::new(
@@ -103,6 +112,26 @@ pub async fn run(
             })?,
         )),
         None => None,
+    };
+    let issuer = match (&settings.issuer, issuer_listener, &settings.grpc_security) {
+        (Some(i), Some(listener), GrpcSecurity::MutualTls(dir)) => {
+            // Fail at start, naming the file, rather than at the first request.
+            crate::issuer::sign::Ca::load(&i.ca_dir)
+                .context("cannot use the certificate issuer's CA (--issuer-ca-dir)")?;
+            let files = TlsFiles::load_for(dir, ClientAuth::None)
+                .context("cannot use the TLS material for the certificate issuer")?;
+            info!(
+                issuer.addr = %listener.local_addr()?,
+                issuer.lifetime = ?i.lifetime,
+                issuer.service_account = %i.policy.username(),
+                issuer.daemonset = %i.policy.daemonset,
+                issuer.kube_api = %i.kube.url,
+                "certificate issuer on"
+            );
+            Some((i.clone(), listener, Arc::new(files)))
+        }
+        (Some(_), None, _) => anyhow::bail!("the certificate issuer is on but has no listener"),
+        _ => None,
     };
     info!(
         grpc.addr = %grpc_listener.local_addr()?,
@@ -169,6 +198,16 @@ pub async fn run(
         }
         None => tokio::spawn(http::serve(http_listener, router, stopped())),
     };
+    let issuer = issuer.map(|(settings, listener, files)| {
+        let service = crate::issuer::IssuerService::new(&settings, metrics.clone());
+        tokio::spawn(crate::issuer::serve(
+            listener,
+            files,
+            service,
+            metrics.clone(),
+            stopped(),
+        ))
+    });
     let ticker = tokio::spawn(grpc::run_ticker(
         state.clone(),
         settings.plan_interval,
@@ -184,6 +223,9 @@ pub async fn run(
     let drained = tokio::time::timeout(DRAIN, async {
         grpc.await?.context("gRPC server")?;
         http.await?.context("operator API")?;
+        if let Some(issuer) = issuer {
+            issuer.await?.context("certificate issuer")?;
+        }
         ticker.await?;
         anyhow::Ok(())
     })

@@ -10,6 +10,8 @@
 //! - [`relay`]: a fault-injecting relay between a peer and its upstream (stalls,
 //!   resets, wrong bytes, 5xx, a slow link), and a client that says how a pull ended.
 //! - [`scheduler`]: a whole scheduler in this process, through `server::run`.
+//! - [`kube`]: a stand-in kube-apiserver (TokenReview and Pod GET over HTTPS) for the
+//!   certificate issuer, the one stand-in the tests allow.
 //! - [`swarm`]: Shoal's own processes (`shoal-scheduler`, `shoal-peer run`).
 //! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
 //! - [`netns`], [`netswarm`]: network namespaces as hosts, and Shoal's processes on them.
@@ -34,6 +36,7 @@ pub mod cri;
 pub mod demo;
 pub mod htpasswd;
 pub mod image;
+pub mod kube;
 pub mod netns;
 pub mod netswarm;
 pub mod registry;
