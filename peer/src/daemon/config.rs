@@ -104,6 +104,42 @@ pub struct RunArgs {
     /// Re-verify every complete blob at start, at most this many bytes per second (e.g. 50MiB; 0 turns the scrub off) [default: 50MiB].
     #[arg(long, env = "SHOAL_SCRUB_RATE")]
     pub scrub_rate: Option<String>,
+    /// Where the node certificate in --peer-tls-dir comes from: `files` (put there by
+    /// hand, a Secret or cert-manager) or `token-review` (this peer makes its key and
+    /// gets the certificate from the scheduler's issuer with its ServiceAccount token,
+    /// then renews it at two thirds of its life) [default: files].
+    #[arg(long, env = "SHOAL_IDENTITY")]
+    pub identity: Option<String>,
+    /// The node this peer runs on (the downward API's spec.nodeName): the name in its
+    /// certificate and its peer id. Required with --identity token-review.
+    #[arg(long, env = "SHOAL_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The pod's projected ServiceAccount token for the issuer's audience, read at every
+    /// request. Required with --identity token-review.
+    #[arg(long, env = "SHOAL_SA_TOKEN_FILE")]
+    pub sa_token_file: Option<PathBuf>,
+    /// The scheduler's certificate issuer, e.g. `https://shoal-scheduler.shoal.svc:7601`.
+    /// Required with --identity token-review.
+    #[arg(long, env = "SHOAL_ISSUER_URL")]
+    pub issuer_url: Option<String>,
+    /// The CA the issuer's serving certificate chains to. Required with --identity
+    /// token-review.
+    #[arg(long, env = "SHOAL_ISSUER_CA_FILE")]
+    pub issuer_ca_file: Option<PathBuf>,
+}
+
+/// How a node gets its certificate from the scheduler's issuer (`--identity
+/// token-review`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuance {
+    /// This node's name: the certificate's common name and the peer id.
+    pub node_name: String,
+    /// The projected ServiceAccount token, read at every request.
+    pub token_file: PathBuf,
+    /// `https://` URL of the issuer.
+    pub issuer_url: String,
+    /// The CA of the issuer's serving certificate.
+    pub issuer_ca_file: PathBuf,
 }
 
 /// How `tls` is obtained.
@@ -156,6 +192,9 @@ pub struct Settings {
     pub registry_policies: BTreeMap<String, UpstreamPolicy>,
     /// The mirror's access check (`--access-check`, `--access-cache-ttl`).
     pub access: AccessConfig,
+    /// `--identity token-review`: the node certificate in the TLS directory comes from
+    /// the scheduler's issuer, and is renewed.
+    pub issuance: Option<Issuance>,
 }
 
 /// Parses `10GiB`, `500MiB`, `64KiB`, `1024` (bytes).
@@ -399,6 +438,17 @@ impl Settings {
         let access_ttl = parse_duration(&access_cache_ttl)
             .map_err(|e| errors.push(format!("--access-cache-ttl: {e}")))
             .unwrap_or_default();
+        let issuance = resolve_issuance(
+            IssuanceArgs {
+                identity: a.identity.or(file.identity.map(|t| t.0)),
+                node_name: a.node_name.or(file.node_name.map(|t| t.0)),
+                sa_token_file: a.sa_token_file.or(file.sa_token_file),
+                issuer_url: a.issuer_url.or(file.issuer_url.map(|t| t.0)),
+                issuer_ca_file: a.issuer_ca_file.or(file.issuer_ca_file),
+            },
+            tls.as_ref(),
+            &mut errors,
+        );
         let json_logs = match log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -453,8 +503,73 @@ impl Settings {
                 enabled: access_enabled,
                 ttl: access_ttl,
             },
+            issuance,
         })
     }
+}
+
+/// The `--identity` flags, merged.
+struct IssuanceArgs {
+    identity: Option<String>,
+    node_name: Option<String>,
+    sa_token_file: Option<PathBuf>,
+    issuer_url: Option<String>,
+    issuer_ca_file: Option<PathBuf>,
+}
+
+/// `--identity` and its flags: `None` for `files`; problems go to `errors`.
+fn resolve_issuance(
+    a: IssuanceArgs,
+    tls: Option<&TlsSource>,
+    errors: &mut Vec<String>,
+) -> Option<Issuance> {
+    match a.identity.as_deref().unwrap_or("files") {
+        "files" => return None,
+        "token-review" => {}
+        other => {
+            errors.push(format!(
+                "--identity: {other:?} must be files or token-review"
+            ));
+            return None;
+        }
+    }
+    let before = errors.len();
+    if matches!(tls, Some(TlsSource::Ephemeral)) {
+        errors.push(
+            "--identity token-review writes its certificate into --peer-tls-dir; it excludes --dev-ephemeral-tls"
+                .into(),
+        );
+    }
+    let mut required = |name: &str, v: bool| {
+        if !v {
+            errors.push(format!("--{name} is required with --identity token-review"));
+        }
+    };
+    required("node-name", a.node_name.is_some());
+    required("sa-token-file", a.sa_token_file.is_some());
+    required("issuer-url", a.issuer_url.is_some());
+    required("issuer-ca-file", a.issuer_ca_file.is_some());
+    if let Some(n) = &a.node_name
+        && !crate::store::is_valid_peer_id(n)
+    {
+        errors.push(format!(
+            "--node-name: {n:?} cannot be a peer id (1 to 128 of A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    if let Some(u) = &a.issuer_url
+        && !u.starts_with("https://")
+    {
+        errors.push(format!("--issuer-url: {u:?} must be an https:// URL"));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(Issuance {
+        node_name: a.node_name?,
+        token_file: a.sa_token_file?,
+        issuer_url: a.issuer_url?,
+        issuer_ca_file: a.issuer_ca_file?,
+    })
 }
 
 #[cfg(test)]

@@ -7,12 +7,14 @@
 //! Layout: `config.rs` (flags and config file → validated [`Settings`]), `node.rs`
 //! ([`Node::start`]: a node on bound [`Sockets`], the wiring), `health.rs` (`/metrics`,
 //! `/healthz`, `/readyz`), `gc.rs` (the eviction loop), `tls_reload.rs` (renewed
-//! certificates and rotated CAs for QUIC), this file (the store's views for the QUIC
+//! certificates and rotated CAs for QUIC), `issuance.rs` (the node certificate from the
+//! scheduler's issuer, `--identity token-review`, and its renewal), this file (the store's views for the QUIC
 //! server and the scheduler link, [`run`]).
 
 pub mod config;
 mod gc;
 pub mod health;
+pub mod issuance;
 mod node;
 pub mod scrub;
 mod tls_reload;
@@ -25,7 +27,7 @@ use shoal_proto::{Digest, v1};
 use crate::scheduler_link::Inventory;
 use crate::store::PieceStore;
 use crate::transfer::PieceSource;
-pub use config::{RunArgs, Settings, TlsSource};
+pub use config::{Issuance, RunArgs, Settings, TlsSource};
 pub use node::{Node, Sockets};
 
 /// Serves the store's verified pieces to other peers (the QUIC server's

@@ -4,7 +4,8 @@
 //!
 //! A node is the piece store (opened from `data_dir`), the QUIC piece server, the
 //! scheduler link, the download engine, the registry mirror, garbage collection, the
-//! TLS watch, and health and metrics. [`Node::wait`] returns once `shutdown` resolved and
+//! TLS watch (and, with `--identity token-review`, the node certificate's issuance
+//! before anything starts and its renewal after), and health and metrics. [`Node::wait`] returns once `shutdown` resolved and
 //! everything stopped in order: the mirror leaves `/readyz` first, open blob streams get
 //! 5 s, health and metrics stop last.
 
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use super::{Settings, StoreInventory, StoreSource, TlsSource, gc, health, tls_reload};
+use super::{Settings, StoreInventory, StoreSource, TlsSource, gc, health, issuance, tls_reload};
 use crate::engine::Engine;
 use crate::mirror::Mirror;
 use crate::registry::{Registries, RegistriesConfig};
@@ -104,6 +105,16 @@ impl Node {
                     )
                 })?,
         );
+        // A stop during the wait for a first certificate ends the start.
+        let mut shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            Box::pin(shutdown);
+        let issuance = match (&settings.issuance, &settings.tls) {
+            (Some(i), TlsSource::Dir(dir)) => {
+                issuance::ensure(i, dir, &mut shutdown).await?;
+                Some((i.clone(), dir.clone()))
+            }
+            _ => None,
+        };
         let (tls, peer_id, hostname) = {
             let (source, data_dir) = (settings.tls.clone(), settings.data_dir.clone());
             tokio::task::spawn_blocking(move || identity(&source, &data_dir)).await??
@@ -157,11 +168,17 @@ impl Node {
         );
         let client = PieceClient::new(endpoint.clone());
         if let TlsSource::Dir(dir) = &settings.tls {
+            // Renewals wake the watch at once; other changes are seen within 10 s.
+            let nudge = Arc::new(tokio::sync::Notify::new());
+            if let Some((issuance, dir)) = issuance {
+                tokio::spawn(issuance::renew(issuance, dir, nudge.clone(), stopped()));
+            }
             tokio::spawn(tls_reload::watch(
                 dir.clone(),
                 endpoint.clone(),
                 client.tls(),
                 Duration::from_secs(10),
+                nudge,
                 stopped(),
             ));
         }

@@ -29,13 +29,15 @@ fn stamp(dir: &Path) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
-/// Checks `dir` every `every` and, on a change, reloads `endpoint`'s server
-/// configuration and the piece client's (`client`), until `stop` resolves.
+/// Checks `dir` every `every`, and whenever `nudge` is notified (a renewal just
+/// wrote the files), and on a change reloads `endpoint`'s server configuration and
+/// the piece client's (`client`), until `stop` resolves.
 pub(super) async fn watch(
     dir: PathBuf,
     endpoint: Endpoint,
     client: ClientTls,
     every: Duration,
+    nudge: std::sync::Arc<tokio::sync::Notify>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     // Stamps and certificate files are read on the blocking pool, off the async
@@ -53,6 +55,7 @@ pub(super) async fn watch(
         tokio::select! {
             () = &mut stop => return,
             _ = tick.tick() => {}
+            () = nudge.notified() => {}
         }
         let check = {
             let (dir, seen) = (dir.clone(), seen.clone());
@@ -139,6 +142,7 @@ mod tests {
             server.clone(),
             client.clone(),
             Duration::from_millis(20),
+            std::sync::Arc::default(),
             async {
                 let _ = stop_rx.await;
             },

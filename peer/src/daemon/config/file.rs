@@ -52,6 +52,11 @@ pub(super) struct File {
     pub(super) scrub_rate: Option<Text>,
     pub(super) access_check: Option<Text>,
     pub(super) access_cache_ttl: Option<Text>,
+    pub(super) identity: Option<Text>,
+    pub(super) node_name: Option<Text>,
+    pub(super) sa_token_file: Option<PathBuf>,
+    pub(super) issuer_url: Option<Text>,
+    pub(super) issuer_ca_file: Option<PathBuf>,
     /// `[registries._default]` and `[registries."HOST"]`: how hard to try upstream.
     #[serde(default)]
     pub(super) registries: BTreeMap<String, RegistryEntry>,

@@ -337,3 +337,51 @@ fn the_mirror_stays_on_loopback_unless_allowed() {
     let s = resolve(&[&base[..], &["--config", &path]].concat()).unwrap();
     assert!(s.mirror_allow_remote);
 }
+
+#[test]
+fn token_review_identity_needs_its_flags() {
+    let s = resolve(&["--peer-tls-dir", "/tls"]).unwrap();
+    assert!(s.issuance.is_none(), "files is the default");
+    let s = resolve(&[
+        "--peer-tls-dir",
+        "/tls",
+        "--identity",
+        "token-review",
+        "--node-name",
+        "node-a",
+        "--sa-token-file",
+        "/var/run/secrets/tokens/shoal",
+        "--issuer-url",
+        "https://shoal-scheduler.shoal.svc:7601",
+        "--issuer-ca-file",
+        "/ca/ca.crt",
+    ])
+    .unwrap();
+    let i = s.issuance.unwrap();
+    assert_eq!(i.node_name, "node-a");
+    assert_eq!(i.issuer_url, "https://shoal-scheduler.shoal.svc:7601");
+    assert_eq!(s.tls, TlsSource::Dir("/tls".into()));
+
+    let errs = resolve(&[
+        "--dev-ephemeral-tls",
+        "--identity",
+        "token-review",
+        "--node-name",
+        "node a",
+        "--issuer-url",
+        "http://sched:7601",
+    ])
+    .unwrap_err();
+    for want in [
+        "excludes --dev-ephemeral-tls",
+        "--sa-token-file is required",
+        "--issuer-ca-file is required",
+        "--node-name: \"node a\"",
+        "--issuer-url: \"http://sched:7601\" must be an https:// URL",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+    assert_eq!(errs.len(), 5, "{errs:?}");
+    let errs = resolve(&["--peer-tls-dir", "/tls", "--identity", "csi"]).unwrap_err();
+    assert!(errs[0].contains("files or token-review"), "{errs:?}");
+}
