@@ -21,7 +21,9 @@ version, then the checks of checks.py:
 - identity: shared mode passes --allow-shared-identity with a certificate whose
   common name is shoal-peer; certManagerCSI passes no such switch and gives each
   peer pod a certificate naming it (${POD_NAME}), valid for shoal-peer, for
-  client and server use, from the same issuer as the scheduler's;
+  client and server use, from the same issuer as the scheduler's; tokenReview
+  (token_review.py) wires the peers' projected token, node name and issuer URL
+  to the scheduler's issuer, its CA key, RBAC, Service port and NetworkPolicy;
 - the NetworkPolicy (on unless the scenario turns it off) isolates the
   scheduler pods: gRPC only from the node CIDRs and the peer pods, the operator
   port only from the named namespaces;
@@ -47,7 +49,7 @@ import yaml
 
 import checks
 from checks import check_all, check_metric_names
-from self_test import csi_mutations, everything_on_mutations, self_test
+from self_test import csi_mutations, everything_on_mutations, self_test, token_review_mutations
 from smoke_run import smoke
 
 # What each preset must mount, from docs/platforms/*.md. Three of them are also
@@ -115,6 +117,8 @@ SCENARIOS = [
              sched_tls_secret="cluster-scheduler-tls", netpol={"node_cidrs": ["fd00:10::/56"], "namespaces": []}),
     Scenario("cert-manager-csi", ["-f", "ci/cert-manager-csi-values.yaml"], identity="certManagerCSI",
              netpol={"node_cidrs": ["192.168.0.0/24"], "namespaces": ["shoal-operators"]}),
+    Scenario("token-review", ["-f", "ci/token-review-values.yaml"], identity="tokenReview",
+             netpol={"node_cidrs": ["10.40.0.0/16"], "namespaces": []}),
     Scenario("no-network-policy", ["--set", "networkPolicy.enabled=false"]),
     Scenario("dev-plaintext", NODES + ["--set", "scheduler.insecurePlaintext=true"], plaintext=True,
              netpol=DEFAULT_NETPOL),
@@ -140,7 +144,12 @@ BAD_VALUES = [
     (["--set", "networkPolicy.nodeCIDRs[0]=10.0.0.1"], "nodeCIDRs"),  # not a CIDR
     (["--set", "networkPolicy.operatorNamespaces[0]=Ops_Team"], "operatorNamespaces"),
     (["--set", "metrics.serviceMonitor.enabled=true"], "prometheusNamespaces"),  # Prometheus could not scrape
-    (["--set", "peer.identity.mode=tokenReview"], "peer.identity.mode"),  # planned, not built
+    (["--set", "peer.identity.mode=tokenReview", "--set", "scheduler.insecurePlaintext=true"],
+     "peer.identity.mode=tokenReview needs TLS"),
+    (["--set", "peer.identity.mode=tokenReview", "--set", "scheduler.tls.existingSecret=mine"], "existingCASecret"),
+    (["--set", "peer.identity.mode=tokenReview", "--set", "peer.identity.tokenReview.tokenExpirationSeconds=60"],
+     "tokenExpirationSeconds"),
+    (["--set", "scheduler.extraArgs[0]=--issuer-ca-dir=/ca"], "peer.identity.mode"),
     (["--set", "peer.identity.mode=certManagerCSI"], "issuer.name"),
     (["--set", "peer.identity.mode=certManagerCSI", "--set", "peer.identity.certManagerCSI.issuer.name=ca",
       "--set", "peer.identity.certManagerCSI.duration=3d"], "duration"),
@@ -221,7 +230,7 @@ def main():
 
     print("check-chart: self-test, each break must be detected:")
     for name, cases in (("default", None), ("everything-on", everything_on_mutations()),
-                        ("cert-manager-csi", csi_mutations())):
+                        ("cert-manager-csi", csi_mutations()), ("token-review", token_review_mutations())):
         if name not in rendered:
             failures.append(f"self-test: the {name} rendering failed, so its breaks were not tried")
             continue

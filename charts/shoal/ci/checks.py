@@ -186,6 +186,8 @@ def check_peer(docs, sc, problems):
     secret = (v or {}).get("secret")
     if sc.identity == "certManagerCSI":
         check_peer_csi(docs, v, m, tls_dir, problems)
+    elif sc.identity == "tokenReview":
+        pass  # token_review.py: the peer writes the directory itself
     elif not secret:
         problems.append(f"{where}: --peer-tls-dir={tls_dir} is not a mounted Secret (identity mode shared)")
     else:
@@ -495,6 +497,10 @@ def check_scheduler_tls(docs, sc, problems):
                 problems.append(f"{where}: expected the existing Secret {sc.sched_tls_secret} only, got {name}")
             return
         sched = secret_files(docs, name)
+        if sc.identity == "tokenReview" and sched is not None:
+            # No peer certificate is rendered: the issuer signs them, with the CA
+            # token_review.py checks against this ca.crt.
+            return problems.extend(check_scheduler_certificate(sched, None, names, peer_required=False))
         if sc.identity != "shared" or sched is None:
             return problems.append(f"{where}: --tls-dir={tls_dir} is the Secret {name}, which is not rendered")
         peer_secret = (volume(peer_pod, "peer-tls") or {}).get("secret") or {}
@@ -536,7 +542,7 @@ def service_names(host):
     return [parts[0], ".".join(parts[:2]), ".".join(parts[:3]), host]
 
 
-def check_scheduler_certificate(sched, peer, names):
+def check_scheduler_certificate(sched, peer, names, peer_required=True):
     """The scheduler's serving certificate: the Service's names, server use, its
     key, and a CA shared with the peers (each side verifies the other with it)."""
     out = []
@@ -572,7 +578,7 @@ def check_scheduler_certificate(sched, peer, names):
             if rc != 0:
                 out.append(f"scheduler TLS: the scheduler's certificate does not verify against the peers' "
                            f"ca.crt (every peer would refuse the scheduler): {text.strip()}")
-        else:
+        elif peer_required:
             out.append("scheduler TLS: no rendered peer certificate to check the shared CA against")
     return out
 
@@ -724,8 +730,10 @@ def check_flags_exist(docs, bin_dir, problems, cache={}):
 
 
 def check_all(docs, sc, bin_dir=None):
+    from token_review import check_token_review  # it imports this module's helpers
     problems = []
-    for fn in (check_peer, check_scheduler, check_scheduler_tls, check_network_policy, check_selectors_and_labels):
+    for fn in (check_peer, check_scheduler, check_scheduler_tls, check_network_policy, check_selectors_and_labels,
+               check_token_review):
         try:
             fn(docs, sc, problems)
         except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:

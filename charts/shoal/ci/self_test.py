@@ -179,6 +179,48 @@ def csi_mutations():
     ]
 
 
+def token_review_mutations():
+    """Breaks of the scheduler-issued identity, applied to the token-review rendering."""
+    def peer_pod(docs):
+        return find(docs, "DaemonSet", "peer", hook=False)[0]["spec"]["template"]["spec"]
+
+    def peer_args(docs):
+        return container(peer_pod(docs), "peer")["args"]
+
+    def replace_arg(args, flag, value):
+        args[:] = [f"{flag}={value}" if a.startswith(flag + "=") else a for a in args]
+
+    def token(docs):
+        return volume(peer_pod(docs), "issuer-token")["projected"]["sources"][0]["serviceAccountToken"]
+
+    def grant_more(docs):
+        role = next(r for r in find(docs, "Role") if r["metadata"]["name"].endswith("-pods"))
+        role["rules"][0]["resources"].append("secrets")
+
+    return [
+        ("a token for another audience",
+         lambda d: token(d).update(audience="https://kubernetes.default.svc")),
+        ("the node name from the pod's name instead of its node",
+         lambda d: next(e for e in container(peer_pod(d), "peer")["env"] if e["name"] == "NODE_NAME")
+         ["valueFrom"]["fieldRef"].update(fieldPath="metadata.name")),
+        ("the peers' key written to disk",
+         lambda d: volume(peer_pod(d), "peer-tls")["emptyDir"].pop("medium")),
+        ("the issuer URL on the gRPC port",
+         lambda d: replace_arg(peer_args(d), "--issuer-url",
+                               "https://shoal-scheduler.shoal-system.svc.cluster.local:7600")),
+        ("the issuer accepting another ServiceAccount",
+         lambda d: replace_arg(container(sched_pod(d), "scheduler")["args"], "--issuer-service-account",
+                               "shoal-system/default")),
+        ("the issuer's CA is not the scheduler's",
+         lambda d: secret(d, "-issuer-ca")["data"].update({"ca.crt": base64.b64encode(other_ca()).decode()})),
+        ("the scheduler may read Secrets", grant_more),
+        ("the scheduler without its token",
+         lambda d: sched_pod(d).update(automountServiceAccountToken=False)),
+        ("the nodes cannot reach the issuer",
+         lambda d: grpc_rule(d)["ports"].pop()),
+    ]
+
+
 def self_test(docs, sc, cases=None):
     failures = []
     if check_all(docs, sc):

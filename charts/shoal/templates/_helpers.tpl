@@ -36,6 +36,9 @@
 {{- define "shoal.schedulerTlsSecretName" -}}
 {{- .Values.scheduler.tls.existingSecret | default (printf "%s-scheduler-tls" (include "shoal.fullname" . | trunc 49 | trimSuffix "-")) -}}
 {{- end -}}
+{{- define "shoal.issuerCaSecretName" -}}
+{{- .Values.peer.identity.tokenReview.existingCASecret | default (printf "%s-issuer-ca" (include "shoal.fullname" . | trunc 52 | trimSuffix "-")) -}}
+{{- end -}}
 {{- define "shoal.operatorTokenSecretName" -}}
 {{- .Values.scheduler.operatorToken.existingSecret | default (printf "%s-operator-token" (include "shoal.fullname" . | trunc 47 | trimSuffix "-")) -}}
 {{- end -}}
@@ -193,6 +196,12 @@ with the development switch. The host is the last of shoal.schedulerDnsNames. */
 {{- printf "%s://%s:%v" (ternary "http" "https" .Values.scheduler.insecurePlaintext) (include "shoal.schedulerDnsNames" . | fromJsonArray | last) .Values.scheduler.grpcPort -}}
 {{- end -}}
 
+{{/* The certificate issuer's URL as the peers dial it (peer.identity.mode=
+tokenReview): the scheduler's Service name, the issuer port, TLS. */}}
+{{- define "shoal.issuerUrl" -}}
+{{- printf "https://%s:%v" (include "shoal.schedulerDnsNames" . | fromJsonArray | last) .Values.scheduler.issuerPort -}}
+{{- end -}}
+
 {{/* The DNS names of the scheduler's serving certificate (JSON list): the
 Service's name as seen from its namespace, from others, and fully qualified. */}}
 {{- define "shoal.schedulerDnsNames" -}}
@@ -241,6 +250,16 @@ prints nothing. Included by the scheduler Deployment. */}}
 {{- if $v.peer.tls.existingSecret }}
 {{- fail "peer.tls.existingSecret is for peer.identity.mode=shared; with certManagerCSI each peer's certificate comes from cert-manager's csi-driver. Unset one of them" }}
 {{- end }}
+{{- else if eq $mode "tokenReview" }}
+{{- if $v.scheduler.insecurePlaintext }}
+{{- fail "peer.identity.mode=tokenReview needs TLS: the issuer serves with the scheduler's certificate; unset scheduler.insecurePlaintext" }}
+{{- end }}
+{{- if $v.peer.tls.existingSecret }}
+{{- fail "peer.tls.existingSecret is for peer.identity.mode=shared; with tokenReview each peer gets its certificate from the scheduler's issuer. Unset one of them" }}
+{{- end }}
+{{- if ne (not $v.peer.identity.tokenReview.existingCASecret) (not $v.scheduler.tls.existingSecret) }}
+{{- fail "peer.identity.mode=tokenReview: set peer.identity.tokenReview.existingCASecret (ca.crt, ca.key: the CA that signs node certificates) and scheduler.tls.existingSecret (a serving certificate from that CA) together, or neither (the chart generates both)" }}
+{{- end }}
 {{- else if and $v.peer.tls.existingSecret (not $v.scheduler.tls.existingSecret) (not $v.scheduler.insecurePlaintext) }}
 {{- fail "peer.tls.existingSecret names certificates from your own CA, which the chart cannot sign the scheduler's certificate with: set scheduler.tls.existingSecret too (ca.crt, tls.crt, tls.key: a server certificate from the same CA for the scheduler Service's names; docs/install.md)" }}
 {{- else if and $v.scheduler.tls.existingSecret (not $v.peer.tls.existingSecret) }}
@@ -253,7 +272,7 @@ prints nothing. Included by the scheduler Deployment. */}}
 {{- end }}
 {{- end }}
 {{- end }}
-{{- $reserved := dict "--tls-dir" "scheduler.tls" "--insecure-plaintext" "scheduler.insecurePlaintext" "--allow-shared-identity" "peer.identity.mode" "SHOAL_TLS_DIR" "scheduler.tls" "SHOAL_INSECURE_PLAINTEXT" "scheduler.insecurePlaintext" "SHOAL_ALLOW_SHARED_IDENTITY" "peer.identity.mode" -}}
+{{- $reserved := dict "--tls-dir" "scheduler.tls" "--insecure-plaintext" "scheduler.insecurePlaintext" "--allow-shared-identity" "peer.identity.mode" "SHOAL_TLS_DIR" "scheduler.tls" "SHOAL_INSECURE_PLAINTEXT" "scheduler.insecurePlaintext" "SHOAL_ALLOW_SHARED_IDENTITY" "peer.identity.mode" "--issuer-ca-dir" "peer.identity.mode" "SHOAL_ISSUER_CA_DIR" "peer.identity.mode" -}}
 {{- range $v.scheduler.extraArgs }}
 {{- $flag := splitList "=" . | first -}}
 {{- if hasKey $reserved $flag }}
