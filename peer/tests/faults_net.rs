@@ -398,9 +398,10 @@ fn a_node_partitioned_mid_swarm_completes_after_the_link_heals() {
         registry_blob_bytes(&registry, &digest),
         started.elapsed().as_secs_f64()
     );
-    // One copy for the swarm, and at most one more for a node cut off mid-fetch.
+    // One copy for the swarm, at most one more for the partitioned node (which may
+    // fetch the rest from the registry once its link is back), and framing.
     assert!(
-        copies <= 2.0,
+        copies <= 2.1,
         "{TEST}: the registry sent {copies:.2} copies of the layer"
     );
 }
