@@ -34,6 +34,8 @@ pub struct Containerd {
     dir: PathBuf,
     /// The network namespace it and its `ctr` commands run in (a lab node's).
     netns: Option<String>,
+    /// The CRI plugin's hosts dir, when it is on.
+    cri_hosts: Option<PathBuf>,
 }
 
 /// What `ctr image check` says about one image.
@@ -175,6 +177,7 @@ impl Containerd {
             log,
             dir: dir.to_path_buf(),
             netns: netns.map(str::to_owned),
+            cri_hosts: cri_hosts.map(Path::to_path_buf),
         };
         crate::wait_until("containerd", Duration::from_secs(30), || {
             containerd
@@ -263,6 +266,22 @@ impl Containerd {
     pub fn pull(&self, hosts_dir: &Path, reference: &str) -> anyhow::Result<Output> {
         let dir = hosts_dir.to_string_lossy();
         self.ctr(&["image", "pull", "--hosts-dir", &dir, reference])
+    }
+
+    /// Kills containerd with SIGKILL (as a crash or an OOM kill would), then starts it
+    /// again on the same root, state and sockets, and waits until `ctr version`
+    /// answers. What it had in flight (ingests of a pull) stays on disk. The earlier
+    /// log is kept as `containerd-before-restart.log`.
+    pub fn kill_9_and_restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::rename(&self.log, self.dir.join("containerd-before-restart.log"));
+        let again = Self::launch(&self.dir, self.netns.as_deref(), self.cri_hosts.as_deref())?;
+        // `again` takes the place of the dead one (whose Drop must not run: it would
+        // unmount under the shared directory while the new one runs).
+        let old = std::mem::replace(self, again);
+        std::mem::forget(old);
+        Ok(())
     }
 
     /// containerd's own log so far.

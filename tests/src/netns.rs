@@ -22,6 +22,8 @@
 //! handler holds) kills every process still running in the lab's namespaces — only
 //! the lab's own processes can be there — and deletes the namespaces.
 //!
+//! Partitions: [`Lab::set_link`] takes a host's link down and up again (the fault suite).
+//!
 //! Not here: what runs on the hosts (the benchmark decides), latency (no netem).
 
 use std::net::Ipv4Addr;
@@ -366,6 +368,23 @@ impl Lab {
             .as_u64()
             .or_else(|| stats["stats"]["tx"]["bytes"].as_u64())
             .with_context(|| format!("no tx bytes in `ip -s -j link` of {}", host.role))
+    }
+
+    /// Takes `host`'s link down (`up` false) or brings it up again, at the bridge's end
+    /// (`ip link set v-<role> down|up` in the bridge namespace), as a switch port or a
+    /// pulled cable would: the host's own `eth0` keeps its address and routes and loses
+    /// its carrier, so what it sends is dropped silently, and its own `127.0.0.1` (a
+    /// peer's mirror) still answers. The port stays on the bridge and keeps its shaping.
+    pub fn set_link(&self, host: &Host, up: bool) -> anyhow::Result<()> {
+        let port = format!("v-{}", host.role);
+        ip(&[
+            "-n",
+            &self.bridge_ns,
+            "link",
+            "set",
+            &port,
+            if up { "up" } else { "down" },
+        ])
     }
 
     /// Kills every process in the lab's namespaces and deletes them. Idempotent.
