@@ -284,6 +284,8 @@ fn assert_every_known_metric_is_served(response: &str) {
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once(' ').map(|(name, _)| name))
+        // A labelled sample: `name{label="value"}`.
+        .map(|name| name.split_once('{').map_or(name, |(name, _)| name))
         .collect();
     for name in &known {
         assert!(
