@@ -56,11 +56,17 @@ fn available(test: &str, tools: &[&str], why: &str) -> bool {
 }
 
 /// A temp dir with a short path (containerd's socket path must fit in 107 bytes).
+/// Kept, with every process's log, when `SHOAL_KEEP_TMP` is set.
 fn short_tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let mut dir = tempfile::Builder::new()
         .prefix("shoal")
         .tempdir_in("/tmp")
-        .unwrap()
+        .unwrap();
+    if std::env::var_os("SHOAL_KEEP_TMP").is_some() {
+        eprintln!("keeping {} (SHOAL_KEEP_TMP)", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    dir
 }
 
 /// An image whose first layer holds `big` random bytes, with a 1 MiB second layer.

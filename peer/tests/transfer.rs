@@ -14,8 +14,9 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use shoal_peer::tls::{self, PeerTls, Pki};
+use shoal_peer::transfer::client::SILENCE_TIMEOUT;
 use shoal_peer::transfer::codec::{self, Response};
-use shoal_peer::transfer::server::REUPLOAD_HOLD;
+use shoal_peer::transfer::server::{EXCLUSIVE_FOR, REUPLOAD_HOLD};
 use shoal_peer::transfer::{
     FetchError, MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
 };
@@ -522,4 +523,49 @@ async fn a_piece_goes_to_one_child_at_a_time_and_is_held_back_briefly_after() {
     };
     assert_eq!(got, pattern(100, 3));
     assert_eq!(load(&server.stats.busy), 2);
+}
+
+/// An upload that does not move (here the parent's read of the piece is stuck, as
+/// when its child went silent) keeps its piece from other children only for
+/// [`EXCLUSIVE_FOR`]: then another child is served it too. And a fetch from a parent
+/// that says nothing fails as `Silent` (after [`SILENCE_TIMEOUT`]), well before its
+/// own timeout.
+#[tokio::test]
+async fn a_stuck_upload_holds_its_piece_only_briefly_and_a_silent_parent_fails_as_silent() {
+    const LONG: Duration = Duration::from_secs(60);
+    assert!(SILENCE_TIMEOUT < LONG);
+    let tls = tls::ephemeral().unwrap();
+    let gate = Arc::new(Gate {
+        waiting: AtomicUsize::new(0),
+        open: Notify::new(),
+    });
+    let server = Server::start(&tls, gate.clone(), UploadLimits::default());
+    let (a, b) = (Arc::new(client(&tls)), Arc::new(client(&tls)));
+    let stuck = {
+        let (a, addr) = (a.clone(), server.addr);
+        tokio::spawn(async move { a.fetch(addr, &digest(2), 3, 100, LONG).await })
+    };
+    eventually("A's upload started", || {
+        gate.waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let err = b
+        .fetch(server.addr, &digest(2), 3, 100, LONG)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Busy, "exclusive while A's upload is young");
+    tokio::time::sleep(EXCLUSIVE_FOR + Duration::from_millis(100)).await;
+    let served = {
+        let (b, addr) = (b.clone(), server.addr);
+        tokio::spawn(async move { b.fetch(addr, &digest(2), 3, 100, LONG).await })
+    };
+    eventually("B's upload of the same piece started", || {
+        gate.waiting.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    // A's parent said nothing (no header): the fetch fails as silent.
+    assert_eq!(stuck.await.unwrap().unwrap_err(), FetchError::Silent);
+    gate.open.notify_waiters();
+    assert_eq!(served.await.unwrap().unwrap(), pattern(100, 3));
+    assert_eq!(load(&server.stats.busy), 1);
 }

@@ -308,6 +308,12 @@ impl DownloadCore {
             .on_fetch_failed(index, parent, retry_elsewhere, now);
     }
 
+    /// A fetch from `parent` failed because it looks unreachable (silent): it is
+    /// avoided at once, as after a request timeout.
+    pub fn on_parent_silent(&mut self, index: u32, parent: &str, now: Instant) {
+        self.planner.on_parent_silent(index, parent, now);
+    }
+
     /// A piece arrived and its SHA-256 is `hash`: what to do with it. A wrong piece
     /// from a parent excludes the parent and reports it (once per download); a wrong piece from upstream
     /// (its hash known from the swarm) fails this upstream attempt.

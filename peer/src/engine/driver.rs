@@ -355,8 +355,16 @@ impl Driver<'_> {
                 Err(e) => {
                     self.dl.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
                     debug!(piece = index, parent.id = %parent, error = %e, "piece fetch failed");
-                    self.core
-                        .on_fetch_failed(index, &parent, e.retry_elsewhere(), Instant::now());
+                    if e.unresponsive() {
+                        self.core.on_parent_silent(index, &parent, Instant::now());
+                    } else {
+                        self.core.on_fetch_failed(
+                            index,
+                            &parent,
+                            e.retry_elsewhere(),
+                            Instant::now(),
+                        );
+                    }
                 }
             },
             Event::UpstreamSize(total) => self.core.on_upstream_size(total)?,

@@ -41,6 +41,11 @@ pub struct PlannerConfig {
     pub request_timeout: Duration,
     /// How long a stalled or repeatedly failing parent is avoided. Default 30 s.
     pub avoid_for: Duration,
+    /// How long a parent that went silent (see [`Planner::on_parent_silent`]) is
+    /// avoided the first time; doubled for every further silence in a row, up to
+    /// `avoid_for`. Short, so that a partition that heals (on either side) costs
+    /// seconds. Default 2 s.
+    pub silent_avoid_for: Duration,
     /// Consecutive failures after which a parent is avoided. Default 3.
     pub max_failures: u32,
     /// Missing pieces that no parent could serve for this long (with nothing in
@@ -61,6 +66,7 @@ impl Default for PlannerConfig {
             max_per_parent: 2,
             request_timeout: Duration::from_secs(10),
             avoid_for: Duration::from_secs(30),
+            silent_avoid_for: Duration::from_secs(2),
             max_failures: 3,
             starve_timeout: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(100),
@@ -108,6 +114,8 @@ pub struct Planner {
     avoided: HashMap<String, Instant>,
     /// Consecutive failures per parent.
     failures: HashMap<String, u32>,
+    /// Consecutive silences per parent (reset by a piece from it).
+    silences: HashMap<String, u32>,
     /// Parents each piece failed at.
     failed_at: HashMap<u32, HashSet<String>>,
     /// (piece, parent) pairs that answered `BUSY`, not asked again until the instant.
@@ -133,6 +141,7 @@ impl Planner {
             excluded: HashSet::new(),
             avoided: HashMap::new(),
             failures: HashMap::new(),
+            silences: HashMap::new(),
             failed_at: HashMap::new(),
             busy: HashMap::new(),
             reader: 0,
@@ -209,6 +218,7 @@ impl Planner {
     pub fn on_piece_stored(&mut self, index: u32) {
         if let Some(f) = self.in_flight.remove(&index) {
             self.failures.remove(&f.parent);
+            self.silences.remove(&f.parent);
         }
         self.failed_at.remove(&index);
         if index < self.have.len() {
@@ -241,6 +251,27 @@ impl Planner {
         if !retry_elsewhere {
             self.broken = true;
         }
+    }
+
+    /// A fetch of `index` from `parent` failed because the parent looks unreachable
+    /// (it said nothing for seconds): the piece is retried elsewhere and the parent
+    /// avoided at once, for [`PlannerConfig::silent_avoid_for`] doubled per silence
+    /// in a row (at most [`PlannerConfig::avoid_for`]).
+    pub fn on_parent_silent(&mut self, index: u32, parent: &str, now: Instant) {
+        self.finish(index, parent);
+        self.failed_at
+            .entry(index)
+            .or_default()
+            .insert(parent.to_owned());
+        self.failures.remove(parent);
+        let n = self.silences.entry(parent.to_owned()).or_insert(0);
+        let avoid = self
+            .config
+            .silent_avoid_for
+            .saturating_mul(1 << (*n).min(16))
+            .min(self.config.avoid_for);
+        *n += 1;
+        self.avoided.insert(parent.to_owned(), now + avoid);
     }
 
     /// `parent` answered `BUSY` for `index`: the piece is asked elsewhere (or of this

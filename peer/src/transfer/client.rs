@@ -6,6 +6,13 @@
 //! replaced on the next fetch, and a fetch that finds its pooled connection just died
 //! retries once on a fresh one.
 //!
+//! Besides the caller's timeout for the whole fetch, a parent that says nothing for
+//! [`SILENCE_TIMEOUT`] (no handshake, no response header, no body bytes) fails the
+//! fetch with [`FetchError::Silent`]: a parent cut off by a partition, or dead, costs
+//! seconds, not the whole fetch timeout. Its pooled connection is then dropped from
+//! the pool, so that the next fetch (after the partition heals) connects afresh rather
+//! than waiting on a connection whose probes have backed off.
+//!
 //! Non-goals: no hash verification (the download engine does it; here only the length
 //! is checked), no retries on other parents (the caller asks
 //! [`FetchError::retry_elsewhere`]), no parent choice.
@@ -24,6 +31,12 @@ use tracing::{Instrument, debug, debug_span};
 use super::codec::{self, CodecError, LEN_PREFIX, MAX_HEADER_LEN, Request, Response};
 use crate::tls::SERVER_NAME;
 
+/// How long a parent may stay silent (handshake, response header, between body
+/// chunks) before the fetch fails with [`FetchError::Silent`]. A parent answers the
+/// header as soon as it has read the piece, and `BUSY` at once, so seconds of silence
+/// mean it is unreachable or stuck.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// Stream error code sent when the client abandons a response it does not want.
 const REJECT: VarInt = VarInt::from_u32(1);
 
@@ -39,6 +52,9 @@ pub enum FetchError {
     /// The fetch did not complete within its timeout.
     #[error("timed out")]
     Timeout,
+    /// The parent sent nothing for [`SILENCE_TIMEOUT`].
+    #[error("parent silent for {SILENCE_TIMEOUT:?}")]
+    Silent,
     /// The TLS handshake failed: one side's certificate is not from the cluster CA.
     #[error("refused by TLS: {0}")]
     Refused(String),
@@ -63,6 +79,12 @@ impl FetchError {
     /// as malformed, or this side cannot connect anywhere.
     pub fn retry_elsewhere(&self) -> bool {
         !matches!(self, FetchError::BadRequest(_) | FetchError::Local(_))
+    }
+
+    /// Whether the parent looks unreachable (silent, or the connection timed out):
+    /// worth avoiding at once rather than after repeated failures.
+    pub fn unresponsive(&self) -> bool {
+        matches!(self, FetchError::Silent | FetchError::Timeout)
     }
 
     fn from_connection(e: ConnectionError) -> Self {
@@ -172,6 +194,15 @@ impl PieceClient {
             .unwrap_or(Err(FetchError::Timeout));
         if let Err(e) = &result {
             debug!(peer.addr = %parent, piece = index, error = %e, "fetch failed");
+            if e.unresponsive() {
+                // The pooled connection may be dead without knowing it yet (a
+                // partition: QUIC's idle timeout is 30 s and its probes back off):
+                // the next fetch connects afresh. Streams still open on it go on.
+                self.pool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&parent);
+            }
         }
         result
     }
@@ -198,7 +229,9 @@ impl PieceClient {
                     None => self.endpoint.connect(parent, SERVER_NAME),
                 }
                 .map_err(|e| FetchError::Local(e.to_string()))?;
-                connecting.await.map_err(FetchError::from_connection)
+                quiet(connecting)
+                    .await?
+                    .map_err(FetchError::from_connection)
             })
             .await?;
         Ok((conn.clone(), false))
@@ -231,7 +264,10 @@ async fn exchange(conn: &Connection, request: &Request, expected_len: u32) -> Re
         .map_err(|e| fail(write_error(e)))?;
     send.finish()
         .map_err(|e| fail(FetchError::Io(e.to_string())))?;
-    let (response, mut body) = read_header(&mut recv).await.map_err(fail)?;
+    let (response, mut body) = quiet(read_header(&mut recv))
+        .await
+        .and_then(|r| r)
+        .map_err(fail)?;
     let length = match response {
         Response::Ok { length } => length,
         Response::NotFound => return Err(fail(FetchError::NotFound)),
@@ -250,7 +286,10 @@ async fn exchange(conn: &Connection, request: &Request, expected_len: u32) -> Re
     }
     body.reserve(length - body.len());
     while body.len() < length {
-        match recv.read_chunk(length - body.len(), true).await {
+        match quiet(recv.read_chunk(length - body.len(), true))
+            .await
+            .map_err(fail)?
+        {
             Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
             Ok(None) => {
                 return Err(fail(FetchError::Malformed(format!(
@@ -269,6 +308,13 @@ async fn exchange(conn: &Connection, request: &Request, expected_len: u32) -> Re
         }
         Err(e) => Err(fail(read_error(e))),
     }
+}
+
+/// `step`, failed with [`FetchError::Silent`] when it takes [`SILENCE_TIMEOUT`].
+async fn quiet<T>(step: impl std::future::Future<Output = T>) -> Result<T, FetchError> {
+    tokio::time::timeout(SILENCE_TIMEOUT, step)
+        .await
+        .map_err(|_| FetchError::Silent)
 }
 
 /// Reads up to the end of the response header; returns it and the body bytes that

@@ -7,7 +7,11 @@
 //! is held until the client has acknowledged the whole piece, so slots count real
 //! uploads. One piece is uploaded to one child at a time, and not again for
 //! [`REUPLOAD_HOLD`] after that: a request for a piece that is on its way to another
-//! child, or just got there, is answered `BUSY` too. So this peer's uplink carries each
+//! child, or just got there, is answered `BUSY` too. An upload holds its piece that way
+//! for at most [`EXCLUSIVE_FOR`], and an upload as a whole is given up (its stream
+//! reset, its slot freed) after [`UPLOAD_TIMEOUT`]: a child that went silent mid-upload
+//! (a partition, a dead node) costs the others a couple of seconds on that piece, not
+//! the QUIC idle timeout. So this peer's uplink carries each
 //! new piece about once while the children spread it among themselves (the child asks
 //! for another piece, or for this one from the child that has it now, which the
 //! scheduler tells it within a plan interval). Without this every child streaming in
@@ -51,6 +55,14 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// enough that a child with no other holder waits little.
 pub const REUPLOAD_HOLD: Duration = Duration::from_millis(300);
 
+/// How long an upload in progress keeps a piece to its child: past this, other
+/// children asking for it are served too (the first child may be stalled or gone).
+pub const EXCLUSIVE_FOR: Duration = Duration::from_secs(2);
+
+/// An upload not acknowledged in full within this long is given up: its stream is
+/// reset and its slot freed (a child's own request timeout is 10 s by default).
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(12);
+
 /// How long a client may take to send its request frame after opening a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -89,6 +101,8 @@ pub struct TransferStats {
     pub not_found: AtomicU64,
     /// Requests answered `BAD_REQUEST`.
     pub bad_requests: AtomicU64,
+    /// Uploads given up after [`UPLOAD_TIMEOUT`] (the child stalled or went silent).
+    pub upload_timeouts: AtomicU64,
     /// Connections whose handshake succeeded.
     pub connections: AtomicU64,
     /// Connections whose handshake failed (e.g. a certificate from another CA).
@@ -123,6 +137,11 @@ impl TransferStats {
                     load(&t.not_found),
                 ),
                 Sample::Counter(
+                    "upload_timeouts",
+                    "Uploads given up because the child did not take the piece in time.",
+                    load(&t.upload_timeouts),
+                ),
+                Sample::Counter(
                     "quic_handshakes_failed",
                     "QUIC connections refused (no or foreign certificate).",
                     load(&t.handshakes_failed),
@@ -145,6 +164,8 @@ enum StreamError {
     Closed(#[from] quinn::ClosedStream),
     #[error("piece of {0} bytes does not fit the u32 length field")]
     TooLarge(usize),
+    #[error("child did not take the piece within {UPLOAD_TIMEOUT:?}")]
+    UploadTimeout,
 }
 
 struct Shared {
@@ -157,11 +178,26 @@ struct Shared {
     uploading: Mutex<HashMap<(Digest, u32), Hold>>,
 }
 
-/// Who a piece went to, and until when others are refused it (`None`: still going).
+/// Who a piece went to, and until when others are refused it (`None`: still going,
+/// exclusive until `started` + [`EXCLUSIVE_FOR`]).
 #[derive(Debug, Clone, Copy)]
 struct Hold {
     child: SocketAddr,
+    started: Instant,
     until: Option<Instant>,
+}
+
+impl Hold {
+    /// True when `child` asking for the piece at `now` must be answered `BUSY`.
+    fn refuses(&self, child: SocketAddr, now: Instant) -> bool {
+        if self.child == child {
+            return false;
+        }
+        match self.until {
+            Some(until) => until > now,
+            None => now.saturating_duration_since(self.started) < EXCLUSIVE_FOR,
+        }
+    }
 }
 
 /// A piece marked as being uploaded; held back for [`REUPLOAD_HOLD`] when dropped.
@@ -172,9 +208,10 @@ struct Uploading<'a> {
 }
 
 impl<'a> Uploading<'a> {
-    /// Marks `piece` as going to `child`, or `None` when it is on its way to another
-    /// child, or went to another child less than [`REUPLOAD_HOLD`] ago. The same
-    /// child asking again (its copy was lost or bad) is served.
+    /// Marks `piece` as going to `child`, or `None` when it went on its way to another
+    /// child less than [`EXCLUSIVE_FOR`] ago, or got there less than
+    /// [`REUPLOAD_HOLD`] ago. The same child asking again (its copy was lost or bad)
+    /// is served.
     fn start(
         shared: &'a Shared,
         piece: (Digest, u32),
@@ -183,12 +220,17 @@ impl<'a> Uploading<'a> {
     ) -> Option<Self> {
         let mut map = shared.uploading.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, h| h.until.is_none_or(|t| t > now));
-        if let Some(h) = map.get(&piece)
-            && (h.until.is_none() || h.child != child)
-        {
+        if map.get(&piece).is_some_and(|h| h.refuses(child, now)) {
             return None;
         }
-        map.insert(piece, Hold { child, until: None });
+        map.insert(
+            piece,
+            Hold {
+                child,
+                started: now,
+                until: None,
+            },
+        );
         drop(map);
         Some(Uploading {
             shared,
@@ -205,11 +247,17 @@ impl Drop for Uploading<'_> {
             .uploading
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let hold = Hold {
-            child: self.child,
-            until: Some(Instant::now() + REUPLOAD_HOLD),
-        };
-        map.insert(self.piece, hold);
+        let now = Instant::now();
+        // Only the upload that holds the piece now releases it (another child may
+        // have taken it over after EXCLUSIVE_FOR).
+        if map.get(&self.piece).is_some_and(|h| h.child == self.child) {
+            let hold = Hold {
+                child: self.child,
+                started: now,
+                until: Some(now + REUPLOAD_HOLD),
+            };
+            map.insert(self.piece, hold);
+        }
     }
 }
 
@@ -369,19 +417,31 @@ async fn try_answer(
     };
     let length = u32::try_from(bytes.len()).map_err(|_| StreamError::TooLarge(bytes.len()))?;
     debug!(task = %digest, piece = index, bytes = length, "serving");
-    send.write_chunk(codec::encode_response_header(&Response::Ok { length }))
-        .await?;
-    write_body(send, bytes, shared.rate.as_ref()).await?;
-    send.finish()?;
-    // Hold the slot until the client has everything (or gave up).
-    if let Ok(None) = send.stopped().await {
-        shared
-            .stats
-            .uploaded_bytes
-            .fetch_add(u64::from(length), Ordering::Relaxed);
-        shared.stats.pieces_served.fetch_add(1, Ordering::Relaxed);
+    let upload = async {
+        send.write_chunk(codec::encode_response_header(&Response::Ok { length }))
+            .await?;
+        write_body(send, bytes, shared.rate.as_ref()).await?;
+        send.finish()?;
+        // Hold the slot until the client has everything (or gave up).
+        Ok::<_, StreamError>(matches!(send.stopped().await, Ok(None)))
+    };
+    match tokio::time::timeout(UPLOAD_TIMEOUT, upload).await {
+        Ok(Ok(true)) => {
+            shared
+                .stats
+                .uploaded_bytes
+                .fetch_add(u64::from(length), Ordering::Relaxed);
+            shared.stats.pieces_served.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Ok(Ok(false)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            shared.stats.upload_timeouts.fetch_add(1, Ordering::Relaxed);
+            let _ = send.reset(VarInt::from_u32(0));
+            Err(StreamError::UploadTimeout)
+        }
     }
-    Ok(())
 }
 
 async fn write_body(

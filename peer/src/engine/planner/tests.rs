@@ -136,6 +136,36 @@ fn stalled_requests_time_out_and_parent_is_avoided() {
 }
 
 #[test]
+fn a_silent_parent_is_avoided_briefly_then_longer_and_forgiven_by_a_piece() {
+    let size = 4 * 4 * MIB;
+    let config = PlannerConfig::default();
+    let short = config.silent_avoid_for;
+    let mut p = Planner::new(config);
+    p.on_plan(&plan(size, vec![parent("a", 1, None, 4)]))
+        .unwrap();
+    let t0 = Instant::now();
+    assert_eq!(p.next_requests(t0, &mut rng()).len(), 2);
+    // First silence: avoided for `short` only (a partition that heals costs seconds).
+    p.on_parent_silent(0, "a", t0);
+    assert!(p.next_requests(t0 + short / 2, &mut rng()).is_empty());
+    let t1 = t0 + short;
+    let again = p.next_requests(t1, &mut rng());
+    assert_eq!(again.len(), 1, "asked again once the short avoidance ended");
+    // A second silence in a row doubles the avoidance.
+    let (i, _) = again[0].clone();
+    p.on_parent_silent(i, "a", t1);
+    assert!(p.next_requests(t1 + short, &mut rng()).is_empty());
+    let t2 = t1 + 2 * short;
+    let back = p.next_requests(t2, &mut rng());
+    assert!(!back.is_empty());
+    // A piece from it resets the count: the next silence is short again.
+    p.on_piece_stored(back[0].0);
+    let (j, _) = p.in_flight()[0].clone();
+    p.on_parent_silent(j, "a", t2);
+    assert!(!p.next_requests(t2 + short, &mut rng()).is_empty());
+}
+
+#[test]
 fn back_to_source_never_wants_upstream_fallback() {
     let mut p = Planner::new(PlannerConfig::default());
     let mut u = plan(8 * MIB, vec![]);
