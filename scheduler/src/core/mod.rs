@@ -394,6 +394,10 @@ pub struct Scheduler {
     /// frees a slot, or an operator lifts its quarantine. Part of every
     /// starved download's mark, so they look again.
     pub(crate) slot_epoch: u64,
+    /// Rankings shared by the plans opened for a task between two flushes (a
+    /// rollout's burst), with the task's `holder_epoch` they were built at;
+    /// emptied by every flush.
+    pub(crate) burst_ranks: HashMap<Digest, (u64, rank::RankCache)>,
     /// Test hook ([`Scheduler::set_test_panic_on_join`]).
     pub(crate) test_panic_on_join: Option<String>,
 }
@@ -447,6 +451,7 @@ impl Scheduler {
             plans: HashMap::new(),
             next_plan: 1,
             effects: Vec::new(),
+            burst_ranks: HashMap::new(),
             rng,
             stats: CoreStats::default(),
             slot_epoch: 0,

@@ -88,8 +88,28 @@ impl Scheduler {
             p.tasks.insert(digest);
         }
         self.ensure_back_to_source(now, &digest);
-        self.flush_task(&digest);
+        self.first_update(&digest, id);
         Ok(plan)
+    }
+
+    /// Queues a new download's first update at once. The task's other downloads
+    /// get theirs at the next flush (the task is dirty), and the ranking is shared
+    /// with the other plans opened for this task until then: a rollout's burst of
+    /// plans for one task costs one ranking pass per flush, not a pass over every
+    /// download per plan.
+    fn first_update(&mut self, digest: &Digest, child: &PeerId) {
+        let Some(epoch) = self.tasks.get(digest).map(|t| t.holder_epoch) else {
+            return;
+        };
+        let mut cache = self
+            .burst_ranks
+            .remove(digest)
+            .filter(|(built, _)| *built == epoch)
+            .map(|(_, cache)| cache);
+        self.update_download(digest, child, &mut cache);
+        if let Some(cache) = cache {
+            self.burst_ranks.insert(*digest, (epoch, cache));
+        }
     }
 
     /// A plan stream ended (the download finished or was cancelled). What the
@@ -98,6 +118,8 @@ impl Scheduler {
         let Some((id, digest)) = self.plans.remove(&plan) else {
             return;
         };
+        // Parent slots are freed below: a shared ranking would not see them.
+        self.burst_ranks.remove(&digest);
         let Some(task) = self.tasks.get_mut(&digest) else {
             return;
         };
@@ -129,6 +151,7 @@ impl Scheduler {
 
     /// Queues the updates that the changes since the last flush call for.
     pub fn flush(&mut self) {
+        self.burst_ranks.clear();
         let mut dirty: Vec<Digest> = self
             .tasks
             .iter()
@@ -214,6 +237,7 @@ impl Scheduler {
                     .all(|h| h.pieces.is_empty() && !h.complete)
         }) {
             let task = self.tasks.remove(digest).expect("checked");
+            self.burst_ranks.remove(digest);
             for id in task.holdings.keys() {
                 if let Some(p) = self.peers.get_mut(id) {
                     p.tasks.remove(digest);
