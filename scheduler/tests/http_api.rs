@@ -227,6 +227,7 @@ async fn metrics_reflect_the_core_and_grpc_requests() {
         "shoal_scheduler_peers 3",
         "shoal_scheduler_tasks 2",
         "shoal_scheduler_open_plans 2",
+        "shoal_scheduler_downloads 2",
         "shoal_scheduler_ready 0",
         r#"shoal_scheduler_grpc_requests_total{method="Join",code="OK"} 1"#,
         r#"shoal_scheduler_grpc_requests_total{method="Plan",code="INVALID_ARGUMENT"} 1"#,
