@@ -59,7 +59,7 @@ async fn shoot(work: &std::path::Path, out: &std::path::Path) -> anyhow::Result<
     let (url, profile) = (swarm.page_url(), work.join("chromium"));
     let out = out.to_path_buf();
     let shot =
-        tokio::task::spawn_blocking(move || screenshot(&url, &profile, &out, 1400, 1450)).await??;
+        tokio::task::spawn_blocking(move || screenshot(&url, &profile, &out, 1400, 1520)).await??;
     later.await?.context("the later pulls")?;
     Ok(shot)
 }
