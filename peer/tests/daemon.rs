@@ -4,6 +4,8 @@
 //! QUIC to a client holding the cluster certificate and refuses one from
 //! another CA, answers health and metrics, reports every configuration error
 //! at once (a bad config file named with its line), and stops on SIGTERM.
+//! Its mirror's counters mean what they say: a cache hit is not a download, and an
+//! upstream 404 relayed is counted by its code, not as the mirror's own refusal.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +17,8 @@ use shoal_peer::tls;
 use shoal_peer::transfer::{FetchError, PieceClient};
 use shoal_proto::{Digest, TaskShape};
 use shoal_tests::scheduler::InProcessScheduler;
+use shoal_tests::swarm::{PeerOptions, PeerProcess, pull_blob};
+use shoal_tests::upstream::CountingUpstream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-peer");
 
@@ -203,6 +207,94 @@ async fn runs_joins_serves_pieces_over_mtls_and_stops_on_sigterm() {
     let status = shoal_tests::terminate(&mut child.0, Duration::from_secs(10)).await;
     let status = status.expect("did not stop within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
+}
+
+/// Waits until `peer`'s counter `name` reads `want`; fails after 30 s (a hang).
+async fn counter_reaches(peer: &PeerProcess, name: &str, want: f64) {
+    for _ in 0..300 {
+        if peer.metric(name).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{name} is {}, not {want}:\n{:?}",
+        peer.metric(name).await,
+        peer.metrics().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_and_relayed_upstream_answers_have_their_own_counters() {
+    const REPO: &str = "counted/blob";
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, digest) = shoal_tests::blob(3 << 20, 7);
+    let upstream = CountingUpstream::start(REPO, &digest, data.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    let tls = tmp.path().join("tls");
+    PeerProcess::tls_init(&tls).unwrap();
+    let peer = PeerProcess::start(
+        tmp.path(),
+        "peer",
+        &PeerOptions {
+            scheduler: None,
+            default_upstream: Some(upstream.url()),
+            hosts_dir: None,
+            tls_dir: tls,
+            extra: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let mirror = peer.mirror_url();
+
+    // The first pull downloads the blob.
+    let got = pull_blob(&mirror, REPO, &digest).await.unwrap();
+    assert_eq!(got, (digest.clone(), data.len() as u64));
+    // Its download is over (and gone from the engine) once it is counted complete.
+    counter_reaches(&peer, "shoal_peer_downloads_completed_total", 1.0).await;
+    // The next two are served from the store: cache hits, not downloads.
+    for _ in 0..2 {
+        let got = pull_blob(&mirror, REPO, &digest).await.unwrap();
+        assert_eq!(got, (digest.clone(), data.len() as u64));
+    }
+    counter_reaches(&peer, "shoal_peer_cache_hits_total", 2.0).await;
+    assert_eq!(peer.metric("shoal_peer_downloads_started_total").await, 1.0);
+    assert_eq!(
+        peer.metric("shoal_peer_downloads_completed_total").await,
+        1.0
+    );
+    assert_eq!(
+        upstream
+            .served()
+            .gets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    // Upstream's 404s (a manifest it does not have, a blob it does not have) are
+    // relayed and counted by code; the mirror's own refusal (a bad name) apart.
+    let client = reqwest::Client::new();
+    let missing = format!("sha256:{}", "0".repeat(64));
+    for (path, want) in [
+        (format!("/v2/{REPO}/manifests/latest"), 404),
+        (format!("/v2/{REPO}/blobs/{missing}"), 404),
+        (format!("/v2/UPPER/blobs/{digest}"), 400),
+    ] {
+        let r = client.get(format!("{mirror}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{path}");
+    }
+    let upstream_404 = "shoal_mirror_upstream_responses_total{code=\"404\"}";
+    counter_reaches(&peer, upstream_404, 2.0).await;
+    assert_eq!(peer.metric("shoal_mirror_refused_total").await, 1.0);
+    assert_eq!(peer.metric("shoal_mirror_failed_total").await, 0.0);
+    // The blobs themselves were the mirror's own answers, not relays.
+    assert_eq!(
+        peer.metric("shoal_mirror_upstream_responses_total{code=\"200\"}")
+            .await,
+        0.0
+    );
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! health and readiness. `shoalctl` is its client.
 //!
 //! Routes (also described by `GET /api/v1/openapi.json`):
+//! - `GET /` → the status page, and `GET /api/v1/overview` → its data
+//!   ([`crate::status_page`])
 //! - `GET /api/v1/peers` → `{"peers": [PeerView…]}`
 //! - `GET /api/v1/tasks` → `{"tasks": [TaskSummary…]}`
 //! - `GET /api/v1/tasks/{digest}` → `TaskDetail` (holders, per-peer progress)
@@ -81,6 +83,7 @@ pub fn router(
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::status_page::routes(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(trace_request))

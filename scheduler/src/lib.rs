@@ -6,6 +6,7 @@
 //!   election, parent ranking). No I/O; `now` is passed in.
 //! - [`http`]: the operator API (axum, JSON), `/metrics`, health; its write
 //!   endpoints need the bearer token of [`auth`].
+//! - [`status_page`]: `GET /`, the live status page, and the overview it polls.
 //! - [`metrics`]: the Prometheus registry and metric families.
 //! - [`ctl`]: `shoalctl`, the operator CLI over the operator API.
 //! - [`grpc`]: the tonic adapter, with identity checks and input limits;
@@ -30,4 +31,5 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 pub mod state;
+pub mod status_page;
 pub mod tls;

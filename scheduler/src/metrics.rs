@@ -79,6 +79,7 @@ struct Snapshot {
     peers: usize,
     tasks: usize,
     open_plans: usize,
+    downloads: usize,
     quarantined: usize,
     ready: bool,
     uptime_secs: u64,
@@ -166,13 +167,21 @@ impl Metrics {
     /// (under its lock, briefly) for its counters and sizes.
     pub fn encode(&self, state: &SchedulerState) -> String {
         let _scrape = self.scrape.lock().expect("metrics scrape lock");
-        let (stats, (peers, tasks, open_plans), quarantined) = state
-            .with_core(|core, _| (core.stats().clone(), core.sizes(), core.quarantined_peers()));
+        let (stats, (peers, tasks, open_plans), downloads, quarantined) =
+            state.with_core(|core, _| {
+                (
+                    core.stats().clone(),
+                    core.sizes(),
+                    core.downloads_in_progress(),
+                    core.quarantined_peers(),
+                )
+            });
         *self.snapshot.lock().expect("metrics snapshot lock") = Snapshot {
             stats,
             peers,
             tasks,
             open_plans,
+            downloads,
             quarantined,
             ready: state.is_ready(),
             uptime_secs: state.uptime().as_secs(),
@@ -285,7 +294,7 @@ impl Collector for CoreCollector {
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 7] = [
             (
                 "peers",
                 "Peers in the swarm now (joined, lease not expired)",
@@ -298,8 +307,13 @@ impl Collector for CoreCollector {
             ),
             (
                 "open_plans",
-                "Plan streams open now (downloads in progress)",
+                "Plan streams open now (a peer keeps its plan open a few seconds after it completed the task)",
                 s.open_plans as i64,
+            ),
+            (
+                "downloads",
+                "Downloads in progress now: plan streams of peers that have not completed their task",
+                s.downloads as i64,
             ),
             (
                 "quarantined_peers",

@@ -163,11 +163,15 @@ async fn rejects_bad_digests_unknown_tasks_routes_and_methods_with_json() {
             .contains(&unknown.to_string())
     );
 
-    for path in ["/", "/api/v1/nope", "/api/v2/peers", "/api/v1/tasks/"] {
+    for path in ["/api/v1/nope", "/api/v2/peers", "/api/v1/tasks/", "/status"] {
         let (status, body) = get_json(&app, path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(error_code(&body), "NOT_FOUND", "{path}");
     }
+    // `/` is the status page (scheduler/src/status_page.rs).
+    let (status, content_type, _) = call(&app, Method::GET, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type.as_deref(), Some("text/html; charset=utf-8"));
 
     let (status, _, body) = call(&app, Method::POST, "/api/v1/peers").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
@@ -227,6 +231,7 @@ async fn metrics_reflect_the_core_and_grpc_requests() {
         "shoal_scheduler_peers 3",
         "shoal_scheduler_tasks 2",
         "shoal_scheduler_open_plans 2",
+        "shoal_scheduler_downloads 2",
         "shoal_scheduler_ready 0",
         r#"shoal_scheduler_grpc_requests_total{method="Join",code="OK"} 1"#,
         r#"shoal_scheduler_grpc_requests_total{method="Plan",code="INVALID_ARGUMENT"} 1"#,

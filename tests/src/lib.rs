@@ -22,6 +22,8 @@
 //! - [`cri`]: a client of the CRI image service (`runtime.v1.ImageService`) over
 //!   containerd's socket, as the kubelet pulls.
 //! - [`htpasswd`]: a `docker-registry` that requires Basic auth (one user).
+//! - [`status_page`]: the scheduler's status page in headless Chromium, and a live
+//!   swarm (scheduler, peers in two zones, a registry with an image) for it to show.
 //! - [`Recorder`] (here): an HTTP listener that records request lines and answers every
 //!   request with one fixed status, to stand in for a mirror that has nothing.
 //! - [`require_tools`] (here): skip a test when a tool is missing, fail under `CI=true`.
@@ -42,6 +44,7 @@ pub mod netswarm;
 pub mod registry;
 pub mod relay;
 pub mod scheduler;
+pub mod status_page;
 pub mod swarm;
 pub mod tls;
 pub mod token_auth;

@@ -41,10 +41,6 @@ const MEMORY_BACKLOG: usize = 8;
 /// Runs one download to its end and removes it from the engine's map.
 pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
     let span = info_span!("download", task.digest = %dl.digest);
-    inner
-        .stats
-        .downloads_started
-        .fetch_add(1, Ordering::Relaxed);
     let load = inner.link.load();
     load.active_downloads.fetch_add(1, Ordering::Relaxed);
     let result = drive(&inner, dl.clone(), size_hint)
@@ -59,12 +55,17 @@ pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
     }
     let _e = span.enter();
     let counter = match &result {
-        Ok(()) => &inner.stats.downloads_completed,
+        Ok(Served::FromStore) => &inner.stats.cache_hits,
+        Ok(Served::Downloaded) => &inner.stats.downloads_completed,
         Err(_) => &inner.stats.downloads_failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
     match result {
-        Ok(()) => {
+        Ok(Served::FromStore) => {
+            debug!("served from the store");
+            dl.finish(DownloadState::Complete);
+        }
+        Ok(Served::Downloaded) => {
             info!("download complete");
             dl.finish(DownloadState::Complete);
         }
@@ -103,7 +104,15 @@ struct Driver<'a> {
     hashed: u32,
 }
 
-async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), EngineError> {
+/// How a blob asked for came to be complete.
+enum Served {
+    /// It was complete in the store and its pieces checked out: a cache hit.
+    FromStore,
+    /// It was fetched (or its missing pieces were) from peers or upstream.
+    Downloaded,
+}
+
+async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<Served, EngineError> {
     let digest = dl.digest;
     let _pin = inner.store.pin(&digest);
     let meta = match inner.store.meta(&digest) {
@@ -143,7 +152,7 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
             }
             if m.complete {
                 debug!("task already complete in the store");
-                return Ok(());
+                return Ok(Served::FromStore);
             }
             if m.pieces != held {
                 warn!(
@@ -159,6 +168,11 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
         }
         None => None,
     };
+    // Not complete in the store: from here on this is a download.
+    inner
+        .stats
+        .downloads_started
+        .fetch_add(1, Ordering::Relaxed);
     // Small on purpose: every queued event may hold a piece (up to 16 MiB), and an
     // upstream faster than the disk would otherwise fill the queue. Fetches from
     // parents are bounded by the planner's in-flight cap anyway.
@@ -242,7 +256,7 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<(), E
             drop(plan);
         });
     }
-    Ok(())
+    Ok(Served::Downloaded)
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

@@ -131,12 +131,17 @@ pub struct EngineStats {
     pub pieces_verified: AtomicU64,
     /// Pieces from peers that did not match their hash (discarded, parent reported).
     pub pieces_rejected: AtomicU64,
-    /// Downloads started (a shared download counts once).
+    /// Downloads started (a shared download counts once): blobs not complete in the
+    /// store, fetched (or resumed) from peers or upstream. Cache hits are not.
     pub downloads_started: AtomicU64,
     /// Downloads that ended verified against their digest.
     pub downloads_completed: AtomicU64,
-    /// Downloads that failed.
+    /// Downloads that failed (after they started, or while the store's copy was
+    /// being checked).
     pub downloads_failed: AtomicU64,
+    /// Blobs asked for that were complete in the store and served from it after
+    /// their pieces checked out: no download.
+    pub cache_hits: AtomicU64,
 }
 
 /// The engine's knobs.
@@ -258,8 +263,13 @@ impl Engine {
                 ),
                 Sample::Counter(
                     "downloads_started",
-                    "Downloads started (one per blob, shared by concurrent requests).",
+                    "Downloads started from peers or upstream (one per blob, shared by concurrent requests; cache hits are not downloads).",
                     load(&s.downloads_started),
+                ),
+                Sample::Counter(
+                    "cache_hits",
+                    "Blobs asked for that were complete in the store and served from it (no download).",
+                    load(&s.cache_hits),
                 ),
                 Sample::Counter(
                     "downloads_completed",

@@ -61,10 +61,56 @@ pub struct MirrorStats {
     pub blob_bytes_served: AtomicU64,
     /// Of those, bytes of blobs that were complete on this node before the request.
     pub blob_bytes_from_cache: AtomicU64,
-    /// Requests answered 4xx by the mirror itself (bad input).
+    /// Requests the mirror itself answered 4xx (bad input, unsupported path or
+    /// method, unsatisfiable range). Upstream's answers relayed are not counted here.
     pub refused: AtomicU64,
-    /// Requests answered 5xx (nothing could serve).
+    /// Requests the mirror itself answered 5xx (nothing could serve). Upstream's
+    /// answers relayed are not counted here.
     pub failed: AtomicU64,
+    /// Answers whose status upstream gave, relayed to the client, by status code.
+    pub upstream_responses: UpstreamResponses,
+}
+
+/// Answers relayed from upstream, counted by status code: each code of
+/// [`UpstreamResponses::CODES`] on its own, any other as `other` (so that an upstream
+/// cannot grow the label set).
+#[derive(Debug, Default)]
+pub struct UpstreamResponses([AtomicU64; UpstreamResponses::CODES.len() + 1]);
+
+impl UpstreamResponses {
+    /// The codes counted one by one.
+    pub const CODES: [&'static str; 13] = [
+        "200", "206", "304", "400", "401", "403", "404", "416", "429", "500", "502", "503", "504",
+    ];
+
+    /// Counts one answer with `status`.
+    pub fn count(&self, status: u16) {
+        let code = status.to_string();
+        let i = Self::CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(Self::CODES.len());
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers so far with `code` (one of [`Self::CODES`], or `"other"`).
+    pub fn get(&self, code: &str) -> u64 {
+        let i = Self::CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(Self::CODES.len());
+        self.0[i].load(Ordering::Relaxed)
+    }
+
+    fn samples(&self) -> Vec<(&'static str, u64)> {
+        Self::CODES
+            .iter()
+            .copied()
+            .chain(["other"])
+            .zip(&self.0)
+            .map(|(code, n)| (code, n.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 impl MirrorStats {
@@ -97,13 +143,19 @@ impl MirrorStats {
                 ),
                 Sample::Counter(
                     "refused",
-                    "Mirror requests refused as bad input (4xx other than 401).",
+                    "Mirror requests the mirror itself refused (4xx: bad input); upstream's answers are in upstream_responses_total.",
                     load(&m.refused),
                 ),
                 Sample::Counter(
                     "failed",
-                    "Mirror requests nothing could serve (5xx).",
+                    "Mirror requests nothing could serve (the mirror's own 5xx); upstream's answers are in upstream_responses_total.",
                     load(&m.failed),
+                ),
+                Sample::LabeledCounters(
+                    "upstream_responses",
+                    "Answers relayed from upstream with upstream's status, by code (other: any code not listed).",
+                    "code",
+                    m.upstream_responses.samples(),
                 ),
             ]
         });
@@ -223,15 +275,12 @@ async fn access_log(State(m): State<Mirror>, req: Request, next: Next) -> Respon
     let path = req.uri().path().to_owned();
     let resp = next.run(req).await;
     let status = resp.status();
-    let counter = if status.is_client_error() && status != StatusCode::UNAUTHORIZED {
-        Some(&m.stats.refused)
+    if resp.extensions().get::<relay::Relayed>().is_some() {
+        m.stats.upstream_responses.count(status.as_u16());
+    } else if status.is_client_error() {
+        m.stats.refused.fetch_add(1, Ordering::Relaxed);
     } else if status.is_server_error() {
-        Some(&m.stats.failed)
-    } else {
-        None
-    };
-    if let Some(c) = counter {
-        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        m.stats.failed.fetch_add(1, Ordering::Relaxed);
     }
     let ms = start.elapsed().as_secs_f64() * 1e3;
     if status.is_server_error() || (status.is_client_error() && status != StatusCode::NOT_FOUND) {

@@ -2,6 +2,10 @@
 //! containerd needs (`Content-Type`, `Docker-Content-Digest`, `Content-Length`,
 //! `WWW-Authenticate` for the token dance, `ETag`, `Location` is not relayed: the
 //! mirror follows redirects itself), and the body streamed through.
+//!
+//! Every answer whose status upstream gave carries the [`Relayed`] mark, so that the
+//! mirror counts it by status code (`upstream_responses_total{code}`) apart from its
+//! own refusals and failures.
 
 use std::time::Duration;
 
@@ -24,11 +28,15 @@ const RELAYED: [&str; 8] = [
     "docker-distribution-api-version",
 ];
 
+/// The mark (a response extension) of an answer whose status upstream gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Relayed;
+
 /// Relays `resp`; its body too unless `head`, cut when upstream sends no byte for
 /// `idle`.
 pub(super) fn response(resp: reqwest::Response, head: bool, idle: Duration) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut b = Response::builder().status(status);
+    let mut b = Response::builder().status(status).extension(Relayed);
     for name in RELAYED {
         for v in resp.headers().get_all(name) {
             b = b.header(HeaderName::from_static(name), v.as_bytes());
@@ -87,5 +95,6 @@ pub(super) fn refused(
     for v in challenges {
         r.headers_mut().append(header::WWW_AUTHENTICATE, v);
     }
+    r.extensions_mut().insert(Relayed);
     r
 }

@@ -16,7 +16,8 @@
 //! - `operator.rs`: what operators ask for: quarantine a peer, drop a task.
 //! - `planning.rs`: plan streams, back-to-source election, flushing updates.
 //! - `rank.rs`: parent ranking (a pure function of one task's state).
-//! - `views.rs`: read-only snapshots for the operator API and metrics.
+//! - `views.rs`: read-only snapshots for the operator API and metrics;
+//!   `overview.rs`: the bounded whole-swarm snapshot the status page polls.
 //!
 //! Non-goals: persistence (the state is soft: peers re-join and re-announce),
 //! transport, authentication (the adapter binds each caller to its
@@ -26,6 +27,7 @@
 mod error;
 mod membership;
 mod operator;
+mod overview;
 mod planning;
 mod rank;
 mod reports;
@@ -43,6 +45,7 @@ use shoal_proto::{Digest, PieceSet, TaskShape};
 
 pub use error::{CoreError, ErrorKind};
 pub use operator::DropOrder;
+pub use overview::{OVERVIEW_HOLDERS, OVERVIEW_TASKS, Overview, TaskOverview};
 pub use types::*;
 pub use views::{CoreStats, HolderView, PeerView, TaskDetail, TaskSummary};
 
@@ -251,6 +254,9 @@ pub(crate) struct Task {
     pub(crate) bad: HashSet<PeerId>,
     /// Back-to-source elections so far.
     pub(crate) elections: u32,
+    /// Bytes of the pieces peers reported with a hash (fetched from upstream),
+    /// once per piece and peer.
+    pub(crate) upstream_bytes: u64,
     /// Per piece that some holder gained: how many times (absent: never).
     pub(crate) piece_gains: BTreeMap<u32, u32>,
     /// Bumped when a holder becomes complete.
@@ -277,12 +283,21 @@ impl Task {
             stalled: HashSet::new(),
             bad: HashSet::new(),
             elections: 0,
+            upstream_bytes: 0,
             holder_epoch: 0,
             piece_gains: BTreeMap::new(),
             complete_epoch: 0,
             created_at: now,
             dirty: false,
         }
+    }
+
+    /// Whether `id` downloads the task now: its plan stream is open and it
+    /// has not completed it. A peer keeps its plan open for a few seconds
+    /// after completion (so that the report reaches the scheduler first);
+    /// that lingering plan is not a download.
+    pub(crate) fn is_downloading(&self, id: &PeerId) -> bool {
+        self.downloads.contains_key(id) && !self.holdings.get(id).is_some_and(|h| h.complete)
     }
 
     /// Sets the shape once and sizes every holding's bitmap. The per-piece

@@ -70,8 +70,8 @@ impl Scheduler {
             )));
         };
         let elected = task.sources.contains(id);
-        // (index, hash to learn) of each piece believed.
-        let mut accepted: Vec<(u32, Option<[u8; 32]>)> = Vec::with_capacity(pieces.len());
+        // (index, hash to learn, fetched from upstream) of each piece believed.
+        let mut accepted: Vec<(u32, Option<[u8; 32]>, bool)> = Vec::with_capacity(pieces.len());
         let mut ignored = false;
         for p in pieces {
             shape
@@ -81,7 +81,7 @@ impl Scheduler {
             match (p.hash, known) {
                 (Some(h), k) if !elected => {
                     if k == Some(h) {
-                        accepted.push((p.index, None));
+                        accepted.push((p.index, None, true));
                     } else {
                         ignored = true;
                     }
@@ -98,17 +98,20 @@ impl Scheduler {
                         p.index
                     )));
                 }
-                (hash, _) => accepted.push((p.index, hash)),
+                (hash, _) => accepted.push((p.index, hash, hash.is_some())),
             }
         }
         let task = self.tasks.get_mut(&digest).expect("checked");
         let holding = task.holdings.get_mut(id).expect("checked by task_of");
         let was_empty = holding.pieces.is_empty();
         let mut grew = false;
-        for (index, hash) in accepted {
+        for (index, hash, from_upstream) in accepted {
             if holding.pieces.insert(index) {
                 grew = true;
                 *task.piece_gains.entry(index).or_default() += 1;
+                if from_upstream {
+                    task.upstream_bytes += u64::from(shape.piece_len(index).unwrap_or(0));
+                }
             }
             if let Some(h) = hash
                 && !task.hashes.contains_key(&index)

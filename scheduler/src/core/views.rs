@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 use shoal_proto::Digest;
 
-use super::{PeerId, Scheduler};
+use super::{Holding, PeerId, Scheduler};
 
 /// Counters the core keeps (the adapter exports them as metrics).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -73,6 +73,10 @@ pub struct PeerView {
     pub children: u32,
     /// Tasks it holds or downloads.
     pub tasks: usize,
+    /// Of those, the tasks it holds complete.
+    pub complete_tasks: usize,
+    /// Bytes of the verified pieces it holds, over all its tasks.
+    pub held_bytes: u64,
     /// Distinct peers that reported bad pieces from it.
     pub bad_reports: usize,
     /// Whether it is offered as a parent for no task.
@@ -94,12 +98,18 @@ pub struct TaskSummary {
     pub pieces: Option<u32>,
     /// Peers holding the whole task.
     pub complete_holders: usize,
-    /// Peers downloading it now.
+    /// Peers downloading it now: with a plan stream open and not yet
+    /// complete (a peer keeps its plan open a few seconds after it completed,
+    /// so that its completion report arrives first; it is not counted here).
     pub downloading: usize,
     /// Peers fetching it from upstream now.
     pub back_to_source: Vec<String>,
     /// Back-to-source elections so far.
     pub elections: u32,
+    /// Bytes peers reported fetching from upstream (pieces they reported
+    /// with a hash, counted once per piece and peer): the task's upstream
+    /// egress. Divided by `size`, the number of upstream copies.
+    pub upstream_bytes: u64,
     /// Seconds since the scheduler first saw it.
     pub age_secs: u64,
 }
@@ -113,10 +123,13 @@ pub struct HolderView {
     pub pieces: u32,
     /// Whether it verified the whole task.
     pub complete: bool,
-    /// Whether it is downloading now.
+    /// Whether it is downloading now (a plan stream open, not complete).
     pub downloading: bool,
     /// Whether it fetches from upstream now.
     pub back_to_source: bool,
+    /// Whether it was ever elected to fetch this task from upstream (since
+    /// the task's hashes were last discarded): its piece hashes are believed.
+    pub source: bool,
     /// Parents it is offered now.
     pub parents: Vec<String>,
 }
@@ -151,6 +164,12 @@ impl Scheduler {
                 active_downloads: p.load.active_downloads,
                 children: p.children,
                 tasks: p.tasks.len(),
+                complete_tasks: p
+                    .tasks
+                    .iter()
+                    .filter(|d| self.holding(&p.info.id, d).is_some_and(|h| h.complete))
+                    .count(),
+                held_bytes: p.tasks.iter().map(|d| self.held_bytes(&p.info.id, d)).sum(),
                 bad_reports: p.bad_reports.len(),
                 quarantined: p.quarantined(&self.config),
                 quarantine_reasons: p.quarantine_reasons(&self.config),
@@ -183,8 +202,9 @@ impl Scheduler {
                 peer: id.to_string(),
                 pieces: h.pieces.count(),
                 complete: h.complete,
-                downloading: task.downloads.contains_key(id),
+                downloading: task.is_downloading(id),
                 back_to_source: task.back_to_source.contains_key(id),
+                source: task.sources.contains(id),
                 parents: task
                     .downloads
                     .get(id)
@@ -200,6 +220,32 @@ impl Scheduler {
         })
     }
 
+    fn holding(&self, id: &PeerId, digest: &Digest) -> Option<&Holding> {
+        self.tasks.get(digest)?.holdings.get(id)
+    }
+
+    /// Bytes of the verified pieces `id` holds of `digest` (0 while the size
+    /// is unknown).
+    fn held_bytes(&self, id: &PeerId, digest: &Digest) -> u64 {
+        let (Some(task), Some(h)) = (self.tasks.get(digest), self.holding(id, digest)) else {
+            return 0;
+        };
+        let Some(shape) = task.shape else {
+            return 0;
+        };
+        if h.complete {
+            return shape.size();
+        }
+        // Every piece is full-sized but the last one.
+        let n = u64::from(h.pieces.count());
+        let last = shape.piece_count().saturating_sub(1);
+        let mut bytes = n * u64::from(shape.piece_size());
+        if n > 0 && h.pieces.contains(last) {
+            bytes -= u64::from(shape.piece_size() - shape.piece_len(last).unwrap_or(0));
+        }
+        bytes
+    }
+
     fn summary(&self, now: Instant, digest: &Digest) -> Option<TaskSummary> {
         let t = self.tasks.get(digest)?;
         let mut b2s: Vec<String> = t.back_to_source.keys().map(PeerId::to_string).collect();
@@ -209,9 +255,10 @@ impl Scheduler {
             size: t.shape.map(|s| s.size()),
             pieces: t.shape.map(|s| s.piece_count()),
             complete_holders: t.holdings.values().filter(|h| h.complete).count(),
-            downloading: t.downloads.len(),
+            downloading: t.downloads.keys().filter(|p| t.is_downloading(p)).count(),
             back_to_source: b2s,
             elections: t.elections,
+            upstream_bytes: t.upstream_bytes,
             age_secs: now.saturating_duration_since(t.created_at).as_secs(),
         })
     }
@@ -224,6 +271,15 @@ impl Scheduler {
     /// Number of peers, tasks and open plan streams.
     pub fn sizes(&self) -> (usize, usize, usize) {
         (self.peers.len(), self.tasks.len(), self.plans.len())
+    }
+
+    /// Downloads in progress: plan streams of peers that have not completed
+    /// their task (a plan kept open after completion is not one).
+    pub fn downloads_in_progress(&self) -> usize {
+        self.tasks
+            .values()
+            .map(|t| t.downloads.keys().filter(|p| t.is_downloading(p)).count())
+            .sum()
     }
 
     /// Peers quarantined now (for any reason).
@@ -284,5 +340,60 @@ impl Scheduler {
             .holdings
             .get(id)
             .map(|h| h.pieces.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use shoal_proto::Digest;
+
+    use crate::core::test_support::{SIZE, id, info};
+    use crate::core::{CoreConfig, PieceDone, Scheduler};
+
+    /// A peer keeps its plan stream open a few seconds after it completed a
+    /// task (so that its completion report arrives first): in that time it
+    /// is shown complete, not also downloading (`shoalctl tasks` once showed
+    /// `COMPLETE 3` and `DOWNLOADING 3` for three peers).
+    #[test]
+    fn a_complete_peer_with_its_plan_still_open_is_not_downloading() {
+        let d = Digest::from_sha256([3; 32]);
+        let mut core = Scheduler::new(CoreConfig::default());
+        let now = Instant::now();
+        for p in 0..2 {
+            core.join(now, info(p), vec![]).unwrap();
+        }
+        core.open_plan(now, &id(0), d, SIZE).unwrap();
+        core.open_plan(now, &id(1), d, SIZE).unwrap();
+        core.task_started(now, &id(0), d, SIZE).unwrap();
+        let all = [0, 1].map(|index| PieceDone {
+            index,
+            hash: Some([index as u8; 32]),
+        });
+        core.report_pieces(now, &id(0), d, &all).unwrap();
+        core.task_complete(now, &id(0), d).unwrap();
+
+        let t = core.task(now, &d).unwrap();
+        assert_eq!(t.summary.complete_holders, 1);
+        assert_eq!(t.summary.downloading, 1, "only p1 downloads");
+        let p0 = &t.holders[0];
+        assert!(p0.complete && !p0.downloading && !p0.back_to_source && p0.source);
+        assert!(t.holders[1].downloading && !t.holders[1].complete);
+        assert_eq!(t.summary.upstream_bytes, SIZE);
+
+        // p1 completes too: nobody downloads, though both plans are open.
+        let from_peers = [0, 1].map(|index| PieceDone { index, hash: None });
+        core.report_pieces(now, &id(1), d, &from_peers).unwrap();
+        core.task_complete(now, &id(1), d).unwrap();
+        let s = &core.tasks(now)[0];
+        assert_eq!((s.complete_holders, s.downloading), (2, 0));
+        assert_eq!(core.downloads_in_progress(), 0);
+        assert_eq!(core.sizes().2, 2, "both plans are still open");
+        // Pieces from peers are not upstream egress.
+        assert_eq!(s.upstream_bytes, SIZE);
+        let peers = core.peers(now);
+        assert_eq!(peers[1].complete_tasks, 1);
+        assert_eq!(peers[1].held_bytes, SIZE);
     }
 }
