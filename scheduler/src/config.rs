@@ -26,10 +26,10 @@ pub struct Args {
     /// Optional TOML file with the same keys as the flags (snake_case).
     #[arg(long, env = "SHOAL_CONFIG")]
     pub config: Option<PathBuf>,
-    /// gRPC address for peers; `[::]` is dual-stack where the OS allows, and falls back to 0.0.0.0 where IPv6 is unavailable [default: [::]:7600].
+    /// gRPC address for peers; `[::]` is dual-stack where the OS allows, and falls back to 0.0.0.0 where IPv6 is unavailable [default: `[::]:7600`].
     #[arg(long, env = "SHOAL_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
-    /// Operator HTTP API address, bound as --grpc-listen is [default: [::]:7680].
+    /// Operator HTTP API address, bound as --grpc-listen is [default: `[::]:7680`].
     #[arg(long, env = "SHOAL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
     /// How long a peer stays after its last message, e.g. 30s [default: 30s].

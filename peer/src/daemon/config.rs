@@ -34,7 +34,7 @@ pub struct RunArgs {
     /// Scheduler gRPC URL, e.g. http://shoal-scheduler:7600 (repeatable; comma-separated in the env var) [default: none: every download goes upstream].
     #[arg(long = "scheduler", env = "SHOAL_SCHEDULER", value_delimiter = ',')]
     pub schedulers: Vec<String>,
-    /// QUIC piece server address (UDP); `[::]` is dual-stack where the OS allows, and falls back to 0.0.0.0 where IPv6 is unavailable [default: [::]:7651].
+    /// QUIC piece server address (UDP); `[::]` is dual-stack where the OS allows, and falls back to 0.0.0.0 where IPv6 is unavailable [default: `[::]:7651`].
     #[arg(long, env = "SHOAL_QUIC_LISTEN")]
     pub quic_listen: Option<String>,
     /// IP other peers use to reach this one, IPv4 or IPv6 (`fd00::1`, no brackets) [default: the listen IP when it is not unspecified, else the node's first non-loopback IPv4 address, else its first global IPv6 one].
@@ -46,7 +46,7 @@ pub struct RunArgs {
     /// Disk quota for cached blobs, e.g. 20GiB, 500MiB [default: 10GiB].
     #[arg(long, env = "SHOAL_CACHE_SIZE")]
     pub cache_size: Option<String>,
-    /// Metrics and health address (HTTP), bound as --quic-listen is [default: [::]:7652].
+    /// Metrics and health address (HTTP), bound as --quic-listen is [default: `[::]:7652`].
     #[arg(long, env = "SHOAL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
     /// Directory with ca.crt, tls.crt, tls.key (from `shoal-peer tls init` or the chart's Secret).

@@ -26,7 +26,7 @@ pub struct IssuerArgs {
     /// certificate) [default: off].
     #[arg(long, env = "SHOAL_ISSUER_CA_DIR")]
     pub issuer_ca_dir: Option<PathBuf>,
-    /// The issuer's address (gRPC over TLS without client certificates), bound as --grpc-listen is [default: [::]:7601].
+    /// The issuer's address (gRPC over TLS without client certificates), bound as --grpc-listen is [default: `[::]:7601`].
     #[arg(long, env = "SHOAL_ISSUER_LISTEN")]
     pub issuer_listen: Option<String>,
     /// Lifetime of the node certificates issued; peers renew at two thirds of it, e.g.
