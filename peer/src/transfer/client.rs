@@ -239,8 +239,10 @@ impl PieceClient {
         } else {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         };
+        // Only parents of this family are out of reach (no IPv6 here, say): others may
+        // still serve the piece.
         let endpoint = Endpoint::client(any)
-            .map_err(|e| FetchError::Local(format!("cannot bind {any} to reach {parent}: {e}")))?;
+            .map_err(|e| FetchError::Io(format!("cannot bind {any} to reach {parent}: {e}")))?;
         debug!(local.addr = %any, peer.addr = %parent, "client endpoint for the other address family");
         // Two first dials at once may both bind: one endpoint is kept, the other dropped.
         Ok(self.other_family.get_or_init(|| endpoint))
