@@ -404,7 +404,7 @@ async fn session(
             ));
         };
         endpoint = endpoint
-            .tls_config(client_tls(dir)?)
+            .tls_config(crate::tls::grpc_tls_for(url, client_tls(dir)?))
             .map_err(|e| tonic::Status::invalid_argument(format!("scheduler TLS: {e}")))?;
     }
     let channel = endpoint

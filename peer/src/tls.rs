@@ -162,7 +162,15 @@ impl Leaf {
         let ca_key = KeyPair::from_pem(ca_key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, &ca_key)?;
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(self.names.clone())?;
+        // An IPv6 address given as a URL writes it (`[fd00::1]`) is the address.
+        let names = self.names.iter().map(|n| {
+            n.strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .filter(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+                .unwrap_or(n)
+                .to_owned()
+        });
+        let mut params = CertificateParams::new(names.collect::<Vec<_>>())?;
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
@@ -381,6 +389,20 @@ pub fn endpoint_on(socket: std::net::UdpSocket, tls: &PeerTls) -> io::Result<End
     )?;
     endpoint.set_default_client_config(tls.client_config());
     Ok(endpoint)
+}
+
+/// `tls` for a gRPC connection to `url`, with the server name an IP-literal URL needs:
+/// tonic takes it from the URL's host, which keeps an IPv6 literal's brackets
+/// (`[fd00::1]`), and that is no valid name; the address itself is set instead, so the
+/// server's certificate must carry it as an IP SAN.
+pub fn grpc_tls_for(
+    url: &str,
+    tls: tonic::transport::ClientTlsConfig,
+) -> tonic::transport::ClientTlsConfig {
+    match shoal_proto::net::url_ip_host(url) {
+        Some(ip) => tls.domain_name(ip.to_string()),
+        None => tls,
+    }
 }
 
 /// Transport settings for bulk transfer on a LAN: windows large enough that a 16 MiB

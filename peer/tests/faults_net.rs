@@ -25,7 +25,6 @@
 //! Traffic stays in the lab's namespaces or on 127.0.0.1. Waits bound a hang.
 
 use std::io::Read as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,7 +228,7 @@ fn a_node_partitioned_mid_swarm_completes_after_the_link_heals() {
     let hosts: Vec<Host> = (1..=NODES)
         .map(|i| lab.add_host(&format!("n{i}")).unwrap())
         .collect();
-    let registry_addr = SocketAddr::new(registry_host.ip.into(), 5000);
+    let registry_addr = registry_host.addr(5000);
     let registry = Registry::start_with(
         &work.join("registry"),
         &RegistryOptions {

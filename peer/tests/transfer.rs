@@ -1,4 +1,5 @@
-//! Piece transfer over real quinn endpoints on 127.0.0.1: fetches, every status, upload
+//! Piece transfer over real quinn endpoints on 127.0.0.1 (and `::1`: a client dials
+//! parents of the other address family from an endpoint of that family): fetches, every status, upload
 //! slots, malformed requests, mutual TLS refusals, the connection pool, and the TLS
 //! directory helpers. No test asserts a duration (the rate limit is tested as a pure
 //! token bucket in `transfer::rate`).
@@ -49,7 +50,16 @@ struct Server {
 
 impl Server {
     fn start(tls: &PeerTls, source: Arc<dyn PieceSource>, limits: UploadLimits) -> Server {
-        let endpoint = tls::endpoint(LOCALHOST.parse().unwrap(), tls).unwrap();
+        Server::start_on(LOCALHOST, tls, source, limits)
+    }
+
+    fn start_on(
+        listen: &str,
+        tls: &PeerTls,
+        source: Arc<dyn PieceSource>,
+        limits: UploadLimits,
+    ) -> Server {
+        let endpoint = tls::endpoint(listen.parse().unwrap(), tls).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let stats = Arc::new(TransferStats::default());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -82,6 +92,49 @@ fn client(tls: &PeerTls) -> PieceClient {
 
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn a_client_on_one_family_fetches_from_parents_of_the_other() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "IPv6 loopback is unavailable (CI=true)"
+        );
+        eprintln!("transfer: skipped: no IPv6 loopback here");
+        return;
+    }
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    let piece = pattern(1 << 20, 9);
+    source.insert(digest(9), 0, piece.clone());
+    let v6 = Server::start_on("[::1]:0", &tls, source.clone(), UploadLimits::default());
+    let v4 = Server::start_on(LOCALHOST, &tls, source, UploadLimits::default());
+    // The node's server socket is IPv4 here, as with --quic-listen 0.0.0.0; the daemon
+    // hands the client its configuration this way too.
+    let client4 = client(&tls);
+    client4.tls().set(tls.client_config());
+    let got = client4
+        .fetch(v6.addr, &digest(9), 0, 1 << 20, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(got, piece);
+    // And the other way round: an IPv6 server socket reaching an IPv4 parent.
+    let client6 = PieceClient::new(tls::endpoint("[::1]:0".parse().unwrap(), &tls).unwrap());
+    client6.tls().set(tls.client_config());
+    let got = client6
+        .fetch(v4.addr, &digest(9), 0, 1 << 20, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(got, piece);
+    // Without a configuration for a second endpoint the dial fails cleanly, at once.
+    let bare = client(&tls);
+    let e = bare
+        .fetch(v6.addr, &digest(9), 0, 1 << 20, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FetchError::Local(_)), "{e:?}");
+    assert_eq!(client4.pooled(), 1);
 }
 
 #[tokio::test]

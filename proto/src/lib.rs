@@ -8,11 +8,14 @@
 //! - [`digest`]: [`Digest`], the name of a task (`sha256:` + 64 lowercase hex).
 //! - [`piece`]: piece arithmetic (piece size from blob size, counts, ranges) and
 //!   [`PieceSet`], the bitmap of pieces a peer holds.
+//! - [`net`]: how both binaries bind their listeners (`[::]` dual-stack, `0.0.0.0`
+//!   when IPv6 is unavailable) and read an IP literal out of a URL.
 //!
-//! Non-goals: no I/O, no policy. What to do with a piece is the scheduler's and
+//! Non-goals: no I/O beyond [`net`]'s `bind`, no policy. What to do with a piece is the scheduler's and
 //! the peer's business.
 
 pub mod digest;
+pub mod net;
 pub mod piece;
 
 pub use digest::{Digest, DigestError};

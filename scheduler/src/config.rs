@@ -26,10 +26,10 @@ pub struct Args {
     /// Optional TOML file with the same keys as the flags (snake_case).
     #[arg(long, env = "SHOAL_CONFIG")]
     pub config: Option<PathBuf>,
-    /// gRPC address for peers [default: 0.0.0.0:7600].
+    /// gRPC address for peers; `[::]` is dual-stack where the OS allows, and falls back to 0.0.0.0 where IPv6 is unavailable [default: `[::]:7600`].
     #[arg(long, env = "SHOAL_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
-    /// Operator HTTP API address [default: 0.0.0.0:7680].
+    /// Operator HTTP API address, bound as --grpc-listen is [default: `[::]:7680`].
     #[arg(long, env = "SHOAL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
     /// How long a peer stays after its last message, e.g. 30s [default: 30s].
@@ -243,13 +243,13 @@ impl Settings {
             "grpc-listen",
             args.grpc_listen,
             file.grpc_listen,
-            "0.0.0.0:7600",
+            "[::]:7600",
         );
         let http = get(
             "http-listen",
             args.http_listen,
             file.http_listen,
-            "0.0.0.0:7680",
+            "[::]:7680",
         );
         let ttl = get("peer-ttl", args.peer_ttl, file.peer_ttl, "30s");
         let b2s = get(
@@ -412,8 +412,8 @@ mod tests {
     #[test]
     fn defaults() {
         let s = Settings::resolve(args(&[])).unwrap();
-        assert_eq!(s.grpc_listen, "0.0.0.0:7600".parse().unwrap());
-        assert_eq!(s.http_listen, "0.0.0.0:7680".parse().unwrap());
+        assert_eq!(s.grpc_listen, "[::]:7600".parse().unwrap());
+        assert_eq!(s.http_listen, "[::]:7680".parse().unwrap());
         assert_eq!(s.core.peer_ttl, Duration::from_secs(30));
         assert_eq!(s.log_format, LogFormat::Text);
     }

@@ -38,27 +38,36 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses of `settings`; errors name the address.
+    /// Binds the addresses of `settings` (`[::]` dual-stack where the OS allows, else
+    /// `0.0.0.0`: [`shoal_proto::net`]); errors name the address.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Listeners> {
-        let grpc = TcpListener::bind(settings.grpc_listen)
-            .await
-            .with_context(|| format!("cannot listen for gRPC on {}", settings.grpc_listen))?;
-        let http = TcpListener::bind(settings.http_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen for the operator API on {}",
-                    settings.http_listen
-                )
-            })?;
+        let grpc = bind_tcp(settings.grpc_listen, "gRPC")?;
+        let http = bind_tcp(settings.http_listen, "the operator API")?;
         let issuer = match &settings.issuer {
-            Some(i) => Some(TcpListener::bind(i.listen).await.with_context(|| {
-                format!("cannot listen for the certificate issuer on {}", i.listen)
-            })?),
+            Some(i) => Some(bind_tcp(i.listen, "the certificate issuer")?),
             None => None,
         };
         Ok(Listeners { grpc, http, issuer })
     }
+}
+
+/// One listener for `what` on `addr`; says so when `[::]` could not be dual-stack.
+fn bind_tcp(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    use shoal_proto::net::{self, Stack};
+    let context = || format!("cannot listen for {what} on {addr}");
+    let (listener, stack) = net::bind_tcp(addr).with_context(context)?;
+    match stack {
+        Stack::AsGiven | Stack::DualStack => {}
+        Stack::Ipv6Only => tracing::warn!(
+            listen.addr = %addr, listen.what = what,
+            "dual-stack refused by the OS: listening on IPv6 only"
+        ),
+        Stack::Ipv4Fallback => tracing::warn!(
+            listen.addr = %addr, listen.what = what,
+            "IPv6 is unavailable here: listening on 0.0.0.0 instead"
+        ),
+    }
+    TcpListener::from_std(listener).with_context(context)
 }
 
 /// Makes any panic, in any task, end the process (after the default hook has

@@ -18,7 +18,6 @@
 //! (the lab's namespaces and every process in them, containerd included).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -155,7 +154,7 @@ pub fn run(opts: &DemoOptions, on_lab: impl FnOnce(Cleaner)) -> anyhow::Result<D
     for i in 1..=opts.nodes {
         node_hosts.push(lab.add_host(&format!("n{i}"))?);
     }
-    let registry_addr = SocketAddr::new(registry_host.ip.into(), REGISTRY_PORT);
+    let registry_addr = registry_host.addr(REGISTRY_PORT);
     say(&format!(
         "network: {} hosts on a bridge, every link {}; registry on {registry_addr}, scheduler on {}",
         lab.hosts().len(),

@@ -8,6 +8,11 @@
 //! - `P-<role>`: a host, its veth end named `eth0` with `10.200.0.<n>/24`, and `lo` up
 //!   (so a host's own 127.0.0.1 works, e.g. a peer's registry mirror).
 //!
+//! An IPv6-only lab ([`Lab::with_family`], [`Family::V6`]) gives `eth0` `fd00:5ea1::<n>/64`
+//! instead (no DAD, so it is usable at once) and takes `127.0.0.1` off `lo`: a host then
+//! has no IPv4 address at all, only `::1`, its ULA and the link-local address the kernel
+//! adds.
+//!
 //! Nothing is created in the caller's namespace (each veth pair is made in the bridge
 //! namespace with its other end placed straight into the host's), and the addresses are
 //! reachable only from the lab's own namespaces, so parallel labs with different
@@ -26,7 +31,7 @@
 //!
 //! Not here: what runs on the hosts (the benchmark decides), latency (no netem).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
@@ -99,7 +104,32 @@ pub struct Host {
     /// Its namespace's name.
     pub ns: String,
     /// Its address on the bridge.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
+}
+
+impl Host {
+    /// `ip:port` (`[ip]:port` for IPv6), the way URLs and `--*-listen` flags take it.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, port)
+    }
+
+    /// The host's own loopback address (`127.0.0.1`, or `::1` in an IPv6-only lab).
+    pub fn loopback(&self) -> IpAddr {
+        match self.ip {
+            IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        }
+    }
+}
+
+/// The address family of a lab's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// `10.200.0.<n>/24`, and `127.0.0.1` on `lo`.
+    #[default]
+    V4,
+    /// `fd00:5ea1::<n>/64`, and only `::1` on `lo`.
+    V6,
 }
 
 #[derive(Debug, Default)]
@@ -157,6 +187,7 @@ pub struct Lab {
     prefix: String,
     bridge_ns: String,
     rate: LinkRate,
+    family: Family,
     hosts: Vec<Host>,
     state: Arc<Mutex<State>>,
 }
@@ -182,9 +213,15 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Lab {
-    /// Creates the bridge namespace `<prefix>-br`. Fails with a clear message when
-    /// network namespaces cannot be made here (not root, or no `CAP_SYS_ADMIN`).
+    /// Creates the bridge namespace `<prefix>-br` of an IPv4 lab. Fails with a clear
+    /// message when network namespaces cannot be made here (not root, or no
+    /// `CAP_SYS_ADMIN`).
     pub fn new(prefix: &str, rate: LinkRate) -> anyhow::Result<Self> {
+        Self::with_family(prefix, rate, Family::V4)
+    }
+
+    /// As [`Lab::new`], for hosts of `family`.
+    pub fn with_family(prefix: &str, rate: LinkRate, family: Family) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !prefix.is_empty()
                 && prefix.len() <= 40
@@ -210,6 +247,7 @@ impl Lab {
             prefix: prefix.to_string(),
             bridge_ns,
             rate,
+            family,
             hosts: Vec::new(),
             state,
         };
@@ -236,13 +274,18 @@ impl Lab {
         &self.rate
     }
 
+    /// The address family of its hosts.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
     /// The hosts added so far.
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
     }
 
-    /// Adds a host `<prefix>-<role>` with the next address (10.200.0.2, .3, …) and a
-    /// link to the bridge shaped in both directions.
+    /// Adds a host `<prefix>-<role>` with the next address (10.200.0.2, .3, …, or
+    /// fd00:5ea1::2, ::3, …) and a link to the bridge shaped in both directions.
     pub fn add_host(&mut self, role: &str) -> anyhow::Result<Host> {
         anyhow::ensure!(self.hosts.len() < 250, "at most 250 hosts per lab");
         anyhow::ensure!(
@@ -250,7 +293,14 @@ impl Lab {
             "host role {role:?}: up to 12 letters, digits or -"
         );
         let ns = format!("{}-{role}", self.prefix);
-        let ip_addr = Ipv4Addr::new(10, 200, 0, 2 + self.hosts.len() as u8);
+        let n = 2 + self.hosts.len() as u8;
+        let (ip_addr, prefix_len): (IpAddr, u8) = match self.family {
+            Family::V4 => (Ipv4Addr::new(10, 200, 0, n).into(), 24),
+            Family::V6 => (
+                Ipv6Addr::new(0xfd00, 0x5ea1, 0, 0, 0, 0, 0, n.into()).into(),
+                64,
+            ),
+        };
         ip(&["netns", "add", &ns])?;
         self.state
             .lock()
@@ -266,15 +316,14 @@ impl Lab {
         .context("creating a veth pair (kernel module `veth`)")?;
         ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ip_addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
+        let cidr = format!("{ip_addr}/{prefix_len}");
+        match self.family {
+            Family::V4 => ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?,
+            Family::V6 => {
+                ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0", "nodad"])?;
+                ip(&["-n", &ns, "addr", "del", "127.0.0.1/8", "dev", "lo"])?;
+            }
+        }
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         self.shape(&ns, "eth0")?;
         self.shape(&br, &port)?;

@@ -1,7 +1,7 @@
 //! Shoal's processes on the hosts of a [`Lab`]: a `shoal-scheduler` on one host, a
 //! `shoal-peer run` on each node host, the way the chart runs them on a cluster (the
 //! scheduler on its own address, each peer's QUIC server on its node's address, its
-//! registry mirror on the node's own `127.0.0.1`).
+//! registry mirror on the node's own `127.0.0.1`, or `::1` in an IPv6-only lab).
 //!
 //! The lab's addresses are reachable only from inside its namespaces, so readiness is
 //! probed from there too ([`probe`], `curl` run with `ip netns exec`).
@@ -9,14 +9,14 @@
 //! Used by the swarm benchmark (`shoal-bench-swarm`) and the demo (`shoal-demo`). Not
 //! here: what is pulled, or how it is measured.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::netns::{Host, Lab, NsProcess};
+use crate::netns::{Family, Host, Lab, NsProcess};
 use crate::swarm::{PeerOptions, workspace_bin};
 
 /// The scheduler's gRPC port on its host.
@@ -35,7 +35,8 @@ pub const QUIC_PORT: u16 = 7651;
 pub fn probe(lab: &Lab, host: &Host, url: &str) -> Option<String> {
     let out = lab
         .command(host, Path::new("curl"))
-        .args(["-sf", "--max-time", "2", url])
+        // -g: no globbing, so `[v6]` hosts are taken as they are.
+        .args(["-sfg", "--max-time", "2", url])
         .stderr(Stdio::null())
         .output()
         .ok()?;
@@ -64,6 +65,16 @@ pub fn wait_ready(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// What a server on `host` listens on: the host's address in an IPv4 lab; in an
+/// IPv6-only lab `[::]`, the default of Shoal's listeners (dual-stack where the OS
+/// allows), so that the lab runs them as a cluster would.
+fn listen(lab: &Lab, host: &Host, port: u16) -> SocketAddr {
+    match lab.family() {
+        Family::V4 => host.addr(port),
+        Family::V6 => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+    }
 }
 
 /// A scheduler running on a lab host.
@@ -97,9 +108,9 @@ impl LabScheduler {
             "--tls-dir".to_string(),
             tls.display().to_string(),
             "--grpc-listen".into(),
-            format!("{}:{SCHEDULER_GRPC_PORT}", host.ip),
+            listen(lab, host, SCHEDULER_GRPC_PORT).to_string(),
             "--http-listen".into(),
-            format!("{}:{SCHEDULER_HTTP_PORT}", host.ip),
+            listen(lab, host, SCHEDULER_HTTP_PORT).to_string(),
             "--plan-interval".into(),
             "50ms".into(),
         ];
@@ -126,12 +137,12 @@ impl LabScheduler {
 
     /// Its gRPC URL, for peers.
     pub fn grpc_url(&self) -> String {
-        format!("https://{}:{SCHEDULER_GRPC_PORT}", self.host.ip)
+        format!("https://{}", self.host.addr(SCHEDULER_GRPC_PORT))
     }
 
     /// Its operator API URL (reachable from the lab's hosts only).
     pub fn http_url(&self) -> String {
-        format!("http://{}:{SCHEDULER_HTTP_PORT}", self.host.ip)
+        format!("http://{}", self.host.addr(SCHEDULER_HTTP_PORT))
     }
 
     /// How many peers it lists, asked from `from` (None when it does not answer).
@@ -168,6 +179,8 @@ pub struct LabPeer {
     pub host: Host,
     /// Its data dir (blobs and metadata).
     pub data_dir: PathBuf,
+    /// Where its mirror listens, on the node's own loopback.
+    pub mirror: SocketAddr,
 }
 
 impl LabPeer {
@@ -176,12 +189,12 @@ impl LabPeer {
     pub fn start(lab: &Lab, host: &Host, dir: &Path, o: &PeerOptions) -> anyhow::Result<Self> {
         let data_dir = dir.join("data");
         std::fs::create_dir_all(&data_dir)?;
-        let ip: Ipv4Addr = host.ip;
+        let mirror = SocketAddr::new(host.loopback(), MIRROR_PORT);
         let args = o.run_args(
             &host.role,
-            &format!("{ip}:{QUIC_PORT}"),
-            &format!("{ip}:{PEER_HTTP_PORT}"),
-            &format!("127.0.0.1:{MIRROR_PORT}"),
+            &listen(lab, host, QUIC_PORT).to_string(),
+            &listen(lab, host, PEER_HTTP_PORT).to_string(),
+            &mirror.to_string(),
             &data_dir,
             &dir.join("certs.d"),
         )?;
@@ -197,11 +210,12 @@ impl LabPeer {
             process,
             host: host.clone(),
             data_dir,
+            mirror,
         };
         wait_ready(
             lab,
             host,
-            &format!("http://{ip}:{PEER_HTTP_PORT}/readyz"),
+            &format!("http://{}/readyz", host.addr(PEER_HTTP_PORT)),
             &p.process,
             Duration::from_secs(30),
         )?;
@@ -210,12 +224,12 @@ impl LabPeer {
 
     /// The mirror's URL on the node's own loopback (as containerd there uses it).
     pub fn mirror_url(&self) -> String {
-        format!("http://127.0.0.1:{MIRROR_PORT}")
+        format!("http://{}", self.mirror)
     }
 
     /// Its `/metrics` as sample → value (see [`crate::swarm::parse_metrics`]).
     pub fn metrics(&self, lab: &Lab) -> anyhow::Result<std::collections::HashMap<String, f64>> {
-        let url = format!("http://{}:{PEER_HTTP_PORT}/metrics", self.host.ip);
+        let url = format!("http://{}/metrics", self.host.addr(PEER_HTTP_PORT));
         let body = probe(lab, &self.host, &url)
             .with_context(|| format!("{url} did not answer from {}", self.host.role))?;
         Ok(crate::swarm::parse_metrics(&body))

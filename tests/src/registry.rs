@@ -184,7 +184,8 @@ impl Registry {
         };
         let config = dir.join("config.yml");
         let data = options.storage.clone().unwrap_or_else(|| dir.join("data"));
-        let mut http = format!("http:\n  addr: {addr}\n");
+        // Quoted: an IPv6 address ([fd00::2]:5000) would read as a YAML list.
+        let mut http = format!("http:\n  addr: \"{addr}\"\n");
         if let Some(tls) = &options.tls {
             http.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",

@@ -9,7 +9,10 @@ version, then the checks of checks.py:
 - the hosts directories mounted for configure, restore and the peer are the
   preset's (three presets tied to the constants in
   peer/src/containerd/layout.rs), from the right host paths, under --root,
-  read-only where they should be; the peer's --containerd-hosts-dir is the first;
+  read-only where they should be; the peer's --containerd-hosts-dir lists them
+  all, in order (network_checks.py);
+- address families (network_checks.py): listeners bind [::] (0.0.0.0 with
+  ipFamilies [IPv4]), Services carry ipFamilies and ipFamilyPolicy;
 - --peer-tls-dir is a mount of the TLS Secret with ca.crt, tls.crt, tls.key; the
   generated certificate carries peer/src/tls.rs' SERVER_NAME, chains to the CA,
   and is good for client and server use;
@@ -50,6 +53,7 @@ import yaml
 import checks
 from checks import check_all, check_metric_names
 from self_test import csi_mutations, everything_on_mutations, self_test, token_review_mutations
+from network_checks import ip_family_mutations
 from smoke_run import smoke
 
 # What each preset must mount, from docs/platforms/*.md. Three of them are also
@@ -84,7 +88,8 @@ class Scenario:
 
     def __init__(self, name, args, preset="containerd", config=None, hosts=None, configure=None,
                  cleanup=True, tls_secret=None, token_secret=None, tolerate_all=True, labels=None,
-                 identity="shared", plaintext=False, sched_tls_secret=None, netpol=None, operator_tls=False):
+                 identity="shared", plaintext=False, sched_tls_secret=None, netpol=None, operator_tls=False,
+                 ip_families=None, ip_family_policy=None):
         p_config, p_hosts, p_configure = PRESETS[preset]
         self.name, self.args = name, args
         self.config = config or p_config
@@ -100,6 +105,8 @@ class Scenario:
         self.netpol = netpol
         # scheduler.operatorTLS: the operator API over TLS.
         self.operator_tls = operator_tls
+        # ipFamilies and ipFamilyPolicy as the values set them.
+        self.ip_families, self.ip_family_policy = ip_families or [], ip_family_policy
 
 
 DEFAULT_NETPOL = {"node_cidrs": [NODE_CIDR], "namespaces": []}
@@ -109,6 +116,7 @@ SCENARIOS = [
     *[Scenario(f"preset-{p}", NODES + ["--set", f"containerd.preset={p}"], preset=p, netpol=DEFAULT_NETPOL)
       for p in PRESETS if p != "containerd"],
     Scenario("everything-on", ["-f", "ci/everything-on-values.yaml"], preset="eks", labels={"team": "platform"},
+             ip_families=["IPv6", "IPv4"],
              netpol={"node_cidrs": ["10.20.0.0/16", "10.30.0.0/16", "fd00:20::/64"],
                      "namespaces": ["platform-ops", "monitoring"]}),
     Scenario("bring-your-own", ["-f", "ci/bring-your-own-values.yaml"],
@@ -120,6 +128,9 @@ SCENARIOS = [
     Scenario("token-review", ["-f", "ci/token-review-values.yaml"], identity="tokenReview",
              netpol={"node_cidrs": ["10.40.0.0/16"], "namespaces": []}),
     Scenario("no-network-policy", ["--set", "networkPolicy.enabled=false"]),
+    Scenario("ipv6-only", NODES + ["--set", "ipFamilies={IPv6}"], ip_families=["IPv6"], netpol=DEFAULT_NETPOL),
+    Scenario("ipv4-only", NODES + ["--set", "ipFamilies={IPv4}", "--set", "ipFamilyPolicy=SingleStack"],
+             ip_families=["IPv4"], ip_family_policy="SingleStack", netpol=DEFAULT_NETPOL),
     Scenario("dev-plaintext", NODES + ["--set", "scheduler.insecurePlaintext=true"], plaintext=True,
              netpol=DEFAULT_NETPOL),
     Scenario("operator-tls", ["--set", "networkPolicy.enabled=false", "--set", "scheduler.operatorTLS=true",
@@ -139,6 +150,10 @@ BAD_VALUES = [
     (["--set", "containerd.hostsDirs[0]=relative/dir"], "hostsDirs"),
     (["--set", "peer.cacheSize=10GB"], "cacheSize"),
     (["--set", "logFormat=xml"], "logFormat"),
+    (["--set", "ipFamilies={IPv5}"], "ipFamilies"),
+    (["--set", "ipFamilies={IPv4,IPv6}", "--set", "ipFamilyPolicy=SingleStack"], "SingleStack"),
+    (["--set", "ipFamilies={IPv6}", "--set", "ipFamilyPolicy=RequireDualStack"], "RequireDualStack"),
+    (["--set", "ipFamilyPolicy=DualStack"], "ipFamilyPolicy"),
     (["--set", "scheduler.colour=blue"], "colour"),
     (["--set", "scheduler.operatorToken.value=too-short"], "operatorToken"),  # the scheduler wants >= 16
     (["--set", "networkPolicy.nodeCIDRs[0]=10.0.0.1"], "nodeCIDRs"),  # not a CIDR
@@ -230,7 +245,8 @@ def main():
 
     print("check-chart: self-test, each break must be detected:")
     for name, cases in (("default", None), ("everything-on", everything_on_mutations()),
-                        ("cert-manager-csi", csi_mutations()), ("token-review", token_review_mutations())):
+                        ("cert-manager-csi", csi_mutations()), ("token-review", token_review_mutations()),
+                        ("ipv6-only", ip_family_mutations())):
         if name not in rendered:
             failures.append(f"self-test: the {name} rendering failed, so its breaks were not tried")
             continue

@@ -280,6 +280,12 @@ class Node:
         return d
 
     def translate(self, pod, pod_name, c, flag, value):
+        if flag == "--containerd-hosts-dir":
+            # A `:`-separated list of host paths, each translated.
+            return ":".join(self.translate_one(pod, pod_name, c, flag, v) for v in value.split(":"))
+        return self.translate_one(pod, pod_name, c, flag, value)
+
+    def translate_one(self, pod, pod_name, c, flag, value):
         # Most clusters give pods no zone label: NODE_ZONE is then empty.
         value = value.replace("$(NODE_IP)", "127.0.0.1").replace("$(NODE_ZONE)", "")
         if value == "/host":

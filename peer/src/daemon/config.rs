@@ -34,10 +34,10 @@ pub struct RunArgs {
     /// Scheduler gRPC URL, e.g. http://shoal-scheduler:7600 (repeatable; comma-separated in the env var) [default: none: every download goes upstream].
     #[arg(long = "scheduler", env = "SHOAL_SCHEDULER", value_delimiter = ',')]
     pub schedulers: Vec<String>,
-    /// QUIC piece server address (UDP) [default: 0.0.0.0:7651].
+    /// QUIC piece server address (UDP); `[::]` is dual-stack where the OS allows, and falls back to 0.0.0.0 where IPv6 is unavailable [default: `[::]:7651`].
     #[arg(long, env = "SHOAL_QUIC_LISTEN")]
     pub quic_listen: Option<String>,
-    /// IP other peers use to reach this one [default: the listen IP when it is not unspecified, else the node's first non-loopback address].
+    /// IP other peers use to reach this one, IPv4 or IPv6 (`fd00::1`, no brackets) [default: the listen IP when it is not unspecified, else the node's first non-loopback IPv4 address, else its first global IPv6 one].
     #[arg(long, env = "SHOAL_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
     /// Where blobs, metadata and the peer id live [default: /var/lib/shoal].
@@ -46,7 +46,7 @@ pub struct RunArgs {
     /// Disk quota for cached blobs, e.g. 20GiB, 500MiB [default: 10GiB].
     #[arg(long, env = "SHOAL_CACHE_SIZE")]
     pub cache_size: Option<String>,
-    /// Metrics and health address (HTTP) [default: 0.0.0.0:7652].
+    /// Metrics and health address (HTTP), bound as --quic-listen is [default: `[::]:7652`].
     #[arg(long, env = "SHOAL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
     /// Directory with ca.crt, tls.crt, tls.key (from `shoal-peer tls init` or the chart's Secret).
@@ -75,7 +75,7 @@ pub struct RunArgs {
     /// this node's upstream credentials and cache (logged as a warning at start).
     #[arg(long, env = "SHOAL_MIRROR_ALLOW_REMOTE")]
     pub mirror_allow_remote: bool,
-    /// containerd's hosts dir: upstream TLS (ca, client certs), headers and servers per registry [default: /etc/containerd/certs.d].
+    /// containerd's hosts dirs (its `config_path`): upstream TLS (ca, client certs), headers and servers per registry; several dirs are `:`-separated and searched in order, the first with a directory for a registry wins, as containerd does (EKS: /etc/containerd/certs.d:/etc/docker/certs.d) [default: /etc/containerd/certs.d].
     #[arg(long, env = "SHOAL_CONTAINERD_HOSTS_DIR")]
     pub containerd_hosts_dir: Option<PathBuf>,
     /// Upstream registry for requests without containerd's ns parameter, e.g. ghcr.io or http://10.0.0.9:5000 [default: none].
@@ -180,8 +180,8 @@ pub struct Settings {
     pub mirror_listen: SocketAddr,
     /// A mirror address beyond loopback was accepted (`--mirror-allow-remote`).
     pub mirror_allow_remote: bool,
-    /// containerd's hosts dir.
-    pub containerd_hosts_dir: PathBuf,
+    /// containerd's hosts dirs, in its search order (`--containerd-hosts-dir`, `:`-separated).
+    pub containerd_hosts_dirs: Vec<PathBuf>,
     /// Upstream for requests without `ns`.
     pub default_upstream: Option<String>,
     /// Bytes per second the scrub at start reads (0: no scrub).
@@ -217,13 +217,29 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// The node's first non-loopback IPv4 address (else IPv6), if any.
+/// Splits containerd's `config_path` (`:`-separated, as Go's `filepath.SplitList`) into
+/// its directories, in order; an empty entry is refused (containerd would search the
+/// working directory).
+pub fn split_hosts_dirs(list: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    let dirs: Vec<PathBuf> = std::env::split_paths(list.as_os_str()).collect();
+    if dirs.iter().any(|d| d.as_os_str().is_empty()) {
+        return Err(format!(
+            "{:?} has an empty entry; give directories separated by `:`",
+            list.display()
+        ));
+    }
+    Ok(dirs)
+}
+
+/// The node's first non-loopback IPv4 address (else IPv6, link-local ones left out:
+/// they need a scope other peers cannot know), if any.
 fn node_ip() -> Option<IpAddr> {
     let addrs = if_addrs::get_if_addrs().ok()?;
     let mut ips: Vec<IpAddr> = addrs
         .into_iter()
         .filter(|a| !a.is_loopback())
         .map(|a| a.ip())
+        .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
         .collect();
     ips.sort_by_key(|ip| ip.is_ipv6());
     ips.into_iter().next()
@@ -287,8 +303,8 @@ impl Settings {
         } else {
             a.schedulers
         };
-        let quic_listen = get(a.quic_listen, file.quic_listen, "0.0.0.0:7651");
-        let http_listen = get(a.http_listen, file.http_listen, "0.0.0.0:7652");
+        let quic_listen = get(a.quic_listen, file.quic_listen, "[::]:7651");
+        let http_listen = get(a.http_listen, file.http_listen, "[::]:7652");
         let mirror_listen = get(a.mirror_listen, file.mirror_listen, "127.0.0.1:7650");
         let cache_size = get(a.cache_size, file.cache_size, "10GiB");
         let high = get(a.cache_high_watermark, file.cache_high_watermark, "0.9");
@@ -307,10 +323,13 @@ impl Settings {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("/var/lib/shoal"));
-        let containerd_hosts_dir = a
+        let containerd_hosts_dirs = a
             .containerd_hosts_dir
             .or(file.containerd_hosts_dir)
             .unwrap_or_else(|| PathBuf::from("/etc/containerd/certs.d"));
+        let containerd_hosts_dirs = split_hosts_dirs(&containerd_hosts_dirs)
+            .map_err(|e| errors.push(format!("--containerd-hosts-dir: {e}")))
+            .unwrap_or_default();
         let peer_tls_dir = a.peer_tls_dir.or(file.peer_tls_dir);
         let dev_ephemeral_tls = a.dev_ephemeral_tls || file.dev_ephemeral_tls.unwrap_or(false);
         let mirror_allow_remote =
@@ -460,7 +479,11 @@ impl Settings {
         let advertise_ip = match (&advertise_addr, quic_listen) {
             (Some(ip), _) => ip
                 .parse::<IpAddr>()
-                .map_err(|_| errors.push(format!("--advertise-addr: {ip:?} is not an IP address")))
+                .map_err(|_| {
+                    errors.push(format!(
+                        "--advertise-addr: {ip:?} is not an IP address (an IPv6 one without brackets: fd00::1)"
+                    ))
+                })
                 .ok(),
             (None, Some(l)) if !l.ip().is_unspecified() => Some(l.ip()),
             (None, Some(_)) => node_ip().or_else(|| {
@@ -494,7 +517,7 @@ impl Settings {
             json_logs,
             mirror_listen: mirror_listen.expect("checked"),
             mirror_allow_remote,
-            containerd_hosts_dir,
+            containerd_hosts_dirs,
             scrub_rate: scrub_rate.expect("checked"),
             default_upstream,
             upstream,

@@ -182,7 +182,10 @@ pub async fn request(issuance: &Issuance, dir: &Path) -> Result<Validity, Issuan
         url: issuance.issuer_url.clone(),
         reason,
     };
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    let tls = crate::tls::grpc_tls_for(
+        &issuance.issuer_url,
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+    );
     let channel = Endpoint::from_shared(issuance.issuer_url.clone())
         .map_err(|e| connect(e.to_string()))?
         .tls_config(tls)

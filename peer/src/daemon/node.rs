@@ -45,25 +45,39 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    /// Binds `settings`' `quic_listen`, `mirror_listen` and `http_listen`; an error names
-    /// the address.
+    /// Binds `settings`' `quic_listen`, `mirror_listen` and `http_listen` (`[::]`
+    /// dual-stack where the OS allows, else `0.0.0.0`: [`shoal_proto::net`]); an error
+    /// names the address.
     pub async fn bind(settings: &Settings) -> anyhow::Result<Sockets> {
-        let quic = std::net::UdpSocket::bind(settings.quic_listen)
+        use shoal_proto::net;
+        let (quic, stack) = net::bind_udp(settings.quic_listen)
             .with_context(|| format!("cannot listen for QUIC on {}", settings.quic_listen))?;
-        let mirror = TcpListener::bind(settings.mirror_listen)
-            .await
-            .with_context(|| {
-                format!("cannot listen for the mirror on {}", settings.mirror_listen)
-            })?;
-        let http = TcpListener::bind(settings.http_listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen for metrics and health on {}",
-                    settings.http_listen
-                )
-            })?;
+        log_stack("quic", settings.quic_listen, stack);
+        let tcp = |addr: SocketAddr, what: &str| {
+            let (l, stack) = net::bind_tcp(addr)
+                .with_context(|| format!("cannot listen for {what} on {addr}"))?;
+            log_stack(what, addr, stack);
+            TcpListener::from_std(l).with_context(|| format!("cannot listen for {what} on {addr}"))
+        };
+        let mirror = tcp(settings.mirror_listen, "the mirror")?;
+        let http = tcp(settings.http_listen, "metrics and health")?;
         Ok(Sockets { quic, mirror, http })
+    }
+}
+
+/// Says how a `[::]` listener was bound when it is not dual-stack.
+fn log_stack(what: &str, asked: SocketAddr, stack: shoal_proto::net::Stack) {
+    use shoal_proto::net::Stack;
+    match stack {
+        Stack::AsGiven | Stack::DualStack => {}
+        Stack::Ipv6Only => tracing::warn!(
+            listen.addr = %asked, listen.what = what,
+            "dual-stack refused by the OS: listening on IPv6 only"
+        ),
+        Stack::Ipv4Fallback => tracing::warn!(
+            listen.addr = %asked, listen.what = what,
+            "IPv6 is unavailable here: listening on 0.0.0.0 instead"
+        ),
     }
 }
 
@@ -167,6 +181,8 @@ impl Node {
             stopped(),
         );
         let client = PieceClient::new(endpoint.clone());
+        // Also what a client-only endpoint for the other address family dials with.
+        client.tls().set(tls.client_config());
         if let TlsSource::Dir(dir) = &settings.tls {
             // Renewals wake the watch at once; other changes are seen within 10 s.
             let nudge = Arc::new(tokio::sync::Notify::new());
@@ -183,7 +199,8 @@ impl Node {
             ));
         }
         let engine = Engine::new(store.clone(), link.clone(), client);
-        let mut registries = RegistriesConfig::new(settings.containerd_hosts_dir.clone());
+        let mut registries =
+            RegistriesConfig::with_hosts_dirs(settings.containerd_hosts_dirs.clone());
         registries.default_upstream = settings.default_upstream.clone();
         registries.policy = settings.upstream;
         registries.per_registry = settings.registry_policies.clone();

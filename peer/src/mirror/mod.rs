@@ -197,7 +197,7 @@ impl Mirror {
         let ns = ns.map(route::check_ns).transpose()?;
         self.registries.resolve(ns).await.map_err(|e| match e {
             RegistryError::UnknownRegistry(r) => OciError::bad_ns(format!(
-                "this mirror does not serve registry {:?} (no hosts.toml for it under the containerd hosts dir)",
+                "this mirror does not serve registry {:?} (no directory for it in any containerd hosts dir)",
                 route::truncate(&r)
             )),
             RegistryError::NoDefault => OciError::bad_ns(

@@ -14,10 +14,14 @@ use super::names::{self, Authority};
 /// Where the upstream registries are configured, and how hard to try them.
 #[derive(Debug, Clone)]
 pub struct RegistriesConfig {
-    /// containerd's hosts directory (`config_path`), e.g. `/etc/containerd/certs.d`.
-    /// A missing directory is not an error: every registry is then unknown except the
-    /// default upstream.
-    pub hosts_dir: PathBuf,
+    /// containerd's hosts directories (`config_path`, `:`-separated there), in the order
+    /// containerd searches them, e.g. `/etc/containerd/certs.d` then
+    /// `/etc/docker/certs.d` on EKS. A registry's configuration comes from the first one
+    /// that has a directory for it (`host_port_`, `host:port`, or `_default`), as
+    /// containerd's `hostDirFromRoots` does; later ones are not merged in. A missing
+    /// directory is not an error: every registry is then unknown except the default
+    /// upstream.
+    pub hosts_dirs: Vec<PathBuf>,
     /// The registry used when containerd sends no `ns`: a host (`ghcr.io`,
     /// `127.0.0.1:5000`) or a URL (`http://127.0.0.1:5000`, whose scheme is kept).
     /// Default: none (requests without `ns` get [`RegistryError::NoDefault`](super::RegistryError::NoDefault)).
@@ -88,10 +92,15 @@ impl UpstreamPolicy {
 }
 
 impl RegistriesConfig {
-    /// The defaults, reading `hosts.toml` files under `hosts_dir`.
+    /// The defaults, reading `hosts.toml` files under the one directory `hosts_dir`.
     pub fn new(hosts_dir: PathBuf) -> Self {
+        Self::with_hosts_dirs(vec![hosts_dir])
+    }
+
+    /// The defaults, reading `hosts.toml` files under `hosts_dirs`, searched in order.
+    pub fn with_hosts_dirs(hosts_dirs: Vec<PathBuf>) -> Self {
         RegistriesConfig {
-            hosts_dir,
+            hosts_dirs,
             default_upstream: None,
             own_mirrors: Vec::new(),
             policy: UpstreamPolicy::default(),

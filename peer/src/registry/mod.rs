@@ -5,7 +5,7 @@
 //! [`Registries::resolve`] turns containerd's `ns` into a [`RegistryClient`] (on tokio's
 //! blocking pool: it touches the disk): it finds
 //! `<hosts_dir>/<ns>/hosts.toml` the way containerd does (`host_port_`, `host:port`,
-//! then `_default`), parses it, drops the entries that point at this peer's own mirror,
+//! then `_default`, in each hosts dir in turn until one has a directory for it), parses it, drops the entries that point at this peer's own mirror,
 //! builds one `reqwest::Client` per endpoint (rustls; `ca`, `client`, `skip_verify`,
 //! `proxy`, `dial_timeout`; TCP keepalive; the registry's [`UpstreamPolicy`]) and caches the result until the file (or a certificate it
 //! names) changes. [`RegistryClient::send`] tries the endpoints in order with retries;
@@ -228,7 +228,7 @@ impl FileStamp {
 impl std::fmt::Debug for Registries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registries")
-            .field("hosts_dir", &self.inner.config.hosts_dir)
+            .field("hosts_dirs", &self.inner.config.hosts_dirs)
             .field("default_upstream", &self.inner.config.default_upstream)
             .finish_non_exhaustive()
     }
@@ -267,7 +267,13 @@ impl Registries {
             .await
             .unwrap_or_else(|e| {
                 Err(RegistryError::Config {
-                    path: self.inner.config.hosts_dir.clone(),
+                    path: self
+                        .inner
+                        .config
+                        .hosts_dirs
+                        .first()
+                        .cloned()
+                        .unwrap_or_default(),
                     line: None,
                     message: format!("resolving the registry failed: {e}"),
                 })
@@ -278,7 +284,8 @@ impl Registries {
     /// file system (use [`Self::resolve`] from async code).
     ///
     /// Reads `<hosts_dir>/<ns>/hosts.toml` (or `<host>_<port>_/`, or `_default/` when the
-    /// registry has no directory, as containerd does); a directory without `hosts.toml`
+    /// registry has no directory, as containerd does), from the first hosts dir that has
+    /// one of these directories; a directory without `hosts.toml`
     /// means Docker's layout (`*.crt` CAs, `*.cert`/`*.key` client pairs). The client is
     /// cached per registry and rebuilt when the file, the directory (certificate layout)
     /// or a certificate file changes. Errors are not cached: the next call reads again.
@@ -328,23 +335,41 @@ impl Registries {
         Ok(client)
     }
 
-    /// Finds the registry's directory, as containerd does.
+    /// Finds the registry's directory, as containerd does: in each hosts dir in order,
+    /// the first candidate (`host_port_`, `host:port`, `_default`) that exists; the first
+    /// hosts dir with one wins (containerd's `hostDirFromRoots`), so a `_default` in an
+    /// earlier dir hides the registry's own directory in a later one.
     fn source(&self, registry: &str) -> Result<Source, RegistryError> {
+        for root in &self.inner.config.hosts_dirs {
+            if let Some(source) = Self::source_in(root, registry)? {
+                return Ok(source);
+            }
+        }
+        match &self.inner.default {
+            Some(d) if d.registry == registry => Ok(Source::Implicit),
+            _ => Err(RegistryError::UnknownRegistry(registry.to_owned())),
+        }
+    }
+
+    /// The registry's directory under one hosts dir, if it has one.
+    fn source_in(root: &Path, registry: &str) -> Result<Option<Source>, RegistryError> {
         let config_error = |path: PathBuf, e: std::io::Error| RegistryError::Config {
             path,
             line: None,
             message: e.to_string(),
         };
         for candidate in names::dir_candidates(registry) {
-            let dir = self.inner.config.hosts_dir.join(candidate);
+            let dir = root.join(candidate);
             match fs::metadata(&dir) {
                 Ok(m) if m.is_dir() => {
                     let file = dir.join("hosts.toml");
                     return match fs::metadata(&file) {
-                        Ok(f) if f.len() > 0 => Ok(Source::HostsToml(file, FileStamp::of(&f))),
-                        Ok(_) => Ok(Source::CertDir(dir, FileStamp::of(&m))),
+                        Ok(f) if f.len() > 0 => {
+                            Ok(Some(Source::HostsToml(file, FileStamp::of(&f))))
+                        }
+                        Ok(_) => Ok(Some(Source::CertDir(dir, FileStamp::of(&m)))),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            Ok(Source::CertDir(dir, FileStamp::of(&m)))
+                            Ok(Some(Source::CertDir(dir, FileStamp::of(&m))))
                         }
                         Err(e) => Err(config_error(file, e)),
                     };
@@ -354,10 +379,7 @@ impl Registries {
                 Err(e) => return Err(config_error(dir, e)),
             }
         }
-        match &self.inner.default {
-            Some(d) if d.registry == registry => Ok(Source::Implicit),
-            _ => Err(RegistryError::UnknownRegistry(registry.to_owned())),
-        }
+        Ok(None)
     }
 
     /// The server used when the configuration names none.
@@ -417,10 +439,10 @@ impl Registries {
                 let spec = hosts_toml::from_cert_files(dir, &names, &implicit)?;
                 (vec![spec], dir.clone())
             }
-            Source::Implicit => (
-                vec![hosts_toml::implicit(&implicit, &config.hosts_dir)?],
-                config.hosts_dir.clone(),
-            ),
+            Source::Implicit => {
+                let origin = config.hosts_dirs.first().cloned().unwrap_or_default();
+                (vec![hosts_toml::implicit(&implicit, &origin)?], origin)
+            }
         };
         let (specs, skipped) = hosts_toml::without_own_mirrors(specs, &self.inner.own);
         if !skipped.is_empty() {

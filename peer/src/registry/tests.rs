@@ -106,6 +106,48 @@ fn directories_are_searched_in_containerd_order() {
 }
 
 #[test]
+fn several_hosts_dirs_are_searched_in_order_the_first_with_a_directory_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, second) = (tmp.path().join("containerd"), tmp.path().join("docker"));
+    write(
+        &second.join("r.example/hosts.toml"),
+        "server = \"https://from-second\"\n",
+    );
+    write(
+        &second.join("[fd00::9]_5000_/hosts.toml"),
+        "server = \"https://[fd00::9]:5000\"\n",
+    );
+    let r = Registries::new(RegistriesConfig::with_hosts_dirs(vec![
+        first.clone(),
+        second.clone(),
+    ]));
+    // The first dir does not exist: the second is read.
+    assert_eq!(endpoints(&r, Some("r.example")), ["https://from-second/v2"]);
+    // An IPv6 registry's directory (`[addr]_port_`, as containerd names it).
+    assert_eq!(
+        endpoints(&r, Some("[fd00::9]:5000")),
+        ["https://[fd00::9]:5000/v2"]
+    );
+    // A directory for it in the first dir wins, even without hosts.toml (Docker's
+    // certificate layout), and the second is not merged in.
+    std::fs::create_dir_all(first.join("r.example")).unwrap();
+    assert_eq!(endpoints(&r, Some("r.example")), ["https://r.example/v2"]);
+    // As in containerd, a `_default` in the first dir hides the second dir's own entry.
+    std::fs::remove_dir(first.join("r.example")).unwrap();
+    write(
+        &first.join("_default/hosts.toml"),
+        "server = \"https://catch-all\"\n",
+    );
+    assert_eq!(endpoints(&r, Some("r.example")), ["https://catch-all/v2"]);
+    // A registry no dir names is unknown.
+    std::fs::remove_dir_all(first.join("_default")).unwrap();
+    assert!(matches!(
+        r.resolve_blocking(Some("other.example")),
+        Err(RegistryError::UnknownRegistry(_))
+    ));
+}
+
+#[test]
 fn cached_until_the_file_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("docker.io/hosts.toml");

@@ -13,13 +13,19 @@
 //! the pool, so that the next fetch (after the partition heals) connects afresh rather
 //! than waiting on a connection whose probes have backed off.
 //!
+//! Address families: a parent of the family of the endpoint given to
+//! [`PieceClient::new`] (the node's QUIC server socket) is dialled from it; a parent of
+//! the other family from a client-only endpoint of that family (`0.0.0.0:0` or
+//! `[::]:0`), made at the first such dial with the configuration set in [`ClientTls`]
+//! (so an IPv4-bound server still reaches IPv6 parents, and the reverse).
+//!
 //! Non-goals: no hash verification (the download engine does it; here only the length
 //! is checked), no retries on other parents (the caller asks
 //! [`FetchError::retry_elsewhere`]), no parent choice.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -109,6 +115,8 @@ type Slot = Arc<OnceCell<Connection>>;
 #[derive(Debug)]
 pub struct PieceClient {
     endpoint: Endpoint,
+    /// The client-only endpoint for parents of the other family than `endpoint`'s.
+    other_family: OnceLock<Endpoint>,
     pool: Mutex<HashMap<SocketAddr, Slot>>,
     tls: ClientTls,
 }
@@ -142,6 +150,7 @@ impl PieceClient {
     pub fn new(endpoint: Endpoint) -> Self {
         PieceClient {
             endpoint,
+            other_family: OnceLock::new(),
             pool: Mutex::new(HashMap::new()),
             tls: ClientTls::default(),
         }
@@ -224,9 +233,10 @@ impl PieceClient {
         let conn = slot
             .get_or_try_init(|| async {
                 debug!(peer.addr = %parent, "connecting");
+                let endpoint = self.endpoint_for(parent)?;
                 let connecting = match self.tls.get() {
-                    Some(config) => self.endpoint.connect_with(config, parent, SERVER_NAME),
-                    None => self.endpoint.connect(parent, SERVER_NAME),
+                    Some(config) => endpoint.connect_with(config, parent, SERVER_NAME),
+                    None => endpoint.connect(parent, SERVER_NAME),
                 }
                 .map_err(|e| FetchError::Local(e.to_string()))?;
                 quiet(connecting)
@@ -235,6 +245,40 @@ impl PieceClient {
             })
             .await?;
         Ok((conn.clone(), false))
+    }
+}
+
+impl PieceClient {
+    /// The endpoint to dial `parent` from: the given one when its family matches,
+    /// else a client-only endpoint of `parent`'s family (bound at the first need).
+    fn endpoint_for(&self, parent: SocketAddr) -> Result<&Endpoint, FetchError> {
+        let local = self
+            .endpoint
+            .local_addr()
+            .map_err(|e| FetchError::Local(e.to_string()))?;
+        if local.is_ipv4() == parent.is_ipv4() {
+            return Ok(&self.endpoint);
+        }
+        if let Some(e) = self.other_family.get() {
+            return Ok(e);
+        }
+        if self.tls.get().is_none() {
+            return Err(FetchError::Local(format!(
+                "no client configuration for a second endpoint to reach {parent} (this endpoint is on {local})"
+            )));
+        }
+        let any: SocketAddr = if parent.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        // Only parents of this family are out of reach (no IPv6 here, say): others may
+        // still serve the piece.
+        let endpoint = Endpoint::client(any)
+            .map_err(|e| FetchError::Io(format!("cannot bind {any} to reach {parent}: {e}")))?;
+        debug!(local.addr = %any, peer.addr = %parent, "client endpoint for the other address family");
+        // Two first dials at once may both bind: one endpoint is kept, the other dropped.
+        Ok(self.other_family.get_or_init(|| endpoint))
     }
 }
 

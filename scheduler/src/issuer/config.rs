@@ -26,7 +26,7 @@ pub struct IssuerArgs {
     /// certificate) [default: off].
     #[arg(long, env = "SHOAL_ISSUER_CA_DIR")]
     pub issuer_ca_dir: Option<PathBuf>,
-    /// The issuer's address (gRPC over TLS without client certificates) [default: 0.0.0.0:7601].
+    /// The issuer's address (gRPC over TLS without client certificates), bound as --grpc-listen is [default: `[::]:7601`].
     #[arg(long, env = "SHOAL_ISSUER_LISTEN")]
     pub issuer_listen: Option<String>,
     /// Lifetime of the node certificates issued; peers renew at two thirds of it, e.g.
@@ -102,7 +102,7 @@ impl IssuerArgs {
                     .into(),
             );
         }
-        let listen = self.issuer_listen.unwrap_or_else(|| "0.0.0.0:7601".into());
+        let listen = self.issuer_listen.unwrap_or_else(|| "[::]:7601".into());
         let listen = listen
             .parse::<SocketAddr>()
             .map_err(|_| {
@@ -270,7 +270,7 @@ mod tests {
         .resolve(true, &mut errors)
         .unwrap();
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(s.listen, "0.0.0.0:7601".parse().unwrap());
+        assert_eq!(s.listen, "[::]:7601".parse().unwrap());
         assert_eq!(s.lifetime, Duration::from_secs(86_400));
         assert_eq!(
             s.policy.username(),

@@ -19,7 +19,6 @@ pub mod chart;
 pub mod fetch;
 pub mod report;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -27,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::image::{OciImage, random_bytes};
-use crate::netns::{Cleaner, Host, Lab, LinkRate};
+use crate::netns::{Cleaner, Family, Host, Lab, LinkRate};
 use crate::netswarm::{LabPeer, LabScheduler};
 use crate::registry::{NetnsListen, Registry, RegistryOptions};
 use crate::swarm::{PeerOptions, PeerProcess};
@@ -62,6 +61,11 @@ pub struct Options {
     pub peer_flags: Vec<String>,
     /// Extra flags for `shoal-scheduler`.
     pub scheduler_flags: Vec<String>,
+    /// The lab's addresses ([`Family::V6`]: IPv6 only, see [`crate::netns`]). In an
+    /// IPv6 lab the peers learn the registry from a `hosts.toml` under its IPv6 name and
+    /// the nodes ask with `ns=[addr]:port`, as containerd does, instead of through
+    /// `--default-upstream`.
+    pub family: Family,
 }
 
 /// What serves the nodes in one mode.
@@ -133,7 +137,7 @@ impl<'a> Bench<'a> {
         Registry::stage(&image, REPO, "v1", &work.join("staging"), &storage)?;
         std::fs::remove_dir_all(work.join("image")).ok();
 
-        let mut lab = Lab::new(&opts.prefix, opts.rate.clone())?;
+        let mut lab = Lab::with_family(&opts.prefix, opts.rate.clone(), opts.family)?;
         on_lab(lab.cleaner());
         let registry_host = lab.add_host("registry")?;
         let origin = Registry::start_with(
@@ -142,7 +146,7 @@ impl<'a> Bench<'a> {
                 storage: Some(storage),
                 netns: Some(NetnsListen {
                     ns: registry_host.ns.clone(),
-                    listen: SocketAddr::new(registry_host.ip.into(), REGISTRY_PORT),
+                    listen: registry_host.addr(REGISTRY_PORT),
                 }),
                 ..RegistryOptions::default()
             },
@@ -172,7 +176,7 @@ impl<'a> Bench<'a> {
     }
 
     fn origin_url(&self) -> String {
-        format!("http://{}:{REGISTRY_PORT}", self.registry_host.ip)
+        format!("http://{}", self.registry_host.addr(REGISTRY_PORT))
     }
 
     fn blob_path(&self) -> String {
@@ -208,12 +212,12 @@ impl<'a> Bench<'a> {
                         proxy_remote: Some(self.origin_url()),
                         netns: Some(NetnsListen {
                             ns: host.ns.clone(),
-                            listen: SocketAddr::new(host.ip.into(), REGISTRY_PORT),
+                            listen: host.addr(REGISTRY_PORT),
                         }),
                         ..RegistryOptions::default()
                     },
                 )?);
-                let url = format!("http://{}:{REGISTRY_PORT}{}", host.ip, self.blob_path());
+                let url = format!("http://{}{}", host.addr(REGISTRY_PORT), self.blob_path());
                 vec![url; self.nodes.len()]
             }
             Mode::Shoal => {
@@ -227,17 +231,37 @@ impl<'a> Bench<'a> {
                     &tls_dir,
                     &self.opts.scheduler_flags,
                 )?;
-                let options = PeerOptions {
+                let mut options = PeerOptions {
                     scheduler: Some(scheduler.grpc_url()),
                     default_upstream: Some(self.origin_url()),
                     hosts_dir: None,
                     tls_dir,
                     extra: self.opts.peer_flags.clone(),
                 };
+                let mut query = String::new();
+                if self.opts.family == Family::V6 {
+                    // The registry by its IPv6 name, as a node's containerd config has it.
+                    let ns = self.registry_host.addr(REGISTRY_PORT).to_string();
+                    let hosts = dir.join("certs.d");
+                    std::fs::create_dir_all(hosts.join(&ns))?;
+                    std::fs::write(
+                        hosts.join(&ns).join("hosts.toml"),
+                        format!("server = {:?}\n", self.origin_url()),
+                    )?;
+                    options.default_upstream = None;
+                    options.hosts_dir = Some(hosts);
+                    // containerd percent-encodes the brackets and colons.
+                    query = format!(
+                        "?ns={}",
+                        ns.replace('[', "%5B")
+                            .replace(']', "%5D")
+                            .replace(':', "%3A")
+                    );
+                }
                 let mut urls = Vec::new();
                 for node in &self.nodes {
                     let peer = LabPeer::start(&self.lab, node, &dir.join(&node.role), &options)?;
-                    urls.push(format!("{}{}", peer.mirror_url(), self.blob_path()));
+                    urls.push(format!("{}{}{query}", peer.mirror_url(), self.blob_path()));
                     servers.peers.push(peer);
                 }
                 scheduler.wait_for_peers(&self.lab, self.nodes.len())?;

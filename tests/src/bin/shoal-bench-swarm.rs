@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! shoal-bench-swarm [--nodes 8] [--size 256MiB] [--rate 100mbit] [--modes direct,cache,shoal]
-//!                   [--out DIR] [--font TTF] [--keep] [--peer-flag ARG]... [--scheduler-flag ARG]...
+//!                   [--out DIR] [--font TTF] [--keep] [--ipv6] [--peer-flag ARG]... [--scheduler-flag ARG]...
 //! ```
+//!
+//! `--ipv6` runs it on a lab whose hosts have IPv6 addresses only (see
+//! `shoal_tests::netns`): every listener, URL and `ns` is an IPv6 literal.
 //!
 //! `--peer-flag` / `--scheduler-flag` pass one more argument to every `shoal-peer run`
 //! / to `shoal-scheduler` (repeat it for a flag and its value), to measure a tunable.
@@ -23,10 +26,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use shoal_tests::bench::report::{self, Mode};
 use shoal_tests::bench::{self, Options, chart, fetch};
-use shoal_tests::netns::LinkRate;
+use shoal_tests::netns::{Family, LinkRate};
 
 const USAGE: &str = "usage: shoal-bench-swarm [--nodes N] [--size SIZE] [--rate RATE] \
-[--modes direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--peer-flag ARG]... [--scheduler-flag ARG]...";
+[--modes direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--ipv6] [--peer-flag ARG]... [--scheduler-flag ARG]...";
 
 struct Args {
     opts: Options,
@@ -61,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut out = PathBuf::from("target/bench-swarm");
     let mut font = PathBuf::from(chart::DEFAULT_FONT);
     let mut keep = false;
+    let mut family = Family::V4;
     let mut peer_flags = Vec::new();
     let mut scheduler_flags = Vec::new();
     let mut it = std::env::args().skip(1);
@@ -82,6 +86,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--out" => out = value()?.into(),
             "--font" => font = value()?.into(),
             "--keep" => keep = true,
+            "--ipv6" => family = Family::V6,
             "--peer-flag" => peer_flags.push(value()?),
             "--scheduler-flag" => scheduler_flags.push(value()?),
             "-h" | "--help" => {
@@ -106,6 +111,7 @@ fn parse_args() -> anyhow::Result<Args> {
             pull_limit: Duration::from_secs_f64(60.0 + 2.0 * line_secs * nodes as f64),
             peer_flags,
             scheduler_flags,
+            family,
         },
         out,
         font,

@@ -74,7 +74,7 @@ fn config_file(text: &str) -> (tempfile::TempDir, String) {
 #[test]
 fn defaults() {
     let s = resolve(&["--dev-ephemeral-tls", "--quic-listen", "127.0.0.1:7651"]).unwrap();
-    assert_eq!(s.http_listen, "0.0.0.0:7652".parse().unwrap());
+    assert_eq!(s.http_listen, "[::]:7652".parse().unwrap());
     assert_eq!(s.mirror_listen, "127.0.0.1:7650".parse().unwrap());
     assert_eq!(s.data_dir, PathBuf::from("/var/lib/shoal"));
     assert_eq!(s.cache.cache_size, 10 << 30);
@@ -123,7 +123,7 @@ upload_rate_limit = "100MiB"
 zone = "z1"
 log_format = "json"
 mirror_listen = "127.0.0.1:9003"
-containerd_hosts_dir = "/etc/hosts.d"
+containerd_hosts_dir = "/etc/hosts.d:/etc/docker/certs.d"
 default_upstream = "ghcr.io"
 cache_high_watermark = 0.8
 cache_low_watermark = "0.5"
@@ -142,7 +142,10 @@ cache_low_watermark = "0.5"
     assert_eq!(s.zone, "z1");
     assert!(s.json_logs);
     assert_eq!(s.mirror_listen, "127.0.0.1:9003".parse().unwrap());
-    assert_eq!(s.containerd_hosts_dir, PathBuf::from("/etc/hosts.d"));
+    assert_eq!(
+        s.containerd_hosts_dirs,
+        [PathBuf::from("/etc/hosts.d"), "/etc/docker/certs.d".into()]
+    );
     assert_eq!(s.default_upstream.as_deref(), Some("ghcr.io"));
     assert_eq!(s.cache.high_watermark, 0.8);
     assert_eq!(s.cache.low_watermark, 0.5);
@@ -384,4 +387,68 @@ fn token_review_identity_needs_its_flags() {
     assert_eq!(errs.len(), 5, "{errs:?}");
     let errs = resolve(&["--peer-tls-dir", "/tls", "--identity", "csi"]).unwrap_err();
     assert!(errs[0].contains("files or token-review"), "{errs:?}");
+}
+
+#[test]
+fn hosts_dirs_are_a_colon_separated_list_in_order() {
+    let s = resolve(&["--dev-ephemeral-tls", "--quic-listen", "127.0.0.1:1"]).unwrap();
+    assert_eq!(
+        s.containerd_hosts_dirs,
+        [PathBuf::from("/etc/containerd/certs.d")]
+    );
+    let s = resolve(&[
+        "--dev-ephemeral-tls",
+        "--quic-listen",
+        "127.0.0.1:1",
+        "--containerd-hosts-dir",
+        "/etc/containerd/certs.d:/etc/docker/certs.d",
+    ])
+    .unwrap();
+    assert_eq!(
+        s.containerd_hosts_dirs,
+        [
+            PathBuf::from("/etc/containerd/certs.d"),
+            "/etc/docker/certs.d".into()
+        ]
+    );
+    for bad in ["/a::/b", ":/a", "/a:"] {
+        let errs = resolve(&[
+            "--dev-ephemeral-tls",
+            "--quic-listen",
+            "127.0.0.1:1",
+            "--containerd-hosts-dir",
+            bad,
+        ])
+        .unwrap_err();
+        assert!(
+            errs.len() == 1
+                && errs[0].contains("--containerd-hosts-dir")
+                && errs[0].contains("empty entry"),
+            "{bad:?}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn listeners_default_to_every_address_of_both_families_and_ipv6_literals_work() {
+    let s = resolve(&["--dev-ephemeral-tls", "--advertise-addr", "fd00::7"]).unwrap();
+    assert_eq!(s.quic_listen, "[::]:7651".parse().unwrap());
+    assert_eq!(s.http_listen, "[::]:7652".parse().unwrap());
+    assert_eq!(s.advertise, "[fd00::7]:7651".parse().unwrap());
+    assert_eq!(s.mirror_listen, "127.0.0.1:7650".parse().unwrap());
+    let s = resolve(&[
+        "--dev-ephemeral-tls",
+        "--quic-listen",
+        "[fd00::8]:9000",
+        "--mirror-listen",
+        "[::1]:9001",
+        "--scheduler",
+        "https://[fd00::1]:7600",
+    ])
+    .unwrap();
+    assert_eq!(s.advertise, "[fd00::8]:9000".parse().unwrap());
+    assert_eq!(s.mirror_listen, "[::1]:9001".parse().unwrap());
+    assert_eq!(s.schedulers, ["https://[fd00::1]:7600"]);
+    let errs = resolve(&["--dev-ephemeral-tls", "--advertise-addr", "[fd00::7]"]).unwrap_err();
+    assert!(errs[0].contains("without brackets"), "{errs:?}");
 }
