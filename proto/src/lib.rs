@@ -8,12 +8,15 @@
 //! - [`digest`]: [`Digest`], the name of a task (`sha256:` + 64 lowercase hex).
 //! - [`piece`]: piece arithmetic (piece size from blob size, counts, ranges) and
 //!   [`PieceSet`], the bitmap of pieces a peer holds.
+//! - [`rendezvous`]: which scheduler replica owns a task (rendezvous hashing over
+//!   the replica set), the same answer on every peer and replica.
 //!
 //! Non-goals: no I/O, no policy. What to do with a piece is the scheduler's and
 //! the peer's business.
 
 pub mod digest;
 pub mod piece;
+pub mod rendezvous;
 
 pub use digest::{Digest, DigestError};
 pub use piece::{PieceError, PieceSet, TaskShape};
