@@ -175,6 +175,55 @@ async fn static_replicas_each_know_their_share_and_a_stopped_ones_tasks_move() {
         }
     }
 
+    // shoalctl asks every replica: each answer under its replica, and a task's
+    // detail from its owner alone.
+    // (tokio's process: the replicas answer on this test's runtime.)
+    let ctl = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(shoal_tests::swarm::workspace_bin("shoalctl"));
+        cmd.args(["--scheduler", &a.sched.http_url])
+            .args([
+                "--replica",
+                &b.sched.http_url,
+                "--replica",
+                &c.sched.http_url,
+            ])
+            .args(["-o", "json"])
+            .args(args);
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        }
+    };
+    let all = ctl(&["tasks"]).await;
+    let rows = all["replicas"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let listed: usize = rows
+        .iter()
+        .map(|r| r["answer"]["tasks"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        listed,
+        TASKS as usize + 1,
+        "each task listed once, by its owner"
+    );
+    let one = ctl(&["task", &d.to_string()]).await;
+    let rows = one["replicas"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]["replica"].as_str().unwrap().trim_end_matches('/'),
+        [&a, &b, &c]
+            .iter()
+            .find(|r| r.key == owner)
+            .unwrap()
+            .sched
+            .http_url
+    );
+
     // Stop b: its tasks are announced to their next owner; a's and c's stay put.
     b.sched.stop().await;
     eventually_owned("b's tasks moved to a and c", &[&a, &c], false).await;
