@@ -10,6 +10,8 @@
 //!   [`PieceSet`], the bitmap of pieces a peer holds.
 //! - [`net`]: how both binaries bind their listeners (`[::]` dual-stack, `0.0.0.0`
 //!   when IPv6 is unavailable) and read an IP literal out of a URL.
+//! - [`rendezvous`]: which scheduler replica owns a task (rendezvous hashing over
+//!   the replica set), the same answer on every peer and replica.
 //!
 //! Non-goals: no I/O beyond [`net`]'s `bind`, no policy. What to do with a piece is the scheduler's and
 //! the peer's business.
@@ -17,6 +19,7 @@
 pub mod digest;
 pub mod net;
 pub mod piece;
+pub mod rendezvous;
 
 pub use digest::{Digest, DigestError};
 pub use piece::{PieceError, PieceSet, TaskShape};

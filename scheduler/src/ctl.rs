@@ -8,12 +8,15 @@
 //! - this file: arguments, the HTTP client, errors;
 //! - `ctl/render.rs`: what the API returns, as the CLI reads it, and how
 //!   each answer is printed as a table;
-//! - `ctl/table.rs`: a small aligned-column formatter and human units.
+//! - `ctl/table.rs`: a small aligned-column formatter and human units;
+//! - `ctl/replicas.rs`: one command against several scheduler replicas
+//!   (`--replica`), each answer under the replica that gave it.
 //!
 //! Not here (yet): `preheat` (needs its write endpoint), watch mode, TLS
 //! client certificates (the API is cluster-internal plain HTTP).
 
 mod render;
+mod replicas;
 mod table;
 
 use std::io::Write;
@@ -42,6 +45,12 @@ pub struct Cli {
     /// Base URL of the scheduler's operator API.
     #[arg(long, env = "SHOAL_SCHEDULER", default_value = DEFAULT_SCHEDULER, global = true, value_parser = parse_base_url, hide_env_values = true)]
     pub scheduler: Url,
+    /// The operator API of another scheduler replica (repeatable). Each replica
+    /// answers for the tasks it owns: the command asks `--scheduler` and every
+    /// `--replica`, and shows each answer under the replica that gave it; a write
+    /// (quarantine, unquarantine, drop) reaches every one.
+    #[arg(long = "replica", env = "SHOAL_REPLICAS", value_delimiter = ',', global = true, value_parser = parse_base_url, hide_env_values = true)]
+    pub replicas: Vec<Url>,
     /// Output format: aligned table for people, or the API's JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -263,15 +272,37 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     } else {
         None
     };
+    if !cli.replicas.is_empty() {
+        return replicas::run(cli, &client, token.as_ref(), out).await;
+    }
+    let (value, url) = ask(cli, &client, token.as_ref(), &cli.scheduler).await?;
+    let text = render(cli, value, &url)?;
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Sends the command to the operator API at `base`; its JSON answer and the
+/// (redacted) URL asked.
+async fn ask(
+    cli: &Cli,
+    client: &reqwest::Client,
+    token: Option<&OperatorToken>,
+    base: &Url,
+) -> Result<(serde_json::Value, String), CtlError> {
     let (method, path) = cli.command.request();
-    let url = format!("{}/{path}", cli.scheduler.as_str().trim_end_matches('/'));
+    let url = format!("{}/{path}", base.as_str().trim_end_matches('/'));
     let mut request = client.request(method, &url);
-    if let Some(token) = &token {
+    if let Some(token) = token {
         request = request.bearer_auth(token.expose());
     }
     let value = send_json(request, &url, cli.timeout).await?;
-    let url = redact(&url);
-    let text = match cli.output {
+    Ok((value, redact(&url)))
+}
+
+/// One answer as `-o` asks: pretty JSON, or the command's table.
+fn render(cli: &Cli, value: serde_json::Value, url: &str) -> Result<String, CtlError> {
+    Ok(match cli.output {
         Output::Json => {
             let mut s = serde_json::to_string_pretty(&value).expect("a JSON value serialises");
             s.push('\n');
@@ -279,7 +310,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
         }
         Output::Table => {
             let decode = |e: serde_json::Error| CtlError::Decode {
-                url: url.clone(),
+                url: url.to_owned(),
                 reason: e.to_string(),
             };
             match &cli.command {
@@ -296,10 +327,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
                 }
             }
         }
-    };
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
+    })
 }
 
 /// `url` with any password replaced by `***`, for messages.

@@ -163,16 +163,32 @@ impl SchedulerProcess {
         cluster_tls: &Path,
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
+        Self::start_on(dir, cluster_tls, grpc, &[], extra).await
+    }
+
+    /// [`start_with`](Self::start_with) with gRPC on `grpc` (e.g. one replica of
+    /// several on `127.0.0.N:PORT`, as pods behind a headless Service) and a serving
+    /// certificate also valid for `names` (e.g. the Service's name).
+    pub async fn start_on(
+        dir: &Path,
+        cluster_tls: &Path,
+        grpc: SocketAddr,
+        names: &[&str],
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let tls = dir.join("scheduler-tls");
-        tls_issue(
-            cluster_tls,
-            &tls,
-            &["--scheduler", "--name", "127.0.0.1", "--name", "localhost"],
-        )?;
+        let ip = grpc.ip().to_string();
+        let mut what = vec!["--scheduler", "--name", "127.0.0.1", "--name", "localhost"];
+        for n in names.iter().copied().chain([ip.as_str()]) {
+            if !what.contains(&n) {
+                what.extend(["--name", n]);
+            }
+        }
+        tls_issue(cluster_tls, &tls, &what)?;
         let mut extra = extra.to_vec();
         extra.extend(["--tls-dir".into(), tls.display().to_string()]);
-        let grpc: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         let log = dir.join("scheduler-0.log");
         let child = Self::spawn(grpc, http, &log, &extra)?;
@@ -227,6 +243,12 @@ impl SchedulerProcess {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills it like a crashed pod (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Its resident set size now and at its peak, in KiB (`VmRSS`, `VmHWM` of

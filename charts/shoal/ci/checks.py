@@ -306,18 +306,20 @@ def check_scheduler_url(docs, sc, peer_flags, problems):
     deps = find(docs, "Deployment", "scheduler")
     scheme = "http" if sc.plaintext else "https"
     for u in peer_flags.get("--scheduler") or []:
-        if not u.startswith(scheme + "://"):
+        if not re.match(rf"^(dns\+)?{scheme}://", u):
             problems.append(f"peer --scheduler={u}: the scheduler's gRPC is "
                             f"{'plain text' if sc.plaintext else 'mutual TLS'}, the URL must be {scheme}://")
     url = (peer_flags.get("--scheduler") or [""])[0]
-    m = re.match(r"^https?://([^.]+)\.([^.]+)\.svc\.[a-z.]+:(\d+)$", url)
-    plain = [s for s in svc if s["spec"].get("clusterIP") != "None"]
-    if not m or not plain or not deps:
-        return problems.append(f"peer --scheduler={url}: no matching scheduler Service/Deployment")
+    # The peers find every replica through the headless Service (issue 16).
+    m = re.match(r"^dns\+https?://([^.]+)\.([^.]+)\.svc\.[a-z.]+:(\d+)$", url)
+    headless = [s for s in svc if s["spec"].get("clusterIP") == "None"]
+    if not m or not headless or not deps:
+        return problems.append(f"peer --scheduler={url}: not dns+{scheme}:// naming the scheduler's "
+                               "headless Service (the peers must find every replica)")
     name, ns, port = m.group(1), m.group(2), int(m.group(3))
-    s = plain[0]
+    s = headless[0]
     if (name, ns) != (s["metadata"]["name"], s["metadata"]["namespace"]):
-        problems.append(f"peer --scheduler={url} names {name}.{ns}, the Service is "
+        problems.append(f"peer --scheduler={url} names {name}.{ns}, the headless Service is "
                         f"{s['metadata']['name']}.{s['metadata']['namespace']}")
     sp = next((p for p in s["spec"]["ports"] if p["port"] == port), None)
     sched = container(deps[0]["spec"]["template"]["spec"], "scheduler")
@@ -482,7 +484,7 @@ def check_scheduler_tls(docs, sc, problems):
     peer_pod = peers[0]["spec"]["template"]["spec"]
     peer_c = container(peer_pod, "peer")
     url = (flags(peer_c.get("args")).get("--scheduler") or [""])[0]
-    host = re.sub(r"^https?://([^:/]+).*$", r"\1", url)
+    host = re.sub(r"^(?:dns\+)?https?://([^:/]+).*$", r"\1", url)
     names = service_names(host)
     if (v or {}).get("secret"):
         secret = v["secret"]

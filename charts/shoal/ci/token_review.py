@@ -92,7 +92,12 @@ def check_token_review(docs, sc, problems):
                         f"{sched_secret} ({cv})")
     url = one(pfl, "--issuer-url", problems, where) or ""
     sched_url = (pfl.get("--scheduler") or [""])[0]
-    host = lambda u: re.sub(r"^https://([^:/]+).*$", r"\1", u)
+    def host(u):
+        """A URL's host; the headless Service's name as its Service's (the issuer is
+        reached through the Service, gRPC through the headless one)."""
+        h = re.sub(r"^(?:dns\+)?https://([^:/]+).*$", r"\1", u)
+        return re.sub(r"^([^.]+)-headless\.", r"\1.", h)
+
     issuer_port = port_of((sfl.get("--issuer-listen") or [":0"])[0])
     if not url.startswith("https://") or host(url) != host(sched_url) or not url.endswith(f":{issuer_port}"):
         problems.append(f"{where}: --issuer-url={url}, expected https://{host(sched_url)}:{issuer_port} (the name "

@@ -203,11 +203,22 @@ tokenReview): the scheduler's Service name, the issuer port, TLS. */}}
 {{- end -}}
 
 {{/* The DNS names of the scheduler's serving certificate (JSON list): the
-Service's name as seen from its namespace, from others, and fully qualified. */}}
+headless Service's name (the peers find every replica under it and verify each
+for it) and the Service's, each as seen from its namespace, from others, and
+fully qualified. The Service's fully qualified name comes last. */}}
 {{- define "shoal.schedulerDnsNames" -}}
 {{- $s := include "shoal.scheduler.fullname" . -}}
+{{- $h := printf "%s-headless" $s -}}
 {{- $ns := .Release.Namespace -}}
-{{- list $s (printf "%s.%s" $s $ns) (printf "%s.%s.svc" $s $ns) (printf "%s.%s.svc.%s" $s $ns .Values.clusterDomain) | toJson -}}
+{{- list $h (printf "%s.%s" $h $ns) (printf "%s.%s.svc" $h $ns) (printf "%s.%s.svc.%s" $h $ns .Values.clusterDomain) $s (printf "%s.%s" $s $ns) (printf "%s.%s.svc" $s $ns) (printf "%s.%s.svc.%s" $s $ns .Values.clusterDomain) | toJson -}}
+{{- end -}}
+
+{{/* What the peers get as --scheduler: every ready replica behind the headless
+Service (dns+https://<fullname>-headless.<ns>.svc.<domain>:<grpcPort>, resolved
+again every 5 s; each replica dialled by IP, its certificate verified for that
+name). The 4th of shoal.schedulerDnsNames. */}}
+{{- define "shoal.schedulerReplicasUrl" -}}
+{{- printf "dns+%s://%s:%v" (ternary "http" "https" .Values.scheduler.insecurePlaintext) (index (include "shoal.schedulerDnsNames" . | fromJsonArray) 3) .Values.scheduler.grpcPort -}}
 {{- end -}}
 
 {{/* A cert-manager csi-driver volume (the driver makes the key on the node,

@@ -31,9 +31,12 @@ pub struct RunArgs {
     /// upstream settings under `[registries."HOST"]` and `[registries._default]`.
     #[arg(long, env = "SHOAL_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Scheduler gRPC URL, e.g. http://shoal-scheduler:7600 (repeatable; comma-separated in the env var) [default: none: every download goes upstream].
+    /// Scheduler gRPC URL, e.g. https://shoal-scheduler:7600, one per replica (repeatable; comma-separated in the env var), or dns+https://NAME:PORT for every address of a headless Service, resolved again every 5 s [default: none: every download goes upstream].
     #[arg(long = "scheduler", env = "SHOAL_SCHEDULER", value_delimiter = ',')]
     pub schedulers: Vec<String>,
+    /// Test and development only: resolve dns+ scheduler names from this /etc/hosts-style file (re-read at every resolution) instead of DNS.
+    #[arg(long, env = "SHOAL_DEV_SCHEDULER_HOSTS_FILE", hide = true)]
+    pub dev_scheduler_hosts_file: Option<PathBuf>,
     /// QUIC piece server address (UDP); `[::]` is dual-stack where the OS allows, and falls back to 0.0.0.0 where IPv6 is unavailable [default: `[::]:7651`].
     #[arg(long, env = "SHOAL_QUIC_LISTEN")]
     pub quic_listen: Option<String>,
@@ -156,6 +159,8 @@ pub enum TlsSource {
 pub struct Settings {
     /// Scheduler URLs (may be empty: then every download goes upstream).
     pub schedulers: Vec<String>,
+    /// `--dev-scheduler-hosts-file` (test and development only).
+    pub scheduler_hosts_file: Option<PathBuf>,
     /// QUIC listen address.
     pub quic_listen: SocketAddr,
     /// The QUIC address other peers dial.
@@ -336,10 +341,8 @@ impl Settings {
             a.mirror_allow_remote || file.mirror_allow_remote.unwrap_or(false);
 
         for s in &schedulers {
-            if !(s.starts_with("http://") || s.starts_with("https://")) {
-                errors.push(format!(
-                    "--scheduler: {s:?} must be an http:// or https:// URL"
-                ));
+            if let Err(e) = crate::scheduler_link::membership::Source::parse(s) {
+                errors.push(format!("--scheduler: {e}"));
             }
         }
         let mut addr = |name: &str, v: &str| {
@@ -500,6 +503,7 @@ impl Settings {
         let quic_listen = quic_listen.expect("checked");
         Ok(Settings {
             schedulers,
+            scheduler_hosts_file: a.dev_scheduler_hosts_file,
             quic_listen,
             advertise: SocketAddr::new(advertise_ip.expect("checked"), quic_listen.port()),
             data_dir,

@@ -172,6 +172,7 @@ impl Node {
             upload_slots: settings.upload_slots as u32,
         };
         let mut link_config = LinkConfig::new(settings.schedulers.clone(), me);
+        link_config.hosts_file = settings.scheduler_hosts_file.clone();
         if let TlsSource::Dir(d) = &settings.tls {
             link_config.tls_dir = Some(d.clone());
         }

@@ -38,6 +38,12 @@ pub const REPLAN_GRACE: Duration = Duration::from_secs(3);
 pub const REPLAN_MIN: Duration = Duration::from_millis(250);
 /// Longest delay between attempts to re-open a lost plan.
 pub const REPLAN_MAX: Duration = Duration::from_secs(8);
+/// After the plan stream is lost, how long a download that is *not* streaming from
+/// upstream waits before it re-opens the plan, so that the peers that are (the
+/// back-to-source peers) reach the task's new scheduler replica first and are the
+/// ones it elects: a new owner knows nothing of the task, and elects the first peer
+/// that asks. Well within [`REPLAN_GRACE`].
+pub const REPLAN_DEFER: Duration = Duration::from_secs(1);
 
 /// What the core asks the driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +220,11 @@ impl DownloadCore {
         self.sched_knows = PieceSet::new(self.sched_knows.len());
         self.reported = PieceSet::new(self.reported.len());
         self.plan_lost = Some(now);
-        self.replan_at = now;
+        self.replan_at = if self.upstream_running {
+            now
+        } else {
+            now + REPLAN_DEFER
+        };
         self.replan_delay = REPLAN_MIN;
     }
 

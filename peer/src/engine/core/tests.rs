@@ -257,17 +257,21 @@ fn a_lost_plan_is_reopened_with_backoff_and_upstream_takes_over_after_the_grace(
     .unwrap();
     c.take_actions();
     c.plan_lost(t0);
-    // Not connected: nothing to re-open.
-    c.poll(t0, 0, false);
-    assert!(c.take_actions().is_empty());
+    // Not streaming from upstream: the back-to-source peers re-open first.
     c.poll(t0, 0, true);
+    assert!(c.take_actions().is_empty(), "deferred");
+    let t1 = t0 + REPLAN_DEFER;
+    // Not connected: nothing to re-open.
+    c.poll(t1, 0, false);
+    assert!(c.take_actions().is_empty());
+    c.poll(t1, 0, true);
     assert_eq!(c.take_actions(), vec![Action::OpenPlan { size: SIZE }]);
-    c.plan_refused(t0);
-    c.poll(t0 + Duration::from_millis(100), 0, true);
+    c.plan_refused(t1);
+    c.poll(t1 + Duration::from_millis(100), 0, true);
     assert!(c.take_actions().is_empty(), "backing off");
-    c.poll(t0 + REPLAN_MIN, 0, true);
+    c.poll(t1 + REPLAN_MIN, 0, true);
     assert_eq!(c.take_actions(), vec![Action::OpenPlan { size: SIZE }]);
-    c.plan_refused(t0 + REPLAN_MIN);
+    c.plan_refused(t1 + REPLAN_MIN);
     let a = {
         c.poll(t0 + REPLAN_GRACE, 0, false);
         c.take_actions()
@@ -292,6 +296,25 @@ fn a_lost_plan_is_reopened_with_backoff_and_upstream_takes_over_after_the_grace(
             pieces: vec![(0, None)]
         }]
     );
+}
+
+#[test]
+fn a_back_to_source_download_reopens_a_lost_plan_at_once() {
+    let t0 = Instant::now();
+    let mut c = core(t0);
+    c.plan_opened();
+    c.on_plan(&PlanUpdate {
+        shape: Some(shape()),
+        hashes: Vec::new(),
+        parents: vec![],
+        back_to_source: true,
+    })
+    .unwrap();
+    c.take_actions();
+    assert!(c.upstream_running());
+    c.plan_lost(t0);
+    c.poll(t0, 0, true);
+    assert_eq!(c.take_actions(), vec![Action::OpenPlan { size: SIZE }]);
 }
 
 #[test]

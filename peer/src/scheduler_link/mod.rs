@@ -1,0 +1,406 @@
+//! The peer's link to the scheduler replicas: a session with every replica
+//! (join, heartbeats, batched reports), plan streams on demand, each task's
+//! reports and plans sent to the replica that owns it, and reconnection with
+//! exponential backoff and jitter.
+//!
+//! Layout:
+//! - [`membership`]: the replica set, from a static list or a headless
+//!   Service's DNS name resolved again periodically;
+//! - `shard`: which live replica owns a task (rendezvous hashing) and what moves
+//!   when the live set changes;
+//! - `session`: one replica's session (connect, join, pump);
+//! - `supervisor`: sessions follow the set; moved tasks are announced to their new
+//!   owner;
+//! - [`wire`]: conversions to and from the wire (plan updates, Join pages,
+//!   report batches).
+//!
+//! With one scheduler, everything goes to it, as before. With several, a task's
+//! owner is the live replica of highest rendezvous weight; when the live set
+//! changes, this peer announces the complete tasks that moved to their new owner,
+//! and a plan stream opened with a replica that no longer owns its task ends, so
+//! the engine re-opens it with the new owner (a download never fails for it).
+//!
+//! The peer has no hard dependency on the scheduler: while no replica is
+//! connected, [`SchedulerLink::plan`] fails at once with
+//! [`LinkError::Unavailable`] and the caller fetches from upstream; reports made
+//! while the task's owner is unreachable are dropped (the download engine
+//! re-reports what it holds when it re-opens a plan, and complete tasks are
+//! announced again to an owner with a new session).
+//!
+//! Transport: `https://` scheduler URLs use mutual TLS with the node's certificate
+//! ([`LinkConfig::tls_dir`]: `ca.crt`, `tls.crt`, `tls.key`, re-read at every
+//! connect so that a rotated certificate is picked up on the next reconnect);
+//! `http://` is for development against a scheduler run with
+//! `--insecure-plaintext`. Messages are bounded by
+//! [`shoal_proto::limits::MAX_MESSAGE`] both ways, and the inventory is sent
+//! in Join pages of at most [`shoal_proto::limits::JOIN_PAGE`] tasks.
+//!
+//! Not here: what to do with a plan (the download engine), the data plane.
+
+pub mod membership;
+mod session;
+mod shard;
+mod supervisor;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use futures::StreamExt;
+use shoal_proto::Digest;
+use shoal_proto::v1::{self, scheduler_client::SchedulerClient};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use crate::engine::PlanStream;
+
+pub use session::backoff;
+pub use wire::{join_pages, merge, plan_update};
+
+/// How long a plan request whose owner just failed waits for the live set to
+/// change (the dead session to be noticed) before it tries the new owner.
+const OWNER_SETTLE: Duration = Duration::from_secs(2);
+
+/// What the link needs to know about this peer.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Scheduler replicas ([`membership::Source`]): `https://HOST:PORT` each, or
+    /// `dns+https://NAME:PORT` for every address of a headless Service. The link
+    /// keeps a session with every replica.
+    pub schedulers: Vec<String>,
+    /// `ca.crt`, `tls.crt`, `tls.key` for `https://` schedulers: the CA the
+    /// scheduler's certificate must chain to, and this node's client identity.
+    pub tls_dir: Option<PathBuf>,
+    /// This peer as it introduces itself.
+    pub peer: v1::PeerInfo,
+    /// First reconnect delay (default 200 ms); doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay (default 30 s).
+    pub backoff_max: Duration,
+    /// Give up connecting to one scheduler after this long (default 3 s).
+    pub connect_timeout: Duration,
+    /// How often `dns+` scheduler names are resolved again (default 5 s).
+    pub resolve_interval: Duration,
+    /// **Test and development only**: resolve `dns+` names from this file in
+    /// `/etc/hosts` form instead of the system resolver
+    /// ([`membership::HostsFileResolver`]).
+    pub hosts_file: Option<PathBuf>,
+}
+
+impl LinkConfig {
+    /// Defaults for everything but the schedulers and the peer.
+    pub fn new(schedulers: Vec<String>, peer: v1::PeerInfo) -> Self {
+        LinkConfig {
+            schedulers,
+            tls_dir: None,
+            peer,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            resolve_interval: Duration::from_secs(5),
+            hosts_file: None,
+        }
+    }
+}
+
+/// Tasks this peer holds complete, announced at every join.
+pub trait Inventory: Send + Sync + 'static {
+    /// The complete tasks, with their piece hashes. Blocking (called on a
+    /// blocking thread).
+    fn held(&self) -> Vec<v1::HeldTask>;
+
+    /// The operator dropped `digest` (the scheduler's `drop` command): delete it
+    /// unless it is in use. True when it was deleted. Blocking.
+    fn drop_task(&self, digest: &Digest) -> bool {
+        let _ = digest;
+        false
+    }
+}
+
+/// What the engine tells the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// This peer (back-to-source) learnt the task's size from upstream.
+    Started {
+        /// The task.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// Pieces verified and stored: (index, hash when fetched from upstream).
+    Pieces {
+        /// The task.
+        digest: Digest,
+        /// The pieces.
+        pieces: Vec<(u32, Option<[u8; 32]>)>,
+    },
+    /// The whole task is verified against its digest.
+    Complete(Digest),
+    /// The task was dropped from the store.
+    Evicted(Digest),
+    /// The task, assembled from pieces that matched the hashes the scheduler
+    /// handed out (or this peer reported as back-to-source), did not match its
+    /// digest (and was deleted): the hashes are wrong, or retracted.
+    DigestMismatch(Digest),
+    /// A parent sent a bad piece.
+    BadParent {
+        /// The task.
+        digest: Digest,
+        /// The parent's peer id.
+        parent: String,
+        /// The piece.
+        index: u32,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl Report {
+    /// The task the report is about (it goes to that task's owner).
+    pub fn digest(&self) -> &Digest {
+        match self {
+            Report::Started { digest, .. }
+            | Report::Pieces { digest, .. }
+            | Report::BadParent { digest, .. } => digest,
+            Report::Complete(d) | Report::Evicted(d) | Report::DigestMismatch(d) => d,
+        }
+    }
+}
+
+pub use crate::engine::PlanOpenError as LinkError;
+
+/// Load counters the heartbeat carries.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Piece uploads in flight.
+    pub active_uploads: AtomicU32,
+    /// Downloads in flight.
+    pub active_downloads: AtomicU32,
+}
+
+/// An open session with one replica, as the handle uses it.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    client: SchedulerClient<Channel>,
+    reports: mpsc::Sender<Report>,
+    /// Never reused: a new session with the same replica has a new epoch.
+    epoch: u64,
+    /// The live set (with this session) whose share of tasks its Join carried.
+    joined_with: Arc<shard::Epochs>,
+}
+
+/// The live replicas (open sessions) by key.
+pub(crate) type Live = BTreeMap<String, Conn>;
+
+/// A handle on the background link. Cheap to clone.
+#[derive(Clone)]
+pub struct SchedulerLink {
+    live: watch::Receiver<Live>,
+    peer_id: String,
+    peer: v1::PeerInfo,
+    /// Load reported in heartbeats.
+    pub load: Arc<Load>,
+}
+
+impl SchedulerLink {
+    /// Starts the link in the background; it runs until `shutdown` resolves.
+    pub fn spawn(
+        config: LinkConfig,
+        inventory: Arc<dyn Inventory>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> SchedulerLink {
+        let (live_tx, live) = watch::channel(Live::new());
+        let load = Arc::new(Load::default());
+        let peer_id = config.peer.peer_id.clone();
+        let peer = config.peer.clone();
+        let task = supervisor::run(config, inventory, live_tx, load.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = task => {}
+                _ = shutdown => {}
+            }
+        });
+        SchedulerLink {
+            live,
+            peer_id,
+            peer,
+            load,
+        }
+    }
+
+    /// True while a session with at least one scheduler replica is open.
+    pub fn is_connected(&self) -> bool {
+        !self.live.borrow().is_empty()
+    }
+
+    /// The replicas with an open session (their keys, sorted).
+    pub fn replicas(&self) -> Vec<String> {
+        self.live.borrow().keys().cloned().collect()
+    }
+
+    /// The live replica that owns `digest` now (`None` when none is connected).
+    pub fn owner(&self, digest: &Digest) -> Option<String> {
+        shard::owner(&self.live.borrow(), digest).map(str::to_string)
+    }
+
+    /// Waits until connected, at most `timeout`; returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.wait_replicas(1, timeout).await
+    }
+
+    /// Waits until sessions with at least `n` replicas are open, at most `timeout`;
+    /// returns whether they are.
+    pub async fn wait_replicas(&self, n: usize, timeout: Duration) -> bool {
+        let mut rx = self.live.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|l| l.len() >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The owner's session, cloned out of the live set.
+    fn owner_conn(&self, digest: &Digest) -> Option<(String, Conn)> {
+        let live = self.live.borrow();
+        let key = shard::owner(&live, digest)?;
+        Some((key.to_string(), live[key].clone()))
+    }
+
+    /// Queues a report for the session of the task's owner. Never blocks; dropped
+    /// when the queue is full or no replica is connected.
+    pub fn report(&self, report: Report) {
+        let Some((_, conn)) = self.owner_conn(report.digest()) else {
+            return;
+        };
+        if conn.reports.try_send(report).is_err() {
+            debug!("report queue full; report dropped");
+        }
+    }
+
+    /// Announces one complete task to its owner the way a join does (a join adds
+    /// to what the scheduler knows of this peer; it removes nothing). For a task
+    /// completed without a plan, e.g. while the scheduler was restarting. Needs
+    /// every piece hash; does nothing when one is missing or no scheduler is
+    /// connected.
+    pub fn announce(&self, digest: Digest, size: u64, hashes: Vec<Option<[u8; 32]>>) {
+        let Some(hashes) = hashes.into_iter().collect::<Option<Vec<_>>>() else {
+            debug!(task.digest = %digest, "not announced: piece hashes missing");
+            return;
+        };
+        let Some((_, conn)) = self.owner_conn(&digest) else {
+            return;
+        };
+        let mut client = conn.client;
+        let request = v1::JoinRequest {
+            peer: Some(self.peer.clone()),
+            tasks: vec![v1::HeldTask {
+                digest: digest.to_string(),
+                size,
+                piece_hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+            }],
+        };
+        tokio::spawn(async move {
+            match client.join(request).await {
+                Ok(_) => debug!(task.digest = %digest, "task announced"),
+                Err(s) => {
+                    warn!(task.digest = %digest, error = %s.message(), "task announcement refused")
+                }
+            }
+        });
+    }
+
+    /// Opens a plan stream for `digest` (`size` 0 when unknown) with the replica
+    /// that owns it. Each wire message is converted and checked ([`plan_update`]);
+    /// the stream ends when the replica ends it, the connection fails, or the task
+    /// moves to another replica (the engine then re-opens it, with the new owner).
+    /// When the owner cannot be reached the request waits for the dead session to
+    /// be noticed (at most 2 s) and goes to the next owner;
+    /// [`LinkError::Unavailable`] only when no replica answers.
+    pub async fn plan(&self, digest: &Digest, size: u64) -> Result<PlanStream, LinkError> {
+        let request = v1::PlanRequest {
+            peer_id: self.peer_id.clone(),
+            digest: digest.to_string(),
+            size,
+        };
+        let mut tried = Vec::new();
+        loop {
+            let Some((key, conn)) = self.owner_conn(digest) else {
+                return Err(LinkError::Unavailable);
+            };
+            if tried.contains(&(key.clone(), conn.epoch)) {
+                // The dead session is still listed: wait for it to go.
+                let mut rx = self.live.clone();
+                let gone = rx.wait_for(|l| {
+                    shard::owner(l, digest) != Some(key.as_str())
+                        || l.get(&key).map(|c| c.epoch) != Some(conn.epoch)
+                });
+                match tokio::time::timeout(OWNER_SETTLE, gone).await {
+                    Ok(Ok(_)) => continue,
+                    _ => return Err(LinkError::Unavailable),
+                }
+            }
+            let mut client = conn.client.clone();
+            match client.plan(request.clone()).await {
+                Ok(r) => {
+                    let stream = r
+                        .into_inner()
+                        .take_while(|m| std::future::ready(m.is_ok()))
+                        .filter_map(|m| std::future::ready(m.ok().map(plan_update)));
+                    let moved = self.moved(*digest, key, conn.epoch);
+                    return Ok(stream.take_until(moved).boxed());
+                }
+                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                    debug!(scheduler.replica = %key, error = %s.message(), "plan owner unavailable");
+                    tried.push((key, conn.epoch));
+                }
+                Err(s) => return Err(LinkError::Refused(s.message().to_string())),
+            }
+        }
+    }
+
+    /// Resolves when `digest` stops being owned by `key`'s session `epoch`.
+    fn moved(
+        &self,
+        digest: Digest,
+        key: String,
+        epoch: u64,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.live.clone();
+        async move {
+            let r = rx
+                .wait_for(|l| {
+                    shard::owner(l, &digest) != Some(key.as_str())
+                        || l.get(&key).map(|c| c.epoch) != Some(epoch)
+                })
+                .await;
+            if r.is_ok() {
+                info!(task.digest = %digest, scheduler.replica = %key, "task moved to another scheduler replica; plan ends");
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::engine::SchedulerClient for SchedulerLink {
+    fn is_connected(&self) -> bool {
+        SchedulerLink::is_connected(self)
+    }
+
+    async fn plan(&self, digest: &Digest, size: u64) -> Result<PlanStream, LinkError> {
+        SchedulerLink::plan(self, digest, size).await
+    }
+
+    fn report(&self, report: Report) {
+        SchedulerLink::report(self, report)
+    }
+
+    fn announce(&self, digest: Digest, size: u64, hashes: Vec<Option<[u8; 32]>>) {
+        SchedulerLink::announce(self, digest, size, hashes)
+    }
+
+    fn load(&self) -> &Load {
+        &self.load
+    }
+}
