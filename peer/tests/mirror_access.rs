@@ -16,7 +16,8 @@
 //! 4. node 3 with credentials gets it, and upstream served each private blob once in
 //!    total;
 //! 5. the public image pulls anonymously on every node;
-//! 6. upstream stopped: the cached public image still pulls anonymously on every node;
+//! 6. upstream stopped: the cached public image (its manifest by digest and its blobs;
+//!    the tag needs upstream without `--stale-tag-window`) still pulls anonymously on every node;
 //!    the private one is refused with a 503 and an OCI error body before any byte, to
 //!    callers with and without credentials (their grants expired), on the node that
 //!    holds it and on one that could fetch it from peers.
@@ -452,22 +453,25 @@ async fn the_access_model(
     tokio::time::sleep(Duration::from_secs(TTL_SECS) + Duration::from_millis(500)).await;
     for n in &s.nodes {
         let got = pull(n, qns, PUBLIC, &public, &anonymous).await;
-        // Manifests are relayed from upstream only (503 now); the blobs come from the
-        // cache.
-        let blobs: Vec<_> = got
-            .into_iter()
-            .filter(|(d, _)| public.blobs.iter().any(|b| &b.digest == d))
-            .collect();
-        assert_eq!(blobs.len(), public.blobs.len());
-        assert_pulled(&format!("{case} {} public, upstream down", n.name), &blobs);
+        // The tag needs upstream (503 now: --stale-tag-window is off by default); the
+        // manifest by digest and the blobs come from the cache.
+        let (tag, by_digest): (Vec<_>, Vec<_>) =
+            got.into_iter().partition(|(d, _)| d == "manifest tag");
+        assert_eq!(tag[0].1.status, 503, "{case}: {:?}", tag[0].1);
+        assert_eq!(by_digest.len(), public.blobs.len() + 1);
+        assert_pulled(
+            &format!("{case} {} public, upstream down", n.name),
+            &by_digest,
+        );
     }
     for (n, who) in [(n1, None), (n1, Some(USER)), (n2, Some(USER)), (n3, None)] {
-        for b in &private.blobs {
-            let url = format!(
-                "{}/v2/{PRIVATE}/blobs/{}?ns={pns}",
-                n.mirror_url(),
-                b.digest
-            );
+        let objects = private
+            .blobs
+            .iter()
+            .map(|b| format!("blobs/{}", b.digest))
+            .chain([format!("manifests/{}", private.manifest_digest)]);
+        for object in objects {
+            let url = format!("{}/v2/{PRIVATE}/{object}?ns={pns}", n.mirror_url());
             let auth = who.map(|(u, p)| basic(u, p));
             let before = bytes_served(n).await;
             let (status, ct, body) = raw_get(&url, auth.as_deref()).await;

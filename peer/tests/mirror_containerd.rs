@@ -607,3 +607,64 @@ async fn killing_the_mirror_mid_blob_containerd_falls_back_to_the_registry() {
     );
     eprintln!("fallback requests: {fallback:?}");
 }
+
+/// A registry outage (issue 18): two nodes pull an image through Shoal with
+/// `--stale-tag-window`; the registry stops; node 1's containerd forgets the image (its
+/// content garbage-collected) and pulls it again by tag. The pull succeeds through the
+/// mirror alone: the tag from its last known digest, the manifest and blobs from the
+/// node's store. Node 2, whose containerd still has the image, pulls too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_image_pulls_again_while_the_registry_is_down() {
+    if !available("a_pulled_image_pulls_again_while_the_registry_is_down") {
+        return;
+    }
+    let tmp = short_tempdir();
+    let dir = tmp.path();
+    let up = Upstream::start(dir, false);
+    let image = image(&dir.join("image"), 60, 4 * MIB);
+    up.push(&image);
+    let tls_dir = dir.join("peer-tls");
+    PeerProcess::tls_init(&tls_dir).unwrap();
+    let sched = SchedulerProcess::start(&dir.join("scheduler"), &tls_dir)
+        .await
+        .unwrap();
+    let options = PeerOptions {
+        scheduler: Some(sched.grpc_url()),
+        default_upstream: None,
+        hosts_dir: None,
+        tls_dir,
+        extra: vec!["--stale-tag-window".into(), "1h".into()],
+    };
+    let nodes = [
+        Node::start(dir, 1, &up, &options).await,
+        Node::start(dir, 2, &up, &options).await,
+    ];
+    sched.wait_for_peers(2).await.unwrap();
+    let reference = up.reference(&image);
+    let since = up.registry.access_log().len();
+    for n in &nodes {
+        let out = n.pull(&reference);
+        n.assert_pulled(&out, &reference, &image);
+    }
+    let log = up.log_once_served(since, &image);
+    assert_each_blob_served_once(&log, &image, "before the outage");
+
+    let Upstream { registry, .. } = up;
+    drop(registry);
+    nodes[0].containerd.remove_image(&reference).unwrap();
+    let left = nodes[0].containerd.content_digests().unwrap();
+    assert!(
+        image.blobs.iter().all(|b| !left.contains(&b.digest)),
+        "containerd kept the image's blobs: {left:?}"
+    );
+    for n in &nodes {
+        let out = n.pull(&reference);
+        n.assert_pulled(&out, &reference, &image);
+        let stale = n.peer.metric("shoal_mirror_stale_tag_answers_total").await;
+        assert!(
+            stale >= 1.0,
+            "{}: the tag was not answered stale",
+            n.peer.name
+        );
+    }
+}

@@ -84,6 +84,17 @@ impl Access {
                 .is_some_and(|p| p.ends_with(&format!("/blobs/{digest}")))
     }
 
+    /// Whether this is a `GET` of the manifest `reference` (tag or digest), in any
+    /// repository.
+    pub fn is_manifest_get(&self, reference: &str) -> bool {
+        self.method == "GET"
+            && self
+                .path
+                .split('?')
+                .next()
+                .is_some_and(|p| p.ends_with(&format!("/manifests/{reference}")))
+    }
+
     /// Whether the client was a Shoal peer (its upstream client's `User-Agent`).
     pub fn from_shoal(&self) -> bool {
         self.user_agent.starts_with("shoal-peer/")

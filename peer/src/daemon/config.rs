@@ -104,6 +104,11 @@ pub struct RunArgs {
     /// again, e.g. 60s, 5m (0s: ask for every request) [default: 60s].
     #[arg(long, env = "SHOAL_ACCESS_CACHE_TTL")]
     pub access_cache_ttl: Option<String>,
+    /// While upstream is unreachable or rate-limits this node (429), answer a tag that
+    /// upstream resolved within this window from its last known digest, marked with a
+    /// `Shoal-Stale-Tag` header, e.g. 1h (0s: never, tags always go upstream) [default: 0s].
+    #[arg(long, env = "SHOAL_STALE_TAG_WINDOW")]
+    pub stale_tag_window: Option<String>,
     /// Re-verify every complete blob at start, at most this many bytes per second (e.g. 50MiB; 0 turns the scrub off) [default: 50MiB].
     #[arg(long, env = "SHOAL_SCRUB_RATE")]
     pub scrub_rate: Option<String>,
@@ -197,6 +202,8 @@ pub struct Settings {
     pub registry_policies: BTreeMap<String, UpstreamPolicy>,
     /// The mirror's access check (`--access-check`, `--access-cache-ttl`).
     pub access: AccessConfig,
+    /// `--stale-tag-window` (zero: off).
+    pub stale_tag_window: Duration,
     /// `--identity token-review`: the node certificate in the TLS directory comes from
     /// the scheduler's issuer, and is renewed.
     pub issuance: Option<Issuance>,
@@ -321,6 +328,7 @@ impl Settings {
         let log_format = get(a.log_format, file.log_format, "text");
         let access_check = get(a.access_check, file.access_check, "on");
         let access_cache_ttl = get(a.access_cache_ttl, file.access_cache_ttl, "60s");
+        let stale_tag_window = get(a.stale_tag_window, file.stale_tag_window, "0s");
         let zone = get(a.zone, file.zone, "");
         let advertise_addr = a.advertise_addr.or(file.advertise_addr.map(|t| t.0));
         let default_upstream = a.default_upstream.or(file.default_upstream.map(|t| t.0));
@@ -460,6 +468,9 @@ impl Settings {
         let access_ttl = parse_duration(&access_cache_ttl)
             .map_err(|e| errors.push(format!("--access-cache-ttl: {e}")))
             .unwrap_or_default();
+        let stale_tag_window = parse_duration(&stale_tag_window)
+            .map_err(|e| errors.push(format!("--stale-tag-window: {e}")))
+            .unwrap_or_default();
         let issuance = resolve_issuance(
             IssuanceArgs {
                 identity: a.identity.or(file.identity.map(|t| t.0)),
@@ -530,6 +541,7 @@ impl Settings {
                 enabled: access_enabled,
                 ttl: access_ttl,
             },
+            stale_tag_window,
             issuance,
         })
     }

@@ -214,7 +214,8 @@ impl Node {
         ]
         .into();
         let mirror =
-            Mirror::with_access(engine.clone(), Registries::new(registries), settings.access);
+            Mirror::with_access(engine.clone(), Registries::new(registries), settings.access)
+                .with_stale_tag_window(settings.stale_tag_window);
         // Ready while the mirror serves: it turns false when the mirror's server
         // ends (an error, or shutdown), before anything else stops.
         let ready = Arc::new(AtomicBool::new(true));

@@ -1,21 +1,15 @@
 //! `GET|HEAD /v2/<name>/blobs/<digest>`: a blob through the download engine.
 //!
-//! Before any byte from this node's cache or from a peer, the access check
-//! ([`super::access`]): upstream gets a `HEAD` of the blob in the requested repository
-//! carrying containerd's `Authorization` (a 401/403/404 is relayed as is, a 2xx also
-//! gives the size), unless a grant remembered for this caller, repository and digest
-//! says yes already (then a blob complete on this node streams from the store with no
-//! upstream request). The bytes then come from the store, peers or upstream as the
-//! scheduler plans. When upstream cannot be reached, only a caller a fresh grant or a
-//! public repository allows is served; anyone else gets a 503 before any byte (the
-//! mirror fails closed; `--access-check off` restores serving whoever asks). An upstream refusal of the
+//! Before any byte from this node's cache or from a peer, the access gate
+//! ([`super::gate`]: upstream's `HEAD` with the caller's credential, or a remembered
+//! decision). The bytes then come from the store, peers or upstream as the scheduler
+//! plans. An upstream refusal of the
 //! download's own `GET` (the blob deleted, a token expired since the `HEAD`) found before
 //! the first byte is answered as upstream did too. Bytes leave only once their piece is
 //! verified, and the last piece only once the whole blob matched its digest.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -23,15 +17,13 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use reqwest::Method;
 use shoal_proto::Digest;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::access::{Access, Refusal};
 use super::error::OciError;
 use super::range::{self, Span};
-use super::{FIRST_BYTE_TIMEOUT, Mirror, relay};
+use super::{FIRST_BYTE_TIMEOUT, Mirror, gate, relay};
 use crate::engine::{Download, DownloadState, EngineError, UpstreamError};
-use crate::registry::challenge::BearerChallenge;
-use crate::registry::{Object, RegistryClient, UpstreamRequest};
+use crate::registry::{Object, UpstreamRequest};
 
 pub(super) async fn serve(
     m: &Mirror,
@@ -54,16 +46,7 @@ pub(super) async fn serve(
     range::decide(range, u64::MAX).map_err(|e| OciError::range_invalid(e.to_string()))?;
     let store = m.engine.store().clone();
     let pin = store.pin(&digest);
-    let cached = {
-        let (s, d) = (store.clone(), digest);
-        tokio::task::spawn_blocking(move || s.meta(&d))
-            .await
-            .map_err(|e| OciError::internal(e.to_string()))?
-            .ok()
-            .flatten()
-            .filter(|t| t.complete)
-            .map(|t| t.shape.size())
-    };
+    let cached = m.complete_size(&digest).await?;
     let authorization = headers.get(header::AUTHORIZATION).cloned();
     let access = &m.access;
     if access.enabled() && client.catch_all() {
@@ -91,107 +74,32 @@ pub(super) async fn serve(
             Err(e) => Err(OciError::unavailable(format!("blob {name}@{digest}: {e}"))),
         };
     }
-    let fp = access.fingerprint(authorization.as_ref());
-    let (registry, now) = (client.registry(), Instant::now());
-    if access.enabled() {
-        access.stats.checks.fetch_add(1, Ordering::Relaxed);
-    }
-    // A blob on this node whose reader a remembered grant allows: no upstream request.
-    let remembered =
-        access.enabled() && cached.is_some() && access.allows(registry, name, &digest, fp, now);
-    let size_hint = match cached {
-        Some(size) if !access.enabled() || remembered => {
-            if remembered {
-                access.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                remember_credential(&client, name, authorization.as_ref(), now);
-            }
-            size
+    let pass = gate::check(
+        m,
+        gate::Ask {
+            client: &client,
+            repo: name,
+            digest,
+            manifest: false,
+            accept: Vec::new(),
+            authorization: authorization.as_ref(),
+            cached,
+            head,
+        },
+    )
+    .await;
+    let size_hint = match pass {
+        Err(answer) => return Ok(answer),
+        // A HEAD of a blob not on the node: upstream's size is the answer.
+        Ok(gate::Pass {
+            size: Some(size),
+            upstream_headers: Some(_),
+        }) if head && cached.is_none() => {
+            return Ok(blob_headers(StatusCode::OK, &digest, size, None)
+                .body(Body::empty())
+                .expect("valid response"));
         }
-        _ => {
-            // Upstream decides: a HEAD of this blob in this repository with the
-            // caller's credential. It also gives the size of a blob not on the node.
-            let req = UpstreamRequest {
-                method: Method::HEAD,
-                repo: name.to_owned(),
-                object: Object::Blob(digest),
-                accept: Vec::new(),
-                authorization: authorization.clone(),
-                range_from: None,
-            };
-            if access.enabled() {
-                access.stats.upstream_checks.fetch_add(1, Ordering::Relaxed);
-            }
-            match client.send(&req).await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    access.learn(registry, name, &digest, fp, status, Instant::now());
-                    if !resp.status().is_success() {
-                        // 401 (containerd fetches a token and retries), 403, 404, …
-                        if access.enabled() {
-                            access.stats.refused(Refusal::of_status(status));
-                        }
-                        return Ok(relay::refusal(&resp, &digest.to_string(), head));
-                    }
-                    remember_credential(&client, name, authorization.as_ref(), now);
-                    if access.enabled() && fp.is_some() && access.should_probe(registry, name, now)
-                    {
-                        tokio::spawn(probe_public(
-                            client.clone(),
-                            m.access.clone(),
-                            name.to_owned(),
-                            digest,
-                        ));
-                    }
-                    // The header itself: reqwest's `content_length()` is 0 for the
-                    // (empty) body of a HEAD answer.
-                    let size = resp
-                        .headers()
-                        .get(header::CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    match cached {
-                        Some(size) => size,
-                        None if head => {
-                            return Ok(blob_headers(StatusCode::OK, &digest, size, None)
-                                .body(Body::empty())
-                                .expect("valid response"));
-                        }
-                        None => size,
-                    }
-                }
-                Err(e) if !access.enabled() => {
-                    warn!(registry, error = %e, "upstream unreachable; trying peers (access check off)");
-                    cached.unwrap_or(0)
-                }
-                Err(e) => match access.allows_offline(registry, name, &digest, fp, now) {
-                    Some(why) => {
-                        access.stats.allowed_offline.fetch_add(1, Ordering::Relaxed);
-                        info!(
-                            registry,
-                            oci.repo = %name,
-                            task.digest = %digest,
-                            access.allowed = ?why,
-                            error = %e,
-                            "upstream unreachable; serving a blob this caller may read"
-                        );
-                        cached.unwrap_or(0)
-                    }
-                    None => {
-                        access.stats.refused(Refusal::UpstreamUnreachable);
-                        warn!(
-                            registry,
-                            oci.repo = %name,
-                            task.digest = %digest,
-                            caller.anonymous = fp.is_none(),
-                            error = %e,
-                            "access refused: upstream unreachable, cannot check this caller may read the blob"
-                        );
-                        return Ok(refuse_unchecked(registry, name, &digest, head));
-                    }
-                },
-            }
-        }
+        Ok(pass) => pass.size.unwrap_or(0),
     };
     // A range past the end of a blob of known size is refused before it is fetched.
     if size_hint > 0 && range::decide(range, size_hint) == Ok(Span::Unsatisfiable) {
@@ -243,90 +151,6 @@ pub(super) async fn serve(
         .expect("valid response"))
 }
 
-/// Upstream authorised `authorization` for `repo` (just now, or a grant still fresh): a
-/// shared download of this repository may go on with it ([`crate::registry::CredentialPool`]).
-fn remember_credential(
-    client: &RegistryClient,
-    repo: &str,
-    authorization: Option<&HeaderValue>,
-    now: Instant,
-) {
-    if let Some(a) = authorization {
-        client.credentials().remember(repo, a, now);
-    }
-}
-
-/// Whether `repo` is public, asked as an anonymous caller would: a `HEAD` of `digest`
-/// without credentials, and when a token registry answers that with a `Bearer`
-/// challenge, again with a token fetched from its realm without credentials. What
-/// upstream answers is learnt as an anonymous caller's answer (2xx: public; 401/403: not).
-async fn probe_public(
-    client: Arc<RegistryClient>,
-    access: Arc<Access>,
-    repo: String,
-    digest: Digest,
-) {
-    let mut req = UpstreamRequest {
-        method: Method::HEAD,
-        repo: repo.clone(),
-        object: Object::Blob(digest),
-        accept: Vec::new(),
-        authorization: None,
-        range_from: None,
-    };
-    access.stats.upstream_checks.fetch_add(1, Ordering::Relaxed);
-    let Ok(resp) = client.send(&req).await else {
-        return;
-    };
-    let mut status = resp.status().as_u16();
-    let challenge = resp
-        .headers()
-        .get(header::WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(BearerChallenge::parse);
-    if status == 401
-        && let Some(challenge) = challenge
-        && let Some(token) = client.anonymous_token(&challenge).await
-        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
-    {
-        req.authorization = Some(v);
-        access.stats.upstream_checks.fetch_add(1, Ordering::Relaxed);
-        match client.send(&req).await {
-            Ok(resp) => status = resp.status().as_u16(),
-            Err(_) => return,
-        }
-    }
-    debug!(
-        upstream.registry = client.registry(),
-        oci.repo = %repo,
-        http.status = status,
-        "anonymous probe: is the repository public"
-    );
-    access.learn(
-        client.registry(),
-        &repo,
-        &digest,
-        None,
-        status,
-        Instant::now(),
-    );
-}
-
-/// 503 `UNAVAILABLE` (no body for a `HEAD`): upstream cannot say whether this caller may
-/// read the blob, so nothing is served; containerd goes on to its next host.
-fn refuse_unchecked(registry: &str, repo: &str, digest: &Digest, head: bool) -> Response {
-    let err = OciError::unavailable(format!(
-        "upstream {registry} is unreachable and this caller is not known to be allowed to \
-         read {digest} of {repo}: nothing served (the mirror fails closed on access)"
-    ));
-    if head {
-        let mut r = Response::new(Body::empty());
-        *r.status_mut() = err.status;
-        return r;
-    }
-    err.into_response()
-}
-
 /// 416 with `Content-Range: bytes */SIZE`.
 fn unsatisfiable(range: Option<&str>, size: u64) -> Response {
     let mut r = OciError {
@@ -366,7 +190,7 @@ fn blob_headers(
 /// Waits until the download knows the blob's size; else the answer to give: upstream's
 /// refusal (4xx) as upstream gave it, 503 for any other failure or when nothing started
 /// in time.
-async fn wait_for_size(dl: &Arc<Download>, head: bool) -> Result<u64, Response> {
+pub(super) async fn wait_for_size(dl: &Arc<Download>, head: bool) -> Result<u64, Response> {
     let mut rx = dl.progress();
     let waited = tokio::time::timeout(
         FIRST_BYTE_TIMEOUT,
@@ -394,7 +218,7 @@ async fn wait_for_size(dl: &Arc<Download>, head: bool) -> Result<u64, Response> 
 
 /// The answer to a download that failed before the first body byte: an upstream
 /// refusal (4xx) as upstream gave it, anything else as 503.
-fn failed(dl: &Download, why: EngineError, head: bool) -> Response {
+pub(super) fn failed(dl: &Download, why: EngineError, head: bool) -> Response {
     debug!(task.digest = %dl.digest(), error = %why, "blob download failed before the first byte");
     if let EngineError::Upstream(UpstreamError::Status {
         status,

@@ -3,7 +3,9 @@
 //!
 //! Blobs come through the download engine (peers first, upstream when the scheduler
 //! says so or nobody can serve) and stream to containerd in order as their pieces are
-//! verified. Manifests are relayed from upstream with their headers unchanged.
+//! verified. Manifests by tag are relayed from upstream with their headers unchanged
+//! (and, with `--stale-tag-window`, answered from their last known digest while upstream
+//! is unavailable); manifests by digest are tasks like blobs.
 //! containerd's `Authorization` goes upstream and upstream's 401 comes back, so
 //! containerd does its own token dance; credentials are never logged.
 //!
@@ -13,17 +15,21 @@
 //!
 //! Layout: [`route`] (pure: path, name, reference and `ns` grammar), [`range`] (pure:
 //! the `Range` header), [`access`] (who may read a blob: remembered upstream decisions),
-//! [`error`] (OCI error bodies), `blobs.rs`, `manifests.rs`,
+//! `gate.rs` (the access check of one blob or manifest, with its upstream `HEAD`),
+//! [`tags`] (tags' last known digests), [`error`] (OCI error bodies), `blobs.rs`,
+//! [`manifests`],
 //! `relay.rs` (an upstream response as a mirror response), this file (router, state,
 //! counters). Not here: the upstream client and `hosts.toml` ([`crate::registry`]).
 
 pub mod access;
 mod blobs;
 pub mod error;
-mod manifests;
+mod gate;
+pub mod manifests;
 pub mod range;
 mod relay;
 pub mod route;
+pub mod tags;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +51,8 @@ use crate::registry::{Registries, RegistryClient, RegistryError};
 pub use access::{Access, AccessConfig};
 pub use error::OciError;
 use route::Object;
+use shoal_proto::Digest;
+pub use tags::TagMemory;
 
 /// How long a blob request waits for the blob's size (from a plan, upstream or the
 /// store) before it answers 503 so containerd tries its next host.
@@ -69,6 +77,11 @@ pub struct MirrorStats {
     pub failed: AtomicU64,
     /// Answers whose status upstream gave, relayed to the client, by status code.
     pub upstream_responses: UpstreamResponses,
+    /// Manifests by digest served through the engine (from this node, peers, or
+    /// upstream once for the swarm).
+    pub manifests_shared: AtomicU64,
+    /// Tags answered from their last known digest while upstream was unavailable.
+    pub stale_tag_answers: AtomicU64,
 }
 
 /// Answers relayed from upstream, counted by status code: each code of
@@ -151,6 +164,16 @@ impl MirrorStats {
                     "Mirror requests nothing could serve (the mirror's own 5xx); upstream's answers are in upstream_responses_total.",
                     load(&m.failed),
                 ),
+                Sample::Counter(
+                    "manifests_shared",
+                    "Manifests by digest served through the download engine (this node, peers, or upstream once for the swarm).",
+                    load(&m.manifests_shared),
+                ),
+                Sample::Counter(
+                    "stale_tag_answers",
+                    "Tags answered from their last known digest while upstream was unavailable (--stale-tag-window).",
+                    load(&m.stale_tag_answers),
+                ),
                 Sample::LabeledCounters(
                     "upstream_responses",
                     "Answers relayed from upstream with upstream's status, by code (other: any code not listed).",
@@ -173,6 +196,8 @@ pub struct Mirror {
     pub stats: Arc<MirrorStats>,
     /// The access check and its remembered decisions.
     pub access: Arc<Access>,
+    /// Tags' last known digests (`--stale-tag-window`; off by default).
+    pub tags: Arc<TagMemory>,
 }
 
 impl Mirror {
@@ -189,7 +214,27 @@ impl Mirror {
             registries,
             stats: Arc::new(MirrorStats::default()),
             access: Arc::new(Access::new(access)),
+            tags: Arc::new(TagMemory::new(Duration::ZERO)),
         }
+    }
+
+    /// Answers tags from their last known digest within `window` while upstream is
+    /// unavailable (zero: never, the default).
+    pub fn with_stale_tag_window(mut self, window: Duration) -> Self {
+        self.tags = Arc::new(TagMemory::new(window));
+        self
+    }
+
+    /// The size of `digest` when it is complete on this node.
+    async fn complete_size(&self, digest: &Digest) -> Result<Option<u64>, OciError> {
+        let (s, d) = (self.engine.store().clone(), *digest);
+        Ok(tokio::task::spawn_blocking(move || s.meta(&d))
+            .await
+            .map_err(|e| OciError::internal(e.to_string()))?
+            .ok()
+            .flatten()
+            .filter(|t| t.complete)
+            .map(|t| t.shape.size()))
     }
 
     /// The upstream for containerd's `ns`.
@@ -256,14 +301,12 @@ async fn dispatch(
         Object::Blob(digest) => blobs::serve(&m, head, ns, &r.name, digest, &headers)
             .await
             .unwrap_or_else(IntoResponse::into_response),
-        Object::ManifestTag(tag) => manifests::serve(&m, head, ns, &r.name, &tag, &headers)
+        Object::ManifestTag(tag) => manifests::serve_tag(&m, head, ns, &r.name, &tag, &headers)
             .await
             .unwrap_or_else(IntoResponse::into_response),
-        Object::ManifestDigest(d) => {
-            manifests::serve(&m, head, ns, &r.name, &d.to_string(), &headers)
-                .await
-                .unwrap_or_else(IntoResponse::into_response)
-        }
+        Object::ManifestDigest(d) => manifests::serve_digest(&m, head, ns, &r.name, d, &headers)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
     }
 }
 

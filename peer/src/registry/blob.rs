@@ -21,11 +21,14 @@ use super::{Object, RegistryClient, UpstreamRequest};
 use crate::engine::{Upstream, UpstreamBody, UpstreamError};
 
 /// Blobs of one repository from one registry, as the engine fetches them: `GET` with
-/// `Range: bytes=N-` when resuming. Made by [`RegistryClient::blob_upstream`].
+/// `Range: bytes=N-` when resuming. Made by [`RegistryClient::blob_upstream`], or by
+/// [`RegistryClient::manifest_upstream`] for manifests by digest (the same, at
+/// `/manifests/<digest>` with every manifest media type accepted).
 pub struct BlobUpstream {
     client: Arc<RegistryClient>,
     repo: String,
     authorization: Option<HeaderValue>,
+    manifest: bool,
 }
 
 impl std::fmt::Debug for BlobUpstream {
@@ -42,11 +45,13 @@ impl BlobUpstream {
         client: Arc<RegistryClient>,
         repo: String,
         authorization: Option<HeaderValue>,
+        manifest: bool,
     ) -> BlobUpstream {
         BlobUpstream {
             client,
             repo,
             authorization,
+            manifest,
         }
     }
 }
@@ -61,8 +66,16 @@ impl Upstream for BlobUpstream {
         let mut request = UpstreamRequest {
             method: reqwest::Method::GET,
             repo: self.repo.clone(),
-            object: Object::Blob(*digest),
-            accept: Vec::new(),
+            object: if self.manifest {
+                Object::Manifest(digest.to_string())
+            } else {
+                Object::Blob(*digest)
+            },
+            accept: if self.manifest {
+                super::MANIFEST_MEDIA_TYPES.map(str::to_owned).to_vec()
+            } else {
+                Vec::new()
+            },
             authorization: self.authorization.clone(),
             range_from: (range_start > 0).then_some(range_start),
         };

@@ -315,7 +315,17 @@ impl RegistryClient {
         repo: String,
         authorization: Option<HeaderValue>,
     ) -> BlobUpstream {
-        BlobUpstream::new(self.clone(), repo, authorization)
+        BlobUpstream::new(self.clone(), repo, authorization, false)
+    }
+
+    /// The engine's upstream for manifests of `repo` by digest, with containerd's
+    /// `Authorization`.
+    pub fn manifest_upstream(
+        self: &Arc<Self>,
+        repo: String,
+        authorization: Option<HeaderValue>,
+    ) -> BlobUpstream {
+        BlobUpstream::new(self.clone(), repo, authorization, true)
     }
 }
 

@@ -104,6 +104,16 @@ fn line_suffix(line: Option<usize>) -> String {
     line.map(|l| format!(":{l}")).unwrap_or_default()
 }
 
+/// The manifest media types the peer asks for when it fetches a manifest by digest
+/// itself (through the swarm, or to probe a repository): every type containerd
+/// accepts, so that upstream answers what containerd would have been given.
+pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
 /// What to fetch from a repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {

@@ -52,6 +52,7 @@ pub(super) struct File {
     pub(super) scrub_rate: Option<Text>,
     pub(super) access_check: Option<Text>,
     pub(super) access_cache_ttl: Option<Text>,
+    pub(super) stale_tag_window: Option<Text>,
     pub(super) identity: Option<Text>,
     pub(super) node_name: Option<Text>,
     pub(super) sa_token_file: Option<PathBuf>,
