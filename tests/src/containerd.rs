@@ -188,6 +188,14 @@ impl Containerd {
         Ok(containerd)
     }
 
+    /// Its content store (`<root>/io.containerd.content.v1.content`), where committed
+    /// blobs are `blobs/sha256/<hex>`.
+    pub fn content_dir(&self) -> PathBuf {
+        self.dir
+            .join("root")
+            .join("io.containerd.content.v1.content")
+    }
+
     /// The gRPC socket.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -98,14 +98,14 @@ Prints nothing when both are empty. */}}
 {{/* containerd layout -------------------------------------------------------
 The preset's config file and hosts directories (docs/platforms/), with the
 overrides from values applied. Returns YAML: configFile, configDir, hostsDirs,
-configure. */}}
+configure, contentDir ("" when the content store is not shared). */}}
 {{- define "shoal.containerd" -}}
 {{- $presets := dict
-  "containerd" (dict "configFile" "/etc/containerd/config.toml" "hostsDirs" (list "/etc/containerd/certs.d") "configure" true)
-  "eks" (dict "configFile" "/etc/containerd/config.toml" "hostsDirs" (list "/etc/containerd/certs.d" "/etc/docker/certs.d") "configure" true)
-  "k3s" (dict "configFile" "/var/lib/rancher/k3s/agent/etc/containerd/config.toml" "hostsDirs" (list "/var/lib/rancher/k3s/agent/etc/containerd/certs.d") "configure" true)
-  "rke2" (dict "configFile" "/var/lib/rancher/rke2/agent/etc/containerd/config.toml" "hostsDirs" (list "/var/lib/rancher/rke2/agent/etc/containerd/certs.d") "configure" true)
-  "talos" (dict "configFile" "/etc/cri/containerd.toml" "hostsDirs" (list "/etc/cri/conf.d/hosts") "configure" false)
+  "containerd" (dict "configFile" "/etc/containerd/config.toml" "hostsDirs" (list "/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
+  "eks" (dict "configFile" "/etc/containerd/config.toml" "hostsDirs" (list "/etc/containerd/certs.d" "/etc/docker/certs.d") "configure" true "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
+  "k3s" (dict "configFile" "/var/lib/rancher/k3s/agent/etc/containerd/config.toml" "hostsDirs" (list "/var/lib/rancher/k3s/agent/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/rancher/k3s/agent/containerd/io.containerd.content.v1.content")
+  "rke2" (dict "configFile" "/var/lib/rancher/rke2/agent/etc/containerd/config.toml" "hostsDirs" (list "/var/lib/rancher/rke2/agent/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/rancher/rke2/agent/containerd/io.containerd.content.v1.content")
+  "talos" (dict "configFile" "/etc/cri/containerd.toml" "hostsDirs" (list "/etc/cri/conf.d/hosts") "configure" false "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
 -}}
 {{- $c := .Values.containerd -}}
 {{- $p := required (printf "containerd.preset %q is not one of containerd, eks, k3s, rke2, talos" $c.preset) (get $presets $c.preset) -}}
@@ -116,6 +116,7 @@ configFile: {{ $file | quote }}
 configDir: {{ dir $file | quote }}
 hostsDirs: {{ $c.hostsDirs | default $p.hostsDirs | toJson }}
 configure: {{ $configure }}
+contentDir: {{ ternary ($c.contentDir | default $p.contentDir) "" (ne $c.shareContentStore false) | quote }}
 {{- end -}}
 
 {{/* A volume name for a host path: a stable, DNS-1123 label. */}}

@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// containerd's hosts dirs (its `config_path`): upstream TLS (ca, client certs), headers and servers per registry; several dirs are `:`-separated and searched in order, the first with a directory for a registry wins, as containerd does (EKS: /etc/containerd/certs.d:/etc/docker/certs.d) [default: /etc/containerd/certs.d].
     #[arg(long, env = "SHOAL_CONTAINERD_HOSTS_DIR")]
     pub containerd_hosts_dir: Option<PathBuf>,
+    /// containerd's content store, read-only (e.g. /var/lib/containerd/io.containerd.content.v1.content): blobs containerd committed are verified, served to peers and the mirror from there, and not kept twice [default: none, off].
+    #[arg(long, env = "SHOAL_CONTAINERD_CONTENT_DIR")]
+    pub containerd_content_dir: Option<PathBuf>,
     /// Upstream registry for requests without containerd's ns parameter, e.g. ghcr.io or http://10.0.0.9:5000 [default: none].
     #[arg(long, env = "SHOAL_DEFAULT_UPSTREAM")]
     pub default_upstream: Option<String>,
@@ -192,6 +195,8 @@ pub struct Settings {
     pub mirror_allow_remote: bool,
     /// containerd's hosts dirs, in its search order (`--containerd-hosts-dir`, `:`-separated).
     pub containerd_hosts_dirs: Vec<PathBuf>,
+    /// containerd's content store, served from read-only (`--containerd-content-dir`).
+    pub containerd_content_dir: Option<PathBuf>,
     /// Upstream for requests without `ns`.
     pub default_upstream: Option<String>,
     /// Bytes per second the scrub at start reads (0: no scrub).
@@ -533,6 +538,7 @@ impl Settings {
             mirror_listen: mirror_listen.expect("checked"),
             mirror_allow_remote,
             containerd_hosts_dirs,
+            containerd_content_dir: a.containerd_content_dir.or(file.containerd_content_dir),
             scrub_rate: scrub_rate.expect("checked"),
             default_upstream,
             upstream,

@@ -8,10 +8,12 @@
 //! ([`Node::start`]: a node on bound [`Sockets`], the wiring), `health.rs` (`/metrics`,
 //! `/healthz`, `/readyz`), `gc.rs` (the eviction loop), `tls_reload.rs` (renewed
 //! certificates and rotated CAs for QUIC), `issuance.rs` (the node certificate from the
-//! scheduler's issuer, `--identity token-review`, and its renewal), this file (the store's views for the QUIC
+//! scheduler's issuer, `--identity token-review`, and its renewal), `content_scan.rs`
+//! (adopting containerd's content store, `--containerd-content-dir`), this file (the store's views for the QUIC
 //! server and the scheduler link, [`run`]).
 
 pub mod config;
+pub mod content_scan;
 mod gc;
 pub mod health;
 pub mod issuance;

@@ -26,7 +26,7 @@ use crate::engine::Engine;
 use crate::mirror::Mirror;
 use crate::registry::{Registries, RegistriesConfig};
 use crate::scheduler_link::{LinkConfig, SchedulerLink};
-use crate::store::{DiskStore, PieceStore, load_or_create_peer_id};
+use crate::store::{ContentLayer, DiskStore, PieceStore, load_or_create_peer_id};
 use crate::tls;
 use crate::transfer::{PieceClient, TransferStats, UploadLimits};
 
@@ -109,7 +109,7 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Node> {
         let (dir, cache) = (settings.data_dir.clone(), settings.cache);
-        let store: Arc<dyn PieceStore> = Arc::new(
+        let own: Arc<dyn PieceStore> = Arc::new(
             tokio::task::spawn_blocking(move || DiskStore::open(&dir, cache))
                 .await?
                 .with_context(|| {
@@ -119,6 +119,16 @@ impl Node {
                     )
                 })?,
         );
+        // containerd's content store in front of the own store: its blobs are served
+        // from there, read-only, once verified.
+        let content = settings
+            .containerd_content_dir
+            .clone()
+            .map(|d| Arc::new(ContentLayer::new(own.clone(), d)));
+        let store: Arc<dyn PieceStore> = match &content {
+            Some(layer) => layer.clone(),
+            None => own,
+        };
         // A stop during the wait for a first certificate ends the start.
         let mut shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
             Box::pin(shutdown);
@@ -250,7 +260,7 @@ impl Node {
             stats.clone(),
             stopped(),
         ));
-        let metrics = health::registry(
+        let mut metrics = health::registry(
             &engine,
             &mirror.stats,
             &mirror.access.stats,
@@ -258,6 +268,15 @@ impl Node {
             &store,
             &link,
         );
+        if let Some(layer) = &content {
+            super::content_scan::register_metrics(layer, metrics.sub_registry_with_prefix("peer"));
+            tokio::spawn(super::content_scan::run(
+                layer.clone(),
+                link.clone(),
+                settings.scrub_rate,
+                stopped(),
+            ));
+        }
         let health = health::Health {
             metrics: Arc::new(metrics),
             link,

@@ -11,6 +11,9 @@
 //!   `dir/blobs/sha256/<hex>` and metadata in sled under `dir/meta`.
 //! - [`MemStore`] (`mem.rs`): the in-memory twin with the same behaviour, for
 //!   unit tests of the layers above, with fault injection.
+//! - [`ContentLayer`] (`content.rs`): containerd's content store, read-only, in front
+//!   of the own store (`--containerd-content-dir`): blobs containerd committed are
+//!   served from its files, verified, and not stored twice.
 //! - [`load_or_create_peer_id`] (`peer_id.rs`): the stable peer id in `dir/peer-id`.
 //! - Garbage collection by watermarks, shared by both stores (`plan` below).
 //!
@@ -19,6 +22,7 @@
 //! talking to the scheduler (callers report what [`PieceStore::collect_garbage`]
 //! evicted).
 
+pub mod content;
 mod disk;
 mod error;
 pub(crate) mod fuzz;
@@ -35,6 +39,7 @@ use shoal_proto::piece::{PieceSet, TaskShape};
 
 use crate::metrics::{self, Sample};
 
+pub use content::ContentLayer;
 pub use disk::{DiskStore, Recovery};
 pub use error::StoreError;
 pub use mem::MemStore;

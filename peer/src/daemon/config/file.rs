@@ -45,6 +45,7 @@ pub(super) struct File {
     pub(super) mirror_listen: Option<Text>,
     pub(super) mirror_allow_remote: Option<bool>,
     pub(super) containerd_hosts_dir: Option<PathBuf>,
+    pub(super) containerd_content_dir: Option<PathBuf>,
     pub(super) default_upstream: Option<Text>,
     pub(super) cache_high_watermark: Option<Text>,
     pub(super) cache_low_watermark: Option<Text>,
