@@ -40,6 +40,7 @@ mod credentials;
 mod endpoint;
 pub mod hosts_toml;
 pub mod names;
+pub mod registries_conf;
 
 use std::collections::HashMap;
 use std::fs;
