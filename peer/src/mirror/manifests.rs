@@ -13,19 +13,19 @@ use axum::response::Response;
 use reqwest::Method;
 
 use super::error::OciError;
-use super::{Mirror, relay};
+use super::{Mirror, Target, relay};
 use crate::registry::{Object, UpstreamRequest};
 
 pub(super) async fn serve(
     m: &Mirror,
     head: bool,
-    ns: Option<&str>,
+    target: &Target,
     name: &str,
     reference: &str,
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
     m.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
-    let client = m.upstream(ns).await?;
+    let client = m.upstream(target).await?;
     let accept = headers
         .get_all(header::ACCEPT)
         .iter()

@@ -36,6 +36,7 @@ mod body;
 pub mod challenge;
 mod client;
 mod config;
+mod containers;
 mod credentials;
 mod endpoint;
 pub mod hosts_toml;
@@ -57,6 +58,7 @@ pub use blob::BlobUpstream;
 pub use body::{BodyError, idle_limited};
 pub use client::RegistryClient;
 pub use config::{RegistriesConfig, UpstreamPolicy};
+pub use containers::ContainersFiles;
 pub use credentials::CredentialPool;
 
 use config::DefaultUpstream;
@@ -199,6 +201,8 @@ enum Source {
     CertDir(PathBuf, FileStamp),
     /// No directory: the default upstream's implicit configuration.
     Implicit,
+    /// containers-registries.conf: its files and the certificate directories looked at.
+    Containers(Stamps),
 }
 
 /// What changes when a file is rewritten (in place or by rename).
@@ -281,6 +285,99 @@ impl Registries {
             })
     }
 
+    /// For a request without `ns` (CRI-O, Podman): when the first component of `name`
+    /// names a registry that containers-registries.conf configures
+    /// ([`RegistriesConfig::containers`]; the component is written by
+    /// [`names::mirror_namespace`]), that registry's client and the repository below
+    /// the component. `Ok(None)`: not such a request (no containers config, or the
+    /// component is not a configured registry): the caller goes on as without `ns`.
+    pub async fn resolve_namespaced(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Arc<RegistryClient>, String)>, RegistryError> {
+        if self.inner.config.containers.is_none() {
+            return Ok(None);
+        }
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || this.resolve_namespaced_blocking(&name))
+            .await
+            .unwrap_or_else(|e| {
+                Err(RegistryError::Config {
+                    path: PathBuf::new(),
+                    line: None,
+                    message: format!("resolving the registry failed: {e}"),
+                })
+            })
+    }
+
+    /// [`Self::resolve_namespaced`], blocking on the file system. The client is cached
+    /// per registry and rebuilt when a registries.conf file, the drop-in directory, a
+    /// certificate directory or a certificate changes.
+    pub fn resolve_namespaced_blocking(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Arc<RegistryClient>, String)>, RegistryError> {
+        let Some(files) = &self.inner.config.containers else {
+            return Ok(None);
+        };
+        let Some((first, repo)) = name.split_once('/') else {
+            return Ok(None);
+        };
+        let Some(registry) = names::registry_of_namespace(first) else {
+            return Ok(None);
+        };
+        let key = format!("containers:{registry}");
+        let stamps = files.stamps();
+        {
+            let cache = self.inner.cache.lock().expect("registry cache lock");
+            if let Some(c) = cache.get(&key)
+                && matches!(&c.source, Source::Containers(s) if *s == stamps)
+                && c.files.iter().all(|(p, s)| FileStamp::read(p) == *s)
+            {
+                return Ok(Some((c.client.clone(), repo.to_owned())));
+            }
+        }
+        let entries = files.entries()?;
+        let Some(entry) = registries_conf::entry_for(&entries, &registry) else {
+            return Ok(None);
+        };
+        let specs = containers::endpoint_specs(entry, &registry, files)?;
+        let (specs, _) = hosts_toml::without_own_mirrors(specs, &self.inner.own);
+        let mut watched: Stamps = containers::cert_dirs_of(entry, &registry, files)
+            .into_iter()
+            .map(|d| {
+                let s = FileStamp::read(&d);
+                (d, s)
+            })
+            .collect();
+        watched.extend(cert_stamps(&specs));
+        let client = Arc::new(RegistryClient::build(
+            &registry,
+            &entry.file,
+            specs,
+            &self.inner.config,
+        )?);
+        info!(
+            upstream.registry = %registry,
+            config.path = %entry.file.display(),
+            upstream.endpoints = ?client.endpoints(),
+            "upstream registry configured from registries.conf"
+        );
+        self.inner
+            .cache
+            .lock()
+            .expect("registry cache lock")
+            .insert(
+                key,
+                Cached {
+                    source: Source::Containers(stamps),
+                    files: watched,
+                    client: client.clone(),
+                },
+            );
+        Ok(Some((client, repo.to_owned())))
+    }
+
     /// The client for containerd's `ns` (`None`: the default upstream); blocks on the
     /// file system (use [`Self::resolve`] from async code).
     ///
@@ -318,7 +415,7 @@ impl Registries {
         client.catch_all = match &source {
             Source::HostsToml(file, _) => in_default_dir(file.parent()),
             Source::CertDir(dir, _) => in_default_dir(Some(dir)),
-            Source::Implicit => false,
+            Source::Implicit | Source::Containers(_) => false,
         };
         let client = Arc::new(client);
         self.inner
@@ -440,6 +537,13 @@ impl Registries {
                 let spec = hosts_toml::from_cert_files(dir, &names, &implicit)?;
                 (vec![spec], dir.clone())
             }
+            Source::Containers(_) => {
+                return Err(RegistryError::Config {
+                    path: config.hosts_dirs.first().cloned().unwrap_or_default(),
+                    line: None,
+                    message: "registries.conf sources are resolved by resolve_namespaced".into(),
+                });
+            }
             Source::Implicit => {
                 let origin = config.hosts_dirs.first().cloned().unwrap_or_default();
                 (vec![hosts_toml::implicit(&implicit, &origin)?], origin)
@@ -453,17 +557,7 @@ impl Registries {
                 "own mirror entries skipped"
             );
         }
-        let files = specs
-            .iter()
-            .flat_map(|s| {
-                s.ca.iter().chain(
-                    s.client
-                        .iter()
-                        .flat_map(|c| std::iter::once(&c.cert).chain(&c.key)),
-                )
-            })
-            .map(|f| (f.path.clone(), FileStamp::read(&f.path)))
-            .collect();
+        let files = cert_stamps(&specs);
         let client = RegistryClient::build(registry, &origin, specs, config)?;
         info!(
             upstream.registry = %registry,
@@ -473,6 +567,21 @@ impl Registries {
         );
         Ok((client, files))
     }
+}
+
+/// The certificate files `specs` name, with their stamps taken before they are read.
+fn cert_stamps(specs: &[EndpointSpec]) -> Stamps {
+    specs
+        .iter()
+        .flat_map(|s| {
+            s.ca.iter().chain(
+                s.client
+                    .iter()
+                    .flat_map(|c| std::iter::once(&c.cert).chain(&c.key)),
+            )
+        })
+        .map(|f| (f.path.clone(), FileStamp::read(&f.path)))
+        .collect()
 }
 
 #[cfg(test)]
