@@ -82,7 +82,7 @@ impl Default for Options {
 pub struct RegistryEntry {
     /// The registry host (`prefix`).
     pub prefix: String,
-    /// `location` copied from the entry in force; empty when it had none.
+    /// `location` copied from the entry in force; the registry itself when it had none.
     pub location: String,
     /// `insecure` copied.
     pub insecure: bool,
@@ -196,7 +196,11 @@ pub fn plan(tree: &dyn Tree, opts: &Options) -> Result<Plan, SetupError> {
         }
         entries.push(RegistryEntry {
             prefix: registry.clone(),
-            location: exact.map(|b| b.location.clone()).unwrap_or_default(),
+            // containers/image requires a location for a prefix that is not a wildcard.
+            location: exact
+                .map(|b| b.location.clone())
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| registry.clone()),
             insecure: base.is_some_and(|b| b.insecure),
             mirror_by_digest_only: base.is_some_and(|b| b.mirror_by_digest_only),
             mirrors,

@@ -25,9 +25,7 @@ pub fn render(entries: &[RegistryEntry]) -> String {
         }
         out.push_str("[[registry]]\n");
         out.push_str(&format!("prefix = {}\n", quoted(&e.prefix)));
-        if !e.location.is_empty() {
-            out.push_str(&format!("location = {}\n", quoted(&e.location)));
-        }
+        out.push_str(&format!("location = {}\n", quoted(&e.location)));
         if e.insecure {
             out.push_str("insecure = true\n");
         }

@@ -105,7 +105,7 @@ fn wildcard_entries_and_version_1_lists_are_followed() {
     let e = registries_conf::parse(&text, Path::new(DROP_IN)).unwrap();
     assert_eq!(e[0].prefix, "r.corp.example");
     assert_eq!(
-        e[0].location, "",
+        e[0].location, "r.corp.example",
         "a wildcard entry has no location to copy"
     );
     assert!(e[0].insecure);
@@ -116,7 +116,7 @@ fn wildcard_entries_and_version_1_lists_are_followed() {
 fn configure_is_idempotent_and_never_copies_its_own_mirror() {
     let tree = MemTree::new().file(
         CONF,
-        "[[registry]]\nprefix = \"docker.io\"\n[[registry.mirror]]\nlocation = \"localhost:7650/docker.io\"\n",
+        "[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"localhost:7650/docker.io\"\n",
     );
     let text = drop_in(&tree, &["docker.io"]);
     assert_eq!(text.matches("[[registry.mirror]]").count(), 1, "{text}");
@@ -150,7 +150,7 @@ fn conflicts_are_refused_together_with_file_and_line() {
     let tree = MemTree::new()
         .file(
             CONF,
-            "# site policy\n[[registry]]\nprefix = \"quay.io\"\nblocked = true\n",
+            "# site policy\n[[registry]]\nlocation = \"quay.io\"\nblocked = true\n",
         )
         .file(
             "/etc/containers/registries.conf.d/zzz-late.conf",
@@ -202,7 +202,7 @@ fn configure_then_restore_is_byte_exact_on_disk() {
     let root = dir.path();
     let conf = root.join("etc/containers/registries.conf");
     std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
-    std::fs::write(&conf, "[[registry]]\nprefix = \"docker.io\"\n").unwrap();
+    std::fs::write(&conf, "[[registry]]\nlocation = \"docker.io\"\n").unwrap();
     let fs = FsTree::new(root);
     let o = opts(&["docker.io"]);
 
@@ -218,7 +218,7 @@ fn configure_then_restore_is_byte_exact_on_disk() {
     assert!(!root.join("etc/containers/registries.conf.d").exists());
     assert_eq!(
         std::fs::read_to_string(&conf).unwrap(),
-        "[[registry]]\nprefix = \"docker.io\"\n"
+        "[[registry]]\nlocation = \"docker.io\"\n"
     );
 
     // A drop-in of the same name that was there before is backed up and put back.

@@ -268,7 +268,7 @@ mod tests {
     fn mirrors_then_location_with_namespaces_and_insecure_twins() {
         let dir = tempfile::tempdir().unwrap();
         let e = entry(
-            "[[registry]]\nprefix = \"docker.io\"\nmirror-by-digest-only = true\n\
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\nmirror-by-digest-only = true\n\
              [[registry.mirror]]\nlocation = \"127.0.0.1:7650/docker.io\"\ninsecure = true\n\
              [[registry.mirror]]\nlocation = \"cache.example/hub\"\npull-from-mirror = \"tag-only\"\n",
         );
@@ -315,7 +315,7 @@ mod tests {
         for f in ["ca.crt", "client.cert", "client.key"] {
             std::fs::write(host.join(f), "x").unwrap();
         }
-        let e = entry("[[registry]]\nprefix = \"r.example:5000\"\n");
+        let e = entry("[[registry]]\nlocation = \"r.example:5000\"\n");
         let specs = endpoint_specs(&e, "r.example:5000", &files(dir.path())).unwrap();
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].url.as_str(), "https://r.example:5000/v2");

@@ -62,7 +62,7 @@ pub struct ConfMirror {
 pub struct ConfEntry {
     /// `prefix` (the `location` when absent): a host, `host/namespace`, or `*.domain`.
     pub prefix: String,
-    /// `location`; empty when absent (the prefix is then the location).
+    /// `location`; empty only for a `*.domain` prefix.
     pub location: String,
     /// Plain HTTP and unverified TLS allowed.
     pub insecure: bool,
@@ -203,6 +203,15 @@ impl Cx<'_> {
         };
         if prefix.is_empty() {
             return Err(self.error(span, "a [[registry]] needs a `prefix` or a `location`"));
+        }
+        if location.is_empty() && !prefix.starts_with("*.") {
+            // containers/image refuses it the same way.
+            return Err(self.error(
+                span,
+                format!(
+                    "[[registry]] prefix {prefix:?} has no `location` (only *.domain prefixes may omit it)"
+                ),
+            ));
         }
         let mut mirrors = Vec::new();
         match t.get("mirror") {
@@ -441,14 +450,16 @@ blocked = true
         );
         let err = parse("[[registry]\n", Path::new("/r.conf")).unwrap_err();
         assert!(err.malformed && err.line == 1, "{err}");
+        let err = parse("[[registry]]\nprefix = \"a.io\"\n", Path::new("/r.conf")).unwrap_err();
+        assert!(err.message.contains("has no `location`"), "{err}");
         let err = parse(
-            "[[registry]]\nprefix = \"a.io\"\n[[registry]]\nlocation = \"a.io\"\n",
+            "[[registry]]\nprefix = \"a.io\"\nlocation = \"a.io\"\n[[registry]]\nlocation = \"a.io\"\n",
             Path::new("/r.conf"),
         )
         .unwrap_err();
-        assert_eq!(err.line, 3, "{err}");
+        assert_eq!(err.line, 4, "{err}");
         let err = parse(
-            "[[registry]]\nprefix = \"a.io\"\n[[registry.mirror]]\ninsecure = true\n",
+            "[[registry]]\nlocation = \"a.io\"\n[[registry.mirror]]\ninsecure = true\n",
             Path::new("/r.conf"),
         )
         .unwrap_err();
@@ -458,9 +469,9 @@ blocked = true
     #[test]
     fn later_files_replace_entries_of_the_same_prefix() {
         let main = p(
-            "[[registry]]\nprefix = \"docker.io\"\n[[registry.mirror]]\nlocation = \"m1\"\n[[registry]]\nprefix = \"quay.io\"\n",
+            "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"m1\"\n[[registry]]\nlocation = \"quay.io\"\n",
         );
-        let drop_in = p("[[registry]]\nprefix = \"docker.io\"\ninsecure = true\n");
+        let drop_in = p("[[registry]]\nlocation = \"docker.io\"\ninsecure = true\n");
         let e = effective([main, drop_in]);
         assert_eq!(e.len(), 2);
         assert!(e[0].insecure && e[0].mirrors.is_empty());
