@@ -4,8 +4,9 @@
 //! (`/etc/containers/registries.conf`, then `/etc/containers/registries.conf.d/*.conf` in
 //! lexical order). `configure` writes one drop-in, [`DROP_IN_NAME`], with a `[[registry]]`
 //! per mirrored registry: a later drop-in entry with the same `prefix` replaces the earlier
-//! one whole, so ours copies the entry in force (`location`, `insecure`,
-//! `mirror-by-digest-only`, its mirrors) and puts the Shoal mirror first.
+//! one whole, so ours copies the entry in force (`location`, `insecure`, its mirrors;
+//! `mirror-by-digest-only` as `pull-from-mirror = "digest-only"` on each of them) and puts
+//! the Shoal mirror first.
 //!
 //! The mirror entry's location carries the registry as a namespace
 //! (`127.0.0.1:7650/docker.io`), so CRI-O asks the mirror for `/v2/docker.io/<repo>/…`
@@ -86,8 +87,6 @@ pub struct RegistryEntry {
     pub location: String,
     /// `insecure` copied.
     pub insecure: bool,
-    /// `mirror-by-digest-only` copied.
-    pub mirror_by_digest_only: bool,
     /// Shoal's mirror, then the mirrors of the entry in force.
     pub mirrors: Vec<ConfMirror>,
     /// `FILE:LINE` of the entry copied, for the drop-in's comment; `None` when the
@@ -187,11 +186,21 @@ pub fn plan(tree: &dyn Tree, opts: &Options) -> Result<Plan, SetupError> {
         }];
         let exact = base.filter(|b| b.prefix == *registry);
         if let Some(b) = base {
+            // `mirror-by-digest-only` would hold for the Shoal mirror too, and
+            // containers/image refuses it next to `pull-from-mirror`: it becomes
+            // `pull-from-mirror = "digest-only"` on each copied mirror, the same rule.
             mirrors.extend(
                 b.mirrors
                     .iter()
                     .filter(|m| own.is_none() || location_authority(&m.location) != own)
-                    .cloned(),
+                    .map(|m| ConfMirror {
+                        pull_from_mirror: if b.mirror_by_digest_only {
+                            Some(PullFromMirror::DigestOnly)
+                        } else {
+                            m.pull_from_mirror
+                        },
+                        ..m.clone()
+                    }),
             );
         }
         entries.push(RegistryEntry {
@@ -202,7 +211,6 @@ pub fn plan(tree: &dyn Tree, opts: &Options) -> Result<Plan, SetupError> {
                 .filter(|l| !l.is_empty())
                 .unwrap_or_else(|| registry.clone()),
             insecure: base.is_some_and(|b| b.insecure),
-            mirror_by_digest_only: base.is_some_and(|b| b.mirror_by_digest_only),
             mirrors,
             copied_from: base.map(|b| format!("{}:{}", b.file.display(), b.line)),
         });

@@ -29,9 +29,6 @@ pub fn render(entries: &[RegistryEntry]) -> String {
         if e.insecure {
             out.push_str("insecure = true\n");
         }
-        if e.mirror_by_digest_only {
-            out.push_str("mirror-by-digest-only = true\n");
-        }
         for m in &e.mirrors {
             out.push_str("\n[[registry.mirror]]\n");
             out.push_str(&format!("location = {}\n", quoted(&m.location)));
