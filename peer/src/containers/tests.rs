@@ -85,7 +85,10 @@ fn the_entry_in_force_is_copied_whole_behind_the_mirror() {
     // mirror-by-digest-only became digest-only on the copied mirror, not on Shoal's.
     assert!(!e[0].insecure && !e[0].mirror_by_digest_only);
     assert_eq!(e[0].mirrors[0].pull_from_mirror, None);
-    assert_eq!(e[0].mirrors[1].pull_from_mirror, Some(PullFromMirror::DigestOnly));
+    assert_eq!(
+        e[0].mirrors[1].pull_from_mirror,
+        Some(PullFromMirror::DigestOnly)
+    );
     let locations: Vec<&str> = e[0].mirrors.iter().map(|m| m.location.as_str()).collect();
     assert_eq!(locations, ["127.0.0.1:7650/quay.io", "m2.example"]);
     assert!(e[0].mirrors[1].insecure);

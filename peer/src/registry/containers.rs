@@ -326,4 +326,73 @@ mod tests {
             host.join("client.key")
         );
     }
+
+    #[test]
+    fn registries_resolve_the_path_namespace_and_follow_file_changes() {
+        use crate::registry::{Registries, RegistriesConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        std::fs::write(
+            &conf,
+            "[[registry]]\nlocation = \"r.example:5000\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"127.0.0.1:7650/r.example__5000\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"m.example/x\"\n",
+        )
+        .unwrap();
+        let mut config = RegistriesConfig::new("/nonexistent/hosts".into());
+        config.own_mirrors = vec!["http://127.0.0.1:7650".into()];
+        config.containers = Some(ContainersFiles {
+            registries_conf: conf.clone(),
+            drop_in_dir: dir.path().join("registries.conf.d"),
+            certs_dirs: vec![dir.path().join("certs.d")],
+        });
+        let registries = Registries::new(config);
+        let (client, repo) = registries
+            .resolve_namespaced_blocking("r.example__5000/team/app")
+            .unwrap()
+            .unwrap();
+        assert_eq!(repo, "team/app");
+        assert_eq!(client.registry(), "r.example:5000");
+        // The own mirror is gone; the insecure location is HTTPS then plain HTTP.
+        assert_eq!(
+            client.endpoints(),
+            [
+                "https://m.example/v2/x",
+                "https://r.example:5000/v2",
+                "http://r.example:5000/v2"
+            ]
+        );
+        // Not a configured registry: the caller goes on as without ns.
+        for name in ["library/nginx", "other.example/x/y", "r.example__5000"] {
+            assert!(
+                registries
+                    .resolve_namespaced_blocking(name)
+                    .unwrap()
+                    .is_none(),
+                "{name}"
+            );
+        }
+        // A new drop-in replaces the entry: the client is rebuilt.
+        std::fs::create_dir_all(dir.path().join("registries.conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("registries.conf.d/50-move.conf"),
+            "[[registry]]\nprefix = \"r.example:5000\"\nlocation = \"new.example\"\n",
+        )
+        .unwrap();
+        let (client, _) = registries
+            .resolve_namespaced_blocking("r.example__5000/team/app")
+            .unwrap()
+            .unwrap();
+        assert_eq!(client.endpoints(), ["https://new.example/v2"]);
+        // A broken file is an error naming it.
+        std::fs::write(&conf, "[[registry]\n").unwrap();
+        let err = registries
+            .resolve_namespaced_blocking("r.example__5000/team/app")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:1:", conf.display())),
+            "{err}"
+        );
+    }
 }
