@@ -17,7 +17,8 @@
 //! Layout: [`plan`] (this file) is the pure core: it reads every file through a
 //! [`Tree`], refuses conflicts, and computes the drop-in before anything is written;
 //! `render.rs` writes the drop-in's text; `cli.rs` is the clap command. Writing, backups,
-//! the manifest and restore are the containerd command's ([`apply`]): the same guarantees,
+//! the manifest and restore are the containerd command's
+//! ([`containerd::apply`](crate::containerd::apply)): the same guarantees,
 //! the same code.
 //!
 //! Not here: `unqualified-search-registries`, short names and `[aliases]` (left as they

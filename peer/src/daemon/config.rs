@@ -81,7 +81,7 @@ pub struct RunArgs {
     /// containerd's hosts dirs (its `config_path`): upstream TLS (ca, client certs), headers and servers per registry; several dirs are `:`-separated and searched in order, the first with a directory for a registry wins, as containerd does (EKS: /etc/containerd/certs.d:/etc/docker/certs.d) [default: /etc/containerd/certs.d].
     #[arg(long, env = "SHOAL_CONTAINERD_HOSTS_DIR")]
     pub containerd_hosts_dir: Option<PathBuf>,
-    /// CRI-O / Podman nodes: containers-registries.conf (its drop-ins are read from --containers-registries-conf-dir). Requests without ns whose first path component names a registry configured there (as `shoal-peer containers configure` writes it: mirror location 127.0.0.1:7650/<registry>) go to that registry's location and other mirrors, with its insecure flag and the certificates of --containers-certs-dir [default: none: off].
+    /// CRI-O / Podman nodes: containers-registries.conf (its drop-ins are read from --containers-registries-conf-dir). Requests without ns whose first path component names a registry configured there (as `shoal-peer containers configure` writes it: mirror location `127.0.0.1:7650/<registry>`) go to that registry's location and other mirrors, with its insecure flag and the certificates of --containers-certs-dir [default: none: off].
     #[arg(long, env = "SHOAL_CONTAINERS_REGISTRIES_CONF", value_name = "FILE")]
     pub containers_registries_conf: Option<PathBuf>,
     /// The registries.conf.d drop-in directory [default: the --containers-registries-conf file's directory + /registries.conf.d].
