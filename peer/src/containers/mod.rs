@@ -128,6 +128,14 @@ pub fn plan(tree: &dyn Tree, opts: &Options) -> Result<Plan, SetupError> {
             });
         }
     }
+    if mirror_url.contains("://[") {
+        // containers/image's reference grammar has no IPv6 literals: such a location
+        // would make every pull fail with "invalid reference format".
+        return Err(SetupError::InvalidMirrorUrl {
+            url: opts.mirror_url.clone(),
+            reason: "CRI-O and Podman cannot name a mirror by an IPv6 literal;                      use 127.0.0.1 or a host name (the mirror listens on 127.0.0.1:7650                      by default)",
+        });
+    }
     let (mirror_insecure, mirror_base) = match mirror_url.strip_prefix("http://") {
         Some(rest) => (true, rest.to_owned()),
         None => (false, mirror_url.trim_start_matches("https://").to_owned()),

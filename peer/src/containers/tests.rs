@@ -193,6 +193,12 @@ fn malformed_files_and_bad_flags_name_the_problem() {
     // Files that are not *.conf are not loaded by containers/image, nor read here.
     let tree = MemTree::new().file("/etc/containers/registries.conf.d/notes.txt", "[[x");
     assert!(plan(&tree, &opts(&["docker.io"])).is_ok());
+    let o = Options {
+        mirror_url: "http://[::1]:7650".into(),
+        ..opts(&["docker.io"])
+    };
+    let err = plan(&MemTree::new(), &o).unwrap_err().to_string();
+    assert!(err.contains("IPv6 literal"), "{err}");
     for bad in ["_default", "[::1]:5000", "Docker.io"] {
         let err = plan(&MemTree::new(), &opts(&[bad])).unwrap_err();
         assert!(
