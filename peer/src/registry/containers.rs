@@ -11,18 +11,24 @@
 //! containers/image rewrites the repository. `docker.io` is reached at
 //! `registry-1.docker.io`.
 //!
-//! Not here: which requests come this way (the mirror's route: a first path component
-//! that names a configured registry), caching (`mod.rs`), the format itself
-//! ([`registries_conf`]).
+//! Also here: [`Registries::resolve_namespaced`], which turns such a request's first path
+//! component into the registry's client (cached, rebuilt when a file changes).
+//!
+//! Not here: the mirror's route, the format itself ([`registries_conf`]).
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use reqwest::Url;
+use tracing::info;
 
 use super::hosts_toml::{self, Capabilities, EndpointSpec, Role};
 use super::registries_conf::{self, ConfEntry, PullFromMirror};
-use super::{FileStamp, RegistryError};
+use super::{
+    Cached, FileStamp, Registries, RegistryClient, RegistryError, Source, Stamps, cert_stamps,
+    names,
+};
 
 /// Where a CRI-O / Podman node keeps its registry configuration (host paths as this
 /// process sees them).
@@ -242,6 +248,101 @@ pub(super) fn cert_dirs_of(
         .into_iter()
         .flat_map(|h| files.cert_dir_candidates(h))
         .collect()
+}
+
+impl Registries {
+    /// For a request without `ns` (CRI-O, Podman): when the first component of `name`
+    /// names a registry that containers-registries.conf configures
+    /// ([`RegistriesConfig::containers`](super::RegistriesConfig::containers); the component is written by
+    /// [`names::mirror_namespace`]), that registry's client and the repository below
+    /// the component. `Ok(None)`: not such a request (no containers config, or the
+    /// component is not a configured registry): the caller goes on as without `ns`.
+    pub async fn resolve_namespaced(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Arc<RegistryClient>, String)>, RegistryError> {
+        if self.inner.config.containers.is_none() {
+            return Ok(None);
+        }
+        let (this, name) = (self.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || this.resolve_namespaced_blocking(&name))
+            .await
+            .unwrap_or_else(|e| {
+                Err(RegistryError::Config {
+                    path: PathBuf::new(),
+                    line: None,
+                    message: format!("resolving the registry failed: {e}"),
+                })
+            })
+    }
+
+    /// [`Self::resolve_namespaced`], blocking on the file system. The client is cached
+    /// per registry and rebuilt when a registries.conf file, the drop-in directory, a
+    /// certificate directory or a certificate changes.
+    pub fn resolve_namespaced_blocking(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Arc<RegistryClient>, String)>, RegistryError> {
+        let Some(files) = &self.inner.config.containers else {
+            return Ok(None);
+        };
+        let Some((first, repo)) = name.split_once('/') else {
+            return Ok(None);
+        };
+        let Some(registry) = names::registry_of_namespace(first) else {
+            return Ok(None);
+        };
+        let key = format!("containers:{registry}");
+        let stamps = files.stamps();
+        {
+            let cache = self.inner.cache.lock().expect("registry cache lock");
+            if let Some(c) = cache.get(&key)
+                && matches!(&c.source, Source::Containers(s) if *s == stamps)
+                && c.files.iter().all(|(p, s)| FileStamp::read(p) == *s)
+            {
+                return Ok(Some((c.client.clone(), repo.to_owned())));
+            }
+        }
+        let entries = files.entries()?;
+        let Some(entry) = registries_conf::entry_for(&entries, &registry) else {
+            return Ok(None);
+        };
+        let specs = endpoint_specs(entry, &registry, files)?;
+        let (specs, _) = hosts_toml::without_own_mirrors(specs, &self.inner.own);
+        let mut watched: Stamps = cert_dirs_of(entry, &registry, files)
+            .into_iter()
+            .map(|d| {
+                let s = FileStamp::read(&d);
+                (d, s)
+            })
+            .collect();
+        watched.extend(cert_stamps(&specs));
+        let client = Arc::new(RegistryClient::build(
+            &registry,
+            &entry.file,
+            specs,
+            &self.inner.config,
+        )?);
+        info!(
+            upstream.registry = %registry,
+            config.path = %entry.file.display(),
+            upstream.endpoints = ?client.endpoints(),
+            "upstream registry configured from registries.conf"
+        );
+        self.inner
+            .cache
+            .lock()
+            .expect("registry cache lock")
+            .insert(
+                key,
+                Cached {
+                    source: Source::Containers(stamps),
+                    files: watched,
+                    client: client.clone(),
+                },
+            );
+        Ok(Some((client, repo.to_owned())))
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,12 @@
 //! - `config.rs`: [`RegistriesConfig`] and [`UpstreamPolicy`] (defaults, validation) and
 //!   the default upstream.
 //! - [`hosts_toml`]: the pure parser (text and directory in, endpoints out).
-//! - [`names`]: the `ns` grammar, directory candidates, implicit servers, loop detection.
+//! - [`names`]: the `ns` grammar, directory candidates, implicit servers, loop detection,
+//!   the registry-as-path-component form CRI-O and Podman requests carry.
+//! - [`registries_conf`]: containers-registries.conf, parsed and merged (pure); shared
+//!   with node setup (`shoal-peer containers`).
+//! - `containers.rs`: CRI-O and Podman requests (no `ns`, the registry in the path):
+//!   [`Registries::resolve_namespaced`] and the endpoints of a registries.conf entry.
 //! - `endpoint.rs`: one configured endpoint and its HTTP client (reads certificates).
 //! - `client.rs`: [`RegistryClient`], the try-in-order-with-retries loop.
 //! - `blob.rs`: [`BlobUpstream`] and the blob response parsing shared with the engine.
@@ -283,99 +288,6 @@ impl Registries {
                     message: format!("resolving the registry failed: {e}"),
                 })
             })
-    }
-
-    /// For a request without `ns` (CRI-O, Podman): when the first component of `name`
-    /// names a registry that containers-registries.conf configures
-    /// ([`RegistriesConfig::containers`]; the component is written by
-    /// [`names::mirror_namespace`]), that registry's client and the repository below
-    /// the component. `Ok(None)`: not such a request (no containers config, or the
-    /// component is not a configured registry): the caller goes on as without `ns`.
-    pub async fn resolve_namespaced(
-        &self,
-        name: &str,
-    ) -> Result<Option<(Arc<RegistryClient>, String)>, RegistryError> {
-        if self.inner.config.containers.is_none() {
-            return Ok(None);
-        }
-        let (this, name) = (self.clone(), name.to_owned());
-        tokio::task::spawn_blocking(move || this.resolve_namespaced_blocking(&name))
-            .await
-            .unwrap_or_else(|e| {
-                Err(RegistryError::Config {
-                    path: PathBuf::new(),
-                    line: None,
-                    message: format!("resolving the registry failed: {e}"),
-                })
-            })
-    }
-
-    /// [`Self::resolve_namespaced`], blocking on the file system. The client is cached
-    /// per registry and rebuilt when a registries.conf file, the drop-in directory, a
-    /// certificate directory or a certificate changes.
-    pub fn resolve_namespaced_blocking(
-        &self,
-        name: &str,
-    ) -> Result<Option<(Arc<RegistryClient>, String)>, RegistryError> {
-        let Some(files) = &self.inner.config.containers else {
-            return Ok(None);
-        };
-        let Some((first, repo)) = name.split_once('/') else {
-            return Ok(None);
-        };
-        let Some(registry) = names::registry_of_namespace(first) else {
-            return Ok(None);
-        };
-        let key = format!("containers:{registry}");
-        let stamps = files.stamps();
-        {
-            let cache = self.inner.cache.lock().expect("registry cache lock");
-            if let Some(c) = cache.get(&key)
-                && matches!(&c.source, Source::Containers(s) if *s == stamps)
-                && c.files.iter().all(|(p, s)| FileStamp::read(p) == *s)
-            {
-                return Ok(Some((c.client.clone(), repo.to_owned())));
-            }
-        }
-        let entries = files.entries()?;
-        let Some(entry) = registries_conf::entry_for(&entries, &registry) else {
-            return Ok(None);
-        };
-        let specs = containers::endpoint_specs(entry, &registry, files)?;
-        let (specs, _) = hosts_toml::without_own_mirrors(specs, &self.inner.own);
-        let mut watched: Stamps = containers::cert_dirs_of(entry, &registry, files)
-            .into_iter()
-            .map(|d| {
-                let s = FileStamp::read(&d);
-                (d, s)
-            })
-            .collect();
-        watched.extend(cert_stamps(&specs));
-        let client = Arc::new(RegistryClient::build(
-            &registry,
-            &entry.file,
-            specs,
-            &self.inner.config,
-        )?);
-        info!(
-            upstream.registry = %registry,
-            config.path = %entry.file.display(),
-            upstream.endpoints = ?client.endpoints(),
-            "upstream registry configured from registries.conf"
-        );
-        self.inner
-            .cache
-            .lock()
-            .expect("registry cache lock")
-            .insert(
-                key,
-                Cached {
-                    source: Source::Containers(stamps),
-                    files: watched,
-                    client: client.clone(),
-                },
-            );
-        Ok(Some((client, repo.to_owned())))
     }
 
     /// The client for containerd's `ns` (`None`: the default upstream); blocks on the
