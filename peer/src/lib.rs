@@ -13,9 +13,12 @@
 //! - [`registry`]: upstream registries as containerd's `hosts.toml` configures them.
 //! - [`containerd`]: `shoal-peer containerd configure | check | restore`, which points
 //!   containerd's `hosts.toml` at the mirror on this node and undoes it.
+//! - [`containers`]: `shoal-peer containers configure | check | restore`, the same for
+//!   CRI-O and Podman (a `registries.conf.d` drop-in).
 //! - [`fuzzing`]: the checks behind the fuzz targets in `fuzz/`, also replayed as tests.
 
 pub mod containerd;
+pub mod containers;
 pub mod daemon;
 pub mod engine;
 pub mod fuzzing;

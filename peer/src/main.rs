@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shoal_peer::containerd::cli::ContainerdCommand;
+use shoal_peer::containers::cli::ContainersCommand;
 use shoal_peer::daemon::{self, RunArgs, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +24,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Configure containerd to use the Shoal mirror (configure | check | restore).
     Containerd(ContainerdCommand),
+    /// Configure CRI-O and Podman to use the Shoal mirror: a registries.conf.d drop-in
+    /// (configure | check | restore).
+    Containers(ContainersCommand),
     /// Peer certificates for mutual TLS.
     #[command(subcommand)]
     Tls(TlsCommand),
@@ -86,6 +90,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Containerd(cmd) => {
+            logging(false);
+            cmd.run()
+        }
+        Command::Containers(cmd) => {
             logging(false);
             cmd.run()
         }

@@ -67,7 +67,7 @@ pub fn require_tools(test: &str, tools: &[&str]) -> bool {
         return true;
     }
     let msg = format!(
-        "{test}: missing {} (Debian packages: containerd, docker-registry, skopeo, apache2-utils; scripts/install-deps)",
+        "{test}: missing {} (Debian packages: containerd, docker-registry, skopeo, apache2-utils, podman; scripts/install-deps)",
         missing.join(", ")
     );
     if std::env::var("CI").is_ok_and(|v| v == "true") {

@@ -52,7 +52,7 @@ import yaml
 
 import checks
 from checks import check_all, check_metric_names
-from self_test import csi_mutations, everything_on_mutations, self_test, token_review_mutations
+from self_test import crio_mutations, csi_mutations, everything_on_mutations, self_test, token_review_mutations
 from network_checks import ip_family_mutations
 from smoke_run import smoke
 
@@ -66,6 +66,8 @@ PRESETS = {
     "rke2": ("/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
              ["/var/lib/rancher/rke2/agent/etc/containerd/certs.d"], True),
     "talos": ("/etc/cri/containerd.toml", ["/etc/cri/conf.d/hosts"], False),
+    # CRI-O: the "config" is registries.conf, the one "hosts dir" its drop-in directory.
+    "crio": ("/etc/containers/registries.conf", ["/etc/containers/registries.conf.d"], True),
 }
 RUST_CONSTANTS = {
     ("containerd", 0): "DEFAULT_CONFIG", ("containerd", 1): "DEFAULT_HOSTS_DIR",
@@ -75,7 +77,7 @@ RUST_CONSTANTS = {
 NAMESPACE = "shoal-system"
 # Scenarios the smoke run starts the binaries for (every name they dial is on
 # loopback once translated; rke2 differs from k3s only in paths).
-SMOKE = ("default", "preset-eks", "preset-k3s", "preset-talos", "everything-on", "bring-your-own",
+SMOKE = ("default", "preset-eks", "preset-k3s", "preset-talos", "preset-crio", "everything-on", "bring-your-own",
          "cert-manager-csi", "dev-plaintext")
 # networkPolicy.nodeCIDRs is required while the policy is on (the default), so
 # renderings that do not set it name one.
@@ -92,6 +94,8 @@ class Scenario:
                  ip_families=None, ip_family_policy=None):
         p_config, p_hosts, p_configure = PRESETS[preset]
         self.name, self.args = name, args
+        # containerd (hosts.toml) or crio (registries.conf, `shoal-peer containers`).
+        self.runtime = "crio" if preset == "crio" else "containerd"
         self.config = config or p_config
         self.hosts = hosts or p_hosts
         self.configure = p_configure if configure is None else configure
@@ -246,7 +250,7 @@ def main():
     print("check-chart: self-test, each break must be detected:")
     for name, cases in (("default", None), ("everything-on", everything_on_mutations()),
                         ("cert-manager-csi", csi_mutations()), ("token-review", token_review_mutations()),
-                        ("ipv6-only", ip_family_mutations())):
+                        ("ipv6-only", ip_family_mutations()), ("preset-crio", crio_mutations())):
         if name not in rendered:
             failures.append(f"self-test: the {name} rendering failed, so its breaks were not tried")
             continue

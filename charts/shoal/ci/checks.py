@@ -116,14 +116,23 @@ def check_node_setup(pod, c, sc, action, problems):
     """configure / restore: --root, --containerd-config, and the host mounts under root."""
     where = f"{action} container"
     fl = flags(c.get("args"))
-    if c.get("args", [])[:2] != ["containerd", action]:
-        problems.append(f"{where}: args start {c.get('args', [])[:2]}, not containerd {action}")
+    command = "containers" if sc.runtime == "crio" else "containerd"
+    if c.get("args", [])[:2] != [command, action]:
+        problems.append(f"{where}: args start {c.get('args', [])[:2]}, not {command} {action}")
     root = one(fl, "--root", problems, where) or "/"
-    cfg = one(fl, "--containerd-config", problems, where)
-    if cfg != sc.config:
-        problems.append(f"{where}: --containerd-config={cfg}, the preset's is {sc.config}")
-    if "--hosts-dir" in fl:
-        problems.append(f"{where}: --hosts-dir skips the check that containerd's config_path is set")
+    if sc.runtime == "crio":
+        cfg = one(fl, "--registries-conf", problems, where)
+        if cfg != sc.config:
+            problems.append(f"{where}: --registries-conf={cfg}, the preset's is {sc.config}")
+        drop_in = one(fl, "--registries-conf-dir", problems, where)
+        if drop_in != sc.hosts[0]:
+            problems.append(f"{where}: --registries-conf-dir={drop_in}, the preset's is {sc.hosts[0]}")
+    else:
+        cfg = one(fl, "--containerd-config", problems, where)
+        if cfg != sc.config:
+            problems.append(f"{where}: --containerd-config={cfg}, the preset's is {sc.config}")
+        if "--hosts-dir" in fl:
+            problems.append(f"{where}: --hosts-dir skips the check that containerd's config_path is set")
     host_mount(pod, c, root.rstrip("/") + os.path.dirname(sc.config), os.path.dirname(sc.config), True,
                problems, where)
     for d in sc.hosts:
@@ -162,15 +171,29 @@ def check_peer(docs, sc, problems):
             ifl = check_node_setup(pod, init, sc, "configure", problems)
             url = one(ifl, "--mirror-url", problems, "configure container")
             if url != f"http://{mirror}":
-                problems.append(f"configure writes --mirror-url={url} into hosts.toml but the mirror "
+                problems.append(f"configure writes --mirror-url={url} into the node's files but the mirror "
                                 f"listens on {mirror}")
     elif init:
         problems.append(f"{where}: configure runs although this preset/values turn it off")
-    # hosts.toml and its certificates, read-only at their host paths.
-    # --containerd-hosts-dir lists every hosts dir: network_checks.py.
-    one(fl, "--containerd-hosts-dir", problems, where)
-    for d in sc.hosts:
-        host_mount(pod, peer, d, d, True, problems, where)
+    if sc.runtime == "crio":
+        # registries.conf, its drop-ins and certs.d, read-only at their host paths.
+        conf = one(fl, "--containers-registries-conf", problems, where)
+        if conf != sc.config:
+            problems.append(f"{where}: --containers-registries-conf={conf}, the preset's is {sc.config}")
+        drop_in = one(fl, "--containers-registries-conf-dir", problems, where)
+        if drop_in != sc.hosts[0]:
+            problems.append(f"{where}: --containers-registries-conf-dir={drop_in}, configure writes "
+                            f"{sc.hosts[0]}")
+        if "--containerd-hosts-dir" in fl:
+            problems.append(f"{where}: --containerd-hosts-dir on a CRI-O node")
+        config_dir = os.path.dirname(sc.config)
+        host_mount(pod, peer, config_dir, config_dir, True, problems, where)
+    else:
+        # hosts.toml and its certificates, read-only at their host paths.
+        # --containerd-hosts-dir lists every hosts dir: network_checks.py.
+        one(fl, "--containerd-hosts-dir", problems, where)
+        for d in sc.hosts:
+            host_mount(pod, peer, d, d, True, problems, where)
     data = one(fl, "--data-dir", problems, where)
     if data:
         host_mount(pod, peer, data, data, False, problems, where)

@@ -35,7 +35,7 @@ def check_ip_families(docs, sc, problems):
         for name in ("--quic-listen", "--http-listen"):
             check_listen(fl, name, want, problems, "peer")
         hd = (fl.get("--containerd-hosts-dir") or [None])[0]
-        if hd != ":".join(sc.hosts):
+        if sc.runtime == "containerd" and hd != ":".join(sc.hosts):
             problems.append(f"peer: --containerd-hosts-dir={hd}, expected every hosts dir of the preset "
                             f"in order: {':'.join(sc.hosts)}")
     for d in find(docs, "Deployment", "scheduler"):

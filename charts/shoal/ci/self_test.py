@@ -146,6 +146,31 @@ def everything_on_mutations():
     ]
 
 
+def crio_mutations():
+    """Breaks of the CRI-O preset, applied to the preset-crio rendering."""
+    def peer_pod(docs):
+        return find(docs, "DaemonSet", "peer", hook=False)[0]["spec"]["template"]["spec"]
+
+    def drop_arg(c, flag):
+        c["args"] = [a for a in c["args"] if not a.startswith(flag + "=")]
+
+    def replace_arg(c, flag, value):
+        c["args"] = [f"{flag}={value}" if a.startswith(flag + "=") else a for a in c["args"]]
+
+    return [
+        ("configure runs the containerd command on a CRI-O node",
+         lambda d: container(peer_pod(d), "configure", init=True)["args"].__setitem__(0, "containerd")),
+        ("configure writes the drop-in somewhere CRI-O does not read",
+         lambda d: replace_arg(container(peer_pod(d), "configure", init=True), "--registries-conf-dir",
+                               "/etc/containers/other.d")),
+        ("the peer does not read registries.conf",
+         lambda d: drop_arg(container(peer_pod(d), "peer"), "--containers-registries-conf")),
+        ("the peer does not see /etc/containers",
+         lambda d: container(peer_pod(d), "peer").update(volumeMounts=[
+             m for m in container(peer_pod(d), "peer")["volumeMounts"] if m["mountPath"] != "/etc/containers"])),
+    ]
+
+
 def csi_mutations():
     """Breaks of per-node identity, applied to the cert-manager-csi rendering."""
     def peer_pod(docs):

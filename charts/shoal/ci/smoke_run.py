@@ -67,6 +67,19 @@ server = "https://registry-1.docker.io"
 """
 
 
+# The same for a CRI-O node: registries.conf with docker.io's pull-through cache.
+EXISTING_REGISTRIES_CONF = """# Pull-through cache run by the platform team.
+unqualified-search-registries = ["docker.io"]
+
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+
+[[registry.mirror]]
+location = "cache.example.com"
+"""
+
+
 def tail(text):
     """The lines of a failed command's stderr worth showing."""
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
@@ -280,7 +293,7 @@ class Node:
         return d
 
     def translate(self, pod, pod_name, c, flag, value):
-        if flag == "--containerd-hosts-dir":
+        if flag in ("--containerd-hosts-dir", "--containers-certs-dir"):
             # A `:`-separated list of host paths, each translated.
             return ":".join(self.translate_one(pod, pod_name, c, flag, v) for v in value.split(":"))
         return self.translate_one(pod, pod_name, c, flag, value)
@@ -336,14 +349,20 @@ def run_scenario(name, docs, sc, bin_dir, mirror, api):
         cfg = node.host + sc.config
         os.makedirs(os.path.dirname(cfg))
         with open(cfg, "w") as f:
-            f.write('version = 2\n\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
-                    f'  config_path = "{":".join(sc.hosts)}"\n')
+            if sc.runtime == "crio":
+                f.write(EXISTING_REGISTRIES_CONF)
+            else:
+                f.write('version = 2\n\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+                        f'  config_path = "{":".join(sc.hosts)}"\n')
         for d in sc.hosts:
             os.makedirs(node.host + d, exist_ok=True)
-        existing = os.path.join(node.host + sc.hosts[0], "docker.io", "hosts.toml")
-        os.makedirs(os.path.dirname(existing))
-        with open(existing, "w") as f:
-            f.write(EXISTING_HOSTS_TOML)
+        if sc.runtime == "crio":
+            existing = os.path.join(node.host + sc.hosts[0], "zz-shoal.conf")
+        else:
+            existing = os.path.join(node.host + sc.hosts[0], "docker.io", "hosts.toml")
+            os.makedirs(os.path.dirname(existing))
+            with open(existing, "w") as f:
+                f.write(EXISTING_HOSTS_TOML)
         # What restore must put back: containerd's directories (not the data dir).
         setup_dirs = [os.path.dirname(sc.config), *sc.hosts]
         before = snapshot(node.host, setup_dirs)
@@ -358,8 +377,14 @@ def run_scenario(name, docs, sc, bin_dir, mirror, api):
         if configure:
             r = subprocess.run(node.command(peer_ds, peer_name, configure), env=node.env(configure),
                                capture_output=True, text=True, timeout=60)
-            text = open(existing).read()
-            hosts = re.findall(r'^\[host\."([^"]+)"\]', text, re.M)
+            text = open(existing).read() if os.path.exists(existing) else ""
+            if sc.runtime == "crio":
+                # docker.io's entry: the mirror first (namespaced), the node's cache kept.
+                hosts = re.findall(r'^location = "([^"]+)"', text, re.M)
+                hosts = [f"http://{h[:-len('/docker.io')]}" if h.endswith("/docker.io") else f"https://{h}"
+                         for h in hosts[1:3]]
+            else:
+                hosts = re.findall(r'^\[host\."([^"]+)"\]', text, re.M)
             if r.returncode != 0:
                 problems.append(f"{name}: configure exited {r.returncode}: {tail(r.stderr)}")
             elif hosts[:1] != [f"http://{mirror}"] or "https://cache.example.com" not in hosts:

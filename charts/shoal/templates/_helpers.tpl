@@ -97,21 +97,26 @@ Prints nothing when both are empty. */}}
 
 {{/* containerd layout -------------------------------------------------------
 The preset's config file and hosts directories (docs/platforms/), with the
-overrides from values applied. Returns YAML: configFile, configDir, hostsDirs,
-configure, contentDir ("" when the content store is not shared). */}}
+overrides from values applied. Returns YAML: runtime (containerd, or crio for
+CRI-O, whose configFile is registries.conf and whose one "hosts dir" is the
+registries.conf.d drop-in directory), configFile, configDir, hostsDirs,
+configure, contentDir (containerd's content store; "" when it is not shared, and
+for CRI-O). */}}
 {{- define "shoal.containerd" -}}
 {{- $presets := dict
-  "containerd" (dict "configFile" "/etc/containerd/config.toml" "hostsDirs" (list "/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
-  "eks" (dict "configFile" "/etc/containerd/config.toml" "hostsDirs" (list "/etc/containerd/certs.d" "/etc/docker/certs.d") "configure" true "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
-  "k3s" (dict "configFile" "/var/lib/rancher/k3s/agent/etc/containerd/config.toml" "hostsDirs" (list "/var/lib/rancher/k3s/agent/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/rancher/k3s/agent/containerd/io.containerd.content.v1.content")
-  "rke2" (dict "configFile" "/var/lib/rancher/rke2/agent/etc/containerd/config.toml" "hostsDirs" (list "/var/lib/rancher/rke2/agent/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/rancher/rke2/agent/containerd/io.containerd.content.v1.content")
-  "talos" (dict "configFile" "/etc/cri/containerd.toml" "hostsDirs" (list "/etc/cri/conf.d/hosts") "configure" false "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
+  "containerd" (dict "runtime" "containerd" "configFile" "/etc/containerd/config.toml" "hostsDirs" (list "/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
+  "eks" (dict "runtime" "containerd" "configFile" "/etc/containerd/config.toml" "hostsDirs" (list "/etc/containerd/certs.d" "/etc/docker/certs.d") "configure" true "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
+  "k3s" (dict "runtime" "containerd" "configFile" "/var/lib/rancher/k3s/agent/etc/containerd/config.toml" "hostsDirs" (list "/var/lib/rancher/k3s/agent/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/rancher/k3s/agent/containerd/io.containerd.content.v1.content")
+  "rke2" (dict "runtime" "containerd" "configFile" "/var/lib/rancher/rke2/agent/etc/containerd/config.toml" "hostsDirs" (list "/var/lib/rancher/rke2/agent/etc/containerd/certs.d") "configure" true "contentDir" "/var/lib/rancher/rke2/agent/containerd/io.containerd.content.v1.content")
+  "talos" (dict "runtime" "containerd" "configFile" "/etc/cri/containerd.toml" "hostsDirs" (list "/etc/cri/conf.d/hosts") "configure" false "contentDir" "/var/lib/containerd/io.containerd.content.v1.content")
+  "crio" (dict "runtime" "crio" "configFile" "/etc/containers/registries.conf" "hostsDirs" (list "/etc/containers/registries.conf.d") "configure" true "contentDir" "")
 -}}
 {{- $c := .Values.containerd -}}
-{{- $p := required (printf "containerd.preset %q is not one of containerd, eks, k3s, rke2, talos" $c.preset) (get $presets $c.preset) -}}
+{{- $p := required (printf "containerd.preset %q is not one of containerd, eks, k3s, rke2, talos, crio" $c.preset) (get $presets $c.preset) -}}
 {{- $file := $c.configFile | default $p.configFile -}}
 {{- $configure := $p.configure -}}
 {{- if not (kindIs "invalid" $c.configure) }}{{ $configure = $c.configure }}{{ end -}}
+runtime: {{ $p.runtime }}
 configFile: {{ $file | quote }}
 configDir: {{ dir $file | quote }}
 hostsDirs: {{ $c.hostsDirs | default $p.hostsDirs | toJson }}
@@ -128,7 +133,7 @@ contentDir: {{ ternary ($c.contentDir | default $p.contentDir) "" (ne $c.shareCo
 restore) and the hosts dirs; shared by the peer DaemonSet and the restore hook. */}}
 {{- define "shoal.containerdVolumes" -}}
 {{- $cd := fromYaml (include "shoal.containerd" .) -}}
-{{- if $cd.configure }}
+{{- if or $cd.configure (eq $cd.runtime "crio") }}
 - name: containerd-config
   hostPath:
     path: {{ $cd.configDir }}
@@ -155,11 +160,22 @@ every host path under /host (the command's --root), the config read-only. */}}
 {{- end }}
 {{- end -}}
 
+{{/* The node setup command (`containerd`, or `containers` for CRI-O). */}}
+{{- define "shoal.setupCommand" -}}
+{{- $cd := fromYaml (include "shoal.containerd" .) -}}
+{{- ternary "containers" "containerd" (eq $cd.runtime "crio") -}}
+{{- end -}}
+
 {{/* The flags configure and restore share. */}}
 {{- define "shoal.containerdSetupArgs" -}}
 {{- $cd := fromYaml (include "shoal.containerd" .) -}}
 - --root=/host
+{{- if eq $cd.runtime "crio" }}
+- --registries-conf={{ $cd.configFile }}
+- --registries-conf-dir={{ first $cd.hostsDirs }}
+{{- else }}
 - --containerd-config={{ $cd.configFile }}
+{{- end }}
 {{- range .Values.containerd.extraArgs }}
 - {{ . | quote }}
 {{- end }}

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{FsTree, Plan, SetupError, Tree};
+use super::{FileChange, FsTree, Plan, SetupError, Tree};
 
 /// File name of the manifest inside the primary hosts directory.
 pub const MANIFEST_NAME: &str = ".shoal-configure.json";
@@ -78,11 +78,21 @@ pub fn read_manifest(fs: &FsTree, primary: &Path) -> Result<Option<Manifest>, Se
 
 /// Writes `plan` to disk: directories, manifest, backups, then the files.
 pub fn apply(fs: &FsTree, plan: &Plan) -> Result<Report, SetupError> {
+    apply_changes(fs, &plan.hosts.primary, &plan.changes)
+}
+
+/// Writes `changes` to disk with the manifest in `primary`: directories, manifest,
+/// backups, then the files. Shared by every node setup command (`containerd`,
+/// `containers`): each decides what to write, this writes it and [`restore`] undoes it.
+pub fn apply_changes(
+    fs: &FsTree,
+    primary: &Path,
+    changes: &[FileChange],
+) -> Result<Report, SetupError> {
     let mut report = Report::default();
-    if plan.changes.is_empty() {
+    if changes.is_empty() {
         return Ok(report);
     }
-    let primary = &plan.hosts.primary;
     let mut manifest = read_manifest(fs, primary)?.unwrap_or(Manifest {
         version: 1,
         ..Manifest::default()
@@ -90,8 +100,7 @@ pub fn apply(fs: &FsTree, plan: &Plan) -> Result<Report, SetupError> {
 
     // Directories to create, parents first.
     let mut new_dirs: Vec<PathBuf> = Vec::new();
-    let parents = std::iter::once(primary.as_path())
-        .chain(plan.changes.iter().filter_map(|c| c.path.parent()));
+    let parents = std::iter::once(primary).chain(changes.iter().filter_map(|c| c.path.parent()));
     for dir in parents {
         let mut missing: Vec<PathBuf> = dir
             .ancestors()
@@ -107,7 +116,7 @@ pub fn apply(fs: &FsTree, plan: &Plan) -> Result<Report, SetupError> {
     }
 
     let mut new_backups = Vec::new();
-    for change in &plan.changes {
+    for change in changes {
         if change.before.is_none() {
             manifest.created_files.insert(change.path.clone());
         } else if !manifest.created_files.contains(&change.path)
@@ -138,11 +147,11 @@ pub fn apply(fs: &FsTree, plan: &Plan) -> Result<Report, SetupError> {
         write_atomic(&fs.real(backup), &bytes, fs::metadata(&real).ok())
             .map_err(write_err(backup))?;
     }
-    for change in &plan.changes {
+    for change in changes {
         let real = through_links(fs, &change.path);
         let meta = fs::metadata(&real).ok();
         write_atomic(&real, change.after.as_bytes(), meta).map_err(write_err(&change.path))?;
-        tracing::info!(file = %change.path.display(), created = change.before.is_none(), "hosts.toml written");
+        tracing::info!(file = %change.path.display(), created = change.before.is_none(), "file written");
         report.written.push(change.path.clone());
     }
     Ok(report)

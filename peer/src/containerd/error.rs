@@ -137,6 +137,26 @@ fn join(errors: &[SetupError]) -> String {
         .join("\n")
 }
 
+impl From<crate::registry::registries_conf::ConfError> for SetupError {
+    fn from(e: crate::registry::registries_conf::ConfError) -> Self {
+        if e.malformed {
+            SetupError::MalformedToml {
+                path: e.path,
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            }
+        } else {
+            SetupError::Unsupported {
+                path: e.path,
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            }
+        }
+    }
+}
+
 impl SetupError {
     /// One error for a list found together: the error itself when there is one.
     pub(crate) fn from_many(mut errors: Vec<SetupError>) -> Option<SetupError> {

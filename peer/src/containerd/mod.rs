@@ -184,7 +184,7 @@ fn plan_registry(
     }))
 }
 
-fn validate_mirror_url(url: &str) -> Result<String, SetupError> {
+pub(crate) fn validate_mirror_url(url: &str) -> Result<String, SetupError> {
     let bad = |reason| SetupError::InvalidMirrorUrl {
         url: url.to_string(),
         reason,
@@ -205,7 +205,7 @@ fn validate_mirror_url(url: &str) -> Result<String, SetupError> {
     Ok(url.trim_end_matches('/').to_string())
 }
 
-fn validate_registries(names: &[String]) -> Result<Vec<String>, SetupError> {
+pub(crate) fn validate_registries(names: &[String]) -> Result<Vec<String>, SetupError> {
     let mut out: Vec<String> = Vec::new();
     for name in names {
         let bad = |reason| SetupError::InvalidRegistry {

@@ -84,6 +84,15 @@ pub struct RunArgs {
     /// containerd's content store, read-only (e.g. /var/lib/containerd/io.containerd.content.v1.content): blobs containerd committed are verified, served to peers and the mirror from there, and not kept twice [default: none, off].
     #[arg(long, env = "SHOAL_CONTAINERD_CONTENT_DIR")]
     pub containerd_content_dir: Option<PathBuf>,
+    /// CRI-O / Podman nodes: containers-registries.conf (its drop-ins are read from --containers-registries-conf-dir). Requests without ns whose first path component names a registry configured there (as `shoal-peer containers configure` writes it: mirror location `127.0.0.1:7650/<registry>`) go to that registry's location and other mirrors, with its insecure flag and the certificates of --containers-certs-dir [default: none: off].
+    #[arg(long, env = "SHOAL_CONTAINERS_REGISTRIES_CONF", value_name = "FILE")]
+    pub containers_registries_conf: Option<PathBuf>,
+    /// The registries.conf.d drop-in directory [default: the --containers-registries-conf file's directory + /registries.conf.d].
+    #[arg(long, env = "SHOAL_CONTAINERS_REGISTRIES_CONF_DIR", value_name = "DIR")]
+    pub containers_registries_conf_dir: Option<PathBuf>,
+    /// containers/image's per-registry certificate dirs (`<dir>/<host:port>/`: *.crt CAs, *.cert + *.key client pairs), `:`-separated, the first with a directory for a host wins [default: /etc/containers/certs.d:/etc/docker/certs.d].
+    #[arg(long, env = "SHOAL_CONTAINERS_CERTS_DIR", value_name = "DIRS")]
+    pub containers_certs_dir: Option<PathBuf>,
     /// Upstream registry for requests without containerd's ns parameter, e.g. ghcr.io or http://10.0.0.9:5000 [default: none].
     #[arg(long, env = "SHOAL_DEFAULT_UPSTREAM")]
     pub default_upstream: Option<String>,
@@ -197,6 +206,8 @@ pub struct Settings {
     pub containerd_hosts_dirs: Vec<PathBuf>,
     /// containerd's content store, served from read-only (`--containerd-content-dir`).
     pub containerd_content_dir: Option<PathBuf>,
+    /// CRI-O / Podman: where containers-registries.conf is (`None`: not read).
+    pub containers: Option<crate::registry::ContainersFiles>,
     /// Upstream for requests without `ns`.
     pub default_upstream: Option<String>,
     /// Bytes per second the scrub at start reads (0: no scrub).
@@ -348,6 +359,29 @@ impl Settings {
         let containerd_hosts_dirs = split_hosts_dirs(&containerd_hosts_dirs)
             .map_err(|e| errors.push(format!("--containerd-hosts-dir: {e}")))
             .unwrap_or_default();
+        let containers = a
+            .containers_registries_conf
+            .or(file.containers_registries_conf)
+            .map(|conf| {
+                let drop_in_dir = a
+                    .containers_registries_conf_dir
+                    .or(file.containers_registries_conf_dir)
+                    .unwrap_or_else(|| conf.with_file_name("registries.conf.d"));
+                let certs = a
+                    .containers_certs_dir
+                    .or(file.containers_certs_dir)
+                    .unwrap_or_else(|| {
+                        PathBuf::from("/etc/containers/certs.d:/etc/docker/certs.d")
+                    });
+                let certs_dirs = split_hosts_dirs(&certs)
+                    .map_err(|e| errors.push(format!("--containers-certs-dir: {e}")))
+                    .unwrap_or_default();
+                crate::registry::ContainersFiles {
+                    registries_conf: conf,
+                    drop_in_dir,
+                    certs_dirs,
+                }
+            });
         let peer_tls_dir = a.peer_tls_dir.or(file.peer_tls_dir);
         let dev_ephemeral_tls = a.dev_ephemeral_tls || file.dev_ephemeral_tls.unwrap_or(false);
         let mirror_allow_remote =
@@ -539,6 +573,7 @@ impl Settings {
             mirror_allow_remote,
             containerd_hosts_dirs,
             containerd_content_dir: a.containerd_content_dir.or(file.containerd_content_dir),
+            containers,
             scrub_rate: scrub_rate.expect("checked"),
             default_upstream,
             upstream,

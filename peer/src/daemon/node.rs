@@ -213,6 +213,7 @@ impl Node {
         let mut registries =
             RegistriesConfig::with_hosts_dirs(settings.containerd_hosts_dirs.clone());
         registries.default_upstream = settings.default_upstream.clone();
+        registries.containers = settings.containers.clone();
         registries.policy = settings.upstream;
         registries.per_registry = settings.registry_policies.clone();
         let port = mirror_addr.port();

@@ -21,20 +21,20 @@ use tracing::debug;
 
 use super::error::OciError;
 use super::range::{self, Span};
-use super::{FIRST_BYTE_TIMEOUT, Mirror, gate, relay};
+use super::{FIRST_BYTE_TIMEOUT, Mirror, Target, gate, relay};
 use crate::engine::{Download, DownloadState, EngineError, UpstreamError};
 use crate::registry::{Object, UpstreamRequest};
 
 pub(super) async fn serve(
     m: &Mirror,
     head: bool,
-    ns: Option<&str>,
+    target: &Target,
     name: &str,
     digest: Digest,
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
     m.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
-    let client = m.upstream(ns).await?;
+    let client = m.upstream(target).await?;
     let range = match headers.get(header::RANGE) {
         None => None,
         Some(v) => Some(

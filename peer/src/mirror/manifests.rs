@@ -28,7 +28,7 @@ use tracing::{debug, info};
 
 use super::error::OciError;
 use super::tags::Resolved;
-use super::{Mirror, blobs, gate, relay};
+use super::{Mirror, Target, blobs, gate, relay};
 use crate::registry::{Object, RegistryClient, UpstreamRequest};
 
 /// Manifests up to this size are shared through the swarm (the distribution registry
@@ -42,13 +42,13 @@ pub const STALE_TAG_HEADER: &str = "shoal-stale-tag";
 pub(super) async fn serve_tag(
     m: &Mirror,
     head: bool,
-    ns: Option<&str>,
+    target: &Target,
     name: &str,
     tag: &str,
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
     m.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
-    let client = m.upstream(ns).await?;
+    let client = m.upstream(target).await?;
     let accept = accept_values(headers);
     let req = UpstreamRequest {
         method: if head { Method::HEAD } else { Method::GET },
@@ -86,13 +86,13 @@ pub(super) async fn serve_tag(
 pub(super) async fn serve_digest(
     m: &Mirror,
     head: bool,
-    ns: Option<&str>,
+    target: &Target,
     name: &str,
     digest: Digest,
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
     m.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
-    let client = m.upstream(ns).await?;
+    let client = m.upstream(target).await?;
     by_digest(m, head, &client, name, digest, headers).await
 }
 

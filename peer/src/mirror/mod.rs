@@ -237,20 +237,38 @@ impl Mirror {
             .map(|t| t.shape.size()))
     }
 
-    /// The upstream for containerd's `ns`.
-    async fn upstream(&self, ns: Option<&str>) -> Result<Arc<RegistryClient>, OciError> {
-        let ns = ns.map(route::check_ns).transpose()?;
-        self.registries.resolve(ns).await.map_err(|e| match e {
-            RegistryError::UnknownRegistry(r) => OciError::bad_ns(format!(
-                "this mirror does not serve registry {:?} (no directory for it in any containerd hosts dir)",
-                route::truncate(&r)
-            )),
-            RegistryError::NoDefault => OciError::bad_ns(
-                "no ns parameter and no --default-upstream: which registry is meant?",
-            ),
-            RegistryError::Config { .. } => OciError::internal(e.to_string()),
-            RegistryError::Unreachable { .. } => OciError::unavailable(e.to_string()),
-        })
+    /// The upstream of a request: the registry containers-registries.conf names by the
+    /// first path component (CRI-O, Podman; `target` already holds it), else containerd's
+    /// `ns`, else the default upstream.
+    async fn upstream(&self, target: &Target) -> Result<Arc<RegistryClient>, OciError> {
+        let ns = match target {
+            Target::Resolved(client) => return Ok(client.clone()),
+            Target::Ns(ns) => ns.as_deref().map(route::check_ns).transpose()?,
+        };
+        self.registries.resolve(ns).await.map_err(upstream_error)
+    }
+}
+
+/// Which upstream a request is for.
+pub(crate) enum Target {
+    /// containerd's `ns` (`None`: the default upstream).
+    Ns(Option<String>),
+    /// Found from the path's first component (containers-registries.conf).
+    Resolved(Arc<RegistryClient>),
+}
+
+/// A registry that cannot be resolved, as an OCI error.
+fn upstream_error(e: RegistryError) -> OciError {
+    match e {
+        RegistryError::UnknownRegistry(r) => OciError::bad_ns(format!(
+            "this mirror does not serve registry {:?} (no directory for it in any containerd hosts dir)",
+            route::truncate(&r)
+        )),
+        RegistryError::NoDefault => {
+            OciError::bad_ns("no ns parameter and no --default-upstream: which registry is meant?")
+        }
+        RegistryError::Config { .. } => OciError::internal(e.to_string()),
+        RegistryError::Unreachable { .. } => OciError::unavailable(e.to_string()),
     }
 }
 
@@ -295,16 +313,25 @@ async fn dispatch(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let ns = query.get("ns").map(String::as_str);
+    let ns = query.get("ns").cloned();
+    let (target, name) = match ns {
+        Some(ns) => (Target::Ns(Some(ns)), r.name),
+        // CRI-O and Podman send no ns: the registry is the path's first component.
+        None => match m.registries.resolve_namespaced(&r.name).await {
+            Ok(Some((client, repo))) => (Target::Resolved(client), repo),
+            Ok(None) => (Target::Ns(None), r.name),
+            Err(e) => return upstream_error(e).into_response(),
+        },
+    };
     let head = method == Method::HEAD;
     match r.object {
-        Object::Blob(digest) => blobs::serve(&m, head, ns, &r.name, digest, &headers)
+        Object::Blob(digest) => blobs::serve(&m, head, &target, &name, digest, &headers)
             .await
             .unwrap_or_else(IntoResponse::into_response),
-        Object::ManifestTag(tag) => manifests::serve_tag(&m, head, ns, &r.name, &tag, &headers)
+        Object::ManifestTag(tag) => manifests::serve_tag(&m, head, &target, &name, &tag, &headers)
             .await
             .unwrap_or_else(IntoResponse::into_response),
-        Object::ManifestDigest(d) => manifests::serve_digest(&m, head, ns, &r.name, d, &headers)
+        Object::ManifestDigest(d) => manifests::serve_digest(&m, head, &target, &name, d, &headers)
             .await
             .unwrap_or_else(IntoResponse::into_response),
     }

@@ -168,7 +168,12 @@ impl RegistryClient {
         let mut last_error = String::new();
         for (i, endpoint) in candidates.iter().enumerate() {
             let last = i + 1 == candidates.len();
-            for attempt in 1..=self.attempts {
+            let attempts = if endpoint.spec.tls_probe {
+                1
+            } else {
+                self.attempts
+            };
+            for attempt in 1..=attempts {
                 if attempt > 1 {
                     tokio::time::sleep(backoff(attempt - 1, rand::random::<f64>())).await;
                 }
@@ -195,7 +200,16 @@ impl RegistryClient {
                         );
                         return Ok(response);
                     }
-                    Err(Failure::Retry(e)) if attempt < self.attempts => {
+                    Err(Failure::Retry(e) | Failure::Next(e)) if endpoint.spec.tls_probe => {
+                        debug!(
+                            upstream.endpoint = %endpoint.label,
+                            error = %e,
+                            "TLS refused by an insecure registry; trying plain HTTP"
+                        );
+                        last_error = e;
+                        break;
+                    }
+                    Err(Failure::Retry(e)) if attempt < attempts => {
                         debug!(
                             upstream.endpoint = %endpoint.label,
                             upstream.attempt = attempt,

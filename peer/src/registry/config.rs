@@ -22,6 +22,11 @@ pub struct RegistriesConfig {
     /// directory is not an error: every registry is then unknown except the default
     /// upstream.
     pub hosts_dirs: Vec<PathBuf>,
+    /// CRI-O / Podman: containers-registries.conf and its certificate directories. When
+    /// set, a request without `ns` whose first path component names a registry with an
+    /// entry there (`/v2/docker.io/library/nginx/…`, as `shoal-peer containers configure`
+    /// sets the mirror up) goes to that entry's mirrors and location. Default: none.
+    pub containers: Option<super::ContainersFiles>,
     /// The registry used when containerd sends no `ns`: a host (`ghcr.io`,
     /// `127.0.0.1:5000`) or a URL (`http://127.0.0.1:5000`, whose scheme is kept).
     /// Default: none (requests without `ns` get [`RegistryError::NoDefault`](super::RegistryError::NoDefault)).
@@ -101,6 +106,7 @@ impl RegistriesConfig {
     pub fn with_hosts_dirs(hosts_dirs: Vec<PathBuf>) -> Self {
         RegistriesConfig {
             hosts_dirs,
+            containers: None,
             default_upstream: None,
             own_mirrors: Vec::new(),
             policy: UpstreamPolicy::default(),

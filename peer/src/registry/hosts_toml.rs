@@ -101,6 +101,10 @@ pub struct EndpointSpec {
     pub dial_timeout: Option<Duration>,
     /// An HTTP(S) proxy for this endpoint.
     pub proxy: Option<Url>,
+    /// The TLS half of an `insecure` registry of containers-registries.conf, followed by
+    /// its plain-HTTP twin: tried once, and a failure moves on quietly (containers/image
+    /// tries HTTPS, then HTTP, the same way). Always false from `hosts.toml`.
+    pub tls_probe: bool,
 }
 
 impl EndpointSpec {
@@ -555,6 +559,7 @@ impl Cx<'_> {
             headers: f.headers,
             dial_timeout: f.dial_timeout,
             proxy: f.proxy,
+            tls_probe: false,
         })
     }
 }

@@ -15,7 +15,12 @@
 //! - `config.rs`: [`RegistriesConfig`] and [`UpstreamPolicy`] (defaults, validation) and
 //!   the default upstream.
 //! - [`hosts_toml`]: the pure parser (text and directory in, endpoints out).
-//! - [`names`]: the `ns` grammar, directory candidates, implicit servers, loop detection.
+//! - [`names`]: the `ns` grammar, directory candidates, implicit servers, loop detection,
+//!   the registry-as-path-component form CRI-O and Podman requests carry.
+//! - [`registries_conf`]: containers-registries.conf, parsed and merged (pure); shared
+//!   with node setup (`shoal-peer containers`).
+//! - `containers.rs`: CRI-O and Podman requests (no `ns`, the registry in the path):
+//!   [`Registries::resolve_namespaced`] and the endpoints of a registries.conf entry.
 //! - `endpoint.rs`: one configured endpoint and its HTTP client (reads certificates).
 //! - `client.rs`: [`RegistryClient`], the try-in-order-with-retries loop.
 //! - `blob.rs`: [`BlobUpstream`] and the blob response parsing shared with the engine.
@@ -36,10 +41,12 @@ mod body;
 pub mod challenge;
 mod client;
 mod config;
+mod containers;
 mod credentials;
 mod endpoint;
 pub mod hosts_toml;
 pub mod names;
+pub mod registries_conf;
 
 use std::collections::HashMap;
 use std::fs;
@@ -56,6 +63,7 @@ pub use blob::BlobUpstream;
 pub use body::{BodyError, idle_limited};
 pub use client::RegistryClient;
 pub use config::{RegistriesConfig, UpstreamPolicy};
+pub use containers::ContainersFiles;
 pub use credentials::CredentialPool;
 
 use config::DefaultUpstream;
@@ -208,6 +216,8 @@ enum Source {
     CertDir(PathBuf, FileStamp),
     /// No directory: the default upstream's implicit configuration.
     Implicit,
+    /// containers-registries.conf: its files and the certificate directories looked at.
+    Containers(Stamps),
 }
 
 /// What changes when a file is rewritten (in place or by rename).
@@ -327,7 +337,7 @@ impl Registries {
         client.catch_all = match &source {
             Source::HostsToml(file, _) => in_default_dir(file.parent()),
             Source::CertDir(dir, _) => in_default_dir(Some(dir)),
-            Source::Implicit => false,
+            Source::Implicit | Source::Containers(_) => false,
         };
         let client = Arc::new(client);
         self.inner
@@ -449,6 +459,13 @@ impl Registries {
                 let spec = hosts_toml::from_cert_files(dir, &names, &implicit)?;
                 (vec![spec], dir.clone())
             }
+            Source::Containers(_) => {
+                return Err(RegistryError::Config {
+                    path: config.hosts_dirs.first().cloned().unwrap_or_default(),
+                    line: None,
+                    message: "registries.conf sources are resolved by resolve_namespaced".into(),
+                });
+            }
             Source::Implicit => {
                 let origin = config.hosts_dirs.first().cloned().unwrap_or_default();
                 (vec![hosts_toml::implicit(&implicit, &origin)?], origin)
@@ -462,17 +479,7 @@ impl Registries {
                 "own mirror entries skipped"
             );
         }
-        let files = specs
-            .iter()
-            .flat_map(|s| {
-                s.ca.iter().chain(
-                    s.client
-                        .iter()
-                        .flat_map(|c| std::iter::once(&c.cert).chain(&c.key)),
-                )
-            })
-            .map(|f| (f.path.clone(), FileStamp::read(&f.path)))
-            .collect();
+        let files = cert_stamps(&specs);
         let client = RegistryClient::build(registry, &origin, specs, config)?;
         info!(
             upstream.registry = %registry,
@@ -482,6 +489,21 @@ impl Registries {
         );
         Ok((client, files))
     }
+}
+
+/// The certificate files `specs` name, with their stamps taken before they are read.
+fn cert_stamps(specs: &[EndpointSpec]) -> Stamps {
+    specs
+        .iter()
+        .flat_map(|s| {
+            s.ca.iter().chain(
+                s.client
+                    .iter()
+                    .flat_map(|c| std::iter::once(&c.cert).chain(&c.key)),
+            )
+        })
+        .map(|f| (f.path.clone(), FileStamp::read(&f.path)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -94,6 +94,39 @@ pub fn needs_ns(url: &Url, registry: &str) -> bool {
     host != registry
 }
 
+/// The first path component under which a `containers-registries.conf` mirror entry
+/// sends `registry`'s requests to the Shoal mirror (`location = "127.0.0.1:7650/<it>"`,
+/// so CRI-O and Podman ask for `/v2/<it>/<repo>/…`): the registry itself, with the port
+/// written `__PORT` because a path component cannot hold `:` (`127.0.0.1:5000` →
+/// `127.0.0.1__5000`). `None` for a name that has no such form: not a registry host,
+/// upper case, or an IPv6 literal.
+pub fn mirror_namespace(registry: &str) -> Option<String> {
+    if !is_registry_host(registry)
+        || registry.starts_with('[')
+        || registry.bytes().any(|b| b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    Some(match registry.rsplit_once(':') {
+        Some((host, port)) => format!("{host}__{port}"),
+        None => registry.to_owned(),
+    })
+}
+
+/// The registry a path component written by [`mirror_namespace`] names; `None` when it
+/// is not one (a repository's own first component, such as `library`, comes back as
+/// itself: the caller decides whether that registry is configured).
+pub fn registry_of_namespace(component: &str) -> Option<String> {
+    let registry = match component.rsplit_once("__") {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{host}:{port}")
+        }
+        Some(_) => return None,
+        None => component.to_owned(),
+    };
+    (mirror_namespace(&registry).as_deref() == Some(component)).then_some(registry)
+}
+
 /// Where a mirror listens, for loop detection: host (loopback names folded together)
 /// and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +225,28 @@ mod tests {
             "127.0.0.1:5000"
         ));
         assert!(needs_ns(&url("http://127.0.0.1:5001/v2"), "127.0.0.1:5000"));
+    }
+
+    #[test]
+    fn mirror_namespaces_round_trip() {
+        for (registry, ns) in [
+            ("docker.io", "docker.io"),
+            ("127.0.0.1:5000", "127.0.0.1__5000"),
+            (
+                "my-registry.example.com:443",
+                "my-registry.example.com__443",
+            ),
+            ("localhost", "localhost"),
+        ] {
+            assert_eq!(mirror_namespace(registry).as_deref(), Some(ns));
+            assert_eq!(registry_of_namespace(ns).as_deref(), Some(registry));
+        }
+        for bad in ["[::1]:5000", "Docker.io", "a/b", ""] {
+            assert_eq!(mirror_namespace(bad), None, "{bad}");
+        }
+        for bad in ["a__b", "a__", "__1", "a_b", "a__1__2"] {
+            assert_eq!(registry_of_namespace(bad), None, "{bad}");
+        }
     }
 
     #[test]

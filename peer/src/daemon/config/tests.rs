@@ -124,6 +124,9 @@ zone = "z1"
 log_format = "json"
 mirror_listen = "127.0.0.1:9003"
 containerd_hosts_dir = "/etc/hosts.d:/etc/docker/certs.d"
+containers_registries_conf = "/c/registries.conf"
+containers_registries_conf_dir = "/c/d"
+containers_certs_dir = "/c/certs.d"
 default_upstream = "ghcr.io"
 cache_high_watermark = 0.8
 cache_low_watermark = "0.5"
@@ -145,6 +148,14 @@ cache_low_watermark = "0.5"
     assert_eq!(
         s.containerd_hosts_dirs,
         [PathBuf::from("/etc/hosts.d"), "/etc/docker/certs.d".into()]
+    );
+    assert_eq!(
+        s.containers,
+        Some(crate::registry::ContainersFiles {
+            registries_conf: "/c/registries.conf".into(),
+            drop_in_dir: "/c/d".into(),
+            certs_dirs: vec!["/c/certs.d".into()],
+        })
     );
     assert_eq!(s.default_upstream.as_deref(), Some("ghcr.io"));
     assert_eq!(s.cache.high_watermark, 0.8);
@@ -451,4 +462,51 @@ fn listeners_default_to_every_address_of_both_families_and_ipv6_literals_work() 
     assert_eq!(s.schedulers, ["https://[fd00::1]:7600"]);
     let errs = resolve(&["--dev-ephemeral-tls", "--advertise-addr", "[fd00::7]"]).unwrap_err();
     assert!(errs[0].contains("without brackets"), "{errs:?}");
+}
+
+#[test]
+fn containers_files_are_off_by_default_and_default_beside_registries_conf() {
+    let base = ["--dev-ephemeral-tls", "--quic-listen", "127.0.0.1:1"];
+    assert_eq!(resolve(&base).unwrap().containers, None);
+    let s = resolve(
+        &[
+            &base[..],
+            &[
+                "--containers-registries-conf",
+                "/host/etc/containers/registries.conf",
+            ],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    assert_eq!(
+        s.containers,
+        Some(crate::registry::ContainersFiles {
+            registries_conf: "/host/etc/containers/registries.conf".into(),
+            drop_in_dir: "/host/etc/containers/registries.conf.d".into(),
+            certs_dirs: vec![
+                "/etc/containers/certs.d".into(),
+                "/etc/docker/certs.d".into()
+            ],
+        })
+    );
+    let errs = resolve(
+        &[
+            &base[..],
+            &[
+                "--containers-registries-conf",
+                "/r.conf",
+                "--containers-registries-conf-dir",
+                "/r.d",
+                "--containers-certs-dir",
+                "/a::/b",
+            ],
+        ]
+        .concat(),
+    )
+    .unwrap_err();
+    assert!(
+        errs.len() == 1 && errs[0].contains("--containers-certs-dir"),
+        "{errs:?}"
+    );
 }
