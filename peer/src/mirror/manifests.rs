@@ -9,7 +9,7 @@
 //!   last known digest, with a `Shoal-Stale-Tag` header giving the answer's age in
 //!   seconds.
 //! - **By digest**: a task like a blob (one piece: manifests are small), through the
-//!   access gate ([`super::gate`]) and the download engine, so that it comes from this
+//!   access gate (`gate.rs`) and the download engine, so that it comes from this
 //!   node or its peers and upstream serves it once for the swarm. It is verified against
 //!   its digest before it is served. Its `Content-Type` is upstream's (from the gate's
 //!   `HEAD`) or, when no `HEAD` was needed, the manifest's own `mediaType` (or what its
