@@ -486,6 +486,72 @@ async fn preheat_count_nodes_cancel_and_refusals() {
         "preheat: {} blobs, {total} bytes, on 3 then 1 peers, one upstream copy of each",
         img.blobs.len()
     );
+
+    // 6. shoalctl: preheat --wait, jobs (merged over two "replicas"), job, job --cancel.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(shoal_tests::swarm::workspace_bin("shoalctl"))
+            .arg("--scheduler")
+            .arg(c.sched.http_url())
+            .args(args)
+            .env_remove("SHOAL_TOKEN_FILE")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let token_file = c.token_file.display().to_string();
+    let image_ref = format!("{ns}/{REPO}:v1");
+    let (code, out, err) = ctl(&[
+        "--token-file",
+        &token_file,
+        "preheat",
+        &image_ref,
+        "--count",
+        "2",
+        "--wait",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("state succeeded") && out.contains("(2 of 2 peers succeeded"),
+        "{out}"
+    );
+    let rows = out
+        .lines()
+        .filter(|l| l.starts_with("node-") && l.contains("succeeded") && l.contains("4/4"))
+        .count();
+    assert_eq!(rows, 2, "{out}");
+    assert!(
+        err.contains("2/2 peers done"),
+        "plain progress lines off a terminal: {err}"
+    );
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    let (code, out, _) = ctl(&["jobs"]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("ID") && out.contains(&id), "{out}");
+    assert_eq!(out.lines().count(), 6, "five jobs and a header: {out}");
+    let (code, out, _) = ctl(&["jobs", "--replica", &c.sched.http_url(), "-o", "json"]);
+    assert_eq!(code, Some(0));
+    let merged: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        merged["jobs"].as_array().unwrap().len(),
+        10,
+        "each replica's jobs, merged"
+    );
+    assert!(merged["jobs"][0]["replica"].is_string());
+    let (code, out, _) = ctl(&["job", &id]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("PEER") && out.contains("4/4"), "{out}");
+    let (code, _, err) = ctl(&["job", &id, "--cancel"]);
+    assert_eq!(code, Some(2), "cancel needs the token: {err}");
+    let (code, out, _) = ctl(&["--token-file", &token_file, "job", &id, "--cancel"]);
+    assert_eq!(code, Some(0), "cancelling a finished job changes nothing");
+    assert!(out.contains("state succeeded"), "{out}");
+    let (code, _, err) = ctl(&["job", "0123456789abcdef"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no preheat job"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
