@@ -27,6 +27,9 @@ use crate::engine::{Download, Engine, Upstream};
 use crate::registry::challenge::BearerChallenge;
 use crate::registry::{Object, RegistryClient, UpstreamRequest};
 
+/// Downloads of a job under way, with their sizes.
+type Started = Arc<std::sync::Mutex<Vec<(Arc<Download>, u64)>>>;
+
 /// Blobs of one job downloaded at once.
 const PARALLEL_BLOBS: usize = 4;
 /// How often progress is reported while blobs download.
@@ -92,7 +95,7 @@ pub(super) async fn run(
                 .blob_upstream(o.repository.clone(), auth.header.clone()),
         );
         // Downloads under way, for the bytes of pieces already verified.
-        let started: Arc<std::sync::Mutex<Vec<(Arc<Download>, u64)>>> = Arc::default();
+        let started: Started = Arc::default();
         let mut queue = blobs.iter().copied();
         let mut running = tokio::task::JoinSet::new();
         let mut spawn_next = |running: &mut tokio::task::JoinSet<Result<u64, String>>| {

@@ -524,7 +524,7 @@ impl Jobs {
     /// Every job, newest first.
     pub fn list(&self, now: Instant) -> Vec<JobView> {
         let mut ids: Vec<(u64, &String)> = self.jobs.iter().map(|(id, j)| (j.seq, id)).collect();
-        ids.sort_by(|a, b| b.0.cmp(&a.0));
+        ids.sort_by_key(|b| std::cmp::Reverse(b.0));
         ids.into_iter()
             .filter_map(|(_, id)| self.view(now, id))
             .collect()
