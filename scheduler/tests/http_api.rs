@@ -289,7 +289,10 @@ fn writes() -> Vec<(Method, String)> {
         (Method::DELETE, "/api/v1/peers/peer-0/quarantine".to_owned()),
         (Method::POST, format!("/api/v1/tasks/{}/drop", held())),
         (Method::POST, "/api/v1/preheat".to_owned()),
-        (Method::DELETE, "/api/v1/preheat/0123456789abcdef".to_owned()),
+        (
+            Method::DELETE,
+            "/api/v1/preheat/0123456789abcdef".to_owned(),
+        ),
         // The token is checked before the id.
         (Method::DELETE, "/api/v1/preheat/bad%20id".to_owned()),
     ]
