@@ -119,7 +119,7 @@ fn assert_page_shows(dom: &str, o: &Value) {
         );
     }
     assert_eq!(dom.matches("data-task=").count(), tasks.len());
-    // No preheat endpoint yet: the section says so.
+    // No preheat job: the section says so.
     assert!(dom.contains(r#"data-jobs="0""#), "{dom}");
 }
 
