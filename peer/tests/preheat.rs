@@ -81,11 +81,26 @@ async fn cluster(dir: &Path, hosts: PathBuf, n: usize) -> Cluster {
                 .unwrap(),
         );
     }
-    sched.wait_for_peers(n).await.unwrap();
+    wait_sessions(&sched, n).await;
     Cluster {
         sched,
         peers,
         token_file,
+    }
+}
+
+/// Waits until `n` peers have joined `sched` with their session open (a job orders
+/// only those).
+async fn wait_sessions(sched: &SchedulerProcess, n: usize) {
+    sched.wait_for_peers(n).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let peers = sched.peers().await.unwrap_or_default();
+        if peers.len() == n && peers.iter().all(|p| p["session_open"] == true) {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "sessions never opened: {peers:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -714,7 +729,7 @@ async fn a_job_on_one_replica_fills_peers_whose_layers_other_replicas_plan() {
         );
     }
     for r in &replicas {
-        r.wait_for_peers(3).await.unwrap();
+        wait_sessions(r, 3).await;
     }
     let job = post_job(&replicas[0], json!({"image": format!("{ns}/{REPO}:v1")})).await;
     let id = job["id"].as_str().unwrap().to_owned();
