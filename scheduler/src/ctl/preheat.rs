@@ -32,7 +32,7 @@ const POLL: Duration = Duration::from_millis(500);
 /// `shoalctl preheat`'s arguments.
 #[derive(Debug, Args)]
 pub struct PreheatArgs {
-    /// The image: [registry/]repository[:tag][@digest].
+    /// The image: `[registry/]repository[:tag][@digest]`.
     pub image: String,
     /// A platform to fetch from an index, os/arch[/variant] (repeatable;
     /// default: each node's own).
