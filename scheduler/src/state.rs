@@ -140,15 +140,21 @@ impl SchedulerState {
     /// Advances the jobs' clock: parts of peers that left the swarm fail,
     /// late jobs fail, old ones are forgotten. Called by the ticker.
     pub fn tick_jobs(&self) {
-        if lock(&self.jobs).counts().iter().all(|(_, n)| *n == 0) {
+        let counts = lock(&self.jobs).counts();
+        if counts.iter().all(|(_, n)| *n == 0) {
             return;
         }
-        let (now, present) = self.with_core(|core, now| {
-            let p: std::collections::HashSet<String> =
-                core.peers(now).into_iter().map(|p| p.id).collect();
-            (now, p)
-        });
-        lock(&self.jobs).tick(now, Some(&present));
+        // Who is in the swarm matters only to running jobs.
+        if counts.iter().any(|(s, n)| *s == JobState::Running && *n > 0) {
+            let (now, present) = self.with_core(|core, now| {
+                let p: std::collections::HashSet<String> =
+                    core.peers(now).into_iter().map(|p| p.id).collect();
+                (now, p)
+            });
+            lock(&self.jobs).tick(now, Some(&present));
+        } else {
+            lock(&self.jobs).tick(Instant::now(), None);
+        }
     }
 
     /// Sends orders over the sessions; the peers whose order was not sent.
