@@ -192,4 +192,5 @@ async fn the_status_page_shows_the_peers_and_tasks_the_scheduler_reports() {
         .expect("the job's row")..];
     let row = &row[..row.find("</tr>").unwrap()];
     assert!(row.contains("succeeded") && row.contains("2 / 2"), "{row}");
+    assert!(row.contains(" MiB / "), "bytes done of all: {row}");
 }
