@@ -145,7 +145,10 @@ impl SchedulerState {
             return;
         }
         // Who is in the swarm matters only to running jobs.
-        if counts.iter().any(|(s, n)| *s == JobState::Running && *n > 0) {
+        if counts
+            .iter()
+            .any(|(s, n)| *s == JobState::Running && *n > 0)
+        {
             let (now, present) = self.with_core(|core, now| {
                 let p: std::collections::HashSet<String> =
                     core.peers(now).into_iter().map(|p| p.id).collect();

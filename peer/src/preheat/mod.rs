@@ -136,6 +136,23 @@ impl Preheater {
             warn!("preheat order with a bad job id ignored");
             return;
         }
+        // The scheduler checked the order; so does this node, as the mirror checks
+        // a request, before any of it reaches a URL or a log line.
+        let reference_ok = if order.reference.contains(':') {
+            order.reference.parse::<shoal_proto::Digest>().is_ok()
+        } else {
+            crate::mirror::route::check_tag(&order.reference).is_ok()
+        };
+        if !crate::registry::names::is_registry_host(&order.registry)
+            || crate::mirror::route::check_name(&order.repository).is_err()
+            || !reference_ok
+        {
+            warn!(preheat.job = %id, "preheat order with a bad image reference refused");
+            let mut p = progress(&id, v1::PreheatState::Failed);
+            p.error = "the order's image reference is not valid".into();
+            let _ = self.inner.progress.send((replica.to_owned(), p));
+            return;
+        }
         let image = format!(
             "{}/{}:{}",
             order.registry, order.repository, order.reference
@@ -289,5 +306,69 @@ impl PreheatHandler for Preheater {
             .filter(|e| e.replica == replica)
             .map(|e| e.latest.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::RegistriesConfig;
+
+    fn preheater() -> Preheater {
+        Preheater::new(Registries::new(RegistriesConfig::new(
+            "/nonexistent/shoal-preheat-hosts".into(),
+        )))
+    }
+
+    fn order(repository: &str, reference: &str) -> Command {
+        Command::PreheatImage(v1::PreheatImage {
+            job_id: "job-1".into(),
+            registry: "reg.example:5000".into(),
+            repository: repository.into(),
+            reference: reference.into(),
+            platforms: vec![],
+            credential: Some(v1::PreheatCredential {
+                username: "u".into(),
+                password: "pw-never-shown".into(),
+                token: String::new(),
+            }),
+        })
+    }
+
+    #[test]
+    fn refused_orders_fail_at_once_on_the_ordering_replica() {
+        let p = preheater();
+        let mut rx = p.subscribe();
+        for (repo, reference) in [("UPPER/case", "v1"), ("team/app", "../x"), ("a//b", "v1")] {
+            p.command("replica-a", order(repo, reference));
+            let (replica, progress) = rx.try_recv().expect("a report");
+            assert_eq!(replica, "replica-a");
+            assert_eq!(
+                progress.state,
+                v1::PreheatState::Failed as i32,
+                "{repo} {reference}"
+            );
+            assert!(!progress.error.contains("pw-never-shown"));
+        }
+        // A valid order on a node whose engine is not there yet.
+        p.command("replica-a", order("team/app", "v1"));
+        let (_, progress) = rx.try_recv().unwrap();
+        assert_eq!(progress.state, v1::PreheatState::Failed as i32);
+        assert!(progress.error.contains("starting"), "{}", progress.error);
+        assert_eq!(
+            p.latest("replica-a").len(),
+            1,
+            "kept for a session that re-opens"
+        );
+        assert!(p.latest("replica-b").is_empty());
+        assert_eq!(p.running(), 0);
+        // Cancelling an unknown job changes nothing.
+        p.command(
+            "replica-a",
+            Command::CancelPreheat(v1::CancelPreheat {
+                job_id: "nope".into(),
+            }),
+        );
+        assert!(rx.try_recv().is_err());
     }
 }
