@@ -24,6 +24,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod metrics;
 pub mod mirror;
+pub mod preheat;
 pub mod registry;
 pub mod scheduler_link;
 pub mod store;

@@ -119,7 +119,7 @@ fn assert_page_shows(dom: &str, o: &Value) {
         );
     }
     assert_eq!(dom.matches("data-task=").count(), tasks.len());
-    // No preheat endpoint yet: the section says so.
+    // No preheat job: the section says so.
     assert!(dom.contains(r#"data-jobs="0""#), "{dom}");
 }
 
@@ -166,4 +166,31 @@ async fn the_status_page_shows_the_peers_and_tasks_the_scheduler_reports() {
         let tag = tag_with(&dom, &format!("data-task=\"{}\"", blob.digest)).unwrap();
         assert_eq!(attr(tag, "data-complete"), Some("4"), "{tag}");
     }
+
+    // A preheat job of the image on zone-a (2 peers): the page lists it.
+    let job = swarm.preheat("zone-a").await.unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let mut state = String::new();
+    for _ in 0..600 {
+        let j: Value = reqwest::get(format!("{url}api/v1/preheat/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        state = j["state"].as_str().unwrap_or_default().to_owned();
+        if state != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "succeeded");
+    let dom = dump_dom(&url, &profile).unwrap();
+    assert!(dom.contains(r#"data-jobs="1""#), "{dom}");
+    let row = &dom[dom
+        .find(&format!("data-job=\"{id}\""))
+        .expect("the job's row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("succeeded") && row.contains("2 / 2"), "{row}");
+    assert!(row.contains(" MiB / "), "bytes done of all: {row}");
 }

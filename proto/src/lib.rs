@@ -28,6 +28,23 @@ pub use piece::{PieceError, PieceSet, TaskShape};
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("shoal.v1");
+
+    /// Never prints the secret: a command that carries one may be logged.
+    impl std::fmt::Debug for PreheatCredential {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("PreheatCredential")
+                .field(
+                    "username",
+                    &(!self.username.is_empty()).then_some("<redacted>"),
+                )
+                .field(
+                    "password",
+                    &(!self.password.is_empty()).then_some("<redacted>"),
+                )
+                .field("token", &(!self.token.is_empty()).then_some("<redacted>"))
+                .finish()
+        }
+    }
 }
 
 /// Limits of the scheduler protocol that both sides enforce.

@@ -137,5 +137,66 @@ pub(crate) fn command(c: core::Command) -> v1::SchedulerCommand {
                 digest: d.to_string(),
             })),
         },
+        core::Command::Preheat(o) => {
+            use crate::preheat::Credential;
+            let credential = o.credential.map(|c| match c {
+                Credential::Basic { username, password } => v1::PreheatCredential {
+                    username,
+                    password,
+                    token: String::new(),
+                },
+                Credential::Token(token) => v1::PreheatCredential {
+                    token,
+                    ..Default::default()
+                },
+            });
+            v1::SchedulerCommand {
+                command: Some(v1::scheduler_command::Command::PreheatImage(
+                    v1::PreheatImage {
+                        job_id: o.job_id,
+                        registry: o.image.registry,
+                        repository: o.image.repository,
+                        reference: o.image.reference,
+                        platforms: o.platforms,
+                        credential,
+                    },
+                )),
+            }
+        }
+        core::Command::CancelPreheat(job_id) => v1::SchedulerCommand {
+            command: Some(v1::scheduler_command::Command::CancelPreheat(
+                v1::CancelPreheat { job_id },
+            )),
+        },
     }
+}
+
+/// A peer's preheat progress report, checked: `(job id, report)`.
+pub(crate) fn preheat_report(
+    p: v1::PreheatProgress,
+) -> Result<(String, crate::preheat::Report), Status> {
+    use crate::preheat::{PeerJobState, Report};
+    if p.job_id.is_empty() || p.job_id.len() > 64 {
+        return Err(Status::invalid_argument("preheat progress: bad job id"));
+    }
+    let state = match v1::PreheatState::try_from(p.state) {
+        Ok(v1::PreheatState::Running) => PeerJobState::Running,
+        Ok(v1::PreheatState::Succeeded) => PeerJobState::Succeeded,
+        Ok(v1::PreheatState::Failed) => PeerJobState::Failed,
+        Ok(v1::PreheatState::Cancelled) => PeerJobState::Cancelled,
+        _ => return Err(Status::invalid_argument("preheat progress: bad state")),
+    };
+    let mut error: String = p.error.chars().take(512).collect();
+    error.retain(|c| !c.is_control());
+    Ok((
+        p.job_id,
+        Report {
+            state,
+            blobs_done: p.blobs_done.min(p.blobs_total),
+            blobs_total: p.blobs_total,
+            bytes_done: p.bytes_done.min(p.bytes_total),
+            bytes_total: p.bytes_total,
+            error: (!error.is_empty()).then_some(error),
+        },
+    ))
 }

@@ -1,7 +1,8 @@
 //! `shoalctl`, the operator CLI: asks the scheduler's operator API (see
 //! [`crate::http`]) about peers and tasks and prints a table or the API's
 //! JSON, and steers the swarm through its write endpoints (`quarantine`,
-//! `unquarantine`, `drop`, with the operator token of `--token-file`). The
+//! `unquarantine`, `drop`, `preheat`, `job --cancel`, with the operator token
+//! of `--token-file`). The
 //! binary (`src/bin/shoalctl.rs`) only parses and calls [`run`].
 //!
 //! Layout:
@@ -10,14 +11,19 @@
 //!   each answer is printed as a table;
 //! - `ctl/table.rs`: a small aligned-column formatter and human units;
 //! - `ctl/replicas.rs`: one command against several scheduler replicas
-//!   (`--replica`), each answer under the replica that gave it.
+//!   (`--replica`), each answer under the replica that gave it;
+//! - `ctl/preheat.rs`: `preheat` (with `--wait`'s progress bar), `jobs`
+//!   (merged over the replicas), `job`.
 //!
-//! Not here (yet): `preheat` (needs its write endpoint), watch mode, TLS
+//! Not here (yet): watch mode, TLS
 //! client certificates (the API is cluster-internal plain HTTP).
 
+mod preheat;
 mod render;
 mod replicas;
 mod table;
+
+pub use preheat::PreheatArgs;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,7 +64,7 @@ pub struct Cli {
     #[arg(long, default_value_t = 10, global = true, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
     /// File holding the operator token (the scheduler's --operator-token-file);
-    /// needed by quarantine, unquarantine and drop.
+    /// needed by quarantine, unquarantine, drop, preheat and job --cancel.
     #[arg(long, env = "SHOAL_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for an `https://` scheduler URL (the
@@ -110,6 +116,20 @@ pub enum CtlCommand {
         #[arg(value_parser = parse_digest)]
         digest: Digest,
     },
+    /// Warm peers with an image before it is needed (needs --token-file).
+    Preheat(PreheatArgs),
+    /// List the preheat jobs (of every replica, with --replica).
+    Jobs,
+    /// Show one preheat job and each peer's part; --cancel stops it (needs
+    /// --token-file).
+    Job {
+        /// The job's id (from `preheat` or `jobs`).
+        #[arg(value_parser = parse_job_id)]
+        id: String,
+        /// Cancel the job: its peers stop and it ends `cancelled`.
+        #[arg(long)]
+        cancel: bool,
+    },
 }
 
 impl CtlCommand {
@@ -127,6 +147,12 @@ impl CtlCommand {
                 (Method::DELETE, format!("api/v1/peers/{peer}/quarantine"))
             }
             CtlCommand::Drop { digest } => (Method::POST, format!("api/v1/tasks/{digest}/drop")),
+            CtlCommand::Preheat(_) => (Method::POST, "api/v1/preheat".to_owned()),
+            CtlCommand::Jobs => (Method::GET, "api/v1/preheat".to_owned()),
+            CtlCommand::Job { id, cancel: false } => (Method::GET, format!("api/v1/preheat/{id}")),
+            CtlCommand::Job { id, cancel: true } => {
+                (Method::DELETE, format!("api/v1/preheat/{id}"))
+            }
         }
     }
 
@@ -138,6 +164,10 @@ impl CtlCommand {
             CtlCommand::Quarantine { .. } => "quarantine",
             CtlCommand::Unquarantine { .. } => "unquarantine",
             CtlCommand::Drop { .. } => "drop",
+            CtlCommand::Preheat(_) => "preheat",
+            CtlCommand::Jobs => "jobs",
+            CtlCommand::Job { cancel: false, .. } => "job",
+            CtlCommand::Job { cancel: true, .. } => "job --cancel",
         }
     }
 
@@ -147,12 +177,26 @@ impl CtlCommand {
             CtlCommand::Quarantine { .. }
                 | CtlCommand::Unquarantine { .. }
                 | CtlCommand::Drop { .. }
+                | CtlCommand::Preheat(_)
+                | CtlCommand::Job { cancel: true, .. }
         )
     }
 }
 
 fn parse_peer(s: &str) -> Result<PeerId, String> {
     PeerId::parse(s).map_err(str::to_owned)
+}
+
+fn parse_job_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("a job id is 1 to 64 characters of [A-Za-z0-9._-]".into())
+    }
 }
 
 fn parse_digest(s: &str) -> Result<Digest, String> {
@@ -272,6 +316,20 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     } else {
         None
     };
+    let bases: Vec<&Url> = std::iter::once(&cli.scheduler)
+        .chain(cli.replicas.iter())
+        .collect();
+    match &cli.command {
+        CtlCommand::Preheat(args) => {
+            let token = token.as_ref().expect("preheat writes: its token was read");
+            return preheat::preheat(cli, args, &client, token, out).await;
+        }
+        CtlCommand::Jobs => return preheat::jobs(cli, &client, &bases, out).await,
+        CtlCommand::Job { id, cancel } => {
+            return preheat::job(cli, &client, token.as_ref(), &bases, id, *cancel, out).await;
+        }
+        _ => {}
+    }
     if !cli.replicas.is_empty() {
         return replicas::run(cli, &client, token.as_ref(), out).await;
     }
@@ -324,6 +382,12 @@ fn render(cli: &Cli, value: serde_json::Value, url: &str) -> Result<String, CtlE
                 }
                 CtlCommand::Drop { .. } => {
                     render::dropped(&serde_json::from_value(value).map_err(decode)?)
+                }
+                // Answered by `preheat.rs` before this is reached.
+                CtlCommand::Preheat(_) | CtlCommand::Jobs | CtlCommand::Job { .. } => {
+                    let mut s = serde_json::to_string_pretty(&value).expect("JSON serialises");
+                    s.push('\n');
+                    s
                 }
             }
         }

@@ -120,6 +120,15 @@ fn peer_event(ev: v1::PeerEvent) {
                 same_digest(&d, &digest);
             }
         }
+        Some(Event::PreheatProgress(p)) => {
+            if let Ok((job, r)) = convert::preheat_report(p) {
+                assert!(!job.is_empty() && job.len() <= 64);
+                assert!(r.bytes_done <= r.bytes_total && r.blobs_done <= r.blobs_total);
+                if let Some(e) = r.error {
+                    assert!(e.chars().count() <= 512 && !e.chars().any(char::is_control));
+                }
+            }
+        }
         Some(Event::Heartbeat(_)) | None => {}
     }
 }

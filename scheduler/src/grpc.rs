@@ -385,6 +385,16 @@ fn apply_event(
             warn!(peer.id = %peer, task.digest = %digest, "task assembled from the swarm's hashes does not match its digest");
             state.with_core(|core, now| core.digest_mismatch(now, peer, digest))
         }
+        Event::PreheatProgress(p) => {
+            let (job, report) = convert::preheat_report(p)?;
+            let final_state = report.state;
+            if state.job_report(peer, &job, report) {
+                debug!(peer.id = %peer, preheat.job = %job, preheat.state = ?final_state, "preheat progress");
+            } else {
+                debug!(peer.id = %peer, preheat.job = %job, "preheat progress about no running job part ignored");
+            }
+            Ok(None)
+        }
         Event::BadParent(b) => {
             let digest = convert::digest(&b.digest)?;
             let parent = convert::peer_id(&b.parent_id)?;
@@ -526,6 +536,8 @@ pub async fn run_ticker(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    // Preheat jobs need no finer clock than a second.
+    let mut jobs_ticked = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
@@ -534,6 +546,10 @@ pub async fn run_ticker(
                     core.flush();
                 });
                 state.ticked(interval);
+                if jobs_ticked.elapsed() >= Duration::from_secs(1) {
+                    jobs_ticked = std::time::Instant::now();
+                    state.tick_jobs();
+                }
             }
             _ = &mut shutdown => return,
         }

@@ -11,6 +11,9 @@
 //! - `POST`/`DELETE /api/v1/peers/{id}/quarantine` → quarantine a peer (offer
 //!   it as a parent for no task) or lift that
 //! - `POST /api/v1/tasks/{digest}/drop` → tell every holder to drop the task
+//! - `POST /api/v1/preheat` → a preheat job; `GET /api/v1/preheat` → every
+//!   job; `GET`/`DELETE /api/v1/preheat/{id}` → one job / cancel it
+//!   ([`crate::preheat`])
 //! - `GET /metrics` → OpenMetrics text, every name prefixed `shoal_`
 //! - `GET /healthz` → 200 while the process can work; 503 when the core
 //!   panicked (its lock is poisoned) or the planning ticker stopped
@@ -26,7 +29,7 @@
 //! upper-case code per kind ([`ApiError`]).
 //!
 //! Handlers only check, lock, call the core and serialise: every decision is
-//! the core's. Not here: preheat (future work), TLS (the Service is
+//! the core's (or the preheat jobs'). Not here: TLS (the Service is
 //! cluster-internal), CORS.
 
 use std::future::Future;
@@ -54,9 +57,9 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// What the handlers share.
 #[derive(Clone)]
-struct Api {
-    state: Arc<SchedulerState>,
-    metrics: Arc<Metrics>,
+pub(crate) struct Api {
+    pub(crate) state: Arc<SchedulerState>,
+    pub(crate) metrics: Arc<Metrics>,
     /// `None`: write endpoints are disabled.
     token: Option<Arc<OperatorToken>>,
 }
@@ -79,6 +82,14 @@ pub fn router(
         // with a stray `/`) is reported as a bad digest rather than a
         // missing route. `POST …/{digest}/drop` shares it.
         .route("/api/v1/tasks/{*digest}", get(task).post(task_action))
+        .route(
+            "/api/v1/preheat",
+            get(crate::preheat::list).post(crate::preheat::create),
+        )
+        .route(
+            "/api/v1/preheat/{*id}",
+            get(crate::preheat::get).delete(crate::preheat::cancel),
+        )
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
@@ -171,6 +182,24 @@ pub enum ApiError {
     /// A write endpoint while the scheduler has no token (403).
     #[error("write endpoints disabled: no --operator-token-file")]
     WritesDisabled,
+    /// A preheat request that is not what the API takes (400).
+    #[error("{0}")]
+    PreheatInvalid(String),
+    /// A preheat request larger than the API takes (413).
+    #[error("a preheat request is at most {0} bytes")]
+    BodyTooLarge(usize),
+    /// The scope of a preheat request matches no connected peer (400).
+    #[error("{0}")]
+    ScopeEmpty(String),
+    /// Too many preheat jobs are running, or a scope selects too many peers (429).
+    #[error("{0}")]
+    TooManyJobs(String),
+    /// The path's job id is not 1–64 characters of `[A-Za-z0-9._-]` (400).
+    #[error("invalid job id {0:?}: 1 to 64 characters of [A-Za-z0-9._-]")]
+    JobIdInvalid(String),
+    /// No such job (404): never created here, or forgotten.
+    #[error("no preheat job {0} on this scheduler (a job lives on the replica that accepted it)")]
+    JobUnknown(String),
 }
 
 impl ApiError {
@@ -185,6 +214,12 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::WritesDisabled => "WRITES_DISABLED",
+            ApiError::PreheatInvalid(_) => "PREHEAT_INVALID",
+            ApiError::BodyTooLarge(_) => "BODY_TOO_LARGE",
+            ApiError::ScopeEmpty(_) => "SCOPE_EMPTY",
+            ApiError::TooManyJobs(_) => "TOO_MANY_JOBS",
+            ApiError::JobIdInvalid(_) => "JOB_ID_INVALID",
+            ApiError::JobUnknown(_) => "JOB_UNKNOWN",
         }
     }
 
@@ -193,10 +228,16 @@ impl ApiError {
         match self {
             ApiError::DigestInvalid { .. }
             | ApiError::PathInvalid(_)
-            | ApiError::PeerIdInvalid { .. } => StatusCode::BAD_REQUEST,
-            ApiError::TaskUnknown(_) | ApiError::PeerUnknown(_) | ApiError::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            | ApiError::PeerIdInvalid { .. }
+            | ApiError::PreheatInvalid(_)
+            | ApiError::ScopeEmpty(_)
+            | ApiError::JobIdInvalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::TaskUnknown(_)
+            | ApiError::PeerUnknown(_)
+            | ApiError::NotFound(_)
+            | ApiError::JobUnknown(_) => StatusCode::NOT_FOUND,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyJobs(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::WritesDisabled => StatusCode::FORBIDDEN,
@@ -237,7 +278,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Client input echoed in a message, cut so that a huge path stays a short line.
-fn echo(s: &str) -> String {
+pub(crate) fn echo(s: &str) -> String {
     const MAX: usize = 80;
     match s.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}…", &s[..i]),
@@ -281,7 +322,7 @@ async fn task(
 }
 
 /// Lets a write request through when it carries the configured token.
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &api.token else {
         return Err(ApiError::WritesDisabled);
     };
@@ -310,7 +351,11 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Answers a write request and counts it by action and status.
-fn answered<T: Serialize>(api: &Api, action: &'static str, r: Result<T, ApiError>) -> Response {
+pub(crate) fn answered<T: Serialize>(
+    api: &Api,
+    action: &'static str,
+    r: Result<T, ApiError>,
+) -> Response {
     let response = match r {
         Ok(body) => Json(body).into_response(),
         Err(e) => e.into_response(),
@@ -492,6 +537,8 @@ mod tests {
             "/api/v1/tasks/{digest}/drop",
             "/api/v1/peers/{id}/quarantine",
             "/api/v1/openapi.json",
+            "/api/v1/preheat",
+            "/api/v1/preheat/{id}",
             "/metrics",
             "/healthz",
             "/readyz",

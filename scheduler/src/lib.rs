@@ -6,6 +6,8 @@
 //!   election, parent ranking). No I/O; `now` is passed in.
 //! - [`http`]: the operator API (axum, JSON), `/metrics`, health; its write
 //!   endpoints need the bearer token of [`auth`].
+//! - [`preheat`]: preheat jobs (warm chosen peers with an image), their
+//!   pure state machine and their routes.
 //! - [`status_page`]: `GET /`, the live status page, and the overview it polls.
 //! - [`metrics`]: the Prometheus registry and metric families.
 //! - [`ctl`]: `shoalctl`, the operator CLI over the operator API.
@@ -29,6 +31,7 @@ pub mod http;
 pub mod issuer;
 pub mod logging;
 pub mod metrics;
+pub mod preheat;
 pub mod server;
 pub mod state;
 pub mod status_page;

@@ -58,10 +58,18 @@ struct RefusedLabels {
     reason: &'static str,
 }
 
+/// Labels of `shoal_scheduler_preheat_jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct JobLabels {
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    state: &'static str,
+}
+
 /// The scheduler's metric registry and the families the adapters update.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    preheat_jobs: Family<JobLabels, prometheus_client::metrics::gauge::Gauge>,
     grpc_requests: Family<GrpcLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     operator_requests: Family<OperatorLabels, Counter>,
@@ -110,7 +118,7 @@ impl Metrics {
         let operator_requests = Family::<OperatorLabels, Counter>::default();
         registry.register(
             "operator_requests",
-            "Operator write requests (quarantine, unquarantine, drop), by action and HTTP status (401: no or wrong token, 403: writes disabled)",
+            "Operator write requests (quarantine, unquarantine, drop, preheat, preheat_cancel), by action and HTTP status (401: no or wrong token, 403: writes disabled)",
             operator_requests.clone(),
         );
         let certificates_issued = Counter::default();
@@ -119,10 +127,17 @@ impl Metrics {
             "Node certificates the issuer signed (first ones and renewals)",
             certificates_issued.clone(),
         );
+        let preheat_jobs = Family::<JobLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "preheat_jobs",
+            "Preheat jobs this replica holds now (running, or finished and not yet forgotten), by state",
+            preheat_jobs.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(CoreCollector(snapshot.clone())));
         Metrics {
             registry,
+            preheat_jobs,
             grpc_requests,
             refused,
             operator_requests,
@@ -186,6 +201,13 @@ impl Metrics {
             ready: state.is_ready(),
             uptime_secs: state.uptime().as_secs(),
         };
+        for (job_state, n) in state.job_counts() {
+            self.preheat_jobs
+                .get_or_create(&JobLabels {
+                    state: job_state.name(),
+                })
+                .set(n as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing metrics to a String cannot fail");

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::core::{Command, Effect, PeerId, PlanId, PlanUpdate, Scheduler};
+use crate::preheat::jobs::Order;
+use crate::preheat::{
+    Candidate, JobError, JobSpec, JobState, JobView, Jobs, JobsConfig, PeerJobState, Report,
+};
 
 /// What a plan stream receives.
 pub type PlanMessage = Result<PlanUpdate, (tonic::Code, String)>;
@@ -37,6 +41,9 @@ pub struct SchedulerState {
     started: Instant,
     ready: AtomicBool,
     closing: tokio::sync::watch::Sender<bool>,
+    /// Preheat jobs. Locked after the core's lock is released, never while
+    /// holding it.
+    jobs: Mutex<Jobs>,
 }
 
 impl SchedulerState {
@@ -52,7 +59,125 @@ impl SchedulerState {
             started: Instant::now(),
             ready: AtomicBool::new(false),
             closing: tokio::sync::watch::channel(false).0,
+            jobs: Mutex::new(Jobs::new(JobsConfig::default(), rand::random())),
         })
+    }
+
+    /// Creates a preheat job over the peers whose session with this replica
+    /// is open, and sends its orders. A peer whose order cannot be sent (its
+    /// session just closed, or its command queue is full) has its part fail.
+    pub fn create_job(&self, spec: JobSpec) -> Result<JobView, JobError> {
+        let (now, candidates) = self.with_core(|core, now| {
+            let c: Vec<Candidate> = core
+                .peers(now)
+                .into_iter()
+                .filter(|p| p.session_open)
+                .map(|p| Candidate {
+                    id: p.id,
+                    hostname: p.hostname,
+                    zone: p.zone,
+                })
+                .collect();
+            (now, c)
+        });
+        let mut jobs = lock(&self.jobs);
+        let (view, orders) = jobs.create(now, spec, &candidates)?;
+        let unsent = self.send_orders(orders);
+        if unsent.is_empty() {
+            return Ok(view);
+        }
+        for peer in unsent {
+            jobs.report(
+                now,
+                &peer,
+                &view.id,
+                Report {
+                    state: PeerJobState::Failed,
+                    blobs_done: 0,
+                    blobs_total: 0,
+                    bytes_done: 0,
+                    bytes_total: 0,
+                    error: Some(
+                        "the order could not be sent: the peer's session is closed or busy".into(),
+                    ),
+                },
+            );
+        }
+        let private = view.private;
+        let mut view = jobs.view(now, &view.id).expect("just created");
+        view.private = private;
+        Ok(view)
+    }
+
+    /// Cancels a job and tells its unfinished peers to stop.
+    pub fn cancel_job(&self, id: &str) -> Result<JobView, JobError> {
+        let now = Instant::now();
+        let (view, orders) = lock(&self.jobs).cancel(now, id)?;
+        self.send_orders(orders);
+        Ok(view)
+    }
+
+    /// A peer's report on its part of a job; false when it was ignored.
+    pub fn job_report(&self, peer: &PeerId, job_id: &str, report: Report) -> bool {
+        lock(&self.jobs).report(Instant::now(), peer.as_str(), job_id, report)
+    }
+
+    /// One job.
+    pub fn job(&self, id: &str) -> Option<JobView> {
+        lock(&self.jobs).view(Instant::now(), id)
+    }
+
+    /// Every job, newest first.
+    pub fn jobs(&self) -> Vec<JobView> {
+        lock(&self.jobs).list(Instant::now())
+    }
+
+    /// Jobs by state.
+    pub fn job_counts(&self) -> [(JobState, usize); 4] {
+        lock(&self.jobs).counts()
+    }
+
+    /// Advances the jobs' clock: parts of peers that left the swarm fail,
+    /// late jobs fail, old ones are forgotten. Called by the ticker.
+    pub fn tick_jobs(&self) {
+        let counts = lock(&self.jobs).counts();
+        if counts.iter().all(|(_, n)| *n == 0) {
+            return;
+        }
+        // Who is in the swarm matters only to running jobs.
+        if counts
+            .iter()
+            .any(|(s, n)| *s == JobState::Running && *n > 0)
+        {
+            let (now, present) = self.with_core(|core, now| {
+                let p: std::collections::HashSet<String> =
+                    core.peers(now).into_iter().map(|p| p.id).collect();
+                (now, p)
+            });
+            lock(&self.jobs).tick(now, Some(&present));
+        } else {
+            lock(&self.jobs).tick(Instant::now(), None);
+        }
+    }
+
+    /// Sends orders over the sessions; the peers whose order was not sent.
+    fn send_orders(&self, orders: Vec<Order>) -> Vec<String> {
+        let sessions = lock(&self.sessions);
+        let mut unsent = Vec::new();
+        for order in orders {
+            let (peer, command) = match order {
+                Order::Preheat { peer, order } => (peer, Command::Preheat(order)),
+                Order::Cancel { peer, job_id } => (peer, Command::CancelPreheat(job_id)),
+            };
+            let sent = PeerId::parse(&peer)
+                .ok()
+                .and_then(|id| sessions.get(&id))
+                .is_some_and(|tx| tx.try_send(command).is_ok());
+            if !sent {
+                unsent.push(peer);
+            }
+        }
+        unsent
     }
 
     /// Runs `f` on the core with the current time, then routes its effects.

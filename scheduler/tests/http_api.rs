@@ -269,6 +269,7 @@ async fn serves_the_openapi_document() {
     let (status, doc) = get_json(&app, "/api/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["paths"]["/api/v1/tasks/{digest}"]["get"].is_object());
+    assert!(doc["paths"]["/api/v1/preheat"]["post"].is_object());
 }
 
 const TOKEN: &str = "op-token-0123456789abcdef";
@@ -287,6 +288,13 @@ fn writes() -> Vec<(Method, String)> {
         (Method::POST, "/api/v1/peers/peer-0/quarantine".to_owned()),
         (Method::DELETE, "/api/v1/peers/peer-0/quarantine".to_owned()),
         (Method::POST, format!("/api/v1/tasks/{}/drop", held())),
+        (Method::POST, "/api/v1/preheat".to_owned()),
+        (
+            Method::DELETE,
+            "/api/v1/preheat/0123456789abcdef".to_owned(),
+        ),
+        // The token is checked before the id.
+        (Method::DELETE, "/api/v1/preheat/bad%20id".to_owned()),
     ]
 }
 

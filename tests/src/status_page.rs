@@ -41,6 +41,8 @@ pub struct LiveSwarm {
     pub registry: Registry,
     /// The image in it (`REPO:v1`).
     pub image: OciImage,
+    /// The scheduler's operator token (for writes: preheat, …).
+    pub token: String,
 }
 
 impl LiveSwarm {
@@ -72,7 +74,18 @@ impl LiveSwarm {
 
         let tls = dir.join("tls");
         PeerProcess::tls_init(&tls)?;
-        let sched = SchedulerProcess::start(dir, &tls).await?;
+        let token = "status-page-operator-token-0123".to_owned();
+        let token_file = dir.join("operator-token");
+        std::fs::write(&token_file, &token)?;
+        let sched = SchedulerProcess::start_with(
+            dir,
+            &tls,
+            &[
+                "--operator-token-file".into(),
+                token_file.display().to_string(),
+            ],
+        )
+        .await?;
         let mut peers = Vec::new();
         for i in 0..nodes {
             let zone = if i % 2 == 0 { "zone-a" } else { "zone-b" };
@@ -93,6 +106,7 @@ impl LiveSwarm {
             peers,
             registry,
             image,
+            token,
         })
     }
 
@@ -117,6 +131,23 @@ impl LiveSwarm {
             p.await??;
         }
         Ok(())
+    }
+
+    /// Posts a preheat job of the image (`REPO:v1` in the registry) to the peers of
+    /// `zone`; its JSON.
+    pub async fn preheat(&self, zone: &str) -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::json!({
+            "image": format!("{}/{REPO}:v1", self.registry.addr()),
+            "scope": {"zone": zone},
+        });
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/preheat", self.sched.http_url()))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status().as_u16() == 201, "preheat: {}", resp.status());
+        Ok(resp.json().await?)
     }
 
     /// `http://…/`: the status page.

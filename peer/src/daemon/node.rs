@@ -3,7 +3,7 @@
 //! tests that need a whole node (they bind `127.0.0.1:0`).
 //!
 //! A node is the piece store (opened from `data_dir`), the QUIC piece server, the
-//! scheduler link, the download engine, the registry mirror, garbage collection, the
+//! scheduler link, the download engine, the registry mirror, the preheater, garbage collection, the
 //! TLS watch (and, with `--identity token-review`, the node certificate's issuance
 //! before anything starts and its renewal after), and health and metrics. [`Node::wait`] returns once `shutdown` resolved and
 //! everything stopped in order: the mirror leaves `/readyz` first, open blob streams get
@@ -24,8 +24,9 @@ use tracing::info;
 use super::{Settings, StoreInventory, StoreSource, TlsSource, gc, health, issuance, tls_reload};
 use crate::engine::Engine;
 use crate::mirror::Mirror;
+use crate::preheat::Preheater;
 use crate::registry::{Registries, RegistriesConfig};
-use crate::scheduler_link::{LinkConfig, SchedulerLink};
+use crate::scheduler_link::{LinkConfig, PreheatPort, SchedulerLink};
 use crate::store::{ContentLayer, DiskStore, PieceStore, load_or_create_peer_id};
 use crate::tls;
 use crate::transfer::{PieceClient, TransferStats, UploadLimits};
@@ -181,7 +182,24 @@ impl Node {
             rack: String::new(),
             upload_slots: settings.upload_slots as u32,
         };
+        let mut registries =
+            RegistriesConfig::with_hosts_dirs(settings.containerd_hosts_dirs.clone());
+        registries.default_upstream = settings.default_upstream.clone();
+        registries.containers = settings.containers.clone();
+        registries.policy = settings.upstream;
+        registries.per_registry = settings.registry_policies.clone();
+        let port = mirror_addr.port();
+        registries.own_mirrors = [
+            format!("http://{mirror_addr}"),
+            format!("http://127.0.0.1:{port}"),
+            format!("http://localhost:{port}"),
+            format!("http://[::1]:{port}"),
+        ]
+        .into();
+        let registries = Registries::new(registries);
+        let preheater = Preheater::new(registries.clone());
         let mut link_config = LinkConfig::new(settings.schedulers.clone(), me);
+        link_config.preheat = Some(PreheatPort(Arc::new(preheater.clone())));
         link_config.hosts_file = settings.scheduler_hosts_file.clone();
         if let TlsSource::Dir(d) = &settings.tls {
             link_config.tls_dir = Some(d.clone());
@@ -210,23 +228,9 @@ impl Node {
             ));
         }
         let engine = Engine::new(store.clone(), link.clone(), client);
-        let mut registries =
-            RegistriesConfig::with_hosts_dirs(settings.containerd_hosts_dirs.clone());
-        registries.default_upstream = settings.default_upstream.clone();
-        registries.containers = settings.containers.clone();
-        registries.policy = settings.upstream;
-        registries.per_registry = settings.registry_policies.clone();
-        let port = mirror_addr.port();
-        registries.own_mirrors = [
-            format!("http://{mirror_addr}"),
-            format!("http://127.0.0.1:{port}"),
-            format!("http://localhost:{port}"),
-            format!("http://[::1]:{port}"),
-        ]
-        .into();
-        let mirror =
-            Mirror::with_access(engine.clone(), Registries::new(registries), settings.access)
-                .with_stale_tag_window(settings.stale_tag_window);
+        preheater.set_engine(engine.clone());
+        let mirror = Mirror::with_access(engine.clone(), registries, settings.access)
+            .with_stale_tag_window(settings.stale_tag_window);
         // Ready while the mirror serves: it turns false when the mirror's server
         // ends (an error, or shutdown), before anything else stops.
         let ready = Arc::new(AtomicBool::new(true));

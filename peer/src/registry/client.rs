@@ -299,10 +299,26 @@ impl RegistryClient {
     /// settings), within the request timeout; `None` when the realm refuses or answers
     /// something else. Bodies over 64 KiB are refused.
     pub async fn anonymous_token(&self, challenge: &BearerChallenge) -> Option<String> {
+        self.token(challenge, None).await
+    }
+
+    /// A token from `challenge`'s realm, asked with `authorization` (a preheat job's
+    /// own credential, marked sensitive, never logged) or without any; otherwise as
+    /// [`anonymous_token`](Self::anonymous_token).
+    pub async fn token(
+        &self,
+        challenge: &BearerChallenge,
+        authorization: Option<HeaderValue>,
+    ) -> Option<String> {
         let endpoint = self.endpoints.first()?;
         let url = challenge.token_url()?;
         let fetch = async {
-            let resp = endpoint.http.get(url).send().await.ok()?;
+            let mut request = endpoint.http.get(url);
+            if let Some(mut auth) = authorization {
+                auth.set_sensitive(true);
+                request = request.header(AUTHORIZATION, auth);
+            }
+            let resp = request.send().await.ok()?;
             if !resp.status().is_success() || resp.content_length().unwrap_or(0) > 64 << 10 {
                 return None;
             }

@@ -89,6 +89,9 @@ pub struct LinkConfig {
     /// `/etc/hosts` form instead of the system resolver
     /// ([`membership::HostsFileResolver`]).
     pub hosts_file: Option<PathBuf>,
+    /// Where preheat orders go (the daemon's `crate::preheat::Preheater`); `None`:
+    /// they are ignored.
+    pub preheat: Option<PreheatPort>,
 }
 
 impl LinkConfig {
@@ -103,7 +106,30 @@ impl LinkConfig {
             connect_timeout: Duration::from_secs(3),
             resolve_interval: Duration::from_secs(5),
             hosts_file: None,
+            preheat: None,
         }
+    }
+}
+
+/// What the link hands preheat orders to, and reads their progress from.
+pub trait PreheatHandler: Send + Sync + 'static {
+    /// A `PreheatImage` or `CancelPreheat` from `replica`'s session; returns at
+    /// once (the job runs in the background).
+    fn command(&self, replica: &str, command: v1::scheduler_command::Command);
+    /// Progress of every job, with the replica that ordered it.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(String, v1::PreheatProgress)>;
+    /// The latest progress of each job `replica` ordered (re-sent when a session
+    /// with it opens: a report lost with the old session arrives).
+    fn latest(&self, replica: &str) -> Vec<v1::PreheatProgress>;
+}
+
+/// A [`PreheatHandler`] in a [`LinkConfig`].
+#[derive(Clone)]
+pub struct PreheatPort(pub Arc<dyn PreheatHandler>);
+
+impl std::fmt::Debug for PreheatPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreheatPort")
     }
 }
 

@@ -209,9 +209,26 @@ async fn session(
     *opened = true;
     info!(scheduler.replica = %replica.key, scheduler.url = %url, tasks = n, "joined scheduler");
 
+    // Preheat progress of the jobs this replica ordered: what is known now
+    // first (a report lost with an earlier session), then as it comes.
+    let mut progress = config.preheat.as_ref().map(|p| p.0.subscribe());
+    if let Some(p) = &config.preheat {
+        for latest in p.0.latest(&replica.key) {
+            if out.send(ev(Event::PreheatProgress(latest))).await.is_err() {
+                return Err(tonic::Status::unavailable("session closed"));
+            }
+        }
+    }
     let mut ticker = tokio::time::interval(heartbeat);
     loop {
         tokio::select! {
+            note = next_progress(&mut progress, config, &replica.key) => {
+                for p in note {
+                    if out.send(ev(Event::PreheatProgress(p))).await.is_err() {
+                        return Err(tonic::Status::unavailable("session closed"));
+                    }
+                }
+            }
             _ = ticker.tick() => {
                 let hb = v1::Heartbeat {
                     active_uploads: load.active_uploads.load(Ordering::Relaxed),
@@ -237,6 +254,14 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(cmd)) => {
+                    use v1::scheduler_command::Command;
+                    if let Some(c @ (Command::PreheatImage(_) | Command::CancelPreheat(_))) = cmd.command {
+                        match &config.preheat {
+                            Some(p) => p.0.command(&replica.key, c),
+                            None => debug!("preheat order ignored: this peer does not preheat"),
+                        }
+                        continue;
+                    }
                     if let Some(e) = command(inventory, cmd).await
                         && out.send(ev(e)).await.is_err()
                     {
@@ -246,6 +271,33 @@ async fn session(
                 Ok(None) => return Ok(()),
                 Err(s) => return Err(s),
             },
+        }
+    }
+}
+
+/// The next preheat progress for `replica` (several after a lag: the latest of
+/// every job it ordered); pending forever without a preheater.
+async fn next_progress(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<(String, v1::PreheatProgress)>>,
+    config: &LinkConfig,
+    replica: &str,
+) -> Vec<v1::PreheatProgress> {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    loop {
+        match r.recv().await {
+            Ok((key, p)) if key == replica => return vec![p],
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => {
+                return config
+                    .preheat
+                    .as_ref()
+                    .map(|p| p.0.latest(replica))
+                    .unwrap_or_default();
+            }
+            Err(RecvError::Closed) => return std::future::pending().await,
         }
     }
 }

@@ -134,6 +134,11 @@ pub struct PlanUpdate {
 pub enum Command {
     /// Drop this task from the store.
     Drop(Digest),
+    /// Preheat an image (a job of [`crate::preheat`]; sent by the adapter,
+    /// never by the core).
+    Preheat(Box<crate::preheat::PreheatOrder>),
+    /// Stop the preheat job of this id.
+    CancelPreheat(String),
 }
 
 /// What the core asks its adapter to do. Drained with
