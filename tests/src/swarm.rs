@@ -251,6 +251,14 @@ impl SchedulerProcess {
         let _ = self.child.wait();
     }
 
+    /// Stops it like a pod Kubernetes terminates (SIGTERM, then SIGKILL after 10 s)
+    /// and reaps it; its status when it exited by itself.
+    pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let status = crate::terminate(&mut self.child, Duration::from_secs(10)).await;
+        self.kill();
+        status
+    }
+
     /// Its resident set size now and at its peak, in KiB (`VmRSS`, `VmHWM` of
     /// `/proc/<pid>/status`).
     pub fn rss_kib(&self) -> anyhow::Result<(u64, u64)> {
@@ -315,6 +323,22 @@ impl SchedulerProcess {
     /// The log so far.
     pub fn log(&self) -> String {
         crate::read_log(&self.log)
+    }
+
+    /// The digests of the tasks `GET /api/v1/tasks` lists (None when it does not
+    /// answer).
+    pub async fn task_digests(&self) -> Option<Vec<String>> {
+        let r = reqwest::get(format!("{}/api/v1/tasks", self.http_url()))
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        let tasks = v["tasks"].as_array()?;
+        Some(
+            tasks
+                .iter()
+                .filter_map(|t| t["digest"].as_str().map(str::to_owned))
+                .collect(),
+        )
     }
 
     /// The peers `GET /api/v1/peers` lists (None when it does not answer).

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_proto::Digest;
@@ -20,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::membership::{self, HostsFileResolver, Replica, Resolve, Source, SystemResolver};
 use super::shard::{self, Epochs};
 use super::wire::join_pages;
-use super::{Inventory, LinkConfig, Live, Load, session};
+use super::{Inventory, LinkConfig, LinkStats, Live, Load, session};
 
 /// How long the live set must stay still before moves are computed: sessions
 /// that open together (a peer's start) are announced to once.
@@ -32,6 +33,7 @@ pub(super) async fn run(
     inventory: Arc<dyn Inventory>,
     live: watch::Sender<Live>,
     load: Arc<Load>,
+    stats: Arc<LinkStats>,
 ) {
     if config.schedulers.is_empty() {
         info!("no scheduler configured: every download goes to upstream");
@@ -55,6 +57,7 @@ pub(super) async fn run(
         config.clone(),
         inventory.clone(),
         live.subscribe(),
+        stats,
     ));
     let _abort_movers = AbortOnDrop(movers);
     follow(config, inventory, replicas, live, load).await;
@@ -121,6 +124,7 @@ async fn announce_moves(
     config: Arc<LinkConfig>,
     inventory: Arc<dyn Inventory>,
     mut live: watch::Receiver<Live>,
+    stats: Arc<LinkStats>,
 ) {
     let mut seen = Epochs::new();
     loop {
@@ -172,6 +176,7 @@ async fn announce_moves(
             };
             let mut client = conn.client;
             let n = tasks.len();
+            stats.tasks_moved.fetch_add(n as u64, Ordering::Relaxed);
             for page in join_pages(tasks) {
                 let request = v1::JoinRequest {
                     peer: Some(config.peer.clone()),
