@@ -314,7 +314,11 @@ async fn replicas_from_dns_follow_the_answer_and_plans_stay_until_their_replica_
     at(moving_was)
         .sched
         .wait_for("the replica of the open plan knows it", || async {
-            at(moving_was).sched.task(&moving.to_string()).await.is_some()
+            at(moving_was)
+                .sched
+                .task(&moving.to_string())
+                .await
+                .is_some()
         })
         .await;
 
@@ -328,7 +332,10 @@ async fn replicas_from_dns_follow_the_answer_and_plans_stay_until_their_replica_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eventually_owned("a's tasks moved to b and c", &[&b, &c], false).await;
-    for (plan, at) in [(&mut moving_plan, moving_was), (&mut staying_plan, staying_at)] {
+    for (plan, at) in [
+        (&mut moving_plan, moving_was),
+        (&mut staying_plan, staying_at),
+    ] {
         let next = tokio::time::timeout(Duration::from_millis(500), plan.next()).await;
         if at == a.key {
             assert!(
@@ -336,7 +343,10 @@ async fn replicas_from_dns_follow_the_answer_and_plans_stay_until_their_replica_
                 "a plan opened with the replica that left ends"
             );
         } else {
-            assert!(next.is_err(), "a plan opened with a replica that stays is open");
+            assert!(
+                next.is_err(),
+                "a plan opened with a replica that stays is open"
+            );
         }
     }
 }

@@ -230,12 +230,7 @@ impl ReplicaSwarm {
     /// Peers `range` pull every layer of `digests` (from `repo`) through their
     /// mirror, all at once; each pull's handle yields `(digest, length)` of what came
     /// back.
-    pub fn pull(
-        &self,
-        range: std::ops::Range<usize>,
-        repo: &str,
-        digests: &[String],
-    ) -> Vec<Pull> {
+    pub fn pull(&self, range: std::ops::Range<usize>, repo: &str, digests: &[String]) -> Vec<Pull> {
         let mut out = Vec::new();
         for i in range {
             for d in digests {
