@@ -516,8 +516,6 @@ async fn run(
     for _ in 0..replica_count {
         scheds.push(Scheduler::start(bin, &args.plan_interval, tls)?);
     }
-    let sched = &scheds[0];
-    let spid = sched.pid().to_string();
     let connect_latency = Latency::default();
     let started = Instant::now();
     let mut channels = Vec::new();
@@ -535,6 +533,20 @@ async fn run(
         timeout: Duration::from_secs(args.download_timeout),
     };
     let ctx = Arc::new(Ctx::new(channels, keys, workload, args.peers, timing));
+    let rollout_task = (ctx.workload.old..args.tasks)
+        .max_by_key(|&t| ctx.workload.tasks[t as usize].size)
+        .expect("at least one new task");
+    ctx.rollout_task
+        .store(rollout_task, std::sync::atomic::Ordering::Relaxed);
+    // The replica the single-scheduler figures (memory, CPU, the probe) are read
+    // from: one that is not killed.
+    let reference = if kill {
+        (ctx.owner(rollout_task) + 1) % replica_count
+    } else {
+        0
+    };
+    let sched = &scheds[reference];
+    let spid = sched.pid().to_string();
     let rss_connected = sched.rss_mib("VmRSS");
     let cpu0 = cpu_secs(&spid).unwrap_or(0.0);
 
@@ -573,9 +585,6 @@ async fn run(
 
     // Phase 3: downloads, and the rollout beside them.
     let mut rng = SmallRng::seed_from_u64(args.seed ^ 0xA221);
-    let rollout_task = (ctx.workload.old..args.tasks)
-        .max_by_key(|&t| ctx.workload.tasks[t as usize].size)
-        .expect("at least one new task");
     let rollout = tokio::spawn(rollout(
         ctx.clone(),
         rollout_task,
@@ -592,11 +601,11 @@ async fn run(
     let started = Instant::now();
     let probe_latency = Arc::new(stats::Latency::default());
     let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // The probe asks replica 0 about tasks it owns.
+    // The probe asks the reference replica about tasks it owns.
     let probe = peer::probe(
         endpoint(&sched.grpc, tls.map(|t| &t.probe))?,
         (0..ctx.workload.old)
-            .filter(|&t| ctx.owner(t) == 0)
+            .filter(|&t| ctx.owner(t) == reference)
             .take(20)
             .map(|t| {
                 let spec = &ctx.workload.tasks[t as usize];

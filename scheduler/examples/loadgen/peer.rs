@@ -96,6 +96,8 @@ pub(crate) struct Ctx {
     pub(crate) dead: Vec<AtomicBool>,
     /// When the last one was killed.
     pub(crate) died_at: Mutex<Option<Instant>>,
+    /// The rollout's task (its back-to-source elections are counted apart).
+    pub(crate) rollout_task: std::sync::atomic::AtomicU32,
     /// Each task's digest, parsed.
     digests: Vec<Digest>,
     pub(crate) workload: Workload,
@@ -123,6 +125,7 @@ impl Ctx {
             channels,
             dead: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
             died_at: Mutex::new(None),
+            rollout_task: std::sync::atomic::AtomicU32::new(u32::MAX),
             keys,
             digests: workload
                 .tasks
@@ -533,7 +536,7 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
     };
     let spec = &ctx.workload.tasks[task as usize];
     let size = if (peer ^ task) & 1 == 0 { spec.size } else { 0 };
-    let request = v1::PlanRequest {
+    let mut request = v1::PlanRequest {
         peer_id: peer_id(peer),
         digest: spec.digest.clone(),
         size,
@@ -569,6 +572,9 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
         piece.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch = tokio::time::interval(ctx.timing.report);
         batch.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A send to a killed replica's session fails: like the plan stream's
+        // end, the task moves.
+        let dead = |owner: usize| ctx.dead[owner].load(Ordering::Relaxed);
         loop {
             tokio::select! {
                 msg = stream.message() => match msg {
@@ -583,7 +589,7 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
                         if u.back_to_source && !elected {
                             elected = true;
                             ctx.stats.back_to_source.inc();
-                            if rollout {
+                            if task == ctx.rollout_task.load(Ordering::Relaxed) {
                                 ctx.stats.back_to_source_rollout.inc();
                             }
                         }
@@ -591,71 +597,41 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
                         first = false;
                         ctx.stats.report_to_update.record_many(samples);
                     }
-                    Ok(None) | Err(_) => {
-                        // Superseded or lagging: a real peer re-opens and
-                        // gets a full plan.
-                        ctx.stats.plan_streams_ended.inc();
-                        reopened += 1;
-                        if reopened > MAX_REOPEN {
-                            return Outcome::Failed;
-                        }
-                        if !dl.report(ctx, &tx).await {
-                            return Outcome::Failed;
-                        }
-                        if ctx.dead[owner].load(Ordering::Relaxed) {
-                            // The replica went away: re-open with the new owner,
-                            // the back-to-source peer first.
-                            ctx.stats.plans_moved.inc();
-                            reopened -= 1;
-                            if !dl.back_to_source {
-                                tokio::time::sleep(REPLAN_DEFER).await;
-                            }
-                            owner = ctx.owner(task);
-                            client = ctx.client(peer, owner);
-                            let Some(t) = ctx.peers[peer as usize].session(owner) else {
-                                return Outcome::Failed;
-                            };
-                            tx = t;
-                            // The new owner knows nothing of this download yet:
-                            // its pieces again, with their hashes (a real peer
-                            // has them all from its plan or from upstream).
-                            let held: Vec<u32> =
-                                dl.pieces.iter().flat_map(|p| p.iter()).collect();
-                            dl.pending = held
-                                .into_iter()
-                                .map(|i| (i, Some(piece_hash(task, i))))
-                                .collect();
-                        }
-                        continue 'stream;
-                    }
+                    // Superseded or lagging: a real peer re-opens and gets a
+                    // full plan.
+                    Ok(None) | Err(_) => break,
                 },
                 _ = piece.tick() => {
                     let mut events = Vec::new();
                     dl.fetch(ctx, &mut events);
+                    let mut sent = true;
                     for e in events {
-                        if tx.send(ev(e)).await.is_err() {
-                            return Outcome::Failed;
-                        }
+                        sent = sent && tx.send(ev(e)).await.is_ok();
                     }
-                    if dl.pending.len() >= BATCH_MAX && !dl.report(ctx, &tx).await {
+                    if dl.pending.len() >= BATCH_MAX {
+                        sent = sent && dl.report(ctx, &tx).await;
+                    }
+                    if !sent {
+                        if dead(owner) { break; }
                         return Outcome::Failed;
                     }
                 }
                 _ = batch.tick() => {
                     if !dl.report(ctx, &tx).await {
+                        if dead(owner) { break; }
                         return Outcome::Failed;
                     }
                 }
                 _ = &mut deadline => return Outcome::TimedOut,
             }
             if dl.done() {
-                if !dl.report(ctx, &tx).await {
-                    return Outcome::Failed;
-                }
                 let complete = ev(Event::Complete(v1::TaskComplete {
                     digest: spec.digest.clone(),
                 }));
-                if tx.send(complete).await.is_err() {
+                if !dl.report(ctx, &tx).await || tx.send(complete).await.is_err() {
+                    if dead(owner) {
+                        break;
+                    }
                     return Outcome::Failed;
                 }
                 ctx.stats.completes.inc();
@@ -670,6 +646,46 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
                 });
                 return Outcome::Done;
             }
+        }
+        ctx.stats.plan_streams_ended.inc();
+        if dead(owner) {
+            // The replica went away: re-open with the new owner, the
+            // back-to-source peer first.
+            ctx.stats.plans_moved.inc();
+            if !dl.back_to_source {
+                tokio::time::sleep(REPLAN_DEFER).await;
+            }
+            owner = ctx.owner(task);
+            client = ctx.client(peer, owner);
+            let Some(t) = ctx.peers[peer as usize].session(owner) else {
+                return Outcome::Failed;
+            };
+            tx = t;
+            // A real peer knows the size by now, and the back-to-source peer
+            // tells the new owner first.
+            request.size = spec.size;
+            if dl.back_to_source {
+                let started = ev(Event::Started(v1::TaskStarted {
+                    digest: spec.digest.clone(),
+                    size: spec.size,
+                }));
+                if tx.send(started).await.is_err() {
+                    return Outcome::Failed;
+                }
+            }
+            // The new owner knows nothing of this download yet: its pieces
+            // again, with their hashes (a real peer has them all from its plan
+            // or from upstream).
+            let held: Vec<u32> = dl.pieces.iter().flat_map(|p| p.iter()).collect();
+            dl.pending = held
+                .into_iter()
+                .map(|i| (i, Some(piece_hash(task, i))))
+                .collect();
+            continue 'stream;
+        }
+        reopened += 1;
+        if reopened > MAX_REOPEN || !dl.report(ctx, &tx).await {
+            return Outcome::Failed;
         }
     }
 }
