@@ -195,6 +195,29 @@ async fn rolling_restart_of_all_three_replicas_during_a_12_node_swarm() {
     );
     // The new replicas own every task and know every holder: later pulls share.
     owners_know_every_holder(&swarm, &digests).await;
+    // The peers' metrics: three live replicas, and what moved.
+    for p in &swarm.peers {
+        wait(&format!("{} sees 3 replicas", p.name), || async {
+            p.metric("shoal_peer_scheduler_replicas").await == 3.0
+        })
+        .await;
+    }
+    let mut moved = [0.0; 3];
+    let names = [
+        "shoal_peer_scheduler_task_moves_total",
+        "shoal_peer_scheduler_plan_moves_total",
+        "shoal_peer_scheduler_completions_handed_over_total",
+    ];
+    for p in &swarm.peers {
+        for (m, name) in moved.iter_mut().zip(names) {
+            *m += p.metric(name).await;
+        }
+    }
+    eprintln!(
+        "rolling restart, the peers' metrics summed: {} task moves, {} plan moves, {} \
+         completions handed over",
+        moved[0], moved[1], moved[2]
+    );
     assert!(copies <= 1.2, "upstream served {copies:.2} copies");
 }
 
