@@ -285,6 +285,45 @@ async fn a_replica_added_during_a_rollout_takes_only_its_share() {
     );
     assert_eq!(known, moving, "the tasks that moved to the new replica");
     assert!(copies <= 1.2, "upstream served {copies:.2} copies");
+
+    // shoalctl names each task's owner: the new replica owns all it lists, and
+    // what the others list of the moved tasks is from before the move.
+    let port = keys3[0].rsplit_once(':').unwrap().1;
+    let ctl = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(shoal_tests::swarm::workspace_bin("shoalctl"));
+        cmd.args(["--scheduler", &swarm.replica(IPS[0]).http_url()])
+            .args(["--replica", &swarm.replica(IPS[1]).http_url()])
+            .args(["--replica", &swarm.replica(IPS[2]).http_url()])
+            .args(["--grpc-port", port, "-o", "json"])
+            .args(args);
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        }
+    };
+    let all = ctl(&["tasks"]).await;
+    for row in all["replicas"].as_array().unwrap() {
+        let not_owned: BTreeSet<String> = row["not_owned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_owned())
+            .collect();
+        if row["key"] == keys3[2].as_str() {
+            assert!(not_owned.is_empty(), "{row}");
+        } else {
+            assert!(not_owned.is_subset(&moving), "{row}");
+        }
+    }
+    let d = moving.iter().next().unwrap();
+    for row in ctl(&["task", d]).await["replicas"].as_array().unwrap() {
+        assert_eq!(row["owner"], keys3[2].as_str(), "{row}");
+    }
 }
 
 /// Nodes join mid-rollout (a scale-out): they pull from the peers that have, or are

@@ -189,7 +189,8 @@ impl SchedulerProcess {
         tls_issue(cluster_tls, &tls, &what)?;
         let mut extra = extra.to_vec();
         extra.extend(["--tls-dir".into(), tls.display().to_string()]);
-        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
+        // The operator API on the same address, as a pod's.
+        let http: SocketAddr = format!("{}:{}", grpc.ip(), crate::free_port()?).parse()?;
         let log = dir.join("scheduler-0.log");
         let child = Self::spawn(grpc, http, &log, &extra)?;
         let s = SchedulerProcess {
