@@ -202,8 +202,9 @@ pub(crate) struct Conn {
     reports: mpsc::Sender<Report>,
     /// Never reused: a new session with the same replica has a new epoch.
     epoch: u64,
-    /// The live set (with this session) whose share of tasks its Join carried.
-    joined_with: Arc<shard::Epochs>,
+    /// The tasks this session's Join carried (listed when it connected: a task
+    /// completed since is not among them, and is announced as a move).
+    carried: Arc<std::collections::HashSet<Digest>>,
 }
 
 /// The live replicas (open sessions) by key.

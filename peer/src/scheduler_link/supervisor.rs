@@ -161,12 +161,14 @@ async fn announce_moves(
             .into_iter()
             .filter_map(|t| Some((t.digest.parse::<Digest>().ok()?, t)))
             .unzip();
-        let joined_with: BTreeMap<String, Epochs> = live
+        let carried: BTreeMap<String, Arc<std::collections::HashSet<Digest>>> = live
             .borrow()
             .iter()
-            .map(|(k, c)| (k.clone(), Epochs::clone(&c.joined_with)))
+            .map(|(k, c)| (k.clone(), c.carried.clone()))
             .collect();
-        let moves = shard::moves(&seen, &now, &joined_with, &digests);
+        let moves = shard::moves(&seen, &now, &digests, |k, d| {
+            carried.get(k).is_some_and(|c| c.contains(d))
+        });
         seen = now;
         let mut held: Vec<Option<v1::HeldTask>> = held.into_iter().map(Some).collect();
         for (key, idx) in moves {
