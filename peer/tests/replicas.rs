@@ -151,7 +151,7 @@ async fn three_replicas_six_peers_the_owner_of_the_task_killed_mid_swarm() {
 async fn rolling_restart_of_all_three_replicas_during_a_12_node_swarm() {
     const PEERS: usize = 12;
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::Builder::new().disable_cleanup(true).tempdir().unwrap(); eprintln!("DEBUGDIR {:?}", dir.path());
+    let dir = tempfile::tempdir().unwrap();
     let mut swarm = ReplicaSwarm::start(dir.path(), &IPS).await.unwrap();
     let keys = swarm.keys();
     let owners: Vec<&str> = keys.iter().map(String::as_str).collect();
