@@ -1,7 +1,8 @@
 //! The scheduler link against several real scheduler replicas (in this process, real
 //! gRPC on real loopback sockets): each task's holdings reach its owner (rendezvous
 //! hashing), a replica that stops gives its tasks to the others, a replica that joins
-//! the DNS answer takes only its share, and an open plan moves with its task.
+//! the DNS answer takes only its share, and an open plan stays with the replica it
+//! was opened with until that replica goes away.
 //!
 //! Membership from DNS is driven through the link's test resolver (a hosts file it
 //! reads again at every resolution, `--dev-scheduler-hosts-file` on the daemon):
@@ -248,7 +249,7 @@ fn publish(hosts: &PathBuf, replicas: &[&Replica]) {
 }
 
 #[tokio::test]
-async fn replicas_from_dns_follow_the_answer_and_plans_move_with_their_task() {
+async fn replicas_from_dns_follow_the_answer_and_plans_stay_until_their_replica_goes() {
     let port = std::net::TcpListener::bind("127.0.0.2:0")
         .unwrap()
         .local_addr()
@@ -265,8 +266,8 @@ async fn replicas_from_dns_follow_the_answer_and_plans_move_with_their_task() {
     eventually_owned("two replicas from DNS", &[&a, &b], true).await;
 
     // A third replica appears in DNS: it takes only its share. A plan open for a
-    // task it takes ends (the engine re-opens it with the new owner); a plan for
-    // a task that stays is left alone.
+    // task it takes stays with the replica it was opened with (a download in flight
+    // does not move to a replica that joins); a new plan goes to the new owner.
     let c = replica(&format!("127.0.0.4:{port}")).await;
     let keys3 = [a.key.as_str(), b.key.as_str(), c.key.as_str()];
     let moving = (100..=255)
@@ -295,23 +296,35 @@ async fn replicas_from_dns_follow_the_answer_and_plans_move_with_their_task() {
         c_tasks, c_share,
         "the new replica got its share and no more"
     );
-    assert!(
-        tokio::time::timeout(WAIT, moving_plan.next())
-            .await
-            .expect("the moved task's plan ended")
-            .is_none()
-    );
     assert_eq!(p.owner(&moving).as_deref(), Some(c.key.as_str()));
-    let reopened = p.plan(&moving, SIZE).await.unwrap();
-    drop(reopened);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), staying_plan.next())
-            .await
-            .is_err(),
-        "the plan of a task that stayed is still open"
-    );
+    let moving_was = rendezvous::owner([a.key.as_str(), b.key.as_str()], &moving).unwrap();
+    let staying_at = rendezvous::owner(keys3, &staying).unwrap();
+    for plan in [&mut moving_plan, &mut staying_plan] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), plan.next())
+                .await
+                .is_err(),
+            "a plan open before the join is still open"
+        );
+    }
+    let new_plan = p.plan(&moving, SIZE).await.unwrap();
+    drop(new_plan);
+    let [ra, rb] = [&a, &b];
+    let at = |key: &str| if key == ra.key { ra } else { rb };
+    at(moving_was)
+        .sched
+        .wait_for("the replica of the open plan knows it", || async {
+            at(moving_was)
+                .sched
+                .task(&moving.to_string())
+                .await
+                .is_some()
+        })
+        .await;
 
-    // a leaves the answer: the peer drops its session and a's tasks move to b and c.
+    // a leaves the answer: the peer drops its session and a's tasks move to b and c;
+    // the plans opened with a end (the engine would re-open them with the new owner),
+    // the others stay open.
     publish(&hosts, &[&b, &c]);
     let start = std::time::Instant::now();
     while p.replicas().len() != 2 {
@@ -319,4 +332,21 @@ async fn replicas_from_dns_follow_the_answer_and_plans_move_with_their_task() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eventually_owned("a's tasks moved to b and c", &[&b, &c], false).await;
+    for (plan, at) in [
+        (&mut moving_plan, moving_was),
+        (&mut staying_plan, staying_at),
+    ] {
+        let next = tokio::time::timeout(Duration::from_millis(500), plan.next()).await;
+        if at == a.key {
+            assert!(
+                matches!(next, Ok(None)),
+                "a plan opened with the replica that left ends"
+            );
+        } else {
+            assert!(
+                next.is_err(),
+                "a plan opened with a replica that stays is open"
+            );
+        }
+    }
 }

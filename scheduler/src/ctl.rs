@@ -57,6 +57,13 @@ pub struct Cli {
     /// (quarantine, unquarantine, drop) reaches every one.
     #[arg(long = "replica", env = "SHOAL_REPLICAS", value_delimiter = ',', global = true, value_parser = parse_base_url, hide_env_values = true)]
     pub replicas: Vec<Url>,
+    /// With `--replica`, when the replicas are reached at their pod IPs: the port
+    /// peers dial them on (the chart's 7600). Each task's owner is then named, as
+    /// the peers compute it (rendezvous hashing over `HOST:PORT` of the replicas'
+    /// URLs): `tasks` counts the entries a replica lists for tasks another one owns
+    /// now (left from before a move), and `task` says which replica owns it.
+    #[arg(long, env = "SHOAL_GRPC_PORT", global = true)]
+    pub grpc_port: Option<u16>,
     /// Output format: aligned table for people, or the API's JSON.
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,

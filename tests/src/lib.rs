@@ -15,6 +15,8 @@
 //! - [`swarm`]: Shoal's own processes (`shoal-scheduler`, `shoal-peer run`).
 //! - [`image`]: a tiny OCI image built by hand (tar, gzip, sha256) and pushed with skopeo.
 //! - [`netns`], [`netswarm`]: network namespaces as hosts, and Shoal's processes on them.
+//! - [`replica_swarm`]: several scheduler replicas behind a headless Service name (a
+//!   hosts file the peers re-read) and a swarm of peers finding them through it.
 //! - [`bench`](mod@bench): the swarm benchmark (direct, pull-through cache, shoal).
 //! - [`demo`]: the main job: a swarm of nodes pulling an image with containerd.
 //! - [`containerd`]: a private containerd (own root, state and socket), with the CRI
@@ -43,6 +45,7 @@ pub mod netns;
 pub mod netswarm;
 pub mod registry;
 pub mod relay;
+pub mod replica_swarm;
 pub mod scheduler;
 pub mod status_page;
 pub mod swarm;

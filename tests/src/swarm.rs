@@ -189,7 +189,8 @@ impl SchedulerProcess {
         tls_issue(cluster_tls, &tls, &what)?;
         let mut extra = extra.to_vec();
         extra.extend(["--tls-dir".into(), tls.display().to_string()]);
-        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
+        // The operator API on the same address, as a pod's.
+        let http: SocketAddr = format!("{}:{}", grpc.ip(), crate::free_port()?).parse()?;
         let log = dir.join("scheduler-0.log");
         let child = Self::spawn(grpc, http, &log, &extra)?;
         let s = SchedulerProcess {
@@ -249,6 +250,14 @@ impl SchedulerProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops it like a pod Kubernetes terminates (SIGTERM, then SIGKILL after 10 s)
+    /// and reaps it; its status when it exited by itself.
+    pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let status = crate::terminate(&mut self.child, Duration::from_secs(10)).await;
+        self.kill();
+        status
     }
 
     /// Its resident set size now and at its peak, in KiB (`VmRSS`, `VmHWM` of
@@ -315,6 +324,22 @@ impl SchedulerProcess {
     /// The log so far.
     pub fn log(&self) -> String {
         crate::read_log(&self.log)
+    }
+
+    /// The digests of the tasks `GET /api/v1/tasks` lists (None when it does not
+    /// answer).
+    pub async fn task_digests(&self) -> Option<Vec<String>> {
+        let r = reqwest::get(format!("{}/api/v1/tasks", self.http_url()))
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        let tasks = v["tasks"].as_array()?;
+        Some(
+            tasks
+                .iter()
+                .filter_map(|t| t["digest"].as_str().map(str::to_owned))
+                .collect(),
+        )
     }
 
     /// The peers `GET /api/v1/peers` lists (None when it does not answer).

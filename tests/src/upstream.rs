@@ -1,11 +1,12 @@
-//! A one-blob upstream registry over plain HTTP on 127.0.0.1 that counts what it
-//! serves: `HEAD` and `GET /v2/<repo>/blobs/<digest>` (with `Range: bytes=N-`), every
-//! other path 404. It can pause after every 256 KiB so a transfer takes long enough
+//! An upstream registry of a few blobs over plain HTTP on 127.0.0.1 that counts what
+//! it serves: `HEAD` and `GET /v2/<repo>/blobs/<digest>` (with `Range: bytes=N-`),
+//! every other path 404. It can pause after every 256 KiB so a transfer takes long enough
 //! to disturb it mid-way (kill a peer, restart the scheduler).
 //!
 //! Used where the assertion is about bytes served ("upstream served one copy"); tests
 //! about registry behaviour use the real `docker-registry` ([`crate::registry`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,8 @@ pub struct Served {
     pub bytes: AtomicU64,
     /// `GET`s of the blob refused (see [`CountingUpstream::refuse_gets`]).
     pub refused: AtomicU64,
+    /// Body bytes sent, by digest.
+    pub by_digest: Mutex<HashMap<String, u64>>,
 }
 
 /// How a [`CountingUpstream`] answers the `GET`s it refuses.
@@ -56,21 +59,33 @@ impl CountingUpstream {
         data: Arc<Vec<u8>>,
         pause: Duration,
     ) -> anyhow::Result<Self> {
+        Self::start_blobs(repo, vec![(data, digest.to_owned())], pause).await
+    }
+
+    /// [`start`](Self::start) with several blobs of `repo`, as `(data, digest)` (the
+    /// layers of an image); the counters add them all up ([`Served::by_digest`] keeps
+    /// each blob's bytes).
+    pub async fn start_blobs(
+        repo: &str,
+        blobs: Vec<(Arc<Vec<u8>>, String)>,
+        pause: Duration,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let served = Arc::new(Served::default());
         let refusal = Refusals::default();
-        let blob = Arc::new(Blob {
-            path: format!("/v2/{repo}/blobs/{digest}"),
-            digest: digest.to_owned(),
-            data,
-        });
+        let blobs: Arc<HashMap<String, Blob>> = Arc::new(
+            blobs
+                .into_iter()
+                .map(|(data, digest)| (format!("/v2/{repo}/blobs/{digest}"), Blob { digest, data }))
+                .collect(),
+        );
         let (s, r) = (served.clone(), refusal.clone());
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (blob, s, r) = (blob.clone(), s.clone(), r.clone());
+                let (blobs, s, r) = (blobs.clone(), s.clone(), r.clone());
                 tokio::spawn(async move {
-                    let _ = answer(sock, &blob, &s, &r, pause).await;
+                    let _ = answer(sock, &blobs, &s, &r, pause).await;
                 });
             }
         });
@@ -103,21 +118,19 @@ impl CountingUpstream {
     }
 }
 
-/// What a [`CountingUpstream`] serves.
+/// One blob a [`CountingUpstream`] serves (by its path).
 struct Blob {
-    path: String,
     digest: String,
     data: Arc<Vec<u8>>,
 }
 
 async fn answer(
     mut sock: TcpStream,
-    blob: &Blob,
+    blobs: &HashMap<String, Blob>,
     served: &Served,
     refusal: &Mutex<Option<Refusal>>,
     pause: Duration,
 ) -> std::io::Result<()> {
-    let (path, digest, data) = (blob.path.as_str(), blob.digest.as_str(), &blob.data[..]);
     loop {
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
@@ -130,11 +143,13 @@ async fn answer(
         let text = String::from_utf8_lossy(&head).to_string();
         let mut first = text.lines().next().unwrap_or("").split(' ');
         let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-        if target.split('?').next() != Some(path) || !(method == "GET" || method == "HEAD") {
+        let blob = blobs.get(target.split('?').next().unwrap_or(""));
+        let Some(blob) = blob.filter(|_| method == "GET" || method == "HEAD") else {
             sock.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                 .await?;
             continue;
-        }
+        };
+        let (digest, data) = (blob.digest.as_str(), &blob.data[..]);
         let refused = refusal.lock().expect("refusal lock").clone();
         if let (Some(r), "GET") = (refused, method) {
             served.refused.fetch_add(1, Ordering::SeqCst);
@@ -187,6 +202,12 @@ async fn answer(
         for chunk in data[start..].chunks(256 << 10) {
             sock.write_all(chunk).await?;
             served.bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            *served
+                .by_digest
+                .lock()
+                .expect("counter lock")
+                .entry(digest.to_owned())
+                .or_default() += chunk.len() as u64;
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }

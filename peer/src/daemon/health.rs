@@ -89,16 +89,40 @@ pub fn registry(
     registry
 }
 
-/// The scheduler link's metric: whether a session is open. (Here rather than a
-/// `register_metrics` beside the link, which has none yet: it reads the link's one
-/// public signal.)
+/// The scheduler link's metrics: whether a session is open, with how many replicas,
+/// and what moved between replicas. (Here rather than a `register_metrics` beside
+/// the link: they read the link's public signals and counters.)
 fn register_link_metrics(link: &SchedulerLink, registry: &mut Registry) {
     metrics::register(registry, Link(link.clone()), |l| {
-        vec![Sample::Gauge(
-            "scheduler_connected",
-            "1 while a scheduler session is open.",
-            i64::from(l.0.is_connected()),
-        )]
+        let s = &l.0.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        vec![
+            Sample::Gauge(
+                "scheduler_connected",
+                "1 while a scheduler session is open.",
+                i64::from(l.0.is_connected()),
+            ),
+            Sample::Gauge(
+                "scheduler_replicas",
+                "Scheduler replicas with an open session (the live set tasks are sharded over).",
+                l.0.replicas().len() as i64,
+            ),
+            Sample::Counter(
+                "scheduler_task_moves",
+                "Complete tasks announced to a scheduler replica that became their owner after a change of the live set.",
+                load(&s.tasks_moved),
+            ),
+            Sample::Counter(
+                "scheduler_plan_moves",
+                "Plans ended because their scheduler replica went away, re-opened with the task's new owner.",
+                load(&s.plans_moved),
+            ),
+            Sample::Counter(
+                "scheduler_completions_handed_over",
+                "Downloads completed on a replica that no longer owned the task, announced to the owner too.",
+                load(&s.completions_handed_over),
+            ),
+        ]
     });
 }
 

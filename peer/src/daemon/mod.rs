@@ -76,6 +76,20 @@ impl Inventory for StoreInventory {
             .collect()
     }
 
+    fn held_task(&self, digest: &Digest) -> Option<v1::HeldTask> {
+        let t = self.0.meta(digest).ok().flatten().filter(|t| t.complete)?;
+        let piece_hashes = t
+            .hashes
+            .iter()
+            .map(|h| h.map(|h| h.to_vec()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(v1::HeldTask {
+            digest: t.digest.to_string(),
+            size: t.shape.size(),
+            piece_hashes,
+        })
+    }
+
     fn drop_task(&self, digest: &Digest) -> bool {
         if self.0.is_pinned(digest) {
             return false;

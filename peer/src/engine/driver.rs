@@ -202,6 +202,14 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<Serve
         }
         d.act().await?;
     }
+    let delay = inner.link.open_delay();
+    if !delay.is_zero() {
+        debug!(
+            ?delay,
+            "a scheduler replica just went away; the plan opens after its back-to-source peers re-open theirs"
+        );
+        tokio::time::sleep(delay).await;
+    }
     match inner.link.plan(&digest, size_hint).await {
         Ok(s) => {
             d.plan = Some(s);

@@ -44,4 +44,11 @@ pub trait SchedulerClient: Send + Sync + 'static {
 
     /// Load counters the engine keeps up to date (downloads in flight).
     fn load(&self) -> &Load;
+
+    /// How long a download should wait before it opens its first plan: a scheduler
+    /// replica just went away, and the back-to-source peers of its tasks must reach
+    /// the tasks' new owner first (see [`super::core::REPLAN_DEFER`]). Zero by default.
+    fn open_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }

@@ -16,9 +16,15 @@
 //!
 //! With one scheduler, everything goes to it, as before. With several, a task's
 //! owner is the live replica of highest rendezvous weight; when the live set
-//! changes, this peer announces the complete tasks that moved to their new owner,
-//! and a plan stream opened with a replica that no longer owns its task ends, so
-//! the engine re-opens it with the new owner (a download never fails for it).
+//! changes, this peer announces the complete tasks that moved to their new owner.
+//! A plan stays with the replica session it was opened with, and so do the
+//! task's reports, until that session ends (the replica died, or left the set):
+//! the stream ends and the engine re-opens it with the new owner (a download
+//! never fails for it). A replica that *joins* takes no download in flight: the
+//! peers notice a join at different times (each re-resolves on its own clock),
+//! and a plan moved to it by one peer before the back-to-source peer gets there
+//! would make it elect a second one. A download that completes on a replica that
+//! is no longer the owner is announced to the owner as well.
 //!
 //! The peer has no hard dependency on the scheduler: while no replica is
 //! connected, [`SchedulerLink::plan`] fails at once with
@@ -43,10 +49,10 @@ mod shard;
 mod supervisor;
 pub mod wire;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -139,6 +145,13 @@ pub trait Inventory: Send + Sync + 'static {
     /// blocking thread).
     fn held(&self) -> Vec<v1::HeldTask>;
 
+    /// One complete task, if held (by default looked up in [`held`](Self::held)).
+    /// Blocking.
+    fn held_task(&self, digest: &Digest) -> Option<v1::HeldTask> {
+        let d = digest.to_string();
+        self.held().into_iter().find(|t| t.digest == d)
+    }
+
     /// The operator dropped `digest` (the scheduler's `drop` command): delete it
     /// unless it is in use. True when it was deleted. Blocking.
     fn drop_task(&self, digest: &Digest) -> bool {
@@ -215,12 +228,46 @@ pub(crate) struct Conn {
     reports: mpsc::Sender<Report>,
     /// Never reused: a new session with the same replica has a new epoch.
     epoch: u64,
-    /// The live set (with this session) whose share of tasks its Join carried.
-    joined_with: Arc<shard::Epochs>,
+    /// The tasks this session's Join carried (listed when it connected: a task
+    /// completed since is not among them, and is announced as a move).
+    carried: Arc<std::collections::HashSet<Digest>>,
 }
 
 /// The live replicas (open sessions) by key.
 pub(crate) type Live = BTreeMap<String, Conn>;
+
+/// Counters of the link (read by the daemon's `/metrics`).
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Complete tasks announced to a replica that became their owner (or their
+    /// owner again, restarted) after a change of the live set.
+    pub tasks_moved: AtomicU64,
+    /// Plan streams ended because the replica session they were opened with ended;
+    /// the engine re-opens each with the task's new owner.
+    pub plans_moved: AtomicU64,
+    /// Completions announced to a task's owner besides the replica that planned
+    /// the download (it joined while the download was in flight).
+    pub completions_handed_over: AtomicU64,
+}
+
+/// Open plans by task: the replica key and session epoch each was opened with.
+type OpenPlans = Arc<Mutex<HashMap<Digest, (String, u64)>>>;
+
+/// Forgets an open plan when its stream is dropped.
+struct PlanEntry {
+    plans: OpenPlans,
+    digest: Digest,
+    session: (String, u64),
+}
+
+impl Drop for PlanEntry {
+    fn drop(&mut self) {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if plans.get(&self.digest) == Some(&self.session) {
+            plans.remove(&self.digest);
+        }
+    }
+}
 
 /// A handle on the background link. Cheap to clone.
 #[derive(Clone)]
@@ -230,6 +277,12 @@ pub struct SchedulerLink {
     peer: v1::PeerInfo,
     /// Load reported in heartbeats.
     pub load: Arc<Load>,
+    /// Counters.
+    pub stats: Arc<LinkStats>,
+    plans: OpenPlans,
+    inventory: Arc<dyn Inventory>,
+    /// When a session last left the live set (a replica went away or restarted).
+    departed: Arc<Mutex<Option<std::time::Instant>>>,
 }
 
 impl SchedulerLink {
@@ -243,10 +296,20 @@ impl SchedulerLink {
         let load = Arc::new(Load::default());
         let peer_id = config.peer.peer_id.clone();
         let peer = config.peer.clone();
-        let task = supervisor::run(config, inventory, live_tx, load.clone());
+        let stats = Arc::new(LinkStats::default());
+        let task = supervisor::run(
+            config,
+            inventory.clone(),
+            live_tx,
+            load.clone(),
+            stats.clone(),
+        );
+        let departed = Arc::new(Mutex::new(None));
+        let watch_departures = note_departures(live.clone(), departed.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = task => {}
+                _ = watch_departures => {}
                 _ = shutdown => {}
             }
         });
@@ -255,7 +318,23 @@ impl SchedulerLink {
             peer_id,
             peer,
             load,
+            stats,
+            plans: OpenPlans::default(),
+            inventory,
+            departed,
         }
+    }
+
+    /// What is left of [`REPLAN_DEFER`](crate::engine::core::REPLAN_DEFER) since a
+    /// session last left the live set: a download opening its first plan waits that
+    /// long, so that the back-to-source peers of the tasks that moved reach their new
+    /// owner first.
+    pub fn open_delay(&self) -> Duration {
+        let departed = *self.departed.lock().unwrap_or_else(|e| e.into_inner());
+        departed.map_or(Duration::ZERO, |t| {
+            (t + crate::engine::core::REPLAN_DEFER)
+                .saturating_duration_since(std::time::Instant::now())
+        })
     }
 
     /// True while a session with at least one scheduler replica is open.
@@ -294,15 +373,53 @@ impl SchedulerLink {
         Some((key.to_string(), live[key].clone()))
     }
 
-    /// Queues a report for the session of the task's owner. Never blocks; dropped
-    /// when the queue is full or no replica is connected.
+    /// The session an open plan of `digest` was opened with, while it lives.
+    fn plan_conn(&self, digest: &Digest) -> Option<(String, Conn)> {
+        let (key, epoch) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .cloned()?;
+        let live = self.live.borrow();
+        let conn = live.get(&key).filter(|c| c.epoch == epoch)?;
+        Some((key, conn.clone()))
+    }
+
+    /// Queues a report for the session the task's plan is open with, or else its
+    /// owner's. Never blocks; dropped when the queue is full or no replica is
+    /// connected. A completion reported to a replica that no longer owns the task
+    /// is announced to the owner too.
     pub fn report(&self, report: Report) {
-        let Some((_, conn)) = self.owner_conn(report.digest()) else {
+        let digest = *report.digest();
+        let planned = self.plan_conn(&digest);
+        let owner = self.owner_conn(&digest).map(|(k, _)| k);
+        let Some((key, conn)) = planned.or_else(|| self.owner_conn(&digest)) else {
             return;
         };
+        let complete = matches!(report, Report::Complete(_));
         if conn.reports.try_send(report).is_err() {
             debug!("report queue full; report dropped");
         }
+        if complete && owner.as_ref().is_some_and(|o| *o != key) {
+            self.stats
+                .completions_handed_over
+                .fetch_add(1, Ordering::Relaxed);
+            self.announce_held(digest);
+        }
+    }
+
+    /// Announces a complete task of the store to its owner (looked up off the async
+    /// workers).
+    fn announce_held(&self, digest: Digest) {
+        let (link, inventory) = (self.clone(), self.inventory.clone());
+        tokio::spawn(async move {
+            let held = tokio::task::spawn_blocking(move || inventory.held_task(&digest)).await;
+            match held {
+                Ok(Some(task)) => link.announce_task(task),
+                _ => debug!(task.digest = %digest, "not announced: not in the store"),
+            }
+        });
     }
 
     /// Announces one complete task to its owner the way a join does (a join adds
@@ -315,17 +432,25 @@ impl SchedulerLink {
             debug!(task.digest = %digest, "not announced: piece hashes missing");
             return;
         };
+        self.announce_task(v1::HeldTask {
+            digest: digest.to_string(),
+            size,
+            piece_hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+        });
+    }
+
+    /// Sends one held task to its owner in a Join.
+    fn announce_task(&self, task: v1::HeldTask) {
+        let Ok(digest) = task.digest.parse::<Digest>() else {
+            return;
+        };
         let Some((_, conn)) = self.owner_conn(&digest) else {
             return;
         };
         let mut client = conn.client;
         let request = v1::JoinRequest {
             peer: Some(self.peer.clone()),
-            tasks: vec![v1::HeldTask {
-                digest: digest.to_string(),
-                size,
-                piece_hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
-            }],
+            tasks: vec![task],
         };
         tokio::spawn(async move {
             match client.join(request).await {
@@ -339,8 +464,9 @@ impl SchedulerLink {
 
     /// Opens a plan stream for `digest` (`size` 0 when unknown) with the replica
     /// that owns it. Each wire message is converted and checked ([`plan_update`]);
-    /// the stream ends when the replica ends it, the connection fails, or the task
-    /// moves to another replica (the engine then re-opens it, with the new owner).
+    /// the stream ends when the replica ends it, the connection fails, or the
+    /// session it was opened with ends (the engine then re-opens it, with the new
+    /// owner). The task's reports go to that session while the stream is open.
     /// When the owner cannot be reached the request waits for the dead session to
     /// be noticed (at most 2 s) and goes to the next owner;
     /// [`LinkError::Unavailable`] only when no replica answers.
@@ -374,8 +500,24 @@ impl SchedulerLink {
                         .into_inner()
                         .take_while(|m| std::future::ready(m.is_ok()))
                         .filter_map(|m| std::future::ready(m.ok().map(plan_update)));
-                    let moved = self.moved(*digest, key, conn.epoch);
-                    return Ok(stream.take_until(moved).boxed());
+                    let session = (key.clone(), conn.epoch);
+                    self.plans
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(*digest, session.clone());
+                    let entry = PlanEntry {
+                        plans: self.plans.clone(),
+                        digest: *digest,
+                        session,
+                    };
+                    let gone = self.session_gone(*digest, key, conn.epoch);
+                    return Ok(stream
+                        .take_until(gone)
+                        .map(move |u| {
+                            let _ = &entry;
+                            u
+                        })
+                        .boxed());
                 }
                 Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
                     debug!(scheduler.replica = %key, error = %s.message(), "plan owner unavailable");
@@ -386,26 +528,45 @@ impl SchedulerLink {
         }
     }
 
-    /// Resolves when `digest` stops being owned by `key`'s session `epoch`.
-    fn moved(
+    /// Resolves when `key`'s session `epoch` ends (the plan of `digest` moves).
+    fn session_gone(
         &self,
         digest: Digest,
         key: String,
         epoch: u64,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.live.clone();
+        let stats = self.stats.clone();
         async move {
             let r = rx
-                .wait_for(|l| {
-                    shard::owner(l, &digest) != Some(key.as_str())
-                        || l.get(&key).map(|c| c.epoch) != Some(epoch)
-                })
+                .wait_for(|l| l.get(&key).map(|c| c.epoch) != Some(epoch))
                 .await;
             if r.is_ok() {
-                info!(task.digest = %digest, scheduler.replica = %key, "task moved to another scheduler replica; plan ends");
+                stats.plans_moved.fetch_add(1, Ordering::Relaxed);
+                info!(task.digest = %digest, scheduler.replica = %key, "the plan's scheduler replica went away; plan ends");
             }
         }
     }
+}
+
+/// Records in `departed` when a session leaves the live set.
+async fn note_departures(
+    mut live: watch::Receiver<Live>,
+    departed: Arc<Mutex<Option<std::time::Instant>>>,
+) {
+    let mut before = shard::Epochs::new();
+    while live.changed().await.is_ok() {
+        let now: shard::Epochs = live
+            .borrow_and_update()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.epoch))
+            .collect();
+        if before.iter().any(|(k, e)| now.get(k) != Some(e)) {
+            *departed.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        }
+        before = now;
+    }
+    std::future::pending().await
 }
 
 #[async_trait::async_trait]
@@ -428,5 +589,9 @@ impl crate::engine::SchedulerClient for SchedulerLink {
 
     fn load(&self) -> &Load {
         &self.load
+    }
+
+    fn open_delay(&self) -> Duration {
+        SchedulerLink::open_delay(self)
     }
 }

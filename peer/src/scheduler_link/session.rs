@@ -166,6 +166,8 @@ async fn session(
         })
         .collect();
     let n = tasks.len();
+    let carried: std::collections::HashSet<Digest> =
+        tasks.iter().filter_map(|t| t.digest.parse().ok()).collect();
     let mut pages = join_pages(tasks).into_iter();
     let first = pages.next().unwrap_or_default();
     let joined = client
@@ -202,7 +204,7 @@ async fn session(
                 client,
                 reports: reports_tx,
                 epoch,
-                joined_with: Arc::new(joined_with),
+                carried: Arc::new(carried),
             },
         );
     });

@@ -30,13 +30,13 @@ pub(super) fn owner<'a, V>(live: &'a BTreeMap<String, V>, digest: &Digest) -> Op
 /// each live replica must be told about, because it became their owner or
 /// because it is their owner in a new session (it restarted). Tasks that keep
 /// their owner and its session are left out; so are all tasks when nothing is
-/// live, and the tasks a session new since `before` owned in the set it joined
-/// with (`joined_with`, by key: its Join carried them).
+/// live, and the tasks the Join of a session new since `before` carried
+/// (`carried(key, digest)`; a task completed after that Join's listing was not).
 pub(super) fn moves(
     before: &Epochs,
     after: &Epochs,
-    joined_with: &BTreeMap<String, Epochs>,
     held: &[Digest],
+    carried: impl Fn(&str, &Digest) -> bool,
 ) -> BTreeMap<String, Vec<usize>> {
     let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, d) in held.iter().enumerate() {
@@ -47,8 +47,7 @@ pub(super) fn moves(
         if owner(before, d) == Some(new) && !new_session {
             continue;
         }
-        let joined = joined_with.get(new).and_then(|set| owner(set, d));
-        if new_session && joined == Some(new) {
+        if new_session && carried(new, d) {
             continue;
         }
         out.entry(new.to_string()).or_default().push(i);
@@ -76,18 +75,39 @@ mod tests {
         e.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
 
+    /// The tasks a session's Join carried: those it owned in the set it joined
+    /// with (by key), as `session.rs` lists them.
+    fn moves_with(
+        before: &Epochs,
+        after: &Epochs,
+        joined_with: &BTreeMap<String, Epochs>,
+        held: &[Digest],
+    ) -> BTreeMap<String, Vec<usize>> {
+        moves(before, after, held, |k, d| {
+            joined_with.get(k).and_then(|set| owner(set, d)) == Some(k)
+        })
+    }
+
     #[test]
     fn a_first_session_gets_every_task_and_no_change_moves_nothing() {
         let held = digests(50);
         let one = epochs(&[("a:1", 1)]);
         let none = BTreeMap::new();
-        let m = moves(&Epochs::new(), &one, &none, &held);
+        let m = moves_with(&Epochs::new(), &one, &none, &held);
         assert_eq!(m["a:1"].len(), 50);
-        assert!(moves(&one, &one, &none, &held).is_empty());
-        assert!(moves(&one, &Epochs::new(), &none, &held).is_empty());
+        assert!(moves_with(&one, &one, &none, &held).is_empty());
+        assert!(moves_with(&one, &Epochs::new(), &none, &held).is_empty());
         // The session's own Join carried them all.
         let joined = [("a:1".to_string(), one.clone())].into();
-        assert!(moves(&Epochs::new(), &one, &joined, &held).is_empty());
+        assert!(moves_with(&Epochs::new(), &one, &joined, &held).is_empty());
+    }
+
+    #[test]
+    fn a_task_completed_after_the_joins_listing_is_announced_to_the_new_session() {
+        let held = digests(30);
+        let one = epochs(&[("a:1", 1)]);
+        let m = moves(&Epochs::new(), &one, &held, |_, d| *d != held[0]);
+        assert_eq!(m["a:1"], vec![0]);
     }
 
     #[test]
@@ -95,7 +115,7 @@ mod tests {
         let held = digests(60);
         let before = epochs(&[("a:1", 1), ("b:1", 2), ("c:1", 3)]);
         let after = epochs(&[("a:1", 1), ("b:1", 7), ("c:1", 3)]);
-        let m = moves(&before, &after, &BTreeMap::new(), &held);
+        let m = moves_with(&before, &after, &BTreeMap::new(), &held);
         assert_eq!(m.keys().collect::<Vec<_>>(), ["b:1"]);
         let owned_by_b = held.iter().filter(|d| owner(&after, d) == Some("b:1"));
         assert_eq!(m["b:1"].len(), owned_by_b.count());
@@ -112,7 +132,7 @@ mod tests {
                 "[a-e]", proptest::collection::btree_map("[a-e]", 0u64..3, 1..5), 0..5),
         ) {
             let held = digests(40);
-            let m = moves(&before, &after, &joined_with, &held);
+            let m = moves_with(&before, &after, &joined_with, &held);
             let mut told = vec![None; held.len()];
             for (k, idx) in &m {
                 for &i in idx {

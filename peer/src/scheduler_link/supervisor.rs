@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_proto::Digest;
@@ -20,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::membership::{self, HostsFileResolver, Replica, Resolve, Source, SystemResolver};
 use super::shard::{self, Epochs};
 use super::wire::join_pages;
-use super::{Inventory, LinkConfig, Live, Load, session};
+use super::{Inventory, LinkConfig, LinkStats, Live, Load, session};
 
 /// How long the live set must stay still before moves are computed: sessions
 /// that open together (a peer's start) are announced to once.
@@ -32,6 +33,7 @@ pub(super) async fn run(
     inventory: Arc<dyn Inventory>,
     live: watch::Sender<Live>,
     load: Arc<Load>,
+    stats: Arc<LinkStats>,
 ) {
     if config.schedulers.is_empty() {
         info!("no scheduler configured: every download goes to upstream");
@@ -55,6 +57,7 @@ pub(super) async fn run(
         config.clone(),
         inventory.clone(),
         live.subscribe(),
+        stats,
     ));
     let _abort_movers = AbortOnDrop(movers);
     follow(config, inventory, replicas, live, load).await;
@@ -121,6 +124,7 @@ async fn announce_moves(
     config: Arc<LinkConfig>,
     inventory: Arc<dyn Inventory>,
     mut live: watch::Receiver<Live>,
+    stats: Arc<LinkStats>,
 ) {
     let mut seen = Epochs::new();
     loop {
@@ -157,12 +161,14 @@ async fn announce_moves(
             .into_iter()
             .filter_map(|t| Some((t.digest.parse::<Digest>().ok()?, t)))
             .unzip();
-        let joined_with: BTreeMap<String, Epochs> = live
+        let carried: BTreeMap<String, Arc<std::collections::HashSet<Digest>>> = live
             .borrow()
             .iter()
-            .map(|(k, c)| (k.clone(), Epochs::clone(&c.joined_with)))
+            .map(|(k, c)| (k.clone(), c.carried.clone()))
             .collect();
-        let moves = shard::moves(&seen, &now, &joined_with, &digests);
+        let moves = shard::moves(&seen, &now, &digests, |k, d| {
+            carried.get(k).is_some_and(|c| c.contains(d))
+        });
         seen = now;
         let mut held: Vec<Option<v1::HeldTask>> = held.into_iter().map(Some).collect();
         for (key, idx) in moves {
@@ -172,6 +178,7 @@ async fn announce_moves(
             };
             let mut client = conn.client;
             let n = tasks.len();
+            stats.tasks_moved.fetch_add(n as u64, Ordering::Relaxed);
             for page in join_pages(tasks) {
                 let request = v1::JoinRequest {
                     peer: Some(config.peer.clone()),

@@ -33,9 +33,19 @@
 //! shared certificate (common name `shoal-peer`) with
 //! `--allow-shared-identity` instead.
 //!
+//! Replicas: `--replicas N` runs the benchmark once against one scheduler and
+//! once against N replica processes (same workload and seed); the simulated
+//! peers shard their tasks over the replicas as the real peer does (`peer.rs`).
+//! `--kill-owner` adds a third run in which the rollout task's owner is killed
+//! (SIGKILL) halfway through the rollout. A table compares them
+//! (`replicas.rs`): each replica's task count against an even share, its memory
+//! against the single scheduler's, plan-open latency, and the back-to-source
+//! elections the kill caused.
+//!
 //! Layout: `workload.rs` (tasks, inventory, popularity), `peer.rs` (sessions
 //! and downloads), `stats.rs` (latencies, counters, `/proc`), `pki.rs`
-//! (certificates), this file (phases and the report).
+//! (certificates), `replicas.rs` (the replica comparison), this file (phases
+//! and the report).
 //!
 //! Connections: by default one HTTP/2 connection per simulated peer, as in a
 //! real cluster (each node's daemon has its own), so the scheduler's memory
@@ -48,6 +58,7 @@
 
 mod peer;
 mod pki;
+mod replicas;
 mod stats;
 mod workload;
 
@@ -160,6 +171,15 @@ struct Args {
     /// [default: node; shared when peers share connections].
     #[arg(long, value_enum)]
     identity: Option<IdentityMode>,
+    /// Scheduler replicas: with more than one, the benchmark runs with one
+    /// scheduler, then with this many replicas (same workload and seed), and
+    /// compares them. Needs `--security plain` or `tls`.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// With `--replicas`: a third run in which the rollout task's owner is
+    /// killed (SIGKILL) halfway through the rollout.
+    #[arg(long)]
+    kill_owner: bool,
 }
 
 /// The TLS set-up of a run: the scheduler's directory and each connection's
@@ -414,9 +434,24 @@ async fn main() -> anyhow::Result<()> {
         Security::Tls => vec![tls.as_ref()],
         Security::Plain => vec![None],
     };
+    if args.replicas > 1 {
+        let [t] = runs[..] else {
+            bail!("--replicas needs --security plain or tls (one security per run)");
+        };
+        let mut figures = Vec::new();
+        let mut cases = vec![(1, false), (args.replicas, false)];
+        if args.kill_owner {
+            cases.push((args.replicas, true));
+        }
+        for (n, kill) in cases {
+            figures.push(run(&args, &bin, connections, t, n, kill).await?);
+        }
+        replicas::compare(&args, &figures);
+        return Ok(());
+    }
     let mut figures = Vec::new();
     for t in runs {
-        figures.push(run(&args, &bin, connections, t).await?);
+        figures.push(run(&args, &bin, connections, t, 1, false).await?);
     }
     if let [plain, tls] = &figures[..] {
         let how = tls_setup.as_ref().map_or("", |s| s.4.as_str());
@@ -441,6 +476,14 @@ struct Figures {
     cpu_phase_pct: f64,
     downloads_done: u64,
     errors: u64,
+    /// What each scheduler process showed at the end (a killed one: `None`).
+    replicas: Vec<Option<replicas::ReplicaFigures>>,
+    /// The replica killed mid-rollout, if any.
+    killed: Option<usize>,
+    back_to_source: u64,
+    back_to_source_rollout: u64,
+    plans_moved: u64,
+    tasks_moved: u64,
 }
 
 /// One whole benchmark against a fresh scheduler, plain (`tls` is `None`)
@@ -450,6 +493,8 @@ async fn run(
     bin: &PathBuf,
     connections: u32,
     tls: Option<&TlsRun<'_>>,
+    replica_count: usize,
+    kill: bool,
 ) -> anyhow::Result<Figures> {
     let load_before = loadavg();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -458,13 +503,26 @@ async fn run(
         Some(t) if t.shared => "mutual TLS, shared identity",
         Some(_) => "mutual TLS, node certificates",
     };
-    eprintln!("run: {security}");
+    eprintln!(
+        "run: {security}, {replica_count} scheduler replica(s){}",
+        if kill {
+            ", the rollout task's owner killed mid-rollout"
+        } else {
+            ""
+        }
+    );
 
-    let sched = Scheduler::start(bin, &args.plan_interval, tls)?;
-    let spid = sched.pid().to_string();
+    let mut scheds = Vec::new();
+    for _ in 0..replica_count {
+        scheds.push(Scheduler::start(bin, &args.plan_interval, tls)?);
+    }
     let connect_latency = Latency::default();
     let started = Instant::now();
-    let channels = connect(&sched.grpc, connections, tls, &connect_latency).await?;
+    let mut channels = Vec::new();
+    for s in &scheds {
+        channels.push(connect(&s.grpc, connections, tls, &connect_latency).await?);
+    }
+    let keys: Vec<String> = scheds.iter().map(|s| s.grpc.clone()).collect();
     let connect_secs = started.elapsed().as_secs_f64();
     let workload = Workload::new(args.tasks, args.seed);
     let held_at_join: usize = (0..args.peers).map(|i| workload.inventory(i).len()).sum();
@@ -474,7 +532,21 @@ async fn run(
         report: Duration::from_millis(args.report_ms.max(1)),
         timeout: Duration::from_secs(args.download_timeout),
     };
-    let ctx = Arc::new(Ctx::new(channels, workload, args.peers, timing));
+    let ctx = Arc::new(Ctx::new(channels, keys, workload, args.peers, timing));
+    let rollout_task = (ctx.workload.old..args.tasks)
+        .max_by_key(|&t| ctx.workload.tasks[t as usize].size)
+        .expect("at least one new task");
+    ctx.rollout_task
+        .store(rollout_task, std::sync::atomic::Ordering::Relaxed);
+    // The replica the single-scheduler figures (memory, CPU, the probe) are read
+    // from: one that is not killed.
+    let reference = if kill {
+        (ctx.owner(rollout_task) + 1) % replica_count
+    } else {
+        0
+    };
+    let sched = &scheds[reference];
+    let spid = sched.pid().to_string();
     let rss_connected = sched.rss_mib("VmRSS");
     let cpu0 = cpu_secs(&spid).unwrap_or(0.0);
 
@@ -497,7 +569,7 @@ async fn run(
         .filter_map(|(i, hb)| async move { hb.map(|hb| (i, hb)) })
         .map(|(i, hb)| {
             let ctx = ctx.clone();
-            async move { ctx.open_session(i, hb).await }
+            async move { ctx.open_sessions(i, hb).await }
         })
         .buffer_unordered(args.join_concurrency.max(1))
         .collect()
@@ -508,13 +580,11 @@ async fn run(
         session_tasks.spawn(s);
     }
     let rss_sessions = sched.rss_mib("VmRSS");
+    let rss_sessions_each: Vec<f64> = scheds.iter().map(|s| s.rss_mib("VmRSS")).collect();
     let cpu_setup = cpu_secs(&spid).unwrap_or(0.0) - cpu0;
 
     // Phase 3: downloads, and the rollout beside them.
     let mut rng = SmallRng::seed_from_u64(args.seed ^ 0xA221);
-    let rollout_task = (ctx.workload.old..args.tasks)
-        .max_by_key(|&t| ctx.workload.tasks[t as usize].size)
-        .expect("at least one new task");
     let rollout = tokio::spawn(rollout(
         ctx.clone(),
         rollout_task,
@@ -531,9 +601,12 @@ async fn run(
     let started = Instant::now();
     let probe_latency = Arc::new(stats::Latency::default());
     let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The probe asks the reference replica about tasks it owns.
     let probe = peer::probe(
         endpoint(&sched.grpc, tls.map(|t| &t.probe))?,
-        (0..ctx.workload.old.min(20))
+        (0..ctx.workload.old)
+            .filter(|&t| ctx.owner(t) == reference)
+            .take(20)
             .map(|t| {
                 let spec = &ctx.workload.tasks[t as usize];
                 (spec.digest.clone(), spec.size)
@@ -543,6 +616,17 @@ async fn run(
         probe_stop.clone(),
         probe_latency.clone(),
     );
+    let killer = kill.then(|| {
+        let at = Duration::from_secs(args.rollout_at) + Duration::from_secs(args.rollout_secs) / 2;
+        let pids: Vec<u32> = scheds.iter().map(Scheduler::pid).collect();
+        tokio::spawn(replicas::kill_owner(
+            ctx.clone(),
+            rollout_task,
+            at,
+            pids,
+            args.join_concurrency,
+        ))
+    });
     let mut next = tokio::time::Instant::now();
     let end = next + phase;
     loop {
@@ -595,13 +679,27 @@ async fn run(
         0
     };
     let _ = probe.join();
+    let killed = match killer {
+        Some(k) => Some(k.await.context("killer task")?),
+        None => None,
+    };
     let hwm = sched.rss_mib("VmHWM");
     let rss_end = sched.rss_mib("VmRSS");
     let metrics = scrape(&sched.http).await;
     let warnings = sched.warnings.load(std::sync::atomic::Ordering::Relaxed);
     let load_after = loadavg();
+    let mut each = Vec::new();
+    for (r, s) in scheds.iter().enumerate() {
+        each.push(if killed == Some(r) {
+            None
+        } else {
+            Some(replicas::ReplicaFigures::read(&s.http, s.pid(), rss_sessions_each[r]).await)
+        });
+    }
     session_tasks.shutdown().await;
-    sched.stop();
+    for s in scheds {
+        s.stop();
+    }
 
     // The report.
     let st = &ctx.stats;
@@ -763,6 +861,12 @@ async fn run(
             + st.session_errors.get()
             + st.sessions_ended.get()
             + st.plan_errors.get(),
+        replicas: each,
+        killed,
+        back_to_source: st.back_to_source.get(),
+        back_to_source_rollout: st.back_to_source_rollout.get(),
+        plans_moved: st.plans_moved.get(),
+        tasks_moved: st.tasks_moved.get(),
     })
 }
 

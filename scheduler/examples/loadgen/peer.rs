@@ -4,13 +4,22 @@
 //! otherwise only pieces a parent in the plan holds and whose hash the plan
 //! carried, in order. No bytes move: a piece "arrives" one `--piece-ms` after
 //! it was asked for, and parents have no upload limit.
+//!
+//! With several scheduler replicas (`--replicas`) each peer joins and keeps a
+//! session with every replica, and sends a task's Join entries, reports and plan
+//! requests to its owner among the live replicas (rendezvous hashing, as the
+//! real peer does). When a replica is killed, every peer notices at once: the
+//! plans it held re-open with the task's new owner (back-to-source downloads at
+//! once, the others 1 s later, as the real peer's `REPLAN_DEFER`), and the
+//! complete tasks it owned are announced to their new owners.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use shoal_proto::PieceSet;
 use shoal_proto::v1::{self, peer_event::Event, scheduler_client::SchedulerClient};
+use shoal_proto::{Digest, PieceSet, rendezvous};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,6 +34,9 @@ const SESSION_BUFFER: usize = 256;
 const BATCH_MAX: usize = 16;
 /// A plan stream the scheduler ends is re-opened at most this many times.
 const MAX_REOPEN: u32 = 5;
+/// How long a download that is not fetching from upstream waits before it
+/// re-opens a plan whose replica went away (the real peer's `REPLAN_DEFER`).
+const REPLAN_DEFER: Duration = Duration::from_secs(1);
 /// One in this many completed downloads is evicted again later.
 const EVICT_ONE_IN: u64 = 20;
 /// How long after its completion an evicted task stays.
@@ -54,16 +66,40 @@ pub(crate) struct PeerState {
 }
 
 /// One simulated peer.
-#[derive(Default)]
 pub(crate) struct PeerSlot {
     pub(crate) state: Mutex<PeerState>,
-    /// Its session's outbound events, once the session is open.
-    pub(crate) session: OnceLock<mpsc::Sender<v1::PeerEvent>>,
+    /// Its sessions' outbound events (one per replica), once open.
+    pub(crate) sessions: Vec<OnceLock<mpsc::Sender<v1::PeerEvent>>>,
+}
+
+impl PeerSlot {
+    fn new(replicas: usize) -> PeerSlot {
+        PeerSlot {
+            state: Mutex::default(),
+            sessions: (0..replicas).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Its session with replica `r`, once open.
+    pub(crate) fn session(&self, r: usize) -> Option<mpsc::Sender<v1::PeerEvent>> {
+        self.sessions[r].get().cloned()
+    }
 }
 
 /// What every simulated peer shares.
 pub(crate) struct Ctx {
-    pub(crate) channels: Vec<Channel>,
+    /// Per replica, its connections.
+    pub(crate) channels: Vec<Vec<Channel>>,
+    /// The replicas' keys (their gRPC addresses), as peers hash them.
+    pub(crate) keys: Vec<String>,
+    /// Replicas killed.
+    pub(crate) dead: Vec<AtomicBool>,
+    /// When the last one was killed.
+    pub(crate) died_at: Mutex<Option<Instant>>,
+    /// The rollout's task (its back-to-source elections are counted apart).
+    pub(crate) rollout_task: std::sync::atomic::AtomicU32,
+    /// Each task's digest, parsed.
+    digests: Vec<Digest>,
     pub(crate) workload: Workload,
     pub(crate) peers: Vec<PeerSlot>,
     pub(crate) stats: Stats,
@@ -78,61 +114,157 @@ fn ev(e: Event) -> v1::PeerEvent {
 
 impl Ctx {
     pub(crate) fn new(
-        channels: Vec<Channel>,
+        channels: Vec<Vec<Channel>>,
+        keys: Vec<String>,
         workload: Workload,
         peers: u32,
         timing: Timing,
     ) -> Ctx {
+        let replicas = keys.len();
         Ctx {
             channels,
+            dead: (0..replicas).map(|_| AtomicBool::new(false)).collect(),
+            died_at: Mutex::new(None),
+            rollout_task: std::sync::atomic::AtomicU32::new(u32::MAX),
+            keys,
+            digests: workload
+                .tasks
+                .iter()
+                .map(|t| t.digest.parse().expect("a workload digest"))
+                .collect(),
             workload,
-            peers: (0..peers).map(|_| PeerSlot::default()).collect(),
+            peers: (0..peers).map(|_| PeerSlot::new(replicas)).collect(),
             stats: Stats::default(),
             timing,
             reports: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Peer `i`'s client: peers are spread over the connections round-robin.
-    pub(crate) fn client(&self, i: u32) -> SchedulerClient<Channel> {
-        SchedulerClient::new(self.channels[i as usize % self.channels.len()].clone())
+    /// Peer `i`'s client of replica `r`: peers are spread over its connections
+    /// round-robin.
+    pub(crate) fn client(&self, i: u32, r: usize) -> SchedulerClient<Channel> {
+        let c = &self.channels[r];
+        SchedulerClient::new(c[i as usize % c.len()].clone())
     }
 
-    /// Peer `i` joins with its inventory; returns the heartbeat interval.
+    /// The live replica that owns `task` (rendezvous hashing over the live keys).
+    pub(crate) fn owner(&self, task: u32) -> usize {
+        self.owner_among(task, |r| !self.dead[r].load(Ordering::Relaxed))
+    }
+
+    /// The owner of `task` among the replicas `live` says are live.
+    pub(crate) fn owner_among(&self, task: u32, live: impl Fn(usize) -> bool) -> usize {
+        let keys = (0..self.keys.len())
+            .filter(|&r| live(r))
+            .map(|r| self.keys[r].as_str());
+        let key = rendezvous::owner(keys, &self.digests[task as usize]).unwrap_or(&self.keys[0]);
+        self.keys.iter().position(|k| k == key).unwrap_or(0)
+    }
+
+    /// Peer `i` joins every replica with the tasks of its inventory that replica
+    /// owns; returns the heartbeat interval.
     pub(crate) async fn join(&self, i: u32) -> Option<Duration> {
         let held = self.workload.inventory(i);
-        let request = v1::JoinRequest {
-            peer: Some(peer_info(i)),
-            tasks: held.iter().map(|&t| self.workload.held_task(t)).collect(),
-        };
-        let started = Instant::now();
-        match self.client(i).join(request).await {
-            Ok(r) => {
-                self.stats.join.record(started.elapsed());
-                self.peers[i as usize]
-                    .state
-                    .lock()
-                    .expect("peer lock")
-                    .held
-                    .extend(held);
-                Some(Duration::from_millis(
-                    r.into_inner().heartbeat_interval_ms.max(100),
-                ))
-            }
-            Err(s) => {
-                self.stats.join_errors.inc();
-                eprintln!("join of {} refused: {s}", peer_id(i));
-                None
+        let mut heartbeat = None;
+        for r in 0..self.keys.len() {
+            let request = v1::JoinRequest {
+                peer: Some(peer_info(i)),
+                tasks: held
+                    .iter()
+                    .filter(|&&t| self.owner(t) == r)
+                    .map(|&t| self.workload.held_task(t))
+                    .collect(),
+            };
+            let started = Instant::now();
+            match self.client(i, r).join(request).await {
+                Ok(resp) => {
+                    self.stats.join.record(started.elapsed());
+                    heartbeat = Some(Duration::from_millis(
+                        resp.into_inner().heartbeat_interval_ms.max(100),
+                    ));
+                }
+                Err(s) => {
+                    self.stats.join_errors.inc();
+                    eprintln!("join of {} refused: {s}", peer_id(i));
+                    return None;
+                }
             }
         }
+        self.peers[i as usize]
+            .state
+            .lock()
+            .expect("peer lock")
+            .held
+            .extend(held);
+        heartbeat
     }
 
-    /// Opens peer `i`'s session; the returned future then runs it
-    /// (heartbeats every `heartbeat`, reading commands) until it ends.
-    pub(crate) async fn open_session(
+    /// Replica `dead` went away: every peer announces the complete tasks it
+    /// owned to their new owners (one Join per new owner per peer).
+    pub(crate) async fn announce_moves(self: &Arc<Self>, dead: usize, concurrency: usize) {
+        use futures::StreamExt;
+        futures::stream::iter(0..self.peers.len() as u32)
+            .map(|i| {
+                let ctx = self.clone();
+                async move {
+                    let held: Vec<u32> = ctx.peers[i as usize]
+                        .state
+                        .lock()
+                        .expect("peer lock")
+                        .held
+                        .iter()
+                        .copied()
+                        .collect();
+                    let before = |r: usize| r == dead || !ctx.dead[r].load(Ordering::Relaxed);
+                    let mut by_owner: HashMap<usize, Vec<v1::HeldTask>> = HashMap::new();
+                    for t in held {
+                        if ctx.owner_among(t, before) == dead {
+                            by_owner
+                                .entry(ctx.owner(t))
+                                .or_default()
+                                .push(ctx.workload.held_task(t));
+                        }
+                    }
+                    for (r, tasks) in by_owner {
+                        let n = tasks.len() as u64;
+                        let request = v1::JoinRequest {
+                            peer: Some(peer_info(i)),
+                            tasks,
+                        };
+                        if ctx.client(i, r).join(request).await.is_ok() {
+                            ctx.stats.tasks_moved.add(n);
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// Opens peer `i`'s session with every replica; the returned future then
+    /// runs them until they end.
+    pub(crate) async fn open_sessions(
         self: &Arc<Self>,
         i: u32,
         heartbeat: Duration,
+    ) -> Option<impl Future<Output = ()> + use<>> {
+        let mut sessions = Vec::new();
+        for r in 0..self.keys.len() {
+            sessions.push(self.open_session(i, heartbeat, r).await?);
+        }
+        Some(async move {
+            futures::future::join_all(sessions).await;
+        })
+    }
+
+    /// Opens peer `i`'s session with replica `r`; the returned future then runs
+    /// it (heartbeats every `heartbeat`, reading commands) until it ends.
+    async fn open_session(
+        self: &Arc<Self>,
+        i: u32,
+        heartbeat: Duration,
+        r: usize,
     ) -> Option<impl Future<Output = ()> + use<>> {
         let (tx, rx) = mpsc::channel(SESSION_BUFFER);
         let open = ev(Event::Open(v1::SessionOpen {
@@ -140,7 +272,7 @@ impl Ctx {
         }));
         tx.send(open).await.ok()?;
         let started = Instant::now();
-        let mut commands = match self.client(i).session(ReceiverStream::new(rx)).await {
+        let mut commands = match self.client(i, r).session(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
                 self.stats.session_errors.inc();
@@ -149,7 +281,7 @@ impl Ctx {
             }
         };
         self.stats.session_open.record(started.elapsed());
-        let _ = self.peers[i as usize].session.set(tx.clone());
+        let _ = self.peers[i as usize].sessions[r].set(tx.clone());
         let ctx = self.clone();
         Some(async move {
             // Heartbeats spread evenly over the interval, not in lockstep.
@@ -173,6 +305,9 @@ impl Ctx {
                         Ok(Some(_)) => ctx.stats.commands.inc(),
                         Ok(None) => return,
                         Err(s) => {
+                            if ctx.dead[r].load(Ordering::Relaxed) {
+                                return;
+                            }
                             ctx.stats.sessions_ended.inc();
                             if s.code() != tonic::Code::Unavailable {
                                 eprintln!("session of {} ended: {s}", peer_id(i));
@@ -190,7 +325,7 @@ impl Ctx {
         for _ in 0..16 {
             let i = rng.random_range(0..self.peers.len() as u32);
             let slot = &self.peers[i as usize];
-            if slot.session.get().is_none() {
+            if slot.sessions.iter().any(|s| s.get().is_none()) {
                 continue;
             }
             let mut s = slot.state.lock().expect("peer lock");
@@ -389,12 +524,19 @@ pub(crate) async fn download(ctx: Arc<Ctx>, peer: u32, task: u32, rollout: bool)
 }
 
 async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome {
-    let Some(tx) = ctx.peers[peer as usize].session.get().cloned() else {
+    // As the real peer: a first plan waits out REPLAN_DEFER after a replica
+    // went away, so that back-to-source peers re-open theirs first.
+    let died = *ctx.died_at.lock().expect("died lock");
+    if let Some(wait) = died.map(|t| (t + REPLAN_DEFER).saturating_duration_since(Instant::now())) {
+        tokio::time::sleep(wait).await;
+    }
+    let mut owner = ctx.owner(task);
+    let Some(mut tx) = ctx.peers[peer as usize].session(owner) else {
         return Outcome::Failed;
     };
     let spec = &ctx.workload.tasks[task as usize];
     let size = if (peer ^ task) & 1 == 0 { spec.size } else { 0 };
-    let request = v1::PlanRequest {
+    let mut request = v1::PlanRequest {
         peer_id: peer_id(peer),
         digest: spec.digest.clone(),
         size,
@@ -411,8 +553,9 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
     let began = Instant::now();
     let deadline = tokio::time::sleep(ctx.timing.timeout);
     tokio::pin!(deadline);
-    let mut client = ctx.client(peer);
+    let mut client = ctx.client(peer, owner);
     let mut reopened = 0;
+    let mut elected = false;
     'stream: loop {
         let opened = Instant::now();
         let mut stream = match client.plan(request.clone()).await {
@@ -429,6 +572,9 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
         piece.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch = tokio::time::interval(ctx.timing.report);
         batch.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A send to a killed replica's session fails: like the plan stream's
+        // end, the task moves.
+        let dead = |owner: usize| ctx.dead[owner].load(Ordering::Relaxed);
         loop {
             tokio::select! {
                 msg = stream.message() => match msg {
@@ -440,51 +586,52 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
                             }
                         }
                         ctx.stats.plan_updates.inc();
+                        if u.back_to_source && !elected {
+                            elected = true;
+                            ctx.stats.back_to_source.inc();
+                            if task == ctx.rollout_task.load(Ordering::Relaxed) {
+                                ctx.stats.back_to_source_rollout.inc();
+                            }
+                        }
                         let samples = dl.apply(ctx, u, first);
                         first = false;
                         ctx.stats.report_to_update.record_many(samples);
                     }
-                    Ok(None) | Err(_) => {
-                        // Superseded or lagging: a real peer re-opens and
-                        // gets a full plan.
-                        ctx.stats.plan_streams_ended.inc();
-                        reopened += 1;
-                        if reopened > MAX_REOPEN {
-                            return Outcome::Failed;
-                        }
-                        if !dl.report(ctx, &tx).await {
-                            return Outcome::Failed;
-                        }
-                        continue 'stream;
-                    }
+                    // Superseded or lagging: a real peer re-opens and gets a
+                    // full plan.
+                    Ok(None) | Err(_) => break,
                 },
                 _ = piece.tick() => {
                     let mut events = Vec::new();
                     dl.fetch(ctx, &mut events);
+                    let mut sent = true;
                     for e in events {
-                        if tx.send(ev(e)).await.is_err() {
-                            return Outcome::Failed;
-                        }
+                        sent = sent && tx.send(ev(e)).await.is_ok();
                     }
-                    if dl.pending.len() >= BATCH_MAX && !dl.report(ctx, &tx).await {
+                    if dl.pending.len() >= BATCH_MAX {
+                        sent = sent && dl.report(ctx, &tx).await;
+                    }
+                    if !sent {
+                        if dead(owner) { break; }
                         return Outcome::Failed;
                     }
                 }
                 _ = batch.tick() => {
                     if !dl.report(ctx, &tx).await {
+                        if dead(owner) { break; }
                         return Outcome::Failed;
                     }
                 }
                 _ = &mut deadline => return Outcome::TimedOut,
             }
             if dl.done() {
-                if !dl.report(ctx, &tx).await {
-                    return Outcome::Failed;
-                }
                 let complete = ev(Event::Complete(v1::TaskComplete {
                     digest: spec.digest.clone(),
                 }));
-                if tx.send(complete).await.is_err() {
+                if !dl.report(ctx, &tx).await || tx.send(complete).await.is_err() {
+                    if dead(owner) {
+                        break;
+                    }
                     return Outcome::Failed;
                 }
                 ctx.stats.completes.inc();
@@ -499,6 +646,46 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
                 });
                 return Outcome::Done;
             }
+        }
+        ctx.stats.plan_streams_ended.inc();
+        if dead(owner) {
+            // The replica went away: re-open with the new owner, the
+            // back-to-source peer first.
+            ctx.stats.plans_moved.inc();
+            if !dl.back_to_source {
+                tokio::time::sleep(REPLAN_DEFER).await;
+            }
+            owner = ctx.owner(task);
+            client = ctx.client(peer, owner);
+            let Some(t) = ctx.peers[peer as usize].session(owner) else {
+                return Outcome::Failed;
+            };
+            tx = t;
+            // A real peer knows the size by now, and the back-to-source peer
+            // tells the new owner first.
+            request.size = spec.size;
+            if dl.back_to_source {
+                let started = ev(Event::Started(v1::TaskStarted {
+                    digest: spec.digest.clone(),
+                    size: spec.size,
+                }));
+                if tx.send(started).await.is_err() {
+                    return Outcome::Failed;
+                }
+            }
+            // The new owner knows nothing of this download yet: its pieces
+            // again, with their hashes (a real peer has them all from its plan
+            // or from upstream).
+            let held: Vec<u32> = dl.pieces.iter().flat_map(|p| p.iter()).collect();
+            dl.pending = held
+                .into_iter()
+                .map(|i| (i, Some(piece_hash(task, i))))
+                .collect();
+            continue 'stream;
+        }
+        reopened += 1;
+        if reopened > MAX_REOPEN || !dl.report(ctx, &tx).await {
+            return Outcome::Failed;
         }
     }
 }
@@ -516,7 +703,7 @@ async fn evict_later(ctx: Arc<Ctx>, peer: u32, task: u32) {
         }
         s.downloading.insert(task);
     }
-    if let Some(tx) = slot.session.get() {
+    if let Some(tx) = slot.session(ctx.owner(task)) {
         let evicted = ev(Event::Evicted(v1::TaskEvicted {
             digest: ctx.workload.tasks[task as usize].digest.clone(),
         }));

@@ -115,6 +115,14 @@ pub(crate) struct Stats {
     pub(crate) peak_in_flight: AtomicU64,
     /// Arrivals dropped because the picked peers all held or fetched the task.
     pub(crate) arrivals_skipped: Count,
+    /// Downloads a scheduler told to fetch from upstream (each counted once),
+    /// and of those, downloads of the rollout task.
+    pub(crate) back_to_source: Count,
+    pub(crate) back_to_source_rollout: Count,
+    /// Plans re-opened with another replica because theirs went away.
+    pub(crate) plans_moved: Count,
+    /// Complete tasks re-announced to their new owner after a replica went away.
+    pub(crate) tasks_moved: Count,
 }
 
 impl Stats {

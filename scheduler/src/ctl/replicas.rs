@@ -8,10 +8,18 @@
 //! others is left out; from all of them it is the error). Any other failure of a
 //! replica is shown in its place, and the command fails after every replica was
 //! asked.
+//!
+//! With `--grpc-port`, each task's owner is named as the peers compute it
+//! (rendezvous hashing over the replicas' `HOST:PORT`, the replica URLs' hosts
+//! with that port): `task` says which replica owns the task, `tasks` how many of
+//! the tasks a replica lists another one owns now (entries left from before a
+//! move). In JSON each row gets `"key"` and `"owner"` (for `task`) or
+//! `"not_owned"` (for `tasks`, the digests).
 
 use std::io::Write;
 
 use reqwest::Url;
+use shoal_proto::{Digest, rendezvous};
 
 use super::{Cli, CtlCommand, CtlError, Output, ask, redact, render};
 use crate::auth::OperatorToken;
@@ -26,11 +34,15 @@ pub(super) async fn run(
     let bases: Vec<&Url> = std::iter::once(&cli.scheduler)
         .chain(cli.replicas.iter())
         .collect();
+    let keys: Option<Vec<String>> = cli
+        .grpc_port
+        .map(|port| bases.iter().map(|b| peer_key(b, port)).collect());
     let answers = futures::future::join_all(bases.iter().map(|b| ask(cli, client, token, b))).await;
     let mut shown = Vec::new();
     let mut first_error = None;
     for (base, answer) in bases.iter().zip(answers) {
         let replica = redact(base.as_str());
+        let key = cli.grpc_port.map(|p| peer_key(base, p));
         match answer {
             Err(CtlError::Api { code: Some(c), .. })
                 if c == "TASK_UNKNOWN" && matches!(cli.command, CtlCommand::Task { .. }) => {}
@@ -38,7 +50,13 @@ pub(super) async fn run(
                 shown.push((replica, Err(e.to_string())));
                 first_error.get_or_insert(e);
             }
-            Ok((value, url)) => shown.push((replica, Ok((value, url)))),
+            Ok((value, url)) => {
+                let owner = match (&keys, &key) {
+                    (Some(keys), Some(key)) => Some(Ownership::of(&value, keys, key)),
+                    _ => None,
+                };
+                shown.push((replica, Ok((value, url, owner))));
+            }
         }
     }
     if shown.is_empty() {
@@ -50,7 +68,15 @@ pub(super) async fn run(
             let rows: Vec<serde_json::Value> = shown
                 .into_iter()
                 .map(|(replica, a)| match a {
-                    Ok((value, _)) => serde_json::json!({ "replica": replica, "answer": value }),
+                    Ok((value, _, Some(o))) => {
+                        let mut row = serde_json::json!({ "replica": replica, "key": o.key, "answer": value });
+                        match o.kind {
+                            OwnershipKind::Task(owner) => row["owner"] = owner.into(),
+                            OwnershipKind::Tasks(not_owned) => row["not_owned"] = not_owned.into(),
+                        }
+                        row
+                    }
+                    Ok((value, _, None)) => serde_json::json!({ "replica": replica, "answer": value }),
                     Err(e) => serde_json::json!({ "replica": replica, "error": e }),
                 })
                 .collect();
@@ -64,7 +90,12 @@ pub(super) async fn run(
             for (replica, a) in shown {
                 s.push_str(&format!("== replica {replica}\n"));
                 match a {
-                    Ok((value, url)) => s.push_str(&render(cli, value, &url)?),
+                    Ok((value, url, owner)) => {
+                        s.push_str(&render(cli, value, &url)?);
+                        if let Some(o) = owner {
+                            s.push_str(&o.line());
+                        }
+                    }
                     Err(e) => s.push_str(&format!("error: {e}\n")),
                 }
             }
@@ -76,5 +107,73 @@ pub(super) async fn run(
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// `HOST:PORT` of a replica as peers hash it: its URL's host with the peers' port.
+fn peer_key(base: &Url, port: u16) -> String {
+    // An IPv6 host comes in brackets, as a socket address shows it.
+    format!("{}:{port}", base.host_str().unwrap_or_default())
+}
+
+/// Which replica owns what one answer lists.
+struct Ownership {
+    /// The answering replica's key.
+    key: String,
+    kind: OwnershipKind,
+}
+
+enum OwnershipKind {
+    /// `task DIGEST`: the owner's key.
+    Task(String),
+    /// `tasks`: the digests listed here that another replica owns.
+    Tasks(Vec<String>),
+}
+
+impl Ownership {
+    /// Reads a `task` or `tasks` answer (`value`) of the replica `key` among `keys`.
+    fn of(value: &serde_json::Value, keys: &[String], key: &str) -> Ownership {
+        let owner = |d: &str| -> Option<String> {
+            let d: Digest = d.parse().ok()?;
+            rendezvous::owner(keys.iter().map(String::as_str), &d).map(str::to_owned)
+        };
+        let kind = match value["tasks"].as_array() {
+            Some(tasks) => OwnershipKind::Tasks(
+                tasks
+                    .iter()
+                    .filter_map(|t| t["digest"].as_str())
+                    .filter(|d| owner(d).is_some_and(|o| o != key))
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => {
+                OwnershipKind::Task(value["digest"].as_str().and_then(owner).unwrap_or_default())
+            }
+        };
+        Ownership {
+            key: key.to_owned(),
+            kind,
+        }
+    }
+
+    /// The line shown under the replica's section.
+    fn line(&self) -> String {
+        match &self.kind {
+            OwnershipKind::Task(o) if *o == self.key => {
+                format!("owner: this replica ({})\n", self.key)
+            }
+            OwnershipKind::Task(o) => format!(
+                "owner: {o} (this replica, {}, knows the task from before a move)\n",
+                self.key
+            ),
+            OwnershipKind::Tasks(n) if n.is_empty() => {
+                format!("this replica ({}) owns every task it lists\n", self.key)
+            }
+            OwnershipKind::Tasks(n) => format!(
+                "{} of these tasks another replica owns now (entries from before a move; this replica is {})\n",
+                n.len(),
+                self.key
+            ),
+        }
     }
 }
