@@ -11,7 +11,8 @@
 //! Variant ([`Policy::Queue`]): no per-piece exclusivity or hold; a request that
 //! finds every slot taken waits in a FIFO queue of at most `bound` requests (`BUSY`
 //! only when it is full), and a freed slot serves the oldest request at once. A
-//! prediction of item 1, not what the code does.
+//! prediction of item 1, not what the code does. [`Policy::QueueKeepHold`] keeps the
+//! per-piece hold and queues only what lacks a slot.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -23,8 +24,12 @@ pub use shoal_peer::transfer::server::{EXCLUSIVE_FOR, REUPLOAD_HOLD};
 pub enum Policy {
     /// What the code does: `BUSY`.
     Busy,
-    /// Model variant: queue up to this many requests.
+    /// Model variant: queue up to this many requests; no per-piece hold.
     Queue(usize),
+    /// Model variant: the per-piece hold as the code has it (`BUSY` for a piece on
+    /// its way to another child), but a request that only lacks a slot queues (up
+    /// to this many).
+    QueueKeepHold(usize),
 }
 
 /// A request for a piece, from a child (node index).
@@ -95,7 +100,7 @@ impl Server {
             return Answer::NotFound;
         }
         let answer = match self.policy {
-            Policy::Busy => {
+            Policy::Busy | Policy::QueueKeepHold(_) => {
                 self.holds.retain(|_, h| h.until.is_none_or(|t| t > now));
                 let held = self.holds.get(&req.index).is_some_and(|h| {
                     h.child != req.child
@@ -104,7 +109,11 @@ impl Server {
                             None => now.saturating_sub(h.started) < EXCLUSIVE_FOR,
                         }
                 });
-                if held || self.busy_slots >= self.slots {
+                let queue = match self.policy {
+                    Policy::QueueKeepHold(bound) => bound,
+                    _ => 0,
+                };
+                if held {
                     Answer::Busy
                 } else {
                     self.holds.insert(
@@ -115,7 +124,15 @@ impl Server {
                             until: None,
                         },
                     );
-                    Answer::Serve
+                    if self.busy_slots < self.slots {
+                        Answer::Serve
+                    } else if self.queue.len() < queue {
+                        self.queue.push_back(req);
+                        Answer::Queued
+                    } else {
+                        self.holds.remove(&req.index);
+                        Answer::Busy
+                    }
                 }
             }
             Policy::Queue(bound) => {

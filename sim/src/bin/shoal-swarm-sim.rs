@@ -6,7 +6,7 @@
 //! ```text
 //! shoal-swarm-sim [--peers 8] [--size 256MiB] [--rate 100mbit] [--slow-fraction 0]
 //!                 [--slow-factor 0.5] [--registry-rate RATE] [--latency 200us]
-//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--seed 1]
+//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--slots 8] [--seed 1]
 //! ```
 
 use std::process::ExitCode;
@@ -53,6 +53,13 @@ struct Args {
     /// requests instead of answering BUSY, without the per-piece hold (issue 17, item 1).
     #[arg(long)]
     queue: Option<usize>,
+    /// With --queue: keep the per-piece hold (BUSY for a piece on its way to another
+    /// child); only requests that lack a slot queue.
+    #[arg(long)]
+    keep_hold: bool,
+    /// Upload slots per node (the peer's default is 8).
+    #[arg(long, default_value_t = 8)]
+    slots: usize,
     /// Seed: same seed and flags, same output.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -132,13 +139,18 @@ fn run(a: &Args) -> anyhow::Result<()> {
         latency: a.latency,
         step: a.step,
         plan_interval: a.plan_interval,
-        policy: a.queue.map_or(Policy::Busy, Policy::Queue),
+        policy: match (a.queue, a.keep_hold) {
+            (None, _) => Policy::Busy,
+            (Some(n), false) => Policy::Queue(n),
+            (Some(n), true) => Policy::QueueKeepHold(n),
+        },
+        upload_slots: a.slots,
         seed: a.seed,
         ..Config::default()
     };
     println!("{cfg:?}");
-    if let Policy::Queue(n) = cfg.policy {
-        println!("MODEL VARIANT (prediction, not the code): parents queue up to {n} requests");
+    if cfg.policy != Policy::Busy {
+        println!("MODEL VARIANT (a prediction, not what the code does): {:?}", cfg.policy);
     }
     let wall = Instant::now();
     let cpu = cpu_secs();
