@@ -70,6 +70,8 @@ pub struct Config {
     pub seed: u64,
     /// Simulated time after which the run gives up.
     pub max_time: Duration,
+    /// Print a progress line to stderr every 10 simulated seconds.
+    pub progress: bool,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             planner: PlannerConfig::default(),
             seed: 1,
             max_time: Duration::from_secs(3600),
+            progress: false,
         }
     }
 }
@@ -322,6 +325,15 @@ impl Swarm {
             self.advance_flows();
             self.t += self.cfg.step;
             left = self.nodes.iter().filter(|n| n.done_at.is_none()).count();
+            if self.cfg.progress && self.t.as_millis() % 10_000 < self.cfg.step.as_millis() {
+                eprintln!(
+                    "t={:.0}s: {} of {} nodes complete, {} flows",
+                    self.t.as_secs_f64(),
+                    self.nodes.len() - left,
+                    self.nodes.len(),
+                    self.flows.len()
+                );
+            }
         }
         Outcome {
             nodes: self

@@ -60,6 +60,9 @@ struct Args {
     /// Upload slots per node (the peer's default is 8).
     #[arg(long, default_value_t = 8)]
     slots: usize,
+    /// Print progress to stderr every 10 simulated seconds.
+    #[arg(long)]
+    progress: bool,
     /// Seed: same seed and flags, same output.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -145,6 +148,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
             (Some(n), true) => Policy::QueueKeepHold(n),
         },
         upload_slots: a.slots,
+        progress: a.progress,
         seed: a.seed,
         ..Config::default()
     };
