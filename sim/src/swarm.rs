@@ -131,9 +131,18 @@ enum Msg {
     /// A piece request reaches the parent.
     Request { parent: usize, req: Request },
     /// The parent's answer (`BUSY`, `NOT_FOUND`) reaches the child.
-    Refused { child: usize, parent: usize, index: u32, busy: bool },
+    Refused {
+        child: usize,
+        parent: usize,
+        index: u32,
+        busy: bool,
+    },
     /// A piece's last byte reaches the child.
-    Piece { child: usize, parent: usize, index: u32 },
+    Piece {
+        child: usize,
+        parent: usize,
+        index: u32,
+    },
     /// The child's acknowledgement reaches the parent: its slot is free.
     Acked { parent: usize, req: Request },
     /// Upstream's first byte reaches the node.
@@ -142,8 +151,17 @@ enum Msg {
 
 #[derive(Debug, Clone, Copy)]
 enum Flow {
-    Piece { parent: usize, child: usize, index: u32, left: f64 },
-    Upstream { node: usize, index: u32, left: f64 },
+    Piece {
+        parent: usize,
+        child: usize,
+        index: u32,
+        left: f64,
+    },
+    Upstream {
+        node: usize,
+        index: u32,
+        left: f64,
+    },
 }
 
 impl Flow {
@@ -200,7 +218,10 @@ impl Swarm {
     /// A swarm as `cfg` says; nothing has happened yet.
     pub fn new(cfg: Config) -> anyhow::Result<Self> {
         anyhow::ensure!(cfg.peers >= 1, "at least one peer");
-        anyhow::ensure!(cfg.rate > 0.0 && cfg.registry_rate > 0.0, "rates must be positive");
+        anyhow::ensure!(
+            cfg.rate > 0.0 && cfg.registry_rate > 0.0,
+            "rates must be positive"
+        );
         anyhow::ensure!(!cfg.step.is_zero(), "the time step must be positive");
         let shape = TaskShape::for_size(cfg.size)?;
         anyhow::ensure!(shape.piece_count() > 0, "the blob is empty");
@@ -477,11 +498,24 @@ impl Swarm {
                         answer => {
                             let busy = answer == Answer::Busy;
                             let (child, index) = (req.child, req.index);
-                            self.send(self.t + lat, Msg::Refused { child, parent, index, busy });
+                            self.send(
+                                self.t + lat,
+                                Msg::Refused {
+                                    child,
+                                    parent,
+                                    index,
+                                    busy,
+                                },
+                            );
                         }
                     }
                 }
-                Msg::Refused { child, parent, index, busy } => {
+                Msg::Refused {
+                    child,
+                    parent,
+                    index,
+                    busy,
+                } => {
                     let pid = self.nodes[parent].id.clone();
                     let node = &mut self.nodes[child];
                     if busy {
@@ -491,7 +525,11 @@ impl Swarm {
                     }
                     node.wake = true;
                 }
-                Msg::Piece { child, parent, index } => {
+                Msg::Piece {
+                    child,
+                    parent,
+                    index,
+                } => {
                     let pid = self.nodes[parent].id.clone();
                     self.piece_arrived(child, index, Origin::Parent(pid.as_str()));
                 }
@@ -556,15 +594,32 @@ impl Swarm {
         }
         // Deterministic order whatever the slots were.
         finished.sort_by_key(|f| match *f {
-            Flow::Piece { parent, child, index, .. } => (0, parent, child, index),
+            Flow::Piece {
+                parent,
+                child,
+                index,
+                ..
+            } => (0, parent, child, index),
             Flow::Upstream { node, index, .. } => (1, node, node, index),
         });
         let lat = self.cfg.latency;
         for f in finished {
             match f {
-                Flow::Piece { parent, child, index, .. } => {
+                Flow::Piece {
+                    parent,
+                    child,
+                    index,
+                    ..
+                } => {
                     let req = Request { child, index };
-                    self.send(self.t + lat, Msg::Piece { child, parent, index });
+                    self.send(
+                        self.t + lat,
+                        Msg::Piece {
+                            child,
+                            parent,
+                            index,
+                        },
+                    );
                     self.send(self.t + lat * 2, Msg::Acked { parent, req });
                 }
                 Flow::Upstream { node, index, .. } => {

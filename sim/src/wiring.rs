@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use shoal_peer::engine::{ParentRef, PlanParent, PlanUpdate};
 use shoal_peer::scheduler_link::Report;
-use shoal_scheduler::core::{self as sched, CoreError, ErrorKind, PeerId, PeerInfo, PieceDone, Scheduler};
+use shoal_scheduler::core::{
+    self as sched, CoreError, ErrorKind, PeerId, PeerInfo, PieceDone, Scheduler,
+};
 
 /// The peer info a simulated node joins with (default upload slots).
 pub fn peer_info(id: &PeerId, n: usize, addr: SocketAddr) -> PeerInfo {

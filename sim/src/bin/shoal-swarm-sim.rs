@@ -72,7 +72,9 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().with_context(|| format!("{s:?} is not a size like 256MiB"))?;
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("{s:?} is not a size like 256MiB"))?;
     let mult: u64 = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -80,15 +82,21 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
         "GiB" => 1 << 30,
         _ => bail!("{s:?}: the unit must be B, KiB, MiB or GiB"),
     };
-    n.checked_mul(mult).filter(|b| *b > 0).with_context(|| format!("{s:?} is out of range"))
+    n.checked_mul(mult)
+        .filter(|b| *b > 0)
+        .with_context(|| format!("{s:?} is out of range"))
 }
 
 /// A rate in bits/s (`kbit`, `mbit`, `gbit`, or none: bits/s) → bytes/s.
 fn parse_rate(s: &str) -> anyhow::Result<f64> {
     let t = s.trim().to_ascii_lowercase();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: f64 = n.parse().with_context(|| format!("{s:?} is not a rate like 100mbit"))?;
+    let n: f64 = n
+        .parse()
+        .with_context(|| format!("{s:?} is not a rate like 100mbit"))?;
     let mult = match unit {
         "" | "bit" => 1.0,
         "kbit" => 1e3,
@@ -105,9 +113,13 @@ fn parse_rate(s: &str) -> anyhow::Result<f64> {
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: f64 = n.parse().with_context(|| format!("{s:?} is not a duration like 5ms"))?;
+    let n: f64 = n
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 5ms"))?;
     let secs = match unit {
         "us" => n / 1e6,
         "ms" => n / 1e3,
@@ -129,7 +141,8 @@ fn main() -> ExitCode {
 }
 
 fn run(a: &Args) -> anyhow::Result<()> {
-    if !(0.0..=1.0).contains(&a.slow_fraction) || !(a.slow_factor > 0.0 && a.slow_factor <= 1.0) {
+    let factor_ok = a.slow_factor > 0.0 && a.slow_factor <= 1.0;
+    if !(0.0..=1.0).contains(&a.slow_fraction) || !factor_ok {
         bail!("--slow-fraction must be in [0, 1] and --slow-factor in (0, 1]");
     }
     let cfg = Config {
@@ -154,7 +167,10 @@ fn run(a: &Args) -> anyhow::Result<()> {
     };
     println!("{cfg:?}");
     if cfg.policy != Policy::Busy {
-        println!("MODEL VARIANT (a prediction, not what the code does): {:?}", cfg.policy);
+        println!(
+            "MODEL VARIANT (a prediction, not what the code does): {:?}",
+            cfg.policy
+        );
     }
     let wall = Instant::now();
     let cpu = cpu_secs();
@@ -167,12 +183,18 @@ fn run(a: &Args) -> anyhow::Result<()> {
         cpu_secs() - cpu
     );
     if outcome.refused_reports > 0 {
-        println!("warning: {} reports or plans were refused", outcome.refused_reports);
+        println!(
+            "warning: {} reports or plans were refused",
+            outcome.refused_reports
+        );
     }
     println!("{}", figures.summary());
     println!("{}", figures.line());
     if figures.completed < figures.nodes {
-        bail!("{} nodes did not complete", figures.nodes - figures.completed);
+        bail!(
+            "{} nodes did not complete",
+            figures.nodes - figures.completed
+        );
     }
     Ok(())
 }
