@@ -113,26 +113,22 @@ impl Server {
                     Policy::QueueKeepHold(bound) => bound,
                     _ => 0,
                 };
+                let hold = Hold {
+                    child: req.child,
+                    started: now,
+                    until: None,
+                };
                 if held {
                     Answer::Busy
+                } else if self.busy_slots < self.slots {
+                    self.holds.insert(req.index, hold);
+                    Answer::Serve
+                } else if self.queue.len() < queue {
+                    self.holds.insert(req.index, hold);
+                    self.queue.push_back(req);
+                    Answer::Queued
                 } else {
-                    self.holds.insert(
-                        req.index,
-                        Hold {
-                            child: req.child,
-                            started: now,
-                            until: None,
-                        },
-                    );
-                    if self.busy_slots < self.slots {
-                        Answer::Serve
-                    } else if self.queue.len() < queue {
-                        self.queue.push_back(req);
-                        Answer::Queued
-                    } else {
-                        self.holds.remove(&req.index);
-                        Answer::Busy
-                    }
+                    Answer::Busy
                 }
             }
             Policy::Queue(bound) => {
