@@ -21,6 +21,8 @@ pub struct Figures {
     pub max_ratio: f64,
     /// The back-to-source nodes' ratio (the largest, if several).
     pub source_ratio: f64,
+    /// The back-to-source node's downlink ÷ the fastest node's.
+    pub source_rate: f64,
     /// Upstream bytes ÷ blob.
     pub egress_ratio: f64,
     /// Pieces uploaded by the busiest node, in copies of the blob.
@@ -60,6 +62,16 @@ impl Figures {
                 .filter(|n| n.source)
                 .map(ratio)
                 .fold(0.0, f64::max),
+            source_rate: o
+                .nodes
+                .iter()
+                .filter(|n| n.source)
+                .map(|n| n.down)
+                .fold(0.0, f64::max)
+                / o.nodes
+                    .iter()
+                    .map(|n| n.down)
+                    .fold(f64::MIN_POSITIVE, f64::max),
             egress_ratio: o.upstream_bytes as f64 / size as f64,
             max_upload_copies: o.nodes.iter().map(|n| n.served).max().unwrap_or(0) as f64
                 / f64::from(o.pieces.max(1)),
@@ -80,8 +92,13 @@ impl Figures {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{} of {} nodes complete; p50 {:.3} × line rate, max {:.3}; back-to-source {:.3}",
-            self.completed, self.nodes, self.p50_ratio, self.max_ratio, self.source_ratio
+            "{} of {} nodes complete; p50 {:.3} × line rate, max {:.3}; back-to-source {:.3} (its link at {:.2} × the fastest)",
+            self.completed,
+            self.nodes,
+            self.p50_ratio,
+            self.max_ratio,
+            self.source_ratio,
+            self.source_rate
         );
         let _ = write!(
             s,

@@ -228,9 +228,13 @@ impl Swarm {
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let mut order: Vec<usize> = (0..cfg.peers).collect();
         order.shuffle(&mut rng);
+        // The slow nodes: drawn apart from the join order (so the back-to-source
+        // node, the first to join, is slow as often as any other).
+        let mut by_rate: Vec<usize> = (0..cfg.peers).collect();
+        by_rate.shuffle(&mut rng);
         let slow = (cfg.slow_fraction * cfg.peers as f64).round() as usize;
         let mut rates = vec![cfg.rate; cfg.peers];
-        for &n in &order[..slow.min(cfg.peers)] {
+        for &n in &by_rate[..slow.min(cfg.peers)] {
             rates[n] = cfg.rate * cfg.slow_factor;
         }
         let start = Instant::now();
