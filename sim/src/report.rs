@@ -27,6 +27,8 @@ pub struct Figures {
     pub egress_ratio: f64,
     /// Pieces uploaded by the busiest node, in copies of the blob.
     pub max_upload_copies: f64,
+    /// The back-to-source node's uploads, in copies of the blob.
+    pub source_upload_copies: f64,
     /// `BUSY` answers in all.
     pub busy_answers: u64,
 }
@@ -75,6 +77,14 @@ impl Figures {
             egress_ratio: o.upstream_bytes as f64 / size as f64,
             max_upload_copies: o.nodes.iter().map(|n| n.served).max().unwrap_or(0) as f64
                 / f64::from(o.pieces.max(1)),
+            source_upload_copies: o
+                .nodes
+                .iter()
+                .filter(|n| n.source)
+                .map(|n| n.served)
+                .max()
+                .unwrap_or(0) as f64
+                / f64::from(o.pieces.max(1)),
             busy_answers: o.nodes.iter().map(|n| n.busy_answers).sum(),
         }
     }
@@ -102,8 +112,8 @@ impl Figures {
         );
         let _ = write!(
             s,
-            "upstream {:.3} copies; busiest uploader {:.2} copies; {} BUSY answers",
-            self.egress_ratio, self.max_upload_copies, self.busy_answers
+            "upstream {:.3} copies; busiest uploader {:.2} copies, back-to-source {:.2}; {} BUSY answers",
+            self.egress_ratio, self.max_upload_copies, self.source_upload_copies, self.busy_answers
         );
         s
     }

@@ -65,6 +65,11 @@ pub struct Config {
     pub upload_slots: usize,
     /// The planner's knobs (the peer's defaults).
     pub planner: PlannerConfig,
+    /// Parents per plan (the scheduler's `max_parents`, default 8).
+    pub max_parents: usize,
+    /// Downloads one peer serves at once (the scheduler's `max_children_per_parent`,
+    /// default 8).
+    pub max_children: u32,
     /// Seed of everything random (join order, slow nodes, the cores' and the
     /// scheduler's tie-breaks).
     pub seed: u64,
@@ -89,6 +94,8 @@ impl Default for Config {
             policy: Policy::Busy,
             upload_slots: 8,
             planner: PlannerConfig::default(),
+            max_parents: CoreConfig::default().max_parents,
+            max_children: CoreConfig::default().max_children_per_parent,
             seed: 1,
             max_time: Duration::from_secs(3600),
             progress: false,
@@ -272,6 +279,8 @@ impl Swarm {
         let mut swarm = Swarm {
             sched: Scheduler::new(CoreConfig {
                 seed: cfg.seed,
+                max_parents: cfg.max_parents,
+                max_children_per_parent: cfg.max_children,
                 ..CoreConfig::default()
             }),
             cfg,

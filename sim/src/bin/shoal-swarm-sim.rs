@@ -6,7 +6,8 @@
 //! ```text
 //! shoal-swarm-sim [--peers 8] [--size 256MiB] [--rate 100mbit] [--slow-fraction 0]
 //!                 [--slow-factor 0.5] [--registry-rate RATE] [--latency 200us]
-//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--slots 8] [--seed 1]
+//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--slots 8] [--window 16]
+//!                 [--busy-backoff 100ms] [--max-parents 8] [--max-children 8] [--seed 1]
 //! ```
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use shoal_peer::engine::PlannerConfig;
 use shoal_sim::report::Figures;
 use shoal_sim::server::Policy;
 use shoal_sim::swarm::{Config, Swarm};
@@ -60,6 +62,18 @@ struct Args {
     /// Upload slots per node (the peer's default is 8).
     #[arg(long, default_value_t = 8)]
     slots: usize,
+    /// The planner's in-order window (the peer's default is 16).
+    #[arg(long, default_value_t = 16)]
+    window: u32,
+    /// The planner's BUSY backoff (the peer's default is 100 ms).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    busy_backoff: Duration,
+    /// Parents per plan (the scheduler's default is 8).
+    #[arg(long, default_value_t = 8)]
+    max_parents: usize,
+    /// Downloads one peer serves at once (the scheduler's default is 8).
+    #[arg(long, default_value_t = 8)]
+    max_children: u32,
     /// Print progress to stderr every 10 simulated seconds.
     #[arg(long)]
     progress: bool,
@@ -162,6 +176,13 @@ fn run(a: &Args) -> anyhow::Result<()> {
         },
         upload_slots: a.slots,
         progress: a.progress,
+        planner: PlannerConfig {
+            window: a.window,
+            busy_backoff: a.busy_backoff,
+            ..PlannerConfig::default()
+        },
+        max_parents: a.max_parents,
+        max_children: a.max_children,
         seed: a.seed,
         ..Config::default()
     };
