@@ -1,4 +1,4 @@
-//! The glue between a peer's [`DownloadCore`] and the scheduler core, as the peer's
+//! The glue between a peer's [`DownloadCore`](shoal_peer::engine::DownloadCore) and the scheduler core, as the peer's
 //! scheduler link and the scheduler's gRPC service do it, without the wire: plan
 //! updates converted to the peer's form, reports applied to the scheduler.
 
