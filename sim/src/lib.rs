@@ -5,6 +5,7 @@
 //! clock and no threads. Same configuration and seed, same output.
 //!
 //! Layout:
+//! - [`config`]: what to simulate.
 //! - [`link`]: per-node uplinks and downlinks shared max-min fairly by the flows.
 //! - [`server`]: a node's upload side (slots, `BUSY`, the per-piece hold), with
 //!   the real constants; and a queueing variant (a prediction, labelled as such).
@@ -15,6 +16,7 @@
 //! What is modelled and what is not: see `docs/benchmarks.md`, "Simulating large
 //! swarms", and [`swarm`].
 
+pub mod config;
 pub mod link;
 pub mod report;
 pub mod server;
