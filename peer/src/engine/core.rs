@@ -7,7 +7,7 @@
 //! the caller, and decisions come out as [`Action`]s, drained with
 //! [`DownloadCore::take_actions`] and carried out by the driver
 //! (`driver.rs`), which feeds the outcomes back in. The swarm simulation in
-//! `peer/tests/engine_sim.rs` drives many cores against the real scheduler core.
+//! `sim/tests/engine_sim.rs` drives many cores against the real scheduler core.
 //!
 //! Reporting rules (the scheduler ends a session on a report it refuses): nothing
 //! is reported without an open plan; hashes only while back-to-source; a piece

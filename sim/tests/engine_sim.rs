@@ -1,7 +1,10 @@
 //! A deterministic whole-swarm simulation: real peer download cores
 //! ([`DownloadCore`], with the real planner) and the real scheduler core
 //! ([`Scheduler`]), wired in memory and driven in steps of 100 ms until idle,
-//! in the style of quinn's `Pair::drive`. No sockets, no clock, no threads.
+//! in the style of quinn's `Pair::drive`. No sockets, no clock, no threads. The
+//! glue between the cores is `shoal_sim::wiring`, shared with the swarm simulator
+//! (`shoal-swarm-sim`), which adds a link model; this test checks correctness, with
+//! a liar among the peers, not speed.
 //!
 //! 24 peers join in random order and want one blob; one of them is a liar
 //! that serves every piece corrupted. Each step a parent uploads at most two
@@ -22,14 +25,11 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
-use shoal_peer::engine::{
-    Action, DownloadCore, Origin, ParentRef, PlanParent, PlanUpdate, PlannerConfig, Verdict,
-};
+use shoal_peer::engine::{Action, DownloadCore, Origin, PlannerConfig, Verdict};
 use shoal_peer::scheduler_link::Report;
 use shoal_proto::{Digest, PieceSet, TaskShape};
-use shoal_scheduler::core::{
-    self as sched, CoreConfig, Effect, PeerId, PeerInfo, PieceDone, PlanId, Scheduler,
-};
+use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PlanId, Scheduler};
+use shoal_sim::wiring;
 
 const PEERS: usize = 24;
 const SIZE: u64 = 256 << 20;
@@ -138,37 +138,6 @@ impl Sim {
         }
     }
 
-    fn info(p: &SimPeer) -> PeerInfo {
-        PeerInfo {
-            id: p.id.clone(),
-            hostname: format!("node-{}", p.n),
-            addr: p.addr,
-            zone: String::new(),
-            rack: String::new(),
-            upload_slots: 0,
-        }
-    }
-
-    /// The scheduler's plan update, as the peer's link would convert it.
-    fn convert(update: sched::PlanUpdate) -> PlanUpdate {
-        PlanUpdate {
-            shape: update.shape,
-            hashes: update.piece_hashes,
-            parents: update
-                .parents
-                .into_iter()
-                .map(|o| PlanParent {
-                    r: ParentRef {
-                        id: o.id.as_str().to_string(),
-                        addr: o.addr,
-                    },
-                    pieces: (!o.complete).then_some(o.pieces),
-                })
-                .collect(),
-            back_to_source: update.back_to_source,
-        }
-    }
-
     /// Delivers the scheduler's effects to the peers' cores.
     fn deliver(&mut self) {
         for effect in self.sched.drain_effects() {
@@ -180,7 +149,7 @@ impl Sim {
                     if p.plan != Some(plan) {
                         continue;
                     }
-                    let u = Self::convert(update);
+                    let u = wiring::convert(update);
                     p.offered = u.parents.iter().map(|o| o.r.id.clone()).collect();
                     p.core.on_plan(&u).expect("the scheduler's plan is usable");
                     self.act(&peer);
@@ -276,49 +245,33 @@ impl Sim {
     /// A report reaches the scheduler: it must be accepted.
     fn report(&mut self, id: &PeerId, r: Report) {
         let now = self.now;
-        let result = match r {
-            Report::Started { digest, size } => self.sched.task_started(now, id, digest, size),
-            Report::Pieces { digest, pieces } => {
-                let p = self.peers.get_mut(id).unwrap();
-                for (i, _) in &pieces {
-                    assert!(p.reported.insert(*i), "{id} reported piece {i} twice");
-                }
-                let done: Vec<PieceDone> = pieces
-                    .into_iter()
-                    .map(|(index, hash)| PieceDone { index, hash })
-                    .collect();
-                self.sched
-                    .report_pieces(now, id, digest, &done)
-                    .map(|ignored| assert_eq!(ignored, None, "{id}: part of a report ignored"))
+        if let Report::Pieces { pieces, .. } = &r {
+            let p = self.peers.get_mut(id).unwrap();
+            for (i, _) in pieces {
+                assert!(p.reported.insert(*i), "{id} reported piece {i} twice");
             }
-            Report::Complete(digest) => self.sched.task_complete(now, id, digest),
-            Report::BadParent { digest, parent, .. } => {
-                self.bad_parent_reports += 1;
-                let parent = PeerId::parse(&parent).unwrap();
-                if self.peers.get(&parent).is_some_and(|p| p.liar) {
-                    self.liar_reporters.insert(id.clone());
+        }
+        let pieces = matches!(r, Report::Pieces { .. });
+        let honest = !self.peers[id].liar;
+        match wiring::apply_report(&mut self.sched, now, id, r) {
+            Ok(applied) => {
+                if let Some(parent) = &applied.bad_parent {
+                    self.bad_parent_reports += 1;
+                    if self.peers.get(parent).is_some_and(|p| p.liar) {
+                        self.liar_reporters.insert(id.clone());
+                    }
                 }
-                let honest = !self.peers[id].liar;
-                self.sched
-                    .bad_parent(now, id, digest, &parent)
-                    .map(|ignored| {
-                        // An honest peer names only parents it was offered,
-                        // and far fewer than would make it suspect.
-                        assert!(
-                            !honest || ignored.is_none(),
-                            "{id}: bad-parent report ignored: {ignored:?}"
-                        );
-                    })
+                // An honest peer names only parents it was offered, and far fewer
+                // than would make it suspect; no piece report is ignored.
+                assert!(
+                    !(honest || pieces) || applied.ignored.is_none(),
+                    "{id}: part of a report ignored: {:?}",
+                    applied.ignored
+                );
             }
-            Report::Evicted(digest) => self.sched.task_evicted(now, id, digest),
-            Report::DigestMismatch(digest) => self.sched.digest_mismatch(now, id, digest).map(drop),
-        };
-        // A peer reported bad for the task is not believed any more (by design);
-        // an honest peer's report is never refused.
-        if let Err(e) = result
-            && !self.peers[id].liar
-        {
-            panic!("the scheduler refused a report of {id}: {e}");
+            // A peer reported bad for the task is not believed any more (by
+            // design); an honest peer's report is never refused.
+            Err(e) => assert!(!honest, "the scheduler refused a report of {id}: {e}"),
         }
     }
 
@@ -330,7 +283,8 @@ impl Sim {
         let ids: Vec<PeerId> = self.peers.keys().cloned().collect();
         for id in &ids {
             if self.peers[id].join_at == self.step {
-                let info = Self::info(&self.peers[id]);
+                let p = &self.peers[id];
+                let info = wiring::peer_info(&p.id, p.n, p.addr);
                 self.sched.join(now, info, vec![]).unwrap();
                 self.sched.session_opened(now, id).unwrap();
                 let plan = self.sched.open_plan(now, id, self.digest, 0).unwrap();

@@ -1,0 +1,233 @@
+//! `shoal-swarm-sim`: simulates one swarm pulling one blob (see the `shoal_sim`
+//! crate and `docs/benchmarks.md`, "Simulating large swarms") and prints its
+//! figures, then one line in the format of `scripts/bench-swarm`:
+//! `mode=sim nodes=… size=… p50_ratio=… max_ratio=… egress_ratio=…`.
+//!
+//! ```text
+//! shoal-swarm-sim [--peers 8] [--size 256MiB] [--rate 100mbit] [--slow-fraction 0]
+//!                 [--slow-factor 0.5] [--registry-rate RATE] [--latency 200us]
+//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--slots 8] [--window 16]
+//!                 [--busy-backoff 100ms] [--max-parents 8] [--max-children 8] [--seed 1]
+//! ```
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use shoal_peer::engine::PlannerConfig;
+use shoal_sim::report::Figures;
+use shoal_sim::server::Policy;
+use shoal_sim::swarm::{Config, Swarm};
+
+/// Simulates a Shoal swarm (real scheduler and peer cores, modelled links).
+#[derive(Debug, Parser)]
+#[command(name = "shoal-swarm-sim")]
+struct Args {
+    /// Nodes pulling the blob, all at the same instant.
+    #[arg(long, default_value_t = 8)]
+    peers: usize,
+    /// Blob size (B, KiB, MiB, GiB).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    size: u64,
+    /// Line rate of a node, up and down (`100mbit`, `1gbit`, `12500000` bytes/s… as bits: kbit, mbit, gbit).
+    #[arg(long, default_value = "100mbit", value_parser = parse_rate)]
+    rate: f64,
+    /// Fraction of the nodes whose links are slower (by --slow-factor).
+    #[arg(long, default_value_t = 0.0)]
+    slow_fraction: f64,
+    /// Rate factor of the slow nodes.
+    #[arg(long, default_value_t = 0.5)]
+    slow_factor: f64,
+    /// The registry's uplink (default: --rate).
+    #[arg(long, value_parser = parse_rate)]
+    registry_rate: Option<f64>,
+    /// One-way latency of every message (`200us`, `1ms`).
+    #[arg(long, default_value = "200us", value_parser = parse_duration)]
+    latency: Duration,
+    /// Time step of the simulation.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    step: Duration,
+    /// The scheduler's plan interval.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    plan_interval: Duration,
+    /// Model variant (a prediction, not what the code does): parents queue up to N
+    /// requests instead of answering BUSY, without the per-piece hold (issue 17, item 1).
+    #[arg(long)]
+    queue: Option<usize>,
+    /// With --queue: keep the per-piece hold (BUSY for a piece on its way to another
+    /// child); only requests that lack a slot queue.
+    #[arg(long)]
+    keep_hold: bool,
+    /// Upload slots per node (the peer's default is 8).
+    #[arg(long, default_value_t = 8)]
+    slots: usize,
+    /// The planner's in-order window (the peer's default is 16).
+    #[arg(long, default_value_t = 16)]
+    window: u32,
+    /// The planner's BUSY backoff (the peer's default is 100 ms).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    busy_backoff: Duration,
+    /// Parents per plan (the scheduler's default is 8).
+    #[arg(long, default_value_t = 8)]
+    max_parents: usize,
+    /// Downloads one peer serves at once (the scheduler's default is 8).
+    #[arg(long, default_value_t = 8)]
+    max_children: u32,
+    /// Print progress to stderr every 10 simulated seconds.
+    #[arg(long)]
+    progress: bool,
+    /// Seed: same seed and flags, same output.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("{s:?} is not a size like 256MiB"))?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => bail!("{s:?}: the unit must be B, KiB, MiB or GiB"),
+    };
+    n.checked_mul(mult)
+        .filter(|b| *b > 0)
+        .with_context(|| format!("{s:?} is out of range"))
+}
+
+/// A rate in bits/s (`kbit`, `mbit`, `gbit`, or none: bits/s) → bytes/s.
+fn parse_rate(s: &str) -> anyhow::Result<f64> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .with_context(|| format!("{s:?} is not a rate like 100mbit"))?;
+    let mult = match unit {
+        "" | "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        _ => bail!("{s:?}: the unit must be bit, kbit, mbit or gbit"),
+    };
+    let bytes = n * mult / 8.0;
+    if !(bytes.is_finite() && bytes > 0.0) {
+        bail!("{s:?}: the rate must be positive");
+    }
+    Ok(bytes)
+}
+
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 5ms"))?;
+    let secs = match unit {
+        "us" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        _ => bail!("{s:?}: the unit must be us, ms or s"),
+    };
+    Duration::try_from_secs_f64(secs).with_context(|| format!("{s:?} is out of range"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal-swarm-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: &Args) -> anyhow::Result<()> {
+    let factor_ok = a.slow_factor > 0.0 && a.slow_factor <= 1.0;
+    if !(0.0..=1.0).contains(&a.slow_fraction) || !factor_ok {
+        bail!("--slow-fraction must be in [0, 1] and --slow-factor in (0, 1]");
+    }
+    let cfg = Config {
+        peers: a.peers,
+        size: a.size,
+        rate: a.rate,
+        slow_fraction: a.slow_fraction,
+        slow_factor: a.slow_factor,
+        registry_rate: a.registry_rate.unwrap_or(a.rate),
+        latency: a.latency,
+        step: a.step,
+        plan_interval: a.plan_interval,
+        policy: match (a.queue, a.keep_hold) {
+            (None, _) => Policy::Busy,
+            (Some(n), false) => Policy::Queue(n),
+            (Some(n), true) => Policy::QueueKeepHold(n),
+        },
+        upload_slots: a.slots,
+        progress: a.progress,
+        planner: PlannerConfig {
+            window: a.window,
+            busy_backoff: a.busy_backoff,
+            ..PlannerConfig::default()
+        },
+        max_parents: a.max_parents,
+        max_children: a.max_children,
+        seed: a.seed,
+        ..Config::default()
+    };
+    println!("{cfg:?}");
+    if cfg.policy != Policy::Busy {
+        println!(
+            "MODEL VARIANT (a prediction, not what the code does): {:?}",
+            cfg.policy
+        );
+    }
+    let wall = Instant::now();
+    let cpu = cpu_secs();
+    let outcome = Swarm::new(cfg)?.run();
+    let figures = Figures::of(&outcome, a.size);
+    println!(
+        "simulated {:.1} s in {:.1} s wall, {:.1} s CPU",
+        outcome.elapsed.as_secs_f64(),
+        wall.elapsed().as_secs_f64(),
+        cpu_secs() - cpu
+    );
+    if outcome.refused_reports > 0 {
+        println!(
+            "warning: {} reports or plans were refused",
+            outcome.refused_reports
+        );
+    }
+    println!("{}", figures.summary());
+    println!("{}", figures.line());
+    if figures.completed < figures.nodes {
+        bail!(
+            "{} nodes did not complete",
+            figures.nodes - figures.completed
+        );
+    }
+    Ok(())
+}
+
+/// CPU seconds this process used (user + system), from /proc; 0 where unknown.
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}

@@ -1,0 +1,74 @@
+//! What a simulation run is: the swarm's size, the blob, the links and the knobs of
+//! the real cores it drives.
+
+use std::time::Duration;
+
+use shoal_peer::engine::PlannerConfig;
+use shoal_scheduler::core::CoreConfig;
+
+use crate::server::Policy;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Nodes.
+    pub peers: usize,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Line rate of a full-rate node, bytes/s, up and down.
+    pub rate: f64,
+    /// Fraction of the nodes whose links run at `slow_factor` × `rate`.
+    pub slow_fraction: f64,
+    /// Rate factor of the slow nodes.
+    pub slow_factor: f64,
+    /// The registry's uplink, bytes/s.
+    pub registry_rate: f64,
+    /// One-way latency of every message.
+    pub latency: Duration,
+    /// Time step.
+    pub step: Duration,
+    /// The scheduler's plan interval (its flush).
+    pub plan_interval: Duration,
+    /// How a parent answers what it cannot serve at once.
+    pub policy: Policy,
+    /// Upload slots per node.
+    pub upload_slots: usize,
+    /// The planner's knobs (the peer's defaults).
+    pub planner: PlannerConfig,
+    /// Parents per plan (the scheduler's `max_parents`, default 8).
+    pub max_parents: usize,
+    /// Downloads one peer serves at once (the scheduler's `max_children_per_parent`,
+    /// default 8).
+    pub max_children: u32,
+    /// Seed of everything random (join order, slow nodes, the cores' and the
+    /// scheduler's tie-breaks).
+    pub seed: u64,
+    /// Simulated time after which the run gives up.
+    pub max_time: Duration,
+    /// Print a progress line to stderr every 10 simulated seconds.
+    pub progress: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            peers: 8,
+            size: 256 << 20,
+            rate: 100e6 / 8.0,
+            slow_fraction: 0.0,
+            slow_factor: 0.5,
+            registry_rate: 100e6 / 8.0,
+            latency: Duration::from_micros(200),
+            step: Duration::from_millis(5),
+            plan_interval: Duration::from_millis(100),
+            policy: Policy::Busy,
+            upload_slots: 8,
+            planner: PlannerConfig::default(),
+            max_parents: CoreConfig::default().max_parents,
+            max_children: CoreConfig::default().max_children_per_parent,
+            seed: 1,
+            max_time: Duration::from_secs(3600),
+            progress: false,
+        }
+    }
+}

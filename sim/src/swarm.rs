@@ -1,0 +1,621 @@
+//! The swarm: N nodes that all start pulling one blob at the same instant, each a
+//! real [`DownloadCore`] driven as `peer/src/engine/driver.rs` drives it, against
+//! the real [`Scheduler`] flushed every plan interval; bytes move over [`Links`].
+//!
+//! Modelled: per-node uplink and downlink rates (a fraction of the nodes slower),
+//! the registry's uplink, a one-way latency on every message (requests, `BUSY`,
+//! `NOT_FOUND`, a piece's last byte, the child's acknowledgement that frees the
+//! parent's slot, the first byte from upstream); the parent's upload rules
+//! ([`crate::server`]); the planner's limits (requests in flight per download and
+//! per parent, the `BUSY` backoff, the in-order window), the driver's 200 ms tick
+//! and its wake-up when a `BUSY` backoff ends or a piece or plan arrives; the
+//! scheduler's plan interval. The reader (containerd) reads every piece as soon as
+//! it is contiguous.
+//!
+//! Not modelled: CPU (hashing, TLS, copies), disk, congestion control (slow start,
+//! loss, Cubic's sawtooth: a flow gets its fair share at once), QUIC flow-control
+//! windows, the latency between peers and the scheduler (reports and plans reach
+//! the other side within the step), the time between time steps (events are handled
+//! at the step they fall in).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use shoal_peer::engine::{Action, DownloadCore, Origin, Verdict};
+use shoal_proto::{Digest, PieceSet, TaskShape};
+use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PlanId, Scheduler};
+
+pub use crate::config::Config;
+use crate::link::Links;
+use crate::server::{Answer, Request, Server};
+use crate::wiring;
+
+/// The driver's tick (`peer/src/engine/driver.rs`, `TICK`).
+pub const DRIVER_TICK: Duration = Duration::from_millis(200);
+/// How often a node heartbeats the scheduler here (well within its peer TTL).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// One node's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeResult {
+    /// Its downlink rate, bytes/s.
+    pub down: f64,
+    /// When it held every piece (`None`: never).
+    pub done_at: Option<Duration>,
+    /// It streamed from upstream.
+    pub source: bool,
+    /// Pieces it uploaded.
+    pub served: u64,
+    /// Requests it answered `BUSY`.
+    pub busy_answers: u64,
+}
+
+/// A run's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Per node, in node order.
+    pub nodes: Vec<NodeResult>,
+    /// Bytes upstream sent.
+    pub upstream_bytes: u64,
+    /// Simulated time at the end.
+    pub elapsed: Duration,
+    /// Reports the scheduler refused (a real session would end): should be 0.
+    pub refused_reports: u64,
+    /// Pieces the blob has.
+    pub pieces: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Msg {
+    /// A piece request reaches the parent.
+    Request { parent: usize, req: Request },
+    /// The parent's answer (`BUSY`, `NOT_FOUND`) reaches the child.
+    Refused {
+        child: usize,
+        parent: usize,
+        index: u32,
+        busy: bool,
+    },
+    /// A piece's last byte reaches the child.
+    Piece {
+        child: usize,
+        parent: usize,
+        index: u32,
+    },
+    /// The child's acknowledgement reaches the parent: its slot is free.
+    Acked { parent: usize, req: Request },
+    /// Upstream's first byte reaches the node.
+    UpstreamStart { node: usize, piece: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Flow {
+    Piece {
+        parent: usize,
+        child: usize,
+        index: u32,
+        left: f64,
+    },
+    Upstream {
+        node: usize,
+        index: u32,
+        left: f64,
+    },
+}
+
+impl Flow {
+    fn left(&mut self) -> &mut f64 {
+        match self {
+            Flow::Piece { left, .. } | Flow::Upstream { left, .. } => left,
+        }
+    }
+}
+
+struct Node {
+    id: PeerId,
+    down: f64,
+    core: DownloadCore,
+    plan: Option<PlanId>,
+    stored: PieceSet,
+    server: Server,
+    next_poll: Duration,
+    wake: bool,
+    /// Tells upstream's size before the first piece.
+    upstream_sized: bool,
+    source: bool,
+    done_at: Option<Duration>,
+}
+
+/// The simulation.
+pub struct Swarm {
+    cfg: Config,
+    sched: Scheduler,
+    start: Instant,
+    t: Duration,
+    digest: Digest,
+    shape: TaskShape,
+    nodes: Vec<Node>,
+    by_addr: HashMap<SocketAddr, usize>,
+    by_id: HashMap<PeerId, usize>,
+    links: Links,
+    flows: Vec<Flow>,
+    msgs: BTreeMap<(Duration, u64), Msg>,
+    seq: u64,
+    upstream_bytes: u64,
+    refused_reports: u64,
+}
+
+/// The true hash of piece `i` (the simulation's content).
+fn piece_hash(i: u32) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    h[..4].copy_from_slice(&i.to_be_bytes());
+    h[31] = 0x5A;
+    h
+}
+
+impl Swarm {
+    /// A swarm as `cfg` says; nothing has happened yet.
+    pub fn new(cfg: Config) -> anyhow::Result<Self> {
+        anyhow::ensure!(cfg.peers >= 1, "at least one peer");
+        anyhow::ensure!(
+            cfg.rate > 0.0 && cfg.registry_rate > 0.0,
+            "rates must be positive"
+        );
+        anyhow::ensure!(!cfg.step.is_zero(), "the time step must be positive");
+        let shape = TaskShape::for_size(cfg.size)?;
+        anyhow::ensure!(shape.piece_count() > 0, "the blob is empty");
+        let mut rng = SmallRng::seed_from_u64(cfg.seed);
+        let mut order: Vec<usize> = (0..cfg.peers).collect();
+        order.shuffle(&mut rng);
+        // The slow nodes: drawn apart from the join order (so the back-to-source
+        // node, the first to join, is slow as often as any other).
+        let mut by_rate: Vec<usize> = (0..cfg.peers).collect();
+        by_rate.shuffle(&mut rng);
+        let slow = (cfg.slow_fraction * cfg.peers as f64).round() as usize;
+        let mut rates = vec![cfg.rate; cfg.peers];
+        for &n in &by_rate[..slow.min(cfg.peers)] {
+            rates[n] = cfg.rate * cfg.slow_factor;
+        }
+        let start = Instant::now();
+        let digest = Digest::from_sha256([7; 32]);
+        let mut nodes = Vec::with_capacity(cfg.peers);
+        let mut by_addr = HashMap::new();
+        let mut by_id = HashMap::new();
+        // Links: uplinks 0..n, downlinks n..2n, the registry's uplink 2n.
+        let mut capacity = rates.clone();
+        capacity.extend(&rates);
+        capacity.push(cfg.registry_rate);
+        for (n, &rate) in rates.iter().enumerate() {
+            let id = PeerId::parse(&format!("node-{n:05}")).map_err(anyhow::Error::msg)?;
+            by_addr.insert(wiring::node_addr(n), n);
+            by_id.insert(id.clone(), n);
+            nodes.push(Node {
+                id,
+                down: rate,
+                core: DownloadCore::new(
+                    digest,
+                    cfg.planner.clone(),
+                    cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n as u64,
+                    start,
+                ),
+                plan: None,
+                stored: PieceSet::new(0),
+                server: Server::new(cfg.policy, cfg.upload_slots),
+                next_poll: Duration::ZERO,
+                wake: true,
+                upstream_sized: false,
+                source: false,
+                done_at: None,
+            });
+        }
+        let mut swarm = Swarm {
+            sched: Scheduler::new(CoreConfig {
+                seed: cfg.seed,
+                max_parents: cfg.max_parents,
+                max_children_per_parent: cfg.max_children,
+                ..CoreConfig::default()
+            }),
+            cfg,
+            start,
+            t: Duration::ZERO,
+            digest,
+            shape,
+            nodes,
+            by_addr,
+            by_id,
+            links: Links::new(capacity),
+            flows: Vec::new(),
+            msgs: BTreeMap::new(),
+            seq: 0,
+            upstream_bytes: 0,
+            refused_reports: 0,
+        };
+        // Every node joins and opens its plan at the same instant, in random order
+        // (the first is elected back-to-source).
+        let now = swarm.now();
+        for n in order.iter().copied() {
+            let node = &swarm.nodes[n];
+            let info = wiring::peer_info(&node.id, n, wiring::node_addr(n));
+            let id = node.id.clone();
+            swarm.sched.join(now, info, vec![])?;
+            swarm.sched.session_opened(now, &id)?;
+            let plan = swarm.sched.open_plan(now, &id, digest, 0)?;
+            let node = &mut swarm.nodes[n];
+            node.plan = Some(plan);
+            node.core.plan_opened();
+        }
+        Ok(swarm)
+    }
+
+    fn now(&self) -> Instant {
+        self.start + self.t
+    }
+
+    fn send(&mut self, at: Duration, msg: Msg) {
+        self.seq += 1;
+        self.msgs.insert((at, self.seq), msg);
+    }
+
+    /// Runs until every node holds the blob or `max_time` passed.
+    pub fn run(mut self) -> Outcome {
+        let mut next_flush = Duration::ZERO;
+        let mut next_heartbeat = HEARTBEAT;
+        let mut left = self.nodes.len();
+        while left > 0 && self.t < self.cfg.max_time {
+            self.handle_messages();
+            if self.t >= next_heartbeat {
+                next_heartbeat += HEARTBEAT;
+                let now = self.now();
+                for i in 0..self.nodes.len() {
+                    let load = shoal_scheduler::core::Load {
+                        active_uploads: self.nodes[i].server.active() as u32,
+                        active_downloads: u32::from(self.nodes[i].done_at.is_none()),
+                    };
+                    let id = self.nodes[i].id.clone();
+                    let _ = self.sched.heartbeat(now, &id, load);
+                }
+            }
+            if self.t >= next_flush {
+                next_flush += self.cfg.plan_interval;
+                let now = self.now();
+                self.sched.tick(now);
+                self.sched.flush();
+                self.deliver();
+            }
+            for n in 0..self.nodes.len() {
+                let node = &self.nodes[n];
+                if node.done_at.is_none() && (node.wake || self.t >= node.next_poll) {
+                    self.poll(n);
+                }
+            }
+            self.advance_flows();
+            self.t += self.cfg.step;
+            left = self.nodes.iter().filter(|n| n.done_at.is_none()).count();
+            if self.cfg.progress && self.t.as_millis() % 10_000 < self.cfg.step.as_millis() {
+                eprintln!(
+                    "t={:.0}s: {} of {} nodes complete, {} flows",
+                    self.t.as_secs_f64(),
+                    self.nodes.len() - left,
+                    self.nodes.len(),
+                    self.flows.len()
+                );
+            }
+        }
+        Outcome {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeResult {
+                    down: n.down,
+                    done_at: n.done_at,
+                    source: n.source,
+                    served: n.server.served,
+                    busy_answers: n.server.busy_answers,
+                })
+                .collect(),
+            upstream_bytes: self.upstream_bytes,
+            elapsed: self.t,
+            refused_reports: self.refused_reports,
+            pieces: self.shape.piece_count(),
+        }
+    }
+
+    /// The driver's loop body: look at the clock, carry out what the core decided.
+    fn poll(&mut self, n: usize) {
+        let now = self.now();
+        let node = &mut self.nodes[n];
+        node.wake = false;
+        let reader = match node.core.have().first_missing() {
+            Some(i) if node.core.shape().is_some() => {
+                self.shape.piece_range(i).map_or(0, |r| r.start)
+            }
+            _ => 0,
+        };
+        node.core.poll(now, reader, true);
+        self.act(n);
+        let node = &mut self.nodes[n];
+        let mut next = self.t + DRIVER_TICK;
+        if let Some(busy) = node.core.busy_until() {
+            let busy = busy.saturating_duration_since(self.start);
+            next = next.min(busy.max(self.t + self.cfg.step));
+        }
+        node.next_poll = next;
+    }
+
+    /// Carries out node `n`'s core's actions, as the driver would.
+    fn act(&mut self, n: usize) {
+        let lat = self.cfg.latency;
+        loop {
+            let actions = self.nodes[n].core.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            let now = self.now();
+            for a in actions {
+                match a {
+                    Action::Fetch { index, parent, .. } => {
+                        let p = self.by_addr[&parent.addr];
+                        let req = Request { child: n, index };
+                        self.send(self.t + lat, Msg::Request { parent: p, req });
+                    }
+                    Action::StartUpstream { from } => {
+                        let piece = self.shape.piece_at(from).unwrap_or(0);
+                        self.nodes[n].source = true;
+                        self.send(self.t + lat * 2, Msg::UpstreamStart { node: n, piece });
+                    }
+                    Action::OpenPlan { size } => {
+                        let id = self.nodes[n].id.clone();
+                        let r = self.sched.open_plan(now, &id, self.digest, size);
+                        let node = &mut self.nodes[n];
+                        match r {
+                            Ok(plan) => {
+                                node.plan = Some(plan);
+                                node.core.plan_opened();
+                            }
+                            Err(_) => node.core.plan_refused(now),
+                        }
+                    }
+                    Action::ShapeKnown(shape) => {
+                        let node = &mut self.nodes[n];
+                        if node.stored.len() != shape.piece_count() {
+                            node.stored = PieceSet::new(shape.piece_count());
+                        }
+                    }
+                    Action::Report(r) => {
+                        let id = self.nodes[n].id.clone();
+                        match wiring::apply_report(&mut self.sched, now, &id, r) {
+                            Ok(a) if a.ignored.is_none() => {}
+                            _ => self.refused_reports += 1,
+                        }
+                    }
+                    Action::Announce { .. } => self.refused_reports += 1,
+                }
+            }
+        }
+    }
+
+    /// Delivers the scheduler's effects to the cores.
+    fn deliver(&mut self) {
+        let now = self.now();
+        for effect in self.sched.drain_effects() {
+            match effect {
+                Effect::Plan {
+                    plan, peer, update, ..
+                } => {
+                    let n = self.by_id[&peer];
+                    let node = &mut self.nodes[n];
+                    if node.plan != Some(plan) {
+                        continue;
+                    }
+                    if node.core.on_plan(&wiring::convert(update)).is_err() {
+                        self.refused_reports += 1;
+                    }
+                    node.wake = true;
+                    self.act(n);
+                }
+                Effect::ClosePlan { plan, .. } => {
+                    for node in self.nodes.iter_mut().filter(|x| x.plan == Some(plan)) {
+                        node.plan = None;
+                        if node.done_at.is_none() {
+                            node.core.plan_lost(now);
+                        }
+                    }
+                }
+                Effect::Command { .. } => {}
+            }
+        }
+    }
+
+    fn handle_messages(&mut self) {
+        let lat = self.cfg.latency;
+        while let Some(entry) = self.msgs.first_entry() {
+            if entry.key().0 > self.t {
+                return;
+            }
+            let msg = entry.remove();
+            let now = self.now();
+            match msg {
+                Msg::Request { parent, req } => {
+                    let holds = self.nodes[parent].stored.contains(req.index);
+                    match self.nodes[parent].server.request(req, holds, self.t) {
+                        Answer::Serve => self.start_upload(parent, req),
+                        Answer::Queued => {}
+                        answer => {
+                            let busy = answer == Answer::Busy;
+                            let (child, index) = (req.child, req.index);
+                            self.send(
+                                self.t + lat,
+                                Msg::Refused {
+                                    child,
+                                    parent,
+                                    index,
+                                    busy,
+                                },
+                            );
+                        }
+                    }
+                }
+                Msg::Refused {
+                    child,
+                    parent,
+                    index,
+                    busy,
+                } => {
+                    let pid = self.nodes[parent].id.clone();
+                    let node = &mut self.nodes[child];
+                    if busy {
+                        node.core.on_busy(index, pid.as_str(), now);
+                    } else {
+                        node.core.on_fetch_failed(index, pid.as_str(), true, now);
+                    }
+                    node.wake = true;
+                }
+                Msg::Piece {
+                    child,
+                    parent,
+                    index,
+                } => {
+                    let pid = self.nodes[parent].id.clone();
+                    self.piece_arrived(child, index, Origin::Parent(pid.as_str()));
+                }
+                Msg::Acked { parent, req } => {
+                    if let Some(next) = self.nodes[parent].server.upload_done(req, self.t) {
+                        self.start_upload(parent, next);
+                    }
+                }
+                Msg::UpstreamStart { node, piece } => {
+                    let nd = &mut self.nodes[node];
+                    if !nd.upstream_sized {
+                        nd.upstream_sized = true;
+                        if nd.core.on_upstream_size(self.cfg.size).is_err() {
+                            self.refused_reports += 1;
+                        }
+                        self.act(node);
+                    }
+                    self.start_upstream_piece(node, piece);
+                }
+            }
+        }
+    }
+
+    fn start_upload(&mut self, parent: usize, req: Request) {
+        let n = self.nodes.len();
+        let len = self.shape.piece_len(req.index).unwrap_or(0);
+        self.links.add(parent, n + req.child);
+        self.flows.push(Flow::Piece {
+            parent,
+            child: req.child,
+            index: req.index,
+            left: f64::from(len),
+        });
+    }
+
+    fn start_upstream_piece(&mut self, node: usize, index: u32) {
+        let n = self.nodes.len();
+        let len = self.shape.piece_len(index).unwrap_or(0);
+        self.links.add(2 * n, n + node);
+        self.flows.push(Flow::Upstream {
+            node,
+            index,
+            left: f64::from(len),
+        });
+    }
+
+    /// Moves bytes for one step; handles the flows that finished.
+    fn advance_flows(&mut self) {
+        self.links.allocate();
+        let dt = self.cfg.step.as_secs_f64();
+        let mut finished = Vec::new();
+        let mut i = self.flows.len();
+        while i > 0 {
+            i -= 1;
+            let rate = self.links.rate(i);
+            let left = self.flows[i].left();
+            *left -= rate * dt;
+            if *left <= 0.5 {
+                finished.push(self.flows.swap_remove(i));
+                self.links.remove(i);
+            }
+        }
+        // Deterministic order whatever the slots were.
+        finished.sort_by_key(|f| match *f {
+            Flow::Piece {
+                parent,
+                child,
+                index,
+                ..
+            } => (0, parent, child, index),
+            Flow::Upstream { node, index, .. } => (1, node, node, index),
+        });
+        let lat = self.cfg.latency;
+        for f in finished {
+            match f {
+                Flow::Piece {
+                    parent,
+                    child,
+                    index,
+                    ..
+                } => {
+                    let req = Request { child, index };
+                    self.send(
+                        self.t + lat,
+                        Msg::Piece {
+                            child,
+                            parent,
+                            index,
+                        },
+                    );
+                    self.send(self.t + lat * 2, Msg::Acked { parent, req });
+                }
+                Flow::Upstream { node, index, .. } => {
+                    self.upstream_bytes += u64::from(self.shape.piece_len(index).unwrap_or(0));
+                    self.piece_arrived(node, index, Origin::Upstream);
+                    if self.nodes[node].done_at.is_some() {
+                        continue;
+                    }
+                    if index + 1 < self.shape.piece_count() {
+                        self.start_upstream_piece(node, index + 1);
+                    } else {
+                        let _ = self.nodes[node].core.on_upstream_done(Ok(()));
+                        self.act(node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A piece's last byte reached node `n`: verify, keep, report, maybe complete.
+    fn piece_arrived(&mut self, n: usize, index: u32, origin: Origin<'_>) {
+        let node = &mut self.nodes[n];
+        if node.done_at.is_some() {
+            return;
+        }
+        node.wake = true;
+        let hash = piece_hash(index);
+        match node.core.on_piece(index, hash, origin) {
+            Ok(Verdict::Keep { .. }) => {
+                if node.stored.len() > index {
+                    node.stored.insert(index);
+                }
+                node.core.on_piece_kept(index, hash, true);
+            }
+            Ok(Verdict::Duplicate) => {}
+            Ok(Verdict::Bad) | Err(_) => self.refused_reports += 1,
+        }
+        self.act(n);
+        let node = &mut self.nodes[n];
+        if node.core.is_complete() && node.done_at.is_none() {
+            node.done_at = Some(self.t);
+            node.core.on_complete(true);
+            self.act(n);
+            if let Some(plan) = self.nodes[n].plan.take() {
+                let now = self.now();
+                self.sched.close_plan(now, plan);
+            }
+        }
+    }
+}
