@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::metrics::{self, Sample};
 use crate::scheduler_link::{Report, SchedulerLink};
+use crate::store::content::ContentStats;
 use crate::store::{ContentLayer, PieceStore};
 
 /// How often containerd's content store is looked at again.
@@ -93,11 +94,13 @@ pub async fn run(
 }
 
 /// Registers the layer's counters (names without a prefix; the daemon's registry adds
-/// `shoal_peer_`).
-pub fn register_metrics(layer: &Arc<ContentLayer>, registry: &mut Registry) {
-    metrics::register(registry, layer.clone(), |l| {
-        let (blobs, bytes) = l.adopted_count();
-        let s = &l.stats;
+/// `shoal_peer_`); zeros without a layer (`--containerd-content-dir` unset), so that
+/// the set of metrics does not depend on the flags.
+pub fn register_metrics(layer: Option<Arc<ContentLayer>>, registry: &mut Registry) {
+    metrics::register(registry, layer, |l| {
+        let (blobs, bytes) = l.as_ref().map_or((0, 0), |l| l.adopted_count());
+        let none = ContentStats::default();
+        let s = l.as_ref().map_or(&none, |l| &*l.stats);
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         vec![
             Sample::Gauge(

@@ -273,8 +273,11 @@ impl Node {
             &store,
             &link,
         );
+        super::content_scan::register_metrics(
+            content.clone(),
+            metrics.sub_registry_with_prefix("peer"),
+        );
         if let Some(layer) = &content {
-            super::content_scan::register_metrics(layer, metrics.sub_registry_with_prefix("peer"));
             tokio::spawn(super::content_scan::run(
                 layer.clone(),
                 link.clone(),
