@@ -214,8 +214,10 @@ impl ContentLayer {
                 report.deduplicated.push(digest);
             }
             _ => {
-                if own.is_some() {
-                    // An unfinished own download of it: containerd's copy wins.
+                if own.is_some() && !self.own.is_pinned(&digest) {
+                    // An unfinished own download nobody is using: containerd's copy
+                    // wins. (One in use is left alone; its writes and completion are
+                    // no-ops from now on, and garbage collection takes it later.)
                     let _ = self.own.remove(&digest);
                 }
                 debug!(task.digest = %digest, size = shape.size(), "containerd's blob adopted");
