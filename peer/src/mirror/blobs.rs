@@ -85,6 +85,7 @@ pub(super) async fn serve(
             authorization: authorization.as_ref(),
             cached,
             head,
+            upstream_down: None,
         },
     )
     .await;

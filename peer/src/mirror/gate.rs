@@ -8,7 +8,8 @@
 //! repository and digest already says yes and the object is complete on this node.
 //! When upstream cannot be reached (or answers 429: rate-limited), only a caller a
 //! fresh grant or a public repository allows passes; anyone else gets a 503 before any
-//! byte. The anonymous probe that learns whether a repository is public starts here
+//! byte. A request that already found upstream unavailable (a tag answered from its
+//! last known digest) does not wait on it a second time. The anonymous probe that learns whether a repository is public starts here
 //! too.
 
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub(super) struct Ask<'a> {
     pub cached: Option<u64>,
     /// Whether the caller sent `HEAD` (for the body of a refusal).
     pub head: bool,
+    /// Upstream was already found unavailable while serving this request (why): the
+    /// gate goes straight to what it remembers instead of waiting on upstream again.
+    pub upstream_down: Option<String>,
 }
 
 impl Ask<'_> {
@@ -95,51 +99,16 @@ pub(super) async fn check(m: &Mirror, ask: Ask<'_>) -> Result<Pass, Response> {
                 upstream_headers: None,
             });
         }
-        access.stats.upstream_checks.fetch_add(1, Ordering::Relaxed);
-    }
-    let req = UpstreamRequest {
-        method: Method::HEAD,
-        repo: ask.repo.to_owned(),
-        object: ask.object(),
-        accept: ask.accept.clone(),
-        authorization: ask.authorization.cloned(),
-        range_from: None,
-    };
-    let why_offline = match ask.client.send(&req).await {
-        Ok(resp) if resp.status().as_u16() != 429 || !access.enabled() => {
-            let status = resp.status().as_u16();
-            access.learn(registry, ask.repo, &ask.digest, fp, status, Instant::now());
-            if !resp.status().is_success() {
-                // 401 (containerd fetches a token and retries), 403, 404, …
-                if access.enabled() {
-                    access.stats.refused(Refusal::of_status(status));
-                }
-                return Err(relay::refusal(&resp, &ask.digest.to_string(), ask.head));
-            }
-            remember_credential(ask.client, ask.repo, ask.authorization, now);
-            if access.enabled() && fp.is_some() && access.should_probe(registry, ask.repo, now) {
-                tokio::spawn(probe_public(
-                    ask.client.clone(),
-                    access.clone(),
-                    ask.repo.to_owned(),
-                    ask.object(),
-                    ask.digest,
-                ));
-            }
-            // The header itself: reqwest's `content_length()` is 0 for the (empty)
-            // body of a HEAD answer.
-            let size = resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            return Ok(Pass {
-                size: ask.cached.or(size),
-                upstream_headers: Some(resp.headers().clone()),
-            });
+        if ask.upstream_down.is_none() {
+            access.stats.upstream_checks.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(resp) => format!("upstream answered {}", resp.status().as_u16()),
-        Err(e) => e.to_string(),
+    }
+    let why_offline = match &ask.upstream_down {
+        Some(why) => why.clone(),
+        None => match ask_upstream(m, &ask, fp, now).await {
+            Ok(pass) => return pass,
+            Err(why) => why,
+        },
     };
     if !access.enabled() {
         warn!(registry, error = %why_offline, "upstream unreachable; trying peers (access check off)");
@@ -176,6 +145,67 @@ pub(super) async fn check(m: &Mirror, ask: Ask<'_>) -> Result<Pass, Response> {
             );
             Err(refuse_unchecked(registry, ask.repo, &ask.digest, ask.head))
         }
+    }
+}
+
+/// The gate's `HEAD` upstream: `Ok` with the gate's answer when upstream answered (a
+/// pass, or its refusal relayed), `Err` with why when it is unavailable (unreachable,
+/// or 429 with the check on).
+async fn ask_upstream(
+    m: &Mirror,
+    ask: &Ask<'_>,
+    fp: super::access::Fingerprint,
+    now: Instant,
+) -> Result<Result<Pass, Response>, String> {
+    let access = &m.access;
+    let registry = ask.client.registry();
+    let req = UpstreamRequest {
+        method: Method::HEAD,
+        repo: ask.repo.to_owned(),
+        object: ask.object(),
+        accept: ask.accept.clone(),
+        authorization: ask.authorization.cloned(),
+        range_from: None,
+    };
+    match ask.client.send(&req).await {
+        Ok(resp) if resp.status().as_u16() != 429 || !access.enabled() => {
+            let status = resp.status().as_u16();
+            access.learn(registry, ask.repo, &ask.digest, fp, status, Instant::now());
+            if !resp.status().is_success() {
+                // 401 (containerd fetches a token and retries), 403, 404, …
+                if access.enabled() {
+                    access.stats.refused(Refusal::of_status(status));
+                }
+                return Ok(Err(relay::refusal(
+                    &resp,
+                    &ask.digest.to_string(),
+                    ask.head,
+                )));
+            }
+            remember_credential(ask.client, ask.repo, ask.authorization, now);
+            if access.enabled() && fp.is_some() && access.should_probe(registry, ask.repo, now) {
+                tokio::spawn(probe_public(
+                    ask.client.clone(),
+                    access.clone(),
+                    ask.repo.to_owned(),
+                    ask.object(),
+                    ask.digest,
+                ));
+            }
+            // The header itself: reqwest's `content_length()` is 0 for the (empty)
+            // body of a HEAD answer.
+            let size = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Ok(Ok(Pass {
+                size: ask.cached.or(size),
+                upstream_headers: Some(resp.headers().clone()),
+            }))
+        }
+        Ok(resp) => Err(format!("upstream answered {}", resp.status().as_u16())),
+        Err(e) => Err(e.to_string()),
     }
 }
 

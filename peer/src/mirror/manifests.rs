@@ -68,14 +68,27 @@ pub(super) async fn serve_tag(
         Ok(resp) => {
             // Rate-limited: answered from the last known digest when there is one.
             if let Some(r) = stale(m, &client, name, tag, &accept) {
-                return serve_stale(m, head, &client, name, tag, r, headers).await;
+                let why = format!("upstream answered {}", resp.status().as_u16());
+                let s = Stale {
+                    tag,
+                    resolved: r,
+                    why,
+                };
+                return serve_stale(m, head, &client, name, s, headers).await;
             }
             return Ok(relay::response(resp, head, client.idle_timeout()));
         }
         Err(e) => e,
     };
     match stale(m, &client, name, tag, &accept) {
-        Some(r) => serve_stale(m, head, &client, name, tag, r, headers).await,
+        Some(r) => {
+            let s = Stale {
+                tag,
+                resolved: r,
+                why: why.to_string(),
+            };
+            serve_stale(m, head, &client, name, s, headers).await
+        }
         None => Err(OciError::unavailable(format!(
             "manifest {name}:{tag}: {why}"
         ))),
@@ -93,7 +106,7 @@ pub(super) async fn serve_digest(
 ) -> Result<Response, OciError> {
     m.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
     let client = m.upstream(target).await?;
-    by_digest(m, head, &client, name, digest, headers).await
+    by_digest(m, head, &client, name, digest, headers, None).await
 }
 
 async fn by_digest(
@@ -103,6 +116,7 @@ async fn by_digest(
     name: &str,
     digest: Digest,
     headers: &HeaderMap,
+    upstream_down: Option<String>,
 ) -> Result<Response, OciError> {
     let accept = accept_values(headers);
     let authorization = headers.get(header::AUTHORIZATION).cloned();
@@ -129,6 +143,7 @@ async fn by_digest(
             authorization: authorization.as_ref(),
             cached,
             head,
+            upstream_down,
         },
     )
     .await;
@@ -192,14 +207,25 @@ async fn by_digest(
     .expect("valid response"))
 }
 
+/// A tag to answer from its last known digest, and why upstream could not answer it.
+struct Stale<'a> {
+    tag: &'a str,
+    resolved: Resolved,
+    why: String,
+}
+
 /// The tag answered from its last known digest: the manifest by digest, marked stale.
+/// The access gate is told upstream is unavailable, so it does not wait on it again.
 async fn serve_stale(
     m: &Mirror,
     head: bool,
     client: &std::sync::Arc<RegistryClient>,
     name: &str,
-    tag: &str,
-    r: Resolved,
+    Stale {
+        tag,
+        resolved: r,
+        why,
+    }: Stale<'_>,
     headers: &HeaderMap,
 ) -> Result<Response, OciError> {
     let age = Instant::now().saturating_duration_since(r.at).as_secs();
@@ -209,9 +235,10 @@ async fn serve_stale(
         oci.tag = %tag,
         task.digest = %r.digest,
         age_s = age,
+        error = %why,
         "upstream unavailable: tag answered from its last known digest"
     );
-    let mut resp = by_digest(m, head, client, name, r.digest, headers).await?;
+    let mut resp = by_digest(m, head, client, name, r.digest, headers, Some(why)).await?;
     if resp.status() == StatusCode::OK {
         m.stats.stale_tag_answers.fetch_add(1, Ordering::Relaxed);
         resp.headers_mut().insert(
