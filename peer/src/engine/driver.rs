@@ -300,9 +300,21 @@ impl Driver<'_> {
                 let tx = self.tx.clone();
                 let digest = self.dl.digest;
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let result = client
                         .fetch(parent.addr, &digest, index, len, timeout)
                         .await;
+                    debug!(
+                        piece = index,
+                        parent.id = %parent.id,
+                        ms = started.elapsed().as_millis() as u64,
+                        outcome = match &result {
+                            Ok(_) => "ok",
+                            Err(FetchError::Busy) => "busy",
+                            Err(_) => "failed",
+                        },
+                        "fetch done"
+                    );
                     let _ = tx
                         .send(Event::Fetched {
                             index,

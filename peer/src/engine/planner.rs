@@ -5,9 +5,11 @@
 //! reader's position) and polls it for decisions ([`Planner::next_requests`],
 //! [`Planner::timed_out`], [`Planner::wants_upstream`]), passing `now` and an RNG.
 //!
-//! Policy: pieces in an in-order window ahead of the reader first, then the rest (in
-//! order from the reader, then the ones behind it); at most `max_in_flight` requests at
-//! once and `max_per_parent` per parent; each piece to the least advanced holder (the
+//! Policy: the reader's next piece first, then the rest of a window ahead of the reader
+//! rarest first (held by the fewest parents, ties at random), then the rest (in order
+//! from the reader, then the ones behind it); at most `max_in_flight` requests at once,
+//! `max_per_parent` per complete parent and `max_per_downloading_parent` per parent
+//! still downloading; each piece to the least advanced holder (the
 //! fewest pieces held, so the peers furthest ahead keep their uplink for the pieces
 //! only they have), then the fewest requests in flight (random tie-break), preferring
 //! parents it has not failed at; a parent that answered `BUSY` for a piece is asked for
@@ -34,8 +36,14 @@ pub struct PlannerConfig {
     pub window: u32,
     /// Requests in flight at once for one download. Default 8.
     pub max_in_flight: usize,
-    /// Requests in flight to one parent at once. Default 2.
+    /// Requests in flight to one complete parent at once. Default 2.
     pub max_per_parent: usize,
+    /// Requests in flight to one parent that is still downloading. Default 1: such a
+    /// parent (the back-to-source peer above all) has new pieces that only it holds,
+    /// and a child asking it for two at a time takes the next new one before the
+    /// others can, so one child receives every new piece and must pass each on to
+    /// all the others (measured in the simulator, `docs/benchmarks.md`).
+    pub max_per_downloading_parent: usize,
     /// A request not answered within this long is given up and its parent avoided.
     /// Default 10 s.
     pub request_timeout: Duration,
@@ -64,6 +72,7 @@ impl Default for PlannerConfig {
             window: 16,
             max_in_flight: 8,
             max_per_parent: 2,
+            max_per_downloading_parent: 1,
             request_timeout: Duration::from_secs(10),
             avoid_for: Duration::from_secs(30),
             silent_avoid_for: Duration::from_secs(2),
@@ -328,6 +337,50 @@ impl Planner {
         out
     }
 
+    /// The order in which missing pieces are considered: the reader's next piece first
+    /// (the reader never waits for a piece a parent holds while others are asked for),
+    /// then the rest of the window ahead of the reader rarest first (held by the fewest
+    /// parents; ties in order), then the pieces after the window in order, then the
+    /// ones behind the reader.
+    ///
+    /// Rarest first spreads the newest pieces: every child streaming in order would
+    /// otherwise ask for the oldest piece it lacks, which the peers ahead of it hold,
+    /// and only the child furthest ahead would ever ask the back-to-source peer for a
+    /// new piece, so that one child received every piece from it and had to pass each
+    /// on to all the others (measured in the simulator: `docs/benchmarks.md`).
+    fn request_order(&self, reader: u32, n: u32, rng: &mut impl Rng) -> Vec<u32> {
+        let wanted = |i: &u32| {
+            !self.have.contains(*i)
+                && !self.in_flight.contains_key(i)
+                && self.hashes[*i as usize].is_some()
+        };
+        let window_end = reader.saturating_add(self.config.window).min(n);
+        let mut order: Vec<u32> = Vec::with_capacity(n as usize);
+        let mut window: Vec<(usize, u32, u32)> = Vec::new();
+        let mut first = true;
+        for i in (reader..window_end).filter(wanted) {
+            if first {
+                order.push(i);
+                first = false;
+                continue;
+            }
+            let rarity = self
+                .parents
+                .iter()
+                .filter(|p| p.holds(i) && !self.excluded.contains(&p.r.id))
+                .count();
+            window.push((rarity, rng.random(), i));
+        }
+        // Pieces no parent holds sort last (the caller skips them anyway); equally
+        // rare pieces in random order, so that children seeing the same parents do
+        // not all ask for the same piece (a parent sends a piece to one child at a
+        // time and answers the others BUSY).
+        window.sort_unstable_by_key(|&(rarity, tie, _)| (rarity == 0, rarity, tie));
+        order.extend(window.into_iter().map(|(_, _, i)| i));
+        order.extend((window_end..n).chain(0..reader).filter(wanted));
+        order
+    }
+
     /// The next requests to send, recorded as in flight from `now`.
     pub fn next_requests(&mut self, now: Instant, rng: &mut impl Rng) -> Vec<(u32, ParentRef)> {
         self.avoided.retain(|_, until| *until > now);
@@ -346,8 +399,7 @@ impl Planner {
         }
         let mut in_flight = self.in_flight.len();
         let reader = self.reader.min(n);
-        let order = (reader..n).chain(0..reader);
-        for index in order {
+        for index in self.request_order(reader, n, rng) {
             if in_flight >= self.config.max_in_flight {
                 break;
             }
@@ -383,7 +435,11 @@ impl Planner {
                             .get(p.r.id.as_str())
                             .is_some_and(|b| b.contains_key(&index))
                         && load.get(p.r.id.as_str()).copied().unwrap_or(0)
-                            < self.config.max_per_parent
+                            < if p.pieces.is_some() {
+                                self.config.max_per_downloading_parent
+                            } else {
+                                self.config.max_per_parent
+                            }
                 })
                 .collect();
             // Prefer parents this piece has not failed at; fall back to them.

@@ -6,8 +6,8 @@
 //! ```text
 //! shoal-swarm-sim [--peers 8] [--size 256MiB] [--rate 100mbit] [--slow-fraction 0]
 //!                 [--slow-factor 0.5] [--registry-rate RATE] [--latency 200us]
-//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--slots 8] [--window 16]
-//!                 [--busy-backoff 100ms] [--max-parents 8] [--max-children 8] [--seed 1]
+//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--keep-hold] [--slots 8] [--window 16]
+//!                 [--busy-backoff 100ms] [--max-per-parent 2] [--max-per-downloading-parent 1] [--max-parents 8] [--max-children 8] [--seed 1]
 //! ```
 
 use std::process::ExitCode;
@@ -68,6 +68,13 @@ struct Args {
     /// The planner's BUSY backoff (the peer's default is 100 ms).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     busy_backoff: Duration,
+    /// The planner's requests in flight to one complete parent (the peer's default is 2).
+    #[arg(long, default_value_t = 2)]
+    max_per_parent: usize,
+    /// The planner's requests in flight to one parent still downloading (the peer's
+    /// default is 1).
+    #[arg(long, default_value_t = 1)]
+    max_per_downloading_parent: usize,
     /// Parents per plan (the scheduler's default is 8).
     #[arg(long, default_value_t = 8)]
     max_parents: usize,
@@ -179,6 +186,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
         planner: PlannerConfig {
             window: a.window,
             busy_backoff: a.busy_backoff,
+            max_per_parent: a.max_per_parent,
+            max_per_downloading_parent: a.max_per_downloading_parent,
             ..PlannerConfig::default()
         },
         max_parents: a.max_parents,

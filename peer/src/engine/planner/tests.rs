@@ -52,10 +52,15 @@ fn window_first_caps_and_spread() {
     p.on_reader(40 * 4 * MIB + 5);
     let now = Instant::now();
     let reqs = p.next_requests(now, &mut rng());
-    // 3 parents x 2 per parent = 6 < 8 in flight.
+    // 3 complete parents x 2 per parent = 6 < 8 in flight.
     assert_eq!(reqs.len(), 6);
     let idx: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
-    assert_eq!(idx, vec![40, 41, 42, 43, 44, 45]);
+    // The reader's next piece first, the rest from the 16-piece window (every piece
+    // in it equally rare here: in random order).
+    assert_eq!(idx[0], 40);
+    assert!(idx.iter().all(|i| (40..56).contains(i)), "{idx:?}");
+    let distinct: HashSet<u32> = idx.iter().copied().collect();
+    assert_eq!(distinct.len(), 6);
     let mut per: HashMap<String, usize> = HashMap::new();
     for (_, r) in &reqs {
         *per.entry(r.id.clone()).or_default() += 1;
@@ -66,7 +71,57 @@ fn window_first_caps_and_spread() {
     p.on_piece_stored(40);
     let more = p.next_requests(now, &mut rng());
     assert_eq!(more.len(), 1);
-    assert_eq!(more[0].0, 46);
+    // The reader's next missing piece, if not already asked for.
+    let next = (41..56).find(|i| !distinct.contains(i)).unwrap();
+    assert_eq!(more[0].0, next);
+}
+
+#[test]
+fn the_window_is_fetched_rarest_first_after_the_readers_next_piece() {
+    let size = 40 * 4 * MIB; // 40 pieces
+    let mut p = Planner::new(PlannerConfig::default());
+    // Three complete parents hold everything; "src" (downloading) alone holds 20..22.
+    let mut parents: Vec<PlanParent> = (0..3)
+        .map(|i| {
+            parent(
+                &format!("c{i}"),
+                7000 + i,
+                Some(&(0..20).collect::<Vec<_>>()),
+                40,
+            )
+        })
+        .collect();
+    parents.push(parent("src", 7100, Some(&(0..23).collect::<Vec<_>>()), 40));
+    p.on_plan(&plan(size, parents)).unwrap();
+    p.on_reader(10 * 4 * MIB);
+    let reqs = p.next_requests(Instant::now(), &mut rng());
+    let idx: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
+    // Piece 10 first (the reader waits for it), then one of the pieces only src holds
+    // (src is still downloading: one request at a time), then the common ones.
+    assert_eq!(idx[0], 10, "{reqs:?}");
+    assert!((20..23).contains(&idx[1]), "{reqs:?}");
+    assert_eq!(reqs[1].1.id, "src");
+    assert!(idx[2..].iter().all(|i| (11..20).contains(i)), "{reqs:?}");
+    // Every parent is still downloading: one request each.
+    assert_eq!(reqs.len(), 4);
+}
+
+#[test]
+fn a_parent_still_downloading_gets_one_request_at_a_time() {
+    let size = 20 * 4 * MIB;
+    let mut p = Planner::new(PlannerConfig::default());
+    let all: Vec<u32> = (0..19).collect();
+    p.on_plan(&plan(size, vec![parent("src", 7000, Some(&all), 20)]))
+        .unwrap();
+    let now = Instant::now();
+    let reqs = p.next_requests(now, &mut rng());
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].0, 0);
+    assert!(p.next_requests(now, &mut rng()).is_empty());
+    // Complete now: two at a time.
+    p.on_plan(&plan(size, vec![parent("src", 7000, None, 20)]))
+        .unwrap();
+    assert_eq!(p.next_requests(now, &mut rng()).len(), 1);
 }
 
 #[test]
@@ -78,7 +133,20 @@ fn only_pieces_with_hash_and_holder() {
     p.on_plan(&u).unwrap();
     let reqs = p.next_requests(Instant::now(), &mut rng());
     let idx: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
-    assert_eq!(idx, vec![0, 2]);
+    // "a" is still downloading: one request at a time, the reader's next piece.
+    assert_eq!(idx, vec![0]);
+    let mut u = plan(size, vec![parent("a", 1, Some(&[0, 1, 2, 5]), 10)]);
+    u.hashes.retain(|h| h.0 != 1);
+    u.parents.push(parent("b", 2, Some(&[0, 1, 2, 5]), 10));
+    u.parents.push(parent("c", 3, Some(&[0, 1, 2, 5]), 10));
+    u.parents.push(parent("d", 4, Some(&[0, 1, 2, 5]), 10));
+    let mut p = Planner::new(PlannerConfig::default());
+    p.on_plan(&u).unwrap();
+    let reqs = p.next_requests(Instant::now(), &mut rng());
+    let mut idx: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
+    idx.sort();
+    // Never 1 (no hash), nor 3, 4, 6.. (no holder).
+    assert_eq!(idx, vec![0, 2, 5]);
 }
 
 #[test]
@@ -358,9 +426,12 @@ fn the_most_advanced_downloading_holder_is_kept_for_what_only_it_has() {
             assert_eq!(r.id, "src", "piece {i} only src has");
         }
     }
-    // 2 per parent: pieces 0 and 1 from a (2 waits for a), 3 and 4 from src.
+    // Both still downloading, one request each: piece 0 (the reader's) from a, and
+    // one of the pieces only src holds from src.
     let got: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
-    assert_eq!(got, vec![0, 1, 3, 4]);
+    assert_eq!(got.len(), 2, "{reqs:?}");
+    assert_eq!(got[0], 0);
+    assert!((3..6).contains(&got[1]), "{reqs:?}");
 
     // Once "src" is complete it has nothing left to fetch: used for anything.
     let mut p = Planner::new(PlannerConfig::default());
@@ -373,13 +444,16 @@ fn the_most_advanced_downloading_holder_is_kept_for_what_only_it_has() {
     ))
     .unwrap();
     let reqs = p.next_requests(Instant::now(), &mut rng());
-    assert!(
-        reqs.iter().any(|(i, r)| *i <= 2 && r.id == "src"),
-        "{reqs:?}"
-    );
-    assert!(
+    // a (downloading) one request, the reader's piece 0; src, complete, two, of the
+    // pieces only it has (the rarest first).
+    let from = |id: &str| -> Vec<u32> {
         reqs.iter()
-            .filter(|(_, r)| r.id == "a")
-            .all(|(i, _)| *i <= 2)
-    );
+            .filter(|(_, r)| r.id == id)
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    assert_eq!(from("a"), vec![0], "{reqs:?}");
+    let src = from("src");
+    assert_eq!(src.len(), 2, "{reqs:?}");
+    assert!(src.iter().all(|i| (3..8).contains(i)), "{reqs:?}");
 }
