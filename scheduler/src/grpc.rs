@@ -525,6 +525,10 @@ where
     r
 }
 
+/// Downloads one step of a flush looks at while holding the core (see
+/// [`crate::core::Scheduler::begin_flush`]).
+pub const FLUSH_STEP: usize = 64;
+
 /// Advances the core's clock every `interval` (lease expiry, stalled
 /// back-to-source peers) and flushes coalesced plan updates, until
 /// `shutdown` resolves.
@@ -541,10 +545,13 @@ pub async fn run_ticker(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                state.with_core(|core, now| {
+                let mut flush = state.with_core(|core, now| {
                     core.tick(now);
-                    core.flush();
+                    core.begin_flush()
                 });
+                // In steps, letting go of the core between them: plans opened and
+                // reports sent meanwhile wait for one step, not the whole flush.
+                while state.with_core(|core, _| core.flush_step(&mut flush, FLUSH_STEP)) {}
                 state.ticked(interval);
                 if jobs_ticked.elapsed() >= Duration::from_secs(1) {
                     jobs_ticked = std::time::Instant::now();

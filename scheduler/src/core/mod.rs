@@ -46,6 +46,7 @@ use shoal_proto::{Digest, PieceSet, TaskShape};
 pub use error::{CoreError, ErrorKind};
 pub use operator::DropOrder;
 pub use overview::{OVERVIEW_HOLDERS, OVERVIEW_TASKS, Overview, TaskOverview};
+pub use planning::FlushCursor;
 pub use types::*;
 pub use views::{CoreStats, HolderView, PeerView, TaskDetail, TaskSummary};
 

@@ -17,6 +17,14 @@ use super::{
     CoreError, Download, Effect, Holding, ParentOffer, PeerId, PlanId, PlanUpdate, Scheduler, Task,
 };
 
+/// A flush in progress (see [`Scheduler::begin_flush`]): the tasks still to flush and
+/// the downloads of the one being flushed.
+#[derive(Debug)]
+pub struct FlushCursor {
+    tasks: Vec<Digest>,
+    current: Option<(Digest, Vec<PeerId>)>,
+}
+
 impl Scheduler {
     /// A peer wants a task: opens a plan stream. The first update is queued
     /// at once. `size` is 0 when the peer does not know it.
@@ -151,6 +159,15 @@ impl Scheduler {
 
     /// Queues the updates that the changes since the last flush call for.
     pub fn flush(&mut self) {
+        let mut cursor = self.begin_flush();
+        while self.flush_step(&mut cursor, usize::MAX) {}
+    }
+
+    /// Starts a flush that [`Scheduler::flush_step`] carries out in steps, so that the
+    /// caller can let go of the core between them: a flush of a task a rollout is
+    /// pulling visits every one of its (up to thousands of) downloads, and a plan
+    /// opened meanwhile would wait for all of them.
+    pub fn begin_flush(&mut self) -> FlushCursor {
         self.burst_ranks.clear();
         let mut dirty: Vec<Digest> = self
             .tasks
@@ -158,10 +175,63 @@ impl Scheduler {
             .filter(|(_, t)| t.dirty)
             .map(|(d, _)| *d)
             .collect();
-        dirty.sort();
-        for digest in dirty {
-            self.flush_task(&digest);
+        // Popped from the end: in digest order.
+        dirty.sort_unstable_by(|a, b| b.cmp(a));
+        FlushCursor {
+            tasks: dirty,
+            current: None,
         }
+    }
+
+    /// Queues updates for the downloads of one task, at once.
+    pub(crate) fn flush_task(&mut self, digest: &Digest) {
+        let mut cursor = FlushCursor {
+            tasks: vec![*digest],
+            current: None,
+        };
+        while self.flush_step(&mut cursor, usize::MAX) {}
+    }
+
+    /// Looks at up to `max` downloads of the flush `cursor` stands for; true while
+    /// some are left. A task changed between two steps is flushed again at the next
+    /// flush (its dirty mark is set again); a download that ended meanwhile is skipped.
+    pub fn flush_step(&mut self, cursor: &mut FlushCursor, max: usize) -> bool {
+        let mut left = max.max(1);
+        // Built at the first re-ranking of a step, shared by the others of that step
+        // (it is only valid while nothing else changes the core).
+        let mut cache = None;
+        while left > 0 {
+            if cursor.current.is_none() {
+                let Some(digest) = cursor.tasks.pop() else {
+                    break;
+                };
+                let Some(task) = self.tasks.get_mut(&digest) else {
+                    continue;
+                };
+                task.dirty = false;
+                self.burst_ranks.remove(&digest);
+                let mut children: Vec<PeerId> = task.downloads.keys().cloned().collect();
+                // Popped from the end: in id order.
+                children.sort_unstable_by(|a, b| b.cmp(a));
+                cursor.current = Some((digest, children));
+                cache = None;
+            }
+            let Some((digest, children)) = cursor.current.as_mut() else {
+                break;
+            };
+            let digest = *digest;
+            match children.pop() {
+                Some(child) => {
+                    self.update_download(&digest, &child, &mut cache);
+                    left -= 1;
+                }
+                None => {
+                    cursor.current = None;
+                    cache = None;
+                }
+            }
+        }
+        !(cursor.tasks.is_empty() && cursor.current.is_none())
     }
 
     /// Decrements the child count of each parent.
@@ -334,21 +404,6 @@ impl Scheduler {
         }
     }
 
-    /// Queues updates for the downloads of one task.
-    pub(crate) fn flush_task(&mut self, digest: &Digest) {
-        let Some(task) = self.tasks.get_mut(digest) else {
-            return;
-        };
-        task.dirty = false;
-        let mut children: Vec<PeerId> = task.downloads.keys().cloned().collect();
-        children.sort();
-        // Built at the first re-ranking, shared by the others of this flush.
-        let mut cache = None;
-        for child in children {
-            self.update_download(digest, &child, &mut cache);
-        }
-    }
-
     /// Re-ranks (when needed) and sends one download's plan if it changed.
     fn update_download(&mut self, digest: &Digest, child: &PeerId, cache: &mut Option<RankCache>) {
         // Inconsistent state is skipped, never indexed into (a panic here
@@ -495,7 +550,7 @@ mod tests {
     use shoal_proto::Digest;
 
     use crate::core::test_support::{SIZE, id, info, parents_sent_to};
-    use crate::core::{CoreConfig, HeldTask, Scheduler};
+    use crate::core::{CoreConfig, Effect, HeldTask, PeerId, Scheduler};
 
     /// Found by `scripts/bench-scheduler` (the scheduler panicked, "scheduler
     /// core lock poisoned", at 10,000 peers): a download that is cancelled
@@ -530,6 +585,68 @@ mod tests {
         assert_eq!(core.children_of(&id(1)), Some(0), "p1's child slots leaked");
         // And nothing panics on later flushes.
         core.flush();
+    }
+
+    /// A flush carried out one download per step (the ticker lets go of the core
+    /// between steps) sends the same plans as a flush in one go, to every download of
+    /// every dirty task, and a download that ends between two steps is skipped.
+    #[test]
+    fn a_flush_in_steps_sends_what_a_flush_in_one_go_does() {
+        let (a, b) = (Digest::from_sha256([5; 32]), Digest::from_sha256([6; 32]));
+        let build = || {
+            let mut core = Scheduler::new(CoreConfig::default());
+            let now = Instant::now();
+            let held = |digest| HeldTask {
+                digest,
+                size: SIZE,
+                piece_hashes: vec![[9; 32]; 2],
+            };
+            core.join(now, info(0), vec![held(a), held(b)]).unwrap();
+            for p in 1..12 {
+                core.join(now, info(p), vec![]).unwrap();
+            }
+            let mut plans = Vec::new();
+            for p in 1..12 {
+                let digest = if p % 2 == 0 { a } else { b };
+                plans.push(core.open_plan(now, &id(p), digest, SIZE).unwrap());
+            }
+            core.drain_effects();
+            // p0 leaves: every download loses a parent, both tasks are dirty.
+            core.leave(now, &id(0));
+            (core, plans)
+        };
+        let plans_sent = |effects: &[Effect]| {
+            let mut out: Vec<(PeerId, Vec<PeerId>)> = (1..12)
+                .filter_map(|p| parents_sent_to(effects, &id(p)).map(|ps| (id(p), ps)))
+                .collect();
+            out.sort();
+            out
+        };
+
+        let (mut whole, _) = build();
+        whole.flush();
+        let expected = plans_sent(&whole.drain_effects());
+        // Downloads whose plan changed (the source's own has nothing to change).
+        assert!(expected.len() >= 9, "{expected:?}");
+
+        let (mut stepped, _) = build();
+        let mut cursor = stepped.begin_flush();
+        let mut steps = 0;
+        while stepped.flush_step(&mut cursor, 1) {
+            steps += 1;
+        }
+        assert!(steps >= 10, "one download per step: {steps} steps");
+        assert_eq!(plans_sent(&stepped.drain_effects()), expected);
+
+        // A download that ends between two steps is skipped, and the flush ends.
+        let (mut stepped, plans) = build();
+        let mut cursor = stepped.begin_flush();
+        assert!(stepped.flush_step(&mut cursor, 1));
+        stepped.close_plan(Instant::now(), plans[10]);
+        while stepped.flush_step(&mut cursor, 1) {}
+        let sent = plans_sent(&stepped.drain_effects());
+        assert!(sent.len() >= 8, "{sent:?}");
+        assert!(sent.iter().all(|(p, _)| *p != id(11)), "{sent:?}");
     }
 
     /// Found by `scripts/bench-scheduler`: a download starved because its
