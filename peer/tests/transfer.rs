@@ -622,3 +622,49 @@ async fn a_stuck_upload_holds_its_piece_only_briefly_and_a_silent_parent_fails_a
     assert_eq!(served.await.unwrap().unwrap(), pattern(100, 3));
     assert_eq!(load(&server.stats.busy), 1);
 }
+
+/// An upload that keeps moving keeps its piece however long it takes: here a 1 MiB
+/// piece at 256 KiB/s (the parent's upload rate limit) takes about 4 s, twice
+/// [`EXCLUSIVE_FOR`], and another child asking for it after [`EXCLUSIVE_FOR`] is still
+/// told `BUSY` (serving it a second copy would halve the first child's share of the
+/// uplink). Once the upload ended and [`REUPLOAD_HOLD`] passed, it is served, byte for
+/// byte.
+#[tokio::test]
+async fn a_moving_upload_keeps_its_piece_past_the_exclusive_time() {
+    const LEN: usize = 1 << 20;
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    source.insert(digest(4), 0, pattern(LEN, 4));
+    let limits = UploadLimits {
+        rate_limit: NonZeroU64::new(256 * 1024),
+        ..UploadLimits::default()
+    };
+    let server = Server::start(&tls, source, limits);
+    let (a, b) = (Arc::new(client(&tls)), client(&tls));
+    let slow = {
+        let (a, addr) = (a.clone(), server.addr);
+        tokio::spawn(async move { a.fetch(addr, &digest(4), 0, LEN as u32, TIMEOUT).await })
+    };
+    tokio::time::sleep(EXCLUSIVE_FOR + Duration::from_millis(300)).await;
+    assert!(
+        !slow.is_finished(),
+        "the rate limit makes A's upload take ~4 s"
+    );
+    let err = b
+        .fetch(server.addr, &digest(4), 0, LEN as u32, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(err, FetchError::Busy, "A's upload is still moving");
+    assert_eq!(slow.await.unwrap().unwrap(), pattern(LEN, 4));
+    tokio::time::sleep(REUPLOAD_HOLD + Duration::from_millis(100)).await;
+    let got = b
+        .fetch(server.addr, &digest(4), 0, LEN as u32, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(got, pattern(LEN, 4));
+    assert_eq!(load(&server.stats.busy), 1);
+    eventually("both uploads counted", || {
+        load(&server.stats.pieces_served) == 2
+    })
+    .await;
+}

@@ -5,8 +5,9 @@
 //! Real rules ([`Policy::Busy`]): at most `slots` uploads at once (`try_acquire`,
 //! nothing queues: a request beyond them is answered `BUSY`); one piece goes to one
 //! child at a time, and for [`REUPLOAD_HOLD`] after its upload ended others asking
-//! for it are answered `BUSY` too; an upload holds its piece at most
-//! [`EXCLUSIVE_FOR`]. A slot is held until the child acknowledged the whole piece.
+//! for it are answered `BUSY` too; an upload holds its piece while it moves (the real
+//! one lets it go after [`EXCLUSIVE_FOR`] without progress, which a model flow never
+//! lacks). A slot is held until the child acknowledged the whole piece.
 //!
 //! Variant ([`Policy::Queue`]): no per-piece exclusivity or hold; a request that
 //! finds every slot taken waits in a FIFO queue of at most `bound` requests (`BUSY`
@@ -57,7 +58,6 @@ pub enum Answer {
 #[derive(Debug, Clone, Copy)]
 struct Hold {
     child: usize,
-    started: Duration,
     until: Option<Duration>,
 }
 
@@ -106,7 +106,10 @@ impl Server {
                     h.child != req.child
                         && match h.until {
                             Some(until) => until > now,
-                            None => now.saturating_sub(h.started) < EXCLUSIVE_FOR,
+                            // The real server lets a piece go after
+                            // EXCLUSIVE_FOR without progress; the model's
+                            // flows always progress.
+                            None => true,
                         }
                 });
                 let queue = match self.policy {
@@ -115,7 +118,6 @@ impl Server {
                 };
                 let hold = Hold {
                     child: req.child,
-                    started: now,
                     until: None,
                 };
                 if held {
@@ -159,7 +161,6 @@ impl Server {
         if let Some(h) = self.holds.get_mut(&req.index)
             && h.child == req.child
         {
-            h.started = now;
             h.until = Some(now + REUPLOAD_HOLD);
         }
         let next = self.queue.pop_front()?;

@@ -8,7 +8,8 @@
 //! uploads. One piece is uploaded to one child at a time, and not again for
 //! [`REUPLOAD_HOLD`] after that: a request for a piece that is on its way to another
 //! child, or just got there, is answered `BUSY` too. An upload holds its piece that way
-//! for at most [`EXCLUSIVE_FOR`], and an upload as a whole is given up (its stream
+//! while it moves, and for at most [`EXCLUSIVE_FOR`] without moving; an upload as a
+//! whole is given up (its stream
 //! reset, its slot freed) after [`UPLOAD_TIMEOUT`]: a child that went silent mid-upload
 //! (a partition, a dead node) costs the others a couple of seconds on that piece, not
 //! the QUIC idle timeout. So this peer's uplink carries each
@@ -55,9 +56,17 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// enough that a child with no other holder waits little.
 pub const REUPLOAD_HOLD: Duration = Duration::from_millis(300);
 
-/// How long an upload in progress keeps a piece to its child: past this, other
-/// children asking for it are served too (the first child may be stalled or gone).
+/// How long an upload in progress keeps a piece to its child without progress: past
+/// this, other children asking for it are served too (the first child may be stalled or
+/// gone). Progress is at least [`PROGRESS_BYTES`] more sent on the connection to that
+/// child; an upload that keeps moving keeps its piece however long it takes (a parent
+/// uploading to several children at once on a slow uplink takes several seconds a
+/// piece, and serving the piece again meanwhile spends its uplink on a second copy).
 pub const EXCLUSIVE_FOR: Duration = Duration::from_secs(2);
+
+/// Bytes sent to a child (on its connection) within [`EXCLUSIVE_FOR`] that count as
+/// its upload moving: far more than the loss probes a silent peer is sent.
+pub const PROGRESS_BYTES: u64 = 64 * 1024;
 
 /// An upload not acknowledged in full within this long is given up: its stream is
 /// reset and its slot freed (a child's own request timeout is 10 s by default).
@@ -179,23 +188,34 @@ struct Shared {
 }
 
 /// Who a piece went to, and until when others are refused it (`None`: still going,
-/// exclusive until `started` + [`EXCLUSIVE_FOR`]).
-#[derive(Debug, Clone, Copy)]
+/// exclusive while it moves, see [`EXCLUSIVE_FOR`]).
+#[derive(Debug, Clone)]
 struct Hold {
     child: SocketAddr,
-    started: Instant,
     until: Option<Instant>,
+    /// The connection to the child, and when and at which count of bytes sent on it
+    /// the upload was last seen moving.
+    conn: Connection,
+    moved_at: Instant,
+    sent: u64,
 }
 
 impl Hold {
     /// True when `child` asking for the piece at `now` must be answered `BUSY`.
-    fn refuses(&self, child: SocketAddr, now: Instant) -> bool {
+    fn refuses(&mut self, child: SocketAddr, now: Instant) -> bool {
         if self.child == child {
             return false;
         }
         match self.until {
             Some(until) => until > now,
-            None => now.saturating_duration_since(self.started) < EXCLUSIVE_FOR,
+            None => {
+                let sent = self.conn.stats().udp_tx.bytes;
+                if sent >= self.sent.saturating_add(PROGRESS_BYTES) {
+                    self.sent = sent;
+                    self.moved_at = now;
+                }
+                now.saturating_duration_since(self.moved_at) < EXCLUSIVE_FOR
+            }
         }
     }
 }
@@ -208,27 +228,31 @@ struct Uploading<'a> {
 }
 
 impl<'a> Uploading<'a> {
-    /// Marks `piece` as going to `child`, or `None` when it went on its way to another
-    /// child less than [`EXCLUSIVE_FOR`] ago, or got there less than
+    /// Marks `piece` as going to the child at the other end of `conn`, or `None` when
+    /// it is on its way to another child (and that upload moved within
+    /// [`EXCLUSIVE_FOR`]), or got there less than
     /// [`REUPLOAD_HOLD`] ago. The same child asking again (its copy was lost or bad)
     /// is served.
     fn start(
         shared: &'a Shared,
         piece: (Digest, u32),
-        child: SocketAddr,
+        conn: &Connection,
         now: Instant,
     ) -> Option<Self> {
+        let child = conn.remote_address();
         let mut map = shared.uploading.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, h| h.until.is_none_or(|t| t > now));
-        if map.get(&piece).is_some_and(|h| h.refuses(child, now)) {
+        if map.get_mut(&piece).is_some_and(|h| h.refuses(child, now)) {
             return None;
         }
         map.insert(
             piece,
             Hold {
                 child,
-                started: now,
                 until: None,
+                conn: conn.clone(),
+                moved_at: now,
+                sent: conn.stats().udp_tx.bytes,
             },
         );
         drop(map);
@@ -250,13 +274,10 @@ impl Drop for Uploading<'_> {
         let now = Instant::now();
         // Only the upload that holds the piece now releases it (another child may
         // have taken it over after EXCLUSIVE_FOR).
-        if map.get(&self.piece).is_some_and(|h| h.child == self.child) {
-            let hold = Hold {
-                child: self.child,
-                started: now,
-                until: Some(now + REUPLOAD_HOLD),
-            };
-            map.insert(self.piece, hold);
+        if let Some(h) = map.get_mut(&self.piece)
+            && h.child == self.child
+        {
+            h.until = Some(now + REUPLOAD_HOLD);
         }
     }
 }
@@ -334,7 +355,7 @@ async fn connection(incoming: Incoming, shared: Arc<Shared>, mut stop: watch::Re
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
                     let span = debug_span!("upload", peer.addr = %addr, peer.node = %node, stream.id = %send.id());
-                    streams.spawn(answer(send, recv, shared.clone(), addr).instrument(span));
+                    streams.spawn(answer(send, recv, shared.clone(), conn.clone()).instrument(span));
                 }
                 Err(e) => {
                     debug!(peer.addr = %addr, error = %e, "peer disconnected");
@@ -352,13 +373,8 @@ fn close(conn: &Connection) {
     conn.close(VarInt::from_u32(0), b"shutdown");
 }
 
-async fn answer(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    shared: Arc<Shared>,
-    child: SocketAddr,
-) {
-    if let Err(e) = try_answer(&mut send, &mut recv, &shared, child).await {
+async fn answer(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>, conn: Connection) {
+    if let Err(e) = try_answer(&mut send, &mut recv, &shared, &conn).await {
         debug!(error = %e, "upload failed");
     }
 }
@@ -367,7 +383,7 @@ async fn try_answer(
     send: &mut SendStream,
     recv: &mut RecvStream,
     shared: &Shared,
-    child: SocketAddr,
+    conn: &Connection,
 ) -> Result<(), StreamError> {
     let read = tokio::time::timeout(
         REQUEST_TIMEOUT,
@@ -397,7 +413,7 @@ async fn try_answer(
         shared.stats.busy.fetch_add(1, Ordering::Relaxed);
         return reply(send, &Response::Busy).await;
     };
-    let Some(_uploading) = Uploading::start(shared, (digest, index), child, Instant::now()) else {
+    let Some(_uploading) = Uploading::start(shared, (digest, index), conn, Instant::now()) else {
         debug!(task = %digest, piece = index, "piece uploading or just uploaded; busy");
         shared.stats.busy.fetch_add(1, Ordering::Relaxed);
         return reply(send, &Response::Busy).await;
