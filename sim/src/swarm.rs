@@ -7,7 +7,7 @@
 //! `NOT_FOUND`, a piece's last byte, the child's acknowledgement that frees the
 //! parent's slot, the first byte from upstream); the parent's upload rules
 //! ([`crate::server`]); the planner's limits (requests in flight per download and
-//! per parent, the `BUSY` backoff, the in-order window), the driver's 200 ms tick
+//! per parent, the `BUSY` backoff, the rarest-first window), the driver's 200 ms tick
 //! and its wake-up when a `BUSY` backoff ends or a piece or plan arrives; the
 //! scheduler's plan interval. The reader (containerd) reads every piece as soon as
 //! it is contiguous.

@@ -6,7 +6,7 @@
 //! ```text
 //! shoal-swarm-sim [--peers 8] [--size 256MiB] [--rate 100mbit] [--slow-fraction 0]
 //!                 [--slow-factor 0.5] [--registry-rate RATE] [--latency 200us]
-//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--keep-hold] [--slots 8] [--window 16]
+//!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--keep-hold] [--slots 8] [--window 256]
 //!                 [--busy-backoff 100ms] [--max-per-parent 2] [--max-per-downloading-parent 1] [--max-parents 8] [--max-children 8] [--seed 1]
 //! ```
 
@@ -62,8 +62,8 @@ struct Args {
     /// Upload slots per node (the peer's default is 8).
     #[arg(long, default_value_t = 8)]
     slots: usize,
-    /// The planner's in-order window (the peer's default is 16).
-    #[arg(long, default_value_t = 16)]
+    /// The planner's rarest-first window (the peer's default).
+    #[arg(long, default_value_t = PlannerConfig::default().window)]
     window: u32,
     /// The planner's BUSY backoff (the peer's default is 100 ms).
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
