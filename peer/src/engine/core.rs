@@ -45,6 +45,11 @@ pub const REPLAN_MAX: Duration = Duration::from_secs(8);
 /// that asks. Well within [`REPLAN_GRACE`].
 pub const REPLAN_DEFER: Duration = Duration::from_secs(1);
 
+/// The planner's window once the store failed (see [`DownloadCore::store_failed`]):
+/// pieces fetched ahead of the reader then wait in memory, so only this many ahead of
+/// it are asked for.
+pub const MEMORY_ONLY_WINDOW: u32 = 16;
+
 /// What the core asks the driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -383,9 +388,11 @@ impl DownloadCore {
     }
 
     /// The store failed with a local fault (disk full, I/O error): from now on
-    /// pieces stay in memory.
+    /// pieces stay in memory, and only [`MEMORY_ONLY_WINDOW`] pieces ahead of the
+    /// reader are fetched.
     pub fn store_failed(&mut self) {
         self.store_ok = false;
+        self.planner.confine_to_window(MEMORY_ONLY_WINDOW);
     }
 
     /// True while the store takes pieces.

@@ -138,6 +138,9 @@ pub struct Planner {
     starved_since: Option<Instant>,
     /// A fetch failed in a way no parent can fix (`retry_elsewhere` false).
     broken: bool,
+    /// Only pieces within the window ahead of the reader are asked for (see
+    /// [`Planner::confine_to_window`]).
+    confined: bool,
 }
 
 impl Planner {
@@ -160,6 +163,7 @@ impl Planner {
             reader: 0,
             starved_since: None,
             broken: false,
+            confined: false,
         }
     }
 
@@ -381,8 +385,18 @@ impl Planner {
         // time and answers the others BUSY).
         window.sort_unstable_by_key(|&(rarity, tie, _)| (rarity == 0, rarity, tie));
         order.extend(window.into_iter().map(|(_, _, i)| i));
-        order.extend((window_end..n).chain(0..reader).filter(wanted));
+        if !self.confined {
+            order.extend((window_end..n).chain(0..reader).filter(wanted));
+        }
         order
+    }
+
+    /// From now on only the `window` pieces ahead of the reader are asked for: the
+    /// store cannot take pieces, so every piece fetched ahead of the reader waits in
+    /// memory until it reads it (and pieces behind it are not needed any more).
+    pub fn confine_to_window(&mut self, window: u32) {
+        self.config.window = self.config.window.min(window);
+        self.confined = true;
     }
 
     /// The next requests to send, recorded as in flight from `now`.

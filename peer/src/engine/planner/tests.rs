@@ -457,3 +457,33 @@ fn the_most_advanced_downloading_holder_is_kept_for_what_only_it_has() {
     assert_eq!(src.len(), 2, "{reqs:?}");
     assert!(src.iter().all(|i| (3..8).contains(i)), "{reqs:?}");
 }
+
+#[test]
+fn confined_to_its_window_it_asks_for_nothing_beyond_or_behind_it() {
+    let size = 100 * 4 * MIB;
+    let mut p = Planner::new(PlannerConfig {
+        max_in_flight: 64,
+        ..PlannerConfig::default()
+    });
+    let parents = (0..8).map(|i| parent(&format!("p{i}"), 7000 + i, None, 100));
+    p.on_plan(&plan(size, parents.collect())).unwrap();
+    p.on_reader(40 * 4 * MIB);
+    p.confine_to_window(4);
+    let now = Instant::now();
+    let mut idx: Vec<u32> = p
+        .next_requests(now, &mut rng())
+        .iter()
+        .map(|(i, _)| *i)
+        .collect();
+    idx.sort();
+    assert_eq!(idx, vec![40, 41, 42, 43]);
+    // Unconfined, the same planner would ask for up to 16 (8 parents x 2).
+    let mut q = Planner::new(PlannerConfig {
+        max_in_flight: 64,
+        ..PlannerConfig::default()
+    });
+    let parents = (0..8).map(|i| parent(&format!("p{i}"), 7000 + i, None, 100));
+    q.on_plan(&plan(size, parents.collect())).unwrap();
+    q.on_reader(40 * 4 * MIB);
+    assert_eq!(q.next_requests(now, &mut rng()).len(), 16);
+}
