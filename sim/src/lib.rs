@@ -11,6 +11,7 @@
 //!   the real constants; and a queueing variant (a prediction, labelled as such).
 //! - [`wiring`]: plan updates and reports between the cores, as the links do it.
 //! - [`swarm`]: the simulation itself.
+//! - [`outcome`]: what a run produced, per node and in total.
 //! - [`report`]: its figures, as `scripts/bench-swarm` prints them.
 //!
 //! What is modelled and what is not: see `docs/benchmarks.md`, "Simulating large
@@ -18,6 +19,7 @@
 
 pub mod config;
 pub mod link;
+pub mod outcome;
 pub mod report;
 pub mod server;
 pub mod swarm;

@@ -31,6 +31,7 @@ use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PlanId, Scheduler};
 
 pub use crate::config::Config;
 use crate::link::Links;
+pub use crate::outcome::{NodeResult, Outcome};
 use crate::server::{Answer, Request, Server};
 use crate::wiring;
 
@@ -38,36 +39,6 @@ use crate::wiring;
 pub const DRIVER_TICK: Duration = Duration::from_millis(200);
 /// How often a node heartbeats the scheduler here (well within its peer TTL).
 const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// One node's outcome.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeResult {
-    /// Its downlink rate, bytes/s.
-    pub down: f64,
-    /// When it held every piece (`None`: never).
-    pub done_at: Option<Duration>,
-    /// It streamed from upstream.
-    pub source: bool,
-    /// Pieces it uploaded.
-    pub served: u64,
-    /// Requests it answered `BUSY`.
-    pub busy_answers: u64,
-}
-
-/// A run's outcome.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    /// Per node, in node order.
-    pub nodes: Vec<NodeResult>,
-    /// Bytes upstream sent.
-    pub upstream_bytes: u64,
-    /// Simulated time at the end.
-    pub elapsed: Duration,
-    /// Reports the scheduler refused (a real session would end): should be 0.
-    pub refused_reports: u64,
-    /// Pieces the blob has.
-    pub pieces: u32,
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Msg {
