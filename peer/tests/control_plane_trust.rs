@@ -78,6 +78,7 @@ fn peer_info(id: &str) -> v1::PeerInfo {
         hostname: id.into(),
         quic_addr: "127.0.0.1:9".into(),
         upload_slots: 4,
+        piece_rule: shoal_proto::piece::PIECE_RULE,
         ..Default::default()
     }
 }

@@ -43,9 +43,11 @@ fn free_tcp() -> std::net::SocketAddr {
         .unwrap()
 }
 
-/// Writes a complete 6 MiB blob (2 pieces) into a fresh store in `dir`.
+/// Writes a complete blob of 2 pieces (the second half as long) into a fresh
+/// store in `dir`.
 fn seed(dir: &Path) -> (Digest, Vec<u8>) {
-    let blob: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
+    let len = shoal_proto::piece::MIN_PIECE_SIZE * 3 / 2;
+    let blob: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     let digest = Digest::from_sha256(Sha256::digest(&blob).into());
     let shape = TaskShape::for_size(blob.len() as u64).unwrap();
     let store = DiskStore::open(dir, StoreConfig::with_cache_size(1 << 30)).unwrap();

@@ -600,6 +600,7 @@ async fn a_csr_for_another_node_cannot_join_as_that_node() {
             peer_id: id.into(),
             hostname: id.into(),
             quic_addr: "127.0.0.1:9".into(),
+            piece_rule: shoal_proto::piece::PIECE_RULE,
             ..Default::default()
         }),
         tasks: Vec::new(),

@@ -20,7 +20,7 @@ impl Inventory for Held {
     }
 }
 
-const SIZE: u64 = 5 << 20; // 2 pieces
+const SIZE: u64 = shoal_proto::piece::MIN_PIECE_SIZE as u64 * 5 / 4; // 2 pieces
 
 fn digest(n: u8) -> Digest {
     Digest::from_sha256([n; 32])
@@ -42,6 +42,7 @@ fn peer(id: &str, n: u8) -> v1::PeerInfo {
         zone: String::new(),
         rack: String::new(),
         upload_slots: 0,
+        piece_rule: shoal_proto::piece::PIECE_RULE,
     }
 }
 

@@ -19,7 +19,7 @@ use shoal_peer::scheduler_link::{Inventory, LinkConfig, Report, SchedulerLink};
 use shoal_proto::{Digest, rendezvous, v1};
 use shoal_tests::scheduler::InProcessScheduler;
 
-const SIZE: u64 = 5 << 20; // 2 pieces
+const SIZE: u64 = shoal_proto::piece::MIN_PIECE_SIZE as u64 * 5 / 4; // 2 pieces
 const TASKS: u8 = 60;
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -53,6 +53,7 @@ fn peer(id: &str, n: u8) -> v1::PeerInfo {
         zone: String::new(),
         rack: String::new(),
         upload_slots: 0,
+        piece_rule: shoal_proto::piece::PIECE_RULE,
     }
 }
 

@@ -14,7 +14,8 @@ use shoal_peer::store::{
 };
 use shoal_proto::{Digest, TaskShape};
 
-const MIB: u64 = 1 << 20;
+/// The smallest piece: the size of every piece of these tests' blobs.
+const PIECE: u64 = shoal_proto::piece::MIN_PIECE_SIZE as u64;
 
 fn digest(n: u8) -> Digest {
     Digest::from_sha256([n; 32])
@@ -78,7 +79,7 @@ macro_rules! both {
 
 fn round_trip(store: &impl PieceStore) {
     let d = digest(1);
-    let s = shape(2 * 4 * MIB + 123); // 3 pieces, the last 123 bytes.
+    let s = shape(2 * PIECE + 123); // 3 pieces, the last 123 bytes.
     assert_eq!(s.piece_count(), 3);
     let meta = store.open(d, s).unwrap();
     assert_eq!((meta.digest, meta.shape), (d, s));
@@ -187,7 +188,7 @@ both!(size_mismatch_is_an_error, size_mismatch_is_an_error);
 
 fn hashes_and_media_type(store: &impl PieceStore) {
     let d = digest(5);
-    let s = shape(4 * MIB + 1);
+    let s = shape(PIECE + 1);
     assert!(matches!(
         store.set_hashes(&d, &[(0, [1; 32])]),
         Err(StoreError::UnknownTask(_))
@@ -277,7 +278,7 @@ both!(
 
 /// Many threads writing pieces of the same and different tasks: no update is lost.
 fn concurrent_writes(store: Arc<dyn PieceStore>) {
-    let s = shape(6 * 4 * MIB + 1);
+    let s = shape(6 * PIECE + 1);
     let tasks = [digest(10), digest(11)];
     for d in tasks {
         store.open(d, s).unwrap();
@@ -321,7 +322,7 @@ fn concurrent_writes_mem_store() {
 #[test]
 fn restart_keeps_complete_tasks_and_resumes_in_progress_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let s = shape(2 * 4 * MIB + 4096);
+    let s = shape(2 * PIECE + 4096);
     let (done, partial, gone) = (digest(20), digest(21), digest(22));
     let peer_id = load_or_create_peer_id(dir.path()).unwrap();
     {
@@ -356,7 +357,7 @@ fn restart_keeps_complete_tasks_and_resumes_in_progress_ones() {
         .write(true)
         .open(blobs.join(partial.hex()))
         .unwrap();
-    f.write_all_at(b"garbage", 4 * MIB + 17).unwrap();
+    f.write_all_at(b"garbage", PIECE + 17).unwrap();
     std::fs::remove_file(blobs.join(gone.hex())).unwrap();
     std::fs::write(blobs.join(digest(23).hex()), b"orphan").unwrap();
     std::fs::write(blobs.join("not-a-digest"), b"left alone").unwrap();
@@ -414,7 +415,7 @@ fn restart_keeps_complete_tasks_and_resumes_in_progress_ones() {
 #[test]
 fn damage_at_rest_is_caught_on_first_read_and_the_piece_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let s = shape(3 * 4 * MIB);
+    let s = shape(3 * PIECE);
     let (d, unhashed) = (digest(30), digest(31));
     {
         let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
@@ -437,7 +438,7 @@ fn damage_at_rest_is_caught_on_first_read_and_the_piece_dropped() {
         .write(true)
         .open(blobs.join(d.hex()))
         .unwrap();
-    f.write_all_at(b"flipped!", 4 * MIB + 100).unwrap();
+    f.write_all_at(b"flipped!", PIECE + 100).unwrap();
 
     let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
     assert!(store.meta(&d).unwrap().unwrap().complete);
@@ -551,7 +552,7 @@ enum Op {
 }
 
 /// Sizes that give 0, 1, 1 and 2 pieces (the last short).
-const SIZES: [u64; 4] = [0, 1, 1000, 4 * MIB + 5];
+const SIZES: [u64; 4] = [0, 1, 1000, PIECE + 5];
 
 fn op() -> impl Strategy<Value = Op> {
     let t = 0u8..3;
@@ -807,7 +808,7 @@ async fn the_scrub_finds_damage_at_rest_before_a_request_does() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let s = shape(3 * 4 * MIB);
+    let s = shape(3 * PIECE);
     {
         let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
         for n in [40, 41] {
@@ -824,7 +825,7 @@ async fn the_scrub_finds_damage_at_rest_before_a_request_does() {
         .write(true)
         .open(dir.path().join("blobs/sha256").join(digest(41).hex()))
         .unwrap();
-    f.write_all_at(b"rot", 2 * 4 * MIB + 9).unwrap();
+    f.write_all_at(b"rot", 2 * PIECE + 9).unwrap();
     let store: Arc<dyn PieceStore> =
         Arc::new(DiskStore::open(dir.path(), StoreConfig::default()).unwrap());
     // No scheduler: the link never connects, reports are dropped.

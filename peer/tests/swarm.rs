@@ -117,6 +117,7 @@ impl Node {
             zone: String::new(),
             rack: String::new(),
             upload_slots: 0,
+            piece_rule: shoal_proto::piece::PIECE_RULE,
         };
         let mut config = LinkConfig::new(vec![url.to_string()], info);
         config.backoff_min = Duration::from_millis(50);

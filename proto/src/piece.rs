@@ -3,13 +3,24 @@
 //! A task (blob) of `size` bytes is cut into pieces of `piece_size` bytes; the
 //! last piece is short. The piece size is a power of two chosen from the size
 //! alone, so every peer and the scheduler agree on it without asking:
-//! 4 MiB up to 4 GiB blobs (at most 1,024 pieces), then doubling up to 16 MiB,
-//! so a task has at most a few thousand pieces up to 64 GiB.
+//! 512 KiB up to 512 MiB blobs, then doubling so a task stays at 1,024 pieces
+//! (1 MiB at 1 GiB, 4 MiB at 4 GiB) up to 16 MiB, so a task has at most a few
+//! thousand pieces up to 64 GiB.
+//!
+//! That choice is the **piece rule** ([`PIECE_RULE`]). A piece index means
+//! nothing between parties of different rules, so peers and the scheduler
+//! exchange their rule at join and refuse a mismatch, and the peer protocol's
+//! ALPN names the rule. Rule 1 (Shoal up to 0.1, sent as 0 or absent) had a
+//! 4 MiB minimum; rule 2 lowered it to 512 KiB, so a 256 MiB layer is cut into
+//! 512 pieces instead of 64 and each piece is passed on sooner
+//! (`docs/benchmarks.md`).
 
 use std::ops::Range;
 
-/// Smallest piece size (4 MiB).
-pub const MIN_PIECE_SIZE: u32 = 4 << 20;
+/// The rule [`piece_size_for`] follows. Bump it whenever that function changes.
+pub const PIECE_RULE: u32 = 2;
+/// Smallest piece size (512 KiB).
+pub const MIN_PIECE_SIZE: u32 = 512 << 10;
 /// Largest piece size (16 MiB).
 pub const MAX_PIECE_SIZE: u32 = 16 << 20;
 /// Pieces per task the size choice aims to stay under.
@@ -308,19 +319,22 @@ mod tests {
     fn piece_sizes() {
         assert_eq!(piece_size_for(0), MIN_PIECE_SIZE);
         assert_eq!(piece_size_for(1), MIN_PIECE_SIZE);
-        assert_eq!(piece_size_for(2 << 30), MIN_PIECE_SIZE);
+        assert_eq!(piece_size_for(512 << 20), MIN_PIECE_SIZE);
+        assert_eq!(piece_size_for((512 << 20) + 1), 1 << 20);
+        assert_eq!(piece_size_for(1 << 30), 1 << 20);
+        assert_eq!(piece_size_for(2 << 30), 2 << 20);
         assert_eq!(piece_size_for(8 << 30), 8 << 20);
         assert_eq!(piece_size_for(500 << 30), MAX_PIECE_SIZE);
-        let s = TaskShape::for_size(10 << 20).unwrap();
+        let s = TaskShape::for_size(5 << 18).unwrap();
         assert_eq!(s.piece_count(), 3);
-        assert_eq!(s.piece_range(2).unwrap(), (8 << 20)..(10 << 20));
-        assert_eq!(s.piece_len(2).unwrap(), 2 << 20);
+        assert_eq!(s.piece_range(2).unwrap(), (4 << 18)..(5 << 18));
+        assert_eq!(s.piece_len(2).unwrap(), 1 << 18);
         assert!(matches!(
             s.piece_range(3),
             Err(PieceError::IndexOutOfRange { index: 3, count: 3 })
         ));
-        assert_eq!(s.piece_at((8 << 20) + 1), Some(2));
-        assert_eq!(s.piece_at(10 << 20), None);
+        assert_eq!(s.piece_at((4 << 18) + 1), Some(2));
+        assert_eq!(s.piece_at(5 << 18), None);
         assert_eq!(TaskShape::for_size(0).unwrap().piece_count(), 0);
         assert!(TaskShape::for_size(MAX_TASK_SIZE + 1).is_err());
     }

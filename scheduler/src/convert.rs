@@ -2,6 +2,7 @@
 //! from [`CoreError`] to [`tonic::Status`]. Every wire value is checked here;
 //! the core sees only well-formed data.
 
+use shoal_proto::piece::PIECE_RULE;
 use shoal_proto::{Digest, v1};
 use tonic::Status;
 
@@ -40,6 +41,14 @@ fn hash(bytes: &[u8], what: impl std::fmt::Display) -> Result<[u8; 32], Status> 
 
 pub(crate) fn peer_info(p: Option<v1::PeerInfo>) -> Result<core::PeerInfo, Status> {
     let p = p.ok_or_else(|| Status::invalid_argument("join request without peer info"))?;
+    let rule = p.piece_rule.max(1);
+    if rule != PIECE_RULE {
+        return Err(Status::failed_precondition(format!(
+            "peer {:?} cuts blobs by piece rule {rule}, this scheduler by rule {PIECE_RULE}: \
+             a piece index would mean different bytes; run one Shoal version on the scheduler and the peers",
+            p.peer_id
+        )));
+    }
     let addr = p.quic_addr.parse().map_err(|_| {
         Status::invalid_argument(format!(
             "quic_addr {:?} is not an ip:port address",

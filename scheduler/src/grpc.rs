@@ -200,6 +200,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
             Ok(Response::new(v1::JoinResponse {
                 heartbeat_interval_ms: (ttl / 3).as_millis() as u64,
                 peer_ttl_ms: ttl.as_millis() as u64,
+                piece_rule: shoal_proto::piece::PIECE_RULE,
             }))
         })();
         self.observe("Join", r)

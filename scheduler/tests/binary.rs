@@ -115,10 +115,11 @@ async fn serves_grpc_and_the_operator_api_and_stops_on_sigterm() {
                     zone: "z".into(),
                     rack: String::new(),
                     upload_slots: 4,
+                    piece_rule: shoal_proto::piece::PIECE_RULE,
                 }),
                 tasks: vec![v1::HeldTask {
                     digest: digest.clone(),
-                    size: 5 << 20,
+                    size: shoal_proto::piece::MIN_PIECE_SIZE as u64 * 5 / 4,
                     piece_hashes: vec![vec![1; 32], vec![2; 32]],
                 }],
             })

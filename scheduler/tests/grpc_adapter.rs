@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-const SIZE: u64 = (8 << 20) + 100; // 3 pieces
+const SIZE: u64 = 2 * shoal_proto::piece::MIN_PIECE_SIZE as u64 + 100; // 3 pieces
 
 struct Server {
     addr: std::net::SocketAddr,
@@ -70,6 +70,7 @@ fn peer(id: &str, n: u8) -> v1::PeerInfo {
         zone: "z1".into(),
         rack: String::new(),
         upload_slots: 0,
+        piece_rule: shoal_proto::piece::PIECE_RULE,
     }
 }
 
@@ -117,12 +118,16 @@ fn ev(e: Event) -> v1::PeerEvent {
 }
 
 async fn join(c: &mut SchedulerClient<Channel>, id: &str, n: u8) {
-    c.join(v1::JoinRequest {
-        peer: Some(peer(id, n)),
-        tasks: vec![],
-    })
-    .await
-    .unwrap();
+    let joined = c
+        .join(v1::JoinRequest {
+            peer: Some(peer(id, n)),
+            tasks: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The scheduler names its piece rule, so a peer of another rule can leave.
+    assert_eq!(joined.piece_rule, shoal_proto::piece::PIECE_RULE);
 }
 
 async fn next_update(s: &mut Streaming<v1::PlanUpdate>) -> v1::PlanUpdate {
@@ -342,6 +347,20 @@ async fn bad_input_gets_a_status_that_says_why_and_changes_nothing() {
         c.join(bad_id).await.map(|_| ()),
         Code::InvalidArgument,
         "peer id",
+    );
+    // A peer of an older Shoal, whose pieces are cut by another rule (its join
+    // carries no rule: rule 1, 4 MiB pieces).
+    let old_rule = v1::JoinRequest {
+        peer: Some(v1::PeerInfo {
+            piece_rule: 0,
+            ..peer("c", 3)
+        }),
+        tasks: vec![],
+    };
+    expect(
+        c.join(old_rule).await.map(|_| ()),
+        Code::FailedPrecondition,
+        "piece rule 1",
     );
     let elsewhere = v1::JoinRequest {
         peer: Some(peer("a", 9)),

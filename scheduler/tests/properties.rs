@@ -15,8 +15,8 @@ use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PeerInfo, PieceDone, Sch
 
 const PEERS: u8 = 6;
 const TASKS: u8 = 2;
-/// 3 pieces of 4 MiB, the last one short.
-const SIZE: u64 = (8 << 20) + 12345;
+/// 3 pieces of the smallest size, the last one short.
+const SIZE: u64 = 2 * shoal_proto::piece::MIN_PIECE_SIZE as u64 + 12345;
 
 #[derive(Debug, Clone)]
 enum Op {

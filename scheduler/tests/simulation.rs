@@ -229,7 +229,7 @@ impl Sim {
             let mut got = Vec::new();
             if p.back_to_source {
                 if p.shape.is_none() {
-                    let size = PIECES as u64 * (4 << 20);
+                    let size = PIECES as u64 * shoal_proto::piece::MIN_PIECE_SIZE as u64;
                     self.core.task_started(now, id, self.digest, size).unwrap();
                     continue;
                 }

@@ -181,6 +181,7 @@ impl Node {
             zone: settings.zone.clone(),
             rack: String::new(),
             upload_slots: settings.upload_slots as u32,
+            piece_rule: shoal_proto::piece::PIECE_RULE,
         };
         let mut registries =
             RegistriesConfig::with_hosts_dirs(settings.containerd_hosts_dirs.clone());

@@ -159,19 +159,21 @@ mod tests {
 
     #[test]
     fn refuses_bad_starts_extra_bytes_and_short_bodies() {
-        let shape = TaskShape::for_size(8 * MIB).unwrap();
+        let piece = shoal_proto::piece::MIN_PIECE_SIZE as u64;
+        let shape = TaskShape::for_size(2 * piece).unwrap();
         assert!(matches!(
             PieceCutter::new(shape, 0, 5),
             Err(CutError::BadStart { .. })
         ));
-        assert!(PieceCutter::new(shape, 9 * MIB, 0).is_err());
+        assert!(PieceCutter::new(shape, 3 * piece, 0).is_err());
         let mut c = PieceCutter::new(shape, 0, 0).unwrap();
         assert_eq!(
-            c.push(Bytes::from(vec![0u8; 8 * MIB as usize + 1])),
+            c.push(Bytes::from(vec![0u8; 2 * piece as usize + 1])),
             Err(CutError::PastEnd)
         );
         let mut c = PieceCutter::new(shape, 0, 0).unwrap();
-        c.push(Bytes::from(vec![0u8; 5 * MIB as usize])).unwrap();
+        c.push(Bytes::from(vec![0u8; (piece + piece / 4) as usize]))
+            .unwrap();
         assert!(matches!(c.finish(), Err(CutError::Short { index: 1, .. })));
     }
 

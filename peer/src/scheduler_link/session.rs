@@ -15,6 +15,7 @@ use std::time::Duration;
 use rand::Rng;
 use shoal_proto::Digest;
 use shoal_proto::limits::MAX_MESSAGE;
+use shoal_proto::piece::PIECE_RULE;
 use shoal_proto::v1::{self, peer_event::Event, scheduler_client::SchedulerClient};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -177,6 +178,13 @@ async fn session(
         })
         .await?
         .into_inner();
+    if joined.piece_rule.max(1) != PIECE_RULE {
+        return Err(tonic::Status::failed_precondition(format!(
+            "the scheduler cuts blobs by piece rule {}, this peer by rule {PIECE_RULE}: \
+             a piece index would mean different bytes; run one Shoal version on the scheduler and the peers",
+            joined.piece_rule.max(1)
+        )));
+    }
     for page in pages {
         client
             .join(v1::JoinRequest {

@@ -198,6 +198,7 @@ pub(crate) fn peer_info(i: u32) -> v1::PeerInfo {
         zone: format!("zone-{}", i % 3),
         rack: format!("rack-{}", i % 40),
         upload_slots: 0,
+        piece_rule: shoal_proto::piece::PIECE_RULE,
     }
 }
 

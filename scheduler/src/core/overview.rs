@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(order, ["p3", "p2", "p1"]);
         assert_eq!(t.holders_total, 3);
         assert!(t.holders[0].back_to_source && t.holders[0].source);
-        // One 4 MiB piece came from upstream.
+        // One piece (of two) came from upstream.
         assert_eq!(t.summary.upstream_bytes, SIZE / 2);
         assert_eq!(o.peers[3].held_bytes, SIZE / 2);
     }

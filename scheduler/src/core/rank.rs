@@ -339,8 +339,8 @@ mod tests {
     use super::*;
     use crate::core::{HeldTask, PeerInfo, PieceDone, Scheduler};
 
-    /// 40 pieces of 4 MiB.
-    const SIZE: u64 = 40 * (4 << 20);
+    /// 40 pieces of the smallest size.
+    const SIZE: u64 = 40 * shoal_proto::piece::MIN_PIECE_SIZE as u64;
 
     fn id(p: u32) -> PeerId {
         PeerId::parse(&format!("p{p:03}")).unwrap()

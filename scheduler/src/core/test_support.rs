@@ -3,8 +3,8 @@
 
 use super::{Effect, PeerId, PeerInfo};
 
-/// The size of the tests' blobs: two 4 MiB pieces.
-pub(crate) const SIZE: u64 = 8 << 20;
+/// The size of the tests' blobs: two pieces of the smallest size.
+pub(crate) const SIZE: u64 = 2 * shoal_proto::piece::MIN_PIECE_SIZE as u64;
 
 /// `p<n>`.
 pub(crate) fn id(p: u8) -> PeerId {

@@ -11,8 +11,8 @@ use shoal_scheduler::core::{CoreConfig, HeldTask, PeerId, PeerInfo, PieceDone, S
 use shoal_scheduler::metrics::Metrics;
 use shoal_scheduler::state::SchedulerState;
 
-/// 3 pieces of 4 MiB, the last one short.
-pub(crate) const SIZE: u64 = (8 << 20) + 12345;
+/// 3 pieces of the smallest size, the last one short.
+pub(crate) const SIZE: u64 = 2 * shoal_proto::piece::MIN_PIECE_SIZE as u64 + 12345;
 
 pub(crate) fn id(p: u8) -> PeerId {
     PeerId::parse(&format!("peer-{p}")).unwrap()

@@ -6,7 +6,8 @@ use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-const MIB: u64 = 1 << 20;
+/// The smallest piece: the size of every piece of these tests' blobs.
+const PIECE: u64 = shoal_proto::piece::MIN_PIECE_SIZE as u64;
 
 fn parent(id: &str, port: u16, pieces: Option<&[u32]>, count: u32) -> PlanParent {
     let pieces = pieces.map(|ps| {
@@ -45,11 +46,11 @@ fn rng() -> SmallRng {
 
 #[test]
 fn window_first_caps_and_spread() {
-    let size = 100 * 4 * MIB; // 100 pieces
+    let size = 100 * PIECE; // 100 pieces
     let mut p = Planner::new(PlannerConfig::default());
     let parents = (0..3).map(|i| parent(&format!("p{i}"), 7000 + i, None, 100));
     p.on_plan(&plan(size, parents.collect())).unwrap();
-    p.on_reader(40 * 4 * MIB + 5);
+    p.on_reader(40 * PIECE + 5);
     let now = Instant::now();
     let reqs = p.next_requests(now, &mut rng());
     // 3 complete parents x 2 per parent = 6 < 8 in flight.
@@ -78,7 +79,7 @@ fn window_first_caps_and_spread() {
 
 #[test]
 fn the_window_is_fetched_rarest_first_after_the_readers_next_piece() {
-    let size = 40 * 4 * MIB; // 40 pieces
+    let size = 40 * PIECE; // 40 pieces
     let mut p = Planner::new(PlannerConfig::default());
     // Three complete parents hold everything; "src" (downloading) alone holds 20..22.
     let mut parents: Vec<PlanParent> = (0..3)
@@ -93,7 +94,7 @@ fn the_window_is_fetched_rarest_first_after_the_readers_next_piece() {
         .collect();
     parents.push(parent("src", 7100, Some(&(0..23).collect::<Vec<_>>()), 40));
     p.on_plan(&plan(size, parents)).unwrap();
-    p.on_reader(10 * 4 * MIB);
+    p.on_reader(10 * PIECE);
     let reqs = p.next_requests(Instant::now(), &mut rng());
     let idx: Vec<u32> = reqs.iter().map(|(i, _)| *i).collect();
     // Piece 10 first (the reader waits for it), then one of the pieces only src holds
@@ -108,7 +109,7 @@ fn the_window_is_fetched_rarest_first_after_the_readers_next_piece() {
 
 #[test]
 fn a_parent_still_downloading_gets_one_request_at_a_time() {
-    let size = 20 * 4 * MIB;
+    let size = 20 * PIECE;
     let mut p = Planner::new(PlannerConfig::default());
     let all: Vec<u32> = (0..19).collect();
     p.on_plan(&plan(size, vec![parent("src", 7000, Some(&all), 20)]))
@@ -126,7 +127,7 @@ fn a_parent_still_downloading_gets_one_request_at_a_time() {
 
 #[test]
 fn only_pieces_with_hash_and_holder() {
-    let size = 10 * 4 * MIB;
+    let size = 10 * PIECE;
     let mut p = Planner::new(PlannerConfig::default());
     let mut u = plan(size, vec![parent("a", 1, Some(&[0, 1, 2, 5]), 10)]);
     u.hashes.retain(|h| h.0 != 1);
@@ -151,7 +152,7 @@ fn only_pieces_with_hash_and_holder() {
 
 #[test]
 fn failed_piece_goes_elsewhere_and_bad_parent_is_excluded() {
-    let size = 4 * 4 * MIB;
+    let size = 4 * PIECE;
     let mut p = Planner::new(PlannerConfig {
         max_per_parent: 1,
         ..PlannerConfig::default()
@@ -182,7 +183,7 @@ fn failed_piece_goes_elsewhere_and_bad_parent_is_excluded() {
 
 #[test]
 fn stalled_requests_time_out_and_parent_is_avoided() {
-    let size = 4 * 4 * MIB;
+    let size = 4 * PIECE;
     let config = PlannerConfig::default();
     let timeout = config.request_timeout;
     let avoid = config.avoid_for;
@@ -205,7 +206,7 @@ fn stalled_requests_time_out_and_parent_is_avoided() {
 
 #[test]
 fn a_silent_parent_is_avoided_briefly_then_longer_and_forgiven_by_a_piece() {
-    let size = 4 * 4 * MIB;
+    let size = 4 * PIECE;
     let config = PlannerConfig::default();
     let short = config.silent_avoid_for;
     let mut p = Planner::new(config);
@@ -236,7 +237,7 @@ fn a_silent_parent_is_avoided_briefly_then_longer_and_forgiven_by_a_piece() {
 #[test]
 fn back_to_source_never_wants_upstream_fallback() {
     let mut p = Planner::new(PlannerConfig::default());
-    let mut u = plan(8 * MIB, vec![]);
+    let mut u = plan(2 * PIECE, vec![]);
     u.back_to_source = true;
     p.on_plan(&u).unwrap();
     let t0 = Instant::now();
@@ -247,7 +248,7 @@ fn back_to_source_never_wants_upstream_fallback() {
 #[test]
 fn not_retryable_failure_wants_upstream() {
     let mut p = Planner::new(PlannerConfig::default());
-    p.on_plan(&plan(8 * MIB, vec![parent("a", 1, None, 2)]))
+    p.on_plan(&plan(2 * PIECE, vec![parent("a", 1, None, 2)]))
         .unwrap();
     let t0 = Instant::now();
     let reqs = p.next_requests(t0, &mut rng());
@@ -258,12 +259,12 @@ fn not_retryable_failure_wants_upstream() {
 #[test]
 fn rejects_a_changed_shape_and_out_of_range_hashes() {
     let mut p = Planner::new(PlannerConfig::default());
-    p.on_plan(&plan(8 * MIB, vec![])).unwrap();
+    p.on_plan(&plan(2 * PIECE, vec![])).unwrap();
     assert!(matches!(
-        p.on_plan(&plan(9 * MIB, vec![])),
+        p.on_plan(&plan(2 * PIECE + 1, vec![])),
         Err(PlannerError::Shape(_))
     ));
-    let mut u = plan(8 * MIB, vec![]);
+    let mut u = plan(2 * PIECE, vec![]);
     u.hashes.push((2, [0; 32]));
     assert!(matches!(p.on_plan(&u), Err(PlannerError::Piece(_))));
 }
@@ -302,7 +303,7 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #[test]
     fn planner_invariants(ops in proptest::collection::vec(op(), 1..80), seed in any::<u64>()) {
-        let size = PIECES as u64 * 4 * MIB;
+        let size = PIECES as u64 * PIECE;
         let config = PlannerConfig { max_in_flight: 5, ..PlannerConfig::default() };
         let mut p = Planner::new(config.clone());
         let mut rng = SmallRng::seed_from_u64(seed);
@@ -361,7 +362,7 @@ proptest! {
                         excluded.insert(p.on_bad_piece(i as u32, &parent));
                     }
                 }
-                Op::Reader(i) => p.on_reader(i as u64 * 4 * MIB),
+                Op::Reader(i) => p.on_reader(i as u64 * PIECE),
                 Op::Tick(ms) => {
                     now += Duration::from_millis(ms as u64);
                     p.timed_out(now);
@@ -373,7 +374,7 @@ proptest! {
 
 #[test]
 fn busy_is_not_a_failure_and_the_pair_waits_out_the_backoff() {
-    let size = 4 * 4 * MIB; // 4 pieces
+    let size = 4 * PIECE; // 4 pieces
     let mut p = Planner::new(PlannerConfig {
         max_in_flight: 1,
         ..PlannerConfig::default()
@@ -407,7 +408,7 @@ fn busy_is_not_a_failure_and_the_pair_waits_out_the_backoff() {
 
 #[test]
 fn the_most_advanced_downloading_holder_is_kept_for_what_only_it_has() {
-    let size = 8 * 4 * MIB; // 8 pieces
+    let size = 8 * PIECE; // 8 pieces
     let mut p = Planner::new(PlannerConfig::default());
     // "src" is downloading and ahead (pieces 0..6); "a" is behind (0..3).
     p.on_plan(&plan(
@@ -460,14 +461,14 @@ fn the_most_advanced_downloading_holder_is_kept_for_what_only_it_has() {
 
 #[test]
 fn confined_to_its_window_it_asks_for_nothing_beyond_or_behind_it() {
-    let size = 100 * 4 * MIB;
+    let size = 100 * PIECE;
     let mut p = Planner::new(PlannerConfig {
         max_in_flight: 64,
         ..PlannerConfig::default()
     });
     let parents = (0..8).map(|i| parent(&format!("p{i}"), 7000 + i, None, 100));
     p.on_plan(&plan(size, parents.collect())).unwrap();
-    p.on_reader(40 * 4 * MIB);
+    p.on_reader(40 * PIECE);
     p.confine_to_window(4);
     let now = Instant::now();
     let mut idx: Vec<u32> = p
@@ -484,6 +485,6 @@ fn confined_to_its_window_it_asks_for_nothing_beyond_or_behind_it() {
     });
     let parents = (0..8).map(|i| parent(&format!("p{i}"), 7000 + i, None, 100));
     q.on_plan(&plan(size, parents.collect())).unwrap();
-    q.on_reader(40 * 4 * MIB);
+    q.on_reader(40 * PIECE);
     assert_eq!(q.next_requests(now, &mut rng()).len(), 16);
 }
