@@ -33,7 +33,8 @@ pub use super::plan::{ParentRef, PlannerError};
 #[derive(Debug, Clone)]
 pub struct PlannerConfig {
     /// Pieces ahead of the reader fetched rarest first (after the reader's next
-    /// piece), before the rest in order. Default 256 (1 GiB of 4 MiB pieces): the
+    /// piece), before the rest in order. Default 256 (128 MiB of 512 KiB pieces, or a quarter of
+    /// a blob over 512 MiB): the
     /// larger, the better the swarm spreads its pieces (simulated, 1,000 peers × 1 GiB:
     /// p50 2.95 × line rate at 16, 2.13 at 64, 1.97 at 256; `docs/benchmarks.md`),
     /// and the reader's next piece is asked for first whatever its size.

@@ -14,7 +14,8 @@
 //!   lacks, each by Zipf popularity (s = 1), so the most popular new task gets
 //!   about 15 % of all downloads: a rollout to many nodes at once;
 //! - task sizes: 50 % 4–32 MiB, 35 % 32–256 MiB, 15 % 256 MiB–1 GiB
-//!   (4 MiB pieces: 1 to 256 pieces per task);
+//!   (pieces of 512 KiB up to 512 MiB, then 1,024 pieces: 8 to 1,024 pieces
+//!   per task);
 //! - half the plan requests carry the blob's size (the peer learnt it from
 //!   the manifest), half do not (the back-to-source peer then sends
 //!   `TaskStarted`).

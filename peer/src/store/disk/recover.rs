@@ -5,11 +5,15 @@
 //! - An in-progress task keeps only the pieces that still hash to their known
 //!   hash; a piece whose hash is unknown, or that cannot be read, is cleared.
 //!   A missing or wrongly sized blob file is recreated empty.
+//! - A task stored under another piece rule (`shoal_proto::piece::PIECE_RULE`,
+//!   an older Shoal) loses its piece records: complete, it is cut again and kept
+//!   if it still hashes to its digest; in progress, it starts over.
 //! - Records without a task and blob files without a record are deleted.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use sha2::{Digest as _, Sha256};
@@ -25,6 +29,9 @@ use crate::store::record::{self, Header};
 pub struct Recovery {
     /// Complete tasks kept.
     pub complete: usize,
+    /// Of those, tasks stored under another piece rule (an older Shoal) and
+    /// cut again by this one.
+    pub recut: usize,
     /// In-progress tasks resumed.
     pub in_progress: usize,
     /// Pieces re-hashed and kept.
@@ -79,6 +86,7 @@ impl DiskStore {
         tracing::info!(
             store.path = %self.dir.display(),
             store.complete = r.complete,
+            store.recut = r.recut,
             store.in_progress = r.in_progress,
             store.pieces_cleared = r.pieces_cleared,
             store.tasks_dropped = r.tasks_dropped,
@@ -104,8 +112,9 @@ impl DiskStore {
         let path = self.blob_path(digest);
         let file_len = std::fs::metadata(&path).ok().map(|m| m.len());
         let count = shape.piece_count();
-        // Stored under another piece-size rule: the bitmap and hashes mean
-        // nothing now (a complete blob's bytes are still good).
+        // Stored under another piece rule (an older Shoal): the bitmap and hashes
+        // mean nothing now. A complete blob's bytes are still good: it is cut
+        // again below, and kept if it still hashes to its digest.
         let resized = header.piece_size != shape.piece_size();
         if resized {
             header.piece_size = shape.piece_size();
@@ -117,6 +126,13 @@ impl DiskStore {
         if header.complete {
             if file_len != Some(header.size) {
                 return Ok(None);
+            }
+            if resized {
+                if !self.recut(digest, &shape, &path)? {
+                    tracing::warn!(task.digest = %digest, "complete blob of an older piece rule does not match its digest; dropping it");
+                    return Ok(None);
+                }
+                r.recut += 1;
             }
             if !self.bitmap(digest, &shape).is_ok_and(|p| p.is_full()) {
                 self.put_bitmap(digest, &PieceSet::full(count))?;
@@ -169,6 +185,40 @@ impl DiskStore {
         }
         r.in_progress += 1;
         Ok(Some(header.size))
+    }
+
+    /// Cuts a complete blob stored under another piece rule by this one: reads
+    /// it once, records every piece's hash and marks them verified, if the
+    /// whole still hashes to its digest (`false`: it does not, or cannot be
+    /// read). Costs one read of the blob, once, at the first start after an
+    /// upgrade.
+    fn recut(&self, digest: &Digest, shape: &TaskShape, path: &Path) -> Result<bool, StoreError> {
+        let Ok(file) = std::fs::File::open(path) else {
+            return Ok(false);
+        };
+        let mut whole = Sha256::new();
+        let mut batch = sled::Batch::default();
+        let mut buf = vec![0; shape.piece_size() as usize];
+        for i in 0..shape.piece_count() {
+            let range = shape.piece_range(i)?;
+            let piece = &mut buf[..(range.end - range.start) as usize];
+            if file.read_exact_at(piece, range.start).is_err() {
+                return Ok(false);
+            }
+            whole.update(&*piece);
+            batch.insert(
+                &record::hash_key(digest, i)[..],
+                Sha256::digest(&*piece).as_slice(),
+            );
+        }
+        if whole.finalize().as_slice() != digest.as_bytes() {
+            return Ok(false);
+        }
+        self.hashes.apply_batch(batch).map_err(|e| self.db_err(e))?;
+        for i in 0..shape.piece_count() {
+            self.mark_verified(digest, i, shape.piece_count());
+        }
+        Ok(true)
     }
 
     pub(super) fn put_bitmap(&self, digest: &Digest, pieces: &PieceSet) -> Result<(), StoreError> {
@@ -235,4 +285,61 @@ fn piece_matches(file: &std::fs::File, shape: &TaskShape, i: u32, want: &[u8; 32
         return false;
     }
     Sha256::digest(&buf).as_slice() == want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{PieceStore, StoreConfig};
+
+    /// A store written by an older Shoal (piece rule 1, 4 MiB pieces) opens
+    /// under this rule: the complete blob is cut again and every piece reads
+    /// back verified; the half-fetched one starts over; nothing else is lost.
+    #[test]
+    fn a_store_of_an_older_piece_rule_keeps_its_complete_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 5 * u64::from(shoal_proto::piece::MIN_PIECE_SIZE) / 2;
+        let blob = |seed: u8| -> (Digest, Vec<u8>) {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 ^ seed).collect();
+            (Digest::from_sha256(Sha256::digest(&data).into()), data)
+        };
+        let ((done, done_data), (half, half_data)) = (blob(1), blob(2));
+        let shape = TaskShape::for_size(size).unwrap();
+        let piece = |data: &[u8], i: u32| {
+            let r = shape.piece_range(i).unwrap();
+            data[r.start as usize..r.end as usize].to_vec()
+        };
+        {
+            let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
+            for (d, data, n) in [(done, &done_data, 3), (half, &half_data, 2)] {
+                store.open(d, shape).unwrap();
+                let hashes: Vec<_> = (0..3)
+                    .map(|i| (i, Sha256::digest(piece(data, i)).into()))
+                    .collect();
+                store.set_hashes(&d, &hashes).unwrap();
+                for i in 0..n {
+                    store.write_piece(&d, i, &piece(data, i)).unwrap();
+                }
+            }
+            store.mark_complete(&done).unwrap();
+            // As rule 1 recorded them: one 4 MiB piece each.
+            for d in [done, half] {
+                let mut h = store.header(&d).unwrap().unwrap();
+                h.piece_size = 4 << 20;
+                store.tasks.insert(d.as_bytes(), h.encode()).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let r = store.recovery().clone();
+        assert_eq!((r.complete, r.recut, r.in_progress), (1, 1, 1), "{r:?}");
+        assert!(store.meta(&done).unwrap().unwrap().complete);
+        for i in 0..3 {
+            let got = store.read_piece(&done, i).unwrap().unwrap();
+            assert_eq!(&got[..], &piece(&done_data, i)[..], "piece {i}");
+        }
+        assert_eq!(store.damaged_pieces(), 0);
+        let m = store.meta(&half).unwrap().unwrap();
+        assert!(!m.complete && m.pieces.is_empty());
+    }
 }
