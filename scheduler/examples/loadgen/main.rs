@@ -134,9 +134,10 @@ struct Args {
     /// are flushed).
     #[arg(long, default_value = "100ms")]
     plan_interval: String,
-    /// Milliseconds per piece of a download (4 MiB in 40 ms ≈ 100 MB/s).
-    #[arg(long, default_value_t = 40)]
-    piece_ms: u64,
+    /// MiB a second one download receives: a piece arrives every piece size ÷
+    /// this (a 4 MiB piece every 40 ms at 100, a 512 KiB one every 5 ms).
+    #[arg(long, default_value_t = 100)]
+    rate_mib: u64,
     /// Milliseconds between piece report batches of one download.
     #[arg(long, default_value_t = 200)]
     report_ms: u64,
@@ -528,7 +529,7 @@ async fn run(
     let held_at_join: usize = (0..args.peers).map(|i| workload.inventory(i).len()).sum();
     let top_share = workload.top_new_share();
     let timing = Timing {
-        piece: Duration::from_millis(args.piece_ms.max(1)),
+        bytes_per_sec: (args.rate_mib.max(1) << 20) as f64,
         report: Duration::from_millis(args.report_ms.max(1)),
         timeout: Duration::from_secs(args.download_timeout),
     };
@@ -705,13 +706,13 @@ async fn run(
     let st = &ctx.stats;
     println!(
         "\nshoal-scheduler scale benchmark ({security}): peers={} tasks={} connections={connections} duration={}s \
-         downloads_per_sec={} plan_interval={} piece_ms={} report_ms={} seed={}",
+         downloads_per_sec={} plan_interval={} rate_mib={} report_ms={} seed={}",
         args.peers,
         args.tasks,
         args.duration,
         args.downloads_per_sec,
         args.plan_interval,
-        args.piece_ms,
+        args.rate_mib,
         args.report_ms,
         args.seed
     );

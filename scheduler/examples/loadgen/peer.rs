@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use shoal_proto::v1::{self, peer_event::Event, scheduler_client::SchedulerClient};
-use shoal_proto::{Digest, PieceSet, rendezvous};
+use shoal_proto::{Digest, PieceSet, TaskShape, rendezvous};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -48,10 +48,19 @@ const EVICT_AFTER: Duration = Duration::from_secs(5);
 /// (and end the session).
 const LINGER: Duration = Duration::from_secs(5);
 
+impl Timing {
+    /// How long after the previous one each piece of a task of `size` bytes
+    /// arrives (at least 1 ms).
+    fn piece_every(&self, size: u64) -> Duration {
+        let piece = TaskShape::for_size(size).map_or(1 << 20, |s| s.piece_size());
+        Duration::from_secs_f64(f64::from(piece) / self.bytes_per_sec).max(Duration::from_millis(1))
+    }
+}
+
 /// Timings of the simulated data plane.
 pub(crate) struct Timing {
-    /// One piece arrives this long after the previous one.
-    pub(crate) piece: Duration,
+    /// Bytes a second one download receives.
+    pub(crate) bytes_per_sec: f64,
     /// Pending piece reports are sent at least this often.
     pub(crate) report: Duration,
     /// A download that has not completed after this long gives up.
@@ -568,7 +577,7 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
         };
         ctx.stats.plans_opened.inc();
         let mut first = true;
-        let mut piece = tokio::time::interval(ctx.timing.piece);
+        let mut piece = tokio::time::interval(ctx.timing.piece_every(spec.size));
         piece.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut batch = tokio::time::interval(ctx.timing.report);
         batch.set_missed_tick_behavior(MissedTickBehavior::Delay);
