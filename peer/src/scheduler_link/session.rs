@@ -15,7 +15,6 @@ use std::time::Duration;
 use rand::Rng;
 use shoal_proto::Digest;
 use shoal_proto::limits::MAX_MESSAGE;
-use shoal_proto::piece::PIECE_RULE;
 use shoal_proto::v1::{self, peer_event::Event, scheduler_client::SchedulerClient};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::membership::Replica;
 use super::shard::{self, Epochs};
-use super::wire::{ev, join_pages, merge};
+use super::wire::{ev, join_pages, merge, same_piece_rule};
 use super::{Conn, Inventory, LinkConfig, Live, Load};
 
 /// Reports queued per session at most; past that new reports are dropped (and
@@ -178,13 +177,7 @@ async fn session(
         })
         .await?
         .into_inner();
-    if joined.piece_rule.max(1) != PIECE_RULE {
-        return Err(tonic::Status::failed_precondition(format!(
-            "the scheduler cuts blobs by piece rule {}, this peer by rule {PIECE_RULE}: \
-             a piece index would mean different bytes; run one Shoal version on the scheduler and the peers",
-            joined.piece_rule.max(1)
-        )));
-    }
+    same_piece_rule(joined.piece_rule)?;
     for page in pages {
         client
             .join(v1::JoinRequest {

@@ -4,6 +4,7 @@
 
 use prost::Message;
 use shoal_proto::limits::{JOIN_PAGE, MAX_MESSAGE};
+use shoal_proto::piece::PIECE_RULE;
 use shoal_proto::v1::{self, peer_event::Event};
 use shoal_proto::{PieceSet, TaskShape};
 
@@ -13,6 +14,19 @@ use crate::engine::{ParentRef, PlanParent, PlanUpdate, PlannerError};
 /// Encoded bytes of held tasks per Join page at most (well under
 /// [`MAX_MESSAGE`]).
 const JOIN_PAGE_BYTES: usize = MAX_MESSAGE / 2;
+
+/// `Ok` when a scheduler's join answer names this peer's piece rule (absent is
+/// rule 1); otherwise the error the session ends with, naming both rules.
+pub fn same_piece_rule(answered: u32) -> Result<(), tonic::Status> {
+    let theirs = answered.max(1);
+    if theirs == PIECE_RULE {
+        return Ok(());
+    }
+    Err(tonic::Status::failed_precondition(format!(
+        "the scheduler cuts blobs by piece rule {theirs}, this peer by rule {PIECE_RULE}: \
+         a piece index would mean different bytes; run one Shoal version on the scheduler and the peers"
+    )))
+}
 
 /// Converts a wire plan update into the engine's [`PlanUpdate`], checking it: the
 /// shape's piece size and count must follow from its size, every hash index must
@@ -152,6 +166,16 @@ pub fn merge(batch: Vec<Report>) -> Vec<v1::PeerEvent> {
 mod tests {
     use super::*;
     use shoal_proto::Digest;
+
+    #[test]
+    fn a_scheduler_of_another_piece_rule_is_left() {
+        assert!(same_piece_rule(PIECE_RULE).is_ok());
+        // An older scheduler sends no rule: rule 1, 4 MiB pieces.
+        let e = same_piece_rule(0).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("piece rule 1"), "{e:?}");
+        assert!(same_piece_rule(PIECE_RULE + 1).is_err());
+    }
 
     #[test]
     fn join_pages_bound_count_and_bytes() {
