@@ -482,7 +482,22 @@ impl PeerProcess {
     }
 
     /// Starts `name` with its data dir and log under `dir`, and waits until ready.
+    /// The ports are picked free just before the peer binds them, so another
+    /// process may take one in between: a peer that could not bind is started
+    /// again on new ports (three attempts).
     pub async fn start(dir: &Path, name: &str, o: &PeerOptions) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(dir, name, o).await {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(dir: &Path, name: &str, o: &PeerOptions) -> anyhow::Result<Self> {
         let data = dir.join(name);
         std::fs::create_dir_all(&data)?;
         let mirror: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
