@@ -19,6 +19,10 @@ use std::ops::Range;
 
 /// The rule [`piece_size_for`] follows. Bump it whenever that function changes.
 pub const PIECE_RULE: u32 = 2;
+/// The piece rule a peer or scheduler sent: 0 (absent, an older Shoal) is rule 1.
+pub fn rule_sent(sent: u32) -> u32 {
+    sent.max(1)
+}
 /// Smallest piece size (512 KiB).
 pub const MIN_PIECE_SIZE: u32 = 512 << 10;
 /// Largest piece size (16 MiB).

@@ -41,7 +41,7 @@ fn hash(bytes: &[u8], what: impl std::fmt::Display) -> Result<[u8; 32], Status> 
 
 pub(crate) fn peer_info(p: Option<v1::PeerInfo>) -> Result<core::PeerInfo, Status> {
     let p = p.ok_or_else(|| Status::invalid_argument("join request without peer info"))?;
-    let rule = p.piece_rule.max(1);
+    let rule = shoal_proto::piece::rule_sent(p.piece_rule);
     if rule != PIECE_RULE {
         return Err(Status::failed_precondition(format!(
             "peer {:?} cuts blobs by piece rule {rule}, this scheduler by rule {PIECE_RULE}: \

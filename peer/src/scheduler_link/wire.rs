@@ -18,7 +18,7 @@ const JOIN_PAGE_BYTES: usize = MAX_MESSAGE / 2;
 /// `Ok` when a scheduler's join answer names this peer's piece rule (absent is
 /// rule 1); otherwise the error the session ends with, naming both rules.
 pub fn same_piece_rule(answered: u32) -> Result<(), tonic::Status> {
-    let theirs = answered.max(1);
+    let theirs = shoal_proto::piece::rule_sent(answered);
     if theirs == PIECE_RULE {
         return Ok(());
     }
