@@ -80,6 +80,10 @@ pub trait RequestObserver: Send + Sync + 'static {
     /// A request was refused by a limit or the identity check; `reason` is a
     /// short constant (`identity`, `join_tasks`, `plans_per_peer`, ...).
     fn refused(&self, _reason: &'static str) {}
+    /// A plan stream's first update left for the wire `d` after its request
+    /// reached the service (the core's lock, its planning and the stream's
+    /// channel; not the network).
+    fn plan_first_update(&self, _d: std::time::Duration) {}
 }
 
 impl RequestObserver for () {
@@ -304,6 +308,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<v1::PlanRequest>,
     ) -> Result<Response<Self::PlanStream>, Status> {
+        let opened = std::time::Instant::now();
         let r = (|| {
             self.authorize(&request, &request.get_ref().peer_id)?;
             let req = request.into_inner();
@@ -332,6 +337,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                 .map_err(|e| self.core_refused(e))?;
             debug!(peer.id = %peer, task.digest = %digest, plan = plan.0, "plan opened");
             let stream = PlanStream {
+                first: Some((opened, self.observer.clone())),
                 rx: ReceiverStream::new(rx),
                 guard: PlanGuard {
                     state: self.state.clone(),
@@ -420,6 +426,8 @@ impl Drop for PlanGuard {
 }
 
 struct PlanStream {
+    /// When the request arrived, until the first update is timed.
+    first: Option<(std::time::Instant, Arc<dyn RequestObserver>)>,
     rx: ReceiverStream<PlanMessage>,
     guard: PlanGuard,
 }
@@ -429,12 +437,16 @@ impl Stream for PlanStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let _ = &self.guard;
-        Pin::new(&mut self.rx).poll_next(cx).map(|item| {
-            item.map(|m| match m {
-                Ok(update) => Ok(convert::plan_update(update)),
-                Err((code, msg)) => Err(Status::new(code, msg)),
-            })
-        })
+        let item = std::task::ready!(Pin::new(&mut self.rx).poll_next(cx));
+        if let Some(Ok(_)) = &item
+            && let Some((opened, observer)) = self.first.take()
+        {
+            observer.plan_first_update(opened.elapsed());
+        }
+        Poll::Ready(item.map(|m| match m {
+            Ok(update) => Ok(convert::plan_update(update)),
+            Err((code, msg)) => Err(Status::new(code, msg)),
+        }))
     }
 }
 
@@ -479,7 +491,25 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let service = SchedulerService::new(state.clone(), observer);
-    serve_with(TcpListenerStream::new(listener), service, shutdown).await
+    serve_with(incoming(listener), service, shutdown).await
+}
+
+/// The plain-text connections of `listener`, with Nagle's algorithm off.
+///
+/// A plan update or a `SessionOpen`'s headers are a few small HTTP/2 frames
+/// written one after another; with Nagle on, the second waits for the peer's
+/// ACK of the first, which the peer's delayed ACK holds back for up to 40 ms.
+/// tonic's own `tcp_nodelay` is ignored for connections it did not accept
+/// itself, so every acceptor of ours sets it (`tls::incoming` does too).
+pub fn incoming(
+    listener: TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|r| {
+        r.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    })
 }
 
 /// Serves `service` and the standard gRPC health service on the connections
@@ -571,5 +601,9 @@ impl RequestObserver for crate::metrics::Metrics {
 
     fn refused(&self, reason: &'static str) {
         crate::metrics::Metrics::refused(self, reason);
+    }
+
+    fn plan_first_update(&self, d: std::time::Duration) {
+        crate::metrics::Metrics::plan_first_update(self, d);
     }
 }

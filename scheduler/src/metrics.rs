@@ -13,7 +13,10 @@
 //!   status code ([`Metrics::grpc_request`]), operator write requests by
 //!   action and HTTP status ([`Metrics::operator_request`]).
 //!
-//! Not here: histograms of plan latency (future work), the peer's metrics
+//! - one histogram: how long a plan stream's first update took to leave
+//!   ([`Metrics::plan_first_update`]).
+//!
+//! Not here: the peer's metrics
 //! (the peer builds its own registry: `shoal_peer::daemon::health::registry`), any
 //! global/static registry.
 
@@ -24,10 +27,17 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::core::CoreStats;
 use crate::state::SchedulerState;
+
+/// Upper bounds (seconds) of `shoal_scheduler_plan_first_update_seconds`:
+/// 5 ms, the rollout target of `scripts/bench-scheduler`, is one of them.
+const PLAN_FIRST_UPDATE_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 /// Labels of `shoal_scheduler_grpc_requests_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -74,6 +84,7 @@ pub struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     operator_requests: Family<OperatorLabels, Counter>,
     certificates_issued: Counter,
+    plan_first_update: Histogram,
     /// Where [`Metrics::encode`] puts the core's snapshot for [`CoreCollector`].
     snapshot: Arc<Mutex<Snapshot>>,
     /// Serialises scrapes, so that each one prints the snapshot it took.
@@ -133,6 +144,13 @@ impl Metrics {
             "Preheat jobs this replica holds now (running, or finished and not yet forgotten), by state",
             preheat_jobs.clone(),
         );
+        let plan_first_update = Histogram::new(PLAN_FIRST_UPDATE_BUCKETS);
+        registry.register_with_unit(
+            "plan_first_update",
+            "Time from a Plan request reaching the scheduler to its stream's first update leaving for the wire: the core's lock, planning, and the stream's channel (not the network)",
+            prometheus_client::registry::Unit::Seconds,
+            plan_first_update.clone(),
+        );
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(CoreCollector(snapshot.clone())));
         Metrics {
@@ -142,9 +160,15 @@ impl Metrics {
             refused,
             operator_requests,
             certificates_issued,
+            plan_first_update,
             snapshot,
             scrape: Mutex::new(()),
         }
+    }
+
+    /// Times one plan stream's first update (see the metric's help).
+    pub fn plan_first_update(&self, d: std::time::Duration) {
+        self.plan_first_update.observe(d.as_secs_f64());
     }
 
     /// Counts one finished gRPC request (`method` as in the proto, e.g. `"Join"`).

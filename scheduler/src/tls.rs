@@ -238,7 +238,11 @@ fn accept(
             };
             let (tcp, addr) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(c) => c,
+                    Ok((tcp, addr)) => {
+                        // See `grpc::incoming`: no Nagle delay on small frames.
+                        let _ = tcp.set_nodelay(true);
+                        (tcp, addr)
+                    }
                     Err(e) => {
                         // EMFILE and the like: back off briefly, keep serving.
                         warn!(error = %e, "accepting a connection failed");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use shoal_proto::v1::{self, peer_event::Event, scheduler_client::SchedulerClient};
 use shoal_scheduler::core::{CoreConfig, Scheduler};
 use shoal_scheduler::grpc;
+use shoal_scheduler::metrics::Metrics;
 use shoal_scheduler::state::SchedulerState;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,6 +22,7 @@ const SIZE: u64 = 2 * shoal_proto::piece::MIN_PIECE_SIZE as u64 + 100; // 3 piec
 struct Server {
     addr: std::net::SocketAddr,
     state: Arc<SchedulerState>,
+    metrics: Arc<Metrics>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -33,10 +35,11 @@ async fn start(ttl: Duration) -> Server {
     }));
     let (stop, stopped) = oneshot::channel::<()>();
     let (tick_stop, tick_stopped) = oneshot::channel::<()>();
+    let metrics = Arc::new(Metrics::new());
     tokio::spawn(grpc::serve(
         listener,
         state.clone(),
-        Arc::new(()),
+        metrics.clone(),
         async move {
             let _ = stopped.await;
             let _ = tick_stop.send(());
@@ -52,6 +55,7 @@ async fn start(ttl: Duration) -> Server {
     Server {
         addr,
         state,
+        metrics,
         _stop: stop,
     }
 }
@@ -264,6 +268,53 @@ async fn source_then_parents_with_pieces_then_departure() {
 }
 
 /// A fingerprint of the state that a refused input must leave alone.
+/// The operator's view of plan latency: each stream's first update is timed
+/// once, from the request's arrival to the update leaving for the wire.
+#[tokio::test]
+async fn a_plan_streams_first_update_is_timed_in_the_metrics() {
+    let server = start(Duration::from_secs(30)).await;
+    let count = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("shoal_scheduler_plan_first_update_seconds_count "))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+    };
+    assert_eq!(count(&server.metrics.encode(&server.state)), Some(0));
+    let mut c = client(server.addr).await;
+    join(&mut c, "a", 1).await;
+    join(&mut c, "b", 2).await;
+    let sa = Session::open(&mut c, "a").await.unwrap();
+    let _sb = Session::open(&mut c, "b").await.unwrap();
+    let mut pa = c
+        .plan(plan("a", &digest(1), SIZE))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next_update(&mut pa).await.back_to_source);
+    let mut pb = c
+        .plan(plan("b", &digest(1), SIZE))
+        .await
+        .unwrap()
+        .into_inner();
+    next_update(&mut pb).await;
+    // A second update on a stream is not a first one: a's source reports a piece,
+    // b's plan changes, and the count stays at two.
+    sa.send(Event::Pieces(v1::PieceReport {
+        digest: digest(1),
+        pieces: vec![v1::PieceDone {
+            index: 0,
+            hash: hash(0),
+        }],
+    }))
+    .await;
+    next_update(&mut pb).await;
+    let text = server.metrics.encode(&server.state);
+    assert_eq!(count(&text), Some(2), "{text}");
+    assert!(
+        text.contains("shoal_scheduler_plan_first_update_seconds_bucket{le=\"0.005\"}"),
+        "{text}"
+    );
+}
+
 fn fingerprint(state: &SchedulerState) -> String {
     state.with_core(|core, now| {
         let tasks = core.tasks(now);

@@ -1010,6 +1010,46 @@ fn events_sent(ctx: &Ctx) -> u64 {
         + s.evictions.get()
 }
 
+/// The scheduler's own view of plan-open latency, from its histogram
+/// `shoal_scheduler_plan_first_update_seconds` (request in → first update out,
+/// no network, no load generator): how many, the share within 5 ms, and the
+/// bucket the 99th percentile falls in.
+fn server_side_plan_first(metrics: &str) -> String {
+    let mut buckets: Vec<(f64, u64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("shoal_scheduler_plan_first_update_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some(&(_, total)) = buckets.last() else {
+        return "plan first update (scheduler side): no histogram".into();
+    };
+    if total == 0 {
+        return "plan first update (scheduler side): none".into();
+    }
+    let within_5ms = buckets
+        .iter()
+        .find(|(le, _)| (*le - 0.005).abs() < 1e-9)
+        .map_or(0, |b| b.1);
+    let p99 = buckets
+        .iter()
+        .find(|(_, c)| *c as f64 >= 0.99 * total as f64)
+        .map_or(f64::INFINITY, |b| b.0);
+    format!(
+        "plan first update (scheduler side): {total}, {:.1} % within 5 ms, p99 <= {} ms",
+        100.0 * within_5ms as f64 / total as f64,
+        p99 * 1000.0
+    )
+}
+
 /// A few lines of the scheduler's own metrics: its counters and any gRPC
 /// request that did not end OK.
 async fn scrape(http: &str) -> String {
@@ -1041,6 +1081,7 @@ async fn scrape(http: &str) -> String {
                 .to_owned()
         })
         .collect();
+    out.push(server_side_plan_first(&text));
     out.push(if not_ok.is_empty() {
         "grpc requests not OK: none".into()
     } else {
