@@ -467,7 +467,7 @@ async fn a_full_disk_streams_the_blob_through_with_bounded_memory() {
     // Still serving: the same blob again (not cached: it streams through again).
     let (got, _) = pull_blob(&cramped.mirror_url(), REPO, &digest)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("second pull: {e}\ncramped log:\n{}", cramped.log()));
     assert_eq!(got, digest);
 }
 

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use reqwest::Method;
 use shoal_proto::Digest;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::error::OciError;
 use super::range::{self, Span};
@@ -243,8 +243,14 @@ fn limited(
     len: u64,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
     let left = Arc::new(AtomicU64::new(len));
+    let digest = *dl.digest();
     dl.reader(start)
-        .map(|r| r.map_err(std::io::Error::other))
+        .map(move |r| {
+            r.map_err(|e| {
+                warn!(task.digest = %digest, error = %e, "blob body ended early: the client resumes with a Range");
+                std::io::Error::other(e)
+            })
+        })
         .take_while({
             let left = left.clone();
             move |_| {
