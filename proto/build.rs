@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Smaller per-call buffers than tonic's 8 KiB (src/codec.rs).
+        .codec_path("crate::codec::LeanCodec")
         // A credential's Debug is written by hand (src/lib.rs): redacted.
         .skip_debug([".shoal.v1.PreheatCredential"])
         .compile_fds(fds)?;

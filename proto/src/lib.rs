@@ -16,6 +16,7 @@
 //! Non-goals: no I/O beyond [`net`]'s `bind`, no policy. What to do with a piece is the scheduler's and
 //! the peer's business.
 
+pub mod codec;
 pub mod digest;
 pub mod net;
 pub mod piece;
