@@ -245,9 +245,11 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
 
         let (cmd_tx, cmd_rx) = mpsc::channel(SESSION_CHANNEL);
         self.state.attach_session(peer.clone(), cmd_tx.clone());
-        // Outbound: commands, then the status that ended the session.
+        // Outbound: commands, then the status that ended the session. Boxed: the
+        // channel makes room for 32 messages at once, for every peer's session
+        // (6 KiB each unboxed, 512 bytes boxed).
         let (out_tx, out_rx) =
-            mpsc::channel::<Result<v1::SchedulerCommand, Status>>(SESSION_CHANNEL);
+            mpsc::channel::<Result<Box<v1::SchedulerCommand>, Status>>(SESSION_CHANNEL);
         let state = self.state.clone();
         let observer = self.observer.clone();
         let mut bucket = TokenBucket::new(self.limits.events_per_second, self.limits.events_burst);
@@ -286,7 +288,7 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                         Err(s) => break (s.code() != tonic::Code::Cancelled).then_some(s),
                     },
                     Some(cmd) = commands.next() => {
-                        if out_tx.send(Ok(convert::command(cmd))).await.is_err() {
+                        if out_tx.send(Ok(Box::new(convert::command(cmd)))).await.is_err() {
                             break None;
                         }
                     }
@@ -299,7 +301,9 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
                 let _ = out_tx.send(Err(s)).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(out_rx).map(|r| r.map(|c| *c)),
+        )))
     }
 
     type PlanStream = BoxStream<v1::PlanUpdate>;
@@ -444,7 +448,7 @@ impl Stream for PlanStream {
             observer.plan_first_update(opened.elapsed());
         }
         Poll::Ready(item.map(|m| match m {
-            Ok(update) => Ok(convert::plan_update(update)),
+            Ok(update) => Ok(convert::plan_update(*update)),
             Err((code, msg)) => Err(Status::new(code, msg)),
         }))
     }

@@ -20,8 +20,10 @@ use crate::preheat::{
     Candidate, JobError, JobSpec, JobState, JobView, Jobs, JobsConfig, PeerJobState, Report,
 };
 
-/// What a plan stream receives.
-pub type PlanMessage = Result<PlanUpdate, (tonic::Code, String)>;
+/// What a plan stream receives. Boxed, as are a session's commands
+/// (`grpc.rs`): a channel allocates room for 32 messages when it is made, so
+/// every open stream pays for 32 of its message type (96 bytes unboxed).
+pub type PlanMessage = Result<Box<PlanUpdate>, (tonic::Code, String)>;
 
 /// Capacity of each plan stream's channel.
 pub const PLAN_CHANNEL: usize = 64;
@@ -258,7 +260,7 @@ impl SchedulerState {
                 match effect {
                     Effect::Plan { plan, update, .. } => {
                         if let Some(tx) = plans.get(&plan)
-                            && tx.try_send(Ok(update)).is_err()
+                            && tx.try_send(Ok(Box::new(update))).is_err()
                         {
                             lagging.push(plan);
                         }
