@@ -594,6 +594,30 @@ async fn run(
         Duration::from_secs(args.rollout_secs),
         args.seed,
     ));
+    // The scheduler's own histogram read as the rollout starts and a second
+    // after its last plan opened: the plans opened in that window, timed by the
+    // scheduler (no network, no load generator runtime in the figure).
+    let burst_window = tokio::spawn({
+        let http = sched.http.clone();
+        let (at, over) = (
+            Duration::from_secs(args.rollout_at),
+            Duration::from_secs(args.rollout_secs),
+        );
+        async move {
+            tokio::time::sleep(at).await;
+            let before = plan_first_buckets(&metrics_text(&http).await);
+            tokio::time::sleep(over + Duration::from_secs(1)).await;
+            let after = plan_first_buckets(&metrics_text(&http).await);
+            let window: Vec<(f64, u64)> = after
+                .iter()
+                .map(|&(le, n)| {
+                    let was = before.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+                    (le, n.saturating_sub(was))
+                })
+                .collect();
+            summarize_plan_first("plans opened during the rollout, scheduler side", &window)
+        }
+    });
     let mut downloads = JoinSet::new();
     let phase = Duration::from_secs(args.duration);
     let cpu1 = cpu_secs(&spid).unwrap_or(0.0);
@@ -617,6 +641,25 @@ async fn run(
         probe_stop.clone(),
         probe_latency.clone(),
     );
+    // How late this process's own runtime wakes a 5 ms timer during the
+    // rollout: the simulated peers' share of any client-side latency above.
+    let runtime_lag = Arc::new(stats::Latency::default());
+    let lag_probe = tokio::spawn({
+        let lag = runtime_lag.clone();
+        let (at, over) = (
+            Duration::from_secs(args.rollout_at),
+            Duration::from_secs(args.rollout_secs),
+        );
+        async move {
+            tokio::time::sleep(at).await;
+            let until = Instant::now() + over + Duration::from_secs(1);
+            while Instant::now() < until {
+                let t = Instant::now();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                lag.record(t.elapsed().saturating_sub(Duration::from_millis(5)));
+            }
+        }
+    });
     let killer = kill.then(|| {
         let at = Duration::from_secs(args.rollout_at) + Duration::from_secs(args.rollout_secs) / 2;
         let pids: Vec<u32> = scheds.iter().map(Scheduler::pid).collect();
@@ -687,6 +730,14 @@ async fn run(
     let hwm = sched.rss_mib("VmHWM");
     let rss_end = sched.rss_mib("VmRSS");
     let metrics = scrape(&sched.http).await;
+    let burst = if args.rollout > 0 {
+        burst_window
+            .await
+            .unwrap_or_else(|e| format!("burst window: {e}"))
+    } else {
+        burst_window.abort();
+        String::from("no rollout")
+    };
     let warnings = sched.warnings.load(std::sync::atomic::Ordering::Relaxed);
     let load_after = loadavg();
     let mut each = Vec::new();
@@ -762,6 +813,12 @@ async fn run(
         &st.plan_first_rollout.summary(),
         None,
     );
+    lag_probe.abort();
+    row(
+        "  load generator's timer lateness, rollout",
+        &runtime_lag.summary(),
+        None,
+    );
     let probe = probe_latency.summary();
     row(
         "Plan open -> first PlanUpdate, probe",
@@ -827,6 +884,7 @@ async fn run(
         100.0 * self_cpu_phase / phase_secs,
     );
     println!("  scheduler /metrics at the end: {metrics}");
+    println!("  {burst}");
     println!(
         "\nscheduler-scale: security={} peers={} tasks={} connections={connections} vmhwm_mib={hwm:.0} join_p99_ms={:.2} \
          plan_first_p50_ms={:.2} plan_first_p99_ms={:.2} probe_p50_ms={:.2} probe_p99_ms={:.2} report_update_p50_ms={:.1} report_update_p99_ms={:.1} \
@@ -1015,6 +1073,15 @@ fn events_sent(ctx: &Ctx) -> u64 {
 /// no network, no load generator): how many, the share within 5 ms, and the
 /// bucket the 99th percentile falls in.
 fn server_side_plan_first(metrics: &str) -> String {
+    summarize_plan_first(
+        "plan first update (scheduler side)",
+        &plan_first_buckets(metrics),
+    )
+}
+
+/// The cumulative buckets of `shoal_scheduler_plan_first_update_seconds`,
+/// by upper bound (seconds), `+Inf` last.
+fn plan_first_buckets(metrics: &str) -> Vec<(f64, u64)> {
     let mut buckets: Vec<(f64, u64)> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix("shoal_scheduler_plan_first_update_seconds_bucket{le=\""))
@@ -1029,11 +1096,16 @@ fn server_side_plan_first(metrics: &str) -> String {
         })
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// How many, the share within 5 ms and the bucket of the 99th percentile.
+fn summarize_plan_first(what: &str, buckets: &[(f64, u64)]) -> String {
     let Some(&(_, total)) = buckets.last() else {
-        return "plan first update (scheduler side): no histogram".into();
+        return format!("{what}: no histogram");
     };
     if total == 0 {
-        return "plan first update (scheduler side): none".into();
+        return format!("{what}: none");
     }
     let within_5ms = buckets
         .iter()
@@ -1044,7 +1116,7 @@ fn server_side_plan_first(metrics: &str) -> String {
         .find(|(_, c)| *c as f64 >= 0.99 * total as f64)
         .map_or(f64::INFINITY, |b| b.0);
     format!(
-        "plan first update (scheduler side): {total}, {:.1} % within 5 ms, p99 <= {} ms",
+        "{what}: {total}, {:.1} % within 5 ms, p99 <= {} ms",
         100.0 * within_5ms as f64 / total as f64,
         p99 * 1000.0
     )
@@ -1052,6 +1124,13 @@ fn server_side_plan_first(metrics: &str) -> String {
 
 /// A few lines of the scheduler's own metrics: its counters and any gRPC
 /// request that did not end OK.
+async fn metrics_text(http: &str) -> String {
+    match reqwest::get(format!("http://{http}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 async fn scrape(http: &str) -> String {
     let Ok(r) = reqwest::get(format!("http://{http}/metrics")).await else {
         return "unreachable".into();
