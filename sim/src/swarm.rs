@@ -467,7 +467,7 @@ impl Swarm {
                         }
                         self.act(node);
                     }
-                    self.start_upstream_piece(node, piece);
+                    self.start_upstream_piece(node, piece, 0.0);
                 }
             }
         }
@@ -485,14 +485,18 @@ impl Swarm {
         });
     }
 
-    fn start_upstream_piece(&mut self, node: usize, index: u32) {
+    /// Starts piece `index` of the upstream stream. `credit`: bytes of it that
+    /// already arrived in the step the previous piece ended in (upstream is
+    /// one continuous body, so the time steps must not put a gap between its
+    /// pieces).
+    fn start_upstream_piece(&mut self, node: usize, index: u32, credit: f64) {
         let n = self.nodes.len();
         let len = self.shape.piece_len(index).unwrap_or(0);
         self.links.add(2 * n, n + node);
         self.flows.push(Flow::Upstream {
             node,
             index,
-            left: f64::from(len),
+            left: (f64::from(len) - credit).max(1.0),
         });
     }
 
@@ -542,14 +546,14 @@ impl Swarm {
                     );
                     self.send(self.t + lat * 2, Msg::Acked { parent, req });
                 }
-                Flow::Upstream { node, index, .. } => {
+                Flow::Upstream { node, index, left } => {
                     self.upstream_bytes += u64::from(self.shape.piece_len(index).unwrap_or(0));
                     self.piece_arrived(node, index, Origin::Upstream);
                     if self.nodes[node].done_at.is_some() {
                         continue;
                     }
                     if index + 1 < self.shape.piece_count() {
-                        self.start_upstream_piece(node, index + 1);
+                        self.start_upstream_piece(node, index + 1, -left);
                     } else {
                         let _ = self.nodes[node].core.on_upstream_done(Ok(()));
                         self.act(node);

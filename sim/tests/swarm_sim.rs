@@ -33,3 +33,26 @@ fn fifty_nodes_complete_with_one_upstream_copy_deterministically() {
     let b = Swarm::new(config(7)).unwrap().run();
     assert_eq!(a, b, "same seed, same outcome");
 }
+
+/// The model's own clock must not slow a download: upstream is one continuous
+/// body, so a node alone streams it at its line rate whatever the time step
+/// (before the fix, each piece ended on a step boundary and the next started
+/// there: 1.19 × the line rate at 10 ms steps). Simulated time, not wall time.
+#[test]
+fn a_node_alone_streams_upstream_at_its_line_rate_whatever_the_step() {
+    for step_ms in [1, 5, 10, 20] {
+        let cfg = Config {
+            peers: 1,
+            size: 64 << 20,
+            step: Duration::from_millis(step_ms),
+            seed: 1,
+            ..Config::default()
+        };
+        let f = Figures::of(&Swarm::new(cfg).unwrap().run(), 64 << 20);
+        assert!(
+            f.source_ratio < 1.01,
+            "step {step_ms} ms: the lone node took {:.3} × its line rate",
+            f.source_ratio
+        );
+    }
+}
