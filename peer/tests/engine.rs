@@ -23,7 +23,7 @@ use shoal_peer::engine::{
     UpstreamError,
 };
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, Report, SchedulerLink};
-use shoal_peer::store::{MemStore, PieceStore};
+use shoal_peer::store::{MemStore, PieceStore, PinGuard, StoreError, TaskMeta};
 use shoal_peer::tls::{self, PeerTls};
 use shoal_peer::transfer::{
     MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
@@ -148,11 +148,16 @@ async fn read_all(dl: &Arc<Download>, offset: u64) -> Vec<u8> {
     out
 }
 
+/// Waits for the download and for the driver to be done with it (the store's
+/// bookkeeping included, so that tests may look at the store).
 async fn done(dl: &Arc<Download>) {
     tokio::time::timeout(WAIT, dl.wait())
         .await
         .expect("download did not finish")
         .expect("download failed");
+    tokio::time::timeout(WAIT, dl.settled())
+        .await
+        .expect("download did not settle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,4 +559,99 @@ fn hex_sha(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A store whose `mark_complete` (the sync of the whole blob to disk, on a real
+/// store) waits until the test lets it go.
+struct SlowSyncStore {
+    inner: MemStore,
+    syncing: std::sync::atomic::AtomicBool,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl PieceStore for SlowSyncStore {
+    fn open(&self, d: Digest, s: TaskShape) -> Result<TaskMeta, StoreError> {
+        self.inner.open(d, s)
+    }
+    fn meta(&self, d: &Digest) -> Result<Option<TaskMeta>, StoreError> {
+        self.inner.meta(d)
+    }
+    fn set_hashes(&self, d: &Digest, h: &[(u32, [u8; 32])]) -> Result<(), StoreError> {
+        self.inner.set_hashes(d, h)
+    }
+    fn set_media_type(&self, d: &Digest, m: &str) -> Result<(), StoreError> {
+        self.inner.set_media_type(d, m)
+    }
+    fn write_piece(&self, d: &Digest, i: u32, b: &[u8]) -> Result<(), StoreError> {
+        self.inner.write_piece(d, i, b)
+    }
+    fn read_piece(&self, d: &Digest, i: u32) -> Result<Option<Bytes>, StoreError> {
+        self.inner.read_piece(d, i)
+    }
+    fn mark_complete(&self, d: &Digest) -> Result<(), StoreError> {
+        self.syncing.store(true, Ordering::SeqCst);
+        let _ = self
+            .release
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+        self.inner.mark_complete(d)
+    }
+    fn remove(&self, d: &Digest) -> Result<(), StoreError> {
+        self.inner.remove(d)
+    }
+    fn list(&self) -> Result<Vec<TaskMeta>, StoreError> {
+        self.inner.list()
+    }
+    fn pin(&self, d: &Digest) -> PinGuard {
+        self.inner.pin(d)
+    }
+    fn is_pinned(&self, d: &Digest) -> bool {
+        self.inner.is_pinned(d)
+    }
+    fn collect_garbage(&self) -> Result<Vec<Digest>, StoreError> {
+        self.inner.collect_garbage()
+    }
+    fn usage_bytes(&self) -> u64 {
+        self.inner.usage_bytes()
+    }
+    fn capacity(&self) -> u64 {
+        self.inner.capacity()
+    }
+}
+
+/// Readers get the whole verified blob without waiting for the store to sync it
+/// (on a real disk the sync of a large blob takes hundreds of milliseconds, more
+/// when every node of a swarm finishes at once); the store is marked complete
+/// after, and the download ends only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_have_the_verified_blob_before_the_store_has_synced_it() {
+    let (data, digest, up) = upstream(3 * MIB + 11, 9).await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let store = Arc::new(SlowSyncStore {
+        inner: MemStore::default(),
+        syncing: Default::default(),
+        release: std::sync::Mutex::new(rx),
+    });
+    let engine = Engine::new(
+        store.clone(),
+        TwinScheduler::unavailable(),
+        TwinFetcher::default(),
+    );
+    let dl = engine.fetch(digest, 0, common::blob_upstream(&up.url(), REPO));
+    let got = tokio::time::timeout(WAIT, read_all(&dl, 0))
+        .await
+        .expect("the reader waited for the store's sync");
+    assert_eq!(got, *data, "every byte, verified");
+    assert!(
+        store.syncing.load(Ordering::SeqCst),
+        "the blob was read while its sync had not been let go"
+    );
+    assert!(!store.meta(&digest).unwrap().unwrap().complete);
+    tx.send(()).unwrap();
+    done(&dl).await;
+    assert!(
+        store.meta(&digest).unwrap().unwrap().complete,
+        "marked complete once the sync was let go"
+    );
 }

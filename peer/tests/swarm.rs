@@ -199,11 +199,16 @@ async fn read_all(dl: &Arc<Download>) -> Vec<u8> {
     out
 }
 
+/// Waits for the download and for the driver to be done with it (the store
+/// marked complete), since the checks below look at the store.
 async fn done(dl: &Arc<Download>) {
     tokio::time::timeout(WAIT, dl.wait())
         .await
         .expect("download did not finish")
         .expect("download failed");
+    tokio::time::timeout(WAIT, dl.settled())
+        .await
+        .expect("download did not settle");
 }
 
 /// Waits for the download, then checks its bytes (reader and store) hash to `digest`.

@@ -45,6 +45,10 @@ pub struct Progress {
     pub have: PieceSet,
     /// Where the download stands.
     pub state: DownloadState,
+    /// The driver is done with it, the store's bookkeeping included (readers
+    /// need only `state`: a blob is `Complete` for them before the store has
+    /// synced it).
+    pub settled: bool,
 }
 
 /// Counters of one download.
@@ -96,6 +100,7 @@ impl Download {
             shape: None,
             have: PieceSet::new(0),
             state: DownloadState::Running,
+            settled: false,
         });
         Download {
             digest,
@@ -143,6 +148,13 @@ impl Download {
         }
     }
 
+    /// Waits until the driver is done with the download: after [`Download::wait`],
+    /// and after the store was marked complete (or failed to be).
+    pub async fn settled(&self) {
+        let mut rx = self.progress.subscribe();
+        let _ = rx.wait_for(|p| p.settled).await;
+    }
+
     /// A verified piece: from memory when the store could not take it, else the store.
     pub fn read_piece(&self, index: u32) -> Result<Option<Bytes>, EngineError> {
         if let Some(b) = self
@@ -175,5 +187,9 @@ impl Download {
 
     pub(super) fn finish(&self, state: DownloadState) {
         self.progress.send_modify(|p| p.state = state);
+    }
+
+    pub(super) fn settle(&self) {
+        self.progress.send_modify(|p| p.settled = true);
     }
 }

@@ -56,9 +56,11 @@ pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
         }
     }
     let _e = span.enter();
+    let verified = matches!(dl.progress().borrow().state, DownloadState::Complete);
     let counter = match &result {
         Ok(Served::FromStore) => &inner.stats.cache_hits,
         Ok(Served::Downloaded) => &inner.stats.downloads_completed,
+        Err(_) if verified => &inner.stats.downloads_completed,
         Err(_) => &inner.stats.downloads_failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
@@ -71,11 +73,18 @@ pub(crate) async fn run(inner: Arc<Inner>, dl: Arc<Download>, size_hint: u64) {
             info!("download complete");
             dl.finish(DownloadState::Complete);
         }
+        // Verified already (readers were let go at that point): what failed
+        // after it (reporting, the store's bookkeeping) does not take the blob
+        // back from them.
+        Err(e) if verified => {
+            warn!(error = %e, "download verified, then its bookkeeping failed");
+        }
         Err(e) => {
             warn!(error = %e, "download failed");
             dl.finish(DownloadState::Failed(e));
         }
     }
+    dl.settle();
 }
 
 /// What the spawned fetches and the upstream stream tell the driver.

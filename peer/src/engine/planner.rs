@@ -93,6 +93,10 @@ struct Parent {
     r: ParentRef,
     /// `None`: holds every piece.
     pieces: Option<PieceSet>,
+    /// Complete, but seen downloading earlier in this download: it finished
+    /// the task the same time we fetch it (the back-to-source peer above all),
+    /// so every other child wants its uplink too.
+    just_completed: bool,
 }
 
 impl Parent {
@@ -136,6 +140,8 @@ pub struct Planner {
     /// Keyed by parent, then piece (looked up per candidate without allocating).
     busy: HashMap<String, HashMap<u32, Instant>>,
     reader: u32,
+    /// Parents seen still downloading in some plan update of this download.
+    seen_downloading: HashSet<String>,
     starved_since: Option<Instant>,
     /// A fetch failed in a way no parent can fix (`retry_elsewhere` false).
     broken: bool,
@@ -162,6 +168,7 @@ impl Planner {
             failed_at: HashMap::new(),
             busy: HashMap::new(),
             reader: 0,
+            seen_downloading: HashSet::new(),
             starved_since: None,
             broken: false,
             confined: false,
@@ -206,6 +213,11 @@ impl Planner {
             self.hashes[*index as usize] = Some(*hash);
         }
         let n = shape.piece_count();
+        for p in &update.parents {
+            if p.pieces.is_some() {
+                self.seen_downloading.insert(p.r.id.clone());
+            }
+        }
         self.parents = update
             .parents
             .iter()
@@ -213,6 +225,7 @@ impl Planner {
             .map(|p| Parent {
                 r: p.r.clone(),
                 pieces: p.pieces.clone(),
+                just_completed: p.pieces.is_none() && self.seen_downloading.contains(&p.r.id),
             })
             .collect();
         Ok(())
@@ -441,13 +454,18 @@ impl Planner {
             // The most advanced holders still downloading (the back-to-source peer
             // above all) are kept for the pieces only they have: asked for this one
             // only when no less advanced holder has it, even if those are busy for
-            // now. A complete holder has nothing left to fetch and is used freely.
+            // now. A complete holder has nothing left to fetch and is used freely,
+            // unless it completed during this download: then it is the source that
+            // just finished (or a peer as far along), every other child wants it
+            // too, and the last pieces only it has would queue behind pieces the
+            // others could have served (docs/benchmarks.md, "the endgame").
             let most = holders.iter().map(|p| p.held(n)).max().unwrap_or(0);
-            let reserve = most < n && holders.iter().any(|p| p.held(n) < most);
+            let reserve = holders.iter().any(|p| p.held(n) < most)
+                && (most < n || holders.iter().any(|p| p.just_completed));
             let usable: Vec<&Parent> = holders
                 .into_iter()
                 .filter(|p| {
-                    let reserved = reserve && p.held(n) == most;
+                    let reserved = reserve && p.held(n) == most && (most < n || p.just_completed);
                     !reserved
                         && !self
                             .busy

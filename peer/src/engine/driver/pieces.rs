@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::super::EngineError;
 use super::super::core::{Origin, Verdict};
+use super::super::download::DownloadState;
 use super::{Driver, MEMORY_BACKLOG};
 
 impl Driver<'_> {
@@ -233,14 +234,29 @@ impl Driver<'_> {
         for i in std::mem::take(&mut self.unchecked) {
             self.dl.mark_have(i);
         }
-        let marked = self.core.store_ok()
-            && match self.inner.store.mark_complete(&digest) {
-                Ok(()) => true,
-                Err(e) => {
+        // Verified: readers may have the last piece now. Marking the store
+        // complete syncs the whole blob to disk (hundreds of ms for a large blob,
+        // more when every node of a swarm finishes at once) and is for the next
+        // start, not for these readers.
+        self.dl.finish(DownloadState::Complete);
+        debug!("blob verified; its readers have every piece");
+        let synced = std::time::Instant::now();
+        // Off the runtime's threads: the sync blocks for as long as the disk takes.
+        let marked = self.core.store_ok() && {
+            let store = self.inner.store.clone();
+            match tokio::task::spawn_blocking(move || store.mark_complete(&digest)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
                     warn!(error = %e, "could not mark the task complete in the store");
                     false
                 }
-            };
+                Err(_) => return Err(EngineError::TaskAborted("mark complete")),
+            }
+        };
+        debug!(
+            store.ms = synced.elapsed().as_millis() as u64,
+            "marked complete in the store"
+        );
         self.core.on_complete(marked);
         self.act().await
     }

@@ -459,6 +459,46 @@ fn the_most_advanced_downloading_holder_is_kept_for_what_only_it_has() {
     assert!(src.iter().all(|i| (3..8).contains(i)), "{reqs:?}");
 }
 
+/// A parent seen downloading earlier in this download that is now complete (the
+/// back-to-source peer that just finished) stays kept for what only it has: its
+/// uplink is what every other child wants for the last pieces. A parent that was
+/// complete from the first plan (a cache) is still used freely (test above).
+#[test]
+fn a_parent_that_completed_during_the_download_stays_kept_for_what_only_it_has() {
+    let size = 8 * PIECE; // 8 pieces
+    let plans = |src_pieces: Option<&[u32]>| {
+        plan(
+            size,
+            vec![
+                parent("src", 7000, src_pieces, 8),
+                parent("a", 7001, Some(&[0, 1, 2, 3, 4, 5, 6]), 8),
+            ],
+        )
+    };
+    // src is seen downloading, then complete; a holds every piece but the last.
+    let mut p = Planner::new(PlannerConfig::default());
+    p.on_plan(&plans(Some(&[0, 1, 2, 3, 4, 5, 6]))).unwrap();
+    p.on_plan(&plans(None)).unwrap();
+    let reqs = p.next_requests(Instant::now(), &mut rng());
+    // The reader's piece from a (one request: a is downloading), the piece only src
+    // has from src, and nothing else from src though it has a slot left.
+    let from = |reqs: &[(u32, ParentRef)], id: &str| -> Vec<u32> {
+        reqs.iter()
+            .filter(|(_, r)| r.id == id)
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    assert_eq!(from(&reqs, "a"), vec![0], "{reqs:?}");
+    assert_eq!(from(&reqs, "src"), vec![7], "{reqs:?}");
+
+    // The same plan with src complete from the start (a cache): used freely, so
+    // its second slot takes a piece a also has.
+    let mut p = Planner::new(PlannerConfig::default());
+    p.on_plan(&plans(None)).unwrap();
+    let reqs = p.next_requests(Instant::now(), &mut rng());
+    assert_eq!(from(&reqs, "src").len(), 2, "{reqs:?}");
+}
+
 #[test]
 fn confined_to_its_window_it_asks_for_nothing_beyond_or_behind_it() {
     let size = 100 * PIECE;
