@@ -11,6 +11,13 @@
 //! an IPv6 literal comes out of a URL in brackets (`[fd00::1]`), which is not a valid
 //! server name.
 //!
+//! A TCP listener has `TCP_NODELAY` set, and every connection it accepts inherits it
+//! (Linux copies the listener's options into the accepted socket): gRPC and HTTP
+//! answers are small frames written one after another, and with Nagle on the next
+//! one waits for the client's delayed ACK of the last, up to 40 ms
+//! (docs/benchmarks.md, "Nagle's algorithm"). Both binaries bind every TCP listener
+//! here, so this is the one place that says it.
+//!
 //! Not here: which address to advertise (the peer's configuration), anything after
 //! `bind`.
 
@@ -63,6 +70,7 @@ fn bind(
             // As tokio and std do on Unix: a restarted server gets its port back while
             // old connections linger in TIME_WAIT.
             socket.set_reuse_address(true)?;
+            socket.set_tcp_nodelay(true)?;
         }
         let stack = if dual {
             match socket.set_only_v6(false) {
@@ -173,6 +181,16 @@ mod tests {
         let (u, stack) = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(stack, Stack::AsGiven);
         assert!(u.local_addr().unwrap().is_ipv4());
+    }
+
+    #[test]
+    fn accepted_connections_have_nagle_off() {
+        let (l, _) = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        assert!(accepted.nodelay().unwrap(), "inherited from the listener");
+        drop(client);
     }
 
     #[test]

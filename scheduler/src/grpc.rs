@@ -495,25 +495,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let service = SchedulerService::new(state.clone(), observer);
-    serve_with(incoming(listener), service, shutdown).await
-}
-
-/// The plain-text connections of `listener`, with Nagle's algorithm off.
-///
-/// A plan update or a `SessionOpen`'s headers are a few small HTTP/2 frames
-/// written one after another; with Nagle on, the second waits for the peer's
-/// ACK of the first, which the peer's delayed ACK holds back for up to 40 ms.
-/// tonic's own `tcp_nodelay` is ignored for connections it did not accept
-/// itself, so every acceptor of ours sets it (`tls::incoming` does too).
-pub fn incoming(
-    listener: TcpListener,
-) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|r| {
-        r.inspect(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        })
-    })
+    serve_with(TcpListenerStream::new(listener), service, shutdown).await
 }
 
 /// Serves `service` and the standard gRPC health service on the connections

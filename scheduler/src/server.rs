@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::config::{GrpcSecurity, Settings};
@@ -184,7 +185,7 @@ pub async fn run(
             tokio::spawn(grpc::serve_with(incoming, service, stopped()))
         }
         None => tokio::spawn(grpc::serve_with(
-            grpc::incoming(grpc_listener),
+            TcpListenerStream::new(grpc_listener),
             service,
             stopped(),
         )),
@@ -204,13 +205,7 @@ pub async fn run(
             )?;
             tokio::spawn(http::serve(listener, router, stopped()))
         }
-        None => {
-            use axum::serve::ListenerExt as _;
-            let listener = http_listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(http::serve(listener, router, stopped()))
-        }
+        None => tokio::spawn(http::serve(http_listener, router, stopped())),
     };
     let issuer = issuer.map(|(settings, listener, files)| {
         let service = crate::issuer::IssuerService::new(&settings, metrics.clone());

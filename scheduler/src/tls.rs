@@ -238,11 +238,7 @@ fn accept(
             };
             let (tcp, addr) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok((tcp, addr)) => {
-                        // See `grpc::incoming`: no Nagle delay on small frames.
-                        let _ = tcp.set_nodelay(true);
-                        (tcp, addr)
-                    }
+                    Ok(c) => c,
                     Err(e) => {
                         // EMFILE and the like: back off briefly, keep serving.
                         warn!(error = %e, "accepting a connection failed");

@@ -460,12 +460,12 @@ impl Planner {
             // too, and the last pieces only it has would queue behind pieces the
             // others could have served (docs/benchmarks.md, "the endgame").
             let most = holders.iter().map(|p| p.held(n)).max().unwrap_or(0);
-            let reserve = holders.iter().any(|p| p.held(n) < most)
-                && (most < n || holders.iter().any(|p| p.just_completed));
+            let kept = |p: &Parent| p.held(n) == most && (most < n || p.just_completed);
+            let reserve = holders.iter().any(|p| p.held(n) < most);
             let usable: Vec<&Parent> = holders
                 .into_iter()
                 .filter(|p| {
-                    let reserved = reserve && p.held(n) == most && (most < n || p.just_completed);
+                    let reserved = reserve && kept(p);
                     !reserved
                         && !self
                             .busy

@@ -367,12 +367,6 @@ pub async fn serve(
     mirror: Mirror,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Nagle off: a manifest or a HEAD answer is headers then a small body, and
-    // with Nagle on the body waits for the client's delayed ACK (up to 40 ms).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     axum::serve(listener, router(mirror))
         .with_graceful_shutdown(shutdown)
         .await
