@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shoal_peer::tls;
-use shoal_peer::transfer::{MemorySource, PieceClient, TransferStats, UploadLimits, serve};
+use shoal_peer::transfer::{
+    MemorySource, PieceClient, Seeding, TransferStats, UploadLimits, serve,
+};
 use shoal_proto::Digest;
 
 const PIECE: usize = 16 << 20;
@@ -65,6 +67,7 @@ async fn quic_rates(pieces: u32) -> (f64, f64) {
         source,
         limits,
         stats,
+        Seeding::new(),
         std::future::pending::<()>(),
     ));
     let client_endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), &tls).expect("client");

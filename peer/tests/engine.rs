@@ -26,7 +26,7 @@ use shoal_peer::scheduler_link::{Inventory, LinkConfig, Report, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore, PinGuard, StoreError, TaskMeta};
 use shoal_peer::tls::{self, PeerTls};
 use shoal_peer::transfer::{
-    MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
+    MemorySource, PieceClient, PieceSource, Seeding, TransferStats, UploadLimits, serve,
 };
 use shoal_proto::{Digest, TaskShape, v1};
 use shoal_tests::blob;
@@ -75,6 +75,7 @@ fn quic(tls: &PeerTls, source: Arc<dyn PieceSource>) -> (quinn::Endpoint, Socket
         source,
         UploadLimits::default(),
         Arc::new(TransferStats::default()),
+        Seeding::new(),
         std::future::pending::<()>(),
     ));
     (endpoint, addr)

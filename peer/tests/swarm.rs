@@ -103,13 +103,6 @@ impl Node {
         };
         let endpoint = tls::endpoint("127.0.0.1:0".parse().unwrap(), tls).unwrap();
         let addr = endpoint.local_addr().unwrap();
-        tokio::spawn(serve(
-            endpoint.clone(),
-            source,
-            UploadLimits::default(),
-            Arc::new(TransferStats::default()),
-            std::future::pending::<()>(),
-        ));
         let info = v1::PeerInfo {
             peer_id: id.into(),
             hostname: id.into(),
@@ -132,6 +125,14 @@ impl Node {
             link.clone(),
             PieceClient::new(endpoint.clone()),
         );
+        tokio::spawn(serve(
+            endpoint.clone(),
+            source,
+            UploadLimits::default(),
+            Arc::new(TransferStats::default()),
+            engine.seeding(),
+            std::future::pending::<()>(),
+        ));
         let upstream = common::blob_upstream(&up.url(), REPO);
         drop(guard);
         Node {

@@ -17,9 +17,9 @@ use rustls::pki_types::pem::PemObject;
 use shoal_peer::tls::{self, PeerTls, Pki};
 use shoal_peer::transfer::client::SILENCE_TIMEOUT;
 use shoal_peer::transfer::codec::{self, Response};
-use shoal_peer::transfer::server::{EXCLUSIVE_FOR, REUPLOAD_HOLD};
+use shoal_peer::transfer::server::{EXCLUSIVE_FOR, REUPLOAD_HOLD, SEED_HOLD};
 use shoal_peer::transfer::{
-    FetchError, MemorySource, PieceClient, PieceSource, TransferStats, UploadLimits, serve,
+    FetchError, MemorySource, PieceClient, PieceSource, Seeding, TransferStats, UploadLimits, serve,
 };
 use shoal_proto::Digest;
 use shoal_tests::eventually;
@@ -68,6 +68,7 @@ impl Server {
             source,
             limits,
             stats.clone(),
+            Seeding::new(),
             stopped,
         ));
         Server {
@@ -443,6 +444,7 @@ async fn reconnects_after_the_parent_closed_the_connection() {
         source,
         UploadLimits::default(),
         stats.clone(),
+        Seeding::new(),
         stopped,
     ));
 
@@ -576,6 +578,64 @@ async fn a_piece_goes_to_one_child_at_a_time_and_is_held_back_briefly_after() {
     };
     assert_eq!(got, pattern(100, 3));
     assert_eq!(load(&server.stats.busy), 2);
+}
+
+/// While this peer streams a blob from upstream, each of its pieces goes to one child and
+/// then stays with that child for [`SEED_HOLD`] (it is new to the swarm: the child spreads
+/// it), not just [`REUPLOAD_HOLD`]; a blob not streaming from upstream keeps the short
+/// hold.
+#[tokio::test]
+async fn a_piece_fresh_from_upstream_goes_to_one_child_for_the_seed_hold() {
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    let (fresh, cached) = (digest(1), digest(2));
+    for d in [fresh, cached] {
+        source.insert(d, 0, pattern(4096, 0));
+    }
+    let seeding = Seeding::new();
+    let upstream = seeding.start(fresh);
+    let endpoint = tls::endpoint(LOCALHOST.parse().unwrap(), &tls).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let stats = Arc::new(TransferStats::default());
+    tokio::spawn(serve(
+        endpoint,
+        source,
+        UploadLimits::default(),
+        stats.clone(),
+        seeding.clone(),
+        std::future::pending::<()>(),
+    ));
+    let (a, b) = (client(&tls), client(&tls));
+    for d in [fresh, cached] {
+        assert_eq!(
+            a.fetch(addr, &d, 0, 4096, TIMEOUT).await.unwrap(),
+            pattern(4096, 0)
+        );
+    }
+    tokio::time::sleep(REUPLOAD_HOLD + Duration::from_millis(100)).await;
+    assert_eq!(
+        b.fetch(addr, &cached, 0, 4096, TIMEOUT).await.unwrap(),
+        pattern(4096, 0),
+        "a blob not streaming from upstream: the short hold"
+    );
+    assert_eq!(
+        b.fetch(addr, &fresh, 0, 4096, TIMEOUT).await.unwrap_err(),
+        FetchError::Busy,
+        "a piece fresh from upstream stays with the child it went to"
+    );
+    assert_eq!(
+        a.fetch(addr, &fresh, 0, 4096, TIMEOUT).await.unwrap(),
+        pattern(4096, 0),
+        "the child it went to is served again"
+    );
+    // The upstream stream ended; the hold of the pieces already sent runs out.
+    drop(upstream);
+    tokio::time::sleep(SEED_HOLD).await;
+    assert_eq!(
+        b.fetch(addr, &fresh, 0, 4096, TIMEOUT).await.unwrap(),
+        pattern(4096, 0)
+    );
+    assert_eq!(load(&stats.busy), 1);
 }
 
 /// An upload that does not move (here the parent's read of the piece is stuck, as

@@ -5,7 +5,8 @@
 //! Real rules ([`Policy::Busy`]): at most `slots` uploads at once (`try_acquire`,
 //! nothing queues: a request beyond them is answered `BUSY`); one piece goes to one
 //! child at a time, and for [`REUPLOAD_HOLD`] after its upload ended others asking
-//! for it are answered `BUSY` too; an upload holds its piece while it moves (the real
+//! for it are answered `BUSY` too ([`SEED_HOLD`] while the node streams the blob from
+//! upstream); an upload holds its piece while it moves (the real
 //! one lets it go after [`EXCLUSIVE_FOR`] without progress, which a model flow never
 //! lacks). A slot is held until the child acknowledged the whole piece.
 //!
@@ -18,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-pub use shoal_peer::transfer::server::{EXCLUSIVE_FOR, REUPLOAD_HOLD};
+pub use shoal_peer::transfer::server::{EXCLUSIVE_FOR, REUPLOAD_HOLD, SEED_HOLD};
 
 /// How a parent answers requests it cannot serve at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,15 +154,17 @@ impl Server {
     }
 
     /// The child acknowledged the whole piece at `now`: the slot is free, the piece
-    /// held back for [`REUPLOAD_HOLD`]. Returns a queued request served now in the
-    /// freed slot (variant only).
-    pub fn upload_done(&mut self, req: Request, now: Duration) -> Option<Request> {
+    /// held back for [`REUPLOAD_HOLD`], or [`SEED_HOLD`] when this node is `seeding`
+    /// (its upstream stream runs). Returns a queued request served now in the freed
+    /// slot (variant only).
+    pub fn upload_done(&mut self, req: Request, now: Duration, seeding: bool) -> Option<Request> {
+        let hold = if seeding { SEED_HOLD } else { REUPLOAD_HOLD };
         self.busy_slots -= 1;
         self.served += 1;
         if let Some(h) = self.holds.get_mut(&req.index)
             && h.child == req.child
         {
-            h.until = Some(now + REUPLOAD_HOLD);
+            h.until = Some(now + hold);
         }
         let next = self.queue.pop_front()?;
         self.busy_slots += 1;

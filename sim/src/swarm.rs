@@ -98,6 +98,8 @@ struct Node {
     /// Tells upstream's size before the first piece.
     upstream_sized: bool,
     source: bool,
+    /// Its upstream stream runs (the real driver's `Seeding` mark).
+    seeding: bool,
     done_at: Option<Duration>,
 }
 
@@ -180,6 +182,7 @@ impl Swarm {
                 wake: true,
                 upstream_sized: false,
                 source: false,
+                seeding: false,
                 done_at: None,
             });
         }
@@ -267,12 +270,46 @@ impl Swarm {
             self.t += self.cfg.step;
             left = self.nodes.iter().filter(|n| n.done_at.is_none()).count();
             if self.cfg.progress && self.t.as_millis() % 10_000 < self.cfg.step.as_millis() {
+                // Piece flows only (upstream is not an uplink of the swarm): how busy
+                // the uplinks are, how busy the downlinks of the nodes still
+                // downloading from peers are, and how far behind the source they are.
+                let (mut up, mut down) = (0.0, 0.0);
+                for (i, f) in self.flows.iter().enumerate() {
+                    if let Flow::Piece { child, .. } = *f {
+                        up += self.links.rate(i);
+                        if !self.nodes[child].source {
+                            down += self.links.rate(i);
+                        }
+                    }
+                }
+                let cap: f64 = self.nodes.iter().map(|n| n.down).sum();
+                let dcap: f64 = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.done_at.is_none() && !n.source)
+                    .map(|n| n.down)
+                    .sum();
+                let mut held: Vec<u32> = self.nodes.iter().map(|n| n.stored.count()).collect();
+                held.sort_unstable();
+                let src = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.source)
+                    .map(|n| n.stored.count())
+                    .max()
+                    .unwrap_or(0);
                 eprintln!(
-                    "t={:.0}s: {} of {} nodes complete, {} flows",
+                    "t={:.0}s: {} of {} nodes complete, {} flows; uplinks {:.0} % busy, downlinks of the others {:.0} %; pieces held: source {}, nodes p10/p50/p90 {}/{}/{}",
                     self.t.as_secs_f64(),
                     self.nodes.len() - left,
                     self.nodes.len(),
-                    self.flows.len()
+                    self.flows.len(),
+                    100.0 * up / cap,
+                    100.0 * down / dcap.max(1.0),
+                    src,
+                    held[held.len() / 10],
+                    held[held.len() / 2],
+                    held[held.len() * 9 / 10],
                 );
             }
         }
@@ -336,6 +373,7 @@ impl Swarm {
                     Action::StartUpstream { from } => {
                         let piece = self.shape.piece_at(from).unwrap_or(0);
                         self.nodes[n].source = true;
+                        self.nodes[n].seeding = true;
                         self.send(self.t + lat * 2, Msg::UpstreamStart { node: n, piece });
                     }
                     Action::OpenPlan { size } => {
@@ -454,7 +492,9 @@ impl Swarm {
                     self.piece_arrived(child, index, Origin::Parent(pid.as_str()));
                 }
                 Msg::Acked { parent, req } => {
-                    if let Some(next) = self.nodes[parent].server.upload_done(req, self.t) {
+                    let seeding = self.nodes[parent].seeding;
+                    if let Some(next) = self.nodes[parent].server.upload_done(req, self.t, seeding)
+                    {
                         self.start_upload(parent, next);
                     }
                 }
@@ -550,11 +590,13 @@ impl Swarm {
                     self.upstream_bytes += u64::from(self.shape.piece_len(index).unwrap_or(0));
                     self.piece_arrived(node, index, Origin::Upstream);
                     if self.nodes[node].done_at.is_some() {
+                        self.nodes[node].seeding = false;
                         continue;
                     }
                     if index + 1 < self.shape.piece_count() {
                         self.start_upstream_piece(node, index + 1, -left);
                     } else {
+                        self.nodes[node].seeding = false;
                         let _ = self.nodes[node].core.on_upstream_done(Ok(()));
                         self.act(node);
                     }

@@ -264,6 +264,7 @@ impl Node {
             Arc::new(StoreSource(store.clone())),
             limits,
             stats.clone(),
+            engine.seeding(),
             stopped(),
         ));
         let mut metrics = health::registry(

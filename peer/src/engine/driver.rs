@@ -337,9 +337,11 @@ impl Driver<'_> {
                 let upstream = self.dl.upstream.clone();
                 let tx = self.tx.clone();
                 let digest = self.dl.digest;
+                let seeding = self.inner.seeding.start(digest);
                 tokio::spawn(
                     async move {
                         let r = stream_upstream(&*upstream, digest, from, &tx).await;
+                        drop(seeding);
                         let _ = tx.send(Event::UpstreamDone(r)).await;
                     }
                     .in_current_span(),

@@ -46,6 +46,7 @@ use shoal_proto::Digest;
 
 use crate::metrics::{self, Sample};
 use crate::store::{PieceStore, StoreError};
+use crate::transfer::Seeding;
 
 pub use self::core::{Action, DownloadCore, Origin, Verdict};
 pub use download::{Download, DownloadState, DownloadStats, Progress};
@@ -159,6 +160,8 @@ pub(crate) struct Inner {
     pub(crate) config: EngineConfig,
     pub(crate) stats: EngineStats,
     pub(crate) downloads: Mutex<HashMap<Digest, Arc<Download>>>,
+    /// The blobs streaming from upstream now, for the upload server.
+    pub(crate) seeding: Arc<Seeding>,
 }
 
 /// The download engine of one peer. Cheap to clone.
@@ -194,6 +197,7 @@ impl Engine {
                 config,
                 stats: EngineStats::default(),
                 downloads: Mutex::new(HashMap::new()),
+                seeding: Seeding::new(),
             }),
         }
     }
@@ -221,6 +225,13 @@ impl Engine {
         drop(map);
         tokio::spawn(driver::run(self.inner.clone(), d.clone(), size_hint));
         d
+    }
+
+    /// The blobs this engine is fetching from upstream now: hand it to the upload
+    /// server ([`crate::transfer::serve`]), which sends each of their pieces to one
+    /// child ([`crate::transfer::seeding`]).
+    pub fn seeding(&self) -> Arc<Seeding> {
+        self.inner.seeding.clone()
     }
 
     /// Node-wide counters of every download so far.

@@ -7,6 +7,8 @@
 //!   bidirectional stream per piece, with upload slots and an optional rate limit.
 //! - [`client`]: [`PieceClient`] fetches one piece from a parent over a pooled connection.
 //! - [`rate`]: the token bucket behind the upload rate limit.
+//! - [`seeding`]: [`Seeding`], the blobs this peer fetches from upstream now, whose new
+//!   pieces the server sends to one child each.
 //!
 //! Mutual TLS and the endpoint come from [`crate::tls`].
 //!
@@ -22,9 +24,11 @@ use shoal_proto::Digest;
 pub mod client;
 pub mod codec;
 pub mod rate;
+pub mod seeding;
 pub mod server;
 
 pub use client::{ClientTls, FetchError, PieceClient};
+pub use seeding::{Seeding, SeedingGuard};
 pub use server::{TransferStats, UploadLimits, serve};
 
 /// Where the server finds the pieces it uploads: the peer's piece store.

@@ -18,7 +18,10 @@
 //! scheduler tells it within a plan interval). Without this every child streaming in
 //! order asks the back-to-source peer for the newest piece, that peer's uplink carries
 //! it many times, and a saturated uplink slows its own download from upstream, which
-//! sets the pace of the whole swarm (measured: `docs/benchmarks.md`). On shutdown the server stops accepting (it removes the endpoint's server
+//! sets the pace of the whole swarm (measured: `docs/benchmarks.md`). While this peer
+//! streams the blob from upstream ([`Seeding`]), a piece a child took in full is held
+//! for [`SEED_HOLD`] instead: nobody else has it yet, and this uplink is better spent
+//! on the next new piece than on a second copy of this one. On shutdown the server stops accepting (it removes the endpoint's server
 //! configuration, so new handshakes are refused), lets in-flight uploads finish (at most
 //! [`DRAIN_TIMEOUT`]) and closes the connections it accepted; it leaves the endpoint open
 //! because the same endpoint carries this peer's downloads.
@@ -45,6 +48,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::PieceSource;
 use super::codec::{self, CodecError, LEN_PREFIX, MAX_HEADER_LEN, Request, Response};
 use super::rate::RateLimiter;
+use super::seeding::Seeding;
 use crate::metrics::{self, Sample};
 
 /// How long shutdown waits for in-flight uploads before closing their connections.
@@ -55,6 +59,14 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// plans (a scheduler plan interval, 100 ms by default, and the round trips), short
 /// enough that a child with no other holder waits little.
 pub const REUPLOAD_HOLD: Duration = Duration::from_millis(300);
+
+/// After a piece this peer is fetching from upstream (see [`Seeding`]) was uploaded to
+/// one child in full, how long requests for it from others are answered `BUSY`: the
+/// piece is new to the swarm, and the child that has it spreads it while this uplink
+/// carries the next new one. Bounded, so that the piece comes back here if that child
+/// is gone before passing it on. Measured in the simulator (`docs/benchmarks.md`, "The
+/// source sends each new piece once").
+pub const SEED_HOLD: Duration = Duration::from_secs(10);
 
 /// How long an upload in progress keeps a piece to its child without progress: past
 /// this, other children asking for it are served too (the first child may be stalled or
@@ -185,6 +197,8 @@ struct Shared {
     /// Pieces being uploaded now (`until` `None`) or held back until the instant
     /// after an upload (see [`REUPLOAD_HOLD`]), with the child it went to.
     uploading: Mutex<HashMap<(Digest, u32), Hold>>,
+    /// The blobs fetched from upstream now, whose pieces are held for [`SEED_HOLD`].
+    seeding: Arc<Seeding>,
 }
 
 /// Who a piece went to, and until when others are refused it (`None`: still going,
@@ -220,11 +234,14 @@ impl Hold {
     }
 }
 
-/// A piece marked as being uploaded; held back for [`REUPLOAD_HOLD`] when dropped.
+/// A piece marked as being uploaded; held back for [`REUPLOAD_HOLD`] when dropped, or
+/// for [`SEED_HOLD`] when the child took it all and this peer is fetching its blob from
+/// upstream.
 struct Uploading<'a> {
     shared: &'a Shared,
     piece: (Digest, u32),
     child: SocketAddr,
+    delivered: bool,
 }
 
 impl<'a> Uploading<'a> {
@@ -260,6 +277,7 @@ impl<'a> Uploading<'a> {
             shared,
             piece,
             child,
+            delivered: false,
         })
     }
 }
@@ -272,12 +290,17 @@ impl Drop for Uploading<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let hold = if self.delivered && self.shared.seeding.contains(&self.piece.0) {
+            SEED_HOLD
+        } else {
+            REUPLOAD_HOLD
+        };
         // Only the upload that holds the piece now releases it (another child may
         // have taken it over after EXCLUSIVE_FOR).
         if let Some(h) = map.get_mut(&self.piece)
             && h.child == self.child
         {
-            h.until = Some(now + REUPLOAD_HOLD);
+            h.until = Some(now + hold);
         }
     }
 }
@@ -285,12 +308,14 @@ impl Drop for Uploading<'_> {
 /// Serves piece requests on `endpoint` until `shutdown` completes, then drains.
 ///
 /// `endpoint` must have a server configuration (see [`crate::tls::endpoint`]); `stats`
-/// is updated as requests are answered.
+/// is updated as requests are answered; `seeding` names the blobs this peer is
+/// fetching from upstream (the engine's [`crate::engine::Engine::seeding`]).
 pub async fn serve(
     endpoint: Endpoint,
     source: Arc<dyn PieceSource>,
     limits: UploadLimits,
     stats: Arc<TransferStats>,
+    seeding: Arc<Seeding>,
     shutdown: impl Future,
 ) {
     let shared = Arc::new(Shared {
@@ -301,6 +326,7 @@ pub async fn serve(
             .map(|r| RateLimiter::new(r.get(), RATE_CHUNK as u64)),
         stats,
         uploading: Mutex::new(HashMap::new()),
+        seeding,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -413,7 +439,8 @@ async fn try_answer(
         shared.stats.busy.fetch_add(1, Ordering::Relaxed);
         return reply(send, &Response::Busy).await;
     };
-    let Some(_uploading) = Uploading::start(shared, (digest, index), conn, Instant::now()) else {
+    let Some(mut uploading) = Uploading::start(shared, (digest, index), conn, Instant::now())
+    else {
         debug!(task = %digest, piece = index, "piece uploading or just uploaded; busy");
         shared.stats.busy.fetch_add(1, Ordering::Relaxed);
         return reply(send, &Response::Busy).await;
@@ -443,6 +470,7 @@ async fn try_answer(
     };
     match tokio::time::timeout(UPLOAD_TIMEOUT, upload).await {
         Ok(Ok(true)) => {
+            uploading.delivered = true;
             shared
                 .stats
                 .uploaded_bytes

@@ -81,7 +81,8 @@ struct Args {
     /// Downloads one peer serves at once (the scheduler's default is 8).
     #[arg(long, default_value_t = 8)]
     max_children: u32,
-    /// Print progress to stderr every 10 simulated seconds.
+    /// Print progress to stderr every 10 simulated seconds: nodes complete, flows, how
+    /// busy the uplinks are, and the pieces the source and the others hold.
     #[arg(long)]
     progress: bool,
     /// Seed: same seed and flags, same output.
