@@ -71,6 +71,9 @@ struct Args {
     /// The planner's requests in flight to one complete parent (the peer's default is 2).
     #[arg(long, default_value_t = 2)]
     max_per_parent: usize,
+    /// The planner's requests in flight for one download (the peer's default).
+    #[arg(long, default_value_t = PlannerConfig::default().max_in_flight)]
+    max_in_flight: usize,
     /// The planner's requests in flight to one parent still downloading (the peer's
     /// default is 1).
     #[arg(long, default_value_t = 1)]
@@ -188,6 +191,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
             window: a.window,
             busy_backoff: a.busy_backoff,
             max_per_parent: a.max_per_parent,
+            max_in_flight: a.max_in_flight,
             max_per_downloading_parent: a.max_per_downloading_parent,
             ..PlannerConfig::default()
         },
