@@ -4,9 +4,8 @@
 //!
 //! Real rules ([`Policy::Busy`]): at most `slots` uploads at once (`try_acquire`,
 //! nothing queues: a request beyond them is answered `BUSY`); one piece goes to one
-//! child at a time, and for [`REUPLOAD_HOLD`] after its upload ended others asking
-//! for it are answered `BUSY` too ([`SEED_HOLD`] while the node streams the blob from
-//! upstream); an upload holds its piece while it moves (the real
+//! child at a time, and while the node streams the blob from upstream, for
+//! [`SEED_HOLD`] after its upload ended others asking for it are answered `BUSY` too; an upload holds its piece while it moves (the real
 //! one lets it go after [`EXCLUSIVE_FOR`] without progress, which a model flow never
 //! lacks). A slot is held until the child acknowledged the whole piece.
 //!
@@ -19,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-pub use shoal_peer::transfer::server::{EXCLUSIVE_FOR, REUPLOAD_HOLD, SEED_HOLD};
+pub use shoal_peer::transfer::server::{EXCLUSIVE_FOR, SEED_HOLD};
 
 /// How a parent answers requests it cannot serve at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,18 +152,25 @@ impl Server {
         answer
     }
 
-    /// The child acknowledged the whole piece at `now`: the slot is free, the piece
-    /// held back for [`REUPLOAD_HOLD`], or [`SEED_HOLD`] when this node is `seeding`
-    /// (its upstream stream runs). Returns a queued request served now in the freed
-    /// slot (variant only).
+    /// The child acknowledged the whole piece at `now`: the slot is free, and the
+    /// piece free for others, or held back for [`SEED_HOLD`] when this node is
+    /// `seeding` (its upstream stream runs). Returns a queued request served now in the
+    /// freed slot (variant only).
     pub fn upload_done(&mut self, req: Request, now: Duration, seeding: bool) -> Option<Request> {
-        let hold = if seeding { SEED_HOLD } else { REUPLOAD_HOLD };
         self.busy_slots -= 1;
         self.served += 1;
-        if let Some(h) = self.holds.get_mut(&req.index)
-            && h.child == req.child
+        if self
+            .holds
+            .get(&req.index)
+            .is_some_and(|h| h.child == req.child)
         {
-            h.until = Some(now + hold);
+            if seeding {
+                if let Some(h) = self.holds.get_mut(&req.index) {
+                    h.until = Some(now + SEED_HOLD);
+                }
+            } else {
+                self.holds.remove(&req.index);
+            }
         }
         let next = self.queue.pop_front()?;
         self.busy_slots += 1;

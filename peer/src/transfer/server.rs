@@ -5,23 +5,22 @@
 //! `OK` + the piece bytes, `NOT_FOUND`, `BUSY` when every upload slot is taken (slots
 //! are a semaphore taken with `try_acquire`, so nothing queues) or `BAD_REQUEST`. A slot
 //! is held until the client has acknowledged the whole piece, so slots count real
-//! uploads. One piece is uploaded to one child at a time, and not again for
-//! [`REUPLOAD_HOLD`] after that: a request for a piece that is on its way to another
-//! child, or just got there, is answered `BUSY` too. An upload holds its piece that way
+//! uploads. One piece is uploaded to one child at a time: a request for a piece that is
+//! on its way to another child is answered `BUSY` too (the child asks for another piece,
+//! or for this one from a holder that is free). An upload holds its piece that way
 //! while it moves, and for at most [`EXCLUSIVE_FOR`] without moving; an upload as a
 //! whole is given up (its stream
 //! reset, its slot freed) after [`UPLOAD_TIMEOUT`]: a child that went silent mid-upload
 //! (a partition, a dead node) costs the others a couple of seconds on that piece, not
-//! the QUIC idle timeout. So this peer's uplink carries each
-//! new piece about once while the children spread it among themselves (the child asks
-//! for another piece, or for this one from the child that has it now, which the
-//! scheduler tells it within a plan interval). Without this every child streaming in
-//! order asks the back-to-source peer for the newest piece, that peer's uplink carries
-//! it many times, and a saturated uplink slows its own download from upstream, which
-//! sets the pace of the whole swarm (measured: `docs/benchmarks.md`). While this peer
-//! streams the blob from upstream ([`Seeding`]), a piece a child took in full is held
-//! for [`SEED_HOLD`] instead: nobody else has it yet, and this uplink is better spent
-//! on the next new piece than on a second copy of this one. On shutdown the server stops accepting (it removes the endpoint's server
+//! the QUIC idle timeout. While this peer streams the blob from upstream ([`Seeding`]),
+//! a piece a child took in full stays with that child for [`SEED_HOLD`] after: nobody
+//! else has it yet, and this uplink is better spent on the next new piece than on a
+//! second copy of this one, so it carries each new piece about once while the children
+//! spread it among themselves (the scheduler tells them who has it within a plan
+//! interval). Without this every child streaming in order asks the back-to-source peer
+//! for the newest piece, and that peer's uplink, the one way new pieces enter the swarm,
+//! carries it many times (measured: `docs/benchmarks.md`). Other pieces are free for
+//! the next child as soon as an upload ends. On shutdown the server stops accepting (it removes the endpoint's server
 //! configuration, so new handshakes are refused), lets in-flight uploads finish (at most
 //! [`DRAIN_TIMEOUT`]) and closes the connections it accepted; it leaves the endpoint open
 //! because the same endpoint carries this peer's downloads.
@@ -53,12 +52,6 @@ use crate::metrics::{self, Sample};
 
 /// How long shutdown waits for in-flight uploads before closing their connections.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// After a piece was uploaded to one child, how long requests for it from others are
-/// answered `BUSY`: long enough for that child's piece report to reach the others'
-/// plans (a scheduler plan interval, 100 ms by default, and the round trips), short
-/// enough that a child with no other holder waits little.
-pub const REUPLOAD_HOLD: Duration = Duration::from_millis(300);
 
 /// After a piece this peer is fetching from upstream (see [`Seeding`]) was uploaded to
 /// one child in full, how long requests for it from others are answered `BUSY`: the
@@ -194,8 +187,8 @@ struct Shared {
     slots: Arc<Semaphore>,
     rate: Option<RateLimiter>,
     stats: Arc<TransferStats>,
-    /// Pieces being uploaded now (`until` `None`) or held back until the instant
-    /// after an upload (see [`REUPLOAD_HOLD`]), with the child it went to.
+    /// Pieces being uploaded now (`until` `None`) or held back after an upload until
+    /// an instant (see [`SEED_HOLD`]), with the child it went to.
     uploading: Mutex<HashMap<(Digest, u32), Hold>>,
     /// The blobs fetched from upstream now, whose pieces are held for [`SEED_HOLD`].
     seeding: Arc<Seeding>,
@@ -234,8 +227,8 @@ impl Hold {
     }
 }
 
-/// A piece marked as being uploaded; held back for [`REUPLOAD_HOLD`] when dropped, or
-/// for [`SEED_HOLD`] when the child took it all and this peer is fetching its blob from
+/// A piece marked as being uploaded; free for others when dropped, or held back for
+/// [`SEED_HOLD`] when the child took it all and this peer is fetching its blob from
 /// upstream.
 struct Uploading<'a> {
     shared: &'a Shared,
@@ -247,9 +240,8 @@ struct Uploading<'a> {
 impl<'a> Uploading<'a> {
     /// Marks `piece` as going to the child at the other end of `conn`, or `None` when
     /// it is on its way to another child (and that upload moved within
-    /// [`EXCLUSIVE_FOR`]), or got there less than
-    /// [`REUPLOAD_HOLD`] ago. The same child asking again (its copy was lost or bad)
-    /// is served.
+    /// [`EXCLUSIVE_FOR`]), or is held for the child it went to ([`SEED_HOLD`]). The
+    /// same child asking again (its copy was lost or bad) is served.
     fn start(
         shared: &'a Shared,
         piece: (Digest, u32),
@@ -289,18 +281,17 @@ impl Drop for Uploading<'_> {
             .uploading
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let hold = if self.delivered && self.shared.seeding.contains(&self.piece.0) {
-            SEED_HOLD
-        } else {
-            REUPLOAD_HOLD
-        };
         // Only the upload that holds the piece now releases it (another child may
         // have taken it over after EXCLUSIVE_FOR).
-        if let Some(h) = map.get_mut(&self.piece)
-            && h.child == self.child
-        {
-            h.until = Some(now + hold);
+        if map.get(&self.piece).is_none_or(|h| h.child != self.child) {
+            return;
+        }
+        if self.delivered && self.shared.seeding.contains(&self.piece.0) {
+            if let Some(h) = map.get_mut(&self.piece) {
+                h.until = Some(Instant::now() + SEED_HOLD);
+            }
+        } else {
+            map.remove(&self.piece);
         }
     }
 }
