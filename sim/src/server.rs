@@ -159,15 +159,11 @@ impl Server {
     pub fn upload_done(&mut self, req: Request, now: Duration, seeding: bool) -> Option<Request> {
         self.busy_slots -= 1;
         self.served += 1;
-        if self
-            .holds
-            .get(&req.index)
-            .is_some_and(|h| h.child == req.child)
+        if let Some(h) = self.holds.get_mut(&req.index)
+            && h.child == req.child
         {
             if seeding {
-                if let Some(h) = self.holds.get_mut(&req.index) {
-                    h.until = Some(now + SEED_HOLD);
-                }
+                h.until = Some(now + SEED_HOLD);
             } else {
                 self.holds.remove(&req.index);
             }

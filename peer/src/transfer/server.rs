@@ -276,6 +276,7 @@ impl<'a> Uploading<'a> {
 
 impl Drop for Uploading<'_> {
     fn drop(&mut self) {
+        let seed = self.delivered && self.shared.seeding.contains(&self.piece.0);
         let mut map = self
             .shared
             .uploading
@@ -283,15 +284,14 @@ impl Drop for Uploading<'_> {
             .unwrap_or_else(|p| p.into_inner());
         // Only the upload that holds the piece now releases it (another child may
         // have taken it over after EXCLUSIVE_FOR).
-        if map.get(&self.piece).is_none_or(|h| h.child != self.child) {
-            return;
-        }
-        if self.delivered && self.shared.seeding.contains(&self.piece.0) {
-            if let Some(h) = map.get_mut(&self.piece) {
+        if let Some(h) = map.get_mut(&self.piece)
+            && h.child == self.child
+        {
+            if seed {
                 h.until = Some(Instant::now() + SEED_HOLD);
+            } else {
+                map.remove(&self.piece);
             }
-        } else {
-            map.remove(&self.piece);
         }
     }
 }
