@@ -23,6 +23,14 @@
 //! host: its downlink), so every host has a full-duplex link of the given rate, as a
 //! switch port would.
 //!
+//! A host's uplink queue ([`UplinkQueue`]) is one FIFO by default. With
+//! [`UplinkQueue::Fair`] it is one queue per destination host instead, served round
+//! robin, which is what a Linux host's default `fq_codel` does for flows to different
+//! hosts: a sparse flow (the acknowledgements of a download) is not queued behind a bulk
+//! one (the uploads). This kernel has no `fq_codel`, `sfq` or `fq`, so it is built from
+//! `htb` classes, one per other host, and `u32` filters on the destination address.
+//! The downlinks stay a FIFO, as a switch port's is.
+//!
 //! Clean-up: [`Lab::cleanup`] (also on drop, and from a [`Cleaner`] that a signal
 //! handler holds) kills every process still running in the lab's namespaces — only
 //! the lab's own processes can be there — and deletes the namespaces.
@@ -122,6 +130,41 @@ impl Host {
     }
 }
 
+/// How a host's uplink (its `eth0`) queues what it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UplinkQueue {
+    /// One FIFO (`tbf` with 50 ms of queue): a download's acknowledgements wait behind
+    /// everything the host uploads.
+    #[default]
+    Fifo,
+    /// One queue per destination host, served round robin at packet granularity (`htb`
+    /// classes of equal share, each with its own 50 ms FIFO): the nearest this kernel
+    /// gets to `fq_codel`.
+    Fair,
+}
+
+impl UplinkQueue {
+    /// For a report's heading: `FIFO uplinks`, `fair-queued uplinks`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            UplinkQueue::Fifo => "FIFO uplinks",
+            UplinkQueue::Fair => "fair-queued uplinks",
+        }
+    }
+}
+
+impl FromStr for UplinkQueue {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fifo" => Ok(UplinkQueue::Fifo),
+            "fair" => Ok(UplinkQueue::Fair),
+            _ => Err(format!("{s:?}: the uplink queue is fifo or fair")),
+        }
+    }
+}
+
 /// The address family of a lab's hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Family {
@@ -188,6 +231,7 @@ pub struct Lab {
     bridge_ns: String,
     rate: LinkRate,
     family: Family,
+    uplink: UplinkQueue,
     hosts: Vec<Host>,
     state: Arc<Mutex<State>>,
 }
@@ -195,6 +239,21 @@ pub struct Lab {
 /// Runs `ip ARGS…`, failing with its stderr.
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     run("ip", args)
+}
+
+/// Runs `tc -n NS ARGS…`.
+fn tc_in(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run("tc", &all)
+}
+
+/// The last part of a lab address (`10.200.0.<n>`, `fd00:5ea1::<n>`).
+fn host_index(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    }
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -248,6 +307,7 @@ impl Lab {
             bridge_ns,
             rate,
             family,
+            uplink: UplinkQueue::Fifo,
             hosts: Vec::new(),
             state,
         };
@@ -257,6 +317,17 @@ impl Lab {
         ip(&["-n", br, "link", "set", "br0", "up"])?;
         ip(&["-n", br, "link", "set", "lo", "up"])?;
         Ok(lab)
+    }
+
+    /// Sets how the uplinks of the hosts added from now on queue (see [`UplinkQueue`]).
+    pub fn with_uplink_queue(mut self, uplink: UplinkQueue) -> Self {
+        self.uplink = uplink;
+        self
+    }
+
+    /// How the hosts' uplinks queue.
+    pub fn uplink_queue(&self) -> UplinkQueue {
+        self.uplink
     }
 
     /// A handle that can clean the lab up from another thread.
@@ -325,13 +396,24 @@ impl Lab {
             }
         }
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        self.shape(&ns, "eth0")?;
-        self.shape(&br, &port)?;
         let host = Host {
             role: role.to_string(),
             ns,
             ip: ip_addr,
         };
+        match self.uplink {
+            UplinkQueue::Fifo => self.shape(&host.ns, "eth0")?,
+            UplinkQueue::Fair => {
+                self.shape_fair_root(&host.ns)?;
+                // A queue on the new host for every host already here, and one for the
+                // new host on every host already here.
+                for other in &self.hosts {
+                    self.add_fair_queue(&host, other)?;
+                    self.add_fair_queue(other, &host)?;
+                }
+            }
+        }
+        self.shape(&br, &port)?;
         self.hosts.push(host.clone());
         Ok(host)
     }
@@ -359,6 +441,72 @@ impl Lab {
             ],
         )
         .context("shaping a link with tc tbf (kernel module `sch_tbf`)")
+    }
+
+    /// The root of a fair uplink on `ns`'s `eth0`: an `htb` of the link's rate whose
+    /// default class takes what goes to no known host (ARP, neighbour discovery).
+    fn shape_fair_root(&self, ns: &str) -> anyhow::Result<()> {
+        let rate = format!("{}bit", self.rate.bits_per_sec);
+        let burst = self.rate.burst_bytes().to_string();
+        tc_in(
+            ns,
+            &[
+                "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "htb", "default", "2",
+            ],
+        )
+        .context("shaping a link with tc htb (kernel module `sch_htb`)")?;
+        tc_in(
+            ns,
+            &[
+                "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb", "rate",
+                &rate, "ceil", &rate, "burst", &burst, "cburst", &burst,
+            ],
+        )?;
+        self.add_fair_class(ns, 2)
+    }
+
+    /// On `from`'s uplink, a queue of its own for what goes to `to`.
+    fn add_fair_queue(&self, from: &Host, to: &Host) -> anyhow::Result<()> {
+        let minor = 0x100 + u32::from(host_index(to.ip));
+        self.add_fair_class(&from.ns, minor)?;
+        let (proto, matcher, dst) = match to.ip {
+            IpAddr::V4(a) => ("ip", "ip", format!("{a}/32")),
+            IpAddr::V6(a) => ("ipv6", "ip6", format!("{a}/128")),
+        };
+        let flow = format!("1:{minor:x}");
+        tc_in(
+            &from.ns,
+            &[
+                "filter", "add", "dev", "eth0", "parent", "1:", "protocol", proto, "prio", "1",
+                "u32", "match", matcher, "dst", &dst, "flowid", &flow,
+            ],
+        )
+        .context("classifying by destination with tc u32 (kernel module `cls_u32`)")
+    }
+
+    /// One class of a fair uplink: an equal share, borrowing up to the whole link, a
+    /// one-packet quantum (as `fq_codel`'s), and its own FIFO of 50 ms at line rate.
+    fn add_fair_class(&self, ns: &str, minor: u32) -> anyhow::Result<()> {
+        let rate = format!("{}bit", self.rate.bits_per_sec);
+        let share = format!("{}bit", (self.rate.bits_per_sec / 64).max(8_000));
+        let burst = self.rate.burst_bytes().to_string();
+        let class = format!("1:{minor:x}");
+        // As deep as the FIFO uplink's (a GSO packet on a veth can be 64 KiB: a shallower
+        // queue drops whole bursts and the class never reaches its share).
+        let limit = (self.rate.bits_per_sec / 8 / 20 + self.rate.burst_bytes()).to_string();
+        tc_in(
+            ns,
+            &[
+                "class", "add", "dev", "eth0", "parent", "1:1", "classid", &class, "htb", "rate",
+                &share, "ceil", &rate, "burst", &burst, "cburst", &burst, "quantum", "1514",
+            ],
+        )?;
+        tc_in(
+            ns,
+            &[
+                "qdisc", "add", "dev", "eth0", "parent", &class, "bfifo", "limit", &limit,
+            ],
+        )
     }
 
     /// `ip netns exec <host ns> program`, with the proxy variables removed (traffic must
@@ -491,6 +639,14 @@ impl Drop for NsProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uplink_queues_parse() {
+        assert_eq!("fair".parse(), Ok(UplinkQueue::Fair));
+        assert_eq!("fifo".parse(), Ok(UplinkQueue::Fifo));
+        assert!("fq_codel".parse::<UplinkQueue>().is_err());
+        assert_eq!(UplinkQueue::default(), UplinkQueue::Fifo);
+    }
 
     #[test]
     fn rates_parse_like_tc() {

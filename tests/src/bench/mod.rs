@@ -7,8 +7,10 @@
 //! ratio to the blob.
 //!
 //! The network is a [`Lab`]: one namespace per host, joined by a bridge in its own
-//! namespace, every link (the registry's uplink too) shaped with `tc … tbf` in both
-//! directions. Each node's pull is this binary again (`fetch`, see [`fetch`]) run in
+//! namespace, every link (the registry's uplink too) shaped in both directions: the
+//! downlinks with a `tbf` FIFO, as a switch port, and the uplinks fair-queued per
+//! destination host, as a Linux host's `fq_codel` would (`--uplink fifo` for a FIFO
+//! there too; see [`UplinkQueue`]). Each node's pull is this binary again (`fetch`, see [`fetch`]) run in
 //! the node's namespace, hashing what it receives. Traffic stays inside the lab; the
 //! lab and its processes are removed at the end, on error, and on Ctrl-C.
 //!
@@ -26,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::image::{OciImage, random_bytes};
-use crate::netns::{Cleaner, Family, Host, Lab, LinkRate};
+use crate::netns::{Cleaner, Family, Host, Lab, LinkRate, UplinkQueue};
 use crate::netswarm::{LabPeer, LabScheduler};
 use crate::registry::{NetnsListen, Registry, RegistryOptions};
 use crate::swarm::{PeerOptions, PeerProcess};
@@ -66,6 +68,9 @@ pub struct Options {
     /// the nodes ask with `ns=[addr]:port`, as containerd does, instead of through
     /// `--default-upstream`.
     pub family: Family,
+    /// How every host's uplink queues ([`UplinkQueue::Fair`]: per destination host, as
+    /// a Linux host's `fq_codel` would; see [`crate::netns`]).
+    pub uplink: UplinkQueue,
 }
 
 /// What serves the nodes in one mode.
@@ -137,7 +142,8 @@ impl<'a> Bench<'a> {
         Registry::stage(&image, REPO, "v1", &work.join("staging"), &storage)?;
         std::fs::remove_dir_all(work.join("image")).ok();
 
-        let mut lab = Lab::with_family(&opts.prefix, opts.rate.clone(), opts.family)?;
+        let mut lab = Lab::with_family(&opts.prefix, opts.rate.clone(), opts.family)?
+            .with_uplink_queue(opts.uplink);
         on_lab(lab.cleaner());
         let registry_host = lab.add_host("registry")?;
         let origin = Registry::start_with(
@@ -163,6 +169,7 @@ impl<'a> Bench<'a> {
             size: blob.size,
             rate_bits: opts.rate.bits_per_sec,
             rate_text: opts.rate.tc.clone(),
+            uplink: opts.uplink,
         };
         Ok(Bench {
             opts,

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::netns::UplinkQueue;
+
 /// How the nodes get the blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -46,6 +48,8 @@ pub struct Setup {
     pub rate_bits: u64,
     /// The rate as given (`100mbit`).
     pub rate_text: String,
+    /// How the hosts' uplinks queue.
+    pub uplink: UplinkQueue,
 }
 
 impl Setup {
@@ -150,10 +154,11 @@ pub fn markdown(setup: &Setup, runs: &[ModeRun]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} nodes, a {:.0} MiB blob, every link {} (line-rate limit {:.1} s)\n",
+        "{} nodes, a {:.0} MiB blob, every link {}, {} (line-rate limit {:.1} s)\n",
         setup.nodes,
         setup.size as f64 / f64::from(1 << 20),
         setup.rate_text,
+        setup.uplink.describe(),
         setup.line_rate_secs()
     );
     out.push_str(
@@ -191,6 +196,7 @@ mod tests {
             size: 100 << 20,
             rate_bits: 100_000_000,
             rate_text: "100mbit".into(),
+            uplink: UplinkQueue::Fair,
         }
     }
 

@@ -3,8 +3,14 @@
 //!
 //! ```text
 //! shoal-bench-swarm [--nodes 8] [--size 256MiB] [--rate 100mbit] [--modes direct,cache,shoal]
-//!                   [--out DIR] [--font TTF] [--keep] [--ipv6] [--peer-flag ARG]... [--scheduler-flag ARG]...
+//!                   [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo] [--peer-flag ARG]...
+//!                   [--scheduler-flag ARG]...
 //! ```
+//!
+//! `--uplink fifo|fair` sets how every host's uplink queues (default `fair`: one queue
+//! per destination host, as a Linux host's `fq_codel` does; `fifo`: one FIFO, where a
+//! download's acknowledgements wait behind the host's uploads). See
+//! `shoal_tests::netns::UplinkQueue`.
 //!
 //! `--ipv6` runs it on a lab whose hosts have IPv6 addresses only (see
 //! `shoal_tests::netns`): every listener, URL and `ns` is an IPv6 literal.
@@ -26,10 +32,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use shoal_tests::bench::report::{self, Mode};
 use shoal_tests::bench::{self, Options, chart, fetch};
-use shoal_tests::netns::{Family, LinkRate};
+use shoal_tests::netns::{Family, LinkRate, UplinkQueue};
 
 const USAGE: &str = "usage: shoal-bench-swarm [--nodes N] [--size SIZE] [--rate RATE] \
-[--modes direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--ipv6] [--peer-flag ARG]... [--scheduler-flag ARG]...";
+[--modes direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo] \
+[--peer-flag ARG]... [--scheduler-flag ARG]...";
 
 struct Args {
     opts: Options,
@@ -65,6 +72,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut font = PathBuf::from(chart::DEFAULT_FONT);
     let mut keep = false;
     let mut family = Family::V4;
+    let mut uplink = UplinkQueue::Fair;
     let mut peer_flags = Vec::new();
     let mut scheduler_flags = Vec::new();
     let mut it = std::env::args().skip(1);
@@ -87,6 +95,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--font" => font = value()?.into(),
             "--keep" => keep = true,
             "--ipv6" => family = Family::V6,
+            "--uplink" => uplink = value()?.parse().map_err(anyhow::Error::msg)?,
             "--peer-flag" => peer_flags.push(value()?),
             "--scheduler-flag" => scheduler_flags.push(value()?),
             "-h" | "--help" => {
@@ -112,6 +121,7 @@ fn parse_args() -> anyhow::Result<Args> {
             peer_flags,
             scheduler_flags,
             family,
+            uplink,
         },
         out,
         font,

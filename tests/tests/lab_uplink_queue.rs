@@ -1,0 +1,133 @@
+//! The benchmark lab's fair uplinks ([`UplinkQueue::Fair`]): what a host sends to
+//! another host goes through that host's own queue on the sender's uplink, not the
+//! default one and not a third host's. Checked on the kernel's own counters (`tc -s
+//! class show`) after a real TCP transfer between two lab hosts, never on a timing.
+//!
+//! Needs root (network namespaces), `ip`/`tc` (iproute2) and python3 (the two ends of
+//! the transfer): skips with a printed reason outside CI, fails under `CI=true`.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use shoal_tests::netns::{Host, Lab, LinkRate, UplinkQueue};
+use shoal_tests::{require_root, require_tools};
+
+const BYTES: u64 = 2 << 20;
+
+/// The `Sent N bytes` counter of class `classid` in `tc -s class show` output.
+fn sent_bytes(tc_output: &str, classid: &str) -> u64 {
+    let mut lines = tc_output.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with(&format!("class htb {classid} ")) {
+            let sent = lines.next().expect("a statistics line");
+            let n = sent
+                .split_whitespace()
+                .nth(1)
+                .expect("`Sent N bytes`")
+                .parse()
+                .expect("a byte count");
+            return n;
+        }
+    }
+    panic!("no class {classid} in:\n{tc_output}")
+}
+
+/// The class of a host's queue: `1:` and 0x100 + the last byte of its address.
+fn class_of(host: &Host) -> String {
+    let last = match host.ip {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    format!("1:{:x}", 0x100 + u32::from(last))
+}
+
+#[test]
+fn traffic_to_a_host_goes_through_that_hosts_own_queue() {
+    let test = "lab_uplink_queue";
+    if !require_tools(test, &["ip", "tc", "python3"]) {
+        return;
+    }
+    if !require_root(test, "making network namespaces") {
+        return;
+    }
+    let prefix = format!("suq{}", std::process::id());
+    let mut lab = Lab::new(&prefix, "100mbit".parse::<LinkRate>().unwrap())
+        .unwrap()
+        .with_uplink_queue(UplinkQueue::Fair);
+    let a = lab.add_host("a").unwrap();
+    let b = lab.add_host("b").unwrap();
+    let c = lab.add_host("c").unwrap();
+
+    // b listens and counts what it receives; a sends it BYTES.
+    let listen = b.addr(7000);
+    let mut sink = lab.command(&b, Path::new("python3"));
+    sink.args([
+        "-c",
+        &format!(
+            "import socket\n\
+             s = socket.create_server(('{}', {}))\n\
+             c, _ = s.accept()\n\
+             n = 0\n\
+             while (d := c.recv(65536)):\n    n += len(d)\n\
+             print(n)",
+            listen.ip(),
+            listen.port()
+        ),
+    ])
+    .stdout(Stdio::piped());
+    let sink = sink.spawn().unwrap();
+    let mut sent = false;
+    for _ in 0..50 {
+        let status = lab
+            .command(&a, Path::new("python3"))
+            .args([
+                "-c",
+                &format!(
+                    "import socket\n\
+                     s = socket.create_connection(('{}', {}))\n\
+                     s.sendall(b'x' * {BYTES})\n\
+                     s.close()",
+                    listen.ip(),
+                    listen.port()
+                ),
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if status.success() {
+            sent = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sent, "a could not connect to b's listener at {listen}");
+    let out = sink.wait_with_output().unwrap();
+    let received: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(received, BYTES, "b received every byte a sent");
+
+    let show = lab
+        .command(&a, Path::new("tc"))
+        .args(["-s", "class", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(show.status.success());
+    let classes = String::from_utf8_lossy(&show.stdout);
+    let to_b = sent_bytes(&classes, &class_of(&b));
+    let to_c = sent_bytes(&classes, &class_of(&c));
+    let default = sent_bytes(&classes, "1:2");
+    assert!(
+        to_b >= BYTES,
+        "a's queue for b carried {to_b} bytes, less than the {BYTES} a sent b\n{classes}"
+    );
+    assert!(
+        to_c < 16 << 10,
+        "a's queue for c carried {to_c} bytes, though a sent c nothing\n{classes}"
+    );
+    assert!(
+        default < 16 << 10,
+        "a's default queue carried {default} bytes: the transfer was not classified\n{classes}"
+    );
+    lab.cleanup();
+}
