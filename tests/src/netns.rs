@@ -319,8 +319,15 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Sets how the uplinks of the hosts added from now on queue (see [`UplinkQueue`]).
+    /// Sets how the hosts' uplinks queue (see [`UplinkQueue`]), before the first host.
+    ///
+    /// # Panics
+    /// When a host was added already (its uplink would not match the others').
     pub fn with_uplink_queue(mut self, uplink: UplinkQueue) -> Self {
+        assert!(
+            self.hosts.is_empty(),
+            "set the uplink queue before adding hosts"
+        );
         self.uplink = uplink;
         self
     }
@@ -359,6 +366,11 @@ impl Lab {
     /// fd00:5ea1::2, ::3, …) and a link to the bridge shaped in both directions.
     pub fn add_host(&mut self, role: &str) -> anyhow::Result<Host> {
         anyhow::ensure!(self.hosts.len() < 250, "at most 250 hosts per lab");
+        // Every fair uplink has a queue per other host: the set-up grows with the square.
+        anyhow::ensure!(
+            self.uplink == UplinkQueue::Fifo || self.hosts.len() < 64,
+            "at most 64 hosts per lab with fair uplinks (use FIFO uplinks for more)"
+        );
         anyhow::ensure!(
             role.len() <= 12 && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
             "host role {role:?}: up to 12 letters, digits or -"
