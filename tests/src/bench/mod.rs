@@ -10,9 +10,10 @@
 //! namespace, every link (the registry's uplink too) shaped in both directions: the
 //! downlinks with a `tbf` FIFO, as a switch port, and the uplinks fair-queued per
 //! destination host, as a Linux host's `fq_codel` would (`--uplink fifo` for a FIFO
-//! there too; see [`UplinkQueue`]). Each node's pull is this binary again (`fetch`, see [`fetch`]) run in
-//! the node's namespace, hashing what it receives. Traffic stays inside the lab; the
-//! lab and its processes are removed at the end, on error, and on Ctrl-C.
+//! there too; see [`UplinkQueue`]). Each node's pull is this binary again (`fetch`,
+//! see [`fetch`]) run in the node's namespace, hashing what it receives. Traffic stays
+//! inside the lab; the lab and its processes are removed at the end, on error, and on
+//! Ctrl-C.
 //!
 //! Layout: [`report`] (pure: figures, table, machine-readable lines), [`chart`] (PNG),
 //! [`fetch`] (one node's pull), this file (the lab, the modes, the run).

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! shoal-bench-swarm [--nodes 8] [--size 256MiB] [--rate 100mbit] [--modes direct,cache,shoal]
-//!                   [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo] [--peer-flag ARG]...
-//!                   [--scheduler-flag ARG]...
+//!                   [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo]
+//!                   [--peer-flag ARG]... [--scheduler-flag ARG]...
 //! ```
 //!
 //! `--uplink fifo|fair` sets how every host's uplink queues (default `fair`: one queue
