@@ -46,10 +46,11 @@ pub fn draw(png: &Path, font: &Path, setup: &Setup, runs: &[ModeRun]) -> anyhow:
     let root = BitMapBackend::new(png, (960, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
     let caption = format!(
-        "{} nodes pull a {:.0} MiB blob, every link {}",
+        "{} nodes pull a {:.0} MiB blob, every link {}, {}",
         setup.nodes,
         setup.size as f64 / f64::from(1 << 20),
-        setup.rate_text
+        setup.rate_text,
+        setup.uplink.describe()
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, (FAMILY, 24))
