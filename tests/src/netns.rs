@@ -248,12 +248,15 @@ fn tc_in(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     run("tc", &all)
 }
 
-/// The last part of a lab address (`10.200.0.<n>`, `fd00:5ea1::<n>`).
-fn host_index(ip: IpAddr) -> u8 {
-    match ip {
+/// The `htb` class of `host`'s queue on a fair uplink ([`UplinkQueue::Fair`]):
+/// `1:` and 0x100 + the last part of its address (`10.200.0.<n>`, `fd00:5ea1::<n>`), in
+/// hex, as `tc` names it.
+pub fn fair_class(host: &Host) -> String {
+    let last = match host.ip {
         IpAddr::V4(a) => a.octets()[3],
         IpAddr::V6(a) => a.octets()[15],
-    }
+    };
+    format!("1:{:x}", 0x100 + u32::from(last))
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -330,11 +333,6 @@ impl Lab {
         );
         self.uplink = uplink;
         self
-    }
-
-    /// How the hosts' uplinks queue.
-    pub fn uplink_queue(&self) -> UplinkQueue {
-        self.uplink
     }
 
     /// A handle that can clean the lab up from another thread.
@@ -433,11 +431,9 @@ impl Lab {
     /// `tc qdisc replace dev DEV root tbf …` in namespace `ns`.
     fn shape(&self, ns: &str, dev: &str) -> anyhow::Result<()> {
         let burst = self.rate.burst_bytes().to_string();
-        run(
-            "tc",
+        tc_in(
+            ns,
             &[
-                "-n",
-                ns,
                 "qdisc",
                 "replace",
                 "dev",
@@ -458,7 +454,7 @@ impl Lab {
     /// The root of a fair uplink on `ns`'s `eth0`: an `htb` of the link's rate whose
     /// default class takes what goes to no known host (ARP, neighbour discovery).
     fn shape_fair_root(&self, ns: &str) -> anyhow::Result<()> {
-        let rate = format!("{}bit", self.rate.bits_per_sec);
+        let rate = &self.rate.tc;
         let burst = self.rate.burst_bytes().to_string();
         tc_in(
             ns,
@@ -471,21 +467,20 @@ impl Lab {
             ns,
             &[
                 "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:1", "htb", "rate",
-                &rate, "ceil", &rate, "burst", &burst, "cburst", &burst,
+                rate, "ceil", rate, "burst", &burst, "cburst", &burst,
             ],
         )?;
-        self.add_fair_class(ns, 2)
+        self.add_fair_class(ns, "1:2")
     }
 
     /// On `from`'s uplink, a queue of its own for what goes to `to`.
     fn add_fair_queue(&self, from: &Host, to: &Host) -> anyhow::Result<()> {
-        let minor = 0x100 + u32::from(host_index(to.ip));
-        self.add_fair_class(&from.ns, minor)?;
+        let flow = fair_class(to);
+        self.add_fair_class(&from.ns, &flow)?;
         let (proto, matcher, dst) = match to.ip {
             IpAddr::V4(a) => ("ip", "ip", format!("{a}/32")),
             IpAddr::V6(a) => ("ipv6", "ip6", format!("{a}/128")),
         };
-        let flow = format!("1:{minor:x}");
         tc_in(
             &from.ns,
             &[
@@ -498,25 +493,24 @@ impl Lab {
 
     /// One class of a fair uplink: an equal share, borrowing up to the whole link, a
     /// one-packet quantum (as `fq_codel`'s), and its own FIFO of 50 ms at line rate.
-    fn add_fair_class(&self, ns: &str, minor: u32) -> anyhow::Result<()> {
-        let rate = format!("{}bit", self.rate.bits_per_sec);
+    fn add_fair_class(&self, ns: &str, class: &str) -> anyhow::Result<()> {
+        let rate = &self.rate.tc;
         let share = format!("{}bit", (self.rate.bits_per_sec / 64).max(8_000));
         let burst = self.rate.burst_bytes().to_string();
-        let class = format!("1:{minor:x}");
         // As deep as the FIFO uplink's (a GSO packet on a veth can be 64 KiB: a shallower
         // queue drops whole bursts and the class never reaches its share).
         let limit = (self.rate.bits_per_sec / 8 / 20 + self.rate.burst_bytes()).to_string();
         tc_in(
             ns,
             &[
-                "class", "add", "dev", "eth0", "parent", "1:1", "classid", &class, "htb", "rate",
-                &share, "ceil", &rate, "burst", &burst, "cburst", &burst, "quantum", "1514",
+                "class", "add", "dev", "eth0", "parent", "1:1", "classid", class, "htb", "rate",
+                &share, "ceil", rate, "burst", &burst, "cburst", &burst, "quantum", "1514",
             ],
         )?;
         tc_in(
             ns,
             &[
-                "qdisc", "add", "dev", "eth0", "parent", &class, "bfifo", "limit", &limit,
+                "qdisc", "add", "dev", "eth0", "parent", class, "bfifo", "limit", &limit,
             ],
         )
     }

@@ -6,12 +6,11 @@
 //! Needs root (network namespaces), `ip`/`tc` (iproute2) and python3 (the two ends of
 //! the transfer): skips with a printed reason outside CI, fails under `CI=true`.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use shoal_tests::netns::{Host, Lab, LinkRate, UplinkQueue};
+use shoal_tests::netns::{Lab, LinkRate, UplinkQueue, fair_class};
 use shoal_tests::{require_root, require_tools};
 
 const BYTES: u64 = 2 << 20;
@@ -32,15 +31,6 @@ fn sent_bytes(tc_output: &str, classid: &str) -> u64 {
         }
     }
     panic!("no class {classid} in:\n{tc_output}")
-}
-
-/// The class of a host's queue: `1:` and 0x100 + the last byte of its address.
-fn class_of(host: &Host) -> String {
-    let last = match host.ip {
-        IpAddr::V4(a) => a.octets()[3],
-        IpAddr::V6(a) => a.octets()[15],
-    };
-    format!("1:{:x}", 0x100 + u32::from(last))
 }
 
 #[test]
@@ -114,8 +104,8 @@ fn traffic_to_a_host_goes_through_that_hosts_own_queue() {
         .unwrap();
     assert!(show.status.success());
     let classes = String::from_utf8_lossy(&show.stdout);
-    let to_b = sent_bytes(&classes, &class_of(&b));
-    let to_c = sent_bytes(&classes, &class_of(&c));
+    let to_b = sent_bytes(&classes, &fair_class(&b));
+    let to_c = sent_bytes(&classes, &fair_class(&c));
     let default = sent_bytes(&classes, "1:2");
     assert!(
         to_b >= BYTES,
