@@ -348,8 +348,8 @@ fn a_bad_config_file_is_named_with_its_line_and_exits_2() {
 }
 
 /// Every metric name the docs (`docs/peer.md`) and the chart's Grafana dashboard use is
-/// a sample in the `/metrics` answer `response`, every sample is named `shoal_peer_*` or
-/// `shoal_mirror_*`, and the text is OpenMetrics.
+/// a sample in the `/metrics` answer `response`, every sample is named `shoal_peer_*`,
+/// `shoal_mirror_*` or a standard `process_*`, and the text is OpenMetrics.
 fn assert_every_known_metric_is_served(response: &str) {
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(
@@ -389,9 +389,19 @@ fn assert_every_known_metric_is_served(response: &str) {
     }
     for name in &samples {
         assert!(
-            name.starts_with("shoal_peer_") || name.starts_with("shoal_mirror_"),
+            name.starts_with("shoal_peer_")
+                || name.starts_with("shoal_mirror_")
+                || name.starts_with("process_"),
             "unprefixed metric {name}"
         );
+    }
+    // The process's own cost, under the standard names dashboards know.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(samples.contains(&name), "{name} is not served:\n{body}");
     }
     assert!(body.ends_with("# EOF\n"), "{body}");
 }

@@ -12,14 +12,17 @@
 //!   when IPv6 is unavailable) and read an IP literal out of a URL.
 //! - [`rendezvous`]: which scheduler replica owns a task (rendezvous hashing over
 //!   the replica set), the same answer on every peer and replica.
+//! - [`process`]: the process's own CPU, memory and descriptors as Prometheus's
+//!   standard `process_*` metrics, for both daemons' `/metrics`.
 //!
-//! Non-goals: no I/O beyond [`net`]'s `bind`, no policy. What to do with a piece is the scheduler's and
+//! Non-goals: no I/O beyond [`net`]'s `bind` and [`process`]'s reads of `/proc/self`, no policy. What to do with a piece is the scheduler's and
 //! the peer's business.
 
 pub mod codec;
 pub mod digest;
 pub mod net;
 pub mod piece;
+pub mod process;
 pub mod rendezvous;
 
 pub use digest::{Digest, DigestError};

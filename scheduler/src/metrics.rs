@@ -1,6 +1,7 @@
 //! The scheduler's Prometheus metrics, served by the operator API at
 //! `/metrics` in the OpenMetrics text format. Every name starts with
-//! `shoal_scheduler_`.
+//! `shoal_scheduler_`, but the standard `process_*` metrics (CPU, memory,
+//! descriptors: [`shoal_proto::process`]).
 //!
 //! Two kinds of metric live here:
 //! - the core's own counters ([`CoreStats`]) and sizes (peers, tasks, open
@@ -111,9 +112,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A registry (prefix `shoal_scheduler`) with every scheduler metric in it.
+    /// A registry with every scheduler metric in it (prefix `shoal_scheduler`), and
+    /// the process's own CPU and memory under the standard `process_*` names.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("shoal_scheduler");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(shoal_proto::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("shoal_scheduler");
         let grpc_requests = Family::<GrpcLabels, Counter>::default();
         registry.register(
             "grpc_requests",
@@ -154,7 +158,7 @@ impl Metrics {
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         registry.register_collector(Box::new(CoreCollector(snapshot.clone())));
         Metrics {
-            registry,
+            registry: root,
             preheat_jobs,
             grpc_requests,
             refused,
@@ -444,12 +448,18 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+        // Ours carry the prefix; the process's own are the standard names.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(
-                line.starts_with("shoal_scheduler_"),
+                line.starts_with("shoal_scheduler_") || line.starts_with("process_"),
                 "unprefixed metric: {line}"
             );
         }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("process_cpu_seconds_total ")),
+            "{text}"
+        );
         for (_, help, _) in counters(&CoreStats::default()) {
             assert!(text.contains(help), "missing HELP {help}");
         }

@@ -243,9 +243,18 @@ async fn metrics_reflect_the_core_and_grpc_requests() {
             "missing {line:?} in\n{text}"
         );
     }
+    // Ours carry the prefix; the process's own cost is under the standard names.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        assert!(line.starts_with("shoal_"), "unprefixed: {line}");
+        assert!(
+            line.starts_with("shoal_") || line.starts_with("process_"),
+            "unprefixed: {line}"
+        );
     }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("process_resident_memory_bytes ")),
+        "{text}"
+    );
 
     // Counters are read at scrape time: the next join shows up.
     state.with_core(|core, now| core.join(now, info(3), vec![]).unwrap());

@@ -77,7 +77,17 @@ fn three_nodes_32_mib_every_mode_delivers_the_blob_and_shoal_fetches_it_once() {
         for k in ["p50_ratio", "max_ratio"] {
             assert!(kv[k].is_finite() && kv[k] > 0.0, "{mode} {k} = {}", kv[k]);
         }
+        // The machine did work while the nodes pulled (a share of its cores).
+        let busy = kv["cpu_busy"];
+        assert!(busy > 0.0 && busy <= 1.01, "{mode} cpu_busy = {busy}");
     }
+    // The peers' own CPU, from their `process_cpu_seconds_total`: shoal mode only.
+    let peer_cpu = lines["shoal"]["peer_cpu_s_per_gib"];
+    assert!(
+        peer_cpu.is_finite() && peer_cpu > 0.0,
+        "peer_cpu_s_per_gib = {peer_cpu}\n{stdout}"
+    );
+    assert!(!lines["direct"].contains_key("peer_cpu_s_per_gib"));
     // Direct: the registry served the blob once per node.
     let direct = lines["direct"]["egress_ratio"];
     assert!((direct - 3.0).abs() < 0.01, "direct egress {direct}");

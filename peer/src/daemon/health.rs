@@ -69,7 +69,8 @@ async fn metrics(State(h): State<Health>) -> impl IntoResponse {
 
 /// The node's one registry: every component registers its own metrics, under
 /// `shoal_peer_` (engine, store, transfer, the scheduler link, the mirror's access check) and `shoal_mirror_` (the
-/// mirror, the names its dashboards and docs know).
+/// mirror, the names its dashboards and docs know); the process's own CPU and memory
+/// under the standard unprefixed `process_*` names.
 pub fn registry(
     engine: &Engine,
     mirror: &Arc<MirrorStats>,
@@ -78,7 +79,9 @@ pub fn registry(
     store: &Arc<dyn PieceStore>,
     link: &SchedulerLink,
 ) -> Registry {
-    let mut registry = Registry::with_prefix("shoal");
+    let mut root = Registry::default();
+    root.register_collector(Box::new(shoal_proto::process::ProcessCollector));
+    let registry = root.sub_registry_with_prefix("shoal");
     let peer = registry.sub_registry_with_prefix("peer");
     engine.register_metrics(peer);
     crate::store::register_metrics(store, peer);
@@ -86,7 +89,7 @@ pub fn registry(
     register_link_metrics(link, peer);
     access.register_metrics(peer);
     mirror.register_metrics(registry.sub_registry_with_prefix("mirror"));
-    registry
+    root
 }
 
 /// The scheduler link's metrics: whether a session is open, with how many replicas,

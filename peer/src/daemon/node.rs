@@ -277,7 +277,8 @@ impl Node {
         );
         super::content_scan::register_metrics(
             content.clone(),
-            metrics.sub_registry_with_prefix("peer"),
+            // Beside the other `shoal_peer_` metrics (the root itself is unprefixed).
+            metrics.sub_registry_with_prefix("shoal_peer"),
         );
         if let Some(layer) = &content {
             tokio::spawn(super::content_scan::run(

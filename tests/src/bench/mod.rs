@@ -33,7 +33,7 @@ use crate::netns::{Cleaner, Family, Host, Lab, LinkRate, UplinkQueue};
 use crate::netswarm::{LabPeer, LabScheduler};
 use crate::registry::{NetnsListen, Registry, RegistryOptions};
 use crate::swarm::{PeerOptions, PeerProcess};
-use report::{Mode, ModeRun, NodePull, Setup};
+use report::{CpuTimes, CpuUse, Mode, ModeRun, NodePull, Setup};
 
 /// The registry's port on its host (origin and cache alike).
 const REGISTRY_PORT: u16 = 5000;
@@ -277,35 +277,49 @@ impl<'a> Bench<'a> {
                 urls
             }
         };
+        let started = std::time::Instant::now();
+        let cpu_before = machine_cpu()?;
         let pulls = self.pull_all(&urls)?;
+        let cpu_after = machine_cpu()?;
+        let wall_secs = started.elapsed().as_secs_f64();
         let upstream_bytes = self.origin_bytes() - before;
+        let mut peers_secs = None;
         for (peer, pull) in servers.peers.iter().zip(&pulls) {
-            self.print_peer_counters(peer, pull.secs);
+            let cpu = self.print_peer_counters(peer, pull.secs);
+            *peers_secs.get_or_insert(0.0) += cpu.unwrap_or(f64::NAN);
         }
         drop(servers);
         Ok(ModeRun {
             mode,
             pulls,
             upstream_bytes,
+            cpu: CpuUse {
+                cores: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+                wall_secs,
+                busy_secs: cpu_before.busy_secs_until(&cpu_after),
+                peers_secs,
+            },
         })
     }
 
-    /// One line per peer on stderr: where its bytes came from and what it served.
-    fn print_peer_counters(&self, peer: &LabPeer, secs: f64) {
-        let Ok(m) = peer.metrics(&self.lab) else {
-            return;
-        };
+    /// One line per peer on stderr: where its bytes came from, what it served and the
+    /// CPU it used; returns the CPU (core-seconds since it started).
+    fn print_peer_counters(&self, peer: &LabPeer, secs: f64) -> Option<f64> {
+        let m = peer.metrics(&self.lab).ok()?;
         let mib = |k: &str| m.get(k).copied().unwrap_or(0.0) / f64::from(1 << 20);
         let n = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        let cpu = m.get("process_cpu_seconds_total").copied();
         eprintln!(
-            "bench:   {:<4} {secs:>6.1} s, from upstream {:>6.1} MiB, from peers {:>6.1} MiB, served to peers {:>6.1} MiB, busy answers {:>4}, pieces rejected {}",
+            "bench:   {:<4} {secs:>6.1} s, from upstream {:>6.1} MiB, from peers {:>6.1} MiB, served to peers {:>6.1} MiB, busy answers {:>4}, pieces rejected {}, CPU {:.1} s",
             peer.host.role,
             mib("shoal_peer_bytes_from_upstream_total"),
             mib("shoal_peer_bytes_from_peers_total"),
             mib("shoal_peer_served_bytes_total"),
             n("shoal_peer_upload_busy_total"),
             n("shoal_peer_pieces_rejected_total"),
+            cpu.unwrap_or(f64::NAN),
         );
+        cpu
     }
 
     /// The host `role`, added to the lab the first time it is asked for.
@@ -354,6 +368,12 @@ impl<'a> Bench<'a> {
         }
         Ok(pulls)
     }
+}
+
+/// The machine's CPU counters now.
+fn machine_cpu() -> anyhow::Result<CpuTimes> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    CpuTimes::parse(&text).context("/proc/stat has no `cpu` line")
 }
 
 /// The hosts `modes` need besides the registry and the nodes.

@@ -82,6 +82,71 @@ pub struct ModeRun {
     pub pulls: Vec<NodePull>,
     /// Blob bytes the origin registry served (its access log).
     pub upstream_bytes: u64,
+    /// The CPU the pulls took.
+    pub cpu: CpuUse,
+}
+
+/// CPU used while the nodes pulled. Every host shares this machine's cores, so at high
+/// link rates the CPU, not the links, can set the pace: this says how close it came.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CpuUse {
+    /// The machine's cores.
+    pub cores: u32,
+    /// Seconds from the pulls' start to the last one's end.
+    pub wall_secs: f64,
+    /// Core-seconds the whole machine was busy in that time (`/proc/stat`: everything
+    /// but idle and iowait; every process, the kernel's network and disk work too).
+    pub busy_secs: f64,
+    /// Core-seconds the Shoal peers used (their `process_cpu_seconds_total`, from
+    /// their start; shoal mode only).
+    pub peers_secs: Option<f64>,
+}
+
+/// The machine's CPU counters at one instant: the first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CpuTimes {
+    /// Ticks (`USER_HZ`, 100 a second) busy: user, nice, system, irq, softirq.
+    pub busy_ticks: u64,
+    /// Ticks in every state (idle, iowait and steal too).
+    pub all_ticks: u64,
+}
+
+impl CpuTimes {
+    /// Parses `/proc/stat`'s text.
+    pub fn parse(proc_stat: &str) -> Option<CpuTimes> {
+        let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice]: guest
+        // time is counted in user already.
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        if v.len() < 4 {
+            return None;
+        }
+        Some(CpuTimes {
+            busy_ticks: at(0) + at(1) + at(2) + at(5) + at(6),
+            all_ticks: (0..8).map(at).sum(),
+        })
+    }
+
+    /// Busy core-seconds from `self` to `later`.
+    pub fn busy_secs_until(&self, later: &CpuTimes) -> f64 {
+        later.busy_ticks.saturating_sub(self.busy_ticks) as f64 / 100.0
+    }
+}
+
+impl CpuUse {
+    /// Busy core-seconds ÷ the cores' seconds in the window (0..=1).
+    pub fn busy_share(&self) -> f64 {
+        if self.cores == 0 || self.wall_secs <= 0.0 {
+            return f64::NAN;
+        }
+        self.busy_secs / (f64::from(self.cores) * self.wall_secs)
+    }
 }
 
 /// The `q` quantile (0..=1) of `values` by nearest rank: the smallest value that at
@@ -111,6 +176,12 @@ pub struct Figures {
     pub egress_ratio: f64,
     /// Whether every node received exactly the blob (size and digest).
     pub all_bytes_ok: bool,
+    /// The machine's cores busy while the nodes pulled, as a share (0..=1).
+    pub cpu_busy: f64,
+    /// The machine's busy core-seconds per GiB the nodes received.
+    pub cpu_secs_per_gib: f64,
+    /// The peers' core-seconds per GiB the nodes received (shoal mode).
+    pub peer_cpu_secs_per_gib: Option<f64>,
 }
 
 impl ModeRun {
@@ -120,6 +191,7 @@ impl ModeRun {
         let p50 = quantile(&secs, 0.5).unwrap_or(f64::NAN);
         let max = quantile(&secs, 1.0).unwrap_or(f64::NAN);
         let line = setup.line_rate_secs();
+        let gib = (setup.nodes as f64 * setup.size as f64) / f64::from(1 << 30);
         Figures {
             p50_secs: p50,
             max_secs: max,
@@ -131,21 +203,30 @@ impl ModeRun {
                     .pulls
                     .iter()
                     .all(|p| p.digest_ok && p.bytes == setup.size),
+            cpu_busy: self.cpu.busy_share(),
+            cpu_secs_per_gib: self.cpu.busy_secs / gib,
+            peer_cpu_secs_per_gib: self.cpu.peers_secs.map(|s| s / gib),
         }
     }
 
-    /// `mode=<m> nodes=<n> size=<bytes> p50_ratio=<x> max_ratio=<x> egress_ratio=<x>`.
+    /// `mode=<m> nodes=<n> size=<bytes> p50_ratio=<x> max_ratio=<x> egress_ratio=<x>
+    /// cpu_busy=<x>`, and `peer_cpu_s_per_gib=<x>` in shoal mode.
     pub fn machine_line(&self, setup: &Setup) -> String {
         let f = self.figures(setup);
-        format!(
-            "mode={} nodes={} size={} p50_ratio={:.3} max_ratio={:.3} egress_ratio={:.3}",
+        let mut line = format!(
+            "mode={} nodes={} size={} p50_ratio={:.3} max_ratio={:.3} egress_ratio={:.3} cpu_busy={:.2}",
             self.mode.name(),
             setup.nodes,
             setup.size,
             f.p50_ratio,
             f.max_ratio,
-            f.egress_ratio
-        )
+            f.egress_ratio,
+            f.cpu_busy,
+        );
+        if let Some(p) = f.peer_cpu_secs_per_gib {
+            let _ = write!(line, " peer_cpu_s_per_gib={p:.2}");
+        }
+        line
     }
 }
 
@@ -162,14 +243,17 @@ pub fn markdown(setup: &Setup, runs: &[ModeRun]) -> String {
         setup.line_rate_secs()
     );
     out.push_str(
-        "| mode | p50 s | max s | p50 ÷ line rate | max ÷ line rate | upstream egress ÷ blob | bytes |\n\
-         |---|---:|---:|---:|---:|---:|---|\n",
+        "| mode | p50 s | max s | p50 ÷ line rate | max ÷ line rate | upstream egress ÷ blob | bytes | CPU busy | CPU s per GiB pulled (peers) |\n\
+         |---|---:|---:|---:|---:|---:|---|---:|---:|\n",
     );
     for r in runs {
         let f = r.figures(setup);
+        let peers = f
+            .peer_cpu_secs_per_gib
+            .map_or(String::new(), |p| format!(" ({p:.2})"));
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {:.0} % of {} | {:.2}{peers} |",
             r.mode.name(),
             f.p50_secs,
             f.max_secs,
@@ -180,9 +264,16 @@ pub fn markdown(setup: &Setup, runs: &[ModeRun]) -> String {
                 "all digests match"
             } else {
                 "MISMATCH"
-            }
+            },
+            f.cpu_busy * 100.0,
+            r.cpu.cores,
+            f.cpu_secs_per_gib,
         );
     }
+    out.push_str(
+        "\nCPU: the whole machine's (every host shares its cores), while the nodes pulled; \
+         per GiB the nodes received. In brackets, the Shoal peers' own.\n",
+    );
     out
 }
 
@@ -214,6 +305,12 @@ mod tests {
                 })
                 .collect(),
             upstream_bytes: upstream,
+            cpu: CpuUse {
+                cores: 2,
+                wall_secs: 10.0,
+                busy_secs: 15.0,
+                peers_secs: (mode == Mode::Shoal).then_some(4.0),
+            },
         }
     }
 
@@ -242,10 +339,40 @@ mod tests {
         assert!((f.max_ratio - 2.0).abs() < 1e-9);
         assert!((f.egress_ratio - 1.05).abs() < 1e-9);
         assert!(f.all_bytes_ok);
+        // 4 nodes × 100 MiB = 0.390625 GiB; 15 busy core-seconds of 20.
+        assert!((f.cpu_busy - 0.75).abs() < 1e-9);
+        assert!((f.cpu_secs_per_gib - 38.4).abs() < 1e-9);
+        assert_eq!(f.peer_cpu_secs_per_gib, Some(10.24));
         assert_eq!(
             r.machine_line(&s),
-            "mode=shoal nodes=4 size=104857600 p50_ratio=1.200 max_ratio=2.000 egress_ratio=1.050"
+            "mode=shoal nodes=4 size=104857600 p50_ratio=1.200 max_ratio=2.000 egress_ratio=1.050 cpu_busy=0.75 peer_cpu_s_per_gib=10.24"
         );
+        let direct = run(Mode::Direct, &[line; 4], 4 * (100 << 20));
+        assert!(
+            direct
+                .machine_line(&s)
+                .ends_with("egress_ratio=4.000 cpu_busy=0.75")
+        );
+        assert!(direct.figures(&s).peer_cpu_secs_per_gib.is_none());
+        let no_time = CpuUse::default();
+        assert!(no_time.busy_share().is_nan());
+    }
+
+    #[test]
+    fn machine_cpu_is_busy_ticks_between_two_readings() {
+        let a = CpuTimes::parse("cpu  100 5 50 1000 7 3 2 9 0 0\ncpu0 50 2 25 500 3 1 1 4 0 0\n")
+            .unwrap();
+        assert_eq!(
+            a,
+            CpuTimes {
+                busy_ticks: 160,
+                all_ticks: 1176
+            }
+        );
+        let b = CpuTimes::parse("cpu  250 5 100 1100 7 3 12 9 0 0\n").unwrap();
+        assert!((a.busy_secs_until(&b) - 2.1).abs() < 1e-9);
+        assert_eq!(CpuTimes::parse("intr 1 2 3\n"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 x 3 4\n"), None);
     }
 
     #[test]
@@ -269,8 +396,14 @@ mod tests {
         bad.pulls[0].digest_ok = false;
         let t = markdown(&s, &[run(Mode::Direct, &[8.0; 4], 400 << 20), bad]);
         assert!(t.starts_with("4 nodes, a 100 MiB blob, every link 100mbit"));
-        assert!(t.contains("| direct | 8.0 | 8.0 | 0.95 | 0.95 | 4.00 | all digests match |"));
-        assert!(t.contains("| cache | 9.0 | 9.0 | 1.07 | 1.07 | 0.01 | MISMATCH |"));
+        assert!(t.contains(
+            "| direct | 8.0 | 8.0 | 0.95 | 0.95 | 4.00 | all digests match | 75 % of 2 | 38.40 |"
+        ));
+        assert!(
+            t.contains("| cache | 9.0 | 9.0 | 1.07 | 1.07 | 0.01 | MISMATCH | 75 % of 2 | 38.40 |")
+        );
+        let t = markdown(&s, &[run(Mode::Shoal, &[8.0; 4], 100 << 20)]);
+        assert!(t.contains("| 75 % of 2 | 38.40 (10.24) |"), "{t}");
         assert_eq!(Mode::parse("shoal"), Some(Mode::Shoal));
         assert_eq!(Mode::parse("torrent"), None);
     }

@@ -20,7 +20,8 @@
 //!
 //! Prints the markdown table, writes it and the PNG chart to `--out` (default
 //! `target/bench-swarm`), and ends with one `mode=… nodes=… size=… p50_ratio=…
-//! max_ratio=… egress_ratio=…` line per mode. Exits 1 when any node's bytes do not
+//! max_ratio=… egress_ratio=… cpu_busy=…` line per mode (shoal's also has
+//! `peer_cpu_s_per_gib=…`: the CPU the pulls cost, see `bench::report::CpuUse`). Exits 1 when any node's bytes do not
 //! match the blob's digest. Needs root (network namespaces).
 //!
 //! `shoal-bench-swarm fetch URL START_MS LIMIT_S` is the per-node pull it runs inside
