@@ -232,3 +232,29 @@ proptest! {
         run(ops, 2)?;
     }
 }
+
+/// Found by CI (proptest, 2026-12-04): a peer that left twice and joined from another
+/// address was still offered as a parent by a plan opened while it was away.
+#[test]
+fn a_peer_rejoining_from_another_address_is_not_left_in_old_plans() {
+    use Op::*;
+    run(
+        vec![
+            Join(2),
+            Open(2, 0, true),
+            Join(1),
+            Join(4),
+            Report(2, 0, 0, true),
+            Open(1, 0, false),
+            Leave(1),
+            Join(1),
+            Join(0),
+            Join(0),
+            Open(4, 0, false),
+            Leave(1),
+            JoinElsewhere(1),
+        ],
+        1,
+    )
+    .unwrap();
+}

@@ -273,6 +273,10 @@ impl Scheduler {
     /// Removes `id` from a task (departure, eviction or bad report), re-plans
     /// its children and re-elects its back-to-source duty.
     pub(crate) fn drop_from_task(&mut self, now: Instant, digest: &Digest, id: &PeerId) {
+        // A ranking shared since the last flush may list the peer as a candidate: it
+        // must not be offered from there (nor, if the same id joins again before the
+        // flush, take a child slot for a task it no longer takes part in).
+        self.burst_ranks.remove(digest);
         let Some(task) = self.tasks.get_mut(digest) else {
             return;
         };
