@@ -176,20 +176,18 @@ impl Collector for ProcessCollector {
     }
 }
 
-/// The process metrics alone in the OpenMetrics text format (for tests and tools
-/// that print them).
-pub fn encode() -> String {
-    let mut registry = prometheus_client::registry::Registry::default();
-    registry.register_collector(Box::new(ProcessCollector));
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)
-        .expect("writing metrics to a String cannot fail");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The process metrics alone in the OpenMetrics text format.
+    fn encode() -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(ProcessCollector));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
 
     /// A real `/proc/self/stat` line, with a command name holding a space and a
     /// parenthesis, as a thread may rename itself.
