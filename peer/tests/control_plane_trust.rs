@@ -147,6 +147,7 @@ async fn plan_sized(
             peer_id: id.into(),
             digest: digest.into(),
             size,
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -19,8 +19,8 @@ use sha2::{Digest as _, Sha256};
 use shoal_peer::daemon::StoreSource;
 use shoal_peer::engine::twins::{TwinFetcher, TwinParent, TwinScheduler};
 use shoal_peer::engine::{
-    Download, Engine, EngineConfig, EngineError, ParentRef, PlanParent, PlanUpdate, Upstream,
-    UpstreamError,
+    Download, Engine, EngineConfig, EngineError, ParentRef, PlanOpening, PlanParent, PlanUpdate,
+    Upstream, UpstreamError,
 };
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, Report, SchedulerLink};
 use shoal_peer::store::{MemStore, PieceStore, PinGuard, StoreError, TaskMeta};
@@ -362,7 +362,11 @@ async fn a_corrupt_parent_is_detected_reported_and_worked_around() {
     assert!(dl.stats().bad_pieces.load(Ordering::Relaxed) >= 1);
     assert_eq!(gets(&up), 0);
     // The scheduler heard about it: "bad" is no longer offered for this task.
-    let mut plan = c.link.plan(&digest, data.len() as u64).await.unwrap();
+    let mut plan = c
+        .link
+        .plan(&digest, data.len() as u64, PlanOpening::default())
+        .await
+        .unwrap();
     let update: shoal_peer::engine::PlanUpdate = plan.next().await.unwrap().unwrap();
     assert!(update.parents.iter().all(|p| p.r.id != "bad"));
 }

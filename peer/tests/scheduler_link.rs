@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use shoal_peer::engine::PlanOpening;
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, LinkError, Report, SchedulerLink};
 use shoal_proto::{Digest, v1};
 use shoal_tests::eventually;
@@ -73,7 +74,10 @@ async fn joins_with_inventory_and_reports_over_the_session() {
     assert_eq!(t["complete_holders"], 1);
 
     // b downloads task 1 from a: its plan offers a; its reports reach the core.
-    let mut plan = b.plan(&digest(1), SIZE).await.unwrap();
+    let mut plan = b
+        .plan(&digest(1), SIZE, PlanOpening::default())
+        .await
+        .unwrap();
     let u = plan.next().await.unwrap().unwrap();
     assert_eq!(u.parents.len(), 1);
     assert_eq!(u.parents[0].r.id, "a");
@@ -96,7 +100,7 @@ async fn no_scheduler_means_upstream_at_once_then_connects_when_it_appears() {
     let a = link(format!("http://{addr}"), "a", 1, vec![held(3)]);
     let started = std::time::Instant::now();
     assert!(matches!(
-        a.plan(&digest(3), 0).await,
+        a.plan(&digest(3), 0, PlanOpening::default()).await,
         Err(LinkError::Unavailable)
     ));
     assert!(!a.is_connected());

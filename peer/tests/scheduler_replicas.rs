@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use shoal_peer::engine::PlanOpening;
 use shoal_peer::scheduler_link::{Inventory, LinkConfig, Report, SchedulerLink};
 use shoal_proto::{Digest, rendezvous, v1};
 use shoal_tests::scheduler::InProcessScheduler;
@@ -151,7 +152,7 @@ async fn static_replicas_each_know_their_share_and_a_stopped_ones_tasks_move() {
     // Reports go to the owner alone.
     let d = digest(200);
     let owner = p.owner(&d).unwrap();
-    let mut plan = q.plan(&d, SIZE).await.unwrap();
+    let mut plan = q.plan(&d, SIZE, PlanOpening::default()).await.unwrap();
     assert!(plan.next().await.unwrap().unwrap().back_to_source);
     q.report(Report::Started {
         digest: d,
@@ -279,8 +280,11 @@ async fn replicas_from_dns_follow_the_answer_and_plans_stay_until_their_replica_
         .map(digest)
         .find(|d| rendezvous::owner(keys3, d) != Some(c.key.as_str()))
         .unwrap();
-    let mut moving_plan = p.plan(&moving, SIZE).await.unwrap();
-    let mut staying_plan = p.plan(&staying, SIZE).await.unwrap();
+    let mut moving_plan = p.plan(&moving, SIZE, PlanOpening::default()).await.unwrap();
+    let mut staying_plan = p
+        .plan(&staying, SIZE, PlanOpening::default())
+        .await
+        .unwrap();
     assert!(moving_plan.next().await.unwrap().is_ok());
     assert!(staying_plan.next().await.unwrap().is_ok());
     publish(&hosts, &[&a, &b, &c]);
@@ -308,7 +312,7 @@ async fn replicas_from_dns_follow_the_answer_and_plans_stay_until_their_replica_
             "a plan open before the join is still open"
         );
     }
-    let new_plan = p.plan(&moving, SIZE).await.unwrap();
+    let new_plan = p.plan(&moving, SIZE, PlanOpening::default()).await.unwrap();
     drop(new_plan);
     let [ra, rb] = [&a, &b];
     let at = |key: &str| if key == ra.key { ra } else { rb };

@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::convert;
-use crate::core::{CoreError, ErrorKind, Ignored, Load, PeerId, PlanId};
+use crate::core::{CoreError, ErrorKind, Ignored, Load, PeerId, PlanId, PlanOpening};
 use crate::state::{PLAN_CHANNEL, PlanMessage, SESSION_CHANNEL, SchedulerState};
 use crate::tls::Caller;
 use shoal_proto::limits::{JOIN_PAGE, MAX_MESSAGE};
@@ -333,7 +333,11 @@ impl v1::scheduler_server::Scheduler for SchedulerService {
             let plan = self
                 .state
                 .with_core(|core, now| {
-                    let plan = core.open_plan(now, &peer, digest, req.size)?;
+                    let opening = PlanOpening {
+                        resumed: req.resumed,
+                        from_upstream: req.from_upstream,
+                    };
+                    let plan = core.open_plan_with(now, &peer, digest, req.size, opening)?;
                     // Attached before the first update is routed.
                     state.attach_plan(plan, &peer, tx);
                     Ok(plan)

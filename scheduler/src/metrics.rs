@@ -251,7 +251,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct CoreCollector(Arc<Mutex<Snapshot>>);
 
 /// `(name without prefix and _total, help, value)` of each core counter.
-fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 16] {
+fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 18] {
     [
         (
             "peer_joins",
@@ -287,6 +287,16 @@ fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 16] {
             "back_to_source_stalls",
             "Back-to-source peers replaced because they reported no piece in time",
             s.back_to_source_stalls,
+        ),
+        (
+            "sources_resumed",
+            "Plans re-opened by a peer streaming from upstream and counted as the task's back-to-source peer",
+            s.sources_resumed,
+        ),
+        (
+            "elections_deferred",
+            "Tasks whose back-to-source election waited out the resume grace (first heard of through re-opened plans)",
+            s.elections_deferred,
         ),
         (
             "pieces_reported",

@@ -147,6 +147,7 @@ fn plan(id: &str, d: &str, size: u64) -> v1::PlanRequest {
         peer_id: id.into(),
         digest: d.into(),
         size,
+        ..Default::default()
     }
 }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use shoal_proto::Digest;
-use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PeerInfo, PieceDone, Scheduler};
+use shoal_scheduler::core::{
+    CoreConfig, Effect, PeerId, PeerInfo, PieceDone, PlanOpening, Scheduler,
+};
 
 const PEERS: u8 = 6;
 const TASKS: u8 = 2;
@@ -23,6 +25,8 @@ enum Op {
     Join(u8),
     JoinElsewhere(u8),
     Open(u8, u8, bool),
+    /// A plan re-opened after its replica left; true: streaming from upstream.
+    Reopen(u8, u8, bool),
     Started(u8, u8, u64),
     Report(u8, u8, u32, bool),
     /// The task's current back-to-source peer reports piece i with its hash.
@@ -43,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => p.clone().prop_map(Op::Join),
         1 => p.clone().prop_map(Op::JoinElsewhere),
         4 => (p.clone(), t.clone(), any::<bool>()).prop_map(|(a, b, c)| Op::Open(a, b, c)),
+        2 => (p.clone(), t.clone(), any::<bool>()).prop_map(|(a, b, c)| Op::Reopen(a, b, c)),
         2 => (p.clone(), t.clone(), prop_oneof![Just(SIZE), Just(SIZE + 1), Just(u64::MAX)]).prop_map(|(a, b, c)| Op::Started(a, b, c)),
         8 => (p.clone(), t.clone(), 0u32..4, any::<bool>()).prop_map(|(a, b, c, d)| Op::Report(a, b, c, d)),
         6 => (t.clone(), 0u32..3).prop_map(|(a, b)| Op::SourceReport(a, b)),
@@ -157,6 +162,14 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
             Op::Open(p, t, sized) => core
                 .open_plan(now, &id(p), digest(t), if sized { SIZE } else { 0 })
                 .map(|_| ()),
+            Op::Reopen(p, t, from_upstream) => {
+                let opening = PlanOpening {
+                    resumed: true,
+                    from_upstream,
+                };
+                core.open_plan_with(now, &id(p), digest(t), SIZE, opening)
+                    .map(|_| ())
+            }
             Op::Started(p, t, size) => core.task_started(now, &id(p), digest(t), size),
             Op::Report(p, t, i, with_hash) => {
                 let piece = PieceDone {

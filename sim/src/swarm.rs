@@ -27,7 +27,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use shoal_peer::engine::{Action, DownloadCore, Origin, Verdict};
 use shoal_proto::{Digest, PieceSet, TaskShape};
-use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PlanId, Scheduler};
+use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PlanId, PlanOpening, Scheduler};
 
 pub use crate::config::Config;
 use crate::link::Links;
@@ -338,9 +338,18 @@ impl Swarm {
                         self.nodes[n].seeding = true;
                         self.send(self.t + lat * 2, Msg::UpstreamStart { node: n, piece });
                     }
-                    Action::OpenPlan { size } => {
+                    Action::OpenPlan {
+                        size,
+                        from_upstream,
+                    } => {
                         let id = self.nodes[n].id.clone();
-                        let r = self.sched.open_plan(now, &id, self.digest, size);
+                        let opening = PlanOpening {
+                            resumed: true,
+                            from_upstream,
+                        };
+                        let r = self
+                            .sched
+                            .open_plan_with(now, &id, self.digest, size, opening);
                         let node = &mut self.nodes[n];
                         match r {
                             Ok(plan) => {

@@ -28,7 +28,7 @@ use rand::seq::SliceRandom;
 use shoal_peer::engine::{Action, DownloadCore, Origin, PlannerConfig, Verdict};
 use shoal_peer::scheduler_link::Report;
 use shoal_proto::{Digest, PieceSet, TaskShape};
-use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PlanId, Scheduler};
+use shoal_scheduler::core::{CoreConfig, Effect, PeerId, PlanId, PlanOpening, Scheduler};
 use shoal_sim::wiring;
 
 const PEERS: usize = 24;
@@ -215,8 +215,17 @@ impl Sim {
                         let first = self.shape.piece_at(from).unwrap_or(0);
                         self.peers.get_mut(id).unwrap().upstream = Some((first, false));
                     }
-                    Action::OpenPlan { size } => {
-                        let r = self.sched.open_plan(now, id, self.digest, size);
+                    Action::OpenPlan {
+                        size,
+                        from_upstream,
+                    } => {
+                        let opening = PlanOpening {
+                            resumed: true,
+                            from_upstream,
+                        };
+                        let r = self
+                            .sched
+                            .open_plan_with(now, id, self.digest, size, opening);
                         let p = self.peers.get_mut(id).unwrap();
                         match r {
                             Ok(plan) => {

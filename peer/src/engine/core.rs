@@ -72,6 +72,9 @@ pub enum Action {
     OpenPlan {
         /// The task's size when known.
         size: u64,
+        /// Whether this download streams from upstream now (the new owner then
+        /// counts it as the task's back-to-source peer).
+        from_upstream: bool,
     },
     /// The task's shape is known (once): tell the readers, open the task in the
     /// store (answer a local fault with [`DownloadCore::store_failed`]).
@@ -286,7 +289,10 @@ impl DownloadCore {
             }
             if now >= self.replan_at && connected {
                 let size = self.planner.shape().map_or(0, |s| s.size());
-                self.actions.push(Action::OpenPlan { size });
+                self.actions.push(Action::OpenPlan {
+                    size,
+                    from_upstream: self.upstream_running,
+                });
             }
         }
         let Some(shape) = self.planner.shape() else {

@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::core::{Action, DownloadCore, Origin};
 use super::cutter::PieceCutter;
 use super::download::{Download, DownloadState};
+use super::scheduler::PlanOpening;
 use super::scheduler::PlanStream;
 use super::upstream::{Upstream, UpstreamError};
 use super::{EngineError, Inner};
@@ -219,7 +220,11 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<Serve
         );
         tokio::time::sleep(delay).await;
     }
-    match inner.link.plan(&digest, size_hint).await {
+    match inner
+        .link
+        .plan(&digest, size_hint, PlanOpening::default())
+        .await
+    {
         Ok(s) => {
             d.plan = Some(s);
             d.core.plan_opened();
@@ -347,16 +352,25 @@ impl Driver<'_> {
                     .in_current_span(),
                 );
             }
-            Action::OpenPlan { size } => match self.inner.link.plan(&self.dl.digest, size).await {
-                Ok(stream) => {
-                    self.plan = Some(stream);
-                    self.core.plan_opened();
+            Action::OpenPlan {
+                size,
+                from_upstream,
+            } => {
+                let opening = PlanOpening {
+                    resumed: true,
+                    from_upstream,
+                };
+                match self.inner.link.plan(&self.dl.digest, size, opening).await {
+                    Ok(stream) => {
+                        self.plan = Some(stream);
+                        self.core.plan_opened();
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "plan not re-opened yet");
+                        self.core.plan_refused(Instant::now());
+                    }
                 }
-                Err(e) => {
-                    debug!(error = %e, "plan not re-opened yet");
-                    self.core.plan_refused(Instant::now());
-                }
-            },
+            }
             Action::ShapeKnown(shape) => {
                 self.dl.set_shape(shape);
                 if !self.opened && shape.size() > self.inner.store.capacity() {

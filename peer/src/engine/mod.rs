@@ -53,7 +53,7 @@ pub use download::{Download, DownloadState, DownloadStats, Progress};
 pub use fetcher::PieceFetcher;
 pub use plan::{ParentRef, PlanParent, PlanUpdate, PlannerError};
 pub use planner::{Planner, PlannerConfig};
-pub use scheduler::{PlanOpenError, PlanStream, SchedulerClient};
+pub use scheduler::{PlanOpenError, PlanOpening, PlanStream, SchedulerClient};
 pub use upstream::{Upstream, UpstreamBody, UpstreamError};
 
 /// Why a download failed, or a read of it.

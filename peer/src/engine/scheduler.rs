@@ -26,6 +26,18 @@ pub enum PlanOpenError {
     Refused(String),
 }
 
+/// How a download asks for its plan ([`SchedulerClient::plan`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOpening {
+    /// It had a plan with a replica that left, and re-opens it: a replica that
+    /// first hears of the task this way waits briefly before it elects a
+    /// back-to-source peer.
+    pub resumed: bool,
+    /// It streams the task from upstream now: the replica counts it as the
+    /// task's back-to-source peer instead of electing another.
+    pub from_upstream: bool,
+}
+
 /// The scheduler, from the engine's side.
 #[async_trait::async_trait]
 pub trait SchedulerClient: Send + Sync + 'static {
@@ -33,7 +45,12 @@ pub trait SchedulerClient: Send + Sync + 'static {
     fn is_connected(&self) -> bool;
 
     /// Opens a plan stream for `digest` (`size` 0 when unknown).
-    async fn plan(&self, digest: &Digest, size: u64) -> Result<PlanStream, PlanOpenError>;
+    async fn plan(
+        &self,
+        digest: &Digest,
+        size: u64,
+        opening: PlanOpening,
+    ) -> Result<PlanStream, PlanOpenError>;
 
     /// Queues a report. Never blocks; may be dropped when nothing is connected.
     fn report(&self, report: Report);

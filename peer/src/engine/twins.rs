@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::fetcher::PieceFetcher;
 use super::plan::{PlanUpdate, PlannerError};
-use super::scheduler::{PlanOpenError, PlanStream, SchedulerClient};
+use super::scheduler::{PlanOpenError, PlanOpening, PlanStream, SchedulerClient};
 use crate::scheduler_link::{Load, Report};
 use crate::transfer::FetchError;
 
@@ -29,6 +29,7 @@ pub type PlanWriter = mpsc::UnboundedSender<Result<PlanUpdate, PlannerError>>;
 struct SchedulerState {
     connected: bool,
     opened: Vec<(Digest, u64, PlanWriter)>,
+    openings: Vec<(Digest, PlanOpening)>,
     reports: Vec<Report>,
     announced: Vec<(Digest, u64)>,
 }
@@ -73,6 +74,12 @@ impl TwinScheduler {
             .collect()
     }
 
+    /// How each plan so far was asked for, in order (kept across
+    /// [`TwinScheduler::end_plans`]).
+    pub fn openings(&self) -> Vec<(Digest, PlanOpening)> {
+        self.lock().openings.clone()
+    }
+
     /// The writer of the latest plan stream opened for `digest`.
     pub fn writer(&self, digest: &Digest) -> Option<PlanWriter> {
         self.lock()
@@ -105,13 +112,19 @@ impl SchedulerClient for TwinScheduler {
         self.lock().connected
     }
 
-    async fn plan(&self, digest: &Digest, size: u64) -> Result<PlanStream, PlanOpenError> {
+    async fn plan(
+        &self,
+        digest: &Digest,
+        size: u64,
+        opening: PlanOpening,
+    ) -> Result<PlanStream, PlanOpenError> {
         let mut s = self.lock();
         if !s.connected {
             return Err(PlanOpenError::Unavailable);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         s.opened.push((*digest, size, tx));
+        s.openings.push((*digest, opening));
         Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed())
     }
 

@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
-use crate::engine::PlanStream;
+use crate::engine::{PlanOpening, PlanStream};
 
 pub use session::backoff;
 pub use wire::{join_pages, merge, plan_update};
@@ -470,11 +470,18 @@ impl SchedulerLink {
     /// When the owner cannot be reached the request waits for the dead session to
     /// be noticed (at most 2 s) and goes to the next owner;
     /// [`LinkError::Unavailable`] only when no replica answers.
-    pub async fn plan(&self, digest: &Digest, size: u64) -> Result<PlanStream, LinkError> {
+    pub async fn plan(
+        &self,
+        digest: &Digest,
+        size: u64,
+        opening: PlanOpening,
+    ) -> Result<PlanStream, LinkError> {
         let request = v1::PlanRequest {
             peer_id: self.peer_id.clone(),
             digest: digest.to_string(),
             size,
+            resumed: opening.resumed,
+            from_upstream: opening.from_upstream,
         };
         let mut tried = Vec::new();
         loop {
@@ -575,8 +582,13 @@ impl crate::engine::SchedulerClient for SchedulerLink {
         SchedulerLink::is_connected(self)
     }
 
-    async fn plan(&self, digest: &Digest, size: u64) -> Result<PlanStream, LinkError> {
-        SchedulerLink::plan(self, digest, size).await
+    async fn plan(
+        &self,
+        digest: &Digest,
+        size: u64,
+        opening: PlanOpening,
+    ) -> Result<PlanStream, LinkError> {
+        SchedulerLink::plan(self, digest, size, opening).await
     }
 
     fn report(&self, report: Report) {

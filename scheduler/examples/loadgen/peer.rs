@@ -549,6 +549,7 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
         peer_id: peer_id(peer),
         digest: spec.digest.clone(),
         size,
+        ..Default::default()
     };
     let mut dl = Download {
         peer,
@@ -670,9 +671,12 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
                 return Outcome::Failed;
             };
             tx = t;
-            // A real peer knows the size by now, and the back-to-source peer
-            // tells the new owner first.
+            // A real peer knows the size by now, says it re-opens (and whether
+            // it streams from upstream), and the back-to-source peer tells the
+            // new owner first.
             request.size = spec.size;
+            request.resumed = true;
+            request.from_upstream = dl.back_to_source;
             if dl.back_to_source {
                 let started = ev(Event::Started(v1::TaskStarted {
                     digest: spec.digest.clone(),
@@ -775,6 +779,7 @@ pub(crate) fn probe(
                     peer_id: crate::PROBE_ID.into(),
                     digest,
                     size,
+                    ..Default::default()
                 };
                 let started = Instant::now();
                 match client.plan(request).await {

@@ -198,7 +198,8 @@ impl Scheduler {
     }
 
     /// Advances time: peers whose lease ran out leave; back-to-source peers
-    /// that stalled are replaced. Call it about once a second.
+    /// that stalled are replaced; elections put off by a resume grace are held
+    /// once it ends. Call it about once a second.
     pub fn tick(&mut self, now: Instant) {
         let mut expired: Vec<PeerId> = self
             .peers
@@ -212,6 +213,7 @@ impl Scheduler {
             self.stats.expired += 1;
         }
         self.replace_stalled_sources(now);
+        self.elect_deferred(now);
     }
 
     /// Removes a peer from every task; its children are re-planned.

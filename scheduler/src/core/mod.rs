@@ -46,7 +46,7 @@ use shoal_proto::{Digest, PieceSet, TaskShape};
 pub use error::{CoreError, ErrorKind};
 pub use operator::DropOrder;
 pub use overview::{OVERVIEW_HOLDERS, OVERVIEW_TASKS, Overview, TaskOverview};
-pub use planning::FlushCursor;
+pub use planning::{FlushCursor, PlanOpening};
 pub use types::*;
 pub use views::{CoreStats, HolderView, PeerView, TaskDetail, TaskSummary};
 
@@ -89,6 +89,14 @@ pub struct CoreConfig {
     /// Tasks one peer may hold or download at once (default 20,000: a node
     /// with 500 GiB in 10,000 blobs joins with room to spare).
     pub max_tasks_per_peer: usize,
+    /// How long a replica that first hears of a task from downloads re-opening
+    /// their plans (their replica left) waits before electing a back-to-source
+    /// peer (default 2 s). The peer that was streaming the task from upstream
+    /// re-opens at once and is counted as the source when it comes; the others
+    /// wait 1 s before they re-open. Without the wait, a source that re-opened
+    /// late (a loaded node) met a second source elected in its place: one more
+    /// upstream copy of the rest of the blob.
+    pub resume_grace: Duration,
     /// Seed of the RNG used for tie-breaks.
     pub seed: u64,
 }
@@ -107,6 +115,7 @@ impl Default for CoreConfig {
             max_bad_parents_reported: 5,
             max_tasks: 100_000,
             max_tasks_per_peer: 20_000,
+            resume_grace: Duration::from_secs(2),
             seed: 0x0005_40A1,
         }
     }
@@ -266,6 +275,9 @@ pub(crate) struct Task {
     /// reports its first piece): downloads short of parents re-rank then.
     pub(crate) holder_epoch: u64,
     pub(crate) created_at: Instant,
+    /// No back-to-source election before this time: the task reached this
+    /// replica through re-opened plans (see [`CoreConfig::resume_grace`]).
+    pub(crate) elect_after: Option<Instant>,
     /// Something changed: the next flush looks at this task's downloads.
     pub(crate) dirty: bool,
 }
@@ -289,6 +301,7 @@ impl Task {
             piece_gains: BTreeMap::new(),
             complete_epoch: 0,
             created_at: now,
+            elect_after: None,
             dirty: false,
         }
     }
@@ -414,6 +427,9 @@ pub struct Scheduler {
     /// rollout's burst), with the task's `holder_epoch` they were built at;
     /// emptied by every flush.
     pub(crate) burst_ranks: HashMap<Digest, (u64, rank::RankCache)>,
+    /// Tasks whose back-to-source election waits out a resume grace
+    /// ([`Task::elect_after`]); [`Scheduler::tick`] holds it when the grace ends.
+    pub(crate) deferred_elections: HashSet<Digest>,
     /// Test hook ([`Scheduler::set_test_panic_on_join`]).
     pub(crate) test_panic_on_join: Option<String>,
 }
@@ -468,6 +484,7 @@ impl Scheduler {
             next_plan: 1,
             effects: Vec::new(),
             burst_ranks: HashMap::new(),
+            deferred_elections: HashSet::new(),
             rng,
             stats: CoreStats::default(),
             slot_epoch: 0,

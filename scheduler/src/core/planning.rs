@@ -17,6 +17,15 @@ use super::{
     CoreError, Download, Effect, Holding, ParentOffer, PeerId, PlanId, PlanUpdate, Scheduler, Task,
 };
 
+/// How a download opens its plan (see [`Scheduler::open_plan_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOpening {
+    /// The download had a plan with a replica that left, and re-opens it.
+    pub resumed: bool,
+    /// The download is streaming the task from upstream now.
+    pub from_upstream: bool,
+}
+
 /// A flush in progress (see [`Scheduler::begin_flush`]): the tasks still to flush and
 /// the downloads of the one being flushed.
 #[derive(Debug)]
@@ -34,6 +43,23 @@ impl Scheduler {
         id: &PeerId,
         digest: Digest,
         size: u64,
+    ) -> Result<PlanId, CoreError> {
+        self.open_plan_with(now, id, digest, size, PlanOpening::default())
+    }
+
+    /// [`Scheduler::open_plan`], saying how the download comes: one that re-opens a
+    /// lost plan while streaming from upstream is counted as a back-to-source peer
+    /// (while the task has fewer than the limit), and a task that first reaches
+    /// this replica through a re-opened plan elects nobody for
+    /// [`CoreConfig::resume_grace`](super::CoreConfig::resume_grace), unless such
+    /// a peer comes first.
+    pub fn open_plan_with(
+        &mut self,
+        now: Instant,
+        id: &PeerId,
+        digest: Digest,
+        size: u64,
+        opening: PlanOpening,
     ) -> Result<PlanId, CoreError> {
         self.live_peer(id)?;
         let shape = match size {
@@ -62,6 +88,13 @@ impl Scheduler {
             && let Some(shape) = shape
         {
             task.set_shape(shape);
+        }
+        if opening.resumed && task.downloads.is_empty() && task.back_to_source.is_empty() {
+            // Nobody here runs the task: its downloads are moving over from a
+            // replica that left. Wait for the one streaming from upstream.
+            task.elect_after = Some(now + self.config.resume_grace);
+            self.deferred_elections.insert(digest);
+            self.stats.elections_deferred += 1;
         }
         let empty = task.empty_set();
         task.holdings
@@ -94,6 +127,9 @@ impl Scheduler {
         self.plans.insert(plan, (id.clone(), digest));
         if let Some(p) = self.peers.get_mut(id) {
             p.tasks.insert(digest);
+        }
+        if opening.from_upstream {
+            self.resume_source(now, &digest, id);
         }
         self.ensure_back_to_source(now, &digest);
         self.first_update(&digest, id);
@@ -320,13 +356,68 @@ impl Scheduler {
         }
     }
 
+    /// Counts `id`, which re-opened its plan while streaming the task from
+    /// upstream, as a back-to-source peer, while the task has fewer than the limit
+    /// and has not found `id` bad. Its hashes are believed as an elected source's
+    /// are (and verified against the digest the same way). Ends a resume grace.
+    fn resume_source(&mut self, now: Instant, digest: &Digest, id: &PeerId) {
+        let limit = self.config.max_back_to_source;
+        let Some(task) = self.tasks.get_mut(digest) else {
+            return;
+        };
+        if task.back_to_source.len() >= limit
+            || task.back_to_source.contains_key(id)
+            || task.bad.contains(id)
+        {
+            return;
+        }
+        task.back_to_source.insert(id.clone(), now);
+        task.sources.insert(id.clone());
+        task.elect_after = None;
+        task.dirty = true;
+        if let Some(d) = task.downloads.get_mut(id) {
+            d.rerank = true;
+        }
+        self.stats.sources_resumed += 1;
+    }
+
+    /// Holds the back-to-source elections whose resume grace ended (see
+    /// [`PlanOpening`]).
+    pub(crate) fn elect_deferred(&mut self, now: Instant) {
+        if self.deferred_elections.is_empty() {
+            return;
+        }
+        let mut due: Vec<Digest> = Vec::new();
+        self.deferred_elections.retain(|d| {
+            let Some(task) = self.tasks.get_mut(d) else {
+                return false;
+            };
+            match task.elect_after {
+                Some(t) if t > now => true,
+                _ => {
+                    task.elect_after = None;
+                    due.push(*d);
+                    false
+                }
+            }
+        });
+        due.sort();
+        for d in due {
+            self.ensure_back_to_source(now, &d);
+        }
+    }
+
     /// Elects back-to-source peers while the task has fewer than the limit,
-    /// some piece is held by no peer, and someone is downloading it.
+    /// some piece is held by no peer, and someone is downloading it. Not during a
+    /// resume grace (see [`PlanOpening`]).
     pub(crate) fn ensure_back_to_source(&mut self, now: Instant, digest: &Digest) {
         let limit = self.config.max_back_to_source;
         let Some(task) = self.tasks.get_mut(digest) else {
             return;
         };
+        if task.elect_after.is_some_and(|t| now < t) {
+            return;
+        }
         let (peers, config) = (&self.peers, &self.config);
         let offerable = |id: &PeerId| peers.get(id).is_some_and(|p| !p.quarantined(config));
         while task.back_to_source.len() < limit && !task.swarm_holds_everything(offerable) {

@@ -25,6 +25,12 @@ pub struct CoreStats {
     pub back_to_source_elections: u64,
     /// Back-to-source peers replaced for stalling.
     pub back_to_source_stalls: u64,
+    /// Downloads that re-opened a plan while streaming from upstream and were
+    /// counted as the task's back-to-source peer (no election needed).
+    pub sources_resumed: u64,
+    /// Tasks whose back-to-source election waited out a resume grace (they
+    /// reached this replica through re-opened plans).
+    pub elections_deferred: u64,
     /// Pieces reported.
     pub pieces_reported: u64,
     /// Tasks completed on a peer.

@@ -265,18 +265,26 @@ fn a_lost_plan_is_reopened_with_backoff_and_upstream_takes_over_after_the_grace(
     c.poll(t1, 0, false);
     assert!(c.take_actions().is_empty());
     c.poll(t1, 0, true);
-    assert_eq!(c.take_actions(), vec![Action::OpenPlan { size: SIZE }]);
+    let reopen = |from_upstream| Action::OpenPlan {
+        size: SIZE,
+        from_upstream,
+    };
+    assert_eq!(c.take_actions(), vec![reopen(false)]);
     c.plan_refused(t1);
     c.poll(t1 + Duration::from_millis(100), 0, true);
     assert!(c.take_actions().is_empty(), "backing off");
     c.poll(t1 + REPLAN_MIN, 0, true);
-    assert_eq!(c.take_actions(), vec![Action::OpenPlan { size: SIZE }]);
+    assert_eq!(c.take_actions(), vec![reopen(false)]);
     c.plan_refused(t1 + REPLAN_MIN);
     let a = {
         c.poll(t0 + REPLAN_GRACE, 0, false);
         c.take_actions()
     };
     assert_eq!(a, vec![Action::StartUpstream { from: 0 }]);
+    // Streaming from upstream now: the next attempt says so, and the new owner
+    // counts this download as the task's back-to-source peer.
+    c.poll(t0 + REPLAN_GRACE + REPLAN_MAX, 0, true);
+    assert_eq!(c.take_actions(), vec![reopen(true)]);
     // Reports wait for the plan; once re-opened, held pieces are reported again.
     c.on_piece(0, [0; 32], Origin::Upstream).unwrap();
     c.on_piece_kept(0, [0; 32], true);
@@ -314,7 +322,13 @@ fn a_back_to_source_download_reopens_a_lost_plan_at_once() {
     assert!(c.upstream_running());
     c.plan_lost(t0);
     c.poll(t0, 0, true);
-    assert_eq!(c.take_actions(), vec![Action::OpenPlan { size: SIZE }]);
+    assert_eq!(
+        c.take_actions(),
+        vec![Action::OpenPlan {
+            size: SIZE,
+            from_upstream: true
+        }]
+    );
 }
 
 #[test]
