@@ -163,10 +163,7 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
                 .open_plan(now, &id(p), digest(t), if sized { SIZE } else { 0 })
                 .map(|_| ()),
             Op::Reopen(p, t, from_upstream) => {
-                let opening = PlanOpening {
-                    resumed: true,
-                    from_upstream,
-                };
+                let opening = PlanOpening::reopen(from_upstream);
                 core.open_plan_with(now, &id(p), digest(t), SIZE, opening)
                     .map(|_| ())
             }

@@ -343,10 +343,7 @@ impl Swarm {
                         from_upstream,
                     } => {
                         let id = self.nodes[n].id.clone();
-                        let opening = PlanOpening {
-                            resumed: true,
-                            from_upstream,
-                        };
+                        let opening = PlanOpening::reopen(from_upstream);
                         let r = self
                             .sched
                             .open_plan_with(now, &id, self.digest, size, opening);

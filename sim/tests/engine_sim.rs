@@ -219,10 +219,7 @@ impl Sim {
                         size,
                         from_upstream,
                     } => {
-                        let opening = PlanOpening {
-                            resumed: true,
-                            from_upstream,
-                        };
+                        let opening = PlanOpening::reopen(from_upstream);
                         let r = self
                             .sched
                             .open_plan_with(now, id, self.digest, size, opening);

@@ -356,10 +356,7 @@ impl Driver<'_> {
                 size,
                 from_upstream,
             } => {
-                let opening = PlanOpening {
-                    resumed: true,
-                    from_upstream,
-                };
+                let opening = PlanOpening::reopen(from_upstream);
                 match self.inner.link.plan(&self.dl.digest, size, opening).await {
                     Ok(stream) => {
                         self.plan = Some(stream);

@@ -38,6 +38,16 @@ pub struct PlanOpening {
     pub from_upstream: bool,
 }
 
+impl PlanOpening {
+    /// A lost plan re-opened; `from_upstream`: the download streams from upstream.
+    pub fn reopen(from_upstream: bool) -> Self {
+        PlanOpening {
+            resumed: true,
+            from_upstream,
+        }
+    }
+}
+
 /// The scheduler, from the engine's side.
 #[async_trait::async_trait]
 pub trait SchedulerClient: Send + Sync + 'static {

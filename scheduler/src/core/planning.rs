@@ -26,6 +26,16 @@ pub struct PlanOpening {
     pub from_upstream: bool,
 }
 
+impl PlanOpening {
+    /// A lost plan re-opened; `from_upstream`: the download streams from upstream.
+    pub fn reopen(from_upstream: bool) -> Self {
+        PlanOpening {
+            resumed: true,
+            from_upstream,
+        }
+    }
+}
+
 /// A flush in progress (see [`Scheduler::begin_flush`]): the tasks still to flush and
 /// the downloads of the one being flushed.
 #[derive(Debug)]

@@ -171,32 +171,17 @@ fn a_plan_with_another_size_is_refused_and_changes_nothing() {
 #[test]
 fn a_resumed_task_waits_for_its_source_instead_of_electing_another() {
     let digest = Digest::from_sha256([7; 32]);
-    let mut core = Scheduler::new(CoreConfig::default());
     let t0 = Instant::now();
-    for p in 0..4 {
-        core.join(t0, info(p), vec![]).unwrap();
-    }
-    let resumed = PlanOpening {
-        resumed: true,
-        from_upstream: false,
-    };
     // The others re-open first.
-    core.open_plan_with(t0, &id(1), digest, SIZE, resumed)
-        .unwrap();
-    core.open_plan_with(t0, &id(2), digest, SIZE, resumed)
-        .unwrap();
+    let mut core = others_reopened(t0, digest, 0..4);
     core.tick(t0 + Duration::from_secs(1));
     assert!(
         core.back_to_source_of(&digest).is_empty(),
         "elected during the grace"
     );
     // The source re-opens, still streaming from upstream.
-    let source = PlanOpening {
-        resumed: true,
-        from_upstream: true,
-    };
     let t1 = t0 + Duration::from_millis(1500);
-    core.open_plan_with(t1, &id(0), digest, SIZE, source)
+    core.open_plan_with(t1, &id(0), digest, SIZE, PlanOpening::reopen(true))
         .unwrap();
     assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
     core.flush();
@@ -229,19 +214,8 @@ fn a_resumed_task_waits_for_its_source_instead_of_electing_another() {
 #[test]
 fn a_resumed_task_whose_source_never_returns_elects_after_the_grace() {
     let digest = Digest::from_sha256([8; 32]);
-    let mut core = Scheduler::new(CoreConfig::default());
     let t0 = Instant::now();
-    for p in 1..3 {
-        core.join(t0, info(p), vec![]).unwrap();
-    }
-    let resumed = PlanOpening {
-        resumed: true,
-        from_upstream: false,
-    };
-    core.open_plan_with(t0, &id(1), digest, SIZE, resumed)
-        .unwrap();
-    core.open_plan_with(t0, &id(2), digest, SIZE, resumed)
-        .unwrap();
+    let mut core = others_reopened(t0, digest, 1..3);
     core.tick(t0 + core_grace() - Duration::from_millis(1));
     assert!(core.back_to_source_of(&digest).is_empty());
     core.tick(t0 + core_grace());
@@ -261,14 +235,24 @@ fn first_plans_elect_at_once_and_from_upstream_respects_the_limit() {
     }
     core.open_plan(t0, &id(0), digest, SIZE).unwrap();
     assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
-    let source = PlanOpening {
-        resumed: true,
-        from_upstream: true,
-    };
-    core.open_plan_with(t0, &id(1), digest, SIZE, source)
+    core.open_plan_with(t0, &id(1), digest, SIZE, PlanOpening::reopen(true))
         .unwrap();
     assert_eq!(core.back_to_source_of(&digest), vec![id(0)], "limit 1");
     assert_eq!(core.stats().sources_resumed, 0);
+}
+
+/// A scheduler where peers `peers` joined and peers 1 and 2 re-opened their plans
+/// for `digest` (not streaming from upstream) at `t0`.
+fn others_reopened(t0: Instant, digest: Digest, peers: std::ops::Range<u8>) -> Scheduler {
+    let mut core = Scheduler::new(CoreConfig::default());
+    for p in peers {
+        core.join(t0, info(p), vec![]).unwrap();
+    }
+    for p in 1..3 {
+        core.open_plan_with(t0, &id(p), digest, SIZE, PlanOpening::reopen(false))
+            .unwrap();
+    }
+    core
 }
 
 fn core_grace() -> Duration {
