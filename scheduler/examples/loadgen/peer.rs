@@ -566,6 +566,8 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
     let mut client = ctx.client(peer, owner);
     let mut reopened = 0;
     let mut elected = false;
+    // A back-to-source download re-opening its plan with a new owner.
+    let mut restarted = false;
     'stream: loop {
         let opened = Instant::now();
         let mut stream = match client.plan(request.clone()).await {
@@ -577,6 +579,15 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
             }
         };
         ctx.stats.plans_opened.inc();
+        if std::mem::take(&mut restarted) {
+            let started = ev(Event::Started(v1::TaskStarted {
+                digest: spec.digest.clone(),
+                size: spec.size,
+            }));
+            if tx.send(started).await.is_err() {
+                return Outcome::Failed;
+            }
+        }
         let mut first = true;
         let mut piece = tokio::time::interval(ctx.timing.piece_every(spec.size));
         piece.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -677,15 +688,10 @@ async fn run_download(ctx: &Ctx, peer: u32, task: u32, rollout: bool) -> Outcome
             request.size = spec.size;
             request.resumed = true;
             request.from_upstream = dl.back_to_source;
-            if dl.back_to_source {
-                let started = ev(Event::Started(v1::TaskStarted {
-                    digest: spec.digest.clone(),
-                    size: spec.size,
-                }));
-                if tx.send(started).await.is_err() {
-                    return Outcome::Failed;
-                }
-            }
+            // Its TaskStarted goes once the new owner has opened the plan (as
+            // the real peer's does): sent before, it can reach the owner before
+            // the plan and end the session ("task unknown").
+            restarted = dl.back_to_source;
             // The new owner knows nothing of this download yet: its pieces
             // again, with their hashes (a real peer has them all from its plan
             // or from upstream).
