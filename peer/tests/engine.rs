@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use shoal_peer::daemon::StoreSource;
-use shoal_peer::engine::twins::{TwinFetcher, TwinParent, TwinScheduler};
+use shoal_peer::engine::twins::{self, TwinFetcher, TwinParent, TwinScheduler};
 use shoal_peer::engine::{
     Download, Engine, EngineConfig, EngineError, ParentRef, PlanOpening, PlanParent, PlanUpdate,
     Upstream, UpstreamError,
@@ -519,6 +519,78 @@ async fn over_twins_a_corrupt_parent_is_reported_and_the_honest_one_serves() {
         }
     }
     assert_eq!(reported.len() as u32, shape.piece_count());
+}
+
+/// The back-to-source download whose plan is lost (its scheduler replica left)
+/// re-opens it at once, saying it re-opens and that it streams from upstream (the
+/// new owner then counts it as the source), keeps streaming from upstream, and
+/// completes with one upstream copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_back_to_source_download_re_opens_its_lost_plan_saying_it_streams_from_upstream() {
+    let (data, digest) = blob(16 * MIB + 5, 11);
+    // 64 pauses of 40 ms: the stream lasts at least 2.6 s.
+    let up = CountingUpstream::start(REPO, &digest, data.clone(), Duration::from_millis(40))
+        .await
+        .unwrap();
+    let digest: Digest = digest.parse().unwrap();
+    let shape = TaskShape::for_size(data.len() as u64).unwrap();
+    let link = TwinScheduler::connected();
+    let engine = Engine::new(
+        Arc::new(MemStore::default()),
+        link.clone(),
+        TwinFetcher::default(),
+    );
+    let dl = engine.fetch(digest, 0, common::blob_upstream(&up.url(), REPO));
+    let writer = |n: usize| {
+        let link = link.clone();
+        async move {
+            loop {
+                if link.openings().len() >= n
+                    && let Some(w) = link.writer(&digest)
+                {
+                    break w;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let source = |w: &twins::PlanWriter| {
+        w.send(Ok(PlanUpdate {
+            shape: Some(shape),
+            hashes: Vec::new(),
+            parents: Vec::new(),
+            back_to_source: true,
+        }))
+        .unwrap()
+    };
+    source(&writer(1).await);
+    tokio::time::timeout(WAIT, async {
+        while up.bytes() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("upstream streaming");
+    // The replica goes away: every plan stream ends.
+    link.end_plans();
+    let reopened = tokio::time::timeout(WAIT, writer(2))
+        .await
+        .expect("re-opened");
+    assert!(
+        up.bytes() < data.len() as u64,
+        "re-opened after the blob was in"
+    );
+    assert_eq!(
+        link.openings(),
+        vec![
+            (digest, PlanOpening::default()),
+            (digest, PlanOpening::reopen(true))
+        ]
+    );
+    source(&reopened);
+    done(&dl).await;
+    assert_eq!(read_all(&dl, 0).await, *data);
+    assert_eq!(gets(&up), 1, "one upstream copy");
 }
 
 /// A zero-size blob gets the same digest check as any other: its empty stream ends
