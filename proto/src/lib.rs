@@ -22,11 +22,13 @@ pub mod codec;
 pub mod digest;
 pub mod net;
 pub mod piece;
+pub mod plan;
 pub mod process;
 pub mod rendezvous;
 
 pub use digest::{Digest, DigestError};
 pub use piece::{PieceError, PieceSet, TaskShape};
+pub use plan::PlanOpening;
 
 /// Generated code for `package shoal.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

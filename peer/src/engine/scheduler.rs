@@ -11,6 +11,8 @@ use shoal_proto::Digest;
 use super::plan::{PlanUpdate, PlannerError};
 use crate::scheduler_link::{Load, Report};
 
+pub use shoal_proto::PlanOpening;
+
 /// A plan stream: updates until the scheduler ends it (or goes away). An item that
 /// is an error is a plan the engine cannot use; the download fails with it.
 pub type PlanStream = BoxStream<'static, Result<PlanUpdate, PlannerError>>;
@@ -24,28 +26,6 @@ pub enum PlanOpenError {
     /// The scheduler refused the request.
     #[error("scheduler refused: {0}")]
     Refused(String),
-}
-
-/// How a download asks for its plan ([`SchedulerClient::plan`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PlanOpening {
-    /// It had a plan with a replica that left, and re-opens it: a replica that
-    /// first hears of the task this way waits briefly before it elects a
-    /// back-to-source peer.
-    pub resumed: bool,
-    /// It streams the task from upstream now: the replica counts it as the
-    /// task's back-to-source peer instead of electing another.
-    pub from_upstream: bool,
-}
-
-impl PlanOpening {
-    /// A lost plan re-opened; `from_upstream`: the download streams from upstream.
-    pub fn reopen(from_upstream: bool) -> Self {
-        PlanOpening {
-            resumed: true,
-            from_upstream,
-        }
-    }
 }
 
 /// The scheduler, from the engine's side.

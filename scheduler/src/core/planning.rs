@@ -17,24 +17,7 @@ use super::{
     CoreError, Download, Effect, Holding, ParentOffer, PeerId, PlanId, PlanUpdate, Scheduler, Task,
 };
 
-/// How a download opens its plan (see [`Scheduler::open_plan_with`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PlanOpening {
-    /// The download had a plan with a replica that left, and re-opens it.
-    pub resumed: bool,
-    /// The download is streaming the task from upstream now.
-    pub from_upstream: bool,
-}
-
-impl PlanOpening {
-    /// A lost plan re-opened; `from_upstream`: the download streams from upstream.
-    pub fn reopen(from_upstream: bool) -> Self {
-        PlanOpening {
-            resumed: true,
-            from_upstream,
-        }
-    }
-}
+pub use shoal_proto::PlanOpening;
 
 /// A flush in progress (see [`Scheduler::begin_flush`]): the tasks still to flush and
 /// the downloads of the one being flushed.
