@@ -24,6 +24,7 @@
 //! certificate; the core trusts that a report comes from the peer it names,
 //! and no further).
 
+mod election;
 mod error;
 mod membership;
 mod operator;
@@ -427,9 +428,6 @@ pub struct Scheduler {
     /// rollout's burst), with the task's `holder_epoch` they were built at;
     /// emptied by every flush.
     pub(crate) burst_ranks: HashMap<Digest, (u64, rank::RankCache)>,
-    /// Tasks whose back-to-source election waits out a resume grace
-    /// ([`Task::elect_after`]); [`Scheduler::tick`] holds it when the grace ends.
-    pub(crate) deferred_elections: HashSet<Digest>,
     /// Test hook ([`Scheduler::set_test_panic_on_join`]).
     pub(crate) test_panic_on_join: Option<String>,
 }
@@ -484,7 +482,6 @@ impl Scheduler {
             next_plan: 1,
             effects: Vec::new(),
             burst_ranks: HashMap::new(),
-            deferred_elections: HashSet::new(),
             rng,
             stats: CoreStats::default(),
             slot_epoch: 0,

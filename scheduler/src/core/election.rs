@@ -1,0 +1,148 @@
+//! Back-to-source elections: who fetches a task from upstream. A task gets one
+//! (up to `max_back_to_source`) while some piece is held by no peer and someone
+//! downloads it; a source that stalls is replaced; a download that re-opens its
+//! plan while streaming from upstream (its replica left) is counted as one; and a
+//! task that reaches a replica through re-opened plans elects nobody for the
+//! resume grace, so that its old source can come back first.
+
+use std::time::Instant;
+
+use rand::seq::IteratorRandom;
+use shoal_proto::Digest;
+
+use super::{PeerId, Scheduler};
+
+impl Scheduler {
+    /// Counts `id`, which re-opened its plan while streaming the task from
+    /// upstream, as a back-to-source peer, while the task has fewer than the limit
+    /// and has not found `id` bad. Its hashes are believed as an elected source's
+    /// are (and verified against the digest the same way). Ends a resume grace.
+    pub(crate) fn resume_source(&mut self, now: Instant, digest: &Digest, id: &PeerId) {
+        let limit = self.config.max_back_to_source;
+        let Some(task) = self.tasks.get_mut(digest) else {
+            return;
+        };
+        if task.back_to_source.len() >= limit
+            || task.back_to_source.contains_key(id)
+            || task.bad.contains(id)
+        {
+            return;
+        }
+        task.back_to_source.insert(id.clone(), now);
+        task.sources.insert(id.clone());
+        task.elect_after = None;
+        task.dirty = true;
+        if let Some(d) = task.downloads.get_mut(id) {
+            d.rerank = true;
+        }
+        self.stats.sources_resumed += 1;
+    }
+
+    /// Holds the back-to-source elections whose resume grace ended (see
+    /// [`PlanOpening`](shoal_proto::PlanOpening)).
+    pub(crate) fn elect_deferred(&mut self, now: Instant) {
+        let mut due: Vec<Digest> = Vec::new();
+        for (digest, task) in self.tasks.iter_mut() {
+            if task.elect_after.is_some_and(|t| t <= now) {
+                task.elect_after = None;
+                due.push(*digest);
+            }
+        }
+        due.sort();
+        for digest in due {
+            self.ensure_back_to_source(now, &digest);
+        }
+    }
+
+    /// Elects back-to-source peers while the task has fewer than the limit,
+    /// some piece is held by no peer, and someone is downloading it. Not during a
+    /// resume grace (see [`PlanOpening`](shoal_proto::PlanOpening)).
+    pub(crate) fn ensure_back_to_source(&mut self, now: Instant, digest: &Digest) {
+        let limit = self.config.max_back_to_source;
+        let Some(task) = self.tasks.get_mut(digest) else {
+            return;
+        };
+        if task.elect_after.is_some_and(|t| now < t) {
+            return;
+        }
+        let (peers, config) = (&self.peers, &self.config);
+        let offerable = |id: &PeerId| peers.get(id).is_some_and(|p| !p.quarantined(config));
+        while task.back_to_source.len() < limit && !task.swarm_holds_everything(offerable) {
+            // Sorted, so that a seed gives the same choice on every run.
+            let mut candidates: Vec<&PeerId> = task
+                .downloads
+                .keys()
+                .filter(|id| {
+                    !task.back_to_source.contains_key(*id)
+                        && !task.bad.contains(*id)
+                        && self.peers.contains_key(*id)
+                })
+                .collect();
+            candidates.sort();
+            let candidates = candidates.into_iter();
+            // Prefer peers that did not stall on this task (and are not
+            // quarantined), then those holding the most pieces (they fetch
+            // least from upstream), then random.
+            let best = candidates
+                .map(|id| {
+                    // A quarantined peer serves nobody: last resort too.
+                    let stalled = task.stalled.contains(id) || !offerable(id);
+                    let held = task.holdings.get(id).map_or(0, |h| h.pieces.count());
+                    ((stalled, std::cmp::Reverse(held)), id)
+                })
+                .fold(
+                    None::<((bool, std::cmp::Reverse<u32>), Vec<&PeerId>)>,
+                    |acc, (key, id)| match acc {
+                        Some((k, mut ids)) if k == key => {
+                            ids.push(id);
+                            Some((k, ids))
+                        }
+                        Some((k, ids)) if k < key => Some((k, ids)),
+                        _ => Some((key, vec![id])),
+                    },
+                );
+            let Some((_, ids)) = best else { break };
+            let chosen = ids
+                .into_iter()
+                .choose(&mut self.rng)
+                .expect("non-empty")
+                .clone();
+            task.back_to_source.insert(chosen.clone(), now);
+            task.sources.insert(chosen.clone());
+            task.elections += 1;
+            task.dirty = true;
+            if let Some(d) = task.downloads.get_mut(&chosen) {
+                d.rerank = true;
+            }
+            self.stats.back_to_source_elections += 1;
+        }
+    }
+
+    /// Replaces back-to-source peers that made no progress for too long.
+    pub(crate) fn replace_stalled_sources(&mut self, now: Instant) {
+        let stall = self.config.back_to_source_stall;
+        let mut touched = Vec::new();
+        for (digest, task) in self.tasks.iter_mut() {
+            let stalled: Vec<PeerId> = task
+                .back_to_source
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= stall)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in stalled {
+                task.back_to_source.remove(&id);
+                task.stalled.insert(id.clone());
+                if let Some(d) = task.downloads.get_mut(&id) {
+                    d.rerank = true;
+                }
+                task.dirty = true;
+                touched.push(*digest);
+            }
+        }
+        touched.sort();
+        for digest in touched {
+            self.stats.back_to_source_stalls += 1;
+            self.ensure_back_to_source(now, &digest);
+        }
+    }
+}
