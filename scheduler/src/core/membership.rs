@@ -129,8 +129,21 @@ impl Scheduler {
         peer.info = info;
         peer.lease_until = now + ttl;
         for t in held {
+            // A peer whose hashes for the task were disproved does not come back
+            // as its holder (nor bring its hashes) by re-joining.
+            if self.bad_memory.contains(now, &t.digest, &id)
+                || self
+                    .tasks
+                    .get(&t.digest)
+                    .is_some_and(|task| task.bad.contains(&id))
+            {
+                continue;
+            }
             peer.tasks.insert(t.digest);
-            let task = self.tasks.entry(t.digest).or_insert_with(|| Task::new(now));
+            let task = self
+                .tasks
+                .entry(t.digest)
+                .or_insert_with(|| Task::new(now, self.bad_memory.recall(now, &t.digest)));
             if task.shape.is_none() {
                 task.set_shape(TaskShape::for_size(t.size).expect("validated above"));
             }

@@ -24,6 +24,7 @@
 //! certificate; the core trusts that a report comes from the peer it names,
 //! and no further).
 
+mod bad_memory;
 mod election;
 mod error;
 mod membership;
@@ -261,7 +262,10 @@ pub(crate) struct Task {
     pub(crate) sources: HashSet<PeerId>,
     /// Peers replaced for stalling; elected again only when nobody else can be.
     pub(crate) stalled: HashSet<PeerId>,
-    /// Peers reported as having sent a bad piece of this task.
+    /// Peers whose piece hashes the blob's digest disproved: never elected,
+    /// never offered as parents, their reports refused. Starts from the
+    /// scheduler's [`bad_memory`](bad_memory::BadMemory) when the task is
+    /// created again after being forgotten.
     pub(crate) bad: HashSet<PeerId>,
     /// Back-to-source elections so far.
     pub(crate) elections: u32,
@@ -284,7 +288,7 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, bad: HashSet<PeerId>) -> Self {
         Task {
             shape: None,
             hashes: BTreeMap::new(),
@@ -295,7 +299,7 @@ impl Task {
             back_to_source: HashMap::new(),
             sources: HashSet::new(),
             stalled: HashSet::new(),
-            bad: HashSet::new(),
+            bad,
             elections: 0,
             upstream_bytes: 0,
             holder_epoch: 0,
@@ -428,6 +432,8 @@ pub struct Scheduler {
     /// rollout's burst), with the task's `holder_epoch` they were built at;
     /// emptied by every flush.
     pub(crate) burst_ranks: HashMap<Digest, (u64, rank::RankCache)>,
+    /// Peers found bad for a task, kept after the task is forgotten.
+    pub(crate) bad_memory: bad_memory::BadMemory,
     /// Test hook ([`Scheduler::set_test_panic_on_join`]).
     pub(crate) test_panic_on_join: Option<String>,
 }
@@ -482,6 +488,7 @@ impl Scheduler {
             next_plan: 1,
             effects: Vec::new(),
             burst_ranks: HashMap::new(),
+            bad_memory: bad_memory::BadMemory::default(),
             rng,
             stats: CoreStats::default(),
             slot_epoch: 0,

@@ -75,7 +75,10 @@ impl Scheduler {
         self.touch(now, id)?;
         let plan = PlanId(self.next_plan);
         self.next_plan += 1;
-        let task = self.tasks.entry(digest).or_insert_with(|| Task::new(now));
+        let task = self
+            .tasks
+            .entry(digest)
+            .or_insert_with(|| Task::new(now, self.bad_memory.recall(now, &digest)));
         if task.shape.is_none()
             && let Some(shape) = shape
         {

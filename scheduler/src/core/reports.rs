@@ -230,6 +230,9 @@ impl Scheduler {
         task.stalled.clear();
         task.back_to_source.clear();
         task.bad.extend(culprits.iter().cloned());
+        // The task is forgotten below once nobody holds it; its bad peers are not.
+        self.bad_memory
+            .remember(now, digest, culprits.iter().cloned());
         // Everyone whose pieces were checked against the wrong hashes.
         let mut partial: Vec<PeerId> = task
             .holdings

@@ -5,7 +5,9 @@ use std::time::Instant;
 use shoal_proto::Digest;
 
 use crate::core::test_support::{SIZE, id, info, parents_sent_to};
-use crate::core::{CoreConfig, ErrorKind, HeldTask, Ignored, PeerId, PieceDone, Scheduler};
+use crate::core::{
+    CoreConfig, ErrorKind, HeldTask, Ignored, PeerId, PieceDone, PlanOpening, Scheduler,
+};
 
 fn piece(index: u32, hash: u8) -> PieceDone {
     PieceDone {
@@ -88,6 +90,69 @@ fn a_digest_mismatch_discards_provisional_hashes_and_re_elects() {
             .iter()
             .any(|e| matches!(e, crate::core::Effect::ClosePlan { .. }))
     );
+    core.open_plan(now, &id(1), digest, SIZE).unwrap();
+    assert_eq!(core.back_to_source_of(&digest), vec![id(1)]);
+    assert_eq!(core.task(now, &digest).unwrap().known_hashes, 0);
+}
+
+/// The task is forgotten after a mismatch (nobody holds anything), but the
+/// source whose hashes were disproved stays bad for it: opening the next plan
+/// first, or re-opening one claiming to stream from upstream, does not make it
+/// the source again, and it is offered to nobody as a parent.
+#[test]
+fn a_source_whose_hashes_were_disproved_is_not_elected_when_the_task_comes_back() {
+    let (mut core, now, digest) = swarm();
+    core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
+        .unwrap();
+    assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
+    assert!(core.task(now, &digest).is_none(), "the task is forgotten");
+    core.open_plan(now, &id(0), digest, SIZE).unwrap();
+    assert!(
+        core.back_to_source_of(&digest).is_empty(),
+        "the culprit was elected again"
+    );
+    core.open_plan_with(now, &id(0), digest, SIZE, PlanOpening::reopen(true))
+        .unwrap();
+    assert!(
+        core.back_to_source_of(&digest).is_empty(),
+        "the culprit was counted as the source again"
+    );
+    core.open_plan(now, &id(1), digest, SIZE).unwrap();
+    assert_eq!(core.back_to_source_of(&digest), vec![id(1)]);
+    // Its reports are refused, and nobody is offered it as a parent.
+    let err = core
+        .report_pieces(now, &id(0), digest, &[piece(0, 7)])
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition);
+    core.open_plan(now, &id(2), digest, SIZE).unwrap();
+    core.flush();
+    core.drain_effects();
+    core.report_pieces(now, &id(1), digest, &[piece(0, 17)])
+        .unwrap();
+    core.flush();
+    let effects = core.drain_effects();
+    let offered_to_2 = parents_sent_to(&effects, &id(2)).expect("p2 planned");
+    assert!(offered_to_2.contains(&id(1)), "{offered_to_2:?}");
+    assert!(!offered_to_2.contains(&id(0)), "p2 was offered the culprit");
+    assert_eq!(core.bad_memory.len(), 1);
+}
+
+/// Nor does the culprit come back as a holder of the task, with its hashes, by
+/// re-joining with it (a peer that left and came back).
+#[test]
+fn a_source_whose_hashes_were_disproved_cannot_re_join_as_a_holder() {
+    let (mut core, now, digest) = swarm();
+    core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
+        .unwrap();
+    assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
+    core.leave(now, &id(0));
+    let held = HeldTask {
+        digest,
+        size: SIZE,
+        piece_hashes: vec![[7; 32], [8; 32]],
+    };
+    core.join(now, info(0), vec![held]).unwrap();
+    assert!(core.task(now, &digest).is_none(), "p0 holds the task again");
     core.open_plan(now, &id(1), digest, SIZE).unwrap();
     assert_eq!(core.back_to_source_of(&digest), vec![id(1)]);
     assert_eq!(core.task(now, &digest).unwrap().known_hashes, 0);
