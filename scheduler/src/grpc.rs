@@ -389,7 +389,7 @@ fn apply_event(
         }
         Event::Complete(c) => {
             let digest = convert::digest(&c.digest)?;
-            state.with_core(|core, now| core.task_complete(now, peer, digest).map(|()| None))
+            state.with_core(|core, now| core.task_complete(now, peer, digest))
         }
         Event::Evicted(e) => {
             let digest = convert::digest(&e.digest)?;

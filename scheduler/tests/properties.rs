@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use shoal_proto::Digest;
 use shoal_scheduler::core::{
-    CoreConfig, Effect, PeerId, PeerInfo, PieceDone, PlanOpening, Scheduler,
+    BAD_PEER_MEMORY, CoreConfig, Effect, PeerId, PeerInfo, PieceDone, PlanOpening, Scheduler,
 };
 
 const PEERS: u8 = 6;
@@ -34,6 +34,8 @@ enum Op {
     Complete(u8, u8),
     Evict(u8, u8),
     Bad(u8, u8, u8),
+    /// Peer p assembled task t and its digest did not match.
+    Mismatch(u8, u8),
     Leave(u8),
     Heartbeat(u8),
     Advance(u64),
@@ -54,6 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (p.clone(), t.clone()).prop_map(|(a, b)| Op::Complete(a, b)),
         1 => (p.clone(), t.clone()).prop_map(|(a, b)| Op::Evict(a, b)),
         1 => (p.clone(), t.clone(), p.clone()).prop_map(|(a, b, c)| Op::Bad(a, b, c)),
+        1 => (p.clone(), t.clone()).prop_map(|(a, b)| Op::Mismatch(a, b)),
         1 => p.clone().prop_map(Op::Leave),
         2 => p.prop_map(Op::Heartbeat),
         2 => (0u64..40).prop_map(Op::Advance),
@@ -154,6 +157,7 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
     let mut core = Scheduler::new(config);
     let mut now = Instant::now();
     let mut left = Vec::new();
+    let mut found_bad: Vec<(PeerId, u8, Instant)> = Vec::new();
     for op in ops {
         let before = format!("{core:?}");
         let result = match op {
@@ -191,9 +195,10 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
                 }
                 None => Ok(()),
             },
-            Op::Complete(p, t) => core.task_complete(now, &id(p), digest(t)),
+            Op::Complete(p, t) => core.task_complete(now, &id(p), digest(t)).map(|_| ()),
             Op::Evict(p, t) => core.task_evicted(now, &id(p), digest(t)),
             Op::Bad(c, t, p) => core.bad_parent(now, &id(c), digest(t), &id(p)).map(|_| ()),
+            Op::Mismatch(p, t) => core.digest_mismatch(now, &id(p), digest(t)).map(|_| ()),
             Op::Leave(p) => {
                 core.leave(now, &id(p));
                 left.push(id(p));
@@ -222,6 +227,28 @@ fn run(ops: Vec<Op>, k: usize) -> Result<(), TestCaseError> {
             && result.is_ok()
         {
             left.retain(|x| x != &id(p));
+        }
+        // Who a mismatch found bad stays bad for the task for the memory's time,
+        // though the task may be forgotten and opened again meanwhile.
+        if let Op::Mismatch(_, t) = op {
+            for p in 0..PEERS {
+                if core.is_bad_for(&id(p), &digest(t)) {
+                    found_bad.push((id(p), t, now));
+                }
+            }
+        }
+        found_bad.retain(|(_, _, at)| now < *at + BAD_PEER_MEMORY);
+        for (p, t, _) in &found_bad {
+            prop_assert!(
+                !core.back_to_source_of(&digest(*t)).contains(p),
+                "{} elected for a task whose hashes it was found to have lied about",
+                p
+            );
+            prop_assert!(
+                !core.is_offerable(p, &digest(*t)),
+                "{} offerable for a task it is bad for",
+                p
+            );
         }
         let effects = core.drain_effects();
         check(&core, &effects, k, &left)?;

@@ -77,7 +77,11 @@ pub fn apply_report(
                 .report_pieces(now, id, digest, &done)?
                 .map(|i| format!("{i:?}"));
         }
-        Report::Complete(digest) => sched.task_complete(now, id, digest)?,
+        Report::Complete(digest) => {
+            applied.ignored = sched
+                .task_complete(now, id, digest)?
+                .map(|i| format!("{i:?}"));
+        }
         Report::BadParent { digest, parent, .. } => {
             let parent = PeerId::parse(&parent).map_err(|e| CoreError {
                 kind: ErrorKind::InvalidArgument,

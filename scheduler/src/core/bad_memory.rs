@@ -19,7 +19,7 @@ use shoal_proto::Digest;
 use super::PeerId;
 
 /// How long a peer stays bad for a task after the mismatch that found it.
-pub(crate) const REMEMBER_FOR: Duration = Duration::from_secs(3600);
+pub const REMEMBER_FOR: Duration = Duration::from_secs(3600);
 /// Digests remembered at most; the one closest to expiry makes room.
 pub(crate) const MAX_DIGESTS: usize = 4096;
 /// Bad peers remembered per digest at most (later ones are not added).

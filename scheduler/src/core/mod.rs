@@ -45,6 +45,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use shoal_proto::{Digest, PieceSet, TaskShape};
 
+pub use bad_memory::REMEMBER_FOR as BAD_PEER_MEMORY;
 pub use error::{CoreError, ErrorKind};
 pub use operator::DropOrder;
 pub use overview::{OVERVIEW_HOLDERS, OVERVIEW_TASKS, Overview, TaskOverview};

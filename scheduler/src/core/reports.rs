@@ -64,6 +64,9 @@ impl Scheduler {
     ) -> Result<Option<Ignored>, CoreError> {
         self.live_peer(id)?;
         let task = self.task_of(id, &digest)?;
+        if task.bad.contains(id) {
+            return self.ignore_bad_reporter(now, id);
+        }
         let Some(shape) = task.shape else {
             return Err(CoreError::precondition(format!(
                 "task {digest} has no known size yet; the back-to-source peer sends TaskStarted first"
@@ -141,15 +144,19 @@ impl Scheduler {
     /// back-to-source duty (if any) ends and its parents are released.
     ///
     /// A completion from a peer that reported none of the task's hashes
-    /// confirms them: the blob they describe matched its digest.
+    /// confirms them: the blob they describe matched its digest. One from a
+    /// peer bad for the task is answered [`Ignored::ReporterBadForTask`].
     pub fn task_complete(
         &mut self,
         now: Instant,
         id: &PeerId,
         digest: Digest,
-    ) -> Result<(), CoreError> {
+    ) -> Result<Option<Ignored>, CoreError> {
         self.live_peer(id)?;
         let task = self.task_of(id, &digest)?;
+        if task.bad.contains(id) {
+            return self.ignore_bad_reporter(now, id);
+        }
         let Some(shape) = task.shape else {
             return Err(CoreError::precondition(format!(
                 "task {digest} has no known size; it cannot be complete"
@@ -184,7 +191,8 @@ impl Scheduler {
         if let Some(parents) = parents {
             self.release_parents(&parents);
         }
-        self.touch(now, id)
+        self.touch(now, id)?;
+        Ok(None)
     }
 
     /// The peer assembled the task from pieces that matched the scheduler's
@@ -211,6 +219,9 @@ impl Scheduler {
     ) -> Result<Option<Ignored>, CoreError> {
         self.live_peer(id)?;
         let task = self.task_of(id, &digest)?;
+        if task.bad.contains(id) {
+            return self.ignore_bad_reporter(now, id);
+        }
         // A reporter of the hashes retracts them (its upstream sent wrong bytes):
         // they are discarded the same way, and it is dropped from the task (it
         // deleted its copy) but not counted bad for it.
@@ -294,6 +305,9 @@ impl Scheduler {
     ) -> Result<Option<Ignored>, CoreError> {
         self.live_peer(child)?;
         let task = self.task_of(child, &digest)?;
+        if task.bad.contains(child) {
+            return self.ignore_bad_reporter(now, child);
+        }
         if child == parent {
             return Err(CoreError::invalid(
                 "a peer cannot report itself as a bad parent",
@@ -354,16 +368,22 @@ impl Scheduler {
         }
     }
 
+    /// Answers a report from a peer bad for its task: believed in nothing, but
+    /// the session goes on (the peer may still download the task as a child).
+    fn ignore_bad_reporter(
+        &mut self,
+        now: Instant,
+        id: &PeerId,
+    ) -> Result<Option<Ignored>, CoreError> {
+        self.touch(now, id)?;
+        Ok(Some(Ignored::ReporterBadForTask))
+    }
+
     /// The task, if it exists and `id` takes part in it.
     fn task_of(&self, id: &PeerId, digest: &Digest) -> Result<&Task, CoreError> {
         let task = self.tasks.get(digest).ok_or_else(|| {
             CoreError::not_found(format!("task {digest} is unknown to the scheduler"))
         })?;
-        if task.bad.contains(id) {
-            return Err(CoreError::precondition(format!(
-                "peer {id} was reported bad for task {digest}; its reports are ignored"
-            )));
-        }
         if !task.holdings.contains_key(id) {
             return Err(CoreError::precondition(format!(
                 "peer {id} reports on task {digest}, which it was never told to fetch (open a plan first)"

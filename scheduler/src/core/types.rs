@@ -187,6 +187,10 @@ pub enum Ignored {
     BadParentReporterSuspected,
     /// A digest-mismatch report for a task whose hashes are confirmed.
     MismatchAfterConfirmed,
+    /// A report on a task from a peer whose piece hashes for it were disproved
+    /// (a digest mismatch): it may still download the task from the swarm, but
+    /// what it says of the task is not believed.
+    ReporterBadForTask,
 }
 
 impl Ignored {
@@ -197,6 +201,7 @@ impl Ignored {
             Ignored::BadParentNotOffered => "bad_parent_not_offered",
             Ignored::BadParentReporterSuspected => "bad_parent_reporter_suspected",
             Ignored::MismatchAfterConfirmed => "mismatch_after_confirmed",
+            Ignored::ReporterBadForTask => "reporter_bad_for_task",
         }
     }
 }

@@ -330,6 +330,12 @@ impl Scheduler {
             && self.tasks.get(digest).is_some_and(|t| !t.bad.contains(id))
     }
 
+    /// Whether `id` is bad for `digest`: a digest mismatch disproved its piece
+    /// hashes (for invariant checks: it is never elected, nor offered).
+    pub fn is_bad_for(&self, id: &PeerId, digest: &Digest) -> bool {
+        self.tasks.get(digest).is_some_and(|t| t.bad.contains(id))
+    }
+
     /// Whether `child` reported `parent` bad for `digest` (for invariant
     /// checks: such a parent is never offered to it again).
     pub fn reported_by(&self, child: &PeerId, parent: &PeerId, digest: &Digest) -> bool {

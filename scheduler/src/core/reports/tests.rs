@@ -119,11 +119,18 @@ fn a_source_whose_hashes_were_disproved_is_not_elected_when_the_task_comes_back(
     );
     core.open_plan(now, &id(1), digest, SIZE).unwrap();
     assert_eq!(core.back_to_source_of(&digest), vec![id(1)]);
-    // Its reports are refused, and nobody is offered it as a parent.
-    let err = core
-        .report_pieces(now, &id(0), digest, &[piece(0, 7)])
-        .unwrap_err();
-    assert_eq!(err.kind, ErrorKind::FailedPrecondition);
+    // It may download the task, but what it says of it is not believed (and
+    // its session goes on: no error), and nobody is offered it as a parent.
+    for report in [
+        core.report_pieces(now, &id(0), digest, &[piece(0, 7)]),
+        core.task_complete(now, &id(0), digest),
+        core.bad_parent(now, &id(0), digest, &id(1)),
+        core.digest_mismatch(now, &id(0), digest),
+    ] {
+        assert_eq!(report.unwrap(), Some(Ignored::ReporterBadForTask));
+    }
+    assert_eq!(core.task(now, &digest).unwrap().known_hashes, 0);
+    assert_eq!(core.back_to_source_of(&digest), vec![id(1)]);
     core.open_plan(now, &id(2), digest, SIZE).unwrap();
     core.flush();
     core.drain_effects();
