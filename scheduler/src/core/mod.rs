@@ -264,7 +264,8 @@ pub(crate) struct Task {
     /// Peers replaced for stalling; elected again only when nobody else can be.
     pub(crate) stalled: HashSet<PeerId>,
     /// Peers whose piece hashes the blob's digest disproved: never elected,
-    /// never offered as parents, their reports refused. Starts from the
+    /// never offered as parents, their reports ignored (they may still
+    /// download the task as children). Starts from the
     /// scheduler's [`bad_memory`](bad_memory::BadMemory) when the task is
     /// created again after being forgotten.
     pub(crate) bad: HashSet<PeerId>,
