@@ -10,7 +10,9 @@
 //! Clients without a certificate, with one from another CA, with an expired one or
 //! speaking plain text are refused at the handshake. A panic in the scheduler ends its
 //! process; the peers keep serving from upstream and re-join the restarted scheduler.
-//! A rotated CA and serving certificate take effect without a restart.
+//! A rotated CA and serving certificate take effect without a restart. A source
+//! caught lying about a task's piece hashes is not elected for it again, even after
+//! the scheduler forgot the task.
 //! No duration is asserted; waits only bound a hang.
 
 use std::path::{Path, PathBuf};
@@ -470,6 +472,137 @@ async fn a_hostile_node_is_refused_and_changes_nothing_while_an_honest_swarm_pul
         hwm / 1024
     );
     assert!(hwm <= RSS_BOUND_KIB, "scheduler peak RSS {hwm} KiB");
+}
+
+/// A node elected source that lies about a task's piece hashes: an honest node
+/// assembles the blob, the digest disproves them (`DigestMismatch`), and the
+/// scheduler drops everyone from the task, so it forgets the task. The liar then
+/// opens the next plan first, claiming to stream from upstream: it is not made the
+/// source again, the honest node is elected, and the liar's further reports on the
+/// task are ignored without ending its session (it may still download the task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_caught_lying_about_hashes_is_not_elected_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    PeerProcess::tls_init(&tls).unwrap();
+    let sched = SchedulerProcess::start(dir.path(), &tls).await.unwrap();
+    let digest = format!("sha256:{:064x}", 0x5eed_u64);
+    let size = 4 * MIB as u64;
+    let pieces = shoal_proto::TaskShape::for_size(size)
+        .unwrap()
+        .piece_count();
+    let mut clients = Vec::new();
+    for node in ["mallory", "honest"] {
+        let cert = node_cert(&tls, dir.path(), node, None);
+        let mut c = dial(&sched, &tls, Some(&cert)).await.unwrap();
+        join(&mut c, node, Vec::new()).await.unwrap();
+        clients.push(c);
+    }
+    let (mut mallory, mut honest) = (clients.remove(0), clients.remove(0));
+    let back_to_source = || {
+        let (sched, digest) = (&sched, digest.clone());
+        async move {
+            sched
+                .task(&digest)
+                .await
+                .map(|t| t["back_to_source"].clone())
+        }
+    };
+    let lies = || {
+        vec![
+            v1::peer_event::Event::Started(v1::TaskStarted {
+                digest: digest.clone(),
+                size,
+            }),
+            v1::peer_event::Event::Pieces(v1::PieceReport {
+                digest: digest.clone(),
+                pieces: (0..pieces)
+                    .map(|index| v1::PieceDone {
+                        index,
+                        hash: vec![0xEE; 32],
+                    })
+                    .collect(),
+            }),
+        ]
+    };
+
+    // Mallory asks first, is elected, and reports made-up hashes.
+    plan_sized(&mut mallory, "mallory", &digest, size)
+        .await
+        .unwrap();
+    assert_eq!(back_to_source().await, Some(serde_json::json!(["mallory"])));
+    session(&mut mallory, "mallory", lies()).await.unwrap();
+    wait_for(
+        "the scheduler knows mallory's hashes",
+        || async {
+            sched
+                .task(&digest)
+                .await
+                .map(|t| t["known_hashes"].as_u64())
+        },
+        Some(Some(u64::from(pieces))),
+    )
+    .await;
+
+    // The honest node assembles the blob from them and it fails its digest.
+    plan_sized(&mut honest, "honest", &digest, size)
+        .await
+        .unwrap();
+    let mismatch = v1::peer_event::Event::DigestMismatch(v1::DigestMismatch {
+        digest: digest.clone(),
+    });
+    session(&mut honest, "honest", vec![mismatch])
+        .await
+        .unwrap();
+    wait_for("the task is forgotten", back_to_source, None).await;
+
+    // Mallory re-opens first, claiming to stream from upstream: not the source.
+    let mut updates = mallory
+        .plan(v1::PlanRequest {
+            peer_id: "mallory".into(),
+            digest: digest.clone(),
+            size,
+            resumed: true,
+            from_upstream: true,
+        })
+        .await
+        .expect("mallory may still download the blob")
+        .into_inner();
+    let first = updates.message().await.unwrap().expect("a first update");
+    assert!(!first.back_to_source, "mallory told to fetch from upstream");
+    tokio::spawn(async move { while let Ok(Some(_)) = updates.message().await {} });
+    assert_eq!(back_to_source().await, Some(serde_json::json!([])));
+    plan_sized(&mut honest, "honest", &digest, size)
+        .await
+        .unwrap();
+    // (A task that reaches the scheduler through a re-opened plan waits out the
+    // resume grace for its old source before electing; mallory is not that.)
+    wait_for(
+        "the honest node is elected",
+        back_to_source,
+        Some(serde_json::json!(["honest"])),
+    )
+    .await;
+
+    // Its lies are ignored now, and its session goes on.
+    let before = sched.metrics().await.unwrap();
+    let pieces_again = lies().split_off(1);
+    session(&mut mallory, "mallory", pieces_again)
+        .await
+        .expect("ignored reports do not end the session");
+    let task = sched.task(&digest).await.expect("the task");
+    assert_eq!(task["known_hashes"], 0, "{task}");
+    assert_eq!(
+        task["back_to_source"],
+        serde_json::json!(["honest"]),
+        "{task}"
+    );
+    let key = "shoal_scheduler_refused_total{reason=\"reporter_bad_for_task\"}";
+    let after = sched.metrics().await.unwrap();
+    assert!(
+        metric(&after, key) > metric(&before, key),
+        "the ignored reports were not counted: {after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
