@@ -84,9 +84,14 @@ impl Scheduler {
         {
             task.set_shape(shape);
         }
-        if opening.resumed && task.downloads.is_empty() && task.back_to_source.is_empty() {
+        if opening.resumed
+            && task.downloads.is_empty()
+            && task.back_to_source.is_empty()
+            && !task.bad.contains(id)
+        {
             // Nobody here runs the task: its downloads are moving over from a
-            // replica that left. Wait for the one streaming from upstream.
+            // replica that left. Wait for the one streaming from upstream (not
+            // for a peer bad for the task: it will not be counted as its source).
             task.elect_after = Some(now + self.config.resume_grace);
             self.stats.elections_deferred += 1;
         }

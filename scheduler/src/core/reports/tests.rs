@@ -144,6 +144,21 @@ fn a_source_whose_hashes_were_disproved_is_not_elected_when_the_task_comes_back(
     assert_eq!(core.bad_memory.len(), 1);
 }
 
+/// Re-opening first as if its replica had left does not put off the election
+/// either (the resume grace waits for an old source; the culprit cannot be one).
+#[test]
+fn a_source_whose_hashes_were_disproved_cannot_put_off_the_election() {
+    let (mut core, now, digest) = swarm();
+    core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
+        .unwrap();
+    assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
+    core.open_plan_with(now, &id(0), digest, SIZE, PlanOpening::reopen(true))
+        .unwrap();
+    core.open_plan(now, &id(1), digest, SIZE).unwrap();
+    assert_eq!(core.back_to_source_of(&digest), vec![id(1)]);
+    assert_eq!(core.stats().elections_deferred, 0);
+}
+
 /// Nor does the culprit come back as a holder of the task, with its hashes, by
 /// re-joining with it (a peer that left and came back).
 #[test]
