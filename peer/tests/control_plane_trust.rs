@@ -587,6 +587,7 @@ async fn a_source_caught_lying_about_hashes_is_not_elected_again() {
         .expect("ignored reports do not end the session");
     let task = sched.task(&digest).await.expect("the task");
     assert_eq!(task["known_hashes"], 0, "{task}");
+    assert_eq!(task["bad_peers"], serde_json::json!(["mallory"]), "{task}");
     assert_eq!(
         task["back_to_source"],
         serde_json::json!(["honest"]),

@@ -150,6 +150,9 @@ pub struct TaskDetail {
     pub known_hashes: u32,
     /// Every peer taking part, sorted by id.
     pub holders: Vec<HolderView>,
+    /// Peers whose piece hashes for the task a digest mismatch disproved,
+    /// sorted: never elected or offered for it, their reports ignored.
+    pub bad_peers: Vec<String>,
 }
 
 impl Scheduler {
@@ -219,10 +222,13 @@ impl Scheduler {
             })
             .collect();
         holders.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let mut bad_peers: Vec<String> = task.bad.iter().map(PeerId::to_string).collect();
+        bad_peers.sort();
         Some(TaskDetail {
             summary,
             known_hashes: task.known_hashes(),
             holders,
+            bad_peers,
         })
     }
 

@@ -62,6 +62,8 @@ pub(crate) struct TaskDetail {
     known_hashes: u32,
     #[serde(default)]
     holders: Vec<Holder>,
+    #[serde(default)]
+    bad_peers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +189,7 @@ pub(crate) fn task(detail: &TaskDetail) -> String {
         ("Downloading:", peer_count(s.downloading)),
         ("Back-to-source:", list_or_dash(&s.back_to_source)),
         ("Elections:", s.elections.to_string()),
+        ("Bad for it:", list_or_dash(&detail.bad_peers)),
         ("Age:", human_duration(s.age_secs)),
     ];
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
@@ -280,6 +283,7 @@ mod tests {
             "digest": format!("sha256:{}", "ab".repeat(32)),
             "size": 8400497, "pieces": 3, "complete_holders": 1, "downloading": 1,
             "back_to_source": ["p1"], "elections": 1, "age_secs": 65, "known_hashes": 3,
+            "bad_peers": ["p9"],
             "holders": [
                 {"peer": "p0", "pieces": 3, "complete": true, "downloading": false, "back_to_source": false, "parents": []},
                 {"peer": "p2", "pieces": 1, "complete": false, "downloading": true, "back_to_source": false, "parents": ["p0", "p1"]}
@@ -296,6 +300,7 @@ mod tests {
             text.contains("Size:            8.0 MiB (8400497 bytes)\n"),
             "{text}"
         );
+        assert!(text.contains("\nBad for it:      p9\n"), "{text}");
         assert!(text.contains("\nPEER   PIECES   COMPLETE"), "{text}");
         assert!(
             text.contains("\np2        1/3   no         yes           no               p0,p1\n"),

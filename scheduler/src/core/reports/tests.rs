@@ -107,6 +107,7 @@ fn a_source_whose_hashes_were_disproved_is_not_elected_when_the_task_comes_back(
     assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
     assert!(core.task(now, &digest).is_none(), "the task is forgotten");
     core.open_plan(now, &id(0), digest, SIZE).unwrap();
+    assert_eq!(core.task(now, &digest).unwrap().bad_peers, vec!["p0"]);
     assert!(
         core.back_to_source_of(&digest).is_empty(),
         "the culprit was elected again"
