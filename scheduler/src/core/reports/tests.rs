@@ -95,16 +95,23 @@ fn a_digest_mismatch_discards_provisional_hashes_and_re_elects() {
     assert_eq!(core.task(now, &digest).unwrap().known_hashes, 0);
 }
 
+/// The swarm, after p0 (its source) reported piece hashes that p1's assembled
+/// blob disproved: p0 is bad for the task, and the task is forgotten.
+fn caught_lying() -> (Scheduler, Instant, Digest) {
+    let (mut core, now, digest) = swarm();
+    core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
+        .unwrap();
+    assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
+    (core, now, digest)
+}
+
 /// The task is forgotten after a mismatch (nobody holds anything), but the
 /// source whose hashes were disproved stays bad for it: opening the next plan
 /// first, or re-opening one claiming to stream from upstream, does not make it
 /// the source again, and it is offered to nobody as a parent.
 #[test]
 fn a_source_whose_hashes_were_disproved_is_not_elected_when_the_task_comes_back() {
-    let (mut core, now, digest) = swarm();
-    core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
-        .unwrap();
-    assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
+    let (mut core, now, digest) = caught_lying();
     assert!(core.task(now, &digest).is_none(), "the task is forgotten");
     core.open_plan(now, &id(0), digest, SIZE).unwrap();
     assert_eq!(core.task(now, &digest).unwrap().bad_peers, vec!["p0"]);
@@ -149,10 +156,7 @@ fn a_source_whose_hashes_were_disproved_is_not_elected_when_the_task_comes_back(
 /// either (the resume grace waits for an old source; the culprit cannot be one).
 #[test]
 fn a_source_whose_hashes_were_disproved_cannot_put_off_the_election() {
-    let (mut core, now, digest) = swarm();
-    core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
-        .unwrap();
-    assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
+    let (mut core, now, digest) = caught_lying();
     core.open_plan_with(now, &id(0), digest, SIZE, PlanOpening::reopen(true))
         .unwrap();
     core.open_plan(now, &id(1), digest, SIZE).unwrap();
@@ -164,10 +168,7 @@ fn a_source_whose_hashes_were_disproved_cannot_put_off_the_election() {
 /// re-joining with it (a peer that left and came back).
 #[test]
 fn a_source_whose_hashes_were_disproved_cannot_re_join_as_a_holder() {
-    let (mut core, now, digest) = swarm();
-    core.report_pieces(now, &id(0), digest, &[piece(0, 7), piece(1, 8)])
-        .unwrap();
-    assert_eq!(core.digest_mismatch(now, &id(1), digest).unwrap(), None);
+    let (mut core, now, digest) = caught_lying();
     core.leave(now, &id(0));
     let held = HeldTask {
         digest,
