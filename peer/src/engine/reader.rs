@@ -55,6 +55,11 @@ fn next(p: &Progress, offset: u64) -> Next {
             Next::Wait
         }
         Some(i) if p.have.contains(i) => Next::Piece(i),
+        // Complete, yet the piece is not readable: it will not come (it was lost
+        // after the download ended). End the body; the client resumes with a Range.
+        Some(i) if matches!(p.state, DownloadState::Complete) => {
+            Next::Fail(EngineError::PieceGone(i))
+        }
         Some(_) => Next::Wait,
     }
 }
@@ -147,5 +152,44 @@ impl Download {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_proto::{PieceSet, TaskShape};
+
+    use super::*;
+
+    fn progress(state: DownloadState, have: &[u32]) -> Progress {
+        let shape = TaskShape::for_size(8 << 20).unwrap();
+        let mut set = PieceSet::new(shape.piece_count());
+        for &i in have {
+            set.insert(i);
+        }
+        Progress {
+            shape: Some(shape),
+            have: set,
+            state,
+            settled: false,
+        }
+    }
+
+    /// A reader never waits for a piece a complete download does not have: it
+    /// would wait for ever (the driver is done). Found in CI: a complete blob one
+    /// of whose pieces was dropped at that moment for damage at rest.
+    #[test]
+    fn a_piece_missing_from_a_complete_download_fails_the_reader_instead_of_waiting() {
+        let shape = TaskShape::for_size(8 << 20).unwrap();
+        let third = shape.piece_range(2).unwrap().start;
+        let p = progress(DownloadState::Complete, &[0, 1]);
+        assert!(matches!(next(&p, 0), Next::Piece(0)));
+        assert!(matches!(
+            next(&p, third),
+            Next::Fail(EngineError::PieceGone(2))
+        ));
+        // While the download runs, a missing piece is waited for.
+        let p = progress(DownloadState::Running, &[0, 1]);
+        assert!(matches!(next(&p, third), Next::Wait));
     }
 }

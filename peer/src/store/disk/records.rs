@@ -215,12 +215,19 @@ impl DiskStore {
             Some(v) => record::decode_access(&v).0,
             None => 0,
         };
+        let pieces = self.bitmap(digest, &shape)?;
         Ok(TaskMeta {
             digest: *digest,
             shape,
             hashes: self.known_hashes(digest, &shape)?,
-            pieces: self.bitmap(digest, &shape)?,
-            complete: header.complete,
+            // The header and the bitmap are two records: a piece dropped at this
+            // moment (damaged at rest, found by another reader or the scrub) may be
+            // out of the bitmap while the header still says complete. Complete is
+            // never claimed with a piece missing (a download that believed it
+            // served the blob from the store, and its reader waited for that
+            // piece for ever: seen once in CI).
+            complete: header.complete && pieces.is_full(),
+            pieces,
             media_type: header.media_type,
             last_access,
         })
