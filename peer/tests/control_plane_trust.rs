@@ -66,6 +66,14 @@ async fn dial(
         .max_encoding_message_size(64 * MIB))
 }
 
+/// A cluster CA in `dir/tls` and a scheduler serving with it.
+async fn scheduler(dir: &Path) -> (PathBuf, SchedulerProcess) {
+    let tls = dir.join("tls");
+    PeerProcess::tls_init(&tls).unwrap();
+    let sched = SchedulerProcess::start(dir, &tls).await.unwrap();
+    (tls, sched)
+}
+
 /// Issues a node certificate for `node` from the CA in `ca` into `dir/<node>`.
 fn node_cert(ca: &Path, dir: &Path, node: &str, leaf: Option<Leaf>) -> PathBuf {
     let out = dir.join(format!("client-{node}"));
@@ -249,9 +257,7 @@ async fn a_hostile_node_is_refused_and_changes_nothing_while_an_honest_swarm_pul
     let upstream = CountingUpstream::start(REPO, &digest, data, Duration::from_millis(20))
         .await
         .unwrap();
-    let tls = dir.path().join("tls");
-    PeerProcess::tls_init(&tls).unwrap();
-    let sched = SchedulerProcess::start(dir.path(), &tls).await.unwrap();
+    let (tls, sched) = scheduler(dir.path()).await;
     let opts = PeerOptions {
         scheduler: Some(sched.grpc_url()),
         default_upstream: Some(upstream.url()),
@@ -483,9 +489,7 @@ async fn a_hostile_node_is_refused_and_changes_nothing_while_an_honest_swarm_pul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_caught_lying_about_hashes_is_not_elected_again() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    PeerProcess::tls_init(&tls).unwrap();
-    let sched = SchedulerProcess::start(dir.path(), &tls).await.unwrap();
+    let (tls, sched) = scheduler(dir.path()).await;
     let digest = format!("sha256:{:064x}", 0x5eed_u64);
     let size = 4 * MIB as u64;
     let pieces = shoal_proto::TaskShape::for_size(size)
@@ -604,9 +608,7 @@ async fn a_source_caught_lying_about_hashes_is_not_elected_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_valid_certificate_are_refused_at_the_handshake() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    PeerProcess::tls_init(&tls).unwrap();
-    let sched = SchedulerProcess::start(dir.path(), &tls).await.unwrap();
+    let (tls, sched) = scheduler(dir.path()).await;
 
     // Handshake refusals surface at connect or at the first call, depending on the
     // TLS version's message order: either way nothing gets through.

@@ -39,6 +39,31 @@ fn sha(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// Stores task `digest(n)` of shape `s` complete: its piece hashes, every piece
+/// (seeded by `n`), the mark.
+fn store_complete(store: &DiskStore, n: u8, s: &TaskShape) {
+    store.open(digest(n), *s).unwrap();
+    let hashes: Vec<_> = (0..s.piece_count())
+        .map(|i| (i, sha(&piece(n, s, i))))
+        .collect();
+    store.set_hashes(&digest(n), &hashes).unwrap();
+    for i in 0..s.piece_count() {
+        store.write_piece(&digest(n), i, &piece(n, s, i)).unwrap();
+    }
+    store.mark_complete(&digest(n)).unwrap();
+}
+
+/// Overwrites `bytes` at `offset` of `d`'s blob file under the data dir `dir`, as a
+/// disk rotting while the store is closed.
+fn rot(dir: &std::path::Path, d: &Digest, offset: u64, bytes: &[u8]) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("blobs/sha256").join(d.hex()))
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
+}
+
 fn disk(config: StoreConfig) -> (tempfile::TempDir, DiskStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = DiskStore::open(dir.path(), config).unwrap();
@@ -433,12 +458,7 @@ fn damage_at_rest_is_caught_on_first_read_and_the_piece_dropped() {
         // Written in this life: read back without a second check.
         assert!(store.read_piece(&unhashed, 0).unwrap().is_some());
     }
-    let blobs = dir.path().join("blobs/sha256");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(blobs.join(d.hex()))
-        .unwrap();
-    f.write_all_at(b"flipped!", PIECE + 100).unwrap();
+    rot(dir.path(), &d, PIECE + 100, b"flipped!");
 
     let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
     assert!(store.meta(&d).unwrap().unwrap().complete);
@@ -812,20 +832,10 @@ async fn the_scrub_finds_damage_at_rest_before_a_request_does() {
     {
         let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
         for n in [40, 41] {
-            store.open(digest(n), s).unwrap();
-            let hashes: Vec<_> = (0..3).map(|i| (i, sha(&piece(n, &s, i)))).collect();
-            store.set_hashes(&digest(n), &hashes).unwrap();
-            for i in 0..3 {
-                store.write_piece(&digest(n), i, &piece(n, &s, i)).unwrap();
-            }
-            store.mark_complete(&digest(n)).unwrap();
+            store_complete(&store, n, &s);
         }
     }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.path().join("blobs/sha256").join(digest(41).hex()))
-        .unwrap();
-    f.write_all_at(b"rot", 2 * PIECE + 9).unwrap();
+    rot(dir.path(), &digest(41), 2 * PIECE + 9, b"rot");
     let store: Arc<dyn PieceStore> =
         Arc::new(DiskStore::open(dir.path(), StoreConfig::default()).unwrap());
     // No scheduler: the link never connects, reports are dropped.
@@ -856,21 +866,12 @@ fn meta_never_claims_complete_while_a_dropped_piece_is_missing() {
         let dir = tempfile::tempdir().unwrap();
         let s = shape(8 * PIECE);
         let d = digest(50);
-        {
-            let store = DiskStore::open(dir.path(), StoreConfig::default()).unwrap();
-            store.open(d, s).unwrap();
-            let hashes: Vec<_> = (0..8).map(|i| (i, sha(&piece(50, &s, i)))).collect();
-            store.set_hashes(&d, &hashes).unwrap();
-            for i in 0..8 {
-                store.write_piece(&d, i, &piece(50, &s, i)).unwrap();
-            }
-            store.mark_complete(&d).unwrap();
-        }
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.path().join("blobs/sha256").join(d.hex()))
-            .unwrap();
-        f.write_all_at(b"rot", 2 * PIECE + 9).unwrap();
+        store_complete(
+            &DiskStore::open(dir.path(), StoreConfig::default()).unwrap(),
+            50,
+            &s,
+        );
+        rot(dir.path(), &d, 2 * PIECE + 9, b"rot");
         let store = Arc::new(DiskStore::open(dir.path(), StoreConfig::default()).unwrap());
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
