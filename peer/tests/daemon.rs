@@ -32,15 +32,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
+    shoal_tests::free_udp_port().unwrap()
 }
 
 fn free_tcp() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    ([127, 0, 0, 1], shoal_tests::free_port().unwrap()).into()
 }
 
 /// Writes a complete blob of 2 pieces (the second half as long) into a fresh

@@ -32,9 +32,7 @@ use shoal_proto::v1;
 use shoal_proto::v1::certificate_issuer_client::CertificateIssuerClient;
 use shoal_proto::v1::scheduler_client::SchedulerClient;
 use shoal_tests::kube::{BoundToken, FakeKubeApi, FakePod};
-use shoal_tests::swarm::{
-    PeerOptions, PeerProcess, SchedulerProcess, free_udp_port, pull_blob, workspace_bin,
-};
+use shoal_tests::swarm::{PeerOptions, PeerProcess, SchedulerProcess, pull_blob, workspace_bin};
 use shoal_tests::upstream::CountingUpstream;
 use shoal_tests::{blob, free_port};
 use tonic::Code;
@@ -529,7 +527,7 @@ async fn a_csr_for_another_node_cannot_join_as_that_node() {
     let args = opts
         .run_args(
             "node-a",
-            &format!("127.0.0.1:{}", free_udp_port().unwrap()),
+            &format!("127.0.0.1:{}", shoal_tests::free_udp_port().unwrap()),
             &format!("127.0.0.1:{}", free_port().unwrap()),
             &format!("127.0.0.1:{}", free_port().unwrap()),
             &data.join("data"),

@@ -109,7 +109,33 @@ pub fn is_root() -> bool {
 
 /// A free TCP port on 127.0.0.1 (free when this returns; the caller binds it next).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    unhanded(|| Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()))
+}
+
+/// A free UDP port on 127.0.0.1 (free when this returns; the caller binds it next).
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    unhanded(|| {
+        Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    })
+}
+
+/// A port from `probe` that this process has not handed out before. The kernel may
+/// give the same ephemeral port to two probes in a row once the first socket is closed
+/// (CI once saw a scheduler's gRPC and HTTP ports come out equal), so every port handed
+/// out is remembered for the life of the test process.
+fn unhanded(mut probe: impl FnMut() -> anyhow::Result<u16>) -> anyhow::Result<u16> {
+    static HANDED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let port = probe()?;
+        let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed.contains(&port) {
+            handed.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no port this process has not handed out already, after 1000 probes")
 }
 
 /// Polls `ready` until it returns true; fails after `limit` (a bound on a hang, not a

@@ -50,13 +50,6 @@ pub fn tls_issue(ca_dir: &Path, out: &Path, what: &[&str]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// A free UDP port on 127.0.0.1.
-pub fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log)?;
     Command::new(bin)
@@ -502,7 +495,7 @@ impl PeerProcess {
         std::fs::create_dir_all(&data)?;
         let mirror: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
-        let quic = format!("127.0.0.1:{}", free_udp_port()?);
+        let quic = format!("127.0.0.1:{}", crate::free_udp_port()?);
         let args = o.run_args(
             name,
             &quic,
