@@ -15,8 +15,12 @@
 //! Not modelled: CPU (hashing, TLS, copies), disk, congestion control (slow start,
 //! loss, Cubic's sawtooth: a flow gets its fair share at once), QUIC flow-control
 //! windows, the latency between peers and the scheduler (reports and plans reach
-//! the other side within the step), the time between time steps (events are handled
-//! at the step they fall in).
+//! the other side within the step), the time between time steps: flows start and
+//! end on step boundaries, so a flow that ends within a step leaves its share of the
+//! links unused for the rest of it, a cost of up to a step per piece that a finer
+//! step removes (`docs/benchmarks.md`, "The model's time step"). The messages a
+//! step's polls send, and the polls their answers wake, are handled within the step,
+//! as a latency far below it allows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -39,6 +43,9 @@ mod progress;
 
 /// The driver's tick (`peer/src/engine/driver.rs`, `TICK`).
 pub const DRIVER_TICK: Duration = Duration::from_millis(200);
+/// At most this many rounds of messages and polls within one step (a bound on a
+/// chain of `BUSY` answers and requests elsewhere).
+const IN_STEP_ROUNDS: usize = 16;
 /// How often a node heartbeats the scheduler here (well within its peer TTL).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -242,7 +249,7 @@ impl Swarm {
         let mut next_heartbeat = HEARTBEAT;
         let mut left = self.nodes.len();
         while left > 0 && self.t < self.cfg.max_time {
-            self.handle_messages();
+            self.handle_messages(self.t);
             if self.t >= next_heartbeat {
                 next_heartbeat += HEARTBEAT;
                 let now = self.now();
@@ -262,11 +269,17 @@ impl Swarm {
                 self.sched.flush();
                 self.deliver();
             }
-            for n in 0..self.nodes.len() {
-                let node = &self.nodes[n];
-                if node.done_at.is_none() && (node.wake || self.t >= node.next_poll) {
-                    self.poll(n);
+            self.poll_due();
+            // What the polls set off within the step: a request reaches its parent,
+            // which serves it or answers `BUSY`, and the child asks elsewhere. With
+            // a latency far below the step these exchanges take no step of their
+            // own (before, each took one: see "The model's time step" in
+            // docs/benchmarks.md).
+            for _ in 0..IN_STEP_ROUNDS {
+                if !self.handle_messages(self.t + self.cfg.step - Duration::from_nanos(1)) {
+                    break;
                 }
+                self.poll_due();
             }
             self.advance_flows();
             self.t += self.cfg.step;
@@ -291,6 +304,16 @@ impl Swarm {
             elapsed: self.t,
             refused_reports: self.refused_reports,
             pieces: self.shape.piece_count(),
+        }
+    }
+
+    /// Polls every node that is due: woken, or its next poll has come.
+    fn poll_due(&mut self) {
+        for n in 0..self.nodes.len() {
+            let node = &self.nodes[n];
+            if node.done_at.is_none() && (node.wake || self.t >= node.next_poll) {
+                self.poll(n);
+            }
         }
     }
 
@@ -407,12 +430,15 @@ impl Swarm {
         }
     }
 
-    fn handle_messages(&mut self) {
+    /// Handles the messages due at or before `until`; false when there were none.
+    fn handle_messages(&mut self, until: Duration) -> bool {
         let lat = self.cfg.latency;
+        let mut handled = false;
         while let Some(entry) = self.msgs.first_entry() {
-            if entry.key().0 > self.t {
-                return;
+            if entry.key().0 > until {
+                return handled;
             }
+            handled = true;
             let msg = entry.remove();
             let now = self.now();
             match msg {
@@ -479,6 +505,7 @@ impl Swarm {
                 }
             }
         }
+        handled
     }
 
     fn start_upload(&mut self, parent: usize, req: Request) {
