@@ -162,6 +162,12 @@ impl Swarm {
         for &n in &by_rate[..slow.min(cfg.peers)] {
             rates[n] = cfg.rate * cfg.slow_factor;
         }
+        if cfg.full_rate_source
+            && let Some(at) = order.iter().position(|&n| rates[n] >= cfg.rate)
+        {
+            let first = order.remove(at);
+            order.insert(0, first);
+        }
         let start = Instant::now();
         let digest = Digest::from_sha256([7; 32]);
         let mut nodes = Vec::with_capacity(cfg.peers);

@@ -88,3 +88,28 @@ fn a_request_and_its_answer_fit_within_a_step() {
         f.max_ratio
     );
 }
+
+/// The `--full-rate-source` model variant elects a full-rate node whatever the
+/// join order: with half the nodes slow, some seed elects a slow one without it.
+#[test]
+fn the_full_rate_source_variant_elects_a_full_rate_node() {
+    let run = |seed, full_rate_source| {
+        let cfg = Config {
+            peers: 8,
+            size: 8 << 20,
+            slow_fraction: 0.5,
+            full_rate_source,
+            seed,
+            ..Config::default()
+        };
+        Figures::of(&Swarm::new(cfg).unwrap().run(), 8 << 20).source_rate
+    };
+    let seeds = 1..=8;
+    assert!(
+        seeds.clone().any(|seed| run(seed, false) < 1.0),
+        "no seed elected a slow source: the test shows nothing"
+    );
+    for seed in seeds {
+        assert_eq!(run(seed, true), 1.0, "seed {seed}");
+    }
+}

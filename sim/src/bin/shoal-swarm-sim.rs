@@ -88,6 +88,11 @@ struct Args {
     /// busy the uplinks are, and the pieces the source and the others hold.
     #[arg(long)]
     progress: bool,
+    /// Model variant (a prediction, not what the code does): the node elected
+    /// back-to-source (the first to open its plan) is a full-rate one, as an
+    /// election that knew link rates would choose.
+    #[arg(long)]
+    full_rate_source: bool,
     /// Seed: same seed and flags, same output.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -187,6 +192,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         },
         upload_slots: a.slots,
         progress: a.progress,
+        full_rate_source: a.full_rate_source,
         planner: PlannerConfig {
             window: a.window,
             busy_backoff: a.busy_backoff,
@@ -201,6 +207,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
         ..Config::default()
     };
     println!("{cfg:?}");
+    if cfg.full_rate_source {
+        println!("MODEL VARIANT (a prediction, not what the code does): a full-rate source");
+    }
     if cfg.policy != Policy::Busy {
         println!(
             "MODEL VARIANT (a prediction, not what the code does): {:?}",
