@@ -19,6 +19,23 @@ fn config(seed: u64) -> Config {
     }
 }
 
+/// The figures of a run of `cfg`.
+fn figures(cfg: Config) -> Figures {
+    let size = cfg.size;
+    Figures::of(&Swarm::new(cfg).unwrap().run(), size)
+}
+
+/// A 64 MiB blob pulled by `peers` nodes at a time step of `step_ms`, seed 1.
+fn small(peers: usize, step_ms: u64) -> Config {
+    Config {
+        peers,
+        size: 64 << 20,
+        step: Duration::from_millis(step_ms),
+        seed: 1,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn fifty_nodes_complete_with_one_upstream_copy_deterministically() {
     let a = Swarm::new(config(7)).unwrap().run();
@@ -50,14 +67,7 @@ fn fifty_nodes_complete_with_one_upstream_copy_deterministically() {
 #[test]
 fn a_node_alone_streams_upstream_at_its_line_rate_whatever_the_step() {
     for step_ms in [1, 5, 10, 20] {
-        let cfg = Config {
-            peers: 1,
-            size: 64 << 20,
-            step: Duration::from_millis(step_ms),
-            seed: 1,
-            ..Config::default()
-        };
-        let f = Figures::of(&Swarm::new(cfg).unwrap().run(), 64 << 20);
+        let f = figures(small(1, step_ms));
         assert!(
             f.source_ratio < 1.01,
             "step {step_ms} ms: the lone node took {:.3} × its line rate",
@@ -74,14 +84,7 @@ fn a_node_alone_streams_upstream_at_its_line_rate_whatever_the_step() {
 /// Simulated time, not wall time.
 #[test]
 fn a_request_and_its_answer_fit_within_a_step() {
-    let cfg = Config {
-        peers: 2,
-        size: 64 << 20,
-        step: Duration::from_millis(5),
-        seed: 1,
-        ..Config::default()
-    };
-    let f = Figures::of(&Swarm::new(cfg).unwrap().run(), 64 << 20);
+    let f = figures(small(2, 5));
     assert!(
         f.max_ratio < 1.12,
         "the child took {:.3} × its line rate",
@@ -94,15 +97,15 @@ fn a_request_and_its_answer_fit_within_a_step() {
 #[test]
 fn the_full_rate_source_variant_elects_a_full_rate_node() {
     let run = |seed, full_rate_source| {
-        let cfg = Config {
+        figures(Config {
             peers: 8,
             size: 8 << 20,
             slow_fraction: 0.5,
             full_rate_source,
             seed,
             ..Config::default()
-        };
-        Figures::of(&Swarm::new(cfg).unwrap().run(), 8 << 20).source_rate
+        })
+        .source_rate
     };
     let seeds = 1..=8;
     assert!(
