@@ -187,12 +187,37 @@ impl Registry {
 
     /// Starts a registry with `options`, its config and log under `dir`, and waits until
     /// it accepts connections.
+    ///
+    /// On 127.0.0.1 a registry that exits before it listens (its port, free when it
+    /// was chosen, taken by another process since) is started again on another port,
+    /// up to three times.
     pub fn start_with(dir: &Path, options: &RegistryOptions) -> anyhow::Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let addr: SocketAddr = match &options.netns {
+                Some(n) => n.listen,
+                None => format!("127.0.0.1:{}", crate::free_port()?).parse()?,
+            };
+            match Self::start_on(dir, options, addr)? {
+                Some(registry) => return Ok(registry),
+                None if options.netns.is_none() && attempt < 3 => continue,
+                None => anyhow::bail!(
+                    "docker-registry exited before it listened on {addr}; log:\n{}",
+                    crate::read_log(&dir.join("registry.log"))
+                ),
+            }
+        }
+    }
+
+    /// [`start_with`](Self::start_with) on `addr`; `None` when the registry exited
+    /// before it listened.
+    fn start_on(
+        dir: &Path,
+        options: &RegistryOptions,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Option<Self>> {
         std::fs::create_dir_all(dir)?;
-        let addr: SocketAddr = match &options.netns {
-            Some(n) => n.listen,
-            None => format!("127.0.0.1:{}", crate::free_port()?).parse()?,
-        };
         let config = dir.join("config.yml");
         let data = options.storage.clone().unwrap_or_else(|| dir.join("data"));
         // Quoted: an IPv6 address ([fd00::2]:5000) would read as a YAML list.
@@ -237,25 +262,28 @@ impl Registry {
             .stderr(out)
             .spawn()
             .context("starting docker-registry")?;
-        let registry = Registry {
+        let mut registry = Registry {
             child,
             addr,
             log,
             data,
             tls: options.tls.is_some(),
         };
-        // A registry in a namespace cannot be reached from here: its log says when
-        // it listens.
+        // Its log says when it listens; a connection alone could reach another
+        // process that took the port. A registry in a namespace cannot be reached
+        // from here at all.
         let in_netns = options.netns.is_some();
+        let mut exited = false;
         crate::wait_until("docker-registry", Duration::from_secs(30), || {
-            if in_netns {
-                crate::read_log(&registry.log).contains("listening on")
-            } else {
-                crate::accepts(addr)
+            if registry.child.try_wait().ok().flatten().is_some() {
+                exited = true;
+                return true;
             }
+            crate::read_log(&registry.log).contains("listening on")
+                && (in_netns || crate::accepts(addr))
         })
         .with_context(|| format!("registry log:\n{}", crate::read_log(&registry.log)))?;
-        Ok(registry)
+        Ok((!exited).then_some(registry))
     }
 
     /// `127.0.0.1:PORT`.
