@@ -90,6 +90,7 @@ fn link(url: String, id: &str, addr: SocketAddr, held: Vec<v1::HeldTask>) -> Sch
         rack: String::new(),
         upload_slots: 0,
         piece_rule: shoal_proto::piece::PIECE_RULE,
+        link_mbps: 0,
     };
     let mut config = LinkConfig::new(vec![url], info);
     config.backoff_min = Duration::from_millis(50);

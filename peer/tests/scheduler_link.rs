@@ -44,6 +44,7 @@ fn peer(id: &str, n: u8) -> v1::PeerInfo {
         rack: String::new(),
         upload_slots: 0,
         piece_rule: shoal_proto::piece::PIECE_RULE,
+        link_mbps: 0,
     }
 }
 

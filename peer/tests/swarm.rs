@@ -111,6 +111,7 @@ impl Node {
             rack: String::new(),
             upload_slots: 0,
             piece_rule: shoal_proto::piece::PIECE_RULE,
+            link_mbps: 0,
         };
         let mut config = LinkConfig::new(vec![url.to_string()], info);
         config.backoff_min = Duration::from_millis(50);

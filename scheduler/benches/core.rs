@@ -112,6 +112,7 @@ fn peer_info(i: u32) -> PeerInfo {
         zone: format!("zone-{}", i % 3),
         rack: format!("rack-{}", i % 40),
         upload_slots: 0,
+        link_mbps: 0,
     }
 }
 

@@ -41,6 +41,11 @@ pub struct Args {
     /// Replace a back-to-source peer silent for this long [default: 20s].
     #[arg(long, env = "SHOAL_BACK_TO_SOURCE_STALL")]
     pub back_to_source_stall: Option<String>,
+    /// How long a task's first back-to-source election waits for a downloader
+    /// as fast as the fastest joined peer (by declared link rate); 0s: never
+    /// [default: 250ms].
+    #[arg(long, env = "SHOAL_FASTER_SOURCE_WAIT")]
+    pub faster_source_wait: Option<String>,
     /// Parents per plan [default: 8].
     #[arg(long, env = "SHOAL_MAX_PARENTS")]
     pub max_parents: Option<String>,
@@ -104,6 +109,7 @@ struct File {
     peer_ttl: Option<String>,
     max_back_to_source: Option<String>,
     back_to_source_stall: Option<String>,
+    faster_source_wait: Option<String>,
     max_parents: Option<String>,
     max_children_per_parent: Option<String>,
     plan_interval: Option<String>,
@@ -178,6 +184,9 @@ pub struct Settings {
     /// The core's tunables.
     pub core: CoreConfig,
 }
+
+/// The longest `--faster-source-wait` accepted.
+const MAX_FASTER_SOURCE_WAIT: Duration = Duration::from_secs(10);
 
 /// Parses `30s`, `500ms`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -264,6 +273,12 @@ impl Settings {
             file.back_to_source_stall,
             "20s",
         );
+        let faster_wait = get(
+            "faster-source-wait",
+            args.faster_source_wait,
+            file.faster_source_wait,
+            "250ms",
+        );
         let parents = get("max-parents", args.max_parents, file.max_parents, "8");
         let children = get(
             "max-children-per-parent",
@@ -300,6 +315,16 @@ impl Settings {
         let peer_ttl = duration(ttl, Duration::from_secs(1));
         let stall = duration(stall, Duration::from_secs(1));
         let plan_interval = duration(interval, Duration::from_millis(10));
+        let faster_wait = duration(faster_wait, Duration::ZERO);
+        let faster_wait = match faster_wait {
+            Some(d) if d > MAX_FASTER_SOURCE_WAIT => {
+                errors.push(format!(
+                    "--faster-source-wait: {d:?} is above the maximum of {MAX_FASTER_SOURCE_WAIT:?} (a slower node's pull may wait this long)"
+                ));
+                None
+            }
+            d => d,
+        };
         let mut count = |(name, v): (String, String), max: u32| match v.parse::<u32>() {
             Ok(n) if (1..=max).contains(&n) => Some(n),
             _ => {
@@ -378,6 +403,7 @@ impl Settings {
             peer_ttl: peer_ttl.expect("checked"),
             max_back_to_source: b2s.expect("checked") as usize,
             back_to_source_stall: stall.expect("checked"),
+            faster_source_wait: faster_wait.expect("checked"),
             max_parents: parents.expect("checked") as usize,
             max_children_per_parent: children.expect("checked"),
             seed: rand::random(),
@@ -416,6 +442,22 @@ mod tests {
         assert_eq!(s.http_listen, "[::]:7680".parse().unwrap());
         assert_eq!(s.core.peer_ttl, Duration::from_secs(30));
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.core.faster_source_wait, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn the_faster_source_wait_is_bounded_and_zero_turns_it_off() {
+        let s = Settings::resolve(args(&["--faster-source-wait", "0s"])).unwrap();
+        assert_eq!(s.core.faster_source_wait, Duration::ZERO);
+        let s = Settings::resolve(args(&["--faster-source-wait", "1s"])).unwrap();
+        assert_eq!(s.core.faster_source_wait, Duration::from_secs(1));
+        for bad in ["11s", "soon"] {
+            let errs = Settings::resolve(args(&["--faster-source-wait", bad])).unwrap_err();
+            assert!(
+                errs.len() == 1 && errs[0].contains("--faster-source-wait"),
+                "{bad}: {errs:?}"
+            );
+        }
     }
 
     #[test]

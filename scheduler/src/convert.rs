@@ -62,6 +62,7 @@ pub(crate) fn peer_info(p: Option<v1::PeerInfo>) -> Result<core::PeerInfo, Statu
         zone: p.zone,
         rack: p.rack,
         upload_slots: p.upload_slots,
+        link_mbps: p.link_mbps,
     })
 }
 

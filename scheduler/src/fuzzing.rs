@@ -61,8 +61,20 @@ fn join_request(join: v1::JoinRequest) {
         );
         assert_eq!(info.addr.to_string().parse().ok(), Some(info.addr));
         assert_eq!(
-            (&info.hostname, &info.zone, &info.rack, info.upload_slots),
-            (&sent.hostname, &sent.zone, &sent.rack, sent.upload_slots)
+            (
+                &info.hostname,
+                &info.zone,
+                &info.rack,
+                info.upload_slots,
+                info.link_mbps
+            ),
+            (
+                &sent.hostname,
+                &sent.zone,
+                &sent.rack,
+                sent.upload_slots,
+                sent.link_mbps
+            )
         );
     }
     let sent = join.tasks.clone();

@@ -251,7 +251,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct CoreCollector(Arc<Mutex<Snapshot>>);
 
 /// `(name without prefix and _total, help, value)` of each core counter.
-fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 18] {
+fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 19] {
     [
         (
             "peer_joins",
@@ -297,6 +297,11 @@ fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 18] {
             "elections_deferred",
             "Tasks whose back-to-source election waited out the resume grace (first heard of through re-opened plans)",
             s.elections_deferred,
+        ),
+        (
+            "elections_waited_for_faster",
+            "Tasks whose first back-to-source election waited for a downloader as fast as the fastest joined peer",
+            s.elections_waited_for_faster,
         ),
         (
             "pieces_reported",

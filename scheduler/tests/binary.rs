@@ -117,6 +117,7 @@ async fn serves_grpc_and_the_operator_api_and_stops_on_sigterm() {
                     rack: String::new(),
                     upload_slots: 4,
                     piece_rule: shoal_proto::piece::PIECE_RULE,
+                    link_mbps: 0,
                 }),
                 tasks: vec![v1::HeldTask {
                     digest: digest.clone(),

@@ -75,6 +75,7 @@ fn peer(id: &str, n: u8) -> v1::PeerInfo {
         rack: String::new(),
         upload_slots: 0,
         piece_rule: shoal_proto::piece::PIECE_RULE,
+        link_mbps: 0,
     }
 }
 
@@ -266,6 +267,56 @@ async fn source_then_parents_with_pieces_then_departure() {
             .collect::<Vec<_>>(),
         vec!["b"]
     );
+}
+
+/// The link rates peers declare at join reach the election over the wire: the
+/// slower peer opens its plan first and waits, the faster one opening next is
+/// told to fetch from upstream. A rate above 10 Tbit/s is refused.
+#[tokio::test]
+async fn the_faster_of_two_downloaders_is_elected_by_declared_link_rate() {
+    let server = start(Duration::from_secs(30)).await;
+    let mut c = client(server.addr).await;
+    for (id, n, mbps) in [("slow", 1, 1000), ("fast", 2, 10_000)] {
+        c.join(v1::JoinRequest {
+            peer: Some(v1::PeerInfo {
+                link_mbps: mbps,
+                ..peer(id, n)
+            }),
+            tasks: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    let rates: Vec<(String, u32)> = server
+        .state
+        .with_core(|core, now| core.peers(now))
+        .into_iter()
+        .map(|p| (p.id, p.link_mbps))
+        .collect();
+    assert_eq!(rates, [("fast".into(), 10_000), ("slow".into(), 1000)]);
+    let d = digest(3);
+    let mut slow = c.plan(plan("slow", &d, 0)).await.unwrap().into_inner();
+    assert!(!next_update(&mut slow).await.back_to_source);
+    let mut fast = c.plan(plan("fast", &d, 0)).await.unwrap().into_inner();
+    assert!(next_update(&mut fast).await.back_to_source);
+    let task = server
+        .state
+        .with_core(|core, now| core.task(now, &d.parse().unwrap()))
+        .unwrap();
+    assert_eq!(task.summary.back_to_source, ["fast"]);
+
+    let refused = c
+        .join(v1::JoinRequest {
+            peer: Some(v1::PeerInfo {
+                link_mbps: shoal_scheduler::core::MAX_LINK_MBPS + 1,
+                ..peer("absurd", 4)
+            }),
+            tasks: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("link rate"), "{refused:?}");
 }
 
 /// A fingerprint of the state that a refused input must leave alone.

@@ -88,6 +88,7 @@ fn info(p: u8, elsewhere: bool) -> PeerInfo {
         zone: format!("z{}", p % 2),
         rack: String::new(),
         upload_slots: 0,
+        link_mbps: 0,
     }
 }
 

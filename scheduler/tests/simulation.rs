@@ -124,6 +124,7 @@ impl Sim {
             zone: format!("zone-{}", n % 3),
             rack: String::new(),
             upload_slots: 0,
+            link_mbps: 0,
         }
     }
 

@@ -47,10 +47,10 @@ pub struct Config {
     pub max_time: Duration,
     /// Print a progress line to stderr every 10 simulated seconds.
     pub progress: bool,
-    /// Model variant (a prediction, not what the code does): the first node to open
-    /// its plan, the one the scheduler elects back-to-source, is a full-rate node,
-    /// as an election that knew the nodes' link rates would choose.
-    pub full_rate_source: bool,
+    /// The nodes declare no link rate (`--link-rate unknown`): the scheduler then
+    /// elects the first node to open its plan back-to-source, slow or not. By
+    /// default each declares its own rate, as `--link-rate auto` does.
+    pub undeclared_rates: bool,
 }
 
 impl Default for Config {
@@ -73,7 +73,7 @@ impl Default for Config {
             seed: 1,
             max_time: Duration::from_secs(3600),
             progress: false,
-            full_rate_source: false,
+            undeclared_rates: false,
         }
     }
 }

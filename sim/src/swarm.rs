@@ -154,20 +154,14 @@ impl Swarm {
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let mut order: Vec<usize> = (0..cfg.peers).collect();
         order.shuffle(&mut rng);
-        // The slow nodes: drawn apart from the join order (so the back-to-source
-        // node, the first to join, is slow as often as any other).
+        // The slow nodes: drawn apart from the order the plans open in (so the
+        // first to open is slow as often as any other).
         let mut by_rate: Vec<usize> = (0..cfg.peers).collect();
         by_rate.shuffle(&mut rng);
         let slow = (cfg.slow_fraction * cfg.peers as f64).round() as usize;
         let mut rates = vec![cfg.rate; cfg.peers];
         for &n in &by_rate[..slow.min(cfg.peers)] {
             rates[n] = cfg.rate * cfg.slow_factor;
-        }
-        if cfg.full_rate_source
-            && let Some(at) = order.iter().position(|&n| rates[n] >= cfg.rate)
-        {
-            let first = order.remove(at);
-            order.insert(0, first);
         }
         let start = Instant::now();
         let digest = Digest::from_sha256([7; 32]);
@@ -224,15 +218,22 @@ impl Swarm {
             upstream_bytes: 0,
             refused_reports: 0,
         };
-        // Every node joins and opens its plan at the same instant, in random order
-        // (the first is elected back-to-source).
+        // Every node joins (the DaemonSet's peers are up before a rollout), then
+        // every node opens its plan at the same instant, in random order.
         let now = swarm.now();
         for n in order.iter().copied() {
             let node = &swarm.nodes[n];
-            let info = wiring::peer_info(&node.id, n, wiring::node_addr(n));
-            let id = node.id.clone();
+            let mbps = if swarm.cfg.undeclared_rates {
+                0
+            } else {
+                (rates[n] * 8.0 / 1e6).round() as u32
+            };
+            let info = wiring::peer_info(&node.id, n, wiring::node_addr(n), mbps);
             swarm.sched.join(now, info, vec![])?;
-            swarm.sched.session_opened(now, &id)?;
+            swarm.sched.session_opened(now, &node.id)?;
+        }
+        for n in order.iter().copied() {
+            let id = swarm.nodes[n].id.clone();
             let plan = swarm.sched.open_plan(now, &id, digest, 0)?;
             let node = &mut swarm.nodes[n];
             node.plan = Some(plan);

@@ -11,8 +11,9 @@ use shoal_scheduler::core::{
     self as sched, CoreError, ErrorKind, PeerId, PeerInfo, PieceDone, Scheduler,
 };
 
-/// The peer info a simulated node joins with (default upload slots).
-pub fn peer_info(id: &PeerId, n: usize, addr: SocketAddr) -> PeerInfo {
+/// The peer info a simulated node joins with (default upload slots), declaring
+/// `link_mbps`.
+pub fn peer_info(id: &PeerId, n: usize, addr: SocketAddr, link_mbps: u32) -> PeerInfo {
     PeerInfo {
         id: id.clone(),
         hostname: format!("node-{n}"),
@@ -20,6 +21,7 @@ pub fn peer_info(id: &PeerId, n: usize, addr: SocketAddr) -> PeerInfo {
         zone: String::new(),
         rack: String::new(),
         upload_slots: 0,
+        link_mbps,
     }
 }
 

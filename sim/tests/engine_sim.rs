@@ -290,7 +290,7 @@ impl Sim {
         for id in &ids {
             if self.peers[id].join_at == self.step {
                 let p = &self.peers[id];
-                let info = wiring::peer_info(&p.id, p.n, p.addr);
+                let info = wiring::peer_info(&p.id, p.n, p.addr, 0);
                 self.sched.join(now, info, vec![]).unwrap();
                 self.sched.session_opened(now, id).unwrap();
                 let plan = self.sched.open_plan(now, id, self.digest, 0).unwrap();

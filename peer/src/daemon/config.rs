@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::link_rate::LinkRate;
 use crate::mirror::AccessConfig;
 use crate::registry::UpstreamPolicy;
 use crate::store::StoreConfig;
@@ -65,6 +66,11 @@ pub struct RunArgs {
     /// Pieces uploaded at once [default: 8].
     #[arg(long, env = "SHOAL_UPLOAD_SLOTS")]
     pub upload_slots: Option<String>,
+    /// This node's link rate, declared to the scheduler (it prefers the fastest
+    /// downloader as a task's back-to-source peer): auto (the advertised
+    /// interface's speed), unknown, or e.g. 25gbit, 1000mbit [default: auto].
+    #[arg(long, env = "SHOAL_LINK_RATE")]
+    pub link_rate: Option<String>,
     /// Upload rate limit, e.g. 500MiB (per second) [default: unlimited].
     #[arg(long, env = "SHOAL_UPLOAD_RATE_LIMIT")]
     pub upload_rate_limit: Option<String>,
@@ -196,6 +202,8 @@ pub struct Settings {
     pub tls: TlsSource,
     /// Upload slots.
     pub upload_slots: usize,
+    /// The link rate declared to the scheduler (`--link-rate`).
+    pub link_rate: LinkRate,
     /// Upload rate limit in bytes per second.
     pub upload_rate_limit: Option<NonZeroU64>,
     /// Zone label.
@@ -278,6 +286,7 @@ impl Settings {
         let scrub_rate = get(a.scrub_rate, file.scrub_rate, "50MiB");
         let upload_slots = get(a.upload_slots, file.upload_slots, "8");
         let upload_rate_limit = a.upload_rate_limit.or(file.upload_rate_limit.map(|t| t.0));
+        let link_rate = get(a.link_rate, file.link_rate, "auto");
         let log_format = get(a.log_format, file.log_format, "text");
         let access_check = get(a.access_check, file.access_check, "on");
         let access_cache_ttl = get(a.access_cache_ttl, file.access_cache_ttl, "60s");
@@ -402,6 +411,9 @@ impl Settings {
                 None
             }
         };
+        let link_rate = LinkRate::parse(&link_rate)
+            .map_err(|e| errors.push(format!("--link-rate: {e}")))
+            .ok();
         let upload_rate_limit = match &upload_rate_limit {
             None => None,
             Some(v) => match parse_size(v).map(NonZeroU64::new) {
@@ -503,6 +515,7 @@ impl Settings {
             http_listen: http_listen.expect("checked"),
             tls: tls.expect("checked"),
             upload_slots: upload_slots.expect("checked"),
+            link_rate: link_rate.expect("checked"),
             upload_rate_limit,
             zone,
             json_logs,

@@ -17,6 +17,7 @@ pub mod content_scan;
 mod gc;
 pub mod health;
 pub mod issuance;
+pub mod link_rate;
 mod node;
 pub mod scrub;
 mod tls_reload;

@@ -157,8 +157,10 @@ impl Node {
                 "the mirror listens beyond loopback (--mirror-allow-remote): anyone who reaches it can pull through this node's upstream credentials"
             );
         }
+        let link_mbps = settings.link_rate.resolve(advertise.ip());
         info!(
             peer.id = %peer_id,
+            link.mbps = link_mbps,
             quic.addr = %quic_addr,
             advertise.addr = %advertise,
             http.addr = %http_addr,
@@ -182,6 +184,7 @@ impl Node {
             rack: String::new(),
             upload_slots: settings.upload_slots as u32,
             piece_rule: shoal_proto::piece::PIECE_RULE,
+            link_mbps,
         };
         let mut registries =
             RegistriesConfig::with_hosts_dirs(settings.containerd_hosts_dirs.clone());

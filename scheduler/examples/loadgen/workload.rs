@@ -200,6 +200,7 @@ pub(crate) fn peer_info(i: u32) -> v1::PeerInfo {
         rack: format!("rack-{}", i % 40),
         upload_slots: 0,
         piece_rule: shoal_proto::piece::PIECE_RULE,
+        link_mbps: 0,
     }
 }
 

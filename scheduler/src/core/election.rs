@@ -3,8 +3,11 @@
 //! downloads it; a source that stalls is replaced; a download that re-opens its
 //! plan while streaming from upstream (its replica left) is counted as one; and a
 //! task that reaches a replica through re-opened plans elects nobody for the
-//! resume grace, so that its old source can come back first.
+//! resume grace, so that its old source can come back first. The fastest
+//! downloader (by declared link rate) is preferred, and a task's first election
+//! waits a little for one as fast as the fastest joined peer.
 
+use std::cmp::Reverse;
 use std::time::Instant;
 
 use rand::seq::IteratorRandom;
@@ -39,12 +42,19 @@ impl Scheduler {
     }
 
     /// Holds the back-to-source elections whose resume grace ended (see
-    /// [`PlanOpening`](shoal_proto::PlanOpening)).
+    /// [`PlanOpening`](shoal_proto::PlanOpening)) or whose wait for a faster
+    /// downloader ended.
     pub(crate) fn elect_deferred(&mut self, now: Instant) {
         let mut due: Vec<Digest> = Vec::new();
         for (digest, task) in self.tasks.iter_mut() {
             if task.elect_after.is_some_and(|t| t <= now) {
                 task.elect_after = None;
+                due.push(*digest);
+            } else if task.elections == 0
+                && task.faster_wait_until.is_some_and(|t| t <= now)
+                && task.back_to_source.is_empty()
+                && !task.downloads.is_empty()
+            {
                 due.push(*digest);
             }
         }
@@ -56,9 +66,14 @@ impl Scheduler {
 
     /// Elects back-to-source peers while the task has fewer than the limit,
     /// some piece is held by no peer, and someone is downloading it. Not during a
-    /// resume grace (see [`PlanOpening`](shoal_proto::PlanOpening)).
+    /// resume grace (see [`PlanOpening`](shoal_proto::PlanOpening)), and a task's
+    /// first election waits up to [`CoreConfig::faster_source_wait`] for a
+    /// downloader as fast as the fastest joined peer.
+    ///
+    /// [`CoreConfig::faster_source_wait`]: super::CoreConfig::faster_source_wait
     pub(crate) fn ensure_back_to_source(&mut self, now: Instant, digest: &Digest) {
         let limit = self.config.max_back_to_source;
+        let fastest = self.link_rates.fastest();
         let Some(task) = self.tasks.get_mut(digest) else {
             return;
         };
@@ -67,6 +82,7 @@ impl Scheduler {
         }
         let (peers, config) = (&self.peers, &self.config);
         let offerable = |id: &PeerId| peers.get(id).is_some_and(|p| !p.quarantined(config));
+        let rate = |id: &PeerId| peers.get(id).map_or(0, |p| p.info.link_mbps);
         while task.back_to_source.len() < limit && !task.swarm_holds_everything(offerable) {
             // Sorted, so that a seed gives the same choice on every run.
             let mut candidates: Vec<&PeerId> = task
@@ -81,27 +97,42 @@ impl Scheduler {
             candidates.sort();
             let candidates = candidates.into_iter();
             // Prefer peers that did not stall on this task (and are not
-            // quarantined), then those holding the most pieces (they fetch
-            // least from upstream), then random.
+            // quarantined), then the fastest links (the swarm receives at
+            // most at its source's rate), then those holding the most pieces
+            // (they fetch least from upstream), then random.
+            type Key = (bool, Reverse<u32>, Reverse<u32>);
             let best = candidates
                 .map(|id| {
                     // A quarantined peer serves nobody: last resort too.
                     let stalled = task.stalled.contains(id) || !offerable(id);
                     let held = task.holdings.get(id).map_or(0, |h| h.pieces.count());
-                    ((stalled, std::cmp::Reverse(held)), id)
+                    ((stalled, Reverse(rate(id)), Reverse(held)), id)
                 })
-                .fold(
-                    None::<((bool, std::cmp::Reverse<u32>), Vec<&PeerId>)>,
-                    |acc, (key, id)| match acc {
-                        Some((k, mut ids)) if k == key => {
-                            ids.push(id);
-                            Some((k, ids))
-                        }
-                        Some((k, ids)) if k < key => Some((k, ids)),
-                        _ => Some((key, vec![id])),
-                    },
-                );
-            let Some((_, ids)) = best else { break };
+                .fold(None::<(Key, Vec<&PeerId>)>, |acc, (key, id)| match acc {
+                    Some((k, mut ids)) if k == key => {
+                        ids.push(id);
+                        Some((k, ids))
+                    }
+                    Some((k, ids)) if k < key => Some((k, ids)),
+                    _ => Some((key, vec![id])),
+                });
+            let Some(((_, Reverse(best_rate), _), ids)) = best else {
+                break;
+            };
+            // The first election waits a little for a faster downloader: in a
+            // rollout the first plan opened is often not the fastest node's.
+            if task.elections == 0 && best_rate > 0 && best_rate < fastest {
+                let until = *task
+                    .faster_wait_until
+                    .get_or_insert_with(|| now + config.faster_source_wait);
+                if now < until {
+                    if !task.waited_for_faster {
+                        task.waited_for_faster = true;
+                        self.stats.elections_waited_for_faster += 1;
+                    }
+                    break;
+                }
+            }
             let chosen = ids
                 .into_iter()
                 .choose(&mut self.rng)
@@ -146,3 +177,6 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,9 @@ use super::{
     CoreError, ErrorKind, HeldTask, Holding, Load, Peer, PeerId, PeerInfo, Scheduler, Task,
 };
 
+/// The highest link rate a peer may declare, in Mbit/s (10 Tbit/s).
+pub const MAX_LINK_MBPS: u32 = 10_000_000;
+
 impl Scheduler {
     /// A peer (re)announces itself and every task it holds complete.
     ///
@@ -34,6 +37,12 @@ impl Scheduler {
             return Err(CoreError::invalid(
                 "zone and rack labels may be at most 128 characters",
             ));
+        }
+        if info.link_mbps > MAX_LINK_MBPS {
+            return Err(CoreError::invalid(format!(
+                "link rate {} Mbit/s is above {MAX_LINK_MBPS} (10 Tbit/s); send 0 when unknown",
+                info.link_mbps
+            )));
         }
         if info.addr.port() == 0 || info.addr.ip().is_unspecified() {
             return Err(CoreError::invalid(format!(
@@ -107,6 +116,7 @@ impl Scheduler {
         }
         let ttl = self.config.peer_ttl;
         let id = info.id.clone();
+        let is_new = !self.peers.contains_key(&id);
         let peer = self.peers.entry(id.clone()).or_insert_with(|| Peer {
             info: info.clone(),
             lease_until: now + ttl,
@@ -126,8 +136,16 @@ impl Scheduler {
                 h.finish()
             },
         });
+        let (old_rate, new_rate) = (peer.info.link_mbps, info.link_mbps);
         peer.info = info;
         peer.lease_until = now + ttl;
+        if is_new {
+            self.link_rates.add(new_rate);
+        } else if old_rate != new_rate {
+            self.link_rates.remove(old_rate);
+            self.link_rates.add(new_rate);
+        }
+        let peer = self.peers.get_mut(&id).expect("inserted above");
         for t in held {
             // A peer whose hashes for the task were disproved does not come back
             // as its holder (nor bring its hashes) by re-joining.
@@ -234,6 +252,7 @@ impl Scheduler {
         let Some(peer) = self.peers.remove(id) else {
             return false;
         };
+        self.link_rates.remove(peer.info.link_mbps);
         let mut tasks: Vec<_> = peer.tasks.into_iter().collect();
         tasks.sort();
         for digest in tasks {

@@ -27,6 +27,7 @@
 mod bad_memory;
 mod election;
 mod error;
+mod link_rates;
 mod membership;
 mod operator;
 mod overview;
@@ -47,6 +48,7 @@ use shoal_proto::{Digest, PieceSet, TaskShape};
 
 pub use bad_memory::REMEMBER_FOR as BAD_PEER_MEMORY;
 pub use error::{CoreError, ErrorKind};
+pub use membership::MAX_LINK_MBPS;
 pub use operator::DropOrder;
 pub use overview::{OVERVIEW_HOLDERS, OVERVIEW_TASKS, Overview, TaskOverview};
 pub use planning::{FlushCursor, PlanOpening};
@@ -100,6 +102,14 @@ pub struct CoreConfig {
     /// late (a loaded node) met a second source elected in its place: one more
     /// upstream copy of the rest of the blob.
     pub resume_grace: Duration,
+    /// How long a task's first back-to-source election waits for a faster
+    /// downloader, when every downloader so far declared a link rate below the
+    /// fastest one a joined peer declared (default 250 ms; zero: never). The
+    /// whole swarm receives at most at its source's rate: a half-rate source
+    /// doubles every node's pull. A faster downloader opening its plan within
+    /// the wait is elected at once; without one, the fastest downloader is
+    /// elected when the wait ends. Peers of unknown rate never wait.
+    pub faster_source_wait: Duration,
     /// Seed of the RNG used for tie-breaks.
     pub seed: u64,
 }
@@ -119,6 +129,7 @@ impl Default for CoreConfig {
             max_tasks: 100_000,
             max_tasks_per_peer: 20_000,
             resume_grace: Duration::from_secs(2),
+            faster_source_wait: Duration::from_millis(250),
             seed: 0x0005_40A1,
         }
     }
@@ -285,6 +296,11 @@ pub(crate) struct Task {
     /// No back-to-source election before this time: the task reached this
     /// replica through re-opened plans (see [`CoreConfig::resume_grace`]).
     pub(crate) elect_after: Option<Instant>,
+    /// The first election waits for a faster downloader until then (set when
+    /// it first had to; see [`CoreConfig::faster_source_wait`]).
+    pub(crate) faster_wait_until: Option<Instant>,
+    /// The first election waited for a faster downloader (counted once).
+    pub(crate) waited_for_faster: bool,
     /// Something changed: the next flush looks at this task's downloads.
     pub(crate) dirty: bool,
 }
@@ -309,6 +325,8 @@ impl Task {
             complete_epoch: 0,
             created_at: now,
             elect_after: None,
+            faster_wait_until: None,
+            waited_for_faster: false,
             dirty: false,
         }
     }
@@ -436,6 +454,8 @@ pub struct Scheduler {
     pub(crate) burst_ranks: HashMap<Digest, (u64, rank::RankCache)>,
     /// Peers found bad for a task, kept after the task is forgotten.
     pub(crate) bad_memory: bad_memory::BadMemory,
+    /// The link rates joined peers declared.
+    pub(crate) link_rates: link_rates::LinkRates,
     /// Test hook ([`Scheduler::set_test_panic_on_join`]).
     pub(crate) test_panic_on_join: Option<String>,
 }
@@ -491,6 +511,7 @@ impl Scheduler {
             effects: Vec::new(),
             burst_ranks: HashMap::new(),
             bad_memory: bad_memory::BadMemory::default(),
+            link_rates: link_rates::LinkRates::default(),
             rng,
             stats: CoreStats::default(),
             slot_epoch: 0,

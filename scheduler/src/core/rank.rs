@@ -356,6 +356,7 @@ mod tests {
             zone: format!("z{}", p % 3),
             rack: String::new(),
             upload_slots: 4,
+            link_mbps: 0,
         }
     }
 

@@ -20,6 +20,7 @@ pub(crate) fn info(p: u8) -> PeerInfo {
         zone: String::new(),
         rack: String::new(),
         upload_slots: 0,
+        link_mbps: 0,
     }
 }
 

@@ -64,6 +64,9 @@ pub struct PeerInfo {
     pub rack: String,
     /// Pieces it uploads at once (0: the scheduler's default).
     pub upload_slots: u32,
+    /// Its link rate in Mbit/s (0: unknown). Back-to-source elections prefer
+    /// the fastest downloader (see [`CoreConfig::faster_source_wait`](super::CoreConfig::faster_source_wait)).
+    pub link_mbps: u32,
 }
 
 /// A task a joining peer holds complete.

@@ -31,6 +31,10 @@ pub struct CoreStats {
     /// Tasks whose back-to-source election waited out a resume grace (they
     /// reached this replica through re-opened plans).
     pub elections_deferred: u64,
+    /// Tasks whose first back-to-source election waited for a downloader as
+    /// fast as the fastest joined peer (see
+    /// [`CoreConfig::faster_source_wait`](super::CoreConfig::faster_source_wait)).
+    pub elections_waited_for_faster: u64,
     /// Pieces reported.
     pub pieces_reported: u64,
     /// Tasks completed on a peer.
@@ -65,6 +69,8 @@ pub struct PeerView {
     pub addr: String,
     /// Zone label.
     pub zone: String,
+    /// Declared link rate in Mbit/s (0: unknown).
+    pub link_mbps: u32,
     /// Whether its session stream is open now.
     pub session_open: bool,
     /// Seconds since it joined.
@@ -166,6 +172,7 @@ impl Scheduler {
                 hostname: p.info.hostname.clone(),
                 addr: p.info.addr.to_string(),
                 zone: p.info.zone.clone(),
+                link_mbps: p.info.link_mbps,
                 session_open: p.session_open,
                 joined_secs: now.saturating_duration_since(p.joined_at).as_secs(),
                 lease_secs: p.lease_until.saturating_duration_since(now).as_secs(),

@@ -23,6 +23,7 @@ struct Peer {
     hostname: String,
     addr: String,
     zone: String,
+    link_mbps: u32,
     session_open: bool,
     joined_secs: u64,
     lease_secs: u64,
@@ -103,6 +104,7 @@ pub(crate) fn peers(list: &PeerList) -> String {
         ("HOSTNAME", Align::Left),
         ("ADDRESS", Align::Left),
         ("ZONE", Align::Left),
+        ("LINK", Align::Right),
         ("SESSION", Align::Left),
         ("TASKS", Align::Right),
         ("UPLOADS", Align::Right),
@@ -123,6 +125,7 @@ pub(crate) fn peers(list: &PeerList) -> String {
             } else {
                 p.zone.clone()
             },
+            link_rate(p.link_mbps),
             if p.session_open { "open" } else { "closed" }.to_owned(),
             p.tasks.to_string(),
             p.active_uploads.to_string(),
@@ -135,6 +138,15 @@ pub(crate) fn peers(list: &PeerList) -> String {
         ]);
     }
     t.render()
+}
+
+/// A declared link rate: `25 Gbit/s`, `100 Mbit/s`, `-` when unknown.
+fn link_rate(mbps: u32) -> String {
+    match mbps {
+        0 => "-".to_owned(),
+        m if m % 1000 == 0 => format!("{} Gbit/s", m / 1000),
+        m => format!("{m} Mbit/s"),
+    }
 }
 
 /// The tasks table (digests shortened).
@@ -306,6 +318,24 @@ mod tests {
             text.contains("\np2        1/3   no         yes           no               p0,p1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn link_rates_read_in_gbit_or_mbit_and_unknown_is_a_dash() {
+        let list: PeerList = serde_json::from_value(serde_json::json!({
+            "peers": [
+                {"id": "fast", "link_mbps": 25000},
+                {"id": "slow", "link_mbps": 100},
+                {"id": "unsaid"},
+            ]
+        }))
+        .unwrap();
+        let out = peers(&list);
+        let row = |id: &str| out.lines().find(|l| l.starts_with(id)).unwrap().to_owned();
+        assert!(out.lines().next().unwrap().contains("LINK"), "{out}");
+        assert!(row("fast").contains("25 Gbit/s"), "{out}");
+        assert!(row("slow").contains("100 Mbit/s"), "{out}");
+        assert!(!row("unsaid").contains("bit/s"), "{out}");
     }
 
     #[test]

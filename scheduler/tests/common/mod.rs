@@ -26,6 +26,7 @@ pub(crate) fn info(p: u8) -> PeerInfo {
         zone: "zone-a".into(),
         rack: String::new(),
         upload_slots: 0,
+        link_mbps: 0,
     }
 }
 

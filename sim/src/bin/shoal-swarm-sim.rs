@@ -88,11 +88,10 @@ struct Args {
     /// busy the uplinks are, and the pieces the source and the others hold.
     #[arg(long)]
     progress: bool,
-    /// Model variant (a prediction, not what the code does): the node elected
-    /// back-to-source (the first to open its plan) is a full-rate one, as an
-    /// election that knew link rates would choose.
+    /// The nodes declare no link rate (as `--link-rate unknown`): the first node
+    /// to open its plan is elected back-to-source, slow or not.
     #[arg(long)]
-    full_rate_source: bool,
+    undeclared_rates: bool,
     /// Seed: same seed and flags, same output.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -192,7 +191,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         },
         upload_slots: a.slots,
         progress: a.progress,
-        full_rate_source: a.full_rate_source,
+        undeclared_rates: a.undeclared_rates,
         planner: PlannerConfig {
             window: a.window,
             busy_backoff: a.busy_backoff,
@@ -207,8 +206,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
         ..Config::default()
     };
     println!("{cfg:?}");
-    if cfg.full_rate_source {
-        println!("MODEL VARIANT (a prediction, not what the code does): a full-rate source");
+    if cfg.undeclared_rates {
+        println!("the nodes declare no link rate: the first to open its plan is the source");
     }
     if cfg.policy != Policy::Busy {
         println!(

@@ -40,6 +40,7 @@ pub(super) struct File {
     pub(super) dev_ephemeral_tls: Option<bool>,
     pub(super) upload_slots: Option<Text>,
     pub(super) upload_rate_limit: Option<Text>,
+    pub(super) link_rate: Option<Text>,
     pub(super) zone: Option<Text>,
     pub(super) log_format: Option<Text>,
     pub(super) mirror_listen: Option<Text>,

@@ -510,3 +510,20 @@ fn containers_files_are_off_by_default_and_default_beside_registries_conf() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn the_link_rate_is_auto_by_default_and_read_from_the_flag_or_file() {
+    let base = ["--dev-ephemeral-tls", "--quic-listen", "127.0.0.1:1"];
+    let s = resolve(&base).unwrap();
+    assert_eq!(s.link_rate, LinkRate::Auto);
+    let s = resolve(&[&base[..], &["--link-rate", "25gbit"]].concat()).unwrap();
+    assert_eq!(s.link_rate, LinkRate::Mbps(25_000));
+    let (_dir, path) = config_file("link_rate = \"unknown\"\n");
+    let s = resolve(&[&base[..], &["--config", &path]].concat()).unwrap();
+    assert_eq!(s.link_rate, LinkRate::Mbps(0));
+    let errs = resolve(&[&base[..], &["--link-rate", "fast"]].concat()).unwrap_err();
+    assert!(
+        errs.len() == 1 && errs[0].starts_with("--link-rate: \"fast\""),
+        "{errs:?}"
+    );
+}

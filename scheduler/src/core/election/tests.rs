@@ -1,0 +1,158 @@
+//! Unit tests of back-to-source elections by link rate.
+
+use std::time::{Duration, Instant};
+
+use shoal_proto::Digest;
+
+use crate::core::test_support::{SIZE, id, info};
+use crate::core::{CoreConfig, Effect, PeerId, PeerInfo, Scheduler};
+
+/// Peer `p`, declaring `mbps`.
+fn at(p: u8, mbps: u32) -> PeerInfo {
+    PeerInfo {
+        link_mbps: mbps,
+        ..info(p)
+    }
+}
+
+/// A scheduler where peers of these rates joined (peer `i` at `rates[i]`).
+fn joined(t0: Instant, rates: &[u32], config: CoreConfig) -> Scheduler {
+    let mut core = Scheduler::new(config);
+    for (p, mbps) in rates.iter().enumerate() {
+        core.join(t0, at(p as u8, *mbps), vec![]).unwrap();
+    }
+    core
+}
+
+fn wait() -> Duration {
+    CoreConfig::default().faster_source_wait
+}
+
+/// The peers the flushed plan updates tell to fetch from upstream.
+fn told_to_fetch(core: &mut Scheduler) -> Vec<PeerId> {
+    core.flush();
+    core.drain_effects()
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Plan { peer, update, .. } if update.back_to_source => Some(peer.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A rollout where a 1 Gbit/s node opens first: the 10 Gbit/s node that opens
+/// 50 ms later is elected, not the first one; the end of the wait elects nobody
+/// else.
+#[test]
+fn a_slow_first_opener_waits_and_the_faster_downloader_is_elected() {
+    let digest = Digest::from_sha256([1; 32]);
+    let t0 = Instant::now();
+    let mut core = joined(t0, &[1000, 1000, 10_000], CoreConfig::default());
+    core.open_plan(t0, &id(0), digest, SIZE).unwrap();
+    assert!(core.back_to_source_of(&digest).is_empty(), "no wait");
+    assert_eq!(told_to_fetch(&mut core), Vec::<PeerId>::new());
+    let t1 = t0 + Duration::from_millis(50);
+    core.open_plan(t1, &id(1), digest, SIZE).unwrap();
+    assert!(core.back_to_source_of(&digest).is_empty());
+    core.open_plan(t1, &id(2), digest, SIZE).unwrap();
+    assert_eq!(core.back_to_source_of(&digest), vec![id(2)]);
+    assert_eq!(told_to_fetch(&mut core), vec![id(2)]);
+    core.tick(t0 + wait() * 2);
+    assert_eq!(core.back_to_source_of(&digest), vec![id(2)]);
+    let stats = core.stats();
+    assert_eq!(
+        (
+            stats.back_to_source_elections,
+            stats.elections_waited_for_faster
+        ),
+        (1, 1)
+    );
+}
+
+/// No faster node pulls: the fastest downloader so far is elected at the first
+/// tick after the wait.
+#[test]
+fn without_a_faster_downloader_the_fastest_so_far_is_elected_when_the_wait_ends() {
+    let digest = Digest::from_sha256([2; 32]);
+    let t0 = Instant::now();
+    let mut core = joined(t0, &[100, 1000, 10_000], CoreConfig::default());
+    core.open_plan(t0, &id(0), digest, SIZE).unwrap();
+    core.open_plan(t0 + Duration::from_millis(10), &id(1), digest, SIZE)
+        .unwrap();
+    core.tick(t0 + wait() - Duration::from_millis(1));
+    assert!(core.back_to_source_of(&digest).is_empty());
+    core.tick(t0 + wait());
+    assert_eq!(
+        core.back_to_source_of(&digest),
+        vec![id(1)],
+        "the faster one"
+    );
+    assert_eq!(told_to_fetch(&mut core), vec![id(1)]);
+}
+
+/// Peers of unknown rate, a first opener as fast as the fastest, and a wait
+/// of zero are all elected at once; so is a slow peer once the fast one left.
+#[test]
+fn elections_that_need_no_wait_are_held_at_once() {
+    let t0 = Instant::now();
+    let cases: [(&[u32], Duration); 4] = [
+        (&[0, 10_000], wait()),
+        (&[10_000, 10_000, 1000], wait()),
+        (&[1000, 10_000], Duration::ZERO),
+        (&[0, 0], wait()),
+    ];
+    for (n, (rates, faster_source_wait)) in cases.into_iter().enumerate() {
+        let digest = Digest::from_sha256([10 + n as u8; 32]);
+        let config = CoreConfig {
+            faster_source_wait,
+            ..CoreConfig::default()
+        };
+        let mut core = joined(t0, rates, config);
+        core.open_plan(t0, &id(0), digest, SIZE).unwrap();
+        assert_eq!(core.back_to_source_of(&digest), vec![id(0)], "{rates:?}");
+        assert_eq!(core.stats().elections_waited_for_faster, 0);
+    }
+    let digest = Digest::from_sha256([20; 32]);
+    let mut core = joined(t0, &[1000, 10_000], CoreConfig::default());
+    core.leave(t0, &id(1));
+    core.open_plan(t0, &id(0), digest, SIZE).unwrap();
+    assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+}
+
+/// A source that stalls is replaced by the fastest other downloader at once,
+/// with no wait (the swarm is already stalled).
+#[test]
+fn a_stalled_source_is_replaced_by_the_fastest_downloader_without_waiting() {
+    let digest = Digest::from_sha256([3; 32]);
+    let t0 = Instant::now();
+    let config = CoreConfig {
+        peer_ttl: Duration::from_secs(3600),
+        ..CoreConfig::default()
+    };
+    let stall = config.back_to_source_stall;
+    let mut core = joined(t0, &[10_000, 100, 1000, 100], config);
+    core.open_plan(t0, &id(0), digest, SIZE).unwrap();
+    assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+    for p in 1..4 {
+        core.open_plan(t0, &id(p), digest, SIZE).unwrap();
+    }
+    core.tick(t0 + stall);
+    assert_eq!(core.back_to_source_of(&digest), vec![id(2)]);
+    assert_eq!(core.stats().elections_waited_for_faster, 0);
+}
+
+/// A rate above 10 Tbit/s is refused with a clear error, and the peer does
+/// not join.
+#[test]
+fn a_link_rate_above_ten_tbit_is_refused() {
+    let mut core = Scheduler::new(CoreConfig::default());
+    let now = Instant::now();
+    let err = core
+        .join(now, at(0, crate::core::MAX_LINK_MBPS + 1), vec![])
+        .unwrap_err();
+    assert!(err.to_string().contains("link rate"), "{err}");
+    assert!(core.peers(now).is_empty());
+    core.join(now, at(0, crate::core::MAX_LINK_MBPS), vec![])
+        .unwrap();
+    assert_eq!(core.peers(now)[0].link_mbps, crate::core::MAX_LINK_MBPS);
+}
