@@ -1,0 +1,125 @@
+//! Back-to-source elections by link rate, with real processes on 127.0.0.1: a
+//! `shoal-scheduler` and three `shoal-peer run` processes declaring their rates
+//! with `--link-rate` (two at 1 Gbit/s, one at 10 Gbit/s). A slow node asks for the
+//! blob first; the fast one asks once the scheduler has the slow one's plan. The
+//! fast one must fetch the blob from upstream (the whole swarm receives at most at
+//! its source's rate), once, and every copy must hash to the digest.
+//!
+//! `--faster-source-wait 10s` makes the test independent of how fast this machine
+//! starts the second pull: the wait ends as soon as the fast node asks.
+
+use std::time::Duration;
+
+use shoal_tests::blob;
+use shoal_tests::swarm::{PeerOptions, PeerProcess, SchedulerProcess, pull_blob};
+use shoal_tests::upstream::CountingUpstream;
+
+const SIZE: usize = 16 << 20;
+const REPO: &str = "rates/blob";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_declaring_the_fastest_link_fetches_from_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, digest) = blob(SIZE, 17);
+    let upstream = CountingUpstream::start(REPO, &digest, data, Duration::ZERO)
+        .await
+        .unwrap();
+    let tls = dir.path().join("tls");
+    PeerProcess::tls_init(&tls).unwrap();
+    let sched = SchedulerProcess::start_with(
+        dir.path(),
+        &tls,
+        &["--faster-source-wait".into(), "10s".into()],
+    )
+    .await
+    .unwrap();
+    let mut peers = Vec::new();
+    for (name, rate) in [
+        ("slow-0", "1gbit"),
+        ("slow-1", "1000mbit"),
+        ("fast", "10gbit"),
+    ] {
+        let opts = PeerOptions {
+            scheduler: Some(sched.grpc_url()),
+            default_upstream: Some(upstream.url()),
+            hosts_dir: None,
+            tls_dir: tls.clone(),
+            extra: vec!["--link-rate".into(), rate.into()],
+        };
+        peers.push(PeerProcess::start(dir.path(), name, &opts).await.unwrap());
+    }
+    sched.wait_for_peers(3).await.unwrap();
+    let mut rates: Vec<(String, u64)> = sched
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_owned(),
+                p["link_mbps"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rates.sort();
+    assert_eq!(
+        rates,
+        [
+            ("fast".into(), 10_000),
+            ("slow-0".into(), 1000),
+            ("slow-1".into(), 1000)
+        ]
+    );
+
+    // A slow node asks first, and the scheduler holds its plan with no source.
+    let pull = |i: usize| tokio::spawn(pull_blob_owned(peers[i].mirror_url(), digest.clone()));
+    let first = pull(0);
+    let mut waited = false;
+    for _ in 0..600 {
+        if let Some(t) = sched.task(&digest).await
+            && t["downloading"].as_u64() == Some(1)
+        {
+            assert_eq!(t["back_to_source"], serde_json::json!([]), "{t}");
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waited, "the slow node's plan never reached the scheduler");
+    let rest = [pull(2), pull(1)];
+    for (k, p) in std::iter::once(first).chain(rest).enumerate() {
+        let (d, n) = p
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("pull {k} failed: {e}"));
+        assert_eq!((d.as_str(), n), (digest.as_str(), SIZE as u64), "pull {k}");
+    }
+
+    let task = sched.task(&digest).await.unwrap();
+    let sources: Vec<&str> = task["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["source"] == true)
+        .map(|h| h["peer"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["fast"], "{task}");
+    assert_eq!(task["elections"], 1, "{task}");
+    assert_eq!(upstream.bytes(), SIZE as u64, "one upstream copy");
+    let fetched = peers[2]
+        .metric("shoal_peer_bytes_from_upstream_total")
+        .await;
+    assert_eq!(fetched, SIZE as f64, "the fast node fetched the blob");
+    for p in &peers[..2] {
+        assert_eq!(p.metric("shoal_peer_bytes_from_upstream_total").await, 0.0);
+    }
+    let m = sched.metrics().await.unwrap();
+    assert_eq!(
+        m.get("shoal_scheduler_elections_waited_for_faster_total"),
+        Some(&1.0)
+    );
+}
+
+async fn pull_blob_owned(mirror: String, digest: String) -> Result<(String, u64), String> {
+    pull_blob(&mirror, REPO, &digest).await
+}
