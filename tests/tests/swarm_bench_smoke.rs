@@ -46,7 +46,15 @@ fn three_nodes_32_mib_every_mode_delivers_the_blob_and_shoal_fetches_it_once() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new(workspace_bin("shoal-bench-swarm"))
         .args([
-            "--nodes", "3", "--size", "32MiB", "--rate", "100mbit", "--out",
+            "--nodes",
+            "3",
+            "--size",
+            "32MiB",
+            "--rate",
+            "100mbit",
+            "--modes",
+            "alone,direct,cache,shoal",
+            "--out",
         ])
         .arg(out_dir.path())
         .output()
@@ -60,7 +68,7 @@ fn three_nodes_32_mib_every_mode_delivers_the_blob_and_shoal_fetches_it_once() {
     // Every node's bytes hashed to the blob's digest, in every mode.
     assert_eq!(
         stdout.matches("| all digests match |").count(),
-        3,
+        4,
         "{stdout}"
     );
     assert!(!stdout.contains("MISMATCH"), "{stdout}");
@@ -68,11 +76,15 @@ fn three_nodes_32_mib_every_mode_delivers_the_blob_and_shoal_fetches_it_once() {
     let lines = machine_lines(&stdout);
     assert_eq!(
         lines.len(),
-        3,
+        4,
         "one machine-readable line per mode:\n{stdout}"
     );
     for (mode, kv) in &lines {
-        assert_eq!(kv["nodes"], 3.0, "{mode}");
+        let pulling = if mode == "alone" { 1.0 } else { 3.0 };
+        assert_eq!(kv["nodes"], pulling, "{mode}");
+        // Every mode is also divided by the time one node needs alone.
+        let by_alone = kv["p50_alone_ratio"];
+        assert!(by_alone.is_finite() && by_alone > 0.0, "{mode}: {by_alone}");
         assert!(kv["size"] >= (32 << 20) as f64, "{mode}: {}", kv["size"]);
         for k in ["p50_ratio", "max_ratio"] {
             assert!(kv[k].is_finite() && kv[k] > 0.0, "{mode} {k} = {}", kv[k]);
@@ -88,7 +100,9 @@ fn three_nodes_32_mib_every_mode_delivers_the_blob_and_shoal_fetches_it_once() {
         "peer_cpu_s_per_gib = {peer_cpu}\n{stdout}"
     );
     assert!(!lines["direct"].contains_key("peer_cpu_s_per_gib"));
-    // Direct: the registry served the blob once per node.
+    // Alone: one node, one copy; direct: the registry served the blob once per node.
+    let alone = lines["alone"]["egress_ratio"];
+    assert!((alone - 1.0).abs() < 0.01, "alone egress {alone}");
     let direct = lines["direct"]["egress_ratio"];
     assert!((direct - 3.0).abs() < 0.01, "direct egress {direct}");
     // The cache fetched it at least once; Shoal exactly once for the whole swarm.

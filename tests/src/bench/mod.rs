@@ -209,6 +209,7 @@ impl<'a> Bench<'a> {
         // What serves the nodes in this mode; stopped (dropped) at the end.
         let mut servers = Servers::default();
         let urls: Vec<String> = match mode {
+            Mode::Alone => vec![format!("{}{}", self.origin_url(), self.blob_path())],
             Mode::Direct => {
                 vec![format!("{}{}", self.origin_url(), self.blob_path()); self.nodes.len()]
             }

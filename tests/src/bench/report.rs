@@ -9,6 +9,9 @@ use crate::netns::UplinkQueue;
 /// How the nodes get the blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// One node pulls from the registry, the others idle: the time one node needs
+    /// alone, measured (what every mode's `p50 ÷ alone` divides by).
+    Alone,
     /// Every node pulls from the registry.
     Direct,
     /// Every node pulls from a pull-through cache (`docker-registry` with
@@ -19,15 +22,27 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Every mode, in the order they run.
-    pub const ALL: [Mode; 3] = [Mode::Direct, Mode::Cache, Mode::Shoal];
+    /// Every mode.
+    pub const ALL: [Mode; 4] = [Mode::Alone, Mode::Direct, Mode::Cache, Mode::Shoal];
+
+    /// The modes run without `--modes`, in this order.
+    pub const DEFAULT: [Mode; 3] = [Mode::Direct, Mode::Cache, Mode::Shoal];
 
     /// Its name in the table and the machine-readable line.
     pub fn name(self) -> &'static str {
         match self {
+            Mode::Alone => "alone",
             Mode::Direct => "direct",
             Mode::Cache => "cache",
             Mode::Shoal => "shoal",
+        }
+    }
+
+    /// How many of the set-up's nodes pull in this mode.
+    pub fn pulling(self, setup: &Setup) -> usize {
+        match self {
+            Mode::Alone => 1,
+            _ => setup.nodes,
         }
     }
 
@@ -191,14 +206,15 @@ impl ModeRun {
         let p50 = quantile(&secs, 0.5).unwrap_or(f64::NAN);
         let max = quantile(&secs, 1.0).unwrap_or(f64::NAN);
         let line = setup.line_rate_secs();
-        let gib = (setup.nodes as f64 * setup.size as f64) / f64::from(1 << 30);
+        let pulling = self.mode.pulling(setup);
+        let gib = (pulling as f64 * setup.size as f64) / f64::from(1 << 30);
         Figures {
             p50_secs: p50,
             max_secs: max,
             p50_ratio: p50 / line,
             max_ratio: max / line,
             egress_ratio: self.upstream_bytes as f64 / setup.size as f64,
-            all_bytes_ok: self.pulls.len() == setup.nodes
+            all_bytes_ok: self.pulls.len() == pulling
                 && self
                     .pulls
                     .iter()
@@ -210,13 +226,14 @@ impl ModeRun {
     }
 
     /// `mode=<m> nodes=<n> size=<bytes> p50_ratio=<x> max_ratio=<x> egress_ratio=<x>
-    /// cpu_busy=<x>`, and `peer_cpu_s_per_gib=<x>` in shoal mode.
-    pub fn machine_line(&self, setup: &Setup) -> String {
+    /// cpu_busy=<x>`, `peer_cpu_s_per_gib=<x>` in shoal mode, and
+    /// `p50_alone_ratio=<x>` (p50 ÷ `alone`'s time) when `runs` has an `alone` run.
+    pub fn machine_line(&self, setup: &Setup, runs: &[ModeRun]) -> String {
         let f = self.figures(setup);
         let mut line = format!(
             "mode={} nodes={} size={} p50_ratio={:.3} max_ratio={:.3} egress_ratio={:.3} cpu_busy={:.2}",
             self.mode.name(),
-            setup.nodes,
+            self.mode.pulling(setup),
             setup.size,
             f.p50_ratio,
             f.max_ratio,
@@ -226,8 +243,19 @@ impl ModeRun {
         if let Some(p) = f.peer_cpu_secs_per_gib {
             let _ = write!(line, " peer_cpu_s_per_gib={p:.2}");
         }
+        if let Some(alone) = alone_secs(setup, runs) {
+            let _ = write!(line, " p50_alone_ratio={:.3}", f.p50_secs / alone);
+        }
         line
     }
+}
+
+/// The `alone` run's time (one node pulling from the registry by itself), if the
+/// runs have one.
+pub fn alone_secs(setup: &Setup, runs: &[ModeRun]) -> Option<f64> {
+    runs.iter()
+        .find(|r| r.mode == Mode::Alone)
+        .map(|r| r.figures(setup).p50_secs)
 }
 
 /// The results as a markdown table, with the set-up above it.
@@ -242,18 +270,26 @@ pub fn markdown(setup: &Setup, runs: &[ModeRun]) -> String {
         setup.uplink.describe(),
         setup.line_rate_secs()
     );
-    out.push_str(
-        "| mode | p50 s | max s | p50 ÷ line rate | max ÷ line rate | upstream egress ÷ blob | bytes | CPU busy | CPU s per GiB pulled (peers) |\n\
-         |---|---:|---:|---:|---:|---:|---|---:|---:|\n",
+    let alone = alone_secs(setup, runs);
+    let (alone_head, alone_rule) = if alone.is_some() {
+        (" p50 ÷ alone |", "---:|")
+    } else {
+        ("", "")
+    };
+    let _ = write!(
+        out,
+        "| mode | p50 s | max s | p50 ÷ line rate | max ÷ line rate |{alone_head} upstream egress ÷ blob | bytes | CPU busy | CPU s per GiB pulled (peers) |\n\
+         |---|---:|---:|---:|---:|{alone_rule}---:|---|---:|---:|\n",
     );
     for r in runs {
         let f = r.figures(setup);
         let peers = f
             .peer_cpu_secs_per_gib
             .map_or(String::new(), |p| format!(" ({p:.2})"));
+        let by_alone = alone.map_or(String::new(), |a| format!(" {:.2} |", f.p50_secs / a));
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {:.0} % of {} | {:.2}{peers} |",
+            "| {} | {:.1} | {:.1} | {:.2} | {:.2} |{by_alone} {:.2} | {} | {:.0} % of {} | {:.2}{peers} |",
             r.mode.name(),
             f.p50_secs,
             f.max_secs,
@@ -274,6 +310,12 @@ pub fn markdown(setup: &Setup, runs: &[ModeRun]) -> String {
         "\nCPU: the whole machine's (every host shares its cores), while the nodes pulled; \
          per GiB the nodes received. In brackets, the Shoal peers' own.\n",
     );
+    if alone.is_some() {
+        out.push_str(
+            "`alone`: one node pulling from the registry by itself, the time one node \
+             needs alone as measured (the line-rate limit is the raw link's).\n",
+        );
+    }
     out
 }
 
@@ -344,13 +386,13 @@ mod tests {
         assert!((f.cpu_secs_per_gib - 38.4).abs() < 1e-9);
         assert_eq!(f.peer_cpu_secs_per_gib, Some(10.24));
         assert_eq!(
-            r.machine_line(&s),
+            r.machine_line(&s, &[]),
             "mode=shoal nodes=4 size=104857600 p50_ratio=1.200 max_ratio=2.000 egress_ratio=1.050 cpu_busy=0.75 peer_cpu_s_per_gib=10.24"
         );
         let direct = run(Mode::Direct, &[line; 4], 4 * (100 << 20));
         assert!(
             direct
-                .machine_line(&s)
+                .machine_line(&s, &[])
                 .ends_with("egress_ratio=4.000 cpu_busy=0.75")
         );
         assert!(direct.figures(&s).peer_cpu_secs_per_gib.is_none());
@@ -405,6 +447,35 @@ mod tests {
         let t = markdown(&s, &[run(Mode::Shoal, &[8.0; 4], 100 << 20)]);
         assert!(t.contains("| 75 % of 2 | 38.40 (10.24) |"), "{t}");
         assert_eq!(Mode::parse("shoal"), Some(Mode::Shoal));
+        assert_eq!(Mode::parse("alone"), Some(Mode::Alone));
         assert_eq!(Mode::parse("torrent"), None);
+    }
+
+    #[test]
+    fn every_mode_is_also_divided_by_the_time_one_node_needs_alone() {
+        let s = setup();
+        let line = s.line_rate_secs();
+        // One node alone at 1.05 × the raw link; the swarm's median at 1.12.
+        let alone = run(Mode::Alone, &[1.05 * line], 100 << 20);
+        let f = alone.figures(&s);
+        assert!(f.all_bytes_ok, "one pull is all alone needs");
+        assert!(
+            (f.cpu_secs_per_gib - 153.6).abs() < 1e-9,
+            "per GiB one node got"
+        );
+        let shoal = run(Mode::Shoal, &[1.12 * line; 4], 100 << 20);
+        let runs = [alone.clone(), shoal.clone()];
+        let m = shoal.machine_line(&s, &runs);
+        assert!(m.ends_with(" p50_alone_ratio=1.067"), "{m}");
+        assert!(
+            alone
+                .machine_line(&s, &runs)
+                .starts_with("mode=alone nodes=1 ")
+        );
+        let t = markdown(&s, &runs);
+        assert!(t.contains("| max ÷ line rate | p50 ÷ alone |"), "{t}");
+        assert!(t.contains("| 1.12 | 1.12 | 1.07 | 1.00 |"), "{t}");
+        assert!(t.contains("| 1.05 | 1.05 | 1.00 | 1.00 |"), "{t}");
+        assert!(!markdown(&s, &[shoal]).contains("alone"));
     }
 }

@@ -2,7 +2,7 @@
 //! `scripts/bench-swarm`, which builds the release binaries first.
 //!
 //! ```text
-//! shoal-bench-swarm [--nodes 8] [--size 256MiB] [--rate 100mbit] [--modes direct,cache,shoal]
+//! shoal-bench-swarm [--nodes 8] [--size 256MiB] [--rate 100mbit] [--modes [alone,]direct,cache,shoal]
 //!                   [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo]
 //!                   [--peer-flag ARG]... [--scheduler-flag ARG]...
 //! ```
@@ -14,6 +14,10 @@
 //!
 //! `--ipv6` runs it on a lab whose hosts have IPv6 addresses only (see
 //! `shoal_tests::netns`): every listener, URL and `ns` is an IPv6 literal.
+//!
+//! `--modes alone,…` first times one node pulling from the registry by itself (the
+//! time one node needs alone, measured), and divides every mode's p50 by it too
+//! (`p50 ÷ alone`, `p50_alone_ratio=`), beside the ratio to the raw link's limit.
 //!
 //! `--peer-flag` / `--scheduler-flag` pass one more argument to every `shoal-peer run`
 //! / to `shoal-scheduler` (repeat it for a flag and its value), to measure a tunable.
@@ -36,7 +40,7 @@ use shoal_tests::bench::{self, Options, chart, fetch};
 use shoal_tests::netns::{Family, LinkRate, UplinkQueue};
 
 const USAGE: &str = "usage: shoal-bench-swarm [--nodes N] [--size SIZE] [--rate RATE] \
-[--modes direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo] \
+[--modes [alone,]direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo] \
 [--peer-flag ARG]... [--scheduler-flag ARG]...";
 
 struct Args {
@@ -68,7 +72,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut nodes = 8;
     let mut size = 256 << 20;
     let mut rate: LinkRate = "100mbit".parse().map_err(anyhow::Error::msg)?;
-    let mut modes = Mode::ALL.to_vec();
+    let mut modes = Mode::DEFAULT.to_vec();
     let mut out = PathBuf::from("target/bench-swarm");
     let mut font = PathBuf::from(chart::DEFAULT_FONT);
     let mut keep = false;
@@ -177,7 +181,7 @@ fn main() -> anyhow::Result<()> {
     chart::draw(&png, &args.font, &setup, &runs)?;
     eprintln!("bench: wrote {} and {}", md.display(), png.display());
     for r in &runs {
-        println!("{}", r.machine_line(&setup));
+        println!("{}", r.machine_line(&setup, &runs));
     }
     if let Some(bad) = runs.iter().find(|r| !r.figures(&setup).all_bytes_ok) {
         bail!(
