@@ -50,7 +50,7 @@ impl Scheduler {
             if task.elect_after.is_some_and(|t| t <= now) {
                 task.elect_after = None;
                 due.push(*digest);
-            } else if task.elections == 0
+            } else if task.never_had_a_source()
                 && task.faster_wait_until.is_some_and(|t| t <= now)
                 && task.back_to_source.is_empty()
                 && !task.downloads.is_empty()
@@ -121,7 +121,7 @@ impl Scheduler {
             };
             // The first election waits a little for a faster downloader: in a
             // rollout the first plan opened is often not the fastest node's.
-            if task.elections == 0 && best_rate > 0 && best_rate < fastest {
+            if task.never_had_a_source() && best_rate > 0 && best_rate < fastest {
                 let until = *task
                     .faster_wait_until
                     .get_or_insert_with(|| now + config.faster_source_wait);

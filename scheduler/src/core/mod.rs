@@ -306,6 +306,12 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// No peer was ever elected (or resumed as) back-to-source for it: its first
+    /// election is still to come.
+    pub(crate) fn never_had_a_source(&self) -> bool {
+        self.elections == 0 && self.sources.is_empty()
+    }
+
     fn new(now: Instant, bad: HashSet<PeerId>) -> Self {
         Task {
             shape: None,
