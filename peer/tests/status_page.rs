@@ -83,6 +83,16 @@ fn assert_page_shows(dom: &str, o: &Value) {
         let tag = tag_with(dom, &format!("data-peer=\"{id}\""))
             .unwrap_or_else(|| panic!("peer {id} is not on the page:\n{dom}"));
         assert_eq!(attr(tag, "data-zone"), p["zone"].as_str(), "{tag}");
+        // The rate it declared (`--link-rate`: 10gbit in zone-a, 1gbit in zone-b).
+        let mbps = p["link_mbps"].as_u64().unwrap();
+        assert_eq!(
+            (attr(tag, "data-link"), p["zone"].as_str()),
+            (
+                Some(mbps.to_string().as_str()),
+                Some(if mbps == 10_000 { "zone-a" } else { "zone-b" })
+            ),
+            "{tag}"
+        );
         assert_eq!(attr(tag, "data-healthy"), Some("true"), "{tag}");
     }
     assert_eq!(dom.matches("data-peer=").count(), peers.len());

@@ -35,7 +35,8 @@ pub fn require_chromium(test: &str) -> bool {
 pub struct LiveSwarm {
     /// The scheduler.
     pub sched: SchedulerProcess,
-    /// The peers, `peer-0` … in zones `zone-a`, `zone-b`, `zone-a`, …
+    /// The peers, `peer-0` … in zones `zone-a`, `zone-b`, `zone-a`, … (declaring
+    /// `--link-rate` 10gbit in zone-a, 1gbit in zone-b)
     pub peers: Vec<PeerProcess>,
     /// The registry.
     pub registry: Registry,
@@ -89,7 +90,13 @@ impl LiveSwarm {
         let mut peers = Vec::new();
         for i in 0..nodes {
             let zone = if i % 2 == 0 { "zone-a" } else { "zone-b" };
-            let mut extra: Vec<String> = vec!["--zone".into(), zone.into()];
+            let rate = if i % 2 == 0 { "10gbit" } else { "1gbit" };
+            let mut extra: Vec<String> = vec![
+                "--zone".into(),
+                zone.into(),
+                "--link-rate".into(),
+                rate.into(),
+            ];
             extra.extend(peer_flags.iter().map(|f| f.to_string()));
             let opts = PeerOptions {
                 scheduler: Some(sched.grpc_url()),
