@@ -20,7 +20,7 @@ use crate::mirror::AccessConfig;
 use crate::registry::UpstreamPolicy;
 use crate::store::StoreConfig;
 use file::{File, Text};
-use values::node_ip;
+use values::{node_ip, parse_rate_limit};
 pub use values::{parse_duration, parse_size, split_hosts_dirs};
 
 mod file;
@@ -414,22 +414,13 @@ impl Settings {
         let link_rate = LinkRate::parse(&link_rate)
             .map_err(|e| errors.push(format!("--link-rate: {e}")))
             .ok();
-        let upload_rate_limit = match &upload_rate_limit {
-            None => None,
-            Some(v) => match parse_size(v).map(NonZeroU64::new) {
-                Ok(Some(n)) => Some(n),
-                Ok(None) => {
-                    errors.push(
-                        "--upload-rate-limit: must be above 0 (leave it unset for no limit)".into(),
-                    );
-                    None
-                }
-                Err(e) => {
-                    errors.push(format!("--upload-rate-limit: {e}"));
-                    None
-                }
-            },
-        };
+        let upload_rate_limit = upload_rate_limit
+            .map(|v| {
+                parse_rate_limit(&v).map_err(|e| errors.push(format!("--upload-rate-limit: {e}")))
+            })
+            .transpose()
+            .ok()
+            .flatten();
         let tls = match (peer_tls_dir, dev_ephemeral_tls) {
             (Some(_), true) => {
                 errors.push("--peer-tls-dir and --dev-ephemeral-tls exclude each other".into());

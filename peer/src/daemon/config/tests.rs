@@ -527,3 +527,19 @@ fn the_link_rate_is_auto_by_default_and_read_from_the_flag_or_file() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn an_upload_rate_limit_of_zero_or_nonsense_is_refused() {
+    let base = ["--dev-ephemeral-tls", "--quic-listen", "127.0.0.1:1"];
+    for (bad, why) in [("0", "must be above 0"), ("fast", "not a size")] {
+        let errs = resolve(&[&base[..], &["--upload-rate-limit", bad]].concat()).unwrap_err();
+        assert!(
+            errs.len() == 1
+                && errs[0].starts_with("--upload-rate-limit: ")
+                && errs[0].contains(why),
+            "{errs:?}"
+        );
+    }
+    let s = resolve(&[&base[..], &["--upload-rate-limit", "200MiB"]].concat()).unwrap();
+    assert_eq!(s.upload_rate_limit.unwrap().get(), 200 << 20);
+}

@@ -25,6 +25,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Parses `--upload-rate-limit` (bytes per second, `200MiB`); zero is refused (an
+/// unset limit means none).
+pub(super) fn parse_rate_limit(s: &str) -> Result<std::num::NonZeroU64, String> {
+    std::num::NonZeroU64::new(parse_size(s)?)
+        .ok_or_else(|| "must be above 0 (leave it unset for no limit)".to_owned())
+}
+
 /// Splits containerd's `config_path` (`:`-separated, as Go's `filepath.SplitList`) into
 /// its directories, in order; an empty entry is refused (containerd would search the
 /// working directory).
