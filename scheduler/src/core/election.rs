@@ -122,14 +122,19 @@ impl Scheduler {
             // The first election waits a little for a faster downloader: in a
             // rollout the first plan opened is often not the fastest node's.
             if task.never_had_a_source() && best_rate > 0 && best_rate < fastest {
-                let until = *task
-                    .faster_wait_until
-                    .get_or_insert_with(|| now + config.faster_source_wait);
-                if now < until {
-                    if !task.waited_for_faster {
-                        task.waited_for_faster = true;
-                        self.stats.elections_waited_for_faster += 1;
+                let until = match task.faster_wait_until {
+                    Some(until) => until,
+                    None => {
+                        // The first time it has to: counted once per task.
+                        let until = now + config.faster_source_wait;
+                        task.faster_wait_until = Some(until);
+                        if now < until {
+                            self.stats.elections_waited_for_faster += 1;
+                        }
+                        until
                     }
+                };
+                if now < until {
                     break;
                 }
             }

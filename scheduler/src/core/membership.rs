@@ -116,7 +116,14 @@ impl Scheduler {
         }
         let ttl = self.config.peer_ttl;
         let id = info.id.clone();
-        let is_new = !self.peers.contains_key(&id);
+        match self.peers.get(&id).map(|p| p.info.link_mbps) {
+            None => self.link_rates.add(info.link_mbps),
+            Some(old) if old != info.link_mbps => {
+                self.link_rates.remove(old);
+                self.link_rates.add(info.link_mbps);
+            }
+            Some(_) => {}
+        }
         let peer = self.peers.entry(id.clone()).or_insert_with(|| Peer {
             info: info.clone(),
             lease_until: now + ttl,
@@ -136,16 +143,8 @@ impl Scheduler {
                 h.finish()
             },
         });
-        let (old_rate, new_rate) = (peer.info.link_mbps, info.link_mbps);
         peer.info = info;
         peer.lease_until = now + ttl;
-        if is_new {
-            self.link_rates.add(new_rate);
-        } else if old_rate != new_rate {
-            self.link_rates.remove(old_rate);
-            self.link_rates.add(new_rate);
-        }
-        let peer = self.peers.get_mut(&id).expect("inserted above");
         for t in held {
             // A peer whose hashes for the task were disproved does not come back
             // as its holder (nor bring its hashes) by re-joining.

@@ -299,8 +299,6 @@ pub(crate) struct Task {
     /// The first election waits for a faster downloader until then (set when
     /// it first had to; see [`CoreConfig::faster_source_wait`]).
     pub(crate) faster_wait_until: Option<Instant>,
-    /// The first election waited for a faster downloader (counted once).
-    pub(crate) waited_for_faster: bool,
     /// Something changed: the next flush looks at this task's downloads.
     pub(crate) dirty: bool,
 }
@@ -332,7 +330,6 @@ impl Task {
             created_at: now,
             elect_after: None,
             faster_wait_until: None,
-            waited_for_faster: false,
             dirty: false,
         }
     }

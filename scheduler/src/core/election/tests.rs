@@ -117,6 +117,12 @@ fn elections_that_need_no_wait_are_held_at_once() {
     core.leave(t0, &id(1));
     core.open_plan(t0, &id(0), digest, SIZE).unwrap();
     assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+    // A fast peer that re-joins declaring a slower link no longer counts as fast.
+    let digest = Digest::from_sha256([21; 32]);
+    let mut core = joined(t0, &[1000, 10_000], CoreConfig::default());
+    core.join(t0, at(1, 1000), vec![]).unwrap();
+    core.open_plan(t0, &id(0), digest, SIZE).unwrap();
+    assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
 }
 
 /// A source that stalls is replaced by the fastest other downloader at once,
