@@ -308,6 +308,7 @@ async fn a_full_disk_streams_verified_pieces_through_bounded_memory() {
                 pieces: None,
             }],
             back_to_source: false,
+            ..PlanUpdate::default()
         }))
         .unwrap();
     let (mut got, mut most) = (Vec::new(), 0);
@@ -494,6 +495,7 @@ async fn over_twins_a_corrupt_parent_is_reported_and_the_honest_one_serves() {
             hashes,
             parents: vec![parent("bad", bad), parent("good", good)],
             back_to_source: false,
+            ..PlanUpdate::default()
         }))
         .unwrap();
     done(&dl).await;
@@ -561,6 +563,7 @@ async fn a_back_to_source_download_re_opens_its_lost_plan_saying_it_streams_from
             hashes: Vec::new(),
             parents: Vec::new(),
             back_to_source: true,
+            ..PlanUpdate::default()
         }))
         .unwrap()
     };

@@ -46,6 +46,11 @@ pub struct Args {
     /// [default: 250ms].
     #[arg(long, env = "SHOAL_FASTER_SOURCE_WAIT")]
     pub faster_source_wait: Option<String>,
+    /// A back-to-source peer hands the rest of a blob over to a downloader whose
+    /// declared link rate is at least this many times its own; 0: never
+    /// [default: 2].
+    #[arg(long, env = "SHOAL_HAND_OVER_RATIO")]
+    pub hand_over_ratio: Option<String>,
     /// Parents per plan [default: 8].
     #[arg(long, env = "SHOAL_MAX_PARENTS")]
     pub max_parents: Option<String>,
@@ -110,6 +115,7 @@ struct File {
     max_back_to_source: Option<String>,
     back_to_source_stall: Option<String>,
     faster_source_wait: Option<String>,
+    hand_over_ratio: Option<String>,
     max_parents: Option<String>,
     max_children_per_parent: Option<String>,
     plan_interval: Option<String>,
@@ -187,6 +193,11 @@ pub struct Settings {
 
 /// The longest `--faster-source-wait` accepted.
 const MAX_FASTER_SOURCE_WAIT: Duration = Duration::from_secs(10);
+
+/// `--hand-over-ratio`'s bounds (besides 0): below 1.2 a source would hand
+/// over for a gain smaller than what the second upstream download costs.
+const MIN_HAND_OVER_RATIO: f64 = 1.2;
+const MAX_HAND_OVER_RATIO: f64 = 1000.0;
 
 /// Parses `30s`, `500ms`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -279,6 +290,12 @@ impl Settings {
             file.faster_source_wait,
             "250ms",
         );
+        let hand_over = get(
+            "hand-over-ratio",
+            args.hand_over_ratio,
+            file.hand_over_ratio,
+            "2",
+        );
         let parents = get("max-parents", args.max_parents, file.max_parents, "8");
         let children = get(
             "max-children-per-parent",
@@ -324,6 +341,18 @@ impl Settings {
                 None
             }
             d => d,
+        };
+        let hand_over = match hand_over.1.parse::<f64>() {
+            Ok(r) if r == 0.0 || (MIN_HAND_OVER_RATIO..=MAX_HAND_OVER_RATIO).contains(&r) => {
+                Some(r)
+            }
+            _ => {
+                errors.push(format!(
+                    "--hand-over-ratio: {:?} must be 0 (never) or a number from {MIN_HAND_OVER_RATIO} to {MAX_HAND_OVER_RATIO}",
+                    hand_over.1
+                ));
+                None
+            }
         };
         let mut count = |(name, v): (String, String), max: u32| match v.parse::<u32>() {
             Ok(n) if (1..=max).contains(&n) => Some(n),
@@ -404,6 +433,7 @@ impl Settings {
             max_back_to_source: b2s.expect("checked") as usize,
             back_to_source_stall: stall.expect("checked"),
             faster_source_wait: faster_wait.expect("checked"),
+            hand_over_ratio: hand_over.expect("checked"),
             max_parents: parents.expect("checked") as usize,
             max_children_per_parent: children.expect("checked"),
             seed: rand::random(),
@@ -455,6 +485,23 @@ mod tests {
             let errs = Settings::resolve(args(&["--faster-source-wait", bad])).unwrap_err();
             assert!(
                 errs.len() == 1 && errs[0].contains("--faster-source-wait"),
+                "{bad}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hand_over_ratio_is_bounded_and_zero_turns_it_off() {
+        let s = Settings::resolve(args(&[])).unwrap();
+        assert_eq!(s.core.hand_over_ratio, 2.0);
+        let s = Settings::resolve(args(&["--hand-over-ratio", "0"])).unwrap();
+        assert_eq!(s.core.hand_over_ratio, 0.0);
+        let s = Settings::resolve(args(&["--hand-over-ratio", "1.5"])).unwrap();
+        assert_eq!(s.core.hand_over_ratio, 1.5);
+        for bad in ["1", "1.1", "0.5", "NaN", "inf", "2000", "fast"] {
+            let errs = Settings::resolve(args(&["--hand-over-ratio", bad])).unwrap_err();
+            assert!(
+                errs.len() == 1 && errs[0].contains("--hand-over-ratio"),
                 "{bad}: {errs:?}"
             );
         }

@@ -137,6 +137,8 @@ pub(crate) fn plan_update(u: PlanUpdate) -> v1::PlanUpdate {
             .collect(),
         back_to_source: u.back_to_source,
         reason: u.reason.to_string(),
+        upstream_from_piece: u.upstream_from_piece,
+        hand_over: u.hand_over,
     }
 }
 

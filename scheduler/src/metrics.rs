@@ -251,7 +251,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct CoreCollector(Arc<Mutex<Snapshot>>);
 
 /// `(name without prefix and _total, help, value)` of each core counter.
-fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 19] {
+fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 20] {
     [
         (
             "peer_joins",
@@ -302,6 +302,11 @@ fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 19] {
             "elections_waited_for_faster",
             "Tasks whose first back-to-source election waited for a downloader as fast as the fastest joined peer",
             s.elections_waited_for_faster,
+        ),
+        (
+            "sources_handed_over",
+            "Back-to-source peers that handed the rest of a task over to a downloader with a faster declared link",
+            s.sources_handed_over,
         ),
         (
             "pieces_reported",

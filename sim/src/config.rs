@@ -51,6 +51,12 @@ pub struct Config {
     /// elects the first node to open its plan back-to-source, slow or not. By
     /// default each declares its own rate, as `--link-rate auto` does.
     pub undeclared_rates: bool,
+    /// A slow node opens its plan first, alone, and the others this much later
+    /// (the pull a faster-source wait cannot cover: the scheduler elects the slow
+    /// node, then hands over to a fast one). `None`: all at one instant.
+    pub slow_first_by: Option<Duration>,
+    /// The scheduler's `hand_over_ratio` (0: never hand over).
+    pub hand_over_ratio: f64,
 }
 
 impl Default for Config {
@@ -74,6 +80,8 @@ impl Default for Config {
             max_time: Duration::from_secs(3600),
             progress: false,
             undeclared_rates: false,
+            slow_first_by: None,
+            hand_over_ratio: CoreConfig::default().hand_over_ratio,
         }
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub struct NodeResult {
     /// Its downlink rate, bytes/s.
     pub down: f64,
+    /// When it opened its plan.
+    pub opened_at: Duration,
     /// When it held every piece (`None`: never).
     pub done_at: Option<Duration>,
     /// It streamed from upstream.

@@ -48,8 +48,9 @@ impl Figures {
     /// The figures of `o`, a run of a `size`-byte blob.
     pub fn of(o: &Outcome, size: u64) -> Self {
         let ratio = |n: &crate::swarm::NodeResult| {
-            n.done_at
-                .map_or(f64::INFINITY, |d| d.as_secs_f64() / (size as f64 / n.down))
+            n.done_at.map_or(f64::INFINITY, |d| {
+                (d - n.opened_at).as_secs_f64() / (size as f64 / n.down)
+            })
         };
         let ratios: Vec<f64> = o.nodes.iter().map(ratio).collect();
         Figures {

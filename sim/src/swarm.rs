@@ -108,6 +108,8 @@ struct Node {
     /// Tells upstream's size before the first piece.
     upstream_sized: bool,
     source: bool,
+    /// When it opened its plan (`None`: not yet; it does nothing before).
+    opened_at: Option<Duration>,
     /// Its upstream stream runs (the real driver's `Seeding` mark).
     seeding: bool,
     done_at: Option<Duration>,
@@ -130,6 +132,9 @@ pub struct Swarm {
     seq: u64,
     upstream_bytes: u64,
     refused_reports: u64,
+    /// Nodes whose plans open at `later_at` (`Config::slow_first_by`).
+    later: Vec<usize>,
+    later_at: Duration,
 }
 
 /// The true hash of piece `i` (the simulation's content).
@@ -192,6 +197,7 @@ impl Swarm {
                 wake: true,
                 upstream_sized: false,
                 source: false,
+                opened_at: None,
                 seeding: false,
                 done_at: None,
             });
@@ -201,6 +207,7 @@ impl Swarm {
                 seed: cfg.seed,
                 max_parents: cfg.max_parents,
                 max_children_per_parent: cfg.max_children,
+                hand_over_ratio: cfg.hand_over_ratio,
                 ..CoreConfig::default()
             }),
             cfg,
@@ -217,6 +224,8 @@ impl Swarm {
             seq: 0,
             upstream_bytes: 0,
             refused_reports: 0,
+            later: Vec::new(),
+            later_at: Duration::ZERO,
         };
         // Every node joins (the DaemonSet's peers are up before a rollout), then
         // every node opens its plan at the same instant, in random order.
@@ -232,14 +241,32 @@ impl Swarm {
             swarm.sched.join(now, info, vec![])?;
             swarm.sched.session_opened(now, &node.id)?;
         }
-        for n in order.iter().copied() {
-            let id = swarm.nodes[n].id.clone();
-            let plan = swarm.sched.open_plan(now, &id, digest, 0)?;
-            let node = &mut swarm.nodes[n];
+        let mut first = order;
+        if let Some(by) = swarm.cfg.slow_first_by {
+            let slow = first
+                .iter()
+                .position(|&n| rates[n] < swarm.cfg.rate)
+                .ok_or_else(|| anyhow::anyhow!("a slow node first needs --slow-fraction"))?;
+            let node = first.remove(slow);
+            swarm.later = std::mem::replace(&mut first, vec![node]);
+            swarm.later_at = by;
+        }
+        swarm.open_plans(&first)?;
+        Ok(swarm)
+    }
+
+    /// Opens the plans of `nodes`, in that order, now.
+    fn open_plans(&mut self, nodes: &[usize]) -> anyhow::Result<()> {
+        let now = self.now();
+        for &n in nodes {
+            let id = self.nodes[n].id.clone();
+            let plan = self.sched.open_plan(now, &id, self.digest, 0)?;
+            let node = &mut self.nodes[n];
             node.plan = Some(plan);
+            node.opened_at = Some(self.t);
             node.core.plan_opened();
         }
-        Ok(swarm)
+        Ok(())
     }
 
     fn now(&self) -> Instant {
@@ -257,6 +284,12 @@ impl Swarm {
         let mut next_heartbeat = HEARTBEAT;
         let mut left = self.nodes.len();
         while left > 0 && self.t < self.cfg.max_time {
+            if !self.later.is_empty() && self.t >= self.later_at {
+                let later = std::mem::take(&mut self.later);
+                if self.open_plans(&later).is_err() {
+                    self.refused_reports += 1;
+                }
+            }
             self.handle_messages(self.t);
             if self.t >= next_heartbeat {
                 next_heartbeat += HEARTBEAT;
@@ -302,6 +335,7 @@ impl Swarm {
                 .iter()
                 .map(|n| NodeResult {
                     down: n.down,
+                    opened_at: n.opened_at.unwrap_or_default(),
                     done_at: n.done_at,
                     source: n.source,
                     served: n.server.served,
@@ -319,7 +353,10 @@ impl Swarm {
     fn poll_due(&mut self) {
         for n in 0..self.nodes.len() {
             let node = &self.nodes[n];
-            if node.done_at.is_none() && (node.wake || self.t >= node.next_poll) {
+            if node.done_at.is_none()
+                && node.opened_at.is_some()
+                && (node.wake || self.t >= node.next_poll)
+            {
                 self.poll(n);
             }
         }
@@ -368,6 +405,17 @@ impl Swarm {
                         self.nodes[n].source = true;
                         self.nodes[n].seeding = true;
                         self.send(self.t + lat * 2, Msg::UpstreamStart { node: n, piece });
+                    }
+                    Action::StopUpstream => {
+                        self.nodes[n].seeding = false;
+                        if let Some(i) = self
+                            .flows
+                            .iter()
+                            .position(|f| matches!(*f, Flow::Upstream { node, .. } if node == n))
+                        {
+                            self.flows.swap_remove(i);
+                            self.links.remove(i);
+                        }
                     }
                     Action::OpenPlan {
                         size,

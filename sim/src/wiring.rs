@@ -48,6 +48,8 @@ pub fn convert(update: sched::PlanUpdate) -> PlanUpdate {
             })
             .collect(),
         back_to_source: update.back_to_source,
+        upstream_from_piece: update.upstream_from_piece,
+        hand_over: update.hand_over,
     }
 }
 

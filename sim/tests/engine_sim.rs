@@ -215,6 +215,7 @@ impl Sim {
                         let first = self.shape.piece_at(from).unwrap_or(0);
                         self.peers.get_mut(id).unwrap().upstream = Some((first, false));
                     }
+                    Action::StopUpstream => self.peers.get_mut(id).unwrap().upstream = None,
                     Action::OpenPlan {
                         size,
                         from_upstream,

@@ -118,3 +118,27 @@ fn a_full_rate_node_is_elected_back_to_source_whatever_opens_first() {
         assert_eq!(run(seed, false), 1.0, "seed {seed}");
     }
 }
+
+/// A slow node pulls first, alone, and the others a second later, too late for
+/// the election's wait: the scheduler hands the rest of the blob over to a
+/// full-rate node, and the swarm receives at full rate with one upstream copy.
+/// Without the hand-over every node waits for the slow source.
+#[test]
+fn a_slow_first_puller_hands_the_blob_over_to_a_full_rate_node() {
+    let run = |hand_over_ratio| {
+        figures(Config {
+            peers: 8,
+            size: 32 << 20,
+            slow_fraction: 0.25,
+            slow_first_by: Some(std::time::Duration::from_secs(1)),
+            hand_over_ratio,
+            ..Config::default()
+        })
+    };
+    let with = run(2.0);
+    let without = run(0.0);
+    assert!(with.p50_ratio < 1.5, "{with:?}");
+    assert!(with.egress_ratio < 1.05, "{with:?}");
+    assert!(without.p50_ratio > 2.0, "{without:?}");
+    assert!(without.egress_ratio < 1.01, "{without:?}");
+}

@@ -67,6 +67,9 @@ pub enum Action {
         /// First byte wanted.
         from: u64,
     },
+    /// Stop the upstream stream started last (a faster peer took over); no
+    /// [`DownloadCore::on_upstream_done`] is expected for it.
+    StopUpstream,
     /// Try to re-open the lost plan for a task of `size` bytes (0: unknown); answer
     /// with [`DownloadCore::plan_opened`] or [`DownloadCore::plan_refused`].
     OpenPlan {
@@ -132,6 +135,10 @@ pub struct DownloadCore {
     started_reported: bool,
     shape_published: bool,
     upstream_running: bool,
+    /// Fetch from upstream from this piece on (the pieces before it from
+    /// parents): set by a plan that hands a slower source's task over to this
+    /// peer. 0: from the first piece missing.
+    upstream_from: u32,
     upstream_failures: u32,
     /// The store takes pieces; false after a local fault.
     store_ok: bool,
@@ -162,6 +169,7 @@ impl DownloadCore {
             started_reported: false,
             shape_published: false,
             upstream_running: false,
+            upstream_from: 0,
             upstream_failures: 0,
             store_ok: true,
             unstored: PieceSet::new(0),
@@ -251,8 +259,21 @@ impl DownloadCore {
             }
         }
         self.report_pending();
+        if update.hand_over && !update.back_to_source && self.upstream_running {
+            info!("a faster peer took over the upstream download; fetching the rest from parents");
+            self.upstream_running = false;
+            self.actions.push(Action::StopUpstream);
+        }
         if update.back_to_source && !self.upstream_running {
-            info!("told to fetch from upstream");
+            self.upstream_from = update.upstream_from_piece;
+            if self.upstream_from > 0 {
+                info!(
+                    piece = self.upstream_from,
+                    "took over the upstream download from a slower peer"
+                );
+            } else {
+                info!("told to fetch from upstream");
+            }
             self.start_upstream();
         }
         Ok(())
@@ -275,6 +296,7 @@ impl DownloadCore {
         }
         if !self.upstream_running && self.planner.wants_upstream(now) {
             info!("parents cannot serve; fetching the missing pieces from upstream");
+            self.upstream_from = 0;
             self.start_upstream();
         }
         if let Some(lost) = self.plan_lost {
@@ -411,6 +433,10 @@ impl DownloadCore {
     /// fails with it after that, or at once when nothing else could finish it (no
     /// plan and no shape).
     pub fn on_upstream_done(&mut self, result: Result<(), EngineError>) -> Result<(), EngineError> {
+        if !self.upstream_running {
+            // A stream stopped by a hand-over that ended on its own first.
+            return Ok(());
+        }
         self.upstream_running = false;
         match result {
             Err(e) => {
@@ -426,6 +452,9 @@ impl DownloadCore {
                 }
                 Ok(())
             }
+            // Took over from a slower source: the pieces before the start come
+            // from parents (and from upstream again if they starve).
+            Ok(()) if self.planner.missing_from(self.upstream_from).is_none() => Ok(()),
             Ok(()) if !self.planner.is_complete() => {
                 Err(UpstreamError::Http("upstream body ended before the last piece".into()).into())
             }
@@ -511,7 +540,13 @@ impl DownloadCore {
     /// Streams the missing pieces from upstream, from the first missing one on.
     fn start_upstream(&mut self) {
         let from = match self.planner.shape() {
-            Some(shape) => match self.planner.have().first_missing() {
+            // Taking over from a slower source: from the first piece missing at
+            // or after the start; nothing when the stream already covered them.
+            Some(shape) => match if self.upstream_from > 0 {
+                self.planner.missing_from(self.upstream_from)
+            } else {
+                self.planner.have().first_missing()
+            } {
                 Some(i) => shape.piece_range(i).map_or(0, |r| r.start),
                 None => return,
             },

@@ -114,6 +114,9 @@ struct Driver<'a> {
     /// pieces `0..hashed` (`None` only while a blocking task holds it).
     hasher: Option<Sha256>,
     hashed: u32,
+    /// The upstream stream's task, while one may run (aborted when a faster
+    /// peer takes over).
+    upstream: Option<tokio::task::AbortHandle>,
 }
 
 /// How a blob asked for came to be complete.
@@ -204,6 +207,7 @@ async fn drive(inner: &Inner, dl: Arc<Download>, size_hint: u64) -> Result<Serve
         unchecked: Vec::new(),
         hasher: Some(Sha256::new()),
         hashed: 0,
+        upstream: None,
     };
     if let Some(m) = meta {
         d.core.resume(m.shape, &m.hashes, &m.pieces)?;
@@ -343,7 +347,7 @@ impl Driver<'_> {
                 let tx = self.tx.clone();
                 let digest = self.dl.digest;
                 let seeding = self.inner.seeding.start(digest);
-                tokio::spawn(
+                let task = tokio::spawn(
                     async move {
                         let r = stream_upstream(&*upstream, digest, from, &tx).await;
                         drop(seeding);
@@ -351,6 +355,14 @@ impl Driver<'_> {
                     }
                     .in_current_span(),
                 );
+                self.upstream = Some(task.abort_handle());
+            }
+            Action::StopUpstream => {
+                // Dropping the stream closes the registry connection; the
+                // pieces already queued are still kept.
+                if let Some(task) = self.upstream.take() {
+                    task.abort();
+                }
             }
             Action::OpenPlan {
                 size,

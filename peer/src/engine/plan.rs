@@ -21,6 +21,13 @@ pub struct PlanUpdate {
     pub parents: Vec<PlanParent>,
     /// Fetch from upstream (and report hashes) when true.
     pub back_to_source: bool,
+    /// With `back_to_source`: the first piece to fetch from upstream; the pieces
+    /// before it are fetched from parents (this peer took over from a slower
+    /// source). 0: from the first piece this peer lacks.
+    pub upstream_from_piece: u32,
+    /// This peer was the back-to-source peer and a faster one took over: stop
+    /// the upstream download, fetch the rest from parents.
+    pub hand_over: bool,
 }
 
 /// A parent offered by the plan.

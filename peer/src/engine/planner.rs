@@ -521,10 +521,11 @@ impl Planner {
 
     /// True when the missing pieces should come from upstream: no parent could serve
     /// for `starve_timeout` while the plan did not change, or a fetch failed in a way
-    /// no parent can fix. Never true while this peer is the back-to-source peer (it is
-    /// already fetching from upstream).
+    /// no parent can fix. The caller asks only while no upstream stream runs: a
+    /// back-to-source peer that took over from a slower one fetches the pieces before
+    /// its start from parents, and from upstream too when those starve.
     pub fn wants_upstream(&self, now: Instant) -> bool {
-        if self.back_to_source || self.is_complete() {
+        if self.is_complete() {
             return false;
         }
         self.broken
@@ -567,6 +568,11 @@ impl Planner {
             .collect();
         v.sort();
         v
+    }
+
+    /// The first piece at or after `from` not held.
+    pub fn missing_from(&self, from: u32) -> Option<u32> {
+        (from..self.have.len()).find(|&i| !self.have.contains(i))
     }
 
     /// True when `parent` sent a bad piece and is no longer asked.

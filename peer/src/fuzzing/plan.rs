@@ -11,6 +11,7 @@ use crate::scheduler_link;
 /// Decodes the input as a `v1::PlanUpdate` and converts it; a converted update:
 /// - has hashes only with a shape, every index a piece of it, none of the message's
 ///   hashes dropped;
+/// - has a start piece for upstream only with a shape, and in it;
 /// - has a piece set only for a parent that is not complete, sized for the shape;
 /// - has no more parents than the message;
 /// - written back to the wire the way the scheduler writes it, converts to itself.
@@ -31,6 +32,10 @@ pub fn plan_update(data: &[u8]) {
             }
         }
         None => assert!(update.hashes.is_empty(), "{update:?}"),
+    }
+    if update.upstream_from_piece > 0 {
+        let shape = update.shape.expect("a start piece needs a shape");
+        assert!(shape.check_index(update.upstream_from_piece).is_ok());
     }
     assert!(update.parents.len() <= parents_sent);
     for p in &update.parents {
@@ -73,5 +78,7 @@ fn to_wire(u: &PlanUpdate) -> v1::PlanUpdate {
             .collect(),
         back_to_source: u.back_to_source,
         reason: String::new(),
+        upstream_from_piece: u.upstream_from_piece,
+        hand_over: u.hand_over,
     }
 }

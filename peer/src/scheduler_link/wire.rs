@@ -79,11 +79,27 @@ pub fn plan_update(u: v1::PlanUpdate) -> Result<PlanUpdate, PlannerError> {
             })
         })
         .collect();
+    // Where to start from upstream is an index like a hash's: without a shape
+    // it cannot be placed.
+    let upstream_from_piece = match (u.upstream_from_piece, shape) {
+        (0, _) => 0,
+        (i, Some(s)) => {
+            s.check_index(i)?;
+            i
+        }
+        (i, None) => {
+            return Err(PlannerError::Shape(format!(
+                "upstream from piece {i} of a task of unknown size"
+            )));
+        }
+    };
     Ok(PlanUpdate {
         shape,
         hashes,
         parents,
         back_to_source: u.back_to_source,
+        upstream_from_piece,
+        hand_over: u.hand_over,
     })
 }
 /// Splits an inventory into Join pages of at most [`JOIN_PAGE`] tasks and

@@ -15,6 +15,12 @@ use shoal_proto::Digest;
 
 use super::{PeerId, Scheduler};
 
+/// A source hands over to a faster downloader only while at least this many of
+/// the task's pieces are left to fetch from upstream: for the last few, the
+/// start of a second upstream download and the old source's overlap cost more
+/// than the faster link saves.
+pub const HAND_OVER_MIN_PIECES: u32 = 8;
+
 impl Scheduler {
     /// Counts `id`, which re-opened its plan while streaming the task from
     /// upstream, as a back-to-source peer, while the task has fewer than the limit
@@ -149,9 +155,94 @@ impl Scheduler {
             task.dirty = true;
             if let Some(d) = task.downloads.get_mut(&chosen) {
                 d.rerank = true;
+                d.upstream_from_piece = 0;
             }
             self.stats.back_to_source_elections += 1;
         }
+    }
+
+    /// Hands the rest of a task over from a back-to-source peer to a downloader
+    /// at least [`CoreConfig::hand_over_ratio`] times as fast (by declared link
+    /// rate), while at least [`HAND_OVER_MIN_PIECES`] pieces are left: the new
+    /// source fetches from upstream from the first piece the old one lacks (the
+    /// pieces before it from parents); the old one is told to stop its upstream
+    /// download. Peers of unknown rate neither hand over nor take over.
+    ///
+    /// [`CoreConfig::hand_over_ratio`]: super::CoreConfig::hand_over_ratio
+    pub(crate) fn hand_over_to_faster(&mut self, now: Instant) {
+        let ratio = self.config.hand_over_ratio;
+        let fastest = f64::from(self.link_rates.fastest());
+        if ratio <= 0.0 || fastest <= 0.0 {
+            return;
+        }
+        let (peers, config) = (&self.peers, &self.config);
+        let offerable = |id: &PeerId| peers.get(id).is_some_and(|p| !p.quarantined(config));
+        let rate = |id: &PeerId| peers.get(id).map_or(0, |p| p.info.link_mbps);
+        let mut handed = 0;
+        for task in self.tasks.values_mut() {
+            let Some(shape) = task.shape else {
+                continue;
+            };
+            let mut sources: Vec<(&PeerId, u32)> = task
+                .back_to_source
+                .keys()
+                .map(|id| (id, rate(id)))
+                .filter(|&(_, r)| r > 0 && f64::from(r) * ratio <= fastest)
+                .collect();
+            let Some((old, old_rate)) = sources.drain(..).min_by_key(|&(id, r)| (r, id)) else {
+                continue;
+            };
+            let old = old.clone();
+            // Where the old source is: the first piece it lacks from where it
+            // started fetching from upstream.
+            let start = task
+                .downloads
+                .get(&old)
+                .map_or(0, |d| d.upstream_from_piece);
+            let Some(from) = task.holdings.get(&old).and_then(|h| {
+                (start..shape.piece_count()).find(|&i| !h.complete && !h.pieces.contains(i))
+            }) else {
+                continue;
+            };
+            if shape.piece_count() - from < HAND_OVER_MIN_PIECES {
+                continue;
+            }
+            let mut candidates: Vec<(u32, &PeerId)> = task
+                .downloads
+                .keys()
+                .filter(|id| {
+                    !task.back_to_source.contains_key(*id)
+                        && !task.bad.contains(*id)
+                        && !task.stalled.contains(*id)
+                        && offerable(id)
+                        && task.holdings.get(*id).is_none_or(|h| !h.complete)
+                })
+                .map(|id| (rate(id), id))
+                .filter(|&(r, _)| f64::from(r) >= ratio * f64::from(old_rate))
+                .collect();
+            // The fastest; among equals the smallest id (a seed gives the
+            // same choice on every run).
+            candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+            let Some(&(_, new)) = candidates.first() else {
+                continue;
+            };
+            let new = new.clone();
+            task.back_to_source.remove(&old);
+            if let Some(d) = task.downloads.get_mut(&old) {
+                d.hand_over_pending = true;
+                d.rerank = true;
+            }
+            task.back_to_source.insert(new.clone(), now);
+            task.sources.insert(new.clone());
+            task.elections += 1;
+            if let Some(d) = task.downloads.get_mut(&new) {
+                d.upstream_from_piece = from;
+                d.rerank = true;
+            }
+            task.dirty = true;
+            handed += 1;
+        }
+        self.stats.sources_handed_over += handed;
     }
 
     /// Replaces back-to-source peers that made no progress for too long.

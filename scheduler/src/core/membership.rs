@@ -244,6 +244,7 @@ impl Scheduler {
         }
         self.replace_stalled_sources(now);
         self.elect_deferred(now);
+        self.hand_over_to_faster(now);
     }
 
     /// Removes a peer from every task; its children are re-planned.

@@ -47,6 +47,7 @@ use rand::rngs::SmallRng;
 use shoal_proto::{Digest, PieceSet, TaskShape};
 
 pub use bad_memory::REMEMBER_FOR as BAD_PEER_MEMORY;
+pub use election::HAND_OVER_MIN_PIECES;
 pub use error::{CoreError, ErrorKind};
 pub use membership::MAX_LINK_MBPS;
 pub use operator::DropOrder;
@@ -110,6 +111,14 @@ pub struct CoreConfig {
     /// the wait is elected at once; without one, the fastest downloader is
     /// elected when the wait ends. Peers of unknown rate never wait.
     pub faster_source_wait: Duration,
+    /// A task's back-to-source peer hands the rest of the blob over to a
+    /// downloader whose declared link rate is at least this many times its own
+    /// (default 2.0; 0: never). The new source fetches from upstream from the
+    /// first piece the old one lacks, the old one stops its upstream download
+    /// and fetches the rest from peers. The wait above covers a rollout whose
+    /// plans open together; this covers a slow node that pulled first, seconds
+    /// before the fast ones. Not with fewer than [`HAND_OVER_MIN_PIECES`] left.
+    pub hand_over_ratio: f64,
     /// Seed of the RNG used for tie-breaks.
     pub seed: u64,
 }
@@ -130,6 +139,7 @@ impl Default for CoreConfig {
             max_tasks_per_peer: 20_000,
             resume_grace: Duration::from_secs(2),
             faster_source_wait: Duration::from_millis(250),
+            hand_over_ratio: 2.0,
             seed: 0x0005_40A1,
         }
     }
@@ -237,6 +247,11 @@ pub(crate) struct Download {
     pub(crate) hashes_sent: PieceSet,
     pub(crate) shape_sent: bool,
     pub(crate) back_to_source_sent: bool,
+    /// Elected to take over from a slower source: the first piece to fetch
+    /// from upstream (0: from the first piece it lacks).
+    pub(crate) upstream_from_piece: u32,
+    /// Was the source and a faster peer took over: tell it once to stop.
+    pub(crate) hand_over_pending: bool,
     /// Send at the next flush even if the ranking gives what `parents` says:
     /// nothing sent yet, or a parent was withdrawn from `parents` (the child
     /// must hear that it is gone).

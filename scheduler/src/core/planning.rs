@@ -108,6 +108,8 @@ impl Scheduler {
                 hashes_sent: empty,
                 shape_sent: false,
                 back_to_source_sent: false,
+                upstream_from_piece: 0,
+                hand_over_pending: false,
                 fresh: true,
                 rerank: true,
                 ranked_epoch: 0,
@@ -382,7 +384,9 @@ impl Scheduler {
         let more_wanted =
             d.parents.len() < self.config.max_parents && d.ranked_epoch != task.holder_epoch;
         let rerank = d.rerank || starved || more_wanted;
-        let new_parents = if is_source || done {
+        // A source taking over from a slower one fetches the pieces before its
+        // start from parents.
+        let new_parents = if (is_source && d.upstream_from_piece == 0) || done {
             Vec::new()
         } else if rerank {
             self.stats.plan_decisions += 1;
@@ -435,6 +439,7 @@ impl Scheduler {
             || counts != d.sent_counts
             || !hashes.is_empty()
             || d.back_to_source_sent != is_source
+            || d.hand_over_pending
             || (task.shape.is_some() && !d.shape_sent);
         if rerank {
             d.rank_mark = mark;
@@ -452,6 +457,7 @@ impl Scheduler {
         d.parents = new_parents;
         d.sent_counts = counts;
         d.back_to_source_sent = is_source;
+        let hand_over = std::mem::take(&mut d.hand_over_pending) && !is_source;
         d.shape_sent = task.shape.is_some();
         let reason = if is_source {
             "fetch from upstream"
@@ -482,6 +488,8 @@ impl Scheduler {
             piece_hashes: hashes,
             parents,
             back_to_source: is_source,
+            upstream_from_piece: if is_source { d.upstream_from_piece } else { 0 },
+            hand_over,
             reason,
         };
         self.stats.plan_updates += 1;

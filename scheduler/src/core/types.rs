@@ -128,6 +128,13 @@ pub struct PlanUpdate {
     pub parents: Vec<ParentOffer>,
     /// Fetch from upstream (and report hashes) when true.
     pub back_to_source: bool,
+    /// With `back_to_source`: the first piece to fetch from upstream (a faster
+    /// peer taking over from a slower source; the pieces before it are held by
+    /// peers). 0: from the first piece the peer lacks.
+    pub upstream_from_piece: u32,
+    /// This peer was the back-to-source peer and a faster one took over: stop
+    /// the upstream download (sent once, with `back_to_source` false).
+    pub hand_over: bool,
     /// Why the plan looks as it does.
     pub reason: &'static str,
 }

@@ -35,6 +35,10 @@ pub struct CoreStats {
     /// fast as the fastest joined peer (see
     /// [`CoreConfig::faster_source_wait`](super::CoreConfig::faster_source_wait)).
     pub elections_waited_for_faster: u64,
+    /// Back-to-source peers that handed the rest of a task over to a faster
+    /// downloader (see
+    /// [`CoreConfig::hand_over_ratio`](super::CoreConfig::hand_over_ratio)).
+    pub sources_handed_over: u64,
     /// Pieces reported.
     pub pieces_reported: u64,
     /// Tasks completed on a peer.

@@ -92,6 +92,14 @@ struct Args {
     /// to open its plan is elected back-to-source, slow or not.
     #[arg(long)]
     undeclared_rates: bool,
+    /// A slow node opens its plan first, alone, and the others this much later
+    /// (`2s`): the scheduler elects the slow node, then hands the blob over to a
+    /// fast one. Needs --slow-fraction.
+    #[arg(long, value_parser = parse_duration)]
+    slow_first_by: Option<Duration>,
+    /// The scheduler's --hand-over-ratio (0: never hand over).
+    #[arg(long, default_value_t = shoal_scheduler::core::CoreConfig::default().hand_over_ratio)]
+    hand_over_ratio: f64,
     /// Seed: same seed and flags, same output.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -192,6 +200,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
         upload_slots: a.slots,
         progress: a.progress,
         undeclared_rates: a.undeclared_rates,
+        slow_first_by: a.slow_first_by,
+        hand_over_ratio: a.hand_over_ratio,
         planner: PlannerConfig {
             window: a.window,
             busy_backoff: a.busy_backoff,

@@ -45,6 +45,7 @@ fn source_plan() -> PlanUpdate {
         hashes: vec![],
         parents: vec![],
         back_to_source: true,
+        ..PlanUpdate::default()
     }
 }
 
@@ -128,6 +129,7 @@ fn a_child_reports_pieces_without_hashes_and_never_a_piece_it_keeps_in_memory() 
         hashes: hashes(),
         parents: vec![parent("p")],
         back_to_source: false,
+        ..PlanUpdate::default()
     })
     .unwrap();
     assert_eq!(c.take_actions(), vec![Action::ShapeKnown(shape())]);
@@ -172,6 +174,7 @@ fn a_bad_piece_excludes_and_reports_the_parent_only_while_a_plan_is_open() {
         hashes: hashes(),
         parents: vec![parent("p")],
         back_to_source: false,
+        ..PlanUpdate::default()
     })
     .unwrap();
     c.take_actions();
@@ -202,6 +205,7 @@ fn a_wrong_upstream_piece_with_a_known_hash_fails_the_attempt() {
         hashes: hashes(),
         parents: vec![],
         back_to_source: true,
+        ..PlanUpdate::default()
     })
     .unwrap();
     assert!(matches!(
@@ -253,6 +257,7 @@ fn a_lost_plan_is_reopened_with_backoff_and_upstream_takes_over_after_the_grace(
         hashes: hashes(),
         parents: vec![],
         back_to_source: false,
+        ..PlanUpdate::default()
     })
     .unwrap();
     c.take_actions();
@@ -295,6 +300,7 @@ fn a_lost_plan_is_reopened_with_backoff_and_upstream_takes_over_after_the_grace(
         hashes: hashes(),
         parents: vec![],
         back_to_source: false,
+        ..PlanUpdate::default()
     })
     .unwrap();
     assert_eq!(
@@ -316,6 +322,7 @@ fn a_back_to_source_download_reopens_a_lost_plan_at_once() {
         hashes: Vec::new(),
         parents: vec![],
         back_to_source: true,
+        ..PlanUpdate::default()
     })
     .unwrap();
     c.take_actions();
@@ -344,4 +351,119 @@ fn resumed_pieces_are_not_fetched_again() {
     c.no_plan();
     let from = shape().piece_range(2).unwrap().start;
     assert_eq!(c.take_actions(), vec![Action::StartUpstream { from }]);
+}
+
+#[test]
+fn a_source_handed_over_stops_its_upstream_and_fetches_the_rest_from_parents() {
+    let now = Instant::now();
+    let mut c = core(now);
+    c.plan_opened();
+    c.on_plan(&source_plan()).unwrap();
+    c.on_upstream_size(SIZE).unwrap();
+    for i in 0..3 {
+        c.on_piece(i, [i as u8; 32], Origin::Upstream).unwrap();
+        c.on_piece_kept(i, [i as u8; 32], true);
+    }
+    c.take_actions();
+    // A faster peer took over: the stream stops, and the rest comes from it.
+    c.on_plan(&PlanUpdate {
+        shape: Some(shape()),
+        hashes: hashes(),
+        parents: vec![parent("fast")],
+        hand_over: true,
+        ..PlanUpdate::default()
+    })
+    .unwrap();
+    assert!(c.take_actions().contains(&Action::StopUpstream));
+    assert!(!c.upstream_running());
+    // The stopped stream's end, if it still comes, changes nothing.
+    c.on_upstream_done(Ok(())).unwrap();
+    c.poll(now, 3 * shape().piece_size() as u64, true);
+    let fetched: Vec<u32> = c
+        .take_actions()
+        .iter()
+        .filter_map(|a| match a {
+            Action::Fetch { index, parent, .. } if parent.id == "fast" => Some(*index),
+            Action::StartUpstream { .. } => panic!("upstream again"),
+            _ => None,
+        })
+        .collect();
+    assert!(fetched.contains(&3), "{fetched:?}");
+    assert!(fetched.iter().all(|&i| i >= 3), "{fetched:?}");
+    // Without the flag, a plan that no longer names it back-to-source (a
+    // replica's view, say) does not stop the stream.
+    let mut c = core(now);
+    c.plan_opened();
+    c.on_plan(&source_plan()).unwrap();
+    c.take_actions();
+    c.on_plan(&PlanUpdate::default()).unwrap();
+    assert!(c.upstream_running());
+    assert!(!c.take_actions().contains(&Action::StopUpstream));
+}
+
+#[test]
+fn a_peer_taking_over_streams_from_its_start_and_the_pieces_before_from_parents() {
+    let now = Instant::now();
+    let mut c = core(now);
+    c.plan_opened();
+    let start = 5;
+    c.on_plan(&PlanUpdate {
+        shape: Some(shape()),
+        hashes: hashes()[..start as usize].to_vec(),
+        parents: vec![parent("slow")],
+        back_to_source: true,
+        upstream_from_piece: start,
+        ..PlanUpdate::default()
+    })
+    .unwrap();
+    let from = shape().piece_range(start).unwrap().start;
+    let a = c.take_actions();
+    assert!(a.contains(&Action::StartUpstream { from }), "{a:?}");
+    c.poll(now, 0, true);
+    let asked: Vec<u32> = c
+        .take_actions()
+        .iter()
+        .filter_map(|a| match a {
+            Action::Fetch { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        asked.contains(&0) && asked.iter().all(|&i| i < start),
+        "{asked:?}"
+    );
+    // The stream ends at the blob's end: not an error while the pieces before
+    // its start are still on their way from parents.
+    for i in start..shape().piece_count() {
+        c.on_piece(i, [i as u8; 32], Origin::Upstream).unwrap();
+        c.on_piece_kept(i, [i as u8; 32], true);
+    }
+    c.on_upstream_done(Ok(())).unwrap();
+    assert!(!c.is_complete());
+    // If they starve, upstream again from the first missing piece.
+    c.take_actions();
+    let starve = PlannerConfig::default().starve_timeout;
+    for (index, parent) in c.planner().in_flight() {
+        c.on_fetch_failed(index, &parent, true, now);
+    }
+    let later = now + starve * 2;
+    // A plan update meanwhile does not start the stream again.
+    c.on_plan(&PlanUpdate {
+        back_to_source: true,
+        upstream_from_piece: start,
+        ..PlanUpdate::default()
+    })
+    .unwrap();
+    let a = c.take_actions();
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::StartUpstream { .. })),
+        "{a:?}"
+    );
+    c.poll(later, 0, true);
+    c.poll(later + starve, 0, true);
+    assert!(
+        c.take_actions()
+            .contains(&Action::StartUpstream { from: 0 }),
+        "upstream again from piece 0"
+    );
 }

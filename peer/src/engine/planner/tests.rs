@@ -37,6 +37,7 @@ fn plan(size: u64, parents: Vec<PlanParent>) -> PlanUpdate {
         hashes: hashes(shape.piece_count()),
         parents,
         back_to_source: false,
+        ..PlanUpdate::default()
     }
 }
 
@@ -235,14 +236,18 @@ fn a_silent_parent_is_avoided_briefly_then_longer_and_forgiven_by_a_piece() {
 }
 
 #[test]
-fn back_to_source_never_wants_upstream_fallback() {
+fn back_to_source_starving_wants_upstream_like_any_download() {
+    // The core asks only while no upstream stream runs: for a source, when it took
+    // over from a slower one and the pieces before its start starve.
     let mut p = Planner::new(PlannerConfig::default());
     let mut u = plan(2 * PIECE, vec![]);
     u.back_to_source = true;
     p.on_plan(&u).unwrap();
     let t0 = Instant::now();
     assert!(p.next_requests(t0, &mut rng()).is_empty());
-    assert!(!p.wants_upstream(t0 + Duration::from_secs(3600)));
+    let starve = PlannerConfig::default().starve_timeout;
+    assert!(!p.wants_upstream(t0 + starve / 2));
+    assert!(p.wants_upstream(t0 + starve));
 }
 
 #[test]

@@ -162,3 +162,131 @@ fn a_link_rate_above_ten_tbit_is_refused() {
         .unwrap();
     assert_eq!(core.peers(now)[0].link_mbps, crate::core::MAX_LINK_MBPS);
 }
+
+/// The plan updates flushed now, by peer.
+fn updates(core: &mut Scheduler) -> Vec<(PeerId, crate::core::PlanUpdate)> {
+    core.flush();
+    core.drain_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Plan { peer, update, .. } => Some((peer, update)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A 1 Gbit/s node pulled first, alone; a 10 Gbit/s node opens its plan
+/// seconds later: it takes over from the first piece the slow source lacks, the
+/// slow one is told once to stop, and the fast one is offered parents for the
+/// pieces before its start.
+#[test]
+fn a_slow_source_hands_the_rest_over_to_a_much_faster_downloader() {
+    use crate::core::{HAND_OVER_MIN_PIECES, PieceDone};
+    let digest = Digest::from_sha256([30; 32]);
+    let t0 = Instant::now();
+    let size = 40 * u64::from(shoal_proto::piece::MIN_PIECE_SIZE);
+    let mut core = joined(t0, &[1000, 1000, 10_000, 1500], CoreConfig::default());
+    core.open_plan(t0, &id(0), digest, size).unwrap();
+    core.tick(t0 + wait());
+    assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+    core.task_started(t0 + wait(), &id(0), digest, size)
+        .unwrap();
+    let held: Vec<PieceDone> = (0..10)
+        .map(|index| PieceDone {
+            index,
+            hash: Some([index as u8; 32]),
+        })
+        .collect();
+    core.report_pieces(t0 + wait(), &id(0), digest, &held)
+        .unwrap();
+    updates(&mut core);
+    let t1 = t0 + Duration::from_secs(3);
+    // Not fast enough (1.5 × at the default ratio of 2): no hand-over.
+    core.open_plan(t1, &id(3), digest, size).unwrap();
+    core.tick(t1);
+    assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+    core.open_plan(t1, &id(1), digest, size).unwrap();
+    core.open_plan(t1, &id(2), digest, size).unwrap();
+    core.tick(t1);
+    assert_eq!(core.back_to_source_of(&digest), vec![id(2)]);
+    assert_eq!(core.stats().sources_handed_over, 1);
+    let ups = updates(&mut core);
+    let of = |p: u8| {
+        ups.iter()
+            .filter(|(peer, _)| *peer == id(p))
+            .map(|(_, u)| u.clone())
+            .collect::<Vec<_>>()
+    };
+    let fast = of(2);
+    assert!(
+        fast.iter()
+            .any(|u| u.back_to_source && u.upstream_from_piece == 10),
+        "{fast:?}"
+    );
+    assert!(
+        fast.iter().any(|u| u.parents.iter().any(|p| p.id == id(0))),
+        "the fast one is offered the slow one's pieces: {fast:?}"
+    );
+    let slow = of(0);
+    assert!(
+        slow.iter().any(|u| u.hand_over && !u.back_to_source),
+        "{slow:?}"
+    );
+    assert!(of(1).iter().all(|u| !u.hand_over && !u.back_to_source));
+    // Told once; no hand-over back, none further.
+    core.tick(t1 + Duration::from_secs(1));
+    assert!(updates(&mut core).iter().all(|(_, u)| !u.hand_over));
+    assert_eq!(core.back_to_source_of(&digest), vec![id(2)]);
+    assert_eq!(core.stats().sources_handed_over, 1);
+
+    // With too few pieces left, or the hand-over turned off, the slow one
+    // keeps the task.
+    let left_few = CoreConfig::default();
+    let off = CoreConfig {
+        hand_over_ratio: 0.0,
+        ..CoreConfig::default()
+    };
+    for (n, (config, held)) in [(left_few, 40 - HAND_OVER_MIN_PIECES + 1), (off, 10)]
+        .into_iter()
+        .enumerate()
+    {
+        let digest = Digest::from_sha256([31 + n as u8; 32]);
+        let mut core = joined(t0, &[1000, 10_000], config);
+        core.open_plan(t0, &id(0), digest, size).unwrap();
+        core.tick(t0 + wait());
+        core.task_started(t0 + wait(), &id(0), digest, size)
+            .unwrap();
+        let pieces: Vec<PieceDone> = (0..held)
+            .map(|index| PieceDone {
+                index,
+                hash: Some([index as u8; 32]),
+            })
+            .collect();
+        core.report_pieces(t0 + wait(), &id(0), digest, &pieces)
+            .unwrap();
+        core.open_plan(t1, &id(1), digest, size).unwrap();
+        core.tick(t1);
+        assert_eq!(core.back_to_source_of(&digest), vec![id(0)], "case {n}");
+        assert_eq!(core.stats().sources_handed_over, 0);
+    }
+}
+
+/// Peers of unknown rate neither hand over nor take over.
+#[test]
+fn unknown_rates_never_hand_over() {
+    let t0 = Instant::now();
+    let size = 40 * u64::from(shoal_proto::piece::MIN_PIECE_SIZE);
+    for (n, rates) in [[0, 10_000], [1000, 0]].into_iter().enumerate() {
+        let digest = Digest::from_sha256([40 + n as u8; 32]);
+        let mut core = joined(t0, &rates, CoreConfig::default());
+        core.open_plan(t0, &id(0), digest, size).unwrap();
+        core.tick(t0 + wait());
+        assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+        core.task_started(t0 + wait(), &id(0), digest, size)
+            .unwrap();
+        let t1 = t0 + Duration::from_secs(3);
+        core.open_plan(t1, &id(1), digest, size).unwrap();
+        core.tick(t1);
+        assert_eq!(core.back_to_source_of(&digest), vec![id(0)], "{rates:?}");
+    }
+}
