@@ -7,6 +7,12 @@
 //!
 //! `--faster-source-wait 10s` makes the test independent of how fast this machine
 //! starts the second pull: the wait ends as soon as the fast node asks.
+//!
+//! The second test is the hand-over: a slow node pulls alone, is elected and
+//! streams from a slow upstream; a node ten times as fast asks only then, takes
+//! the rest of the blob over from the first piece the slow one lacks, and the slow
+//! one stops its upstream stream. Both end with the right bytes, and upstream sent
+//! about one copy.
 
 use std::time::Duration;
 
@@ -118,6 +124,89 @@ async fn the_node_declaring_the_fastest_link_fetches_from_upstream() {
         m.get("shoal_scheduler_elections_waited_for_faster_total"),
         Some(&1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_source_hands_the_rest_over_to_a_faster_node_that_asks_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, digest) = blob(SIZE, 18);
+    // About 5 MB/s: the slow node is still streaming when the fast one asks.
+    let upstream = CountingUpstream::start(REPO, &digest, data, Duration::from_millis(50))
+        .await
+        .unwrap();
+    let tls = dir.path().join("tls");
+    PeerProcess::tls_init(&tls).unwrap();
+    let sched = SchedulerProcess::start_with(dir.path(), &tls, &[])
+        .await
+        .unwrap();
+    let mut peers = Vec::new();
+    for (name, rate) in [("slow", "1gbit"), ("fast", "10gbit")] {
+        let opts = PeerOptions {
+            scheduler: Some(sched.grpc_url()),
+            default_upstream: Some(upstream.url()),
+            hosts_dir: None,
+            tls_dir: tls.clone(),
+            extra: vec!["--link-rate".into(), rate.into()],
+        };
+        peers.push(PeerProcess::start(dir.path(), name, &opts).await.unwrap());
+    }
+    sched.wait_for_peers(2).await.unwrap();
+
+    let first = tokio::spawn(pull_blob_owned(peers[0].mirror_url(), digest.clone()));
+    // The slow node is elected (after the faster-source wait) and has some
+    // pieces, well short of the whole blob.
+    let mut streaming = false;
+    for _ in 0..600 {
+        if let Some(t) = sched.task(&digest).await
+            && let Some(h) = t["holders"]
+                .as_array()
+                .and_then(|hs| hs.iter().find(|h| h["peer"] == "slow"))
+            && h["back_to_source"] == true
+            && h["pieces"].as_u64().is_some_and(|n| n >= 2)
+        {
+            streaming = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(streaming, "the slow node never streamed from upstream");
+    let second = tokio::spawn(pull_blob_owned(peers[1].mirror_url(), digest.clone()));
+    for (k, p) in [first, second].into_iter().enumerate() {
+        let (d, n) = p
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("pull {k} failed: {e}"));
+        assert_eq!((d.as_str(), n), (digest.as_str(), SIZE as u64), "pull {k}");
+    }
+
+    let task = sched.task(&digest).await.unwrap();
+    let sources: Vec<&str> = task["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["source"] == true)
+        .map(|h| h["peer"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources.len(), 2, "both fetched from upstream: {task}");
+    let m = sched.metrics().await.unwrap();
+    assert_eq!(
+        m.get("shoal_scheduler_sources_handed_over_total"),
+        Some(&1.0)
+    );
+    let from = |i: usize| peers[i].metric("shoal_peer_bytes_from_upstream_total");
+    let (slow, fast) = (from(0).await, from(1).await);
+    let size = SIZE as f64;
+    assert!(slow > 0.0 && slow < size, "the slow node stopped: {slow}");
+    assert!(
+        fast > 0.0 && fast < size,
+        "the fast one took the rest: {fast}"
+    );
+    assert!(slow + fast >= size, "{slow} + {fast}");
+    // The overlap: what the slow node fetched between its last report the
+    // scheduler saw and its stop, plus what sat in socket buffers.
+    let sent = upstream.bytes();
+    eprintln!("upstream bytes: slow node {slow}, fast node {fast}, upstream sent {sent}");
+    assert!(sent as f64 <= size * 1.25, "upstream sent {sent} bytes");
 }
 
 async fn pull_blob_owned(mirror: String, digest: String) -> Result<(String, u64), String> {
