@@ -183,18 +183,39 @@ impl Scheduler {
             let Some(shape) = task.shape else {
                 continue;
             };
-            let mut sources: Vec<(&PeerId, u32)> = task
+            // The slowest source that some peer in the cluster is fast enough
+            // to take over from.
+            let Some((old_rate, old)) = task
                 .back_to_source
                 .keys()
-                .map(|id| (id, rate(id)))
-                .filter(|&(_, r)| r > 0 && f64::from(r) * ratio <= fastest)
-                .collect();
-            let Some((old, old_rate)) = sources.drain(..).min_by_key(|&(id, r)| (r, id)) else {
+                .map(|id| (rate(id), id))
+                .filter(|&(r, _)| r > 0 && f64::from(r) * ratio <= fastest)
+                .min()
+            else {
                 continue;
             };
             let old = old.clone();
+            // The fastest candidate; among equals the smallest id (a seed
+            // gives the same choice on every run).
+            let Some((_, Reverse(new))) = task
+                .downloads
+                .keys()
+                .filter(|id| {
+                    !task.back_to_source.contains_key(*id)
+                        && !task.bad.contains(*id)
+                        && !task.stalled.contains(*id)
+                        && offerable(id)
+                        && task.holdings.get(*id).is_none_or(|h| !h.complete)
+                })
+                .map(|id| (rate(id), Reverse(id)))
+                .filter(|&(r, _)| f64::from(r) >= ratio * f64::from(old_rate))
+                .max()
+            else {
+                continue;
+            };
+            let new = new.clone();
             // Where the old source is: the first piece it lacks from where it
-            // started fetching from upstream.
+            // started fetching from upstream (scanned only with a candidate).
             let start = task
                 .downloads
                 .get(&old)
@@ -207,26 +228,6 @@ impl Scheduler {
             if shape.piece_count() - from < HAND_OVER_MIN_PIECES {
                 continue;
             }
-            let mut candidates: Vec<(u32, &PeerId)> = task
-                .downloads
-                .keys()
-                .filter(|id| {
-                    !task.back_to_source.contains_key(*id)
-                        && !task.bad.contains(*id)
-                        && !task.stalled.contains(*id)
-                        && offerable(id)
-                        && task.holdings.get(*id).is_none_or(|h| !h.complete)
-                })
-                .map(|id| (rate(id), id))
-                .filter(|&(r, _)| f64::from(r) >= ratio * f64::from(old_rate))
-                .collect();
-            // The fastest; among equals the smallest id (a seed gives the
-            // same choice on every run).
-            candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-            let Some(&(_, new)) = candidates.first() else {
-                continue;
-            };
-            let new = new.clone();
             task.back_to_source.remove(&old);
             if let Some(d) = task.downloads.get_mut(&old) {
                 d.hand_over_pending = true;
