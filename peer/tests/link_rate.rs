@@ -93,23 +93,10 @@ async fn the_node_declaring_the_fastest_link_fetches_from_upstream() {
     }
     assert!(waited, "the slow node's plan never reached the scheduler");
     let rest = [pull(2), pull(1)];
-    for (k, p) in std::iter::once(first).chain(rest).enumerate() {
-        let (d, n) = p
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("pull {k} failed: {e}"));
-        assert_eq!((d.as_str(), n), (digest.as_str(), SIZE as u64), "pull {k}");
-    }
+    every_pull_matches(std::iter::once(first).chain(rest), &digest).await;
 
     let task = sched.task(&digest).await.unwrap();
-    let sources: Vec<&str> = task["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["source"] == true)
-        .map(|h| h["peer"].as_str().unwrap())
-        .collect();
-    assert_eq!(sources, ["fast"], "{task}");
+    assert_eq!(sources(&task), ["fast"], "{task}");
     assert_eq!(task["elections"], 1, "{task}");
     assert_eq!(upstream.bytes(), SIZE as u64, "one upstream copy");
     let fetched = peers[2]
@@ -171,23 +158,14 @@ async fn a_slow_source_hands_the_rest_over_to_a_faster_node_that_asks_later() {
     }
     assert!(streaming, "the slow node never streamed from upstream");
     let second = tokio::spawn(pull_blob_owned(peers[1].mirror_url(), digest.clone()));
-    for (k, p) in [first, second].into_iter().enumerate() {
-        let (d, n) = p
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("pull {k} failed: {e}"));
-        assert_eq!((d.as_str(), n), (digest.as_str(), SIZE as u64), "pull {k}");
-    }
+    every_pull_matches([first, second], &digest).await;
 
     let task = sched.task(&digest).await.unwrap();
-    let sources: Vec<&str> = task["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["source"] == true)
-        .map(|h| h["peer"].as_str().unwrap())
-        .collect();
-    assert_eq!(sources.len(), 2, "both fetched from upstream: {task}");
+    assert_eq!(
+        sources(&task),
+        ["fast", "slow"],
+        "both fetched from upstream: {task}"
+    );
     let m = sched.metrics().await.unwrap();
     assert_eq!(
         m.get("shoal_scheduler_sources_handed_over_total"),
@@ -207,6 +185,32 @@ async fn a_slow_source_hands_the_rest_over_to_a_faster_node_that_asks_later() {
     let sent = upstream.bytes();
     eprintln!("upstream bytes: slow node {slow}, fast node {fast}, upstream sent {sent}");
     assert!(sent as f64 <= size * 1.25, "upstream sent {sent} bytes");
+}
+
+type Pull = tokio::task::JoinHandle<Result<(String, u64), String>>;
+
+/// Every pull ends with the whole blob, matching its digest.
+async fn every_pull_matches(pulls: impl IntoIterator<Item = Pull>, digest: &str) {
+    for (k, p) in pulls.into_iter().enumerate() {
+        let (d, n) = p
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("pull {k} failed: {e}"));
+        assert_eq!((d.as_str(), n), (digest, SIZE as u64), "pull {k}");
+    }
+}
+
+/// The task's holders ever elected to fetch it from upstream, sorted.
+fn sources(task: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = task["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["source"] == true)
+        .map(|h| h["peer"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 async fn pull_blob_owned(mirror: String, digest: String) -> Result<(String, u64), String> {

@@ -454,7 +454,15 @@ impl DownloadCore {
             }
             // Took over from a slower source: the pieces before the start come
             // from parents (and from upstream again if they starve).
-            Ok(()) if self.planner.missing_from(self.upstream_from).is_none() => Ok(()),
+            Ok(())
+                if self
+                    .planner
+                    .have()
+                    .missing_from(self.upstream_from)
+                    .is_none() =>
+            {
+                Ok(())
+            }
             Ok(()) if !self.planner.is_complete() => {
                 Err(UpstreamError::Http("upstream body ended before the last piece".into()).into())
             }
@@ -543,7 +551,7 @@ impl DownloadCore {
             // Taking over from a slower source: from the first piece missing at
             // or after the start; nothing when the stream already covered them.
             Some(shape) => match if self.upstream_from > 0 {
-                self.planner.missing_from(self.upstream_from)
+                self.planner.have().missing_from(self.upstream_from)
             } else {
                 self.planner.have().first_missing()
             } {

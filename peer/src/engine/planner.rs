@@ -570,11 +570,6 @@ impl Planner {
         v
     }
 
-    /// The first piece at or after `from` not held.
-    pub fn missing_from(&self, from: u32) -> Option<u32> {
-        (from..self.have.len()).find(|&i| !self.have.contains(i))
-    }
-
     /// True when `parent` sent a bad piece and is no longer asked.
     pub fn is_excluded(&self, parent: &str) -> bool {
         self.excluded.contains(parent)

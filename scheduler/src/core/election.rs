@@ -220,9 +220,12 @@ impl Scheduler {
                 .downloads
                 .get(&old)
                 .map_or(0, |d| d.upstream_from_piece);
-            let Some(from) = task.holdings.get(&old).and_then(|h| {
-                (start..shape.piece_count()).find(|&i| !h.complete && !h.pieces.contains(i))
-            }) else {
+            let Some(from) = task
+                .holdings
+                .get(&old)
+                .filter(|h| !h.complete)
+                .and_then(|h| h.pieces.missing_from(start))
+            else {
                 continue;
             };
             if shape.piece_count() - from < HAND_OVER_MIN_PIECES {

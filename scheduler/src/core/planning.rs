@@ -383,10 +383,22 @@ impl Scheduler {
         let starved = starved && d.rank_mark != mark;
         let more_wanted =
             d.parents.len() < self.config.max_parents && d.ranked_epoch != task.holder_epoch;
-        let rerank = d.rerank || starved || more_wanted;
         // A source taking over from a slower one fetches the pieces before its
-        // start from parents.
-        let new_parents = if (is_source && d.upstream_from_piece == 0) || done {
+        // start from parents; so does one whose pieces have a hole (it took
+        // over, then re-opened its plan here after its replica left).
+        let streams_all = is_source
+            && d.upstream_from_piece == 0
+            && holding
+                .pieces
+                .first_missing()
+                .is_none_or(|m| holding.pieces.count() <= m);
+        // A source that needs parents and has none yet ranks at every flush
+        // of its task (there is one per task).
+        let rerank = d.rerank
+            || starved
+            || more_wanted
+            || (is_source && !streams_all && d.parents.is_empty());
+        let new_parents = if streams_all || done {
             Vec::new()
         } else if rerank {
             self.stats.plan_decisions += 1;

@@ -120,7 +120,7 @@ pub struct TaskSummary {
     pub downloading: usize,
     /// Peers fetching it from upstream now.
     pub back_to_source: Vec<String>,
-    /// Back-to-source elections so far.
+    /// Back-to-source elections so far (hand-overs to a faster peer included).
     pub elections: u32,
     /// Bytes peers reported fetching from upstream (pieces they reported
     /// with a hash, counted once per piece and peer): the task's upstream

@@ -28,15 +28,24 @@ fn wait() -> Duration {
     CoreConfig::default().faster_source_wait
 }
 
-/// The peers the flushed plan updates tell to fetch from upstream.
-fn told_to_fetch(core: &mut Scheduler) -> Vec<PeerId> {
+/// The plan updates flushed now, by peer.
+fn updates(core: &mut Scheduler) -> Vec<(PeerId, crate::core::PlanUpdate)> {
     core.flush();
     core.drain_effects()
-        .iter()
+        .into_iter()
         .filter_map(|e| match e {
-            Effect::Plan { peer, update, .. } if update.back_to_source => Some(peer.clone()),
+            Effect::Plan { peer, update, .. } => Some((peer, update)),
             _ => None,
         })
+        .collect()
+}
+
+/// The peers the flushed plan updates tell to fetch from upstream.
+fn told_to_fetch(core: &mut Scheduler) -> Vec<PeerId> {
+    updates(core)
+        .into_iter()
+        .filter(|(_, u)| u.back_to_source)
+        .map(|(peer, _)| peer)
         .collect()
 }
 
@@ -163,18 +172,6 @@ fn a_link_rate_above_ten_tbit_is_refused() {
     assert_eq!(core.peers(now)[0].link_mbps, crate::core::MAX_LINK_MBPS);
 }
 
-/// The plan updates flushed now, by peer.
-fn updates(core: &mut Scheduler) -> Vec<(PeerId, crate::core::PlanUpdate)> {
-    core.flush();
-    core.drain_effects()
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::Plan { peer, update, .. } => Some((peer, update)),
-            _ => None,
-        })
-        .collect()
-}
-
 /// A 1 Gbit/s node pulled first, alone; a 10 Gbit/s node opens its plan
 /// seconds later: it takes over from the first piece the slow source lacks, the
 /// slow one is told once to stop, and the fast one is offered parents for the
@@ -289,4 +286,53 @@ fn unknown_rates_never_hand_over() {
         core.tick(t1);
         assert_eq!(core.back_to_source_of(&digest), vec![id(0)], "{rates:?}");
     }
+}
+
+/// A source that took over from a slower one, re-opening its plan on another
+/// replica (which knows nothing of the hand-over), is still offered parents for
+/// the pieces before its start: its pieces have a hole.
+#[test]
+fn a_source_with_a_hole_in_its_pieces_is_offered_parents() {
+    use crate::core::{HeldTask, PieceDone, PlanOpening};
+    let digest = Digest::from_sha256([50; 32]);
+    let t0 = Instant::now();
+    let pieces: u32 = 40;
+    let size = u64::from(pieces) * u64::from(shoal_proto::piece::MIN_PIECE_SIZE);
+    let mut core = joined(t0, &[10_000], CoreConfig::default());
+    let held = HeldTask {
+        digest,
+        size,
+        piece_hashes: (0..pieces).map(|i| [i as u8; 32]).collect(),
+    };
+    core.join(t0, at(1, 1000), vec![held]).unwrap();
+    core.open_plan_with(t0, &id(0), digest, size, PlanOpening::reopen(true))
+        .unwrap();
+    assert_eq!(core.back_to_source_of(&digest), vec![id(0)]);
+    let offered = |core: &mut Scheduler| {
+        updates(core)
+            .into_iter()
+            .filter(|(p, _)| *p == id(0))
+            .flat_map(|(_, u)| u.parents)
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
+    };
+    // Streaming from the first piece: no parents.
+    let prefix: Vec<PieceDone> = (0..4)
+        .map(|index| PieceDone {
+            index,
+            hash: Some([index as u8; 32]),
+        })
+        .collect();
+    core.report_pieces(t0, &id(0), digest, &prefix).unwrap();
+    assert_eq!(offered(&mut core), Vec::<PeerId>::new());
+    // A hole: pieces from 20 on, none of 4..20.
+    let later: Vec<PieceDone> = (20..24)
+        .map(|index| PieceDone {
+            index,
+            hash: Some([index as u8; 32]),
+        })
+        .collect();
+    core.report_pieces(t0, &id(0), digest, &later).unwrap();
+    core.tick(t0 + Duration::from_millis(100));
+    assert_eq!(offered(&mut core), vec![id(1)]);
 }
