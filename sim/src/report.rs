@@ -33,6 +33,39 @@ pub struct Figures {
     pub busy_answers: u64,
 }
 
+/// The `n` nodes slowest against their own link (completion ÷ line-rate limit),
+/// one line each.
+pub fn slowest(o: &Outcome, size: u64, n: usize) -> Vec<String> {
+    let mut v: Vec<(f64, usize, &crate::swarm::NodeResult)> = o
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (ratio(r, size), i, r))
+        .collect();
+    v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    v.into_iter()
+        .take(n)
+        .map(|(q, i, r)| {
+            format!(
+                "node {i}: {q:.3} × line rate, link {:.0} Mbit/s, opened at {:.1} s, done at {}, {}served {} pieces",
+                r.down * 8.0 / 1e6,
+                r.opened_at.as_secs_f64(),
+                r.done_at.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+                if r.source { "fetched from upstream, " } else { "" },
+                r.served
+            )
+        })
+        .collect()
+}
+
+/// A node's completion ÷ its line-rate limit, from when it opened its plan
+/// (infinite if it never completed).
+fn ratio(n: &crate::swarm::NodeResult, size: u64) -> f64 {
+    n.done_at.map_or(f64::INFINITY, |d| {
+        (d - n.opened_at).as_secs_f64() / (size as f64 / n.down)
+    })
+}
+
 /// Nearest-rank quantile (as `tests/src/bench/report.rs`).
 pub fn quantile(values: &[f64], q: f64) -> f64 {
     if values.is_empty() {
@@ -47,11 +80,7 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 impl Figures {
     /// The figures of `o`, a run of a `size`-byte blob.
     pub fn of(o: &Outcome, size: u64) -> Self {
-        let ratio = |n: &crate::swarm::NodeResult| {
-            n.done_at.map_or(f64::INFINITY, |d| {
-                (d - n.opened_at).as_secs_f64() / (size as f64 / n.down)
-            })
-        };
+        let ratio = |n: &crate::swarm::NodeResult| ratio(n, size);
         let ratios: Vec<f64> = o.nodes.iter().map(ratio).collect();
         Figures {
             nodes: o.nodes.len(),

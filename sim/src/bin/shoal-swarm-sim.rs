@@ -7,7 +7,8 @@
 //! shoal-swarm-sim [--peers 8] [--size 256MiB] [--rate 100mbit] [--slow-fraction 0]
 //!                 [--slow-factor 0.5] [--registry-rate RATE] [--latency 200us]
 //!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--keep-hold] [--slots 8] [--window 256]
-//!                 [--busy-backoff 100ms] [--max-per-parent 2] [--max-per-downloading-parent 1] [--max-parents 8] [--max-children 8] [--seed 1]
+//!                 [--busy-backoff 100ms] [--max-per-parent 2] [--max-per-downloading-parent 1] [--max-parents 8] [--max-children 8]
+//!                 [--slow-first-by 2s] [--hand-over-ratio 2] [--show-slowest N] [--seed 1]
 //! ```
 
 use std::process::ExitCode;
@@ -100,6 +101,10 @@ struct Args {
     /// The scheduler's --hand-over-ratio (0: never hand over).
     #[arg(long, default_value_t = shoal_scheduler::core::CoreConfig::default().hand_over_ratio)]
     hand_over_ratio: f64,
+    /// Print the N nodes slowest against their own link (when each opened and
+    /// finished, its rate, whether it fetched from upstream, what it served).
+    #[arg(long, default_value_t = 0)]
+    show_slowest: usize,
     /// Seed: same seed and flags, same output.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -242,6 +247,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
         );
     }
     println!("{}", figures.summary());
+    for line in shoal_sim::report::slowest(&outcome, a.size, a.show_slowest) {
+        println!("{line}");
+    }
     println!("{}", figures.line());
     if figures.completed < figures.nodes {
         bail!(
