@@ -171,6 +171,8 @@ async fn a_slow_source_hands_the_rest_over_to_a_faster_node_that_asks_later() {
         m.get("shoal_scheduler_sources_handed_over_total"),
         Some(&1.0)
     );
+    let handed = |i: usize| peers[i].metric("shoal_peer_upstream_handed_over_total");
+    assert_eq!((handed(0).await, handed(1).await), (1.0, 0.0));
     let from = |i: usize| peers[i].metric("shoal_peer_bytes_from_upstream_total");
     let (slow, fast) = (from(0).await, from(1).await);
     let size = SIZE as f64;

@@ -363,6 +363,10 @@ impl Driver<'_> {
                 if let Some(task) = self.upstream.take() {
                     task.abort();
                 }
+                self.inner
+                    .stats
+                    .upstream_handed_over
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Action::OpenPlan {
                 size,

@@ -143,6 +143,9 @@ pub struct EngineStats {
     /// Blobs asked for that were complete in the store and served from it after
     /// their pieces checked out: no download.
     pub cache_hits: AtomicU64,
+    /// Upstream streams stopped because the scheduler handed the rest of the blob
+    /// over to a peer with a faster link.
+    pub upstream_handed_over: AtomicU64,
 }
 
 /// The engine's knobs.
@@ -286,6 +289,11 @@ impl Engine {
                     "downloads_completed",
                     "Downloads verified against their digest.",
                     load(&s.downloads_completed),
+                ),
+                Sample::Counter(
+                    "upstream_handed_over",
+                    "Upstream streams stopped because a peer with a faster link took the rest of the blob over.",
+                    load(&s.upstream_handed_over),
                 ),
                 Sample::Counter(
                     "downloads_failed",
