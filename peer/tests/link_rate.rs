@@ -39,22 +39,12 @@ async fn the_node_declaring_the_fastest_link_fetches_from_upstream() {
     )
     .await
     .unwrap();
-    let mut peers = Vec::new();
-    for (name, rate) in [
+    let declared = [
         ("slow-0", "1gbit"),
         ("slow-1", "1000mbit"),
         ("fast", "10gbit"),
-    ] {
-        let opts = PeerOptions {
-            scheduler: Some(sched.grpc_url()),
-            default_upstream: Some(upstream.url()),
-            hosts_dir: None,
-            tls_dir: tls.clone(),
-            extra: vec!["--link-rate".into(), rate.into()],
-        };
-        peers.push(PeerProcess::start(dir.path(), name, &opts).await.unwrap());
-    }
-    sched.wait_for_peers(3).await.unwrap();
+    ];
+    let peers = start_peers(dir.path(), &sched, &upstream, &tls, &declared).await;
     let mut rates: Vec<(String, u64)> = sched
         .peers()
         .await
@@ -126,18 +116,8 @@ async fn a_slow_source_hands_the_rest_over_to_a_faster_node_that_asks_later() {
     let sched = SchedulerProcess::start_with(dir.path(), &tls, &[])
         .await
         .unwrap();
-    let mut peers = Vec::new();
-    for (name, rate) in [("slow", "1gbit"), ("fast", "10gbit")] {
-        let opts = PeerOptions {
-            scheduler: Some(sched.grpc_url()),
-            default_upstream: Some(upstream.url()),
-            hosts_dir: None,
-            tls_dir: tls.clone(),
-            extra: vec!["--link-rate".into(), rate.into()],
-        };
-        peers.push(PeerProcess::start(dir.path(), name, &opts).await.unwrap());
-    }
-    sched.wait_for_peers(2).await.unwrap();
+    let declared = [("slow", "1gbit"), ("fast", "10gbit")];
+    let peers = start_peers(dir.path(), &sched, &upstream, &tls, &declared).await;
 
     let first = tokio::spawn(pull_blob_owned(peers[0].mirror_url(), digest.clone()));
     // The slow node is elected (after the faster-source wait) and has some
@@ -187,6 +167,29 @@ async fn a_slow_source_hands_the_rest_over_to_a_faster_node_that_asks_later() {
     let sent = upstream.bytes();
     eprintln!("upstream bytes: slow node {slow}, fast node {fast}, upstream sent {sent}");
     assert!(sent as f64 <= size * 1.25, "upstream sent {sent} bytes");
+}
+
+/// One `shoal-peer run` per (name, `--link-rate`), joined to `sched`.
+async fn start_peers(
+    dir: &std::path::Path,
+    sched: &SchedulerProcess,
+    upstream: &CountingUpstream,
+    tls: &std::path::Path,
+    rates: &[(&str, &str)],
+) -> Vec<PeerProcess> {
+    let mut peers = Vec::new();
+    for (name, rate) in rates {
+        let opts = PeerOptions {
+            scheduler: Some(sched.grpc_url()),
+            default_upstream: Some(upstream.url()),
+            hosts_dir: None,
+            tls_dir: tls.to_path_buf(),
+            extra: vec!["--link-rate".into(), (*rate).into()],
+        };
+        peers.push(PeerProcess::start(dir, name, &opts).await.unwrap());
+    }
+    sched.wait_for_peers(rates.len()).await.unwrap();
+    peers
 }
 
 type Pull = tokio::task::JoinHandle<Result<(String, u64), String>>;
