@@ -1,4 +1,5 @@
-//! The swarm: N nodes that all start pulling one blob at the same instant, each a
+//! The swarm: N nodes that all start pulling one blob at the same instant (or a
+//! slow one first: `Config::slow_first_by`), each a
 //! real [`DownloadCore`] driven as `peer/src/engine/driver.rs` drives it, against
 //! the real [`Scheduler`] flushed every plan interval; bytes move over [`Links`].
 //!
@@ -228,7 +229,8 @@ impl Swarm {
             later_at: Duration::ZERO,
         };
         // Every node joins (the DaemonSet's peers are up before a rollout), then
-        // every node opens its plan at the same instant, in random order.
+        // every node opens its plan at the same instant, in random order (or, with
+        // `slow_first_by`, a slow node alone and the others that much later).
         let now = swarm.now();
         for n in order.iter().copied() {
             let node = &swarm.nodes[n];
