@@ -193,6 +193,40 @@ mod tests {
         assert!(same_piece_rule(PIECE_RULE + 1).is_err());
     }
 
+    /// A plan's upstream start piece outside the task, or without a shape to
+    /// place it in, refuses the whole update (a broken scheduler); 0 and an
+    /// index in range pass, with the hand-over flag as sent.
+    #[test]
+    fn an_upstream_start_piece_must_lie_in_the_task() {
+        let shape = shoal_proto::TaskShape::for_size(4 << 20).unwrap();
+        let update = |task: bool, from: u32| v1::PlanUpdate {
+            task: task.then(|| v1::TaskShape {
+                size: shape.size(),
+                piece_size: shape.piece_size(),
+                piece_count: shape.piece_count(),
+            }),
+            back_to_source: true,
+            upstream_from_piece: from,
+            hand_over: true,
+            ..v1::PlanUpdate::default()
+        };
+        let last = shape.piece_count() - 1;
+        let ok = plan_update(update(true, last)).unwrap();
+        assert_eq!((ok.upstream_from_piece, ok.hand_over), (last, true));
+        assert_eq!(
+            plan_update(update(false, 0)).unwrap().upstream_from_piece,
+            0
+        );
+        assert!(matches!(
+            plan_update(update(true, last + 1)),
+            Err(PlannerError::Piece(_))
+        ));
+        assert!(matches!(
+            plan_update(update(false, 1)),
+            Err(PlannerError::Shape(_))
+        ));
+    }
+
     #[test]
     fn join_pages_bound_count_and_bytes() {
         let task = |i: u32, pieces: usize| v1::HeldTask {
