@@ -57,6 +57,12 @@ pub struct Config {
     pub slow_first_by: Option<Duration>,
     /// The scheduler's `hand_over_ratio` (0: never hand over).
     pub hand_over_ratio: f64,
+    /// Model variant (not what the code does): while it streams from upstream, the
+    /// back-to-source peer pushes each new piece to one child (round robin) as soon
+    /// as it has it, with no request, and answers every request `BUSY`: its uplink
+    /// carries first copies only, each at once (`docs/benchmarks.md`, "The source
+    /// pushes each new piece").
+    pub push: bool,
 }
 
 impl Default for Config {
@@ -82,6 +88,7 @@ impl Default for Config {
             undeclared_rates: false,
             slow_first_by: None,
             hand_over_ratio: CoreConfig::default().hand_over_ratio,
+            push: false,
         }
     }
 }

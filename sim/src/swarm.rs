@@ -23,7 +23,7 @@
 //! step's polls send, and the polls their answers wake, are handled within the step,
 //! as a latency far below it allows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,10 @@ pub struct Swarm {
     /// Nodes whose plans open at `later_at` (`Config::slow_first_by`).
     later: Vec<usize>,
     later_at: Duration,
+    /// Variant `Config::push`: pieces pushed that have not arrived, (child, index),
+    /// and the next child in the round.
+    pushed: HashSet<(usize, u32)>,
+    push_next: usize,
 }
 
 /// The true hash of piece `i` (the simulation's content).
@@ -227,6 +231,8 @@ impl Swarm {
             refused_reports: 0,
             later: Vec::new(),
             later_at: Duration::ZERO,
+            pushed: HashSet::new(),
+            push_next: 0,
         };
         // Every node joins (the DaemonSet's peers are up before a rollout), then
         // every node opens its plan at the same instant, in random order (or, with

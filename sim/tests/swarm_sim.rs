@@ -142,3 +142,29 @@ fn a_slow_first_puller_hands_the_blob_over_to_a_full_rate_node() {
     assert!(without.p50_ratio > 2.0, "{without:?}");
     assert!(without.egress_ratio < 1.01, "{without:?}");
 }
+
+/// The `--push` model variant (not what the code does; `docs/benchmarks.md`, "The
+/// source pushes each new piece") still moves the whole blob with one upstream copy,
+/// and its source, which refuses every request while it streams, sends each new
+/// piece about once. Without the variant the source answers requests instead.
+#[test]
+fn the_push_variant_completes_with_one_upstream_copy() {
+    let run = |push| {
+        figures(Config {
+            push,
+            ..small(8, 5)
+        })
+    };
+    let (pushed, asked) = (run(true), run(false));
+    println!("push: {}\nrequests: {}", pushed.summary(), asked.summary());
+    for f in [&pushed, &asked] {
+        assert_eq!(f.completed, 8, "every node completes");
+        assert!((f.egress_ratio - 1.0).abs() < 1e-9, "{}", f.egress_ratio);
+    }
+    assert!(
+        (0.95..1.3).contains(&pushed.source_upload_copies),
+        "the pushing source uploaded {:.2} copies",
+        pushed.source_upload_copies
+    );
+    assert_ne!(pushed, asked, "the variant changes the run");
+}

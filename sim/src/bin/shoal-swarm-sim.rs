@@ -101,6 +101,11 @@ struct Args {
     /// The scheduler's --hand-over-ratio (0: never hand over).
     #[arg(long, default_value_t = shoal_scheduler::core::CoreConfig::default().hand_over_ratio)]
     hand_over_ratio: f64,
+    /// Model variant (a prediction, not what the code does): while it streams from
+    /// upstream, the back-to-source peer pushes each new piece to one child, round
+    /// robin, as soon as it has it, and answers every request `BUSY`.
+    #[arg(long)]
+    push: bool,
     /// Print the N nodes slowest against their own link (when each opened and
     /// finished, its rate, whether it fetched from upstream, what it served).
     #[arg(long, default_value_t = 0)]
@@ -207,6 +212,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         undeclared_rates: a.undeclared_rates,
         slow_first_by: a.slow_first_by,
         hand_over_ratio: a.hand_over_ratio,
+        push: a.push,
         planner: PlannerConfig {
             window: a.window,
             busy_backoff: a.busy_backoff,

@@ -23,7 +23,13 @@ impl Swarm {
             match msg {
                 Msg::Request { parent, req } => {
                     let holds = self.nodes[parent].stored.contains(req.index);
-                    match self.nodes[parent].server.request(req, holds, self.t) {
+                    let answer = if self.cfg.push && self.nodes[parent].seeding {
+                        self.nodes[parent].server.busy_answers += 1;
+                        Answer::Busy
+                    } else {
+                        self.nodes[parent].server.request(req, holds, self.t)
+                    };
+                    match answer {
                         Answer::Serve => self.start_upload(parent, req),
                         Answer::Queued => {}
                         answer => {
@@ -62,7 +68,13 @@ impl Swarm {
                     index,
                 } => {
                     let pid = self.nodes[parent].id.clone();
-                    self.piece_arrived(child, index, Origin::Parent(pid.as_str()));
+                    if self.pushed.remove(&(child, index)) {
+                        // Unasked: the child learns the hash with the piece (the
+                        // model's pieces are never bad), as from upstream.
+                        self.piece_arrived(child, index, Origin::Upstream);
+                    } else {
+                        self.piece_arrived(child, index, Origin::Parent(pid.as_str()));
+                    }
                 }
                 Msg::Acked { parent, req } => {
                     let seeding = self.nodes[parent].seeding;
@@ -163,6 +175,9 @@ impl Swarm {
                 Flow::Upstream { node, index, left } => {
                     self.upstream_bytes += u64::from(self.shape.piece_len(index).unwrap_or(0));
                     self.piece_arrived(node, index, Origin::Upstream);
+                    if self.cfg.push {
+                        self.push(node, index);
+                    }
                     if self.nodes[node].done_at.is_some() {
                         self.nodes[node].seeding = false;
                         continue;
@@ -176,6 +191,31 @@ impl Swarm {
                     }
                 }
             }
+        }
+    }
+
+    /// Variant `Config::push`: the source pushes piece `index`, just in from
+    /// upstream, to the next child in the round that has opened its plan and lacks
+    /// it, in an upload slot (if one is free; else the piece waits for requests).
+    fn push(&mut self, source: usize, index: u32) {
+        let n = self.nodes.len();
+        for k in 0..n {
+            let c = (self.push_next + k) % n;
+            let node = &self.nodes[c];
+            if c == source
+                || node.done_at.is_some()
+                || node.opened_at.is_none()
+                || node.core.have().contains(index)
+            {
+                continue;
+            }
+            self.push_next = c + 1;
+            let req = Request { child: c, index };
+            if self.nodes[source].server.request(req, true, self.t) == Answer::Serve {
+                self.pushed.insert((c, index));
+                self.start_upload(source, req);
+            }
+            return;
         }
     }
 
