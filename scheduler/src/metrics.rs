@@ -251,7 +251,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct CoreCollector(Arc<Mutex<Snapshot>>);
 
 /// `(name without prefix and _total, help, value)` of each core counter.
-fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 20] {
+fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 21] {
     [
         (
             "peer_joins",
@@ -307,6 +307,11 @@ fn counters(s: &CoreStats) -> [(&'static str, &'static str, u64); 20] {
             "sources_handed_over",
             "Back-to-source peers that handed the rest of a task over to a downloader with a faster declared link",
             s.sources_handed_over,
+        ),
+        (
+            "offers_past_cap",
+            "Parents offered to a download short of parents while already at their child cap",
+            s.offers_past_cap,
         ),
         (
             "pieces_reported",

@@ -53,6 +53,7 @@ pub use membership::MAX_LINK_MBPS;
 pub use operator::DropOrder;
 pub use overview::{OVERVIEW_HOLDERS, OVERVIEW_TASKS, Overview, TaskOverview};
 pub use planning::{FlushCursor, PlanOpening};
+pub use rank::CHILD_CAP_OVERFLOW;
 pub use types::*;
 pub use views::{CoreStats, HolderView, PeerView, TaskDetail, TaskSummary};
 
@@ -73,7 +74,8 @@ pub struct CoreConfig {
     /// docs/benchmarks.md, "Swarm").
     pub max_parents: usize,
     /// Downloads one peer serves as a parent at once, across tasks
-    /// (default 8). A full parent is not offered.
+    /// (default 8). A full parent is not offered, except to a download short of
+    /// parents, and then at most [`CHILD_CAP_OVERFLOW`] past this.
     pub max_children_per_parent: u32,
     /// Pieces ahead of the reader that count as "needed next" (default 8).
     pub window: u32,

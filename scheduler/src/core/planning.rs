@@ -423,6 +423,9 @@ impl Scheduler {
         }
         for p in new_parents.iter().filter(|p| !old_parents.contains(p)) {
             if let Some(peer) = self.peers.get_mut(p) {
+                if peer.children >= self.config.max_children_per_parent {
+                    self.stats.offers_past_cap += 1;
+                }
                 peer.children += 1;
             }
         }

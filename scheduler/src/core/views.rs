@@ -39,6 +39,9 @@ pub struct CoreStats {
     /// downloader (see
     /// [`CoreConfig::hand_over_ratio`](super::CoreConfig::hand_over_ratio)).
     pub sources_handed_over: u64,
+    /// Parents offered to a download short of parents while at or past their
+    /// child cap (see [`CHILD_CAP_OVERFLOW`](super::CHILD_CAP_OVERFLOW)).
+    pub offers_past_cap: u64,
     /// Pieces reported.
     pub pieces_reported: u64,
     /// Tasks completed on a peer.

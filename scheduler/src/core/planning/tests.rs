@@ -123,13 +123,22 @@ fn a_slot_freed_in_another_task_reaches_a_starved_download() {
         size: SIZE,
         piece_hashes: vec![[9; 32]; 2],
     };
-    core.join(now, info(0), vec![held(a), held(b)]).unwrap();
-    core.join(now, info(1), vec![]).unwrap();
-    core.join(now, info(2), vec![]).unwrap();
+    let (c, d) = (Digest::from_sha256([3; 32]), Digest::from_sha256([4; 32]));
+    core.join(now, info(0), vec![held(a), held(b), held(c), held(d)])
+        .unwrap();
+    for p in 1..=4 {
+        core.join(now, info(p), vec![]).unwrap();
+    }
     let plan_b = core.open_plan(now, &id(1), b, SIZE).unwrap();
+    // With no other holder, downloads of c and d take p0 past its cap, as far as
+    // it may go (`CHILD_CAP_OVERFLOW`).
+    core.open_plan(now, &id(3), c, SIZE).unwrap();
+    core.open_plan(now, &id(4), d, SIZE).unwrap();
     core.open_plan(now, &id(2), a, SIZE).unwrap();
     let effects = core.drain_effects();
-    assert_eq!(parents_sent_to(&effects, &id(1)), Some(vec![id(0)]));
+    for p in [1, 3, 4] {
+        assert_eq!(parents_sent_to(&effects, &id(p)), Some(vec![id(0)]));
+    }
     assert_eq!(
         parents_sent_to(&effects, &id(2)),
         Some(vec![]),
