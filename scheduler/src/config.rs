@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long, env = "SHOAL_MAX_PARENTS")]
     pub max_parents: Option<String>,
     /// Downloads one peer serves as a parent at once; a download that would get
-    /// fewer than half its parents may take a parent up to 2 past this [default: 8].
+    /// fewer than half its parents may take a parent up to 2 past this (not one
+    /// fetching the blob from upstream) [default: 8].
     #[arg(long, env = "SHOAL_MAX_CHILDREN_PER_PARENT")]
     pub max_children_per_parent: Option<String>,
     /// How often plan updates are flushed to peers [default: 100ms].

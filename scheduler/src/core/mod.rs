@@ -75,7 +75,8 @@ pub struct CoreConfig {
     pub max_parents: usize,
     /// Downloads one peer serves as a parent at once, across tasks
     /// (default 8). A full parent is not offered, except to a download short of
-    /// parents, and then at most [`CHILD_CAP_OVERFLOW`] past this.
+    /// parents, and then at most [`CHILD_CAP_OVERFLOW`] past this (never a peer
+    /// fetching the task from upstream).
     pub max_children_per_parent: u32,
     /// Pieces ahead of the reader that count as "needed next" (default 8).
     pub window: u32,

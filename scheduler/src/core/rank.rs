@@ -59,7 +59,7 @@ use super::{CoreConfig, Peer, PeerId, Task};
 /// as its downloads want, so the last downloads ranked in a burst find only the
 /// leftovers: in a 1,000-node simulation one download got 2 parents for its whole
 /// run and finished at 1.7 × line rate (`docs/benchmarks.md`, "A download short of
-/// parents").
+/// parents"). A peer fetching the task from upstream is never taken past its cap.
 pub const CHILD_CAP_OVERFLOW: u32 = 2;
 
 /// Rank of a candidate for one child, smallest first: (tier, other zone,
@@ -73,6 +73,9 @@ struct Candidate {
     complete: bool,
     /// Downloading or fetching from upstream: it will have pieces soon.
     active: bool,
+    /// Fetching the task from upstream: never offered past its cap (its uplink is
+    /// where new pieces enter the swarm).
+    source: bool,
     /// Interned zone.
     zone: u32,
     /// Reported uploads per hundred upload slots.
@@ -155,6 +158,7 @@ impl RankCache {
                     id: id.clone(),
                     complete,
                     active,
+                    source: task.back_to_source.contains_key(id),
                     zone,
                     load,
                     pieces: h.pieces.clone(),
@@ -353,8 +357,8 @@ impl RankCache {
 
     /// Fills `picked` up to `max_parents` for a child short of parents (fewer than
     /// half of them eligible under the cap) from candidates up to
-    /// [`CHILD_CAP_OVERFLOW`] past their child cap, best true rank first. O(H), for
-    /// the few downloads this happens to.
+    /// [`CHILD_CAP_OVERFLOW`] past their child cap, best true rank first, the task's
+    /// back-to-source peers excepted. O(H), for the few downloads this happens to.
     #[allow(clippy::too_many_arguments)]
     fn past_the_cap(
         &self,
@@ -378,6 +382,7 @@ impl RankCache {
             .zip(0u32..)
             .filter(|(c, i)| {
                 &c.id != child
+                    && !c.source
                     && !current.contains(&c.id)
                     && !refused.contains(&c.id)
                     && !picked.contains(i)
