@@ -46,7 +46,7 @@
 //! reaches that rank. The result is the same as sorting every candidate by
 //! its true rank.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use rand::Rng;
 use shoal_proto::PieceSet;
@@ -336,18 +336,13 @@ impl RankCache {
             take_aside_below(&mut picked, &mut aside, None);
         }
         if picked.len() < k.div_ceil(2) {
-            self.past_the_cap(
-                config,
-                peers,
-                child,
-                current,
-                refused,
-                mine,
-                next,
-                window_end,
-                zone,
-                &mut picked,
-            );
+            let true_key = |c: &Candidate| {
+                if &c.id == child || refused.contains(&c.id) {
+                    return None;
+                }
+                Some(key_of(c, true_tier(c, mine, next, window_end)?))
+            };
+            self.past_the_cap(config, peers, current, &mut picked, true_key);
         }
         picked
             .into_iter()
@@ -357,21 +352,16 @@ impl RankCache {
 
     /// Fills `picked` up to `max_parents` for a child short of parents (fewer than
     /// half of them eligible under the cap) from candidates up to
-    /// [`CHILD_CAP_OVERFLOW`] past their child cap, best true rank first, the task's
+    /// [`CHILD_CAP_OVERFLOW`] past their child cap, best true rank first
+    /// (`true_key`: `None` for a candidate the child cannot use), the task's
     /// back-to-source peers excepted. O(H), for the few downloads this happens to.
-    #[allow(clippy::too_many_arguments)]
     fn past_the_cap(
         &self,
         config: &CoreConfig,
         peers: &HashMap<PeerId, Peer>,
-        child: &PeerId,
         current: &[PeerId],
-        refused: &HashSet<PeerId>,
-        mine: &PieceSet,
-        next: Option<u32>,
-        window_end: u32,
-        zone: u32,
         picked: &mut Vec<u32>,
+        true_key: impl Fn(&Candidate) -> Option<RankKey>,
     ) {
         let limit = config
             .max_children_per_parent
@@ -381,17 +371,12 @@ impl RankCache {
             .iter()
             .zip(0u32..)
             .filter(|(c, i)| {
-                &c.id != child
-                    && !c.source
+                !c.source
                     && !current.contains(&c.id)
-                    && !refused.contains(&c.id)
                     && !picked.contains(i)
                     && peers.get(&c.id).is_some_and(|p| p.children < limit)
             })
-            .filter_map(|(c, i)| {
-                let tier = true_tier(c, mine, next, window_end)?;
-                Some(((tier, c.zone != zone, !c.complete, c.load), i))
-            })
+            .filter_map(|(c, i)| Some((true_key(c)?, i)))
             .collect();
         over.sort_unstable();
         let room = config.max_parents.saturating_sub(picked.len());
