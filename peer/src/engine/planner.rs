@@ -7,7 +7,9 @@
 //!
 //! Policy: the reader's next piece first, then the rest of a window ahead of the reader
 //! rarest first (held by the fewest parents, ties at random), then the rest (in order
-//! from the reader, then the ones behind it); at most `max_in_flight` requests at once,
+//! from the reader, then the ones behind it); at most `max_in_flight` requests at once
+//! (`max_in_flight_at_frontier` while fewer than `frontier_pieces` could be fetched or
+//! are on their way: near the swarm's frontier, fewer at once arrive sooner),
 //! `max_per_parent` per complete parent and `max_per_downloading_parent` per parent
 //! still downloading; each piece to the least advanced holder (the
 //! fewest pieces held, so the peers furthest ahead keep their uplink for the pieces
@@ -44,6 +46,19 @@ pub struct PlannerConfig {
     pub window: u32,
     /// Requests in flight at once for one download. Default 8.
     pub max_in_flight: usize,
+    /// A download for which fewer than this many pieces are on their way or could be
+    /// asked for now (held by a parent, hash known) is near the swarm's frontier: it
+    /// keeps at most [`PlannerConfig::max_in_flight_at_frontier`] requests in flight.
+    /// Default 16.
+    pub frontier_pieces: usize,
+    /// Requests in flight at once near the frontier. Default 4. A download's requests
+    /// share its downlink fairly, so with k at once each piece takes k piece-times to
+    /// arrive; near the frontier the pieces it fetches are the newest, which it passes
+    /// on to other children, so fewer at once move every new piece through the swarm
+    /// sooner. A download further behind keeps `max_in_flight`, to fill its link from
+    /// parents that are slow or busy (simulated, 8 × 100 Mbit/s: p50 1.113 → 1.104 ×
+    /// line rate; `docs/benchmarks.md`, "Fewer requests near the frontier").
+    pub max_in_flight_at_frontier: usize,
     /// Requests in flight to one complete parent at once. Default 2.
     pub max_per_parent: usize,
     /// Requests in flight to one parent that is still downloading. Default 1: such a
@@ -79,6 +94,8 @@ impl Default for PlannerConfig {
         PlannerConfig {
             window: TARGET_PIECES as u32,
             max_in_flight: 8,
+            frontier_pieces: 16,
+            max_in_flight_at_frontier: 4,
             max_per_parent: 2,
             max_per_downloading_parent: 1,
             request_timeout: Duration::from_secs(10),
@@ -366,14 +383,15 @@ impl Planner {
     /// (the reader never waits for a piece a parent holds while others are asked for),
     /// then the rest of the window ahead of the reader rarest first (held by the fewest
     /// parents; ties in order), then the pieces after the window in order, then the
-    /// ones behind the reader.
+    /// ones behind the reader. Also returns how many of the window's pieces a parent
+    /// could serve now (not excluded; busy or avoided ones count).
     ///
     /// Rarest first spreads the newest pieces: every child streaming in order would
     /// otherwise ask for the oldest piece it lacks, which the peers ahead of it hold,
     /// and only the child furthest ahead would ever ask the back-to-source peer for a
     /// new piece, so that one child received every piece from it and had to pass each
     /// on to all the others (measured in the simulator: `docs/benchmarks.md`).
-    fn request_order(&self, reader: u32, n: u32, rng: &mut impl Rng) -> Vec<u32> {
+    fn request_order(&self, reader: u32, n: u32, rng: &mut impl Rng) -> (Vec<u32>, usize) {
         let wanted = |i: &u32| {
             !self.have.contains(*i)
                 && !self.in_flight.contains_key(i)
@@ -383,17 +401,21 @@ impl Planner {
         let mut order: Vec<u32> = Vec::with_capacity(n as usize);
         let mut window: Vec<(usize, u32, u32)> = Vec::new();
         let mut first = true;
+        let mut available = 0;
         for i in (reader..window_end).filter(wanted) {
-            if first {
-                order.push(i);
-                first = false;
-                continue;
-            }
             let rarity = self
                 .parents
                 .iter()
                 .filter(|p| p.holds(i) && !self.excluded.contains(&p.r.id))
                 .count();
+            if rarity > 0 {
+                available += 1;
+            }
+            if first {
+                order.push(i);
+                first = false;
+                continue;
+            }
             window.push((rarity, rng.random(), i));
         }
         // Pieces no parent holds sort last (the caller skips them anyway); equally
@@ -405,7 +427,7 @@ impl Planner {
         if !self.confined {
             order.extend((window_end..n).chain(0..reader).filter(wanted));
         }
-        order
+        (order, available)
     }
 
     /// From now on only the `window` pieces ahead of the reader are asked for: the
@@ -434,8 +456,16 @@ impl Planner {
         }
         let mut in_flight = self.in_flight.len();
         let reader = self.reader.min(n);
-        for index in self.request_order(reader, n, rng) {
-            if in_flight >= self.config.max_in_flight {
+        let (order, available) = self.request_order(reader, n, rng);
+        let cap = if available + in_flight < self.config.frontier_pieces {
+            self.config
+                .max_in_flight
+                .min(self.config.max_in_flight_at_frontier)
+        } else {
+            self.config.max_in_flight
+        };
+        for index in order {
+            if in_flight >= cap {
                 break;
             }
             if self.have.contains(index)

@@ -8,6 +8,7 @@
 //!                 [--slow-factor 0.5] [--registry-rate RATE] [--latency 200us]
 //!                 [--step 5ms] [--plan-interval 100ms] [--queue N] [--keep-hold] [--slots 8] [--window 256]
 //!                 [--busy-backoff 100ms] [--max-per-parent 2] [--max-per-downloading-parent 1] [--max-parents 8] [--max-children 8]
+//!                 [--max-in-flight 8] [--max-in-flight-at-frontier 4] [--frontier-pieces 16]
 //!                 [--slow-first-by 2s] [--hand-over-ratio 2] [--show-slowest N] [--seed 1]
 //! ```
 
@@ -75,6 +76,14 @@ struct Args {
     /// The planner's requests in flight for one download (the peer's default).
     #[arg(long, default_value_t = PlannerConfig::default().max_in_flight)]
     max_in_flight: usize,
+    /// The planner's requests in flight near the swarm's frontier (the peer's
+    /// default; as many as --max-in-flight: no limit of its own).
+    #[arg(long, default_value_t = PlannerConfig::default().max_in_flight_at_frontier)]
+    max_in_flight_at_frontier: usize,
+    /// The planner's frontier: fewer than this many pieces on their way or to be had
+    /// (the peer's default).
+    #[arg(long, default_value_t = PlannerConfig::default().frontier_pieces)]
+    frontier_pieces: usize,
     /// The planner's requests in flight to one parent still downloading (the peer's
     /// default is 1).
     #[arg(long, default_value_t = 1)]
@@ -218,6 +227,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
             busy_backoff: a.busy_backoff,
             max_per_parent: a.max_per_parent,
             max_in_flight: a.max_in_flight,
+            max_in_flight_at_frontier: a.max_in_flight_at_frontier,
+            frontier_pieces: a.frontier_pieces,
             max_per_downloading_parent: a.max_per_downloading_parent,
             ..PlannerConfig::default()
         },

@@ -533,3 +533,44 @@ fn confined_to_its_window_it_asks_for_nothing_beyond_or_behind_it() {
     q.on_reader(40 * PIECE);
     assert_eq!(q.next_requests(now, &mut rng()).len(), 16);
 }
+
+#[test]
+fn near_the_frontier_fewer_requests_are_in_flight() {
+    // 8 parents still downloading, one request each at most: 8 could be in flight.
+    let size = 100 * PIECE;
+    let config = PlannerConfig::default();
+    let plan_holding = |held: &[u32]| {
+        let parents = (0..8).map(|i| parent(&format!("p{i}"), 7000 + i, Some(held), 100));
+        plan(size, parents.collect())
+    };
+    // Behind: 40 pieces to be had, so the full `max_in_flight`.
+    let behind: Vec<u32> = (0..40).collect();
+    let mut p = Planner::new(config.clone());
+    p.on_plan(&plan_holding(&behind)).unwrap();
+    let now = Instant::now();
+    assert_eq!(p.next_requests(now, &mut rng()).len(), config.max_in_flight);
+    // Near the frontier: 10 pieces to be had (< 16), so at most 4 at once.
+    let near: Vec<u32> = (0..10).collect();
+    let mut q = Planner::new(config.clone());
+    q.on_plan(&plan_holding(&near)).unwrap();
+    let reqs = q.next_requests(now, &mut rng());
+    assert_eq!(reqs.len(), config.max_in_flight_at_frontier, "{reqs:?}");
+    // The reader's next piece is still the first asked for.
+    assert_eq!(reqs[0].0, 0);
+    // As pieces arrive the cap holds: one stored, one more asked for.
+    q.on_piece_stored(reqs[0].0);
+    assert_eq!(q.next_requests(now, &mut rng()).len(), 1);
+    assert_eq!(q.in_flight().len(), config.max_in_flight_at_frontier);
+    // 17 pieces to be had (>= 16): the full 8 again.
+    let mid: Vec<u32> = (0..17).collect();
+    let mut r = Planner::new(config.clone());
+    r.on_plan(&plan_holding(&mid)).unwrap();
+    assert_eq!(r.next_requests(now, &mut rng()).len(), config.max_in_flight);
+    // With the frontier limit as large as `max_in_flight`, as before it.
+    let mut s = Planner::new(PlannerConfig {
+        max_in_flight_at_frontier: config.max_in_flight,
+        ..config.clone()
+    });
+    s.on_plan(&plan_holding(&near)).unwrap();
+    assert_eq!(s.next_requests(now, &mut rng()).len(), config.max_in_flight);
+}
