@@ -49,7 +49,9 @@ pub struct PlannerConfig {
     /// A download for which fewer than this many pieces are on their way or could be
     /// asked for now (held by a parent, hash known) is near the swarm's frontier: it
     /// keeps at most [`PlannerConfig::max_in_flight_at_frontier`] requests in flight.
-    /// Default 16.
+    /// Not while a parent holds the whole blob since this download began (a cache, a
+    /// preheated node): then a small blob's few pieces are fetched as before, at
+    /// `max_in_flight`. Default 16.
     pub frontier_pieces: usize,
     /// Requests in flight at once near the frontier. Default 4. A download's requests
     /// share its downlink fairly, so with k at once each piece takes k piece-times to
@@ -457,7 +459,13 @@ impl Planner {
         let mut in_flight = self.in_flight.len();
         let reader = self.reader.min(n);
         let (order, available) = self.request_order(reader, n, rng);
-        let cap = if available + in_flight < self.config.frontier_pieces {
+        // A parent that held the whole blob from the start (a cache, a preheated
+        // node) can serve everything that is missing: no frontier then.
+        let cache = self
+            .parents
+            .iter()
+            .any(|p| p.pieces.is_none() && !p.just_completed);
+        let cap = if !cache && available + in_flight < self.config.frontier_pieces {
             self.config
                 .max_in_flight
                 .min(self.config.max_in_flight_at_frontier)

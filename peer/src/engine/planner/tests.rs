@@ -574,3 +574,24 @@ fn near_the_frontier_fewer_requests_are_in_flight() {
     s.on_plan(&plan_holding(&near)).unwrap();
     assert_eq!(s.next_requests(now, &mut rng()).len(), config.max_in_flight);
 }
+
+#[test]
+fn a_small_blob_from_caches_is_not_held_to_the_frontier_limit() {
+    // 10 pieces, all held by 4 complete parents (caches) from the start: 2 per
+    // complete parent, 8 in flight, although fewer than 16 pieces are to be had.
+    let size = 10 * PIECE;
+    let config = PlannerConfig::default();
+    let mut p = Planner::new(config.clone());
+    let parents = (0..4).map(|i| parent(&format!("c{i}"), 7000 + i, None, 10));
+    p.on_plan(&plan(size, parents.collect())).unwrap();
+    assert_eq!(p.next_requests(Instant::now(), &mut rng()).len(), 8);
+    // The same pieces from parents still downloading them: the frontier limit.
+    let held: Vec<u32> = (0..10).collect();
+    let mut q = Planner::new(config.clone());
+    let parents = (0..8).map(|i| parent(&format!("d{i}"), 7000 + i, Some(&held), 10));
+    q.on_plan(&plan(size, parents.collect())).unwrap();
+    assert_eq!(
+        q.next_requests(Instant::now(), &mut rng()).len(),
+        config.max_in_flight_at_frontier
+    );
+}
