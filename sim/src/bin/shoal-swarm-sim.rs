@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, default_value_t = PlannerConfig::default().max_in_flight)]
     max_in_flight: usize,
     /// The planner's requests in flight near the swarm's frontier (the peer's
-    /// default; as many as --max-in-flight: no limit of its own).
+    /// default; the value of --max-in-flight turns the frontier limit off).
     #[arg(long, default_value_t = PlannerConfig::default().max_in_flight_at_frontier)]
     max_in_flight_at_frontier: usize,
     /// The planner's frontier: fewer than this many pieces on their way or to be had

@@ -5,6 +5,7 @@ use crate::engine::plan::PlanParent;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use std::time::Duration;
 
 /// The smallest piece: the size of every piece of these tests' blobs.
 const PIECE: u64 = shoal_proto::piece::MIN_PIECE_SIZE as u64;
