@@ -395,7 +395,7 @@ fn a_node_partitioned_mid_swarm_completes_after_the_link_heals() {
     });
     // What the registry's link carried (frames: payload and headers, an upper bound
     // of what it served; its access log lists an answer only once it ended).
-    let sent = lab.tx_bytes(&registry_host).unwrap();
+    let sent = lab.link_bytes(&registry_host).unwrap().tx;
     let copies = sent as f64 / size as f64;
     eprintln!(
         "{TEST}: the registry's link sent {copies:.2} copies of the layer for {NODES} nodes \

@@ -91,6 +91,25 @@ impl LinkRate {
     }
 }
 
+/// A host's link counters ([`Lab::link_bytes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkBytes {
+    /// Bytes received (what its downlink carried).
+    pub rx: u64,
+    /// Bytes sent (what its uplink carried).
+    pub tx: u64,
+}
+
+impl LinkBytes {
+    /// The counts since `earlier`.
+    pub fn since(self, earlier: LinkBytes) -> LinkBytes {
+        LinkBytes {
+            rx: self.rx.saturating_sub(earlier.rx),
+            tx: self.tx.saturating_sub(earlier.tx),
+        }
+    }
+}
+
 /// `program`, or `ip netns exec NS program` when `netns` is set (for helpers that
 /// run either on loopback or on a lab host).
 pub fn command_in(netns: Option<&str>, program: &str) -> Command {
@@ -558,19 +577,27 @@ impl Lab {
         })
     }
 
-    /// Bytes sent by `host`'s `eth0` so far (link-layer frames: payload plus Ethernet,
-    /// IP and TCP/UDP headers).
-    pub fn tx_bytes(&self, host: &Host) -> anyhow::Result<u64> {
+    /// Bytes `host`'s `eth0` has received and sent so far: link-layer frames, payload
+    /// plus Ethernet, IP and TCP/UDP headers, as the device sees them. A veth passes
+    /// GSO batches whole, so a batch's Ethernet, IP and TCP/UDP headers count once,
+    /// where the shaping (and a wire) counts them per segment.
+    pub fn link_bytes(&self, host: &Host) -> anyhow::Result<LinkBytes> {
         let out = Command::new("ip")
             .args(["-n", &host.ns, "-s", "-j", "link", "show", "dev", "eth0"])
             .output()?;
         anyhow::ensure!(out.status.success(), "ip -s link show on {}", host.role);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let stats = &v[0];
-        stats["stats64"]["tx"]["bytes"]
-            .as_u64()
-            .or_else(|| stats["stats"]["tx"]["bytes"].as_u64())
-            .with_context(|| format!("no tx bytes in `ip -s -j link` of {}", host.role))
+        let count = |dir: &str| {
+            stats["stats64"][dir]["bytes"]
+                .as_u64()
+                .or_else(|| stats["stats"][dir]["bytes"].as_u64())
+                .with_context(|| format!("no {dir} bytes in `ip -s -j link` of {}", host.role))
+        };
+        Ok(LinkBytes {
+            rx: count("rx")?,
+            tx: count("tx")?,
+        })
     }
 
     /// Takes `host`'s link down (`up` false) or brings it up again, at the bridge's end

@@ -111,9 +111,11 @@ impl LabScheduler {
             listen(lab, host, SCHEDULER_GRPC_PORT).to_string(),
             "--http-listen".into(),
             listen(lab, host, SCHEDULER_HTTP_PORT).to_string(),
-            "--plan-interval".into(),
-            "50ms".into(),
         ];
+        // The lab's plan interval, unless `extra` sets its own.
+        if !extra.iter().any(|a| a.starts_with("--plan-interval")) {
+            args.extend(["--plan-interval".into(), "50ms".into()]);
+        }
         args.extend(extra.iter().cloned());
         let process = lab.spawn(
             host,

@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::image::{OciImage, random_bytes};
-use crate::netns::{Cleaner, Family, Host, Lab, LinkRate, UplinkQueue};
+use crate::netns::{Cleaner, Family, Host, Lab, LinkBytes, LinkRate, UplinkQueue};
 use crate::netswarm::{LabPeer, LabScheduler};
 use crate::registry::{NetnsListen, Registry, RegistryOptions};
 use crate::swarm::{PeerOptions, PeerProcess};
@@ -278,10 +278,12 @@ impl<'a> Bench<'a> {
                 urls
             }
         };
+        let links_before = self.link_bytes()?;
         let started = std::time::Instant::now();
         let cpu_before = machine_cpu()?;
         let pulls = self.pull_all(&urls)?;
         let cpu_after = machine_cpu()?;
+        self.print_link_use(&links_before, &pulls)?;
         let wall_secs = started.elapsed().as_secs_f64();
         let upstream_bytes = self.origin_bytes() - before;
         let mut peers_secs = None;
@@ -301,6 +303,31 @@ impl<'a> Bench<'a> {
                 peers_secs,
             },
         })
+    }
+
+    /// Every node's link counters now.
+    fn link_bytes(&self) -> anyhow::Result<Vec<LinkBytes>> {
+        self.nodes.iter().map(|n| self.lab.link_bytes(n)).collect()
+    }
+
+    /// One line per node on stderr: what its link carried during the pull, as a
+    /// multiple of the blob (the framing and acknowledgements above 1.00, and in shoal
+    /// mode what it passed on) and as a share of its link's capacity over its own pull.
+    fn print_link_use(&self, before: &[LinkBytes], pulls: &[NodePull]) -> anyhow::Result<()> {
+        let after = self.link_bytes()?;
+        let blob = self.setup.size as f64;
+        let capacity = |secs: f64| self.opts.rate.bits_per_sec as f64 / 8.0 * secs;
+        for ((b, a), pull) in before.iter().zip(&after).zip(pulls) {
+            let used = a.since(*b);
+            eprintln!(
+                "bench:   {:<4} link: received {:.3} x the blob ({:.1} % of its downlink over its pull), sent {:.3} x",
+                pull.node,
+                used.rx as f64 / blob,
+                100.0 * used.rx as f64 / capacity(pull.secs),
+                used.tx as f64 / blob,
+            );
+        }
+        Ok(())
     }
 
     /// One line per peer on stderr: where its bytes came from, what it served and the
