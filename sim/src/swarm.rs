@@ -158,6 +158,10 @@ impl Swarm {
             cfg.rate > 0.0 && cfg.registry_rate > 0.0,
             "rates must be positive"
         );
+        anyhow::ensure!(
+            (1.0..=2.0).contains(&cfg.peer_framing) && (1.0..=2.0).contains(&cfg.upstream_framing),
+            "framing must be between 1.0 (none) and 2.0 link bytes per payload byte"
+        );
         anyhow::ensure!(!cfg.step.is_zero(), "the time step must be positive");
         let shape = TaskShape::for_size(cfg.size)?;
         anyhow::ensure!(shape.piece_count() > 0, "the blob is empty");

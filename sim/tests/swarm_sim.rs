@@ -168,3 +168,38 @@ fn the_push_variant_completes_with_one_upstream_copy() {
     );
     assert_ne!(pushed, asked, "the variant changes the run");
 }
+
+/// Framing makes a piece cost more link time than its payload: a node's downlink
+/// carries the blob × the framing of what crosses it, so no node finishes under it,
+/// and the swarm is slower than without. Framing below 1.0 is refused.
+#[test]
+fn framing_costs_link_time() {
+    let plain = figures(small(4, 5));
+    let framed = figures(Config {
+        peer_framing: 1.06,
+        upstream_framing: 1.05,
+        ..small(4, 5)
+    });
+    println!("plain: {}\nframed: {}", plain.summary(), framed.summary());
+    for f in [&plain, &framed] {
+        assert_eq!(f.completed, 4, "every node completes");
+        assert!((f.egress_ratio - 1.0).abs() < 1e-9, "{}", f.egress_ratio);
+    }
+    assert!(
+        framed.source_ratio >= 1.05 - 1e-3,
+        "{}",
+        framed.source_ratio
+    );
+    assert!(framed.p50_ratio >= 1.05 - 1e-3, "{}", framed.p50_ratio);
+    assert!(
+        framed.p50_ratio > plain.p50_ratio + 0.03,
+        "framing 1.06 moved p50 only from {:.3} to {:.3}",
+        plain.p50_ratio,
+        framed.p50_ratio
+    );
+    let bad = Config {
+        peer_framing: 0.9,
+        ..small(4, 5)
+    };
+    assert!(Swarm::new(bad).is_err(), "framing under 1.0 accepted");
+}

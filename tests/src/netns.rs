@@ -251,6 +251,7 @@ pub struct Lab {
     rate: LinkRate,
     family: Family,
     uplink: UplinkQueue,
+    mtu: Option<u32>,
     hosts: Vec<Host>,
     state: Arc<Mutex<State>>,
 }
@@ -265,6 +266,18 @@ fn tc_in(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     let mut all = vec!["-n", ns];
     all.extend_from_slice(args);
     run("tc", &all)
+}
+
+/// Bytes the root queue of `dev` in `ns` has sent (`tc -s -j qdisc show`).
+fn root_qdisc_bytes(ns: &str, dev: &str) -> anyhow::Result<u64> {
+    let out = Command::new("tc")
+        .args(["-n", ns, "-s", "-j", "qdisc", "show", "dev", dev, "root"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "tc -s qdisc show dev {dev} in {ns}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v[0]["bytes"]
+        .as_u64()
+        .with_context(|| format!("no bytes in `tc -s -j qdisc show dev {dev} root` in {ns}"))
 }
 
 /// The `htb` class of `host`'s queue on a fair uplink ([`UplinkQueue::Fair`]):
@@ -330,6 +343,7 @@ impl Lab {
             rate,
             family,
             uplink: UplinkQueue::Fifo,
+            mtu: None,
             hosts: Vec::new(),
             state,
         };
@@ -351,6 +365,17 @@ impl Lab {
             "set the uplink queue before adding hosts"
         );
         self.uplink = uplink;
+        self
+    }
+
+    /// Sets every link's MTU (the kernel's default for a veth is 1500), before the
+    /// first host: jumbo frames (9000) as many clusters' node networks have.
+    ///
+    /// # Panics
+    /// When a host was added already.
+    pub fn with_mtu(mut self, mtu: Option<u32>) -> Self {
+        assert!(self.hosts.is_empty(), "set the MTU before adding hosts");
+        self.mtu = mtu;
         self
     }
 
@@ -414,6 +439,11 @@ impl Lab {
             "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ])
         .context("creating a veth pair (kernel module `veth`)")?;
+        if let Some(mtu) = self.mtu {
+            let mtu = mtu.to_string();
+            ip(&["-n", &br, "link", "set", &port, "mtu", &mtu])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "mtu", &mtu])?;
+        }
         ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         let cidr = format!("{ip_addr}/{prefix_len}");
@@ -577,26 +607,15 @@ impl Lab {
         })
     }
 
-    /// Bytes `host`'s `eth0` has received and sent so far: link-layer frames, payload
-    /// plus Ethernet, IP and TCP/UDP headers, as the device sees them. A veth passes
-    /// GSO batches whole, so a batch's Ethernet, IP and TCP/UDP headers count once,
-    /// where the shaping (and a wire) counts them per segment.
+    /// Bytes `host`'s link has carried so far, as its shaping counted them: what the
+    /// root queue of the bridge's port sent to the host (its downlink) and what the root
+    /// queue of its `eth0` sent (its uplink). Link-layer frames, payload plus Ethernet,
+    /// IP and TCP/UDP headers per segment, as the rate is charged (the devices' own
+    /// counters see a GSO batch's headers once).
     pub fn link_bytes(&self, host: &Host) -> anyhow::Result<LinkBytes> {
-        let out = Command::new("ip")
-            .args(["-n", &host.ns, "-s", "-j", "link", "show", "dev", "eth0"])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "ip -s link show on {}", host.role);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let stats = &v[0];
-        let count = |dir: &str| {
-            stats["stats64"][dir]["bytes"]
-                .as_u64()
-                .or_else(|| stats["stats"][dir]["bytes"].as_u64())
-                .with_context(|| format!("no {dir} bytes in `ip -s -j link` of {}", host.role))
-        };
         Ok(LinkBytes {
-            rx: count("rx")?,
-            tx: count("tx")?,
+            rx: root_qdisc_bytes(&self.bridge_ns, &format!("v-{}", host.role))?,
+            tx: root_qdisc_bytes(&host.ns, "eth0")?,
         })
     }
 

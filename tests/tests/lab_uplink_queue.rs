@@ -119,5 +119,49 @@ fn traffic_to_a_host_goes_through_that_hosts_own_queue() {
         default < 16 << 10,
         "a's default queue carried {default} bytes: the transfer was not classified\n{classes}"
     );
+    // The link counters the benchmark reports: a's uplink and b's downlink carried the
+    // transfer and its headers, c's downlink nothing of it.
+    let (la, lb, lc) = (
+        lab.link_bytes(&a).unwrap(),
+        lab.link_bytes(&b).unwrap(),
+        lab.link_bytes(&c).unwrap(),
+    );
+    assert!(la.tx >= BYTES, "a's uplink counted {} bytes", la.tx);
+    assert!(lb.rx >= BYTES, "b's downlink counted {} bytes", lb.rx);
+    assert!(lc.rx < 16 << 10, "c's downlink counted {} bytes", lc.rx);
+    lab.cleanup();
+}
+
+/// `Lab::with_mtu` gives both ends of every host's link the MTU (jumbo frames for
+/// `shoal-bench-swarm --mtu 9000`).
+#[test]
+fn a_lab_with_jumbo_frames_sets_both_ends_of_each_link() {
+    let test = "lab_mtu";
+    if !require_tools(test, &["ip", "tc"]) {
+        return;
+    }
+    if !require_root(test, "making network namespaces") {
+        return;
+    }
+    let prefix = format!("smt{}", std::process::id());
+    let mut lab = Lab::new(&prefix, "100mbit".parse::<LinkRate>().unwrap())
+        .unwrap()
+        .with_mtu(Some(9000));
+    let a = lab.add_host("a").unwrap();
+    let mtu = |ns: &str, dev: &str| -> u64 {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "-j", "link", "show", "dev", dev])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip link show {dev} in {ns}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["mtu"].as_u64().expect("an mtu")
+    };
+    assert_eq!(mtu(&a.ns, "eth0"), 9000, "the host's end");
+    assert_eq!(
+        mtu(&format!("{prefix}-br"), "v-a"),
+        9000,
+        "the bridge's end"
+    );
     lab.cleanup();
 }

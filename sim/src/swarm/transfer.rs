@@ -107,11 +107,12 @@ impl Swarm {
             parent,
             child: req.child,
             index: req.index,
-            left: f64::from(len),
+            left: f64::from(len) * self.cfg.peer_framing,
         });
     }
 
-    /// Starts piece `index` of the upstream stream. `credit`: bytes of it that
+    /// Starts piece `index` of the upstream stream. A flow's bytes are link bytes
+    /// (the payload × its framing). `credit`: link bytes of it that
     /// already arrived in the step the previous piece ended in (upstream is
     /// one continuous body, so the time steps must not put a gap between its
     /// pieces).
@@ -122,7 +123,7 @@ impl Swarm {
         self.flows.push(Flow::Upstream {
             node,
             index,
-            left: (f64::from(len) - credit).max(1.0),
+            left: (f64::from(len) * self.cfg.upstream_framing - credit).max(1.0),
         });
     }
 

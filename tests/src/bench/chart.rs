@@ -49,7 +49,7 @@ pub fn draw(png: &Path, font: &Path, setup: &Setup, runs: &[ModeRun]) -> anyhow:
         "{} nodes pull a {:.0} MiB blob, every link {}, {}",
         setup.nodes,
         setup.size as f64 / f64::from(1 << 20),
-        setup.rate_text,
+        setup.link_text(),
         setup.uplink.describe()
     );
     let mut chart = ChartBuilder::on(&root)

@@ -72,6 +72,8 @@ pub struct Options {
     /// How every host's uplink queues ([`UplinkQueue::Fair`]: per destination host, as
     /// a Linux host's `fq_codel` would; see [`crate::netns`]).
     pub uplink: UplinkQueue,
+    /// Every link's MTU (`None`: the kernel's 1500).
+    pub mtu: Option<u32>,
 }
 
 /// What serves the nodes in one mode.
@@ -144,7 +146,8 @@ impl<'a> Bench<'a> {
         std::fs::remove_dir_all(work.join("image")).ok();
 
         let mut lab = Lab::with_family(&opts.prefix, opts.rate.clone(), opts.family)?
-            .with_uplink_queue(opts.uplink);
+            .with_uplink_queue(opts.uplink)
+            .with_mtu(opts.mtu);
         on_lab(lab.cleaner());
         let registry_host = lab.add_host("registry")?;
         let origin = Registry::start_with(
@@ -171,6 +174,7 @@ impl<'a> Bench<'a> {
             rate_bits: opts.rate.bits_per_sec,
             rate_text: opts.rate.tc.clone(),
             uplink: opts.uplink,
+            mtu: opts.mtu,
         };
         Ok(Bench {
             opts,

@@ -65,9 +65,20 @@ pub struct Setup {
     pub rate_text: String,
     /// How the hosts' uplinks queue.
     pub uplink: UplinkQueue,
+    /// Every link's MTU, when not the kernel's 1500 (`--mtu`).
+    pub mtu: Option<u32>,
 }
 
 impl Setup {
+    /// The links as the table's and the chart's captions name them: `100mbit`, or
+    /// `100mbit, MTU 9000`.
+    pub fn link_text(&self) -> String {
+        match self.mtu {
+            Some(mtu) => format!("{}, MTU {mtu}", self.rate_text),
+            None => self.rate_text.clone(),
+        }
+    }
+
     /// Seconds one node needs to receive the blob at line rate: the fastest any mode
     /// can be (each node's downlink carries the whole blob once).
     pub fn line_rate_secs(&self) -> f64 {
@@ -266,7 +277,7 @@ pub fn markdown(setup: &Setup, runs: &[ModeRun]) -> String {
         "{} nodes, a {:.0} MiB blob, every link {}, {} (line-rate limit {:.1} s)\n",
         setup.nodes,
         setup.size as f64 / f64::from(1 << 20),
-        setup.rate_text,
+        setup.link_text(),
         setup.uplink.describe(),
         setup.line_rate_secs()
     );
@@ -330,6 +341,7 @@ mod tests {
             rate_bits: 100_000_000,
             rate_text: "100mbit".into(),
             uplink: UplinkQueue::Fair,
+            mtu: None,
         }
     }
 

@@ -4,13 +4,17 @@
 //! ```text
 //! shoal-bench-swarm [--nodes 8] [--size 256MiB] [--rate 100mbit] [--modes [alone,]direct,cache,shoal]
 //!                   [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo]
-//!                   [--peer-flag ARG]... [--scheduler-flag ARG]...
+//!                   [--mtu BYTES] [--peer-flag ARG]... [--scheduler-flag ARG]...
 //! ```
 //!
 //! `--uplink fifo|fair` sets how every host's uplink queues (default `fair`: one queue
 //! per destination host, as a Linux host's `fq_codel` does; `fifo`: one FIFO, where a
 //! download's acknowledgements wait behind the host's uploads). See
 //! `shoal_tests::netns::UplinkQueue`.
+//!
+//! `--mtu 9000` gives every link jumbo frames (default: the kernel's 1500), to see what
+//! framing costs: each TCP or QUIC packet carries its headers, and a larger packet
+//! fewer of them per byte.
 //!
 //! `--ipv6` runs it on a lab whose hosts have IPv6 addresses only (see
 //! `shoal_tests::netns`): every listener, URL and `ns` is an IPv6 literal.
@@ -41,7 +45,7 @@ use shoal_tests::netns::{Family, LinkRate, UplinkQueue};
 
 const USAGE: &str = "usage: shoal-bench-swarm [--nodes N] [--size SIZE] [--rate RATE] \
 [--modes [alone,]direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo] \
-[--peer-flag ARG]... [--scheduler-flag ARG]...";
+[--mtu BYTES] [--peer-flag ARG]... [--scheduler-flag ARG]...";
 
 struct Args {
     opts: Options,
@@ -78,6 +82,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut keep = false;
     let mut family = Family::V4;
     let mut uplink = UplinkQueue::Fair;
+    let mut mtu = None;
     let mut peer_flags = Vec::new();
     let mut scheduler_flags = Vec::new();
     let mut it = std::env::args().skip(1);
@@ -101,6 +106,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--keep" => keep = true,
             "--ipv6" => family = Family::V6,
             "--uplink" => uplink = value()?.parse().map_err(anyhow::Error::msg)?,
+            "--mtu" => {
+                let v = value()?;
+                let n: u32 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1280..=65_535).contains(n))
+                    .with_context(|| format!("--mtu {v:?}: a number of bytes, 1280 to 65535"))?;
+                mtu = Some(n);
+            }
             "--peer-flag" => peer_flags.push(value()?),
             "--scheduler-flag" => scheduler_flags.push(value()?),
             "-h" | "--help" => {
@@ -127,6 +141,7 @@ fn parse_args() -> anyhow::Result<Args> {
             scheduler_flags,
             family,
             uplink,
+            mtu,
         },
         out,
         font,
