@@ -721,3 +721,47 @@ async fn a_moving_upload_keeps_its_piece_past_the_exclusive_time() {
     })
     .await;
 }
+
+/// On a link with jumbo frames (loopback's MTU is 65,536) the path-MTU search takes a
+/// connection's packets past quinn's own 1,452-byte ceiling, up to
+/// [`tls::MAX_UDP_PAYLOAD`]: a 16 MiB piece arrives whole in datagrams several times
+/// as large, so it pays a fraction of the headers.
+#[tokio::test]
+async fn on_a_link_with_jumbo_frames_pieces_travel_in_larger_packets() {
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    let piece = pattern(16 << 20, 9);
+    source.insert(digest(9), 0, piece.clone());
+    let server = Server::start(&tls, source, UploadLimits::default());
+    let raw = tls::endpoint(LOCALHOST.parse().unwrap(), &tls).unwrap();
+    let conn = raw
+        .connect(server.addr, tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let request = codec::encode_request(&codec::Request {
+        digest: digest(9),
+        index: 0,
+    });
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&request).await.unwrap();
+    send.finish().unwrap();
+    let reply = recv.read_to_end(17 << 20).await.unwrap();
+    let (response, header_len) = codec::decode_response_header(&reply).unwrap();
+    assert!(matches!(response, Response::Ok { .. }), "{response:?}");
+    assert!(reply[header_len..] == piece[..], "the piece differs");
+
+    let stats = conn.stats();
+    let average = stats.udp_rx.bytes as f64 / stats.udp_rx.datagrams as f64;
+    assert!(
+        average > 3000.0,
+        "the piece came in datagrams of {average:.0} bytes on average ({} datagrams)",
+        stats.udp_rx.datagrams
+    );
+    // This side's own search too (its probes; it sends little else).
+    let mtu = stats.path.current_mtu;
+    assert!(
+        mtu > 1452 && mtu <= tls::MAX_UDP_PAYLOAD,
+        "path MTU {mtu} after the transfer"
+    );
+}
