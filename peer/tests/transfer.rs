@@ -91,6 +91,17 @@ fn client(tls: &PeerTls) -> PieceClient {
     PieceClient::new(tls::endpoint(LOCALHOST.parse().unwrap(), tls).unwrap())
 }
 
+/// A QUIC connection to `addr` from a fresh endpoint, for speaking the piece protocol
+/// by hand (the endpoint lives as long as the connection).
+async fn raw_connection(tls: &PeerTls, addr: SocketAddr) -> quinn::Connection {
+    let endpoint = tls::endpoint(LOCALHOST.parse().unwrap(), tls).unwrap();
+    endpoint
+        .connect(addr, tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap()
+}
+
 fn load(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
@@ -265,12 +276,7 @@ async fn malformed_request_gets_bad_request_and_others_are_still_served() {
     let source = Arc::new(MemorySource::new());
     source.insert(digest(3), 0, pattern(10, 3));
     let server = Server::start(&tls, source, UploadLimits::default());
-    let raw = tls::endpoint(LOCALHOST.parse().unwrap(), &tls).unwrap();
-    let conn = raw
-        .connect(server.addr, tls::SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = raw_connection(&tls, server.addr).await;
 
     let bad_digest = {
         let mut frame = codec::encode_request(&codec::Request {
@@ -733,12 +739,7 @@ async fn on_a_link_with_jumbo_frames_pieces_travel_in_larger_packets() {
     let piece = pattern(16 << 20, 9);
     source.insert(digest(9), 0, piece.clone());
     let server = Server::start(&tls, source, UploadLimits::default());
-    let raw = tls::endpoint(LOCALHOST.parse().unwrap(), &tls).unwrap();
-    let conn = raw
-        .connect(server.addr, tls::SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = raw_connection(&tls, server.addr).await;
     let request = codec::encode_request(&codec::Request {
         digest: digest(9),
         index: 0,
