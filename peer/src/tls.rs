@@ -63,7 +63,7 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 
 /// The largest UDP payload of a QUIC packet between peers. quinn's path-MTU search
 /// (RFC 8899 probes, [`quinn::MtuDiscoveryConfig`]) climbs from 1,200 bytes to it: on a
-/// node network of 1,500-byte frames it settles near 1,470, on one with jumbo frames
+/// node network of 1,500-byte frames it settles just under them, on one with jumbo frames
 /// (9,000, as many clouds' node networks) at this bound, where a piece costs about 1 %
 /// of headers instead of 5.5 % (`docs/benchmarks.md`, "Framing"). quinn's own default
 /// stops at 1,452 whatever the network. Not more than this: quinn hands the kernel up
