@@ -765,4 +765,14 @@ async fn on_a_link_with_jumbo_frames_pieces_travel_in_larger_packets() {
         mtu > 1452 && mtu <= tls::MAX_UDP_PAYLOAD,
         "path MTU {mtu} after the transfer"
     );
+    // The parent reports its path's size (`shoal_peer_upload_path_mtu_bytes`).
+    eventually("the upload counted", || {
+        load(&server.stats.pieces_served) == 1
+    })
+    .await;
+    let reported = load(&server.stats.upload_path_mtu);
+    assert!(
+        reported > 1452 && reported <= u64::from(tls::MAX_UDP_PAYLOAD),
+        "the parent reported a path MTU of {reported}"
+    );
 }

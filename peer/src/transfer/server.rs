@@ -121,6 +121,9 @@ pub struct TransferStats {
     pub connections: AtomicU64,
     /// Connections whose handshake failed (e.g. a certificate from another CA).
     pub handshakes_failed: AtomicU64,
+    /// The path MTU (largest UDP payload) of the connection the last complete upload
+    /// went over (0 before the first): whether jumbo frames are in use.
+    pub upload_path_mtu: AtomicU64,
 }
 
 impl TransferStats {
@@ -159,6 +162,12 @@ impl TransferStats {
                     "quic_handshakes_failed",
                     "QUIC connections refused (no or foreign certificate).",
                     load(&t.handshakes_failed),
+                ),
+                Sample::Gauge(
+                    "upload_path_mtu_bytes",
+                    "Largest UDP payload of the QUIC path of the last piece uploaded to a peer \
+                     (about 1,450 on 1,500-byte frames, up to 6,500 with jumbo frames; 0 before the first).",
+                    i64::try_from(load(&t.upload_path_mtu)).unwrap_or(i64::MAX),
                 ),
             ]
         });
@@ -466,6 +475,10 @@ async fn try_answer(
                 .stats
                 .uploaded_bytes
                 .fetch_add(u64::from(length), Ordering::Relaxed);
+            shared
+                .stats
+                .upload_path_mtu
+                .store(u64::from(conn.stats().path.current_mtu), Ordering::Relaxed);
             shared.stats.pieces_served.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
