@@ -776,3 +776,42 @@ async fn on_a_link_with_jumbo_frames_pieces_travel_in_larger_packets() {
         "the parent reported a path MTU of {reported}"
     );
 }
+
+/// A hostile sender on the network blasts the QUIC port with datagrams that are not
+/// QUIC, of every size up to far past [`tls::MAX_UDP_PAYLOAD`] (the largest the
+/// endpoint accepts): none becomes a connection or an upload, and a real peer is
+/// served byte for byte right after.
+#[tokio::test]
+async fn garbage_datagrams_of_any_size_change_nothing() {
+    let tls = tls::ephemeral().unwrap();
+    let source = Arc::new(MemorySource::new());
+    let piece = pattern(1 << 20, 4);
+    source.insert(digest(4), 0, piece.clone());
+    let server = Server::start(&tls, source, UploadLimits::default());
+    let hostile = tokio::net::UdpSocket::bind(LOCALHOST).await.unwrap();
+    let max = usize::from(tls::MAX_UDP_PAYLOAD);
+    for len in [1, 20, 1200, 1500, max, max + 1, 9000, 60_000] {
+        for fill in [0x00u8, 0xc3, 0xff] {
+            // 0xc3: a long-header Initial's first byte, the rest not QUIC.
+            hostile
+                .send_to(&vec![fill; len], server.addr)
+                .await
+                .unwrap();
+        }
+    }
+    let got = client(&tls)
+        .fetch(server.addr, &digest(4), 0, 1 << 20, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(got == piece, "the piece differs after the garbage");
+    eventually("the real fetch counted", || {
+        load(&server.stats.pieces_served) == 1
+    })
+    .await;
+    assert_eq!(
+        load(&server.stats.connections),
+        1,
+        "only the real peer connected"
+    );
+    assert_eq!(load(&server.stats.handshakes_failed), 0);
+}
