@@ -39,6 +39,7 @@
 //!
 //! Not here: what runs on the hosts (the benchmark decides), latency (no netem).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -617,6 +618,48 @@ impl Lab {
             rx: root_qdisc_bytes(&self.bridge_ns, &format!("v-{}", host.role))?,
             tx: root_qdisc_bytes(&host.ns, "eth0")?,
         })
+    }
+
+    /// The TCP congestion control `host`'s connections use (a namespace starts with
+    /// the machine's default: `bbr`, `cubic`, …).
+    pub fn tcp_congestion_control(&self, host: &Host) -> anyhow::Result<String> {
+        let out = self
+            .command(host, Path::new("cat"))
+            .arg("/proc/sys/net/ipv4/tcp_congestion_control")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "reading the TCP congestion control in {}",
+            host.ns
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// What every host's downlink has carried so far, by role: the same counter as
+    /// [`Lab::link_bytes`]'s `rx`, for all hosts from one `tc` call (cheap enough to
+    /// sample every few tens of milliseconds during a pull).
+    pub fn downlink_counters(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let out = Command::new("tc")
+            .args(["-n", &self.bridge_ns, "-s", "-j", "qdisc", "show"])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "tc -s qdisc show in {}",
+            self.bridge_ns
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let mut counters = BTreeMap::new();
+        for q in v.as_array().into_iter().flatten() {
+            let root = q["root"].as_bool() == Some(true);
+            if let (true, Some(role), Some(bytes)) = (
+                root,
+                q["dev"].as_str().and_then(|d| d.strip_prefix("v-")),
+                q["bytes"].as_u64(),
+            ) {
+                counters.insert(role.to_string(), bytes);
+            }
+        }
+        Ok(counters)
     }
 
     /// Takes `host`'s link down (`up` false) or brings it up again, at the bridge's end

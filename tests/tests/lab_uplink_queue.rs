@@ -129,6 +129,28 @@ fn traffic_to_a_host_goes_through_that_hosts_own_queue() {
     assert!(la.tx >= BYTES, "a's uplink counted {} bytes", la.tx);
     assert!(lb.rx >= BYTES, "b's downlink counted {} bytes", lb.rx);
     assert!(lc.rx < 16 << 10, "c's downlink counted {} bytes", lc.rx);
+    // The benchmark's timeline samples the same downlink counters, all hosts at once.
+    let all = lab.downlink_counters().unwrap();
+    assert_eq!(
+        all.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "one counter per host"
+    );
+    assert!(
+        all["b"] >= lb.rx,
+        "b's downlink: {} then {}",
+        lb.rx,
+        all["b"]
+    );
+    assert!(
+        all["b"] - lb.rx < 16 << 10,
+        "b's downlink grew after the transfer"
+    );
+    assert!(
+        all["c"] < 16 << 10,
+        "c's downlink counted {} bytes",
+        all["c"]
+    );
     lab.cleanup();
 }
 

@@ -54,6 +54,7 @@ fn three_nodes_32_mib_every_mode_delivers_the_blob_and_shoal_fetches_it_once() {
             "100mbit",
             "--modes",
             "alone,direct,cache,shoal",
+            "--timeline",
             "--out",
         ])
         .arg(out_dir.path())
@@ -112,9 +113,29 @@ fn three_nodes_32_mib_every_mode_delivers_the_blob_and_shoal_fetches_it_once() {
         (0.99..=1.05).contains(&shoal),
         "shoal: the registry served {shoal} copies of the blob, not one\n{stdout}\n{stderr}"
     );
-    // The report files were written.
+    // `--timeline`: one idle line per node and mode (1 node alone, 3 in the others),
+    // none idle longer than its pull took.
+    let idle: Vec<(f64, f64)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("downlink idle ").nth(1)?;
+            let mut words = rest.split_whitespace();
+            let idle = words.next()?.parse().ok()?;
+            let secs = words.nth(3)?.parse().ok()?;
+            Some((idle, secs))
+        })
+        .collect();
+    assert_eq!(idle.len(), 10, "{stderr}");
+    for (idle, secs) in idle {
+        assert!(
+            (0.0..=secs).contains(&idle),
+            "idle {idle} s of {secs} s\n{stderr}"
+        );
+    }
+    // The report files were written, naming the TCP congestion control.
     let md = std::fs::read_to_string(out_dir.path().join("swarm.md")).unwrap();
     assert!(md.contains("| shoal |"), "{md}");
+    assert!(md.contains(", TCP congestion control "), "{md}");
     let png = std::fs::read(out_dir.path().join("swarm.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "swarm.png is a PNG");
 }

@@ -21,9 +21,11 @@
 pub mod chart;
 pub mod fetch;
 pub mod report;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -74,6 +76,9 @@ pub struct Options {
     pub uplink: UplinkQueue,
     /// Every link's MTU (`None`: the kernel's 1500).
     pub mtu: Option<u32>,
+    /// Sample every node's downlink during the pulls and print where each one idled
+    /// (see [`timeline`]).
+    pub timeline: bool,
 }
 
 /// What serves the nodes in one mode.
@@ -168,7 +173,9 @@ impl<'a> Bench<'a> {
         for i in 1..=opts.nodes {
             nodes.push(lab.add_host(&format!("n{i}"))?);
         }
+        let tcp_congestion = lab.tcp_congestion_control(&registry_host)?;
         let setup = Setup {
+            tcp_congestion,
             nodes: opts.nodes,
             size: blob.size,
             rate_bits: opts.rate.bits_per_sec,
@@ -285,7 +292,23 @@ impl<'a> Bench<'a> {
         let links_before = self.link_bytes()?;
         let started = std::time::Instant::now();
         let cpu_before = machine_cpu()?;
-        let pulls = self.pull_all(&urls)?;
+        let start_at = fetch::unix_ms() + 1500;
+        let pulls = if self.opts.timeline {
+            let stop = AtomicBool::new(false);
+            let (pulls, samples) = std::thread::scope(|s| {
+                let sampler = s.spawn(|| timeline::sample(&self.lab, start_at, &stop));
+                let pulls = self.pull_all(&urls, start_at);
+                stop.store(true, Ordering::Relaxed);
+                let samples = sampler.join().expect("the timeline sampler panicked");
+                (pulls, samples)
+            });
+            let (pulls, samples) = (pulls?, samples?);
+            self.print_idle(&samples, &pulls);
+            std::fs::write(dir.join("timeline.csv"), timeline::csv(&samples))?;
+            pulls
+        } else {
+            self.pull_all(&urls, start_at)?
+        };
         let cpu_after = machine_cpu()?;
         self.print_link_use(&links_before, &pulls)?;
         let wall_secs = started.elapsed().as_secs_f64();
@@ -364,10 +387,30 @@ impl<'a> Bench<'a> {
             .with_context(|| format!("the lab has no {role} host (added in prepare)"))
     }
 
-    /// Every node fetches its URL, all starting at the same instant.
-    fn pull_all(&self, urls: &[String]) -> anyhow::Result<Vec<NodePull>> {
+    /// One line per node on stderr: how long its downlink idled during its pull, and
+    /// when (see [`timeline::idle`]).
+    fn print_idle(&self, samples: &[timeline::Sample], pulls: &[NodePull]) {
+        let rate = self.opts.rate.bits_per_sec as f64 / 8.0;
+        for pull in pulls {
+            let done_ms = (pull.secs * 1000.0) as i64;
+            match timeline::idle(samples, &pull.node, rate, done_ms) {
+                Some(idle) => eprintln!(
+                    "bench:   {:<4} downlink idle {:.2} s of its {:.1} s: {:.2} s before its first bytes, {:.2} s in the second after them, {:.2} s later",
+                    pull.node,
+                    idle.total(),
+                    pull.secs,
+                    idle.before_first_bytes,
+                    idle.first_second,
+                    idle.after,
+                ),
+                None => eprintln!("bench:   {:<4} downlink: no bytes sampled", pull.node),
+            }
+        }
+    }
+
+    /// Every node fetches its URL, all starting at `start_at` (Unix ms).
+    fn pull_all(&self, urls: &[String], start_at: u64) -> anyhow::Result<Vec<NodePull>> {
         let me = std::env::current_exe()?;
-        let start_at = fetch::unix_ms() + 1500;
         let limit = self.opts.pull_limit.as_secs().to_string();
         let mut children: Vec<(Host, Child)> = Vec::new();
         for (node, url) in self.nodes.iter().zip(urls) {

@@ -67,6 +67,10 @@ pub struct Setup {
     pub uplink: UplinkQueue,
     /// Every link's MTU, when not the kernel's 1500 (`--mtu`).
     pub mtu: Option<u32>,
+    /// The hosts' TCP congestion control (`bbr`, `cubic`): the registry's TCP runs it,
+    /// and how it fills a queue changes what shares the queue with it (measured:
+    /// `docs/benchmarks.md`, session 21).
+    pub tcp_congestion: String,
 }
 
 impl Setup {
@@ -274,11 +278,12 @@ pub fn markdown(setup: &Setup, runs: &[ModeRun]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} nodes, a {:.0} MiB blob, every link {}, {} (line-rate limit {:.1} s)\n",
+        "{} nodes, a {:.0} MiB blob, every link {}, {}, TCP congestion control {} (line-rate limit {:.1} s)\n",
         setup.nodes,
         setup.size as f64 / f64::from(1 << 20),
         setup.link_text(),
         setup.uplink.describe(),
+        setup.tcp_congestion,
         setup.line_rate_secs()
     );
     let alone = alone_secs(setup, runs);
@@ -342,6 +347,7 @@ mod tests {
             rate_text: "100mbit".into(),
             uplink: UplinkQueue::Fair,
             mtu: None,
+            tcp_congestion: "bbr".into(),
         }
     }
 

@@ -4,7 +4,7 @@
 //! ```text
 //! shoal-bench-swarm [--nodes 8] [--size 256MiB] [--rate 100mbit] [--modes [alone,]direct,cache,shoal]
 //!                   [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo]
-//!                   [--mtu BYTES] [--peer-flag ARG]... [--scheduler-flag ARG]...
+//!                   [--mtu BYTES] [--timeline] [--peer-flag ARG]... [--scheduler-flag ARG]...
 //! ```
 //!
 //! `--uplink fifo|fair` sets how every host's uplink queues (default `fair`: one queue
@@ -15,6 +15,11 @@
 //! `--mtu 9000` gives every link jumbo frames (default: the kernel's 1500), to see what
 //! framing costs: each TCP or QUIC packet carries its headers, and a larger packet
 //! fewer of them per byte.
+//!
+//! `--timeline` samples every node's downlink every 50 ms during the pulls and prints,
+//! per node, how long it idled and when: before its first bytes, in the second after
+//! them, or later (`shoal_tests::bench::timeline`); the samples go to `timeline.csv` in
+//! the mode's work directory (kept with `--keep`). Opt-in: sampling costs some CPU.
 //!
 //! `--ipv6` runs it on a lab whose hosts have IPv6 addresses only (see
 //! `shoal_tests::netns`): every listener, URL and `ns` is an IPv6 literal.
@@ -45,7 +50,7 @@ use shoal_tests::netns::{Family, LinkRate, UplinkQueue};
 
 const USAGE: &str = "usage: shoal-bench-swarm [--nodes N] [--size SIZE] [--rate RATE] \
 [--modes [alone,]direct,cache,shoal] [--out DIR] [--font TTF] [--keep] [--ipv6] [--uplink fair|fifo] \
-[--mtu BYTES] [--peer-flag ARG]... [--scheduler-flag ARG]...";
+[--mtu BYTES] [--timeline] [--peer-flag ARG]... [--scheduler-flag ARG]...";
 
 struct Args {
     opts: Options,
@@ -83,6 +88,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut family = Family::V4;
     let mut uplink = UplinkQueue::Fair;
     let mut mtu = None;
+    let mut timeline = false;
     let mut peer_flags = Vec::new();
     let mut scheduler_flags = Vec::new();
     let mut it = std::env::args().skip(1);
@@ -115,6 +121,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     .with_context(|| format!("--mtu {v:?}: a number of bytes, 1280 to 65535"))?;
                 mtu = Some(n);
             }
+            "--timeline" => timeline = true,
             "--peer-flag" => peer_flags.push(value()?),
             "--scheduler-flag" => scheduler_flags.push(value()?),
             "-h" | "--help" => {
@@ -142,6 +149,7 @@ fn parse_args() -> anyhow::Result<Args> {
             family,
             uplink,
             mtu,
+            timeline,
         },
         out,
         font,
