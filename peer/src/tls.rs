@@ -3,7 +3,7 @@
 //! Every peer presents a certificate issued by the cluster CA and accepts only peers
 //! that do, in both directions: the server requires a client certificate chained to the
 //! CA ([`rustls::server::WebPkiClientVerifier`]), the client verifies the server against
-//! the same CA. ALPN is [`ALPN`] (`shoal-piece/2`), TLS 1.3 only (QUIC), ring crypto.
+//! the same CA. ALPN is [`ALPN`] (`shoal-piece/3`), TLS 1.3 only (QUIC), ring crypto.
 //!
 //! Server names: peers are addressed by IP, and pod IPs are not known when certificates
 //! are issued. So every peer certificate carries the fixed DNS name [`SERVER_NAME`]
@@ -47,9 +47,9 @@ use rustls::server::WebPkiClientVerifier;
 /// ([`shoal_proto::piece::PIECE_RULE`]): a piece index means other bytes under
 /// another rule, so peers of two rules fail the handshake instead of trading
 /// pieces that would not verify.
-pub const ALPN: &[u8] = b"shoal-piece/2";
+pub const ALPN: &[u8] = b"shoal-piece/3";
 const _: () = assert!(
-    shoal_proto::piece::PIECE_RULE == 2,
+    shoal_proto::piece::PIECE_RULE == 3,
     "the ALPN names the piece rule: bump both"
 );
 

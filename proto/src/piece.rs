@@ -3,8 +3,8 @@
 //! A task (blob) of `size` bytes is cut into pieces of `piece_size` bytes; the
 //! last piece is short. The piece size is a power of two chosen from the size
 //! alone, so every peer and the scheduler agree on it without asking:
-//! 512 KiB up to 512 MiB blobs, then doubling so a task stays at 1,024 pieces
-//! (1 MiB at 1 GiB, 4 MiB at 4 GiB) up to 16 MiB, so a task has at most a few
+//! 256 KiB up to 512 MiB blobs, then doubling so a task stays at 2,048 pieces
+//! (512 KiB at 1 GiB, 2 MiB at 4 GiB) up to 16 MiB, so a task has at most a few
 //! thousand pieces up to 64 GiB.
 //!
 //! That choice is the **piece rule** ([`PIECE_RULE`]). A piece index means
@@ -12,23 +12,26 @@
 //! exchange their rule at join and refuse a mismatch, and the peer protocol's
 //! ALPN names the rule. Rule 1 (Shoal up to 0.1, sent as 0 or absent) had a
 //! 4 MiB minimum; rule 2 lowered it to 512 KiB, so a 256 MiB layer is cut into
-//! 512 pieces instead of 64 and each piece is passed on sooner
-//! (`docs/benchmarks.md`).
+//! 512 pieces instead of 64 and each piece is passed on sooner; rule 3 halved every
+//! piece again (256 KiB minimum, 2,048 pieces a task): a child of a swarm needs a
+//! buffer of about thirty pieces on their way or to be had to keep its link busy,
+//! and halving the piece halves the time that buffer costs it
+//! (`docs/benchmarks.md`, "Smaller pieces again").
 
 use std::ops::Range;
 
 /// The rule [`piece_size_for`] follows. Bump it whenever that function changes.
-pub const PIECE_RULE: u32 = 2;
+pub const PIECE_RULE: u32 = 3;
 /// The piece rule a peer or scheduler sent: 0 (absent, an older Shoal) is rule 1.
 pub fn rule_sent(sent: u32) -> u32 {
     sent.max(1)
 }
-/// Smallest piece size (512 KiB).
-pub const MIN_PIECE_SIZE: u32 = 512 << 10;
+/// Smallest piece size (256 KiB).
+pub const MIN_PIECE_SIZE: u32 = 256 << 10;
 /// Largest piece size (16 MiB).
 pub const MAX_PIECE_SIZE: u32 = 16 << 20;
 /// Pieces per task the size choice aims to stay under.
-pub const TARGET_PIECES: u64 = 1024;
+pub const TARGET_PIECES: u64 = 2048;
 /// Largest task Shoal accepts (1 TiB); anything bigger is treated as bad input.
 pub const MAX_TASK_SIZE: u64 = 1 << 40;
 
@@ -323,22 +326,27 @@ mod tests {
     fn piece_sizes() {
         assert_eq!(piece_size_for(0), MIN_PIECE_SIZE);
         assert_eq!(piece_size_for(1), MIN_PIECE_SIZE);
+        // Rule 3: 256 KiB up to 512 MiB, then 2,048 pieces a task up to 16 MiB.
+        assert_eq!(MIN_PIECE_SIZE, 256 << 10);
+        assert_eq!(piece_size_for(256 << 20), MIN_PIECE_SIZE);
+        assert_eq!(piece_size_for((256 << 20) + 43_839), MIN_PIECE_SIZE);
         assert_eq!(piece_size_for(512 << 20), MIN_PIECE_SIZE);
-        assert_eq!(piece_size_for((512 << 20) + 1), 1 << 20);
-        assert_eq!(piece_size_for(1 << 30), 1 << 20);
-        assert_eq!(piece_size_for(2 << 30), 2 << 20);
-        assert_eq!(piece_size_for(8 << 30), 8 << 20);
+        assert_eq!(piece_size_for((512 << 20) + 1), 512 << 10);
+        assert_eq!(piece_size_for(1 << 30), 512 << 10);
+        assert_eq!(piece_size_for(2 << 30), 1 << 20);
+        assert_eq!(piece_size_for(8 << 30), 4 << 20);
+        assert_eq!(piece_size_for(32 << 30), MAX_PIECE_SIZE);
         assert_eq!(piece_size_for(500 << 30), MAX_PIECE_SIZE);
-        let s = TaskShape::for_size(5 << 18).unwrap();
+        let s = TaskShape::for_size(5 << 17).unwrap();
         assert_eq!(s.piece_count(), 3);
-        assert_eq!(s.piece_range(2).unwrap(), (4 << 18)..(5 << 18));
-        assert_eq!(s.piece_len(2).unwrap(), 1 << 18);
+        assert_eq!(s.piece_range(2).unwrap(), (4 << 17)..(5 << 17));
+        assert_eq!(s.piece_len(2).unwrap(), 1 << 17);
         assert!(matches!(
             s.piece_range(3),
             Err(PieceError::IndexOutOfRange { index: 3, count: 3 })
         ));
-        assert_eq!(s.piece_at((4 << 18) + 1), Some(2));
-        assert_eq!(s.piece_at(5 << 18), None);
+        assert_eq!(s.piece_at((4 << 17) + 1), Some(2));
+        assert_eq!(s.piece_at(5 << 17), None);
         assert_eq!(TaskShape::for_size(0).unwrap().piece_count(), 0);
         assert!(TaskShape::for_size(MAX_TASK_SIZE + 1).is_err());
     }

@@ -65,8 +65,8 @@ async fn prints_tables_and_json_and_clear_errors() {
     let tasks = stdout(&shoalctl(&url, &["tasks"]).await);
     assert!(tasks.starts_with("DIGEST "), "{tasks}");
     assert!(tasks.contains("sha256:111111111111… "), "{tasks}");
-    // SIZE: two 512 KiB pieces and a short third.
-    assert!(tasks.contains("1.0 MiB"), "{tasks}");
+    // SIZE: two 256 KiB pieces and a short third.
+    assert!(tasks.contains("524.1 KiB"), "{tasks}");
     assert!(
         !tasks.contains(&held().to_string()),
         "list view shortens digests: {tasks}"

@@ -79,14 +79,14 @@ fn a_node_alone_streams_upstream_at_its_line_rate_whatever_the_step() {
 /// A request, its answer and the next request take no step of their own: with a
 /// 200 µs latency they fit many times into a 5 ms step. A child fetching each piece
 /// from the back-to-source node (one request at a time to a parent still
-/// downloading) finished at 1.19 × its line rate when every exchange waited for the
-/// next step, 1.09 now (what is left is flows starting on step boundaries).
-/// Simulated time, not wall time.
+/// downloading) finished at 1.34 × its line rate when every exchange waited for the
+/// next step, 1.19 now (256 KiB pieces, piece rule 3; what is left is flows starting
+/// on step boundaries, up to 5 ms of a piece's 21 ms). Simulated time, not wall time.
 #[test]
 fn a_request_and_its_answer_fit_within_a_step() {
     let f = figures(small(2, 5));
     assert!(
-        f.max_ratio < 1.12,
+        f.max_ratio < 1.25,
         "the child took {:.3} × its line rate",
         f.max_ratio
     );

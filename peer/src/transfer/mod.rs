@@ -1,4 +1,4 @@
-//! Peer-to-peer piece transfer over QUIC (ALPN `shoal-piece/2`).
+//! Peer-to-peer piece transfer over QUIC (ALPN `shoal-piece/3`).
 //!
 //! Layout:
 //! - [`codec`]: the wire format as pure functions over bytes (`Incomplete` apart from
