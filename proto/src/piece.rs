@@ -3,19 +3,20 @@
 //! A task (blob) of `size` bytes is cut into pieces of `piece_size` bytes; the
 //! last piece is short. The piece size is a power of two chosen from the size
 //! alone, so every peer and the scheduler agree on it without asking:
-//! 256 KiB up to 512 MiB blobs, then doubling so a task stays at 2,048 pieces
-//! (512 KiB at 1 GiB, 2 MiB at 4 GiB) up to 16 MiB, so a task has at most a few
-//! thousand pieces up to 64 GiB.
+//! 256 KiB up to 512 MiB blobs (at most 2,048 pieces), then the smallest power of
+//! two that keeps a task at 1,024 pieces (1 MiB at 1 GiB, 4 MiB at 4 GiB) up to
+//! 16 MiB, so a task has at most a few thousand pieces up to 64 GiB.
 //!
 //! That choice is the **piece rule** ([`PIECE_RULE`]). A piece index means
 //! nothing between parties of different rules, so peers and the scheduler
 //! exchange their rule at join and refuse a mismatch, and the peer protocol's
 //! ALPN names the rule. Rule 1 (Shoal up to 0.1, sent as 0 or absent) had a
 //! 4 MiB minimum; rule 2 lowered it to 512 KiB, so a 256 MiB layer is cut into
-//! 512 pieces instead of 64 and each piece is passed on sooner; rule 3 halved every
-//! piece again (256 KiB minimum, 2,048 pieces a task): a child of a swarm needs a
-//! buffer of about thirty pieces on their way or to be had to keep its link busy,
-//! and halving the piece halves the time that buffer costs it
+//! 512 pieces instead of 64 and each piece is passed on sooner; rule 3 halved the
+//! pieces of blobs up to 512 MiB again (256 KiB): a child of a swarm needs a buffer
+//! of about thirty pieces on their way or to be had to keep its link busy, and
+//! halving the piece halves the time that buffer costs it. Larger blobs keep rule
+//! 2's pieces: twice their pieces cost the scheduler more than its targets allow
 //! (`docs/benchmarks.md`, "Smaller pieces again").
 
 use std::ops::Range;
@@ -30,8 +31,13 @@ pub fn rule_sent(sent: u32) -> u32 {
 pub const MIN_PIECE_SIZE: u32 = 256 << 10;
 /// Largest piece size (16 MiB).
 pub const MAX_PIECE_SIZE: u32 = 16 << 20;
-/// Pieces per task the size choice aims to stay under.
-pub const TARGET_PIECES: u64 = 2048;
+/// Blobs up to this size (512 MiB) are cut into [`MIN_PIECE_SIZE`] pieces: at most
+/// [`MAX_FINE_PIECES`].
+pub const FINE_PIECES_UP_TO: u64 = 512 << 20;
+/// The most pieces a blob of at most [`FINE_PIECES_UP_TO`] has (2,048).
+pub const MAX_FINE_PIECES: u64 = FINE_PIECES_UP_TO / MIN_PIECE_SIZE as u64;
+/// Pieces per task the size choice aims to stay under above [`FINE_PIECES_UP_TO`].
+pub const TARGET_PIECES: u64 = 1024;
 /// Largest task Shoal accepts (1 TiB); anything bigger is treated as bad input.
 pub const MAX_TASK_SIZE: u64 = 1 << 40;
 
@@ -63,6 +69,9 @@ pub enum PieceError {
 
 /// The piece size Shoal uses for a blob of `size` bytes.
 pub fn piece_size_for(size: u64) -> u32 {
+    if size <= FINE_PIECES_UP_TO {
+        return MIN_PIECE_SIZE;
+    }
     let wanted = size.div_ceil(TARGET_PIECES).next_power_of_two();
     wanted.clamp(MIN_PIECE_SIZE as u64, MAX_PIECE_SIZE as u64) as u32
 }
@@ -326,17 +335,20 @@ mod tests {
     fn piece_sizes() {
         assert_eq!(piece_size_for(0), MIN_PIECE_SIZE);
         assert_eq!(piece_size_for(1), MIN_PIECE_SIZE);
-        // Rule 3: 256 KiB up to 512 MiB, then 2,048 pieces a task up to 16 MiB.
+        // Rule 3: 256 KiB up to 512 MiB (2,048 pieces at most), then 1,024 pieces
+        // a task up to 16 MiB pieces, as rule 2.
         assert_eq!(MIN_PIECE_SIZE, 256 << 10);
+        assert_eq!(MAX_FINE_PIECES, 2048);
         assert_eq!(piece_size_for(256 << 20), MIN_PIECE_SIZE);
         assert_eq!(piece_size_for((256 << 20) + 43_839), MIN_PIECE_SIZE);
         assert_eq!(piece_size_for(512 << 20), MIN_PIECE_SIZE);
-        assert_eq!(piece_size_for((512 << 20) + 1), 512 << 10);
-        assert_eq!(piece_size_for(1 << 30), 512 << 10);
-        assert_eq!(piece_size_for(2 << 30), 1 << 20);
-        assert_eq!(piece_size_for(8 << 30), 4 << 20);
-        assert_eq!(piece_size_for(32 << 30), MAX_PIECE_SIZE);
+        assert_eq!(piece_size_for((512 << 20) + 1), 1 << 20);
+        assert_eq!(piece_size_for(1 << 30), 1 << 20);
+        assert_eq!(piece_size_for(2 << 30), 2 << 20);
+        assert_eq!(piece_size_for(8 << 30), 8 << 20);
         assert_eq!(piece_size_for(500 << 30), MAX_PIECE_SIZE);
+        assert_eq!(TaskShape::for_size(512 << 20).unwrap().piece_count(), 2048);
+        assert_eq!(TaskShape::for_size(1 << 30).unwrap().piece_count(), 1024);
         let s = TaskShape::for_size(5 << 17).unwrap();
         assert_eq!(s.piece_count(), 3);
         assert_eq!(s.piece_range(2).unwrap(), (4 << 17)..(5 << 17));

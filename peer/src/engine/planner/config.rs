@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use shoal_proto::piece::TARGET_PIECES;
+use shoal_proto::piece::MAX_FINE_PIECES;
 
 /// The planner's knobs.
 #[derive(Debug, Clone)]
 pub struct PlannerConfig {
     /// Pieces ahead of the reader fetched rarest first (after the reader's next
-    /// piece), before the rest in order. Default [`TARGET_PIECES`] (1,024): the whole
-    /// blob up to 16 GiB, whose pieces the piece rule keeps at about that many. The
+    /// piece), before the rest in order. Default [`MAX_FINE_PIECES`] (2,048): the whole
+    /// blob, since the piece rule keeps every blob at about that many pieces or fewer. The
     /// larger, the better the swarm spreads its pieces (simulated, 1,000 peers × 1 GiB,
     /// p50 / max ÷ line rate: 2.95 at 16, 2.13 at 64, 1.97 at 256 before other
     /// changes; 1.187 / 1.405 at 256, 1.152 / 1.333 at 1,024 after them;
@@ -67,7 +67,7 @@ pub struct PlannerConfig {
 impl Default for PlannerConfig {
     fn default() -> Self {
         PlannerConfig {
-            window: TARGET_PIECES as u32,
+            window: MAX_FINE_PIECES as u32,
             max_in_flight: 8,
             frontier_pieces: 16,
             max_in_flight_at_frontier: 4,
