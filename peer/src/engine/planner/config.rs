@@ -10,7 +10,7 @@ use shoal_proto::piece::MAX_FINE_PIECES;
 pub struct PlannerConfig {
     /// Pieces ahead of the reader fetched rarest first (after the reader's next
     /// piece), before the rest in order. Default [`MAX_FINE_PIECES`] (2,048): the whole
-    /// blob, since the piece rule keeps every blob at about that many pieces or fewer. The
+    /// blob up to 32 GiB, which the piece rule cuts into at most that many pieces. The
     /// larger, the better the swarm spreads its pieces (simulated, 1,000 peers × 1 GiB,
     /// p50 / max ÷ line rate: 2.95 at 16, 2.13 at 64, 1.97 at 256 before other
     /// changes; 1.187 / 1.405 at 256, 1.152 / 1.333 at 1,024 after them;
